@@ -1,0 +1,107 @@
+"""The one exception tree of privsep.
+
+Every error privsep raises on purpose is a ``PrivsepError``; callers catch
+that one name, or a branch of it, and never have to parse messages::
+
+    PrivsepError
+    ├── PolicyError             a policy file or grant is invalid (names file, field, fix)
+    ├── ConfinementError        a confinement layer could not be applied (names the step)
+    ├── CommandError            the command could not be started inside the sandbox
+    │   ├── CommandNotFoundError    exit status 127
+    │   └── CommandNotExecutableError  exit status 126
+    ├── ChannelError            the socketpair broke (peer gone, frame too large, ...)
+    ├── ProtocolError           a message broke the wire protocol
+    │   ├── LocalProtocolError      we were about to send something invalid (our bug)
+    │   └── RemoteProtocolError     the peer sent something invalid (hostile or buggy peer)
+    └── BrokerError             the broker answered a request with an error
+        └── DeniedError         the policy denied it (also a PermissionError)
+
+Messages say what happened and what to do; they never contain secret values,
+tracebacks of the other side, or bytes echoed from an untrusted peer.
+``tests/unit/test_errors.py`` keeps this drawing true.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "ChannelError",
+    "CommandError",
+    "CommandNotExecutableError",
+    "CommandNotFoundError",
+    "ConfinementError",
+    "DeniedError",
+    "LocalProtocolError",
+    "PolicyError",
+    "PrivsepError",
+    "ProtocolError",
+    "RemoteProtocolError",
+]
+
+
+class PrivsepError(Exception):
+    """Root of every error privsep raises deliberately."""
+
+    #: The exit status ``privsep run`` uses when this error ends a run.
+    exit_status: int = 125
+
+
+class PolicyError(PrivsepError):
+    """A policy could not be loaded: the message names the file, the field and the fix."""
+
+
+class ConfinementError(PrivsepError):
+    """A confinement layer could not be applied; nothing runs without it (fail closed)."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"confinement step '{step}' failed: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+class CommandError(PrivsepError):
+    """The command could not be started inside the sandbox."""
+
+
+class CommandNotFoundError(CommandError):
+    """The command does not exist in the child's view of the filesystem."""
+
+    exit_status = 127
+
+
+class CommandNotExecutableError(CommandError):
+    """The command exists in the child's view but cannot be executed."""
+
+    exit_status = 126
+
+
+class ChannelError(PrivsepError):
+    """The socketpair between broker and child failed or was closed."""
+
+
+class ProtocolError(PrivsepError):
+    """A message did not follow docs/PROTOCOL.md."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side was about to send an invalid message: a bug in the caller."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent an invalid message; the connection cannot be trusted any more."""
+
+
+class BrokerError(PrivsepError):
+    """The broker refused or failed a request; ``code`` is the wire error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class DeniedError(BrokerError, PermissionError):
+    """The policy denied the request; the message names the rule and how to allow it."""
+
+    def __init__(self, message: str, code: str = "denied") -> None:
+        BrokerError.__init__(self, code, message)
