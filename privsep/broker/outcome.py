@@ -1,0 +1,54 @@
+"""How a sandboxed child ended, and the exit status ``privsep run`` turns it into."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Literal
+
+How = Literal["exited", "signaled", "timeout", "seccomp", "violation", "setup_error", "exec_error", "lost"]
+
+EXIT_TIMEOUT = 124
+EXIT_PRIVSEP = 125
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+
+
+def _signame(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    how: How
+    returncode: int
+    """The status ``privsep run`` exits with: the child's own, 128+N for signal N, 124..127."""
+    detail: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    syscall: str | None = None
+
+    def describe(self) -> str:
+        """One line for a person; empty for a plain exit (the status says it all)."""
+        if self.how == "exited":
+            return ""
+        if self.how == "signaled":
+            assert self.signal is not None
+            extra = (
+                " (seccomp: a syscall of a foreign architecture (i386/x32), or one the policy kills)"
+                if self.signal == signal.SIGSYS
+                else ""
+            )
+            return f"the command was killed by {_signame(self.signal)}{extra}"
+        return self.detail
+
+
+def from_wait_status(status: int) -> Outcome:
+    if status & 0x7F == 0:
+        code = (status >> 8) & 0xFF
+        return Outcome("exited", code, exit_code=code)
+    sig = status & 0x7F
+    return Outcome("signaled", 128 + sig, signal=sig)

@@ -1,0 +1,353 @@
+"""Start one confined child: the only way the broker reaches ``confine``.
+
+Three processes per sandbox, each with one job::
+
+    broker
+     └── monitor   forked copy; setsid, closes every fd, unshares the namespaces, maps ids;
+         │         outside the new pid namespace, invisible to the child; waits for init
+         └── init  pid 1 of the new pid namespace: builds the filesystem view, mounts /proc,
+             │     then drops every privilege and only reaps; when it exits the kernel
+             │     kills every process left in the namespace (daemonised ones included)
+             └── command  drops identity, Landlock, rlimits, seccomp (loaded last), execve
+
+The command is not pid 1 because pid 1 ignores every signal it has no handler
+for, which breaks programs that signal themselves. No user code runs in a
+forked copy of the broker: the command execs a fresh program, and monitor and
+init run only this module.
+
+Monitor, init and (until its execve) the command report to the broker over a
+private SEQPACKET "control" socket: the pidfds of init and command, the
+seccomp listener fd, the first error of any step, and init's final wait
+status. The command's copy is close-on-exec, so the program never holds it.
+Death propagates downwards: broker → monitor → init by the parent-death
+signal, init → everything in the namespace by the kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import prctl
+
+from privsep import _linux, channel
+from privsep.confine import identity, landlock, limits, seccomp, view
+from privsep.errors import ConfinementError, PrivsepError, RemoteProtocolError
+from privsep.policy.model import Policy
+from privsep.policy.syscalls import expand
+
+#: The fd number of the channel in the child (and the value of PRIVSEP_FD).
+CHANNEL_FD = 3
+_CONTROL_FD = 4
+_NAMESPACES = (
+    _linux.CLONE_NEWNS
+    | _linux.CLONE_NEWPID
+    | _linux.CLONE_NEWNET
+    | _linux.CLONE_NEWIPC
+    | _linux.CLONE_NEWUTS
+    | _linux.CLONE_NEWCGROUP
+)
+_MAX_CONTROL_FRAME = 4096
+_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class SpawnPlan:
+    """Everything the child needs, computed in the broker before fork."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str
+    view: view.ViewPlan
+    landlock_rules: tuple[landlock.Rule, ...]
+    landlock_abi: int
+    rlimits: Mapping[int, int]
+    seccomp_bpf: bytes
+    user_namespace: bool
+    host_uid: int = field(default_factory=os.getuid)
+    host_gid: int = field(default_factory=os.getgid)
+
+
+def make_plan(policy: Policy, argv: Sequence[str], *, environ: Mapping[str, str] | None = None) -> SpawnPlan:
+    """Turn a policy and a command into a plan; raises PolicyError or ConfinementError early."""
+    if not argv:
+        raise ConfinementError("command", "no command given")
+    environ = os.environ if environ is None else environ
+    env = {"PATH": _DEFAULT_PATH, "HOME": "/tmp" if policy.view.tmp else "/"}
+    env.update({k: environ[k] for k in policy.env.pass_through if k in environ})
+    env.update(policy.env.set)
+    env["PRIVSEP_FD"] = str(CHANNEL_FD)
+    # A relative command path means "relative to where the user is", as it
+    # would without privsep; the child's cwd is somewhere else.
+    command = argv[0]
+    if "/" in command:
+        command = os.path.abspath(command)
+    plan = view.plan_view(policy.view)
+    readable = [(b.path, b.is_dir) for b in plan.binds]
+    bpf = seccomp.compile_filter(
+        seccomp.FilterSpec(allow=expand(policy.syscalls.allow), default_action=policy.syscalls.default)
+    )
+    return SpawnPlan(
+        argv=(command, *argv[1:]),
+        env=env,
+        cwd=policy.env.cwd,
+        view=plan,
+        landlock_rules=landlock.rules_for(readable, list(view.DEVICES), policy.view.tmp),
+        landlock_abi=_linux.landlock_abi_version(),
+        rlimits=limits.rlimits(policy.limits),
+        seccomp_bpf=bpf,
+        user_namespace=os.geteuid() != 0,
+    )
+
+
+@dataclass
+class Spawned:
+    """The broker's handles on a started sandbox."""
+
+    pid: int
+    """The monitor: the broker's direct child, reaped with waitpid."""
+    pidfd: int
+    channel: socket.socket
+    control: socket.socket
+
+
+@dataclass(frozen=True)
+class ControlMessage:
+    """One report from the sandbox's own processes (never from the user's program)."""
+
+    kind: str
+    fd: int | None = None
+    step: str = ""
+    reason: str = ""
+    status: int = 0
+    errno: int = 0
+
+
+_KINDS = {"init", "command", "listener", "error", "exec_error", "exit"}
+
+
+def decode_control(frame: channel.Frame) -> ControlMessage:
+    """Parse one control frame; anything unexpected is a RemoteProtocolError (fds closed)."""
+    try:
+        if len(frame.data) > _MAX_CONTROL_FRAME:
+            raise ValueError("frame too large")
+        obj = json.loads(frame.data)
+        if not isinstance(obj, dict) or obj.get("kind") not in _KINDS:
+            raise ValueError("unknown kind")
+        kind = obj["kind"]
+        wants_fd = kind in ("init", "command", "listener")
+        if len(frame.fds) != (1 if wants_fd else 0):
+            raise ValueError("wrong number of fds")
+        msg = ControlMessage(
+            kind=kind,
+            fd=frame.fds[0] if wants_fd else None,
+            step=str(obj.get("step", ""))[:64],
+            reason=str(obj.get("reason", ""))[:1024],
+            status=int(obj.get("status", 0)),
+            errno=int(obj.get("errno", 0)),
+        )
+    except (ValueError, TypeError) as exc:
+        channel.close_fds(frame.fds)
+        raise RemoteProtocolError(f"bad control message from the sandbox: {exc}") from None
+    return msg
+
+
+def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2)) -> Spawned:
+    """Fork the sandbox for ``plan``; the command's stdin/stdout/stderr are ``stdio``."""
+    broker_chan, child_chan = channel.socketpair()
+    broker_ctl, child_ctl = channel.socketpair()
+    broker_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked monitor, measured by the integration tests
+        status = 125
+        try:
+            _monitor(plan, (*stdio, child_chan.fileno(), child_ctl.fileno()), broker_pid)
+            status = 0
+        finally:
+            os._exit(status)
+    child_chan.close()
+    child_ctl.close()
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    return Spawned(pid=pid, pidfd=pidfd, channel=broker_chan, control=broker_ctl)
+
+
+# ---------------------------------------------------------------------------
+# Everything below runs in the sandbox's processes, never in the broker.
+
+
+def _report(kind: str, fds: Sequence[int] = (), **fields: object) -> None:
+    sock = socket.socket(fileno=_CONTROL_FD)
+    try:
+        channel.send(sock, json.dumps({"kind": kind, **fields}).encode(), fds)
+    except (OSError, PrivsepError):
+        pass  # the broker is gone; the parent-death signal finishes us
+    finally:
+        sock.detach()
+
+
+def _fail(exc: BaseException) -> int:
+    if isinstance(exc, ConfinementError):
+        _report("error", step=exc.step, reason=exc.reason, status=125)
+    else:
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:900]
+        _report("error", step="internal", reason=detail, status=125)
+    return 125
+
+
+def _reset_process_state() -> None:
+    """Undo what a forked copy of the broker inherited from Python."""
+    gc.disable()  # a collection could close fds whose numbers we are about to reuse
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _arrange_fds(sources: Sequence[int]) -> None:
+    """stdio to 0-2, channel to 3 (inherited by the command), control to 4, close the rest."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in sources]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target, inheritable=target != _CONTROL_FD)
+    _linux.close_range(_CONTROL_FD + 1)
+
+
+def _monitor(plan: SpawnPlan, sources: Sequence[int], broker_pid: int) -> None:
+    _reset_process_state()
+    prctl.set_name("privsep-monitor")
+    try:
+        os.setsid()
+        _arrange_fds(sources)
+        prctl.set_pdeathsig(signal.SIGKILL)
+        if os.getppid() != broker_pid:
+            raise ConfinementError("monitor", "the broker exited during set-up")
+        try:
+            _linux.unshare(_NAMESPACES | (_linux.CLONE_NEWUSER if plan.user_namespace else 0))
+        except OSError as exc:
+            raise ConfinementError("namespaces", f"unshare: {exc.strerror}") from None
+        if plan.user_namespace:
+            _map_ids(plan.host_uid, plan.host_gid)
+        prctl.set_pdeathsig(signal.SIGKILL)  # cleared by the credential change of unshare
+        if os.getppid() != broker_pid:
+            raise ConfinementError("monitor", "the broker exited during set-up")
+        lifeline_r, lifeline_w = os.pipe2(os.O_CLOEXEC)
+        init_pid = os.fork()
+        if init_pid == 0:
+            os.close(lifeline_w)
+            os._exit(_init(plan, lifeline_r))
+        os.close(lifeline_r)
+        pidfd = os.pidfd_open(init_pid)
+        _report("init", [pidfd])
+        for fd in (pidfd, 0, 1, 2, CHANNEL_FD, _CONTROL_FD):
+            os.close(fd)  # the monitor keeps only lifeline_w: its death closes it
+    except BaseException as exc:
+        os._exit(_fail(exc))
+    prctl.set_dumpable(0)
+    while True:
+        try:
+            os.waitpid(init_pid, 0)
+            return
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+def _map_ids(uid: int, gid: int) -> None:
+    """Map only the sandbox id to the broker's own; every other id is unmapped."""
+    try:
+        for name, content in (
+            ("setgroups", "deny"),
+            ("uid_map", f"{identity.SANDBOX_ID} {uid} 1\n"),
+            ("gid_map", f"{identity.SANDBOX_ID} {gid} 1\n"),
+        ):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(content)
+    except OSError as exc:
+        raise ConfinementError("namespaces", f"writing the user namespace id maps: {exc.strerror}") from None
+
+
+def _parent_alive(lifeline: int) -> bool:
+    """Init cannot see its parent (it is outside the pid namespace): the pipe tells."""
+    ready, _, _ = select.select([lifeline], [], [], 0)
+    return not ready  # readable means EOF: the monitor's end closed because it died
+
+
+def _init(plan: SpawnPlan, lifeline: int) -> int:
+    prctl.set_name("privsep-init")
+    try:
+        prctl.set_pdeathsig(signal.SIGKILL)
+        if not _parent_alive(lifeline):
+            return 125
+        view.build_view(plan.view)
+        try:
+            socket.sethostname("privsep")
+        except OSError as exc:
+            raise ConfinementError("namespaces", f"sethostname: {exc.strerror}") from None
+        command_pid = os.fork()
+        if command_pid == 0:
+            os.close(lifeline)
+            os._exit(_command(plan))
+        pidfd = os.pidfd_open(command_pid)
+        _report("command", [pidfd])
+        os.close(pidfd)
+        for fd in (0, 1, 2, CHANNEL_FD):
+            os.close(fd)
+        identity.drop_identity(in_user_namespace=plan.user_namespace, parent_pid=0)
+        if not _parent_alive(lifeline):
+            return 125
+    except BaseException as exc:
+        return _fail(exc)
+    # Reap everything (orphans are re-parented to us) until the command ends;
+    # returning ends the namespace, which kills whatever the command left.
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 125
+        if pid == command_pid:
+            _report("exit", status=status)
+            return 0
+
+
+def _command(plan: SpawnPlan) -> int:
+    prctl.set_name("privsep-cmd")
+    try:
+        try:
+            os.chdir(plan.cwd)
+        except OSError as exc:
+            raise ConfinementError(
+                "cwd", f"{plan.cwd} is not a directory in the child's view ({exc.strerror}); change [env] cwd"
+            ) from None
+        identity.drop_identity(in_user_namespace=plan.user_namespace, parent_pid=1)
+        landlock.apply_landlock(plan.landlock_rules, plan.landlock_abi)
+        limits.apply_rlimits(dict(plan.rlimits))
+        listener = seccomp.load_filter(plan.seccomp_bpf, listener=True)
+        if listener is None:
+            raise ConfinementError("seccomp", "the kernel returned no notification listener")
+        _report("listener", [listener])
+        os.close(listener)
+    except BaseException as exc:
+        return _fail(exc)
+    try:
+        os.execvpe(plan.argv[0], list(plan.argv), dict(plan.env))
+    except OSError as exc:
+        code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+        _report("exec_error", errno=exc.errno or 0, status=code)
+        return code
+    return 125  # pragma: no cover - execvpe does not return

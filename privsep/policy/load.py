@@ -1,0 +1,185 @@
+"""Loading policies: TOML files, ``extends`` chains, shipped names, variables.
+
+A policy is named (``minimal``, ``python``: the TOML files shipped in the
+package's ``policies``) or a path to a file. ``extends`` merges a parent
+under the child: tables merge key by key, lists are concatenated (duplicates
+dropped, order kept), scalars are the child's. Errors name the file, the
+field and the fix, because a policy nobody can debug is a policy nobody uses.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from privsep.errors import PolicyError
+from privsep.policy.model import Policy, PolicyFile
+
+_MAX_EXTENDS_DEPTH = 16
+_MAX_FILE_SIZE = 1 << 20
+_VARIABLE = re.compile(r"\$\{([a-z_.]+)\}")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def variables() -> dict[str, str]:
+    """Values a policy may refer to as ``${name}`` in paths.
+
+    They let one shipped file describe "this interpreter and its venv" on any
+    machine, without hard-coding where Python happens to live.
+    """
+    import privsep  # the package itself: its directory must be importable in a Python child
+
+    return {
+        "sys.prefix": sys.prefix,
+        "sys.base_prefix": sys.base_prefix,
+        "sys.exec_prefix": sys.exec_prefix,
+        "privsep.package": str(Path(privsep.__file__).resolve().parent),
+    }
+
+
+def shipped_names() -> list[str]:
+    """The names of the policies shipped with privsep."""
+    root = importlib.resources.files("privsep").joinpath("policies")
+    return sorted(p.name[: -len(".toml")] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def _read_named(name: str) -> tuple[str, str]:
+    resource = importlib.resources.files("privsep").joinpath("policies").joinpath(f"{name}.toml")
+    if not resource.is_file():
+        raise PolicyError(
+            f"no shipped policy named '{name}'; shipped policies: {', '.join(shipped_names())}; "
+            "or give the path of a TOML file"
+        )
+    return f"<shipped policy '{name}'>", resource.read_text(encoding="utf-8")
+
+
+def _read_file(path: Path) -> tuple[str, str]:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(_MAX_FILE_SIZE + 1)
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from None
+    if len(raw) > _MAX_FILE_SIZE:
+        raise PolicyError(f"policy file {path} is larger than {_MAX_FILE_SIZE} bytes")
+    try:
+        return str(path), raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(f"policy file {path} is not UTF-8 text") from None
+
+
+def _locate(spec: str, relative_to: Path | None) -> tuple[str, str, Path | None]:
+    """Return (display name, text, directory for relative ``extends``)."""
+    if _NAME.match(spec) and not spec.endswith(".toml"):
+        origin, text = _read_named(spec)
+        return origin, text, None
+    path = Path(spec)
+    if not path.is_absolute() and relative_to is not None:
+        path = relative_to / path
+    origin, text = _read_file(path)
+    return origin, text, path.parent
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _explain(origin: str, exc: ValidationError) -> PolicyError:
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = _format_loc(tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key; remove it or check its spelling (see `privsep policy schema`)")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {msg}")
+    return PolicyError(f"invalid policy {origin}:\n  " + "\n  ".join(lines))
+
+
+def _merge(parent: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = dict(parent)
+    for key, value in child.items():
+        old = merged.get(key)
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            merged[key] = _merge(old, value)
+        elif isinstance(old, list) and isinstance(value, list):
+            merged[key] = old + [v for v in value if v not in old]
+        else:
+            merged[key] = value
+    return merged
+
+
+def _expand(origin: str, value: Any, values: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in values:
+                raise PolicyError(
+                    f"invalid policy {origin}: unknown variable ${{{name}}}; known: "
+                    + ", ".join(f"${{{k}}}" for k in sorted(values))
+                )
+            return values[name]
+
+        return _VARIABLE.sub(replace, value)
+    if isinstance(value, list):
+        return [_expand(origin, v, values) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(origin, v, values) for k, v in value.items()}
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    """TOML arrays become tuples: the model is immutable, and strict about types."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def _load_raw(spec: str, relative_to: Path | None, seen: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    origin, text, directory = _locate(spec, relative_to)
+    if origin in seen:
+        raise PolicyError(f"policy {origin} extends itself through: {' -> '.join((*seen, origin))}")
+    if len(seen) >= _MAX_EXTENDS_DEPTH:
+        raise PolicyError(f"policy {origin}: 'extends' chain deeper than {_MAX_EXTENDS_DEPTH}")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"policy {origin} is not valid TOML: {exc}") from None
+    try:
+        file = PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(origin, exc) from None
+    body = {k: v for k, v in data.items() if k != "extends"}
+    if file.extends is None:
+        return origin, body
+    _, parent = _load_raw(file.extends, directory, (*seen, origin))
+    return origin, _merge(parent, body)
+
+
+def load_policy(spec: str, *, extra: Mapping[str, Any] | None = None) -> Policy:
+    """Load a shipped policy by name, or a TOML file by path, fully resolved.
+
+    ``extra`` is merged over the result like one more ``extends`` level; it
+    carries the grants given on the command line for a single run.
+    """
+    origin, raw = _load_raw(spec, Path.cwd(), ())
+    if extra:
+        raw = _merge(raw, extra)
+    raw = _expand(origin, raw, variables())
+    try:
+        return Policy.model_validate({"name": spec, **_tuples(raw)})
+    except ValidationError as exc:
+        raise _explain(origin, exc) from None
+
