@@ -217,7 +217,8 @@ class Broker:
     def _violation(self, child: Child, reason: str) -> None:
         sock = child.spawned.channel
         try:
-            channel.send(sock, protocol.reply_error(None, protocol.ErrorCode.INVALID, "protocol violation; closing"))
+            # The reason is built by protocol/channel from our own words only (never peer bytes).
+            channel.send(sock, protocol.reply_error(None, protocol.ErrorCode.INVALID, f"protocol violation: {reason}"[:1000]))
         except (BlockingIOError, ChannelError, OSError, LocalProtocolError):
             pass
         self._forget(sock)

@@ -1,0 +1,138 @@
+"""The socketpair between broker and child: the only code that touches it.
+
+One ``SOCK_SEQPACKET`` message is one frame: the kernel keeps message
+boundaries, so there is no length prefix to trust and a reader never sees half
+a frame. File descriptors travel as ``SCM_RIGHTS`` control messages.
+
+Two rules come from the broker's side (DESIGN.md, "Rules the broker lives by"):
+every descriptor that arrives with a frame we refuse is closed before the error
+is raised, and received descriptors are close-on-exec from the moment they
+exist (``MSG_CMSG_CLOEXEC``), so none leaks into a program the broker starts.
+
+``socket.send_fds``/``recv_fds`` are not used: CPython ignores their flags
+argument (gh-107898), and ``MSG_CMSG_CLOEXEC`` is not optional here.
+
+Blocking: ``send`` and ``recv`` follow the socket's mode. Python retries EINTR
+itself (PEP 475); on a non-blocking socket ``BlockingIOError`` propagates
+unchanged, since the broker's selector loop relies on it.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
+from privsep.protocol import MAX_FDS, MAX_FRAME
+
+__all__ = ["Frame", "close_fds", "recv", "recv_no_fds", "send", "socketpair"]
+
+_FD_SIZE = array.array("i").itemsize
+# Room for MAX_FDS descriptors in one control message: the most a peer can send
+# in one sendmsg (SCM_MAX_FD), so MSG_CTRUNC means the peer did something odd.
+_ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One received message: its bytes and the descriptors it carried (now ours to close)."""
+
+    data: bytes
+    fds: tuple[int, ...]
+
+
+def socketpair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of close-on-exec SEQPACKET sockets."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+
+
+def close_fds(fds: Iterable[int]) -> None:
+    """Close every descriptor, even if closing one of them fails."""
+    for fd in fds:
+        # Linux releases the descriptor even when close() reports an error.
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def send(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
+    """Send one frame, with ``fds`` attached as SCM_RIGHTS (the caller still owns them)."""
+    if not data:
+        raise LocalProtocolError("refusing to send an empty frame: the peer would read it as end of stream")
+    if len(data) > MAX_FRAME:
+        raise LocalProtocolError(f"frame of {len(data)} bytes exceeds MAX_FRAME ({MAX_FRAME})")
+    if len(fds) > MAX_FDS:
+        raise LocalProtocolError(f"{len(fds)} file descriptors exceed MAX_FDS ({MAX_FDS}) for one frame")
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    try:
+        # MSG_NOSIGNAL: a dead peer is an EPIPE error, never a SIGPIPE, whatever the signal disposition.
+        sent = sock.sendmsg([data], ancillary, socket.MSG_NOSIGNAL)
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        raise ChannelError("the peer closed the channel") from exc
+    # SEQPACKET sends a message whole or not at all.
+    assert sent == len(data), f"SEQPACKET sent {sent} of {len(data)} bytes"
+
+
+def _take_fds(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, ...]:
+    """The descriptors in the SCM_RIGHTS control messages; raise after closing them if one is ragged.
+
+    Other control messages are ignored: none carries a descriptor unless the
+    socket opts in (SO_PASSPIDFD), which this module never does.
+    """
+    fds: list[int] = []
+    ragged = False
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            whole = len(payload) - len(payload) % _FD_SIZE
+            fds.extend(array.array("i", payload[:whole]))
+            ragged = ragged or whole != len(payload)
+    if ragged:
+        close_fds(fds)
+        raise RemoteProtocolError("an SCM_RIGHTS control message held a partial file descriptor")
+    return tuple(fds)
+
+
+def recv(sock: socket.socket) -> Frame | None:
+    """Receive one frame, or None when the peer closed the channel.
+
+    A zero-length message cannot be told apart from end of stream on SEQPACKET,
+    so it counts as one (``send`` never produces it). A frame over MAX_FRAME
+    bytes or with more descriptors than fit raises RemoteProtocolError after
+    closing every descriptor that did arrive.
+    """
+    try:
+        data, ancillary, msg_flags, _ = sock.recvmsg(MAX_FRAME + 1, _ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC)
+    except ConnectionResetError as exc:
+        # The peer closed with frames of ours still unread.
+        raise ChannelError("the peer closed the channel") from exc
+    fds = _take_fds(ancillary)
+    reason = None
+    if msg_flags & socket.MSG_TRUNC or len(data) > MAX_FRAME:
+        reason = f"the peer sent a frame larger than {MAX_FRAME} bytes"
+    elif msg_flags & socket.MSG_CTRUNC:
+        reason = "the peer attached more file descriptors than a frame may carry"
+    if reason is not None:
+        close_fds(fds)
+        raise RemoteProtocolError(reason)
+    if not data:
+        close_fds(fds)
+        return None
+    return Frame(data, fds)
+
+
+def recv_no_fds(sock: socket.socket) -> bytes | None:
+    """Receive one request frame for the broker, or None at end of stream.
+
+    Requests never carry descriptors; one that does is closed unused (the
+    broker never acts on what the child hands it) and breaks the protocol.
+    """
+    frame = recv(sock)
+    if frame is None:
+        return None
+    if frame.fds:
+        close_fds(frame.fds)
+        raise RemoteProtocolError("the child attached file descriptors to a request")
+    return frame.data

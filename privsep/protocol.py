@@ -1,0 +1,323 @@
+"""The wire protocol between broker and child, sans-IO (docs/PROTOCOL.md is the spec).
+
+This module only turns bytes into validated messages and messages into bytes; it
+never touches a socket, a file descriptor or the clock, so every rule of the
+protocol is testable in microseconds and the same code serves the broker and the
+child. ``channel`` moves the bytes.
+
+The broker treats every frame as hostile (DESIGN.md, "Rules the broker lives by"):
+the size is checked before anything parses it, the parser is pydantic-core's
+strict JSON parser (which bounds nesting depth), the models are strict, closed
+and frozen, and nothing the peer sent ever comes back in an error text.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
+
+from privsep.errors import BrokerError, DeniedError, LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "MAX_FDS",
+    "MAX_FRAME",
+    "MAX_MESSAGE",
+    "SUPPORTED_VERSIONS",
+    "BrokerProtocol",
+    "ErrorCode",
+    "ErrorInfo",
+    "ErrorReply",
+    "Hello",
+    "HelloResult",
+    "OkReply",
+    "Ping",
+    "Reply",
+    "Request",
+    "check_reply",
+    "decode_reply",
+    "describe_violation",
+    "encode_request",
+    "reply_error",
+    "reply_ok",
+]
+
+#: Largest frame in bytes, either direction. One frame is one SEQPACKET message,
+#: so the receiver can size its buffer once and detect anything bigger.
+MAX_FRAME = 65536
+#: Most file descriptors one frame may carry: the kernel's SCM_MAX_FD.
+MAX_FDS = 253
+#: Longest error message, in characters, a reply may carry.
+MAX_MESSAGE = 1024
+#: Protocol versions this side speaks, oldest first.
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+
+# Strict: no "1" for 1, no 1.0 for 1, no true for 1. Closed: an unknown field is
+# an error, not silently dropped, so a typo or a smuggled field never goes unseen.
+# Frozen: a request checked against the policy cannot change afterwards.
+_STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+#: Below 2**53 so that a peer storing numbers as doubles reads every id exactly.
+RequestId = Annotated[int, Field(ge=0, lt=2**53)]
+Version = Annotated[int, Field(ge=1, le=1000)]
+
+
+class Hello(BaseModel):
+    """The first request on every channel: the client lists the versions it speaks."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["hello"] = "hello"
+    versions: Annotated[tuple[Version, ...], Field(min_length=1, max_length=8)]
+
+
+class Ping(BaseModel):
+    """A no-op round trip: proves the broker is alive and answering."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["ping"] = "ping"
+
+
+#: Every request a child may send. A new op is one more model in this union.
+Request = Annotated[Hello | Ping, Field(discriminator="op")]
+_REQUEST_MODELS: tuple[type[BaseModel], ...] = get_args(get_args(Request)[0])
+_REQUESTS: TypeAdapter[Request] = TypeAdapter(Request)
+
+
+class ErrorCode(enum.StrEnum):
+    """Why a request failed; the client maps each code to an exception."""
+
+    #: The frame broke the protocol; the broker closes the channel after this reply.
+    INVALID = "invalid"
+    #: The policy refused the request.
+    DENIED = "denied"
+    #: The broker understood the request but cannot do it here (feature missing).
+    UNSUPPORTED = "unsupported"
+    #: The request named something that does not exist.
+    NOT_FOUND = "not_found"
+    #: The policy allowed it but the operation failed.
+    FAILED = "failed"
+    #: A bug in the broker; the message says nothing more on purpose.
+    INTERNAL = "internal"
+
+
+class ErrorInfo(BaseModel):
+    """The ``error`` member of an error reply."""
+
+    model_config = _STRICT
+
+    code: ErrorCode
+    message: Annotated[str, Field(max_length=MAX_MESSAGE)]
+
+
+class OkReply(BaseModel):
+    """A successful reply; ``result`` is validated further by the op's result model."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    ok: Literal[True]
+    result: dict[str, Any]
+
+
+class ErrorReply(BaseModel):
+    """A failed request; ``id`` is null when the broker would not trust the frame's id."""
+
+    model_config = _STRICT
+
+    id: RequestId | None
+    ok: Literal[False]
+    error: ErrorInfo
+
+
+def _reply_tag(reply: Any) -> str | None:
+    """Pick the reply model by ``ok``, which must be a JSON boolean.
+
+    A plain ``Literal[True]`` discriminator would also take ``1`` for ``true``:
+    pydantic compares literals by equality, even in strict mode.
+    """
+    ok = reply.get("ok") if isinstance(reply, dict) else None
+    if ok is True:
+        return "ok"
+    if ok is False:
+        return "error"
+    return None
+
+
+Reply = Annotated[
+    Annotated[OkReply, Tag("ok")] | Annotated[ErrorReply, Tag("error")],
+    Discriminator(_reply_tag),
+]
+_REPLIES: TypeAdapter[Reply] = TypeAdapter(Reply)
+
+
+class HelloResult(BaseModel):
+    """The result of ``hello``: the version chosen and the limits the broker applies."""
+
+    model_config = _STRICT
+
+    version: Version
+    broker: Annotated[str, Field(max_length=100)]
+    max_frame: Annotated[int, Field(ge=1)]
+
+
+# Names a violation summary may repeat: field names and op tags are ours, so
+# repeating them leaks nothing; any other string in a location came from the peer.
+_MODELS: tuple[type[BaseModel], ...] = (*_REQUEST_MODELS, ErrorInfo, OkReply, ErrorReply, HelloResult)
+_KNOWN_NAMES = frozenset(
+    {name for model in _MODELS for name in model.model_fields}
+    | {tag for model in _REQUEST_MODELS for tag in get_args(model.model_fields["op"].annotation)}
+)
+_MAX_DESCRIPTION = 200
+_MAX_REPORTED_ERRORS = 3
+
+
+def describe_violation(exc: ValidationError) -> str:
+    """Summarise a validation failure in words safe to send back to the peer.
+
+    pydantic's own text quotes the input, and the input is the attacker's. This
+    uses only error types (fixed identifiers) and locations, where any string we
+    did not define ourselves becomes ``?``.
+    """
+    parts = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        loc = ".".join(str(p) if isinstance(p, int) or p in _KNOWN_NAMES else "?" for p in error["loc"])
+        parts.append(f"{loc}: {error['type']}" if loc else error["type"])
+    text = "; ".join(parts[:_MAX_REPORTED_ERRORS])
+    if len(parts) > _MAX_REPORTED_ERRORS:
+        text += f"; {len(parts) - _MAX_REPORTED_ERRORS} more"
+    return text if len(text) <= _MAX_DESCRIPTION else text[: _MAX_DESCRIPTION - 3] + "..."
+
+
+_T = TypeVar("_T")
+
+
+def _decode(adapter: TypeAdapter[_T], frame: bytes, what: str) -> _T:
+    """Bound, then parse and validate one frame; raise a safe RemoteProtocolError."""
+    if not frame:
+        raise RemoteProtocolError(f"empty {what} frame")
+    if len(frame) > MAX_FRAME:
+        raise RemoteProtocolError(f"{what} frame larger than {MAX_FRAME} bytes")
+    try:
+        return adapter.validate_json(frame)
+    except ValidationError as exc:
+        # "from None": the chained pydantic error quotes the peer's bytes, and
+        # tracebacks end up in logs.
+        raise RemoteProtocolError(f"invalid {what}: {describe_violation(exc)}") from None
+
+
+def _encode(message: Mapping[str, object]) -> bytes:
+    """Serialise compactly; refuse what the peer's strict parser would refuse."""
+    try:
+        frame = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise LocalProtocolError(
+            "a frame may hold only JSON values: str, int, bool, None, list, dict with str keys; "
+            "no NaN or infinity"
+        ) from exc
+    if len(frame) > MAX_FRAME:
+        raise LocalProtocolError(f"frame of {len(frame)} bytes exceeds MAX_FRAME ({MAX_FRAME})")
+    return frame
+
+
+class _State(enum.Enum):
+    AWAIT_HELLO = enum.auto()
+    READY = enum.auto()
+    BROKEN = enum.auto()
+
+
+class BrokerProtocol:
+    """The broker's side of one channel: a state machine fed with frames.
+
+    ``hello`` first and exactly once; any violation breaks the channel for
+    good (OpenSSH's monitor does the same: a peer that broke the protocol once
+    is not given a second chance to probe). The caller sends
+    ``reply_error(None, ErrorCode.INVALID, str(exc))``, closes the channel and
+    kills the child.
+    """
+
+    def __init__(self, broker_version: str) -> None:
+        self._broker_version = broker_version
+        self._state = _State.AWAIT_HELLO
+        #: The negotiated protocol version, once ``hello`` was received.
+        self.version: int | None = None
+
+    def receive(self, frame: bytes) -> Request:
+        """Validate one frame from the child and return the request it holds.
+
+        Raises RemoteProtocolError, with a reason safe to send back, on any
+        violation, and on every call after one.
+        """
+        if self._state is _State.BROKEN:
+            raise RemoteProtocolError("the channel already broke the protocol and must be closed")
+        try:
+            return self._advance(_decode(_REQUESTS, frame, "request"))
+        except RemoteProtocolError:
+            self._state = _State.BROKEN
+            raise
+
+    def _advance(self, request: Request) -> Request:
+        if self._state is _State.AWAIT_HELLO:
+            if not isinstance(request, Hello):
+                raise RemoteProtocolError("the first request must be 'hello'")
+            common = set(request.versions).intersection(SUPPORTED_VERSIONS)
+            if not common:
+                raise RemoteProtocolError(
+                    f"no protocol version in common; this broker speaks {list(SUPPORTED_VERSIONS)}"
+                )
+            self.version = max(common)
+            self._state = _State.READY
+        elif isinstance(request, Hello):
+            raise RemoteProtocolError("'hello' may be sent only once")
+        return request
+
+    def hello_result(self) -> dict[str, Any]:
+        """The result to answer the ``hello`` that ``receive`` just returned."""
+        if self.version is None:
+            raise LocalProtocolError("hello_result() called before a valid 'hello' was received")
+        return HelloResult(
+            version=self.version, broker=f"privsep {self._broker_version}", max_frame=MAX_FRAME
+        ).model_dump()
+
+
+def reply_ok(request: Request, result: Mapping[str, object]) -> bytes:
+    """Encode the success reply to ``request``."""
+    return _encode({"id": request.id, "ok": True, "result": dict(result)})
+
+
+def reply_error(request_id: int | None, code: ErrorCode, message: str) -> bytes:
+    """Encode an error reply; ``message`` must be a fixed text of the broker's, never peer input."""
+    if len(message) > MAX_MESSAGE:
+        raise LocalProtocolError(f"error message longer than {MAX_MESSAGE} characters")
+    return _encode({"id": request_id, "ok": False, "error": {"code": code.value, "message": message}})
+
+
+def encode_request(request: Request) -> bytes:
+    """Encode a request (the child's side)."""
+    return _encode(request.model_dump(mode="json"))
+
+
+def decode_reply(frame: bytes) -> Reply:
+    """Bound, parse and validate a reply (the child's side): the broker is checked too."""
+    return _decode(_REPLIES, frame, "reply")
+
+
+def check_reply(reply: Reply, expected_id: int) -> dict[str, Any]:
+    """Return the result of a successful reply to request ``expected_id``, or raise its error.
+
+    ``denied`` raises DeniedError (a PermissionError), any other code BrokerError.
+    """
+    # A null id answers a frame whose id the broker would not trust (code "invalid").
+    if reply.id is not None and reply.id != expected_id:
+        raise RemoteProtocolError("the reply's id does not match the request's")
+    if isinstance(reply, OkReply):
+        return reply.result
+    if reply.error.code is ErrorCode.DENIED:
+        raise DeniedError(reply.error.message)
+    raise BrokerError(reply.error.code.value, reply.error.message)
