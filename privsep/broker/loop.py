@@ -293,7 +293,8 @@ class Broker:
                 syscall=name,
             ),
         )
-        notify.refuse(child.listener, note)
+        # Never answered: the call stays blocked until SIGKILL ends the process.
+        # An answer (even an error) would let it run on until the kill lands.
 
     def _on_exit(self, child: Child) -> None:
         try:

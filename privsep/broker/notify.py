@@ -3,8 +3,10 @@
 The filter sends the known-dangerous syscalls to the broker
 (SECCOMP_RET_USER_NOTIF) instead of killing silently, so the broker can say
 "killed on ptrace" rather than "killed by SIGSYS". The broker never answers
-with SECCOMP_USER_NOTIF_FLAG_CONTINUE: the syscall is refused, and the child
-is killed. If the broker is gone, the kernel fails the call with ENOSYS.
+with SECCOMP_USER_NOTIF_FLAG_CONTINUE. For the dangerous set it does not
+answer at all: it kills the sandbox, and the blocked call dies with it (an
+error reply would let the child run on until the kill lands). If the broker
+is gone, the kernel fails the call with ENOSYS.
 """
 
 from __future__ import annotations
@@ -16,10 +18,7 @@ from dataclasses import dataclass
 
 # struct seccomp_notif { u64 id; u32 pid; u32 flags; struct seccomp_data { s32 nr; u32 arch; u64 ip; u64 args[6]; } }
 _NOTIF = struct.Struct("=QIIiIQ6Q")
-# struct seccomp_notif_resp { u64 id; s64 val; s32 error; u32 flags; }
-_RESP = struct.Struct("=QqiI")
 _IOC_RECV = 0xC0502100  # SECCOMP_IOCTL_NOTIF_RECV
-_IOC_SEND = 0xC0182101  # SECCOMP_IOCTL_NOTIF_SEND
 AUDIT_ARCH_X86_64 = 0xC000003E
 
 
@@ -44,12 +43,3 @@ def receive(listener: int) -> Notification | None:
     nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
     return Notification(id=nid, pid=pid, nr=nr, arch=arch, args=tuple(args))
 
-
-def refuse(listener: int, notification: Notification, err: int = errno.EPERM) -> None:
-    """Fail the syscall with ``err``; harmless if the caller is already gone."""
-    resp = bytearray(_RESP.pack(notification.id, 0, -err, 0))
-    try:
-        fcntl.ioctl(listener, _IOC_SEND, resp, True)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
