@@ -12,16 +12,13 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-AbsPath = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
 def _check_abs_path(value: str) -> str:
@@ -35,6 +32,10 @@ def _check_abs_path(value: str) -> str:
     return value
 
 
+#: An absolute, normalised path; checked item by item so errors name the index.
+AbsPath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_check_abs_path)]
+
+
 class View(_Strict):
     """What the child sees of the file system without asking the broker."""
 
@@ -45,14 +46,6 @@ class View(_Strict):
     tmp: bool = False
     """A private, empty tmpfs at /tmp, writable by the child, gone when it ends."""
     tmp_size_mb: Annotated[int, Field(ge=1, le=65536)] = 64
-
-    @field_validator("read", "read_if_exists")
-    @classmethod
-    def _paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for path in value:
-            if not path.startswith("${"):
-                _check_abs_path(path)
-        return value
 
 
 class Syscalls(_Strict):
@@ -107,11 +100,6 @@ class Env(_Strict):
             if "\x00" in val:
                 raise ValueError(f"the value of {name} contains a NUL byte")
         return value
-
-    @field_validator("cwd")
-    @classmethod
-    def _cwd(cls, value: str) -> str:
-        return _check_abs_path(value)
 
 
 class Policy(_Strict):
