@@ -1,0 +1,122 @@
+"""Shared fixtures: run the real ``privsep`` command, as root and as a non-root user."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from privsep import _linux
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.prefix) / "bin"
+PRIVSEP = VENV_BIN / "privsep"
+PYTHON = VENV_BIN / "python"
+#: An unprivileged uid/gid with no passwd entry and no supplementary groups,
+#: for running the broker itself without root (the user-namespace path).
+NONROOT_ID = 4242
+
+RunPrivsep = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def pytest_report_header() -> list[str]:
+    return [f"privsep: kernel {os.uname().release}, Landlock ABI {_linux.landlock_abi_version()}, euid {os.geteuid()}"]
+
+
+def _nonroot_can_use_venv() -> str | None:
+    """Why a non-root broker could not start from this checkout, or None."""
+    probe = subprocess.run(
+        [str(PYTHON), "-c", "import privsep.cli"],
+        user=NONROOT_ID, group=NONROOT_ID, extra_groups=[], capture_output=True, text=True, check=False,
+    )
+    if probe.returncode != 0:
+        return probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "unknown error"
+    return None
+
+
+@pytest.fixture(scope="session")
+def nonroot_ready() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged uid for the non-root broker tests")
+    reason = _nonroot_can_use_venv()
+    if reason is not None:
+        pytest.fail(
+            f"uid {NONROOT_ID} cannot run {PYTHON} from this checkout ({reason}); "
+            "clone the repository under a directory every user can traverse"
+        )
+
+
+@pytest.fixture(params=["root", "nonroot"])
+def broker_user(request: pytest.FixtureRequest) -> str:
+    """Run each test twice: broker as root, and broker as an unprivileged user (user namespaces)."""
+    if request.param == "nonroot":
+        request.getfixturevalue("nonroot_ready")
+    elif os.geteuid() != 0:
+        pytest.skip("the root-broker variant needs root")
+    return str(request.param)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary directory every uid can read (pytest's tmp_path is under a 0700 directory)."""
+    path = Path(tempfile.mkdtemp(prefix="privsep-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _run(
+    args: Sequence[str],
+    *,
+    user: str = "root",
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+    cwd: Path = REPO,
+) -> subprocess.CompletedProcess[str]:
+    kwargs: dict[str, object] = {}
+    if user == "nonroot":
+        kwargs = {"user": NONROOT_ID, "group": NONROOT_ID, "extra_groups": []}
+    full_env = {"PATH": "/usr/bin:/bin", **(env or {})}
+    return subprocess.run(
+        [str(PRIVSEP), "run", *args],
+        capture_output=True, text=True, timeout=timeout, env=full_env, input=input, cwd=cwd, check=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def run_privsep(broker_user: str) -> RunPrivsep:
+    """``run_privsep(args...)``: the real command line, as the parametrized broker user."""
+
+    def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        return _run(args, user=broker_user, **kw)  # type: ignore[arg-type]
+
+    return run
+
+
+@pytest.fixture
+def run_as_root() -> RunPrivsep:
+    def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        return _run(args, user="root", **kw)  # type: ignore[arg-type]
+
+    return run
+
+
+def python_child(code: str) -> list[str]:
+    """Arguments for ``privsep run`` that run ``code`` in a confined Python child."""
+    return ["--policy", "python", "--", str(PYTHON), "-c", code]
+
+
+def json_output(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert isinstance(result, dict)
+    return result

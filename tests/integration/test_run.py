@@ -1,0 +1,333 @@
+"""``privsep run`` from where a user stands: a real confined child, checked from inside.
+
+Every test runs twice (``broker_user``): with the broker as root, and with the
+broker as an unprivileged user, where the sandbox rests on a user namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PRIVSEP, PYTHON, REPO, RunPrivsep, json_output, python_child
+
+# Collects, from inside the child, what the tests below assert on.
+PROBE = r"""
+import json, os, socket, stat
+status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+fds = sorted(int(x) for x in os.listdir("/proc/self/fd"))
+fds = [fd for fd in fds if os.path.exists(f"/proc/self/fd/{fd}")]  # drop listdir's own fd
+chan = int(os.environ["PRIVSEP_FD"])
+s = socket.socket(fileno=chan)
+try:
+    inet = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    inet_err = None
+except OSError as e:
+    inet_err = e.errno
+def visible(p):
+    try:
+        os.stat(p); return True
+    except OSError:
+        return False
+print(json.dumps({
+    "status": {k: v.strip() for k, v in status.items()},
+    "uid": os.getresuid(), "gid": os.getresgid(), "groups": os.getgroups(),
+    "fds": fds, "chan": chan, "chan_type": [s.family, s.type], "chan_cloexec": not os.get_inheritable(chan),
+    "env": dict(os.environ), "cwd": os.getcwd(),
+    "tty_nr": int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[4]),
+    "inet_err": inet_err, "pid": os.getpid(), "hostname": socket.gethostname(),
+    "shadow": visible("/etc/shadow"), "root_home": visible("/root"),
+    "repo_tests": visible(%r), "etc": sorted(os.listdir("/etc")),
+    "root_entries": sorted(os.listdir("/")), "netdevs": sorted(os.listdir("/sys/class/net")) if visible("/sys/class/net") else None,
+    "net_dev": open("/proc/net/dev").read().splitlines()[2:],
+    "root_writable": os.access("/", os.W_OK), "usr_writable": os.access("/usr", os.W_OK),
+}))
+""" % str(REPO / "tests")
+
+
+@pytest.fixture
+def probe(run_privsep: RunPrivsep) -> dict[str, object]:
+    return json_output(run_privsep(*python_child(PROBE), env={"SECRET_CANARY": "hunter2", "TERM": "xterm"}))
+
+
+def test_hello_from_the_sandbox(run_privsep: RunPrivsep) -> None:
+    proc = run_privsep("--policy", "python", "--", str(PYTHON), "-c", 'print("hello from the sandbox")')
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "hello from the sandbox\n", "")
+
+
+def test_no_privileges_left(probe: dict[str, object]) -> None:
+    status = probe["status"]
+    assert isinstance(status, dict)
+    assert status["NoNewPrivs"] == "1"
+    assert status["Seccomp"] == "2"
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[cap], 16) == 0, cap
+    assert probe["uid"] == [65534] * 3
+    assert probe["gid"] == [65534] * 3
+    assert probe["groups"] == []
+    assert status["Groups"] == ""
+
+
+def test_only_stdio_and_the_channel_are_open(probe: dict[str, object]) -> None:
+    assert probe["chan"] == 3
+    assert probe["fds"] == [0, 1, 2, 3]
+    assert probe["chan_type"] == [1, 5]  # AF_UNIX, SOCK_SEQPACKET
+    assert probe["chan_cloexec"] is False  # programs the child runs keep their link too
+
+
+def test_environment_is_rebuilt_from_nothing(probe: dict[str, object]) -> None:
+    env = probe["env"]
+    assert isinstance(env, dict)
+    assert "SECRET_CANARY" not in env
+    assert env["PRIVSEP_FD"] == "3"
+    assert env["TERM"] == "xterm"  # an allowlisted variable passes
+    assert set(env) <= {"PATH", "HOME", "PRIVSEP_FD", "TERM", "PYTHONDONTWRITEBYTECODE", "PYTHONSAFEPATH", "LC_CTYPE"}
+    assert probe["cwd"] == "/"
+
+
+def test_new_session_and_namespaces(probe: dict[str, object]) -> None:
+    assert probe["tty_nr"] == 0  # no controlling terminal (see also the pty test below)
+    assert probe["pid"] == 2  # pid 1 is privsep's init, so the command's own signals work
+    assert probe["hostname"] == "privsep"
+    assert probe["inet_err"] == 97  # EAFNOSUPPORT: only AF_UNIX sockets
+    devices = [line.split(":")[0].strip() for line in probe["net_dev"]]  # type: ignore[union-attr]
+    assert devices == ["lo"]
+
+
+def test_no_controlling_terminal_when_run_from_a_terminal(broker_user: str) -> None:
+    """setsid: the child must not share the caller's terminal (TIOCSTI, TIOCLINUX)."""
+    import pty
+
+    from tests.conftest import NONROOT_ID
+
+    code = 'print("tty_nr", open("/proc/self/stat").read().rsplit(")", 1)[1].split()[4])'
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the forked test helper
+        if broker_user == "nonroot":
+            os.setgroups([])
+            os.setresgid(NONROOT_ID, NONROOT_ID, NONROOT_ID)
+            os.setresuid(NONROOT_ID, NONROOT_ID, NONROOT_ID)
+        os.chdir(REPO)
+        os.execv(str(PRIVSEP), [str(PRIVSEP), "run", *python_child(code)])
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    assert b"tty_nr 0" in output, output
+
+
+def test_only_the_view_is_visible(probe: dict[str, object]) -> None:
+    assert probe["shadow"] is False
+    assert probe["root_home"] is False or REPO.is_relative_to("/root")
+    assert probe["repo_tests"] is False
+    assert probe["etc"] == ["ld.so.cache", "ld.so.conf", "ld.so.conf.d"] or probe["etc"] == ["ld.so.cache"]
+    assert probe["root_writable"] is False
+    assert probe["usr_writable"] is False
+
+
+def test_writes_to_the_view_fail(run_privsep: RunPrivsep) -> None:
+    code = "import os\ntry:\n  open('/usr/x','w')\nexcept OSError as e: print(e.errno)"
+    proc = run_privsep(*python_child(code))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() in ("30", "13")  # EROFS (mount) or EACCES (Landlock)
+
+
+def test_dev_null_works_and_tmp_is_absent(run_privsep: RunPrivsep) -> None:
+    proc = run_privsep("--", "/bin/sh", "-c", "echo x > /dev/null && cat /dev/null && test ! -e /tmp/. && echo ok")
+    assert (proc.returncode, proc.stdout.strip()) == (0, "ok"), proc.stderr
+
+
+def test_ptrace_of_the_parent_kills_the_child_and_names_the_syscall(run_privsep: RunPrivsep) -> None:
+    code = "import ctypes, os\nctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0)\nprint('survived')"
+    proc = run_privsep(*python_child(code))
+    assert proc.returncode == 128 + signal.SIGSYS
+    assert "survived" not in proc.stdout
+    assert "ptrace" in proc.stderr and "seccomp" in proc.stderr
+
+
+def test_unshare_is_fatal(run_privsep: RunPrivsep) -> None:
+    proc = run_privsep("--", "/usr/bin/unshare", "--user", "/bin/true")
+    assert proc.returncode == 128 + signal.SIGSYS
+    assert "unshare" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "status"),
+    [
+        (["/bin/true"], 0),
+        (["/bin/sh", "-c", "exit 7"], 7),
+        (["/bin/sh", "-c", "kill -TERM $$"], 128 + signal.SIGTERM),
+        (["/bin/sh", "-c", "kill -KILL $$"], 128 + signal.SIGKILL),
+        (["/no/such/program"], 127),
+        (["no-such-program-on-path"], 127),
+        (["/etc/ld.so.cache"], 126),
+        (["/usr"], 126),
+    ],
+)
+def test_exit_status(run_privsep: RunPrivsep, command: list[str], status: int) -> None:
+    proc = run_privsep("--", *command)
+    assert proc.returncode == status, proc.stderr
+
+
+def test_not_found_explains_itself(run_privsep: RunPrivsep) -> None:
+    proc = run_privsep("--", "/opt/tool")
+    assert proc.returncode == 127
+    assert "not found in the sandbox" in proc.stderr and "[view]" in proc.stderr
+
+
+def test_privsep_errors_exit_125(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
+    assert run_privsep("--policy", "no-such-policy", "--", "/bin/true").returncode == 125
+    bad = shared_tmp / "bad.toml"
+    bad.write_text('[view]\nread = ["relative/path"]\n')
+    proc = run_privsep("--policy", str(bad), "--", "/bin/true")
+    assert proc.returncode == 125
+    assert "view.read[0]" in proc.stderr and "absolute" in proc.stderr
+    assert run_privsep("--bogus-flag", "--", "/bin/true").returncode == 125
+    assert run_privsep().returncode == 125
+
+
+def test_timeout_kills_with_124(run_privsep: RunPrivsep) -> None:
+    start = time.monotonic()
+    proc = run_privsep("--timeout", "1", "--", "/bin/sh", "-c", "sleep 60")
+    assert proc.returncode == 124
+    assert "timed out" in proc.stderr
+    assert time.monotonic() - start < 10
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_daemonised_grandchild_dies_with_the_sandbox(run_privsep: RunPrivsep) -> None:
+    marker = f"{os.getpid() % 1000}.{time.monotonic_ns() % 100000}"
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        f"        os.execv('/bin/sleep', ['sleep', '{marker}'])\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.3)\n"
+        "print('parent done')\n"
+    )
+    proc = run_privsep(*python_child(code))
+    assert proc.returncode == 0, proc.stderr
+    assert _processes_with(marker) == []
+
+
+def test_broker_death_kills_every_process_of_the_sandbox(broker_user: str) -> None:
+    marker = f"{os.getpid() % 1000}.{time.monotonic_ns() % 100000 + 1}"
+    kwargs: dict[str, object] = {}
+    if broker_user == "nonroot":
+        from tests.conftest import NONROOT_ID
+
+        kwargs = {"user": NONROOT_ID, "group": NONROOT_ID, "extra_groups": []}
+    broker = subprocess.Popen(  # noqa: S603
+        [str(PRIVSEP), "run", "--", "/bin/sh", "-c", f"sleep {marker} & sleep {marker}"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs,  # type: ignore[call-overload]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while len(_processes_with(marker)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(_processes_with(marker)) >= 2
+        broker.kill()
+        broker.wait()
+        deadline = time.monotonic() + 1
+        while _processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _processes_with(marker) == []
+        # and no privsep helper process either (monitor, init)
+        assert not [p for p in _processes_with("privsep") if _ppid(p) == broker.pid]
+    finally:
+        broker.kill()
+        broker.wait()
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
+
+
+def test_fork_bomb_is_bounded(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
+    policy = shared_tmp / "bomb.toml"
+    policy.write_text('extends = "python"\n[limits]\nprocesses = 20\n')
+    code = (
+        "import os, json\n"
+        "kids, err = 0, None\n"
+        "for _ in range(500):\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError as e:\n"
+        "        err = e.errno; break\n"
+        "    if pid == 0:\n"
+        "        import time; time.sleep(30); os._exit(0)\n"
+        "    kids += 1\n"
+        "print(json.dumps({'kids': kids, 'err': err}))\n"
+    )
+    proc = run_privsep("--policy", str(policy), "--", str(PYTHON), "-c", code)
+    result = json_output(proc)
+    assert result["err"] == 11  # EAGAIN from RLIMIT_NPROC
+    assert isinstance(result["kids"], int) and result["kids"] < 20
+
+
+def test_protocol_hello_and_ping_through_the_client(run_privsep: RunPrivsep) -> None:
+    code = (
+        "import json\nfrom privsep import client\n"
+        "h = client.hello()\nfor _ in range(100): client.ping()\nprint(json.dumps(h))\n"
+    )
+    result = json_output(run_privsep(*python_child(code)))
+    assert result["version"] == 1
+    assert str(result["broker"]).startswith("privsep ")
+
+
+def test_protocol_violation_kills_the_child(run_privsep: RunPrivsep) -> None:
+    code = (
+        "import socket, os, json\ns = socket.socket(fileno=3)\n"
+        "s.send(b'{\"id\": 1, \"op\": \"ping\"}')\n"  # ping before hello
+        "print(s.recv(65536).decode(), flush=True)\n"
+        "import time; time.sleep(30)\n"
+    )
+    proc = run_privsep(*python_child(code), timeout=20)
+    assert proc.returncode == 128 + signal.SIGKILL
+    reply = json.loads(proc.stdout.splitlines()[0])
+    assert reply["ok"] is False and reply["error"]["code"] == "invalid"
+    assert "hello" in reply["error"]["message"]
+    assert "broke the protocol" in proc.stderr
+
+
+def test_stdin_and_stdout_pass_through(run_privsep: RunPrivsep) -> None:
+    proc = run_privsep("--", "/bin/cat", input="through the sandbox\n")
+    assert (proc.returncode, proc.stdout) == (0, "through the sandbox\n")
+
+
+def test_relative_command_is_relative_to_the_callers_cwd(run_privsep: RunPrivsep) -> None:
+    rel = os.path.relpath(PYTHON, REPO)
+    proc = run_privsep("--policy", "python", "--", rel, "-c", "print(6*7)")
+    assert (proc.returncode, proc.stdout.strip()) == (0, "42"), proc.stderr
