@@ -1,0 +1,124 @@
+"""One broker, many real confined children: isolation between them, and no leaks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from privsep.broker.loop import Broker, Child
+from privsep.broker.outcome import Outcome
+from privsep.confine.spawn import make_plan
+from privsep.policy.load import load_policy
+from tests.conftest import PYTHON
+
+HELLO = (
+    "import socket, json\n"
+    "s = socket.socket(fileno=3)\n"
+    "s.send(json.dumps({'id': 1, 'op': 'hello', 'versions': [1]}).encode())\n"
+    "assert json.loads(s.recv(65536))['ok']\n"
+)
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    b = Broker()
+    yield b
+    b.close()
+
+
+def start(broker: Broker, code: str, *, timeout: float | None = 30) -> Child:
+    plan = make_plan(load_policy("python"), [str(PYTHON), "-c", code])
+    devnull = os.open("/dev/null", os.O_RDWR)
+    try:
+        return broker.start(plan, timeout=timeout, stdio=(devnull, devnull, devnull))
+    finally:
+        os.close(devnull)
+
+
+def wait_all(broker: Broker, children: list[Child], limit: float = 60) -> list[Outcome]:
+    deadline = time.monotonic() + limit
+    while any(c.outcome is None for c in children):
+        assert time.monotonic() < deadline, "children did not finish"
+        broker.run_once(max_wait=0.5)
+    return [c.outcome for c in children if c.outcome is not None]
+
+
+def test_many_children_are_served_at_once(broker: Broker) -> None:
+    code = "from privsep import client\nfor _ in range(50): client.ping()\nraise SystemExit({})"
+    children = [start(broker, code.format(i)) for i in range(8)]
+    outcomes = wait_all(broker, children)
+    assert [o.how for o in outcomes] == ["exited"] * 8
+    assert [o.returncode for o in outcomes] == list(range(8))
+    assert all(c.requests == 51 for c in children)  # hello + 50 pings each
+
+
+@pytest.mark.parametrize(
+    ("attack", "why"),
+    [
+        ("s.send(b'not json at all')", "invalid request"),
+        ("s.send(b'x' * 70000)", "larger than"),
+        ("s.sendmsg([b'{\"id\":2,\"op\":\"ping\"}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [0, 1]))])",
+         "file descriptors"),
+        ("s.send(json.dumps({'id': 2, 'op': 'hello', 'versions': [1]}).encode())", "only once"),
+        ("s.send(json.dumps({'id': 2, 'op': 'ping', 'extra': 1}).encode())", "extra_forbidden"),
+        ("s.send(json.dumps({'id': '2', 'op': 'ping'}).encode())", "int_type"),
+        ("s.send(json.dumps({'id': 2, 'op': 'rm -rf'}).encode())", "union_tag_invalid"),
+        ("s.send(b'[' * 5000 + b']' * 5000)", "invalid request"),
+    ],
+)
+def test_a_violator_is_cut_off_and_its_sibling_carries_on(broker: Broker, attack: str, why: str) -> None:
+    hostile = start(broker, "import array, time\n" + HELLO + attack + "\ntime.sleep(30)\n")
+    sibling = start(broker, "import time\nfrom privsep import client\ntime.sleep(0.5)\nfor _ in range(20): client.ping()\n")
+    bad, good = wait_all(broker, [hostile, sibling])
+    assert bad.how == "violation", bad
+    assert why in bad.detail
+    assert bad.returncode == 128 + signal.SIGKILL
+    assert (good.how, good.returncode) == ("exited", 0)
+    assert sibling.requests == 21
+
+
+def test_a_child_that_never_reads_replies_does_not_stall_others(broker: Broker) -> None:
+    flood = start(
+        broker,
+        HELLO + "while True:\n    s.send(json.dumps({'id': 2, 'op': 'ping'}).encode())\n",
+        timeout=3,
+    )
+    quick = start(broker, "from privsep import client\nfor _ in range(300): client.ping()\n")
+    start_time = time.monotonic()
+    wait_all(broker, [quick])
+    assert quick.outcome is not None and quick.outcome.returncode == 0
+    assert time.monotonic() - start_time < 2.5  # served while the flooder was still blocked
+    (flooded,) = wait_all(broker, [flood])
+    assert flooded.how == "timeout"
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def test_the_broker_leaks_no_fd_and_no_child(broker: Broker) -> None:
+    wait_all(broker, [start(broker, "pass")])  # warm caches (seccomp filter, policy)
+    before = _open_fds()
+    children = [start(broker, "from privsep import client\nclient.ping()") for _ in range(10)]
+    children.append(start(broker, "import ctypes, os\nctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0)"))
+    children.append(start(broker, "import time\ntime.sleep(30)", timeout=0.5))
+    outcomes = wait_all(broker, children)
+    assert [o.how for o in outcomes] == ["exited"] * 10 + ["seccomp", "timeout"]
+    assert _open_fds() == before
+    assert broker.children == frozenset()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # every child reaped, no zombie left
+
+
+def test_close_kills_what_still_runs() -> None:
+    broker = Broker()
+    child = start(broker, "import time\ntime.sleep(60)", timeout=None)
+    broker.run_once(max_wait=0.2)
+    broker.close()
+    assert child.outcome is not None and child.outcome.how == "lost"
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
