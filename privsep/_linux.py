@@ -84,11 +84,7 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
     def enc(value: str | None) -> bytes | None:
         return None if value is None else os.fsencode(value)
 
-    _check(
-        _libc.mount(
-            enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)
-        )
-    )
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)))
 
 
 def umount2(target: str, flags: int) -> None:

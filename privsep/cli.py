@@ -40,8 +40,19 @@ def _parser() -> argparse.ArgumentParser:
             "125 for privsep's own error; 126 not executable; 127 not found."
         ),
     )
-    run.add_argument("--policy", default="minimal", metavar="NAME|FILE", help="a shipped policy name or a TOML file (default: minimal)")
-    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="kill the sandbox after this many seconds (exit 124)")
+    run.add_argument(
+        "--policy",
+        default="minimal",
+        metavar="NAME|FILE",
+        help="a shipped policy name or a TOML file (default: minimal)",
+    )
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="kill the sandbox after this many seconds (exit 124)",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     return parser
 
@@ -73,7 +84,15 @@ def _run(args: argparse.Namespace) -> int:
         if interrupts > 1:
             from privsep.broker.outcome import Outcome
 
-            broker.kill(child, Outcome("signaled", 128 + signal.SIGINT, detail="interrupted twice; the sandbox was killed", signal=signal.SIGINT))
+            broker.kill(
+                child,
+                Outcome(
+                    "signaled",
+                    128 + signal.SIGINT,
+                    detail="interrupted twice; the sandbox was killed",
+                    signal=signal.SIGINT,
+                ),
+            )
         else:
             broker.send_signal(child, signum)
 

@@ -39,7 +39,9 @@ class Client:
         sock = socket.socket(fileno=int(raw))
         if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
             sock.detach()
-            raise ChannelError(f"{ENV_VAR}={raw} is not a privsep channel (not an AF_UNIX SOCK_SEQPACKET socket)")
+            raise ChannelError(
+                f"{ENV_VAR}={raw} is not a privsep channel (not an AF_UNIX SOCK_SEQPACKET socket)"
+            )
         os.set_inheritable(sock.fileno(), False)  # programs this child runs do not inherit the channel
         return cls(sock)
 
@@ -51,7 +53,9 @@ class Client:
 
     def _ensure_hello(self) -> dict[str, Any]:
         if self._hello is None:
-            self._hello = self._roundtrip(lambda i: protocol.Hello(id=i, versions=tuple(protocol.SUPPORTED_VERSIONS)))
+            self._hello = self._roundtrip(
+                lambda i: protocol.Hello(id=i, versions=tuple(protocol.SUPPORTED_VERSIONS))
+            )
         return self._hello
 
     def _roundtrip(self, make: Callable[[int], protocol.Request]) -> dict[str, Any]:

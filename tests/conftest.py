@@ -27,14 +27,20 @@ RunPrivsep = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def pytest_report_header() -> list[str]:
-    return [f"privsep: kernel {os.uname().release}, Landlock ABI {_linux.landlock_abi_version()}, euid {os.geteuid()}"]
+    abi = _linux.landlock_abi_version()
+    return [f"privsep: kernel {os.uname().release}, Landlock ABI {abi}, euid {os.geteuid()}"]
 
 
 def _nonroot_can_use_venv() -> str | None:
     """Why a non-root broker could not start from this checkout, or None."""
     probe = subprocess.run(
         [str(PYTHON), "-c", "import privsep.cli"],
-        user=NONROOT_ID, group=NONROOT_ID, extra_groups=[], capture_output=True, text=True, check=False,
+        user=NONROOT_ID,
+        group=NONROOT_ID,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if probe.returncode != 0:
         return probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "unknown error"
@@ -78,17 +84,23 @@ def _run(
     user: str = "root",
     env: dict[str, str] | None = None,
     timeout: float = 60,
-    input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+    input: str | None = None,
     cwd: Path = REPO,
 ) -> subprocess.CompletedProcess[str]:
-    kwargs: dict[str, object] = {}
-    if user == "nonroot":
-        kwargs = {"user": NONROOT_ID, "group": NONROOT_ID, "extra_groups": []}
+    uid = NONROOT_ID if user == "nonroot" else None
     full_env = {"PATH": "/usr/bin:/bin", **(env or {})}
     return subprocess.run(
         [str(PRIVSEP), "run", *args],
-        capture_output=True, text=True, timeout=timeout, env=full_env, input=input, cwd=cwd, check=False,
-        **kwargs,  # type: ignore[arg-type]
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        input=input,
+        cwd=cwd,
+        check=False,
+        user=uid,
+        group=uid,
+        extra_groups=None if uid is None else [],
     )
 
 

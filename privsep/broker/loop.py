@@ -13,6 +13,7 @@ pidfd (the sandbox ended) and the seccomp listener (a dangerous syscall).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import selectors
 import signal
@@ -30,7 +31,8 @@ from privsep.broker.outcome import (
     Outcome,
     from_wait_status,
 )
-from privsep.confine.spawn import ControlMessage, SpawnPlan, Spawned, decode_control, spawn
+from privsep.confine.seccomp import syscall_name
+from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, spawn
 from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
 
 _Role = Literal["channel", "control", "pidfd", "listener"]
@@ -71,7 +73,9 @@ class Broker:
 
     # -- public -----------------------------------------------------------
 
-    def start(self, plan: SpawnPlan, *, timeout: float | None = None, stdio: tuple[int, int, int] = (0, 1, 2)) -> Child:
+    def start(
+        self, plan: SpawnPlan, *, timeout: float | None = None, stdio: tuple[int, int, int] = (0, 1, 2)
+    ) -> Child:
         """Spawn a sandbox for ``plan``; it runs while the loop is driven (``wait``/``run_once``)."""
         spawned = spawn(plan, stdio=stdio)
         deadline = time.monotonic() + timeout if timeout else None
@@ -100,29 +104,29 @@ class Broker:
         now = time.monotonic()
         for child in list(self._children):
             if child.deadline is not None and now >= child.deadline and child.kill_reason is None:
-                self.kill(child, Outcome("timeout", EXIT_TIMEOUT, detail=f"timed out after {child.timeout:g} s; the sandbox was killed"))
+                self.kill(
+                    child,
+                    Outcome(
+                        "timeout",
+                        EXIT_TIMEOUT,
+                        detail=f"timed out after {child.timeout:g} s; the sandbox was killed",
+                    ),
+                )
 
     def send_signal(self, child: Child, sig: int) -> None:
         """Deliver ``sig`` to the command (not to privsep's own processes)."""
         if child.command_pidfd is not None and child.outcome is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(child.command_pidfd, sig)
-            except ProcessLookupError:
-                pass
 
     def kill(self, child: Child, reason: Outcome) -> None:
         """End the whole sandbox now; ``reason`` becomes its outcome."""
         if child.kill_reason is None:
             child.kill_reason = reason
-        if child.init_pidfd is not None:
-            try:
-                signal.pidfd_send_signal(child.init_pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            signal.pidfd_send_signal(child.spawned.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pidfd in (child.init_pidfd, child.spawned.pidfd):
+            if pidfd is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
     def close(self) -> None:
         """Kill every sandbox still running and wait for them; release every fd."""
@@ -186,7 +190,9 @@ class Broker:
             return protocol.reply_ok(request, child.proto.hello_result())
         if isinstance(request, protocol.Ping):
             return protocol.reply_ok(request, {})
-        raise LocalProtocolError(f"no handler for op {request.op!r}")  # pragma: no cover - union is exhaustive
+        raise LocalProtocolError(
+            f"no handler for op {request.op!r}"
+        )  # pragma: no cover - union is exhaustive
 
     def _queue(self, child: Child, reply: bytes) -> None:
         child.outbox.append(reply)
@@ -216,14 +222,20 @@ class Broker:
 
     def _violation(self, child: Child, reason: str) -> None:
         sock = child.spawned.channel
-        try:
-            # The reason is built by protocol/channel from our own words only (never peer bytes).
-            channel.send(sock, protocol.reply_error(None, protocol.ErrorCode.INVALID, f"protocol violation: {reason}"[:1000]))
-        except (BlockingIOError, ChannelError, OSError, LocalProtocolError):
-            pass
+        # The reason is built by protocol/channel from our own words only (never peer bytes).
+        reply = protocol.reply_error(None, protocol.ErrorCode.INVALID, f"protocol violation: {reason}"[:1000])
+        with contextlib.suppress(ChannelError, OSError):
+            channel.send(sock, reply)
         self._forget(sock)
         sock.close()
-        self.kill(child, Outcome("violation", 128 + signal.SIGKILL, detail=f"the child broke the protocol ({reason}); it was disconnected and killed"))
+        self.kill(
+            child,
+            Outcome(
+                "violation",
+                128 + signal.SIGKILL,
+                detail=f"the child broke the protocol ({reason}); it was disconnected and killed",
+            ),
+        )
 
     def _on_control(self, child: Child) -> None:
         sock = child.spawned.control
@@ -234,7 +246,9 @@ class Broker:
                 return
             except (RemoteProtocolError, ChannelError, OSError) as exc:
                 self._forget(sock)
-                self.kill(child, Outcome("lost", EXIT_PRIVSEP, detail=f"the sandbox's control socket failed: {exc}"))
+                self.kill(
+                    child, Outcome("lost", EXIT_PRIVSEP, detail=f"the sandbox's control socket failed: {exc}")
+                )
                 return
             if frame is None:
                 self._forget(sock)
@@ -250,19 +264,15 @@ class Broker:
         if msg.kind in ("init", "command", "listener"):
             assert msg.fd is not None
             os.set_blocking(msg.fd, False)
-            old = getattr(child, f"{'init_pidfd' if msg.kind == 'init' else 'command_pidfd' if msg.kind == 'command' else 'listener'}")
-            if old is not None:  # each is sent once; a second one is not trusted
+            attr = {"init": "init_pidfd", "command": "command_pidfd", "listener": "listener"}[msg.kind]
+            if getattr(child, attr) is not None:  # each is sent once; a second one is not trusted
                 os.close(msg.fd)
                 self.kill(child, Outcome("lost", EXIT_PRIVSEP, detail=f"duplicate {msg.kind} report"))
                 return
-            if msg.kind == "init":
-                child.init_pidfd = msg.fd
-                if child.kill_reason is not None:
-                    self.kill(child, child.kill_reason)
-            elif msg.kind == "command":
-                child.command_pidfd = msg.fd
-            else:
-                child.listener = msg.fd
+            setattr(child, attr, msg.fd)
+            if msg.kind == "init" and child.kill_reason is not None:
+                self.kill(child, child.kill_reason)  # killed before init was known: make sure
+            elif msg.kind == "listener":
                 self._sel.register(msg.fd, selectors.EVENT_READ, (child, "listener"))
         elif msg.kind == "error":
             child.setup_error = child.setup_error or msg
@@ -280,9 +290,11 @@ class Broker:
             return
         if note is None:
             return
-        from privsep.confine.seccomp import syscall_name
-
-        name = syscall_name(note.nr) if note.arch == notify.AUDIT_ARCH_X86_64 else f"syscall {note.nr} (arch {note.arch:#x})"
+        name = (
+            syscall_name(note.nr)
+            if note.arch == notify.AUDIT_ARCH_X86_64
+            else f"syscall {note.nr} (arch {note.arch:#x})"
+        )
         self.kill(
             child,
             Outcome(
@@ -298,9 +310,9 @@ class Broker:
 
     def _on_exit(self, child: Child) -> None:
         try:
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
+            pid, _ = os.waitpid(child.pid, os.WNOHANG)
         except ChildProcessError:
-            pid, status = child.pid, 0
+            pid = child.pid
         if pid == 0:
             return
         self._on_control(child)  # reports sent before the exit are already queued
@@ -312,7 +324,11 @@ class Broker:
             return child.kill_reason
         if child.setup_error is not None:
             err = child.setup_error
-            return Outcome("setup_error", EXIT_PRIVSEP, detail=f"could not confine the child: step '{err.step}': {err.reason}")
+            return Outcome(
+                "setup_error",
+                EXIT_PRIVSEP,
+                detail=f"could not confine the child: step '{err.step}': {err.reason}",
+            )
         if child.exec_error is not None:
             err = child.exec_error
             reason = os.strerror(err.errno)
@@ -326,14 +342,14 @@ class Broker:
                 detail = f"command cannot be executed in the sandbox: {child.argv0} ({reason})"
             return Outcome("exec_error", err.status, detail=detail)
         if child.exit_status is None:
-            return Outcome("lost", EXIT_PRIVSEP, detail="the sandbox ended without reporting the command's exit status")
+            return Outcome(
+                "lost", EXIT_PRIVSEP, detail="the sandbox ended without reporting the command's exit status"
+            )
         return from_wait_status(child.exit_status)
 
     def _forget(self, fileobj: socket.socket | int) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(fileobj)
-        except (KeyError, ValueError):
-            pass
 
     def _release(self, child: Child) -> None:
         sp = child.spawned

@@ -16,7 +16,8 @@ import fcntl
 import struct
 from dataclasses import dataclass
 
-# struct seccomp_notif { u64 id; u32 pid; u32 flags; struct seccomp_data { s32 nr; u32 arch; u64 ip; u64 args[6]; } }
+# struct seccomp_notif { u64 id; u32 pid; u32 flags;
+#                        struct seccomp_data { s32 nr; u32 arch; u64 ip; u64 args[6]; } }
 _NOTIF = struct.Struct("=QIIiIQ6Q")
 _IOC_RECV = 0xC0502100  # SECCOMP_IOCTL_NOTIF_RECV
 AUDIT_ARCH_X86_64 = 0xC000003E
@@ -42,4 +43,3 @@ def receive(listener: int) -> Notification | None:
         raise
     nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
     return Notification(id=nid, pid=pid, nr=nr, arch=arch, args=tuple(args))
-

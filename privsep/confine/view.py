@@ -27,7 +27,12 @@ from privsep.policy.model import View
 
 #: Device nodes every child gets; none of them gives access to anything.
 DEVICES = ("null", "zero", "full", "random", "urandom")
-_DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
+_DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+}
 _MAX_LINKS = 40
 #: Where the new root is assembled, inside the child's private mount namespace.
 #: Sources are opened as O_PATH fds before this is covered, so a grant below
@@ -226,7 +231,12 @@ def build_view(plan: ViewPlan) -> None:
         _linux.umount2(".", _linux.MNT_DETACH)
         os.chdir("/")
         current = "/ (read-only)"
-        _linux.mount(None, "/", None, _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | _linux.MS_NOSUID | _linux.MS_NODEV)
+        _linux.mount(
+            None,
+            "/",
+            None,
+            _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | _linux.MS_NOSUID | _linux.MS_NODEV,
+        )
     except OSError as exc:
         raise ConfinementError(step, f"setting up {current}: {exc.strerror}") from None
     finally:
@@ -234,4 +244,3 @@ def build_view(plan: ViewPlan) -> None:
             os.close(fd)
         for _, fd in devices:
             os.close(fd)
-

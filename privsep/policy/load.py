@@ -34,13 +34,12 @@ def variables() -> dict[str, str]:
     They let one shipped file describe "this interpreter and its venv" on any
     machine, without hard-coding where Python happens to live.
     """
-    import privsep  # the package itself: its directory must be importable in a Python child
-
     return {
         "sys.prefix": sys.prefix,
         "sys.base_prefix": sys.base_prefix,
         "sys.exec_prefix": sys.exec_prefix,
-        "privsep.package": str(Path(privsep.__file__).resolve().parent),
+        # The package itself (this file is privsep/policy/load.py): a Python child imports it.
+        "privsep.package": str(Path(__file__).resolve().parent.parent),
     }
 
 
@@ -98,7 +97,9 @@ def _explain(origin: str, exc: ValidationError) -> PolicyError:
     for err in exc.errors(include_url=False):
         where = _format_loc(tuple(err["loc"]))
         if err["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key; remove it or check its spelling (see `privsep policy schema`)")
+            lines.append(
+                f"{where}: unknown key; remove it or check its spelling (see `privsep policy schema`)"
+            )
         else:
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{where}: {msg}")
@@ -182,4 +183,3 @@ def load_policy(spec: str, *, extra: Mapping[str, Any] | None = None) -> Policy:
         return Policy.model_validate({"name": spec, **_tuples(raw)})
     except ValidationError as exc:
         raise _explain(origin, exc) from None
-

@@ -20,6 +20,7 @@ HELLO = (
     "s = socket.socket(fileno=3)\n"
     "s.send(json.dumps({'id': 1, 'op': 'hello', 'versions': [1]}).encode())\n"
     "assert json.loads(s.recv(65536))['ok']\n"
+    "s_ping = json.dumps({'id': 2, 'op': 'ping'}).encode()\n"
 )
 
 
@@ -61,8 +62,10 @@ def test_many_children_are_served_at_once(broker: Broker) -> None:
     [
         ("s.send(b'not json at all')", "invalid request"),
         ("s.send(b'x' * 70000)", "larger than"),
-        ("s.sendmsg([b'{\"id\":2,\"op\":\"ping\"}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [0, 1]))])",
-         "file descriptors"),
+        (
+            "s.sendmsg([s_ping], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [0, 1]))])",
+            "file descriptors",
+        ),
         ("s.send(json.dumps({'id': 2, 'op': 'hello', 'versions': [1]}).encode())", "only once"),
         ("s.send(json.dumps({'id': 2, 'op': 'ping', 'extra': 1}).encode())", "extra_forbidden"),
         ("s.send(json.dumps({'id': '2', 'op': 'ping'}).encode())", "int_type"),
@@ -72,7 +75,10 @@ def test_many_children_are_served_at_once(broker: Broker) -> None:
 )
 def test_a_violator_is_cut_off_and_its_sibling_carries_on(broker: Broker, attack: str, why: str) -> None:
     hostile = start(broker, "import array, time\n" + HELLO + attack + "\ntime.sleep(30)\n")
-    sibling = start(broker, "import time\nfrom privsep import client\ntime.sleep(0.5)\nfor _ in range(20): client.ping()\n")
+    sibling = start(
+        broker,
+        "import time\nfrom privsep import client\ntime.sleep(0.5)\nfor _ in range(20): client.ping()\n",
+    )
     bad, good = wait_all(broker, [hostile, sibling])
     assert bad.how == "violation", bad
     assert why in bad.detail
