@@ -1,0 +1,443 @@
+"""The seccomp layer: compile a policy's syscall set once in the broker, load it in the child.
+
+Building a filter with libseccomp costs about a millisecond and needs the library; loading
+one is a single ``seccomp()`` call. So the broker compiles (:func:`compile_filter`, cached
+per :class:`FilterSpec`) and the child, which must stay small and import nothing heavy,
+only loads the bytes (:func:`load_filter`).
+
+What a compiled filter does, in order:
+
+1. Architecture: only native x86_64 passes. i386 calls (``int 0x80``) and x32 calls (the
+   number carries ``0x40000000``) kill the process: both have their own syscall numbers,
+   so an x86_64 allowlist means nothing for them.
+2. Argument checks, on the low 32 bits of the argument, because that is all the kernel
+   reads for these ``int``-typed arguments (``ioctl(fd, 0x100005412)`` *is* TIOCSTI):
+   ``ioctl`` refuses TIOCSTI/TIOCLINUX (typing into the terminal of whoever owns it);
+   ``clone`` refuses any ``CLONE_NEW*`` flag; ``socket``/``socketpair`` accept only
+   ``AF_UNIX`` (network access is the broker's); ``personality`` accepts only
+   ``PER_LINUX`` and the query. These run as a short hand-written BPF prelude in front of
+   libseccomp's program, because libseccomp cannot express "allow unless the masked
+   argument equals X": an unconditional allow silently *swallows* conditional rules on the
+   same syscall, and a mask of 0 is folded into an unconditional rule (measured with
+   libseccomp 2.5.4; ``tests/integration/test_seccomp_filter.py`` pins the result).
+3. The allowlist (libseccomp, binary-tree ordered); ``clone3`` fails with ``ENOSYS`` so that
+   glibc falls back to ``clone``, whose flags step 2 can see.
+4. Dangerous calls (``privsep.policy.syscalls.DANGEROUS``) report to the broker through a
+   seccomp user notification, or kill; the broker then names the call (:func:`syscall_name`).
+   Without a listener (``load_filter(..., listener=False)``) the kernel fails a notifying
+   call with ``ENOSYS`` instead, which is still a denial.
+5. Everything else gets the policy's default: ``EPERM``, ``ENOSYS`` or kill.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+import re
+import struct
+import threading
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Literal
+
+from privsep.errors import ConfinementError, PolicyError
+from privsep.policy.syscalls import DANGEROUS, SPECIAL, refuse_dangerous
+
+__all__ = [
+    "AUDIT_ARCH_X86_64",
+    "FilterSpec",
+    "compile_filter",
+    "load_filter",
+    "syscall_name",
+    "syscall_number",
+]
+
+DefaultAction = Literal["eperm", "enosys", "kill"]
+DangerousAction = Literal["notify", "kill"]
+
+AUDIT_ARCH_X86_64 = 0xC000003E
+
+# seccomp return values (linux/seccomp.h).
+_RET_KILL_PROCESS = 0x80000000
+_RET_ERRNO = 0x00050000
+_RET_USER_NOTIF = 0x7FC00000
+_RET_ALLOW = 0x7FFF0000
+
+# seccomp(2) and prctl(2) constants.
+_NR_SECCOMP = 317  # x86_64
+_SECCOMP_SET_MODE_FILTER = 1
+_SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+_PR_GET_NO_NEW_PRIVS = 39
+_BPF_MAXINSNS = 4096
+_SOCK_FILTER = struct.Struct("<HBBI")  # struct sock_filter: code, jt, jf, k
+
+# Classic BPF opcodes used by the prelude.
+_LD_W_ABS = 0x20
+_JMP_JA = 0x05
+_JMP_JEQ_K = 0x15
+_JMP_JSET_K = 0x45
+_RET_K = 0x06
+
+# struct seccomp_data offsets: nr, arch, instruction_pointer, args[6] (little endian, so
+# the low 32 bits of args[i] are at 16 + 8 * i).
+_OFF_NR = 0
+_OFF_ARCH = 4
+
+
+def _arg_lo(i: int) -> int:
+    return 16 + 8 * i
+
+
+_TIOCSTI = 0x5412
+_TIOCLINUX = 0x541C
+_AF_UNIX = 1
+# CLONE_NEWTIME (0x80) lies in clone()'s exit-signal byte, so clone() itself cannot make a
+# time namespace; refusing the bit only refuses "exit signals" 128-255, which are not
+# signals at all, and keeps the mask the same as for unshare/clone3 should they ever pass.
+_CLONE_NEW_MASK = (
+    0x00000080  # CLONE_NEWTIME
+    | 0x00020000  # CLONE_NEWNS
+    | 0x02000000  # CLONE_NEWCGROUP
+    | 0x04000000  # CLONE_NEWUTS
+    | 0x08000000  # CLONE_NEWIPC
+    | 0x10000000  # CLONE_NEWUSER
+    | 0x20000000  # CLONE_NEWPID
+    | 0x40000000  # CLONE_NEWNET
+)
+_PERSONALITY_OK = (0x00000000, 0xFFFFFFFF)  # PER_LINUX, query
+
+# x86_64 numbers of syscalls newer than the libseccomp this was built against (2.5.4 knows
+# up to futex_requeue, 456). Taken from arch/x86/entry/syscalls/syscall_64.tbl; used only
+# where libseccomp does not know the name, and checked against it and the kernel by tests.
+_NEWER_SYSCALLS: dict[str, int] = {
+    "statmount": 457,
+    "listmount": 458,
+    "lsm_get_self_attr": 459,
+    "lsm_set_self_attr": 460,
+    "lsm_list_modules": 461,
+    "mseal": 462,
+    "setxattrat": 463,
+    "getxattrat": 464,
+    "listxattrat": 465,
+    "removexattrat": 466,
+    "open_tree_attr": 467,
+    "file_getattr": 468,
+    "file_setattr": 469,
+}
+_NEWER_BY_NUMBER = {nr: name for name, nr in _NEWER_SYSCALLS.items()}
+
+_DEFAULT_RET = {
+    "eperm": _RET_ERRNO | errno.EPERM,
+    "enosys": _RET_ERRNO | errno.ENOSYS,
+    "kill": _RET_KILL_PROCESS,
+}
+_DANGEROUS_RET = {"notify": _RET_USER_NOTIF, "kill": _RET_KILL_PROCESS}
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """Everything a compiled filter depends on; equal specs share one cached program."""
+
+    allow: frozenset[str]
+    default_action: DefaultAction = "eperm"
+    dangerous_action: DangerousAction = "notify"
+
+    def __post_init__(self) -> None:
+        # A plain set would make the spec unhashable and the cache fail far from the cause.
+        if not isinstance(self.allow, frozenset):
+            object.__setattr__(self, "allow", frozenset(self.allow))
+        if self.default_action not in _DEFAULT_RET:
+            raise PolicyError(
+                f"unknown seccomp default action {self.default_action!r}; "
+                f"use one of {', '.join(sorted(_DEFAULT_RET))}"
+            )
+        if self.dangerous_action not in _DANGEROUS_RET:
+            raise PolicyError(
+                f"unknown seccomp action for dangerous syscalls {self.dangerous_action!r}; "
+                f"use one of {', '.join(sorted(_DANGEROUS_RET))}"
+            )
+
+
+# --------------------------------------------------------------------------- libseccomp
+
+_SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+_SYSCALL_NAME = re.compile(r"_?[a-z][a-z0-9_]*")
+_import_lock = threading.Lock()
+_pyseccomp: ModuleType | None = None
+
+
+def _libseccomp() -> Any:
+    """Import pyseccomp without the ~30 ms of subprocesses ``find_library`` would spawn."""
+    global _pyseccomp
+    with _import_lock:
+        if _pyseccomp is None:
+            # ctypes.util itself imports subprocess: keep it off the child's import path.
+            import ctypes.util  # noqa: PLC0415
+
+            real = ctypes.util.find_library
+
+            def known_first(name: str) -> str | None:
+                return _SONAMES.get(name) or real(name)
+
+            ctypes.util.find_library = known_first
+            try:
+                import pyseccomp  # noqa: PLC0415 - lazily, see above
+            except (OSError, RuntimeError) as exc:
+                raise ConfinementError("seccomp", f"libseccomp could not be loaded: {exc}") from exc
+            finally:
+                ctypes.util.find_library = real
+            _pyseccomp = pyseccomp
+        return _pyseccomp
+
+
+def syscall_number(name: str) -> int | None:
+    """The native x86_64 number of ``name``, or None if it does not exist there."""
+    if not _SYSCALL_NAME.fullmatch(name):  # libseccomp would read "read\0x" as "read"
+        return None
+    sc = _libseccomp()
+    nr = int(sc.resolve_syscall(sc.Arch.NATIVE, name))
+    # libseccomp answers -1 for names it does not know and a negative "pseudo syscall"
+    # for names that exist only on other architectures (socketcall, vm86, ...).
+    if nr >= 0:
+        return nr
+    return _NEWER_SYSCALLS.get(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def syscall_name(nr: int) -> str:
+    """Name a native syscall number for a denial report; never fails."""
+    try:
+        sc = _libseccomp()
+        return bytes(sc.resolve_syscall(sc.Arch.NATIVE, nr)).decode()
+    except (ValueError, ConfinementError, UnicodeDecodeError):
+        return _NEWER_BY_NUMBER.get(nr, f"syscall {nr}")
+
+
+# --------------------------------------------------------------------------- the compiler
+
+
+@functools.lru_cache(maxsize=64)
+def compile_filter(spec: FilterSpec) -> bytes:
+    """Compile ``spec`` to the raw BPF program (``struct sock_filter`` entries) to load.
+
+    Raises PolicyError for a name that cannot be allowed: unknown on x86_64, or dangerous.
+    """
+    allowed = _resolve_allow(spec.allow)
+    sc = _libseccomp()
+    default_ret = _DEFAULT_RET[spec.default_action]
+    filt = sc.SyscallFilter(default_ret)
+    filt.set_attr(sc.Attr.ACT_BADARCH, _RET_KILL_PROCESS)  # i386 and (below) x32
+    filt.set_attr(sc.Attr.CTL_NNP, 0)  # the loader sets no_new_privs itself, explicitly
+    filt.set_attr(sc.Attr.CTL_OPTIMIZE, 2)  # binary tree: O(log n) per syscall
+
+    def add(action: int, nr: int) -> None:
+        # libseccomp refuses (EACCES) a rule whose action is the default: it is implied.
+        if action != default_ret:
+            filt.add_rule(action, nr)
+
+    for nr in allowed.values():
+        add(_RET_ALLOW, nr)
+    add(_RET_ERRNO | errno.ENOSYS, _must_resolve("clone3"))
+    add(_RET_ALLOW, _must_resolve("personality"))  # the prelude limits the persona
+    dangerous_ret = _DANGEROUS_RET[spec.dangerous_action]
+    for name in sorted(DANGEROUS - SPECIAL.keys()):
+        dangerous_nr = syscall_number(name)
+        if dangerous_nr is not None:  # e.g. vm86 exists only on i386
+            add(dangerous_ret, dangerous_nr)
+
+    body = _export_bpf(filt)
+    program = _prelude(allowed) + body
+    count = len(program) // _SOCK_FILTER.size
+    if count > _BPF_MAXINSNS:
+        raise PolicyError(
+            f"the seccomp filter has {count} instructions, more than the kernel's "
+            f"{_BPF_MAXINSNS}; allow fewer syscalls"
+        )
+    # Resolve the loader's libc handles here, in the broker: forked children inherit them
+    # instead of each paying ~0.2 ms for dlopen/dlsym on the start path.
+    _c()
+    return program
+
+
+def _must_resolve(name: str) -> int:
+    nr = syscall_number(name)
+    if nr is None:  # only for names this module relies on: a broken libseccomp
+        raise ConfinementError("seccomp", f"libseccomp does not know {name!r} on x86_64")
+    return nr
+
+
+def _resolve_allow(names: frozenset[str]) -> dict[str, int]:
+    resolved: dict[str, int] = {}
+    for name in sorted(names):
+        refuse_dangerous(name)
+        nr = syscall_number(name)
+        if nr is None:
+            hint = (
+                "; expand syscall groups with privsep.policy.syscalls.expand first"
+                if name.startswith("@")
+                else ""
+            )
+            raise PolicyError(
+                f"unknown syscall {name!r} (not known to libseccomp "
+                f"{_libseccomp_version()} on x86_64){hint}"
+            )
+        resolved[name] = nr
+    return resolved
+
+
+def _libseccomp_version() -> str:
+    try:
+        version = _libseccomp()._libseccomp.seccomp_version
+        version.restype = ctypes.POINTER(ctypes.c_uint * 3)
+        major, minor, micro = version().contents
+    except (AttributeError, ValueError):
+        return "(unknown version)"
+    return f"{major}.{minor}.{micro}"
+
+
+def _export_bpf(filt: Any) -> bytes:
+    fd = os.memfd_create("privsep-seccomp", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as handle:
+            filt.export_bpf(handle)
+        size = os.fstat(fd).st_size
+        return os.pread(fd, size, 0)
+    except OSError as exc:
+        raise ConfinementError("seccomp", f"libseccomp could not export the filter: {exc}") from exc
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- the prelude
+
+# A check is (syscall number, argument index, kind, values, errno); kinds:
+#   "deny_values": refuse if the argument's low 32 bits equal one of values
+#   "allow_values": refuse unless they equal one of values
+#   "deny_mask": refuse if they share a bit with values[0]
+_Check = tuple[int, int, str, tuple[int, ...], int]
+
+
+def _checks(allowed: dict[str, int]) -> list[_Check]:
+    checks: list[_Check] = []
+    if "ioctl" in allowed:
+        checks.append((allowed["ioctl"], 1, "deny_values", (_TIOCSTI, _TIOCLINUX), errno.EPERM))
+    if "clone" in allowed:
+        checks.append((allowed["clone"], 0, "deny_mask", (_CLONE_NEW_MASK,), errno.EPERM))
+    for name in ("socket", "socketpair"):
+        if name in allowed:
+            checks.append((allowed[name], 0, "allow_values", (_AF_UNIX,), errno.EAFNOSUPPORT))
+    checks.append((_must_resolve("personality"), 0, "allow_values", _PERSONALITY_OK, errno.EPERM))
+    return checks
+
+
+def _prelude(allowed: dict[str, int]) -> bytes:
+    """Assemble the argument checks; every path ends in a refusal or libseccomp's program.
+
+    Jumps are relative and forward-only in classic BPF, so prepending leaves libseccomp's
+    own jumps intact; "start" below is the first instruction of its program.
+    """
+    checks = _checks(allowed)
+    # Instructions as (code, jt, jf, k) with jt/jf/k possibly symbolic labels.
+    code: list[tuple[int, int | str, int | str, int | str]] = []
+    labels: dict[str, int] = {}
+
+    def emit(op: int, jt: int | str = 0, jf: int | str = 0, k: int | str = 0) -> None:
+        code.append((op, jt, jf, k))
+
+    emit(_LD_W_ABS, k=_OFF_ARCH)
+    emit(_JMP_JEQ_K, jt=0, jf="start", k=AUDIT_ARCH_X86_64)
+    emit(_LD_W_ABS, k=_OFF_NR)
+    for i, (nr, *_rest) in enumerate(checks):
+        emit(_JMP_JEQ_K, jt=f"check{i}", jf=0, k=nr)
+    emit(_JMP_JA, k="start")
+    for i, (_nr, arg, kind, values, err) in enumerate(checks):
+        labels[f"check{i}"] = len(code)
+        emit(_LD_W_ABS, k=_arg_lo(arg))
+        if kind == "deny_values":
+            for value in values:
+                emit(_JMP_JEQ_K, jt=f"deny{i}", jf=0, k=value)
+            emit(_JMP_JA, k="start")
+        elif kind == "allow_values":
+            for value in values:
+                emit(_JMP_JEQ_K, jt="start", jf=0, k=value)
+        elif kind == "deny_mask":
+            emit(_JMP_JSET_K, jt=0, jf="start", k=values[0])
+        else:  # pragma: no cover - the table above is the only producer
+            raise AssertionError(kind)
+        labels[f"deny{i}"] = len(code)
+        emit(_RET_K, k=_RET_ERRNO | err)
+    labels["start"] = len(code)
+
+    def target(ref: int | str, pos: int) -> int:
+        return ref if isinstance(ref, int) else labels[ref] - (pos + 1)
+
+    out = bytearray()
+    for pos, (op, jt, jf, k) in enumerate(code):
+        if op == _JMP_JA:  # the only jump whose target lives in k (32 bits)
+            out += _SOCK_FILTER.pack(op, 0, 0, target(k, pos))
+        else:  # jt/jf are 8 bits: fine for a prelude of a few dozen instructions
+            out += _SOCK_FILTER.pack(op, target(jt, pos), target(jf, pos), target(k, pos))
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _c() -> ctypes.CDLL:
+    # dlopen(NULL) finds the libc already mapped into the process: no path search at all.
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.syscall.restype = ctypes.c_long
+        lib.prctl.restype = ctypes.c_int
+        _libc = lib
+    return _libc
+
+
+def load_filter(bpf: bytes, *, listener: bool) -> int | None:
+    """Attach ``bpf`` to the calling thread (the child is single-threaded); irreversible.
+
+    With ``listener=True`` returns the notification fd (close-on-exec, set by the kernel)
+    that the child must hand to the broker before it execs; otherwise returns None.
+    """
+    if not bpf or len(bpf) % _SOCK_FILTER.size:
+        raise ConfinementError("seccomp", f"not a BPF program: {len(bpf)} bytes")
+    count = len(bpf) // _SOCK_FILTER.size
+    if count > _BPF_MAXINSNS:
+        raise ConfinementError("seccomp", f"filter has {count} instructions, over {_BPF_MAXINSNS}")
+    libc = _c()
+    nnp = libc.prctl(
+        ctypes.c_int(_PR_GET_NO_NEW_PRIVS), ctypes.c_ulong(0), ctypes.c_ulong(0),
+        ctypes.c_ulong(0), ctypes.c_ulong(0),
+    )
+    if nnp != 1:
+        # Root could load a filter without it, but then a setuid exec could shed the
+        # rest of the confinement: we never rely on privilege to skip this.
+        raise ConfinementError(
+            "seccomp",
+            "no_new_privs is not set; call prctl(PR_SET_NO_NEW_PRIVS, 1) before loading the filter",
+        )
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(count, ctypes.addressof(buf))
+    flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0
+    ctypes.set_errno(0)
+    rc = libc.syscall(
+        ctypes.c_long(_NR_SECCOMP), ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
+        ctypes.c_ulong(flags), ctypes.byref(prog),
+    )
+    if rc < 0:
+        err = ctypes.get_errno()
+        name = errno.errorcode.get(err, str(err))
+        raise ConfinementError(
+            "seccomp", f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {name} ({os.strerror(err)})"
+        )
+    return int(rc) if listener else None
