@@ -35,7 +35,7 @@ from privsep.confine.seccomp import syscall_name
 from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, spawn
 from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
 
-_Role = Literal["channel", "control", "pidfd", "listener"]
+_Role = Literal["channel", "control", "pidfd", "init", "listener"]
 _MAX_OUTBOX = 64  # replies queued for a child that does not read, before it is cut off
 
 
@@ -56,6 +56,8 @@ class Child:
     setup_error: ControlMessage | None = None
     exec_error: ControlMessage | None = None
     exit_status: int | None = None
+    monitor_reaped: bool = False
+    init_exited: bool = False
     outcome: Outcome | None = None
     requests: int = 0
 
@@ -120,13 +122,20 @@ class Broker:
                 signal.pidfd_send_signal(child.command_pidfd, sig)
 
     def kill(self, child: Child, reason: Outcome) -> None:
-        """End the whole sandbox now; ``reason`` becomes its outcome."""
+        """End the whole sandbox now; ``reason`` becomes its outcome.
+
+        Through init when it is known: its death empties the pid namespace
+        before it counts as exited. Not the monitor as well: the monitor would
+        be reaped at once, and the sandbox must not count as ended (nor its
+        seccomp listener be closed, which lets a blocked call return) while
+        the namespace is still being torn down. Before init has reported, no
+        command exists yet, and killing the monitor takes init with it.
+        """
         if child.kill_reason is None:
             child.kill_reason = reason
-        for pidfd in (child.init_pidfd, child.spawned.pidfd):
-            if pidfd is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        pidfd = child.init_pidfd if child.init_pidfd is not None else child.spawned.pidfd
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
     def close(self) -> None:
         """Kill every sandbox still running and wait for them; release every fd."""
@@ -157,8 +166,12 @@ class Broker:
             self._on_control(child)
         elif role == "listener":
             self._on_listener(child)
+        elif role == "init":
+            child.init_exited = True
+            self._forget(child.init_pidfd if child.init_pidfd is not None else -1)
+            self._maybe_finish(child)
         else:
-            self._on_exit(child)
+            self._on_monitor_exit(child)
 
     def _on_channel(self, child: Child) -> None:
         sock = child.spawned.channel
@@ -270,8 +283,10 @@ class Broker:
                 self.kill(child, Outcome("lost", EXIT_PRIVSEP, detail=f"duplicate {msg.kind} report"))
                 return
             setattr(child, attr, msg.fd)
-            if msg.kind == "init" and child.kill_reason is not None:
-                self.kill(child, child.kill_reason)  # killed before init was known: make sure
+            if msg.kind == "init":
+                self._sel.register(msg.fd, selectors.EVENT_READ, (child, "init"))
+                if child.kill_reason is not None:
+                    self.kill(child, child.kill_reason)  # killed before init was known: make sure
             elif msg.kind == "listener":
                 self._sel.register(msg.fd, selectors.EVENT_READ, (child, "listener"))
         elif msg.kind == "error":
@@ -308,16 +323,28 @@ class Broker:
         # Never answered: the call stays blocked until SIGKILL ends the process.
         # An answer (even an error) would let it run on until the kill lands.
 
-    def _on_exit(self, child: Child) -> None:
+    def _on_monitor_exit(self, child: Child) -> None:
         try:
             pid, _ = os.waitpid(child.pid, os.WNOHANG)
         except ChildProcessError:
             pid = child.pid
         if pid == 0:
             return
+        child.monitor_reaped = True
+        self._forget(child.spawned.pidfd)
         self._on_control(child)  # reports sent before the exit are already queued
-        child.outcome = self._outcome(child)
-        self._release(child)
+        if child.init_pidfd is not None and not child.init_exited:
+            # The monitor died before reaping init (killed from outside): make
+            # sure, and finish when init has gone, namespace and all.
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(child.init_pidfd, signal.SIGKILL)
+        self._maybe_finish(child)
+
+    def _maybe_finish(self, child: Child) -> None:
+        """The sandbox has ended when its monitor is reaped and its init (if any) is gone."""
+        if child.monitor_reaped and (child.init_pidfd is None or child.init_exited):
+            child.outcome = self._outcome(child)
+            self._release(child)
 
     def _outcome(self, child: Child) -> Outcome:
         if child.kill_reason is not None:

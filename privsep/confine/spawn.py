@@ -15,7 +15,7 @@ for, which breaks programs that signal themselves. No user code runs in a
 forked copy of the broker: the command execs a fresh program, and monitor and
 init run only this module.
 
-Monitor, init and (until its execve) the command report to the broker over a
+Init and (until its execve) the command report to the broker over a
 private SEQPACKET "control" socket: the pidfds of init and command, the
 seccomp listener fd, the first error of any step, and init's final wait
 status. The command's copy is close-on-exec, so the program never holds it.
@@ -249,9 +249,7 @@ def _monitor(plan: SpawnPlan, sources: Sequence[int], broker_pid: int) -> None:
             os.close(lifeline_w)
             os._exit(_init(plan, lifeline_r))
         os.close(lifeline_r)
-        pidfd = os.pidfd_open(init_pid)
-        _report("init", [pidfd])
-        for fd in (pidfd, 0, 1, 2, CHANNEL_FD, _CONTROL_FD):
+        for fd in (0, 1, 2, CHANNEL_FD, _CONTROL_FD):
             os.close(fd)  # the monitor keeps only lifeline_w: its death closes it
     except BaseException as exc:
         os._exit(_fail(exc))
@@ -292,6 +290,12 @@ def _init(plan: SpawnPlan, lifeline: int) -> int:
         prctl.set_pdeathsig(signal.SIGKILL)
         if not _parent_alive(lifeline):
             return 125
+        # Report ourselves (pid 1 of our namespace) before the command exists: on
+        # the one control socket this orders "init" before anything the command
+        # sends, so the broker can always kill through init once a command runs.
+        own = os.pidfd_open(1)
+        _report("init", [own])
+        os.close(own)
         view.build_view(plan.view)
         try:
             socket.sethostname("privsep")
