@@ -31,32 +31,23 @@ def pytest_report_header() -> list[str]:
     return [f"privsep: kernel {os.uname().release}, Landlock ABI {abi}, euid {os.geteuid()}"]
 
 
-def _nonroot_can_use_venv() -> str | None:
-    """Why a non-root broker could not start from this checkout, or None."""
-    probe = subprocess.run(
-        [str(PYTHON), "-c", "import privsep.cli"],
-        user=NONROOT_ID,
-        group=NONROOT_ID,
-        extra_groups=[],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        return probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "unknown error"
-    return None
+def as_nonroot(argv: Sequence[str]) -> list[str]:
+    """``argv`` run as NONROOT_ID with no groups (see tests/as_nonroot.py); start it as root, cwd REPO."""
+    return [str(PYTHON), "-m", "tests.as_nonroot", str(NONROOT_ID), str(REPO), "--", *argv]
 
 
 @pytest.fixture(scope="session")
 def nonroot_ready() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to an unprivileged uid for the non-root broker tests")
-    reason = _nonroot_can_use_venv()
-    if reason is not None:
-        pytest.fail(
-            f"uid {NONROOT_ID} cannot run {PYTHON} from this checkout ({reason}); "
-            "clone the repository under a directory every user can traverse"
-        )
+    probe = subprocess.run(
+        as_nonroot([str(PYTHON), "-c", "import privsep.cli"]),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert probe.returncode == 0, f"uid {NONROOT_ID} cannot start privsep from this checkout:\n{probe.stderr}"
 
 
 @pytest.fixture(params=["root", "nonroot"])
@@ -87,10 +78,10 @@ def _run(
     input: str | None = None,
     cwd: Path = REPO,
 ) -> subprocess.CompletedProcess[str]:
-    uid = NONROOT_ID if user == "nonroot" else None
+    argv = [str(PRIVSEP), "run", *args]
     full_env = {"PATH": "/usr/bin:/bin", **(env or {})}
     return subprocess.run(
-        [str(PRIVSEP), "run", *args],
+        as_nonroot(argv) if user == "nonroot" else argv,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -98,9 +89,6 @@ def _run(
         input=input,
         cwd=cwd,
         check=False,
-        user=uid,
-        group=uid,
-        extra_groups=None if uid is None else [],
     )
 
 

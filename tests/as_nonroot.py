@@ -1,0 +1,59 @@
+"""Run a command as an unprivileged uid, even from a checkout that uid cannot reach.
+
+Usage (as root): ``python -m tests.as_nonroot UID REPO -- COMMAND [ARG...]``
+
+The non-root broker tests need the checkout (its ``.venv`` and the privsep
+package) to be readable by the test uid. A clone under a 0700 directory
+(``/root``, ``mktemp -d``) is not. Changing host permissions is not a
+test's business. Instead, in a private mount namespace, the first ancestor
+the uid cannot traverse is covered with an empty 0755 tmpfs, and the
+checkout is bound back at the same path. Every path stays the same, and the
+host is untouched. Then the groups are dropped, the uid/gid are set, and
+COMMAND is exec'd.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+from privsep import _linux
+
+
+def _blocking_ancestor(path: str, uid: int) -> str | None:
+    """The topmost directory above ``path`` that ``uid`` (no groups) cannot search."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts)):
+        ancestor = "/" + "/".join(parts[:i])
+        st = os.stat(ancestor)
+        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXOTH
+        if not st.st_mode & bit:
+            return ancestor
+    return None
+
+
+def main(argv: list[str]) -> int:
+    uid, repo, sep, *command = argv
+    if sep != "--" or not command:
+        print(__doc__, file=sys.stderr)
+        return 2
+    uid_n = int(uid)
+    blocked = _blocking_ancestor(repo, uid_n)
+    if blocked is not None:
+        keep = os.open(repo, os.O_PATH | os.O_CLOEXEC)
+        _linux.unshare(_linux.CLONE_NEWNS)
+        _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+        _linux.mount("tmpfs", blocked, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755")
+        os.makedirs(repo, mode=0o755, exist_ok=True)
+        _linux.mount(f"/proc/self/fd/{keep}", repo, None, _linux.MS_BIND | _linux.MS_REC)
+        os.close(keep)
+    os.setgroups([])
+    os.setresgid(uid_n, uid_n, uid_n)
+    os.setresuid(uid_n, uid_n, uid_n)
+    os.execv(command[0], command)
+    return 127  # pragma: no cover - execv does not return
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
