@@ -41,9 +41,10 @@ def main(argv: list[str]) -> int:
     uid_n = int(uid)
     blocked = _blocking_ancestor(repo, uid_n)
     if blocked is not None:
-        keep = os.open(repo, os.O_PATH | os.O_CLOEXEC)
         _linux.unshare(_linux.CLONE_NEWNS)
         _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+        # Opened only now: a bind source must be a mount of the current namespace.
+        keep = os.open(repo, os.O_PATH | os.O_CLOEXEC)
         _linux.mount("tmpfs", blocked, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755")
         os.makedirs(repo, mode=0o755, exist_ok=True)
         _linux.mount(f"/proc/self/fd/{keep}", repo, None, _linux.MS_BIND | _linux.MS_REC)
