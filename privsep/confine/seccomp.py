@@ -280,8 +280,7 @@ def _resolve_allow(names: frozenset[str]) -> dict[str, int]:
                 else ""
             )
             raise PolicyError(
-                f"unknown syscall {name!r} (not known to libseccomp "
-                f"{_libseccomp_version()} on x86_64){hint}"
+                f"unknown syscall {name!r} (not known to libseccomp {_libseccomp_version()} on x86_64){hint}"
             )
         resolved[name] = nr
     return resolved
@@ -416,8 +415,11 @@ def load_filter(bpf: bytes, *, listener: bool) -> int | None:
         raise ConfinementError("seccomp", f"filter has {count} instructions, over {_BPF_MAXINSNS}")
     libc = _c()
     nnp = libc.prctl(
-        ctypes.c_int(_PR_GET_NO_NEW_PRIVS), ctypes.c_ulong(0), ctypes.c_ulong(0),
-        ctypes.c_ulong(0), ctypes.c_ulong(0),
+        ctypes.c_int(_PR_GET_NO_NEW_PRIVS),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
     )
     if nnp != 1:
         # Root could load a filter without it, but then a setuid exec could shed the
@@ -431,8 +433,10 @@ def load_filter(bpf: bytes, *, listener: bool) -> int | None:
     flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0
     ctypes.set_errno(0)
     rc = libc.syscall(
-        ctypes.c_long(_NR_SECCOMP), ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
-        ctypes.c_ulong(flags), ctypes.byref(prog),
+        ctypes.c_long(_NR_SECCOMP),
+        ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
+        ctypes.c_ulong(flags),
+        ctypes.byref(prog),
     )
     if rc < 0:
         err = ctypes.get_errno()

@@ -33,116 +33,396 @@ __all__ = ["DANGEROUS", "GROUPS", "GROUP_DOCS", "SPECIAL", "expand", "refuse_dan
 
 # Every program: the dynamic loader, libc start-up, threads, time and identity queries.
 # execve is here (as in systemd) because the filter is loaded *before* the command is exec'd.
-_DEFAULT = frozenset({
-    "arch_prctl", "brk", "clock_getres", "clock_gettime", "clock_nanosleep", "execve",
-    "exit", "exit_group", "futex", "futex_requeue", "futex_wait", "futex_waitv",
-    "futex_wake", "get_robust_list", "getegid", "geteuid", "getgid", "getgroups",
-    "getpgid", "getpgrp", "getpid", "getppid", "getrandom", "getresgid", "getresuid",
-    "getrlimit", "getsid", "gettid", "gettimeofday", "getuid", "membarrier", "mmap",
-    "mprotect", "munmap", "nanosleep", "pause", "prlimit64", "restart_syscall", "rseq",
-    "rt_sigreturn", "sched_getaffinity", "sched_yield", "set_robust_list",
-    "set_tid_address", "time", "uname",
-})
+_DEFAULT = frozenset(
+    {
+        "arch_prctl",
+        "brk",
+        "clock_getres",
+        "clock_gettime",
+        "clock_nanosleep",
+        "execve",
+        "exit",
+        "exit_group",
+        "futex",
+        "futex_requeue",
+        "futex_wait",
+        "futex_waitv",
+        "futex_wake",
+        "get_robust_list",
+        "getegid",
+        "geteuid",
+        "getgid",
+        "getgroups",
+        "getpgid",
+        "getpgrp",
+        "getpid",
+        "getppid",
+        "getrandom",
+        "getresgid",
+        "getresuid",
+        "getrlimit",
+        "getsid",
+        "gettid",
+        "gettimeofday",
+        "getuid",
+        "membarrier",
+        "mmap",
+        "mprotect",
+        "munmap",
+        "nanosleep",
+        "pause",
+        "prlimit64",
+        "restart_syscall",
+        "rseq",
+        "rt_sigreturn",
+        "sched_getaffinity",
+        "sched_yield",
+        "set_robust_list",
+        "set_tid_address",
+        "time",
+        "uname",
+    }
+)
 
-_BASIC_IO = frozenset({
-    "close", "close_range", "copy_file_range", "dup", "dup2", "dup3", "fcntl", "lseek",
-    "pread64", "preadv", "preadv2", "pwrite64", "pwritev", "pwritev2", "read", "readv",
-    "sendfile", "splice", "tee", "write", "writev",
-})
+_BASIC_IO = frozenset(
+    {
+        "close",
+        "close_range",
+        "copy_file_range",
+        "dup",
+        "dup2",
+        "dup3",
+        "fcntl",
+        "lseek",
+        "pread64",
+        "preadv",
+        "preadv2",
+        "pwrite64",
+        "pwritev",
+        "pwritev2",
+        "read",
+        "readv",
+        "sendfile",
+        "splice",
+        "tee",
+        "write",
+        "writev",
+    }
+)
 
 # Path-based calls are safe to allow here because Landlock and the broker decide which
 # paths exist for the child at all.
-_FILE_SYSTEM = frozenset({
-    "access", "cachestat", "chdir", "chmod", "creat", "faccessat", "faccessat2",
-    "fadvise64", "fallocate", "fchdir", "fchmod", "fchmodat", "fchmodat2", "fgetxattr",
-    "file_getattr", "file_setattr", "flistxattr", "flock", "fremovexattr", "fsetxattr",
-    "fstat", "fstatfs", "ftruncate", "futimesat", "getcwd", "getdents", "getdents64",
-    "getxattr", "getxattrat", "inotify_add_watch", "inotify_init", "inotify_init1",
-    "inotify_rm_watch", "lgetxattr", "link", "linkat", "listxattr", "listxattrat",
-    "llistxattr", "lremovexattr", "lsetxattr", "lstat", "mkdir", "mkdirat", "mknod",
-    "mknodat", "newfstatat", "open", "openat", "openat2", "readahead", "readlink",
-    "readlinkat", "removexattr", "removexattrat", "rename", "renameat", "renameat2",
-    "rmdir", "setxattr", "setxattrat", "stat", "statfs", "statx", "symlink", "symlinkat",
-    "truncate", "umask", "unlink", "unlinkat", "utime", "utimensat", "utimes",
-})
+_FILE_SYSTEM = frozenset(
+    {
+        "access",
+        "cachestat",
+        "chdir",
+        "chmod",
+        "creat",
+        "faccessat",
+        "faccessat2",
+        "fadvise64",
+        "fallocate",
+        "fchdir",
+        "fchmod",
+        "fchmodat",
+        "fchmodat2",
+        "fgetxattr",
+        "file_getattr",
+        "file_setattr",
+        "flistxattr",
+        "flock",
+        "fremovexattr",
+        "fsetxattr",
+        "fstat",
+        "fstatfs",
+        "ftruncate",
+        "futimesat",
+        "getcwd",
+        "getdents",
+        "getdents64",
+        "getxattr",
+        "getxattrat",
+        "inotify_add_watch",
+        "inotify_init",
+        "inotify_init1",
+        "inotify_rm_watch",
+        "lgetxattr",
+        "link",
+        "linkat",
+        "listxattr",
+        "listxattrat",
+        "llistxattr",
+        "lremovexattr",
+        "lsetxattr",
+        "lstat",
+        "mkdir",
+        "mkdirat",
+        "mknod",
+        "mknodat",
+        "newfstatat",
+        "open",
+        "openat",
+        "openat2",
+        "readahead",
+        "readlink",
+        "readlinkat",
+        "removexattr",
+        "removexattrat",
+        "rename",
+        "renameat",
+        "renameat2",
+        "rmdir",
+        "setxattr",
+        "setxattrat",
+        "stat",
+        "statfs",
+        "statx",
+        "symlink",
+        "symlinkat",
+        "truncate",
+        "umask",
+        "unlink",
+        "unlinkat",
+        "utime",
+        "utimensat",
+        "utimes",
+    }
+)
 
-_IO_EVENT = frozenset({
-    "epoll_create", "epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2",
-    "epoll_wait", "eventfd", "eventfd2", "poll", "ppoll", "pselect6", "select",
-})
+_IO_EVENT = frozenset(
+    {
+        "epoll_create",
+        "epoll_create1",
+        "epoll_ctl",
+        "epoll_pwait",
+        "epoll_pwait2",
+        "epoll_wait",
+        "eventfd",
+        "eventfd2",
+        "poll",
+        "ppoll",
+        "pselect6",
+        "select",
+    }
+)
 
 # SysV IPC objects are global unless the child has its own IPC namespace (it normally
 # does); process_vm_* and process_madvise are *not* here: they reach into other processes.
-_IPC = frozenset({
-    "memfd_create", "mq_getsetattr", "mq_notify", "mq_open", "mq_timedreceive",
-    "mq_timedsend", "mq_unlink", "msgctl", "msgget", "msgrcv", "msgsnd", "pipe", "pipe2",
-    "semctl", "semget", "semop", "semtimedop", "shmat", "shmctl", "shmdt", "shmget",
-})
+_IPC = frozenset(
+    {
+        "memfd_create",
+        "mq_getsetattr",
+        "mq_notify",
+        "mq_open",
+        "mq_timedreceive",
+        "mq_timedsend",
+        "mq_unlink",
+        "msgctl",
+        "msgget",
+        "msgrcv",
+        "msgsnd",
+        "pipe",
+        "pipe2",
+        "semctl",
+        "semget",
+        "semop",
+        "semtimedop",
+        "shmat",
+        "shmctl",
+        "shmdt",
+        "shmget",
+    }
+)
 
 # mlock is bounded by RLIMIT_MEMLOCK; mseal and pkeys only take rights away.
-_MEMORY = frozenset({
-    "brk", "get_mempolicy", "madvise", "map_shadow_stack", "mbind", "mincore", "mlock",
-    "mlock2", "mlockall", "mmap", "mprotect", "mremap", "mseal", "msync", "munlock",
-    "munlockall", "munmap", "pkey_alloc", "pkey_free", "pkey_mprotect", "set_mempolicy",
-})
+_MEMORY = frozenset(
+    {
+        "brk",
+        "get_mempolicy",
+        "madvise",
+        "map_shadow_stack",
+        "mbind",
+        "mincore",
+        "mlock",
+        "mlock2",
+        "mlockall",
+        "mmap",
+        "mprotect",
+        "mremap",
+        "mseal",
+        "msync",
+        "munlock",
+        "munlockall",
+        "munmap",
+        "pkey_alloc",
+        "pkey_free",
+        "pkey_mprotect",
+        "set_mempolicy",
+    }
+)
 
 # On sockets the child already holds (from the broker, or AF_UNIX ones it made itself).
-_NETWORK_IO = frozenset({
-    "accept", "accept4", "bind", "connect", "getpeername", "getsockname", "getsockopt",
-    "listen", "recvfrom", "recvmmsg", "recvmsg", "sendmmsg", "sendmsg", "sendto",
-    "setsockopt", "shutdown", "socket", "socketpair",
-})
+_NETWORK_IO = frozenset(
+    {
+        "accept",
+        "accept4",
+        "bind",
+        "connect",
+        "getpeername",
+        "getsockname",
+        "getsockopt",
+        "listen",
+        "recvfrom",
+        "recvmmsg",
+        "recvmsg",
+        "sendmmsg",
+        "sendmsg",
+        "sendto",
+        "setsockopt",
+        "shutdown",
+        "socket",
+        "socketpair",
+    }
+)
 
-_PROCESS = frozenset({
-    "capget", "clone", "execve", "execveat", "exit", "exit_group", "fork", "getrusage",
-    "kill", "pidfd_open", "pidfd_send_signal", "prctl", "rt_sigqueueinfo",
-    "rt_tgsigqueueinfo", "setpgid", "setsid", "tgkill", "times", "tkill", "vfork",
-    "wait4", "waitid",
-})
+_PROCESS = frozenset(
+    {
+        "capget",
+        "clone",
+        "execve",
+        "execveat",
+        "exit",
+        "exit_group",
+        "fork",
+        "getrusage",
+        "kill",
+        "pidfd_open",
+        "pidfd_send_signal",
+        "prctl",
+        "rt_sigqueueinfo",
+        "rt_tgsigqueueinfo",
+        "setpgid",
+        "setsid",
+        "tgkill",
+        "times",
+        "tkill",
+        "vfork",
+        "wait4",
+        "waitid",
+    }
+)
 
-_SIGNAL = frozenset({
-    "rt_sigaction", "rt_sigpending", "rt_sigprocmask", "rt_sigreturn", "rt_sigsuspend",
-    "rt_sigtimedwait", "sigaltstack", "signalfd", "signalfd4",
-})
+_SIGNAL = frozenset(
+    {
+        "rt_sigaction",
+        "rt_sigpending",
+        "rt_sigprocmask",
+        "rt_sigreturn",
+        "rt_sigsuspend",
+        "rt_sigtimedwait",
+        "sigaltstack",
+        "signalfd",
+        "signalfd4",
+    }
+)
 
-_TIMER = frozenset({
-    "alarm", "getitimer", "setitimer", "timer_create", "timer_delete",
-    "timer_getoverrun", "timer_gettime", "timer_settime", "timerfd_create",
-    "timerfd_gettime", "timerfd_settime", "times",
-})
+_TIMER = frozenset(
+    {
+        "alarm",
+        "getitimer",
+        "setitimer",
+        "timer_create",
+        "timer_delete",
+        "timer_getoverrun",
+        "timer_gettime",
+        "timer_settime",
+        "timerfd_create",
+        "timerfd_gettime",
+        "timerfd_settime",
+        "times",
+    }
+)
 
-_SYNC = frozenset({
-    "fdatasync", "fsync", "msync", "sync", "sync_file_range", "syncfs",
-})
+_SYNC = frozenset(
+    {
+        "fdatasync",
+        "fsync",
+        "msync",
+        "sync",
+        "sync_file_range",
+        "syncfs",
+    }
+)
 
 # Reading limits and usage, and *lowering* one's own limits or priority: raising a hard
 # limit or a scheduling priority needs CAP_SYS_RESOURCE / CAP_SYS_NICE, which the child
 # has dropped, so prlimit64/setrlimit cannot undo the rlimits layer.
-_RESOURCES = frozenset({
-    "getcpu", "getpriority", "getrlimit", "getrusage", "ioprio_get", "ioprio_set",
-    "prlimit64", "sched_get_priority_max", "sched_get_priority_min",
-    "sched_getaffinity", "sched_getattr", "sched_getparam", "sched_getscheduler",
-    "sched_rr_get_interval", "sched_setaffinity", "sched_setattr", "sched_setparam",
-    "sched_setscheduler", "setpriority", "setrlimit", "sysinfo",
-})
+_RESOURCES = frozenset(
+    {
+        "getcpu",
+        "getpriority",
+        "getrlimit",
+        "getrusage",
+        "ioprio_get",
+        "ioprio_set",
+        "prlimit64",
+        "sched_get_priority_max",
+        "sched_get_priority_min",
+        "sched_getaffinity",
+        "sched_getattr",
+        "sched_getparam",
+        "sched_getscheduler",
+        "sched_rr_get_interval",
+        "sched_setaffinity",
+        "sched_setattr",
+        "sched_setparam",
+        "sched_setscheduler",
+        "setpriority",
+        "setrlimit",
+        "sysinfo",
+    }
+)
 
 # Without CAP_CHOWN / CAP_SETUID the child can only shuffle ids it already has.
 _CHOWN = frozenset({"chown", "fchown", "fchownat", "lchown"})
-_SETUID = frozenset({
-    "capset", "setfsgid", "setfsuid", "setgid", "setgroups", "setregid", "setresgid",
-    "setresuid", "setreuid", "setuid",
-})
+_SETUID = frozenset(
+    {
+        "capset",
+        "setfsgid",
+        "setfsuid",
+        "setgid",
+        "setgroups",
+        "setregid",
+        "setresgid",
+        "setresuid",
+        "setreuid",
+        "setuid",
+    }
+)
 
 # Legacy kernel AIO (bounded by fs.aio-max-nr); io_uring is in DANGEROUS instead.
-_AIO = frozenset({
-    "io_cancel", "io_destroy", "io_getevents", "io_pgetevents", "io_setup", "io_submit",
-})
+_AIO = frozenset(
+    {
+        "io_cancel",
+        "io_destroy",
+        "io_getevents",
+        "io_pgetevents",
+        "io_setup",
+        "io_submit",
+    }
+)
 
 # Self-restriction only: a stacked seccomp filter can never loosen ours (the kernel takes
 # the strictest verdict of all filters), and Landlock domains only ever shrink.
-_SANDBOX = frozenset({
-    "landlock_add_rule", "landlock_create_ruleset", "landlock_restrict_self", "seccomp",
-})
+_SANDBOX = frozenset(
+    {
+        "landlock_add_rule",
+        "landlock_create_ruleset",
+        "landlock_restrict_self",
+        "seccomp",
+    }
+)
 
 _GROUP_TABLE: dict[str, tuple[frozenset[str], str]] = {
     "@default": (_DEFAULT, "what every program needs to start and run: loader, libc, threads, time, ids"),
@@ -172,8 +452,21 @@ _GROUP_TABLE: dict[str, tuple[frozenset[str], str]] = {
 # The groups @system-service is made of, plus the odd calls no group owns (systemd does
 # the same): ioctl (argument-filtered) and personality's safe forms, handled by the compiler.
 _SYSTEM_SERVICE_PARTS = (
-    "@default", "@basic-io", "@file-system", "@io-event", "@ipc", "@memory", "@network-io",
-    "@process", "@signal", "@timer", "@sync", "@resources", "@chown", "@setuid", "@aio",
+    "@default",
+    "@basic-io",
+    "@file-system",
+    "@io-event",
+    "@ipc",
+    "@memory",
+    "@network-io",
+    "@process",
+    "@signal",
+    "@timer",
+    "@sync",
+    "@resources",
+    "@chown",
+    "@setuid",
+    "@aio",
     "@sandbox",
 )
 _SYSTEM_SERVICE_EXTRA = frozenset({"ioctl"})
@@ -190,42 +483,97 @@ GROUP_DOCS: Mapping[str, str] = MappingProxyType({k: v[1] for k, v in _GROUP_TAB
 
 #: Calls the compiler always treats the same way, whatever the policy allows; naming them
 #: in a policy is refused with this explanation.
-SPECIAL: Mapping[str, str] = MappingProxyType({
-    "clone3": "clone3 always fails with ENOSYS so that libc falls back to clone, "
-              "whose flags the filter can check; allow 'clone' (in @process) instead",
-    "personality": "personality(PER_LINUX) and the query personality(0xffffffff) are always "
-                   "allowed; every other persona (e.g. ADDR_NO_RANDOMIZE) is refused",
-})
+SPECIAL: Mapping[str, str] = MappingProxyType(
+    {
+        "clone3": "clone3 always fails with ENOSYS so that libc falls back to clone, "
+        "whose flags the filter can check; allow 'clone' (in @process) instead",
+        "personality": "personality(PER_LINUX) and the query personality(0xffffffff) are always "
+        "allowed; every other persona (e.g. ADDR_NO_RANDOMIZE) is refused",
+    }
+)
 
 #: Never allowed, by any group or by name. The filter reports them (seccomp notification)
 #: or kills, per the policy. Names that do not exist on x86_64 are kept so that a policy
 #: written for another architecture is refused the same way.
-DANGEROUS: frozenset[str] = frozenset({
-    # Reading or steering other processes.
-    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
-    "process_madvise",  # acts on another process's memory, like process_vm_*
-    # Classic kernel-exploit primitives with large, fast-moving attack surface.
-    "io_uring_setup", "io_uring_enter", "io_uring_register", "bpf", "userfaultfd",
-    "perf_event_open",
-    "modify_ldt",  # x86 LDT: a string of CVEs; only Wine/DOSEMU-style emulators need it
-    "subpage_prot", "switch_endian", "vm86", "vm86old",  # CPU emulation, other archs
-    # Keyrings are not namespaced: they reach the host's keys.
-    "keyctl", "add_key", "request_key",
-    # Kernel, modules and the machine itself.
-    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-    "create_module", "get_kernel_syms", "query_module",  # obsolete module calls
-    "reboot", "swapon", "swapoff", "acct", "quotactl", "quotactl_fd", "syslog", "vhangup",
-    "lookup_dcookie", "iopl", "ioperm", "uselib", "nfsservctl", "_sysctl", "fanotify_init",
-    # The filesystem tree and namespaces: confinement is set up before exec and must stay.
-    "mount", "umount", "umount2", "pivot_root", "chroot", "fsopen", "fsconfig", "fsmount",
-    "fspick", "move_mount", "open_tree", "open_tree_attr", "mount_setattr", "unshare",
-    "setns", "open_by_handle_at", "name_to_handle_at",
-    # Machine-wide identity and clocks.
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "setdomainname",
-    "sethostname",
-    # Handled specially by the compiler (see SPECIAL), never by name.
-    "clone3", "personality",
-})
+DANGEROUS: frozenset[str] = frozenset(
+    {
+        # Reading or steering other processes.
+        "ptrace",
+        "process_vm_readv",
+        "process_vm_writev",
+        "pidfd_getfd",
+        "kcmp",
+        "process_madvise",  # acts on another process's memory, like process_vm_*
+        # Classic kernel-exploit primitives with large, fast-moving attack surface.
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "bpf",
+        "userfaultfd",
+        "perf_event_open",
+        "modify_ldt",  # x86 LDT: a string of CVEs; only Wine/DOSEMU-style emulators need it
+        "subpage_prot",
+        "switch_endian",
+        "vm86",
+        "vm86old",  # CPU emulation, other archs
+        # Keyrings are not namespaced: they reach the host's keys.
+        "keyctl",
+        "add_key",
+        "request_key",
+        # Kernel, modules and the machine itself.
+        "kexec_load",
+        "kexec_file_load",
+        "init_module",
+        "finit_module",
+        "delete_module",
+        "create_module",
+        "get_kernel_syms",
+        "query_module",  # obsolete module calls
+        "reboot",
+        "swapon",
+        "swapoff",
+        "acct",
+        "quotactl",
+        "quotactl_fd",
+        "syslog",
+        "vhangup",
+        "lookup_dcookie",
+        "iopl",
+        "ioperm",
+        "uselib",
+        "nfsservctl",
+        "_sysctl",
+        "fanotify_init",
+        # The filesystem tree and namespaces: confinement is set up before exec and must stay.
+        "mount",
+        "umount",
+        "umount2",
+        "pivot_root",
+        "chroot",
+        "fsopen",
+        "fsconfig",
+        "fsmount",
+        "fspick",
+        "move_mount",
+        "open_tree",
+        "open_tree_attr",
+        "mount_setattr",
+        "unshare",
+        "setns",
+        "open_by_handle_at",
+        "name_to_handle_at",
+        # Machine-wide identity and clocks.
+        "settimeofday",
+        "clock_settime",
+        "clock_adjtime",
+        "adjtimex",
+        "setdomainname",
+        "sethostname",
+        # Handled specially by the compiler (see SPECIAL), never by name.
+        "clone3",
+        "personality",
+    }
+)
 
 
 def expand(names: Iterable[str]) -> frozenset[str]:

@@ -52,9 +52,19 @@ pytestmark = pytest.mark.skipif(
 
 # Kernel ABI numbers for x86_64, written out so the tests do not trust the code under test.
 NR = {
-    "read": 0, "write": 1, "ioctl": 16, "getpid": 39, "socket": 41, "socketpair": 53,
-    "clone": 56, "fork": 57, "ptrace": 101, "getppid": 110, "personality": 135,
-    "clone3": 435, "open_tree_attr": 467,
+    "read": 0,
+    "write": 1,
+    "ioctl": 16,
+    "getpid": 39,
+    "socket": 41,
+    "socketpair": 53,
+    "clone": 56,
+    "fork": 57,
+    "ptrace": 101,
+    "getppid": 110,
+    "personality": 135,
+    "clone3": 435,
+    "open_tree_attr": 467,
 }
 X32_BIT = 0x40000000
 AUDIT_ARCH_I386 = 0x40000003
@@ -70,9 +80,14 @@ def RET_ERRNO(err: int) -> int:
 
 TIOCSTI, TIOCLINUX, FIONREAD = 0x5412, 0x541C, 0x541B
 CLONE_NEW = {
-    "CLONE_NEWTIME": 0x80, "CLONE_NEWNS": 0x20000, "CLONE_NEWCGROUP": 0x02000000,
-    "CLONE_NEWUTS": 0x04000000, "CLONE_NEWIPC": 0x08000000, "CLONE_NEWUSER": 0x10000000,
-    "CLONE_NEWPID": 0x20000000, "CLONE_NEWNET": 0x40000000,
+    "CLONE_NEWTIME": 0x80,
+    "CLONE_NEWNS": 0x20000,
+    "CLONE_NEWCGROUP": 0x02000000,
+    "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000,
+    "CLONE_NEWUSER": 0x10000000,
+    "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
 }
 NS_MASK = 0
 for _flag in CLONE_NEW.values():
@@ -182,10 +197,27 @@ SPECS = [
 SPEC_IDS = ["service", "service-enosys-kill", "service-kill", "small-kill", "tiny-enosys"]
 
 _edge_args = [
-    0, 1, 2, 0xFFFFFFFF, 1 << 32, (1 << 32) | 1, (1 << 32) | 2, U64, TIOCSTI, TIOCLINUX,
-    FIONREAD, (1 << 32) | TIOCSTI, (0xFFFFFFFF << 32) | TIOCLINUX, (1 << 63) | TIOCSTI,
-    SIGCHLD, SIGCHLD | 0x10000000, (1 << 40) | SIGCHLD, 0x0040000, 0x8,
-    *CLONE_NEW.values(), *((v | SIGCHLD | (1 << 33)) for v in CLONE_NEW.values()),
+    0,
+    1,
+    2,
+    0xFFFFFFFF,
+    1 << 32,
+    (1 << 32) | 1,
+    (1 << 32) | 2,
+    U64,
+    TIOCSTI,
+    TIOCLINUX,
+    FIONREAD,
+    (1 << 32) | TIOCSTI,
+    (0xFFFFFFFF << 32) | TIOCLINUX,
+    (1 << 63) | TIOCSTI,
+    SIGCHLD,
+    SIGCHLD | 0x10000000,
+    (1 << 40) | SIGCHLD,
+    0x0040000,
+    0x8,
+    *CLONE_NEW.values(),
+    *((v | SIGCHLD | (1 << 33)) for v in CLONE_NEW.values()),
 ]
 
 
@@ -206,11 +238,15 @@ def test_every_syscall_number_matches_the_model(spec: FilterSpec) -> None:
         assert run_bpf(program, nr, AUDIT_ARCH_X86_64, (0,) * 6) == RET_KILL_PROCESS
 
 
-_interesting_nr = st.sampled_from(
-    [*NR.values(), *(X32_BIT | v for v in NR.values()), 0xFFFFFFFF]
-) | st.integers(0, 0xFFFFFFFF) | st.integers(0, 520)
-_arg = st.sampled_from(_edge_args) | st.integers(0, U64) | st.builds(
-    lambda hi, lo: (hi << 32) | lo, st.integers(0, 0xFFFFFFFF), st.sampled_from(_edge_args[:20])
+_interesting_nr = (
+    st.sampled_from([*NR.values(), *(X32_BIT | v for v in NR.values()), 0xFFFFFFFF])
+    | st.integers(0, 0xFFFFFFFF)
+    | st.integers(0, 520)
+)
+_arg = (
+    st.sampled_from(_edge_args)
+    | st.integers(0, U64)
+    | st.builds(lambda hi, lo: (hi << 32) | lo, st.integers(0, 0xFFFFFFFF), st.sampled_from(_edge_args[:20]))
 )
 _arch = st.sampled_from([AUDIT_ARCH_X86_64, AUDIT_ARCH_I386, 0x40000028]) | st.integers(0, 0xFFFFFFFF)
 
@@ -329,8 +365,7 @@ def test_syscall_names_for_reports() -> None:
 
 def test_pyseccomp_is_imported_lazily() -> None:
     code = (
-        "import sys, privsep.confine.seccomp;"
-        "print('pyseccomp' in sys.modules, 'subprocess' in sys.modules)"
+        "import sys, privsep.confine.seccomp;print('pyseccomp' in sys.modules, 'subprocess' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
@@ -376,8 +411,12 @@ Report = Callable[[Any], None]
 
 
 def _set_no_new_privs() -> None:
-    if _libc.prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                   ctypes.c_ulong(0)) != 0:
+    if (
+        _libc.prctl(
+            PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)
+        )
+        != 0
+    ):
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
@@ -439,9 +478,7 @@ def test_allowed_calls_work() -> None:
     assert out.exit_code == 0
 
 
-@pytest.mark.parametrize(
-    ("default", "expected_errno"), [("eperm", errno.EPERM), ("enosys", errno.ENOSYS)]
-)
+@pytest.mark.parametrize(("default", "expected_errno"), [("eperm", errno.EPERM), ("enosys", errno.ENOSYS)])
 def test_not_allowed_call_gets_the_default_errno(default: str, expected_errno: int) -> None:
     spec = FilterSpec(SYSTEM_SERVICE - {"getppid"}, default_action=default)  # type: ignore[arg-type]
     out = run_child(spec, lambda report, _: report(raw(NR["getppid"])))
@@ -500,8 +537,15 @@ def test_plain_fork_and_clone_work() -> None:
 
 
 def _socket_calls(report: Report, _: int | None) -> None:
-    for family in (socket.AF_UNIX, (1 << 32) | socket.AF_UNIX, socket.AF_INET, socket.AF_INET6,
-                   socket.AF_NETLINK, socket.AF_PACKET, (1 << 32) | socket.AF_INET):
+    for family in (
+        socket.AF_UNIX,
+        (1 << 32) | socket.AF_UNIX,
+        socket.AF_INET,
+        socket.AF_INET6,
+        socket.AF_NETLINK,
+        socket.AF_PACKET,
+        (1 << 32) | socket.AF_INET,
+    ):
         rc, err = raw(NR["socket"], family, socket.SOCK_DGRAM, 0)
         if rc >= 0:
             os.close(rc)
@@ -715,9 +759,20 @@ def abi_program(tmp_path_factory: pytest.TempPathFactory) -> str:
     src.write_text(textwrap.dedent(_ABI_PROGRAM))
     exe = src.with_suffix("")
     subprocess.run(
-        [gcc, "-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector", "-fcf-protection=none",
-         "-O1", "-o", str(exe), str(src)],
-        check=True, capture_output=True,
+        [
+            gcc,
+            "-static",
+            "-nostdlib",
+            "-ffreestanding",
+            "-fno-stack-protector",
+            "-fcf-protection=none",
+            "-O1",
+            "-o",
+            str(exe),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
     )
     return str(exe)
 
