@@ -2,9 +2,13 @@
 
 A policy is named (``minimal``, ``python``: the TOML files shipped in the
 package's ``policies``) or a path to a file. ``extends`` merges a parent
-under the child: tables merge key by key, lists are concatenated (duplicates
-dropped, order kept), scalars are the child's. Errors name the file, the
-field and the fix, because a policy nobody can debug is a policy nobody uses.
+under the child: tables merge key by key (``[secrets]`` too), lists and
+arrays of tables (``[[files]]``, ``[[connect]]``, ``[[bind]]``) are
+concatenated, parent first (duplicates dropped, order kept), scalars are the
+child's. ``${name}`` variables are expanded in every string of the files;
+command-line grants (``extra``, see :mod:`privsep.policy.grants`) are merged
+last and taken literally. Errors name the file, the field and the fix,
+because a policy nobody can debug is a policy nobody uses.
 """
 
 from __future__ import annotations
@@ -173,13 +177,15 @@ def load_policy(spec: str, *, extra: Mapping[str, Any] | None = None) -> Policy:
     """Load a shipped policy by name, or a TOML file by path, fully resolved.
 
     ``extra`` is merged over the result like one more ``extends`` level; it
-    carries the grants given on the command line for a single run.
+    carries the grants given on the command line for a single run
+    (:func:`privsep.policy.grants.grants_to_extra`), taken literally: no
+    ``${name}`` expansion in them.
     """
     origin, raw = _load_raw(spec, Path.cwd(), ())
+    raw = _expand(origin, raw, variables())
     if extra:
         raw = _merge(raw, extra)
-    raw = _expand(origin, raw, variables())
     try:
         return Policy.model_validate({"name": spec, **_tuples(raw)})
     except ValidationError as exc:
-        raise _explain(origin, exc) from None
+        raise _explain(f"{origin} with the command-line grants" if extra else origin, exc) from None

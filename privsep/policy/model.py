@@ -1,24 +1,40 @@
 """The policy as an immutable, validated model.
 
-Pure: no file system, no syscalls. A policy says what the child sees directly
-(``view``: bound read-only into its own mount namespace and allowed by
-Landlock), which syscalls it may make, its resource limits and environment.
-Brokered grants (files, network, secrets) extend this model in later versions.
-Every model forbids unknown keys, so a typo is an error, never a silent no-op.
+Pure: no file system, no syscalls, no DNS. A policy says what the child sees
+directly (``view``: bound read-only into its own mount namespace and allowed
+by Landlock), which syscalls it may make, its resource limits and environment;
+and what the broker does for it on request: open files (``files``), connect
+(``connect``), bind (``bind``) and hand out secrets (``secrets``). Every model
+forbids unknown keys, so a typo is an error, never a silent no-op. Decisions
+over these rules live in :mod:`privsep.policy.match`.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
+import ipaddress
+import posixpath
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def _check_abs_path(value: str) -> str:
@@ -102,6 +118,349 @@ class Env(_Strict):
         return value
 
 
+# --- brokered files ------------------------------------------------------------------------------
+
+
+class Access(enum.StrEnum):
+    """What a ``[[files]]`` rule grants; the broker derives what a request needs."""
+
+    READ = "read"
+    """Open for reading; stat."""
+    WRITE = "write"
+    """Open an existing file for writing (implies ``append``)."""
+    CREATE = "create"
+    """Create files and directories, remove entries, rename: anything that changes a directory."""
+    APPEND = "append"
+    """Open with O_APPEND only."""
+    TRUNCATE = "truncate"
+    """Open with O_TRUNC."""
+    LIST = "list"
+    """List a directory; stat."""
+    CONNECT = "connect"
+    """Connect to a unix socket at that path."""
+
+
+ACCESS_WORDS = tuple(a.value for a in Access)
+
+
+def _check_norm_path(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("a path must not contain a NUL byte")
+    if not value.startswith("/"):
+        raise ValueError(f"'{value}' is not absolute; write the full path, starting with '/'")
+    if value != "/" and any(part in ("", ".", "..") for part in value[1:].split("/")):
+        fixed = "/" + posixpath.normpath(value).lstrip("/")
+        raise ValueError(
+            f"'{value}' is not normalised (an empty, '.' or '..' component, or a trailing '/'); "
+            f"write '{fixed}'"
+        )
+    return value
+
+
+#: An absolute path with no '.', '..', empty component or trailing '/' (except "/" itself).
+NormPath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_check_norm_path)]
+
+
+class FileRule(_Strict):
+    """One ``[[files]]`` entry: a path the broker opens for the child, or a path it never opens."""
+
+    path: NormPath
+    """Absolute and normalised."""
+    access: tuple[Access, ...] = Field(default=(), max_length=len(Access))
+    """What the grant allows; empty on a deny rule."""
+    recursive: bool = True
+    """The path and everything beneath it (separator-aware: /srv/data never covers /srv/database)."""
+    symlinks: bool = False
+    """Follow symlinks beneath the grant (resolution still never leaves it)."""
+    deny: bool = False
+    """A deny rule: grants nothing, and wins over every grant that covers the same path."""
+
+    @field_validator("access", mode="before")
+    @classmethod
+    def _access_words(cls, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            return value  # the type check reports it
+        out: list[Access] = []
+        for word in value:
+            if not isinstance(word, str) or word not in ACCESS_WORDS:
+                raise ValueError(f"unknown access {word!r}; valid access words: {', '.join(ACCESS_WORDS)}")
+            if Access(word) not in out:
+                out.append(Access(word))
+        return tuple(out)
+
+    @model_validator(mode="after")
+    def _deny_or_grant(self) -> FileRule:
+        if self.deny and self.access:
+            raise ValueError(
+                "access: a deny rule grants nothing; remove access, or set deny = false to make it a grant"
+            )
+        if self.deny and self.symlinks:
+            raise ValueError("symlinks: a deny rule grants nothing to follow; remove symlinks")
+        if not self.deny and not self.access:
+            raise ValueError(
+                f'access: a grant must say what it allows, e.g. access = ["read", "list"] '
+                f"(valid: {', '.join(ACCESS_WORDS)}); or set deny = true to forbid the path"
+            )
+        return self
+
+    def describe(self, index: int) -> str:
+        """``files[2] (/srv/data, recursive)``: how decisions name this rule."""
+        what = ("deny, " if self.deny else "") + ("recursive" if self.recursive else "exact path")
+        return f"files[{index}] ({self.path}, {what})"
+
+
+# --- brokered network ----------------------------------------------------------------------------
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+#: A last label that inet_aton() would read as a number ("127.1", "1.0x7f"): never a host name.
+_NUMERIC_LABEL = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
+MAX_RULES = 1024
+
+
+def host_name(value: str) -> str | None:
+    """``value`` as a canonical RFC 1123 host name (lower case, no trailing dot), or None.
+
+    Pure and total: used on policy text and on the child's requests alike.
+    A name whose last label is numeric is refused (the resolver would read
+    "127.1" as an address).
+    """
+    if not value.isascii():
+        return None  # "\u212a".lower() == "k": match only what the resolver is given
+    name = value.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name or len(name) > 253:
+        return None
+    labels = name.split(".")
+    if not all(_LABEL.match(label) for label in labels) or _NUMERIC_LABEL.match(labels[-1]):
+        return None
+    return name
+
+
+def ip_literal(value: str) -> IPAddress | None:
+    """``value`` as an IP address, or None; zone ids ("fe80::1%eth0") are refused."""
+    if "%" in value:
+        return None
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(host: str) -> IPNetwork | None:
+    try:
+        return ipaddress.ip_network(host)
+    except ValueError:
+        return None
+
+
+def _check_connect_host(value: str) -> str:
+    if value.startswith("[") or value.endswith("]"):
+        raise ValueError(f"'{value}': write an IPv6 address without brackets, e.g. ::1")
+    if "%" in value:
+        raise ValueError(f"'{value}': IPv6 zone ids are not supported; write the address without '%...'")
+    if "/" in value:
+        try:
+            return str(ipaddress.ip_network(value))
+        except ValueError as exc:
+            if "host bits set" in str(exc):
+                fixed = ipaddress.ip_network(value, strict=False)
+                raise ValueError(f"'{value}' has host bits set; write '{fixed}'") from None
+            raise ValueError(
+                f"'{value}' is not a valid CIDR network; write e.g. 10.0.0.0/8 or fd00::/8"
+            ) from None
+    ip = ip_literal(value)
+    if ip is not None:
+        return str(ip)
+    wildcard = value.startswith("*.")
+    name = host_name(value[2:] if wildcard else value)
+    if name is None:
+        raise ValueError(
+            f"'{value}' is not an IP address, a CIDR network or a host name; a host name is "
+            "dot-separated labels of letters, digits and '-' (RFC 1123) whose last label is not "
+            "a number, optionally starting with '*.' (e.g. db.internal, *.example.com)"
+        )
+    return f"*.{name}" if wildcard else name
+
+
+def _parse_port(word: int | str, lowest: int) -> int | None:
+    if isinstance(word, bool):
+        return None
+    if isinstance(word, str):
+        if not word.isascii() or not word.isdigit() or len(word) > 5:
+            return None
+        word = int(word)
+    return word if lowest <= word <= 65535 else None
+
+
+def parse_port_spec(item: object) -> tuple[int, int]:
+    """One ``ports`` item, 8080 or "8000-8100", as an inclusive range; ValueError teaches."""
+    if isinstance(item, int) and not isinstance(item, bool):
+        port = _parse_port(item, 1)
+        if port is None:
+            raise ValueError(f"port {item} is out of range; ports are 1..65535")
+        return port, port
+    if isinstance(item, str):
+        lo_text, dash, hi_text = item.partition("-")
+        lo = _parse_port(lo_text, 1)
+        hi = _parse_port(hi_text, 1) if dash else None
+        if lo is not None and hi is not None:
+            if lo > hi:
+                raise ValueError(f"port range '{item}' is backwards; write '{hi}-{lo}'")
+            return lo, hi
+    raise ValueError(
+        f"{item!r} is not a port or a port range; write a number 1..65535 (8080) "
+        'or a range as a string ("8000-8100")'
+    )
+
+
+_PORT_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "minimum": 1, "maximum": 65535},
+        {"type": "string", "pattern": "^[0-9]{1,5}-[0-9]{1,5}$"},
+    ]
+}
+PortSpec = Annotated[int | str, WithJsonSchema(_PORT_SCHEMA)]
+
+
+class ConnectRule(_Strict):
+    """One ``[[connect]]`` entry: where the broker may connect for the child, or never."""
+
+    host: Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_check_connect_host)]
+    """An IP, a CIDR network, or a host name ("db.internal", "*.example.com"); stored canonical."""
+    ports: tuple[PortSpec, ...] = Field(default=(), max_length=MAX_RULES)
+    """Ports and "lo-hi" ranges, 1..65535; a grant needs at least one; empty on a deny rule: every port."""
+    protocol: Literal["tcp", "udp"] = "tcp"
+    deny: bool = False
+    """A deny rule (IP/CIDR only): addresses no connect may reach, whatever name led there."""
+
+    @field_validator("ports", mode="before")
+    @classmethod
+    def _ports(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                parse_port_spec(item)
+        return value
+
+    @model_validator(mode="after")
+    def _deny_or_grant(self) -> ConnectRule:
+        if self.deny:
+            if self.network() is None:
+                raise ValueError(
+                    f"host: a deny rule takes an IP address or a CIDR network, not the name "
+                    f"'{self.host}' (what a name resolves to changes); write e.g. 10.0.0.0/8"
+                )
+            if "protocol" in self.model_fields_set:
+                raise ValueError("protocol: a deny rule applies to tcp and udp alike; remove protocol")
+        elif not self.ports:
+            raise ValueError('ports: a grant must list the ports it allows, e.g. ports = [443, "8000-8100"]')
+        return self
+
+    def network(self) -> IPNetwork | None:
+        """The rule's network (an IP is a /32 or /128), or None for a host-name rule."""
+        return _network(self.host)
+
+    def port_ranges(self) -> tuple[tuple[int, int], ...]:
+        return tuple(parse_port_spec(p) for p in self.ports)
+
+    def allows_port(self, port: int) -> bool:
+        """``port`` is listed; a deny rule with no ports covers every port."""
+        if not self.ports:
+            return self.deny
+        return any(lo <= port <= hi for lo, hi in self.port_ranges())
+
+    def describe(self, index: int) -> str:
+        """``connect[1] (*.example.com, tcp 443, 8000-8100)``: how decisions name this rule."""
+        if self.deny:
+            ports = ", ".join(str(p) for p in self.ports) or "every port"
+            return f"connect[{index}] ({self.host}, deny, {ports})"
+        return f"connect[{index}] ({self.host}, {self.protocol} {', '.join(str(p) for p in self.ports)})"
+
+
+def _check_bind_host(value: str) -> str:
+    ip = ip_literal(value)
+    if ip is None:
+        hint = "127.0.0.1" if value.lower().rstrip(".") == "localhost" else "0.0.0.0, 127.0.0.1 or ::1"
+        raise ValueError(f"'{value}' is not an IP address; a bind host is an address, write {hint}")
+    return str(ip)
+
+
+class BindRule(_Strict):
+    """One ``[[bind]]`` entry: an exact address, port and protocol the broker binds for the child."""
+
+    host: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_check_bind_host)]
+    """An IP address; 0.0.0.0 allows binding 0.0.0.0 only, not any address."""
+    port: Annotated[int, Field(ge=0, le=65535)]
+    """0 allows only port 0 (the kernel picks)."""
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+    def address(self) -> IPAddress:
+        return ipaddress.ip_address(self.host)
+
+    def describe(self, index: int) -> str:
+        return f"bind[{index}] ({self.host}, {self.protocol} {self.port})"
+
+
+# --- secrets -------------------------------------------------------------------------------------
+
+SECRET_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_SECRETS = 256
+
+
+class SecretSource(_Strict):
+    """Where the broker reads a secret: written "env:VAR" or "file:/abs/path" in a policy."""
+
+    kind: Literal["env", "file"]
+    ref: Annotated[str, Field(min_length=1, max_length=4096)]
+
+    @model_validator(mode="after")
+    def _ref(self) -> SecretSource:
+        if self.kind == "env":
+            if not _ENV_NAME.match(self.ref):
+                raise ValueError(f"'env:{self.ref}': '{self.ref}' is not a valid environment variable name")
+        else:
+            if "\x00" in self.ref:
+                raise ValueError("the secret's file path contains a NUL byte")
+            if not self.ref.startswith("/"):
+                raise ValueError(
+                    f"'file:{self.ref}': a secret's file path must be absolute; write file:/full/path"
+                )
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> SecretSource:
+        """Parse "env:VAR" or "file:/abs/path"; ValueError (pydantic's) teaches."""
+        return cls.model_validate(_split_source(text))
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.ref}"
+
+
+def _split_source(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    kind, colon, ref = value.partition(":")
+    if not colon or kind not in ("env", "file"):
+        raise ValueError(f'\'{value}\' is not a secret source; write "env:VARIABLE" or "file:/absolute/path"')
+    return {"kind": kind, "ref": ref}
+
+
+def _check_secret_name(name: str) -> str:
+    if not SECRET_NAME.match(name):
+        raise ValueError(f"'{name}' is not a valid secret name; use 1-64 letters, digits, '_', '.' or '-'")
+    return name
+
+
+SecretName = Annotated[str, AfterValidator(_check_secret_name)]
+
+
+# --- the whole policy ----------------------------------------------------------------------------
+
+
 class Policy(_Strict):
     """A whole policy after ``extends`` has been resolved and variables expanded."""
 
@@ -111,10 +470,51 @@ class Policy(_Strict):
     syscalls: Syscalls = Syscalls()
     limits: Limits = Limits()
     env: Env = Env()
+    files: tuple[FileRule, ...] = Field(default=(), max_length=MAX_RULES)
+    """Brokered file access; ``files[i]`` in a denial message is this tuple's index."""
+    connect: tuple[ConnectRule, ...] = Field(default=(), max_length=MAX_RULES)
+    """Brokered outgoing connections."""
+    bind: tuple[BindRule, ...] = Field(default=(), max_length=MAX_RULES)
+    """Brokered bound or listening sockets."""
+    secrets: dict[SecretName, Annotated[SecretSource, BeforeValidator(_split_source)]] = Field(
+        default_factory=dict, max_length=MAX_SECRETS
+    )
+    """Name -> source; read by the broker, handed over as a sealed memfd on request."""
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_stay_secret(
+        cls, value: dict[str, SecretSource], info: ValidationInfo
+    ) -> dict[str, SecretSource]:
+        env = info.data.get("env")
+        if not isinstance(env, Env):
+            return value
+        for name, source in value.items():
+            if source.kind != "env":
+                continue
+            for where, names in (("env.pass", env.pass_through), ("env.set", tuple(env.set))):
+                if source.ref in names:
+                    raise ValueError(
+                        f"{name}: its variable {source.ref} is also in {where}, so the secret would reach "
+                        f"the child's environment; remove {source.ref} from {where} (the child asks for "
+                        f"the secret with client.secret('{name}'))"
+                    )
+        return value
+
+
+def _array_of_tables(key: str, value: Any) -> Any:
+    if isinstance(value, dict):
+        raise ValueError(f"'{key}' is an array of tables: write [[{key}]], not [{key}]")
+    return value
 
 
 class PolicyFile(_Strict):
-    """One TOML file as written, before ``extends`` is resolved."""
+    """One TOML file as written, before ``extends`` is resolved.
+
+    Only the shape is checked here; ``extends`` merges files (tables key by
+    key, arrays such as ``[[files]]`` concatenated, parent first) and the
+    result is validated as a :class:`Policy`.
+    """
 
     description: Annotated[str, Field(max_length=4096)] = ""
     extends: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
@@ -122,3 +522,12 @@ class PolicyFile(_Strict):
     syscalls: dict[str, object] = Field(default_factory=dict)
     limits: dict[str, object] = Field(default_factory=dict)
     env: dict[str, object] = Field(default_factory=dict)
+    files: list[dict[str, object]] = Field(default_factory=list, max_length=MAX_RULES)
+    connect: list[dict[str, object]] = Field(default_factory=list, max_length=MAX_RULES)
+    bind: list[dict[str, object]] = Field(default_factory=list, max_length=MAX_RULES)
+    secrets: dict[str, object] = Field(default_factory=dict, max_length=MAX_SECRETS)
+
+    @field_validator("files", "connect", "bind", mode="before")
+    @classmethod
+    def _tables(cls, value: Any, info: ValidationInfo) -> Any:
+        return _array_of_tables(str(info.field_name), value)
