@@ -1,23 +1,217 @@
-"""The child's side of the channel: ask the broker, get an answer (and later, fds).
+"""The child's side of the channel: ask the broker, get an answer and maybe a descriptor.
 
 Works in any Python child started by privsep: the channel's fd number is in
 ``PRIVSEP_FD``. Depends on ``protocol`` and ``channel`` only; the child never
 needs policy or broker code. One request at a time per process: the channel
 is a single socket, so a lock keeps threads from interleaving replies.
+
+The API mirrors the standard library, on the default client (module-level
+functions) or on a ``Client``::
+
+    open(path, mode="r", buffering=-1, encoding=None, errors=None, newline=None) -> file object
+    stat(path) -> os.stat_result          listdir(path) -> list[str]
+    mkdir(path)    unlink(path)    rename(src, dst)
+    connect(host, port, *, type="tcp", timeout=10.0) -> socket.socket
+    connect_unix(path) -> socket.socket
+    bind(host, port, *, type="tcp", backlog=128) -> socket.socket
+    secret(name) -> bytes                 secret_fd(name) -> int (the caller closes it)
+
+Paths are ``str`` or ``os.PathLike[str]``; a relative path is made absolute
+against ``os.getcwd()`` here (``os.path.abspath``), since the broker refuses
+relative paths. Every descriptor received is close-on-exec.
+
+Errors, by the reply's code:
+
+- ``denied``: ``privsep.DeniedError`` (a ``PermissionError``). Its message is
+  the call, the broker's reason and, when the broker names the flag that would
+  allow the request, a hint composed here from what was asked, e.g.
+  ``open('/srv/data/x', 'w'): files[0] (/srv/data) grants read, list; write was
+  needed. Re-run with --allow-write=/srv/data/x``.
+- ``not_found`` for an op on paths (open, stat, listdir, mkdir, unlink, rename,
+  connect_unix): ``FileNotFoundError(errno.ENOENT, message, path)``.
+- any other code, and ``not_found`` for connect, bind and secret:
+  ``privsep.BrokerError`` with ``code`` set to the wire code.
+- a reply that breaks the protocol (wrong id, a descriptor missing or
+  unexpected, a result that does not fit its model, a descriptor of the wrong
+  kind): ``privsep.RemoteProtocolError``, after closing every descriptor that
+  came with it. The channel is then unusable, as after a ``ChannelError``:
+  every later call raises ``ChannelError``.
+- invalid arguments (a bad mode string, a NUL in a path, a port out of range):
+  ``ValueError`` (``TypeError`` for a wrong type), before anything is sent.
 """
 
 from __future__ import annotations
 
+import builtins
+import codecs
+import errno
+import fcntl
 import os
+import shlex
 import socket
+import stat as stat_module
 import threading
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar, cast
+
+from pydantic import BaseModel, ValidationError
 
 from privsep import channel, protocol
-from privsep.errors import ChannelError, RemoteProtocolError
+from privsep.errors import BrokerError, ChannelError, DeniedError, RemoteProtocolError
+
+__all__ = [
+    "ENV_VAR",
+    "Client",
+    "bind",
+    "connect",
+    "connect_unix",
+    "default",
+    "hello",
+    "listdir",
+    "mkdir",
+    "open",
+    "ping",
+    "rename",
+    "secret",
+    "secret_fd",
+    "stat",
+    "unlink",
+]
 
 ENV_VAR = "PRIVSEP_FD"
+
+StrPath = str | os.PathLike[str]
+
+# Not in the fcntl module of every Python this runs on.
+_F_SEAL_FUTURE_WRITE = 0x0010
+_NEEDED_SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK
+_PATH_OPS = frozenset({"open", "stat", "listdir", "mkdir", "unlink", "rename", "connect_unix"})
+_NEWLINES = (None, "", "\n", "\r", "\r\n")
+_R = TypeVar("_R", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """A request and what the client needs to explain its failure."""
+
+    request: protocol.Request  # with id 0; the real id is set when it is sent
+    call: str  # how the caller spelled it, for messages: "open('/x', 'w')"
+    grants: tuple[str, ...]  # the value of the allow flag that would allow it, one per flag
+    filenames: tuple[str, ...] = ()  # for FileNotFoundError; empty for ops not on paths
+
+
+@dataclass(frozen=True)
+class _Mode:
+    wire: protocol.OpenMode  # "r", "w+", ...
+    binary: bool
+    local: str  # the mode builtins.open gets for the received descriptor
+
+
+def _parse_mode(mode: str) -> _Mode:
+    """Python's open() modes, minus "U": one of r/w/a/x, then optional "+", "b" or "t", in any order."""
+    if not isinstance(mode, str):
+        raise TypeError(f"open() mode must be str, not {type(mode).__name__}")
+    chars = set(mode)
+    bases = chars & set("rwax")
+    if len(chars) != len(mode) or not chars <= set("rwax+bt") or len(bases) != 1 or {"b", "t"} <= chars:
+        raise ValueError(f"invalid mode: {mode!r} (one of r, w, a, x, then optional +, and b or t)")
+    plus = "+" if "+" in chars else ""
+    # One base letter and at most one "+": always one of the eight wire modes.
+    wire = cast(protocol.OpenMode, bases.pop() + plus)
+    binary = "b" in chars
+    return _Mode(wire, binary, wire + ("b" if binary else ""))
+
+
+def _check_text_args(
+    mode: _Mode, buffering: int, encoding: str | None, errors: str | None, newline: str | None
+) -> None:
+    """What builtins.open would refuse, refused before the broker creates or truncates anything."""
+    if not isinstance(buffering, int) or isinstance(buffering, bool):
+        raise TypeError("buffering must be an int")
+    for name, value in (("encoding", encoding), ("errors", errors), ("newline", newline)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"open() argument '{name}' must be str or None, not {type(value).__name__}")
+    if mode.binary:
+        for name, value in (("encoding", encoding), ("errors", errors), ("newline", newline)):
+            if value is not None:
+                raise ValueError(f"binary mode doesn't take an {name} argument")
+        return
+    if buffering == 0:
+        raise ValueError("can't have unbuffered text I/O")
+    if newline not in _NEWLINES:
+        raise ValueError(f"illegal newline value: {newline!r}")
+    if encoding is not None and encoding != "locale":
+        codecs.lookup(encoding)  # LookupError, as builtins.open raises
+
+
+# What F_GETFL must show for each wire mode: (access mode, O_APPEND set).
+_OPEN_FLAGS: dict[str, tuple[int, bool]] = {
+    "r": (os.O_RDONLY, False),
+    "w": (os.O_WRONLY, False),
+    "a": (os.O_WRONLY, True),
+    "x": (os.O_WRONLY, False),
+    "r+": (os.O_RDWR, False),
+    "w+": (os.O_RDWR, False),
+    "a+": (os.O_RDWR, True),
+    "x+": (os.O_RDWR, False),
+}
+
+
+def _check_open_fd(fd: int, mode: protocol.OpenMode) -> None:
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    access, append = _OPEN_FLAGS[mode]
+    if flags & os.O_PATH or flags & os.O_ACCMODE != access or bool(flags & os.O_APPEND) != append:
+        raise RemoteProtocolError(f"the broker sent a descriptor whose flags do not match open mode {mode!r}")
+    if stat_module.S_ISDIR(os.fstat(fd).st_mode):
+        raise RemoteProtocolError("the broker answered open with a directory")
+
+
+def _abspath(path: StrPath, what: str = "path") -> str:
+    raw = os.fspath(path)
+    if not isinstance(raw, str):
+        raise TypeError(f"{what} must be str or os.PathLike[str], not {type(raw).__name__}")
+    if not raw:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), raw)
+    if "\0" in raw:
+        raise ValueError(f"embedded null character in {what}")
+    return os.path.abspath(raw)
+
+
+def _hostport(host: str, port: int, type: str) -> str:
+    """HOST:PORT as --allow-connect/--allow-bind take it: [v6]:PORT, /udp suffixed."""
+    spelled = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return spelled + ("/udp" if type == "udp" else "")
+
+
+def _with_call(call: str, message: str) -> str:
+    return f"{call}: {message}" if message else call
+
+
+def _denial(ask: _Ask, error: protocol.ErrorInfo) -> DeniedError:
+    text = _with_call(ask.call, error.message or "denied")
+    if error.allow is not None and ask.grants:
+        flags = " ".join(shlex.quote(f"{error.allow}={grant}") for grant in ask.grants)
+        text += ("" if text.endswith(".") else ".") + f" Re-run with {flags}"
+    return DeniedError(text)
+
+
+def _socket_from_fd(fd: int, families: tuple[int, ...], kind: int | None, what: str) -> socket.socket:
+    """Wrap a received descriptor; close it and raise if it is not the socket asked for."""
+    try:
+        if not stat_module.S_ISSOCK(os.fstat(fd).st_mode):
+            raise RemoteProtocolError(f"the broker answered {what} with a descriptor that is not a socket")
+        sock = socket.socket(fileno=fd)
+    except BaseException:
+        channel.close_fds((fd,))
+        raise
+    try:
+        if sock.family not in families or (kind is not None and sock.type != kind):
+            raise RemoteProtocolError(f"the broker answered {what} with a socket of the wrong family or type")
+        sock.setblocking(True)  # whatever the broker did to connect with a timeout
+        return sock
+    except BaseException:
+        sock.close()
+        raise
 
 
 class Client:
@@ -28,6 +222,7 @@ class Client:
         self._lock = threading.Lock()
         self._next_id = 0
         self._hello: dict[str, Any] | None = None
+        self._broken: str | None = None
 
     @classmethod
     def from_env(cls) -> Client:
@@ -45,29 +240,98 @@ class Client:
         os.set_inheritable(sock.fileno(), False)  # programs this child runs do not inherit the channel
         return cls(sock)
 
-    def _request(self, make: Callable[[int], protocol.Request]) -> dict[str, Any]:
-        """One round trip; the hello exchange is done first, once."""
+    # --- the round trip ----------------------------------------------------------------------------
+
+    def _call(self, ask: _Ask) -> tuple[dict[str, Any], int | None]:
+        """Send one request, return its result and its descriptor (ours to close), or raise."""
         with self._lock:
             self._ensure_hello()
-            return self._roundtrip(make)
+            return self._roundtrip(ask)
 
     def _ensure_hello(self) -> dict[str, Any]:
         if self._hello is None:
-            self._hello = self._roundtrip(
-                lambda i: protocol.Hello(id=i, versions=tuple(protocol.SUPPORTED_VERSIONS))
-            )
+            ask = _Ask(protocol.Hello(id=0, versions=protocol.SUPPORTED_VERSIONS), "hello()", ())
+            result = protocol.parse_result(protocol.HelloResult, self._roundtrip(ask)[0])  # checked there
+            if result.version not in protocol.SUPPORTED_VERSIONS:
+                # No second hello is allowed: the channel is unusable from here.
+                self._broken = "the broker chose a protocol version this client did not offer"
+                raise RemoteProtocolError(self._broken)
+            self._hello = result.model_dump()
         return self._hello
 
-    def _roundtrip(self, make: Callable[[int], protocol.Request]) -> dict[str, Any]:
+    def _roundtrip(self, ask: _Ask) -> tuple[dict[str, Any], int | None]:
+        if self._broken is not None:
+            raise ChannelError(f"the channel to the broker is unusable: {self._broken}")
         self._next_id += 1
-        channel.send(self._sock, protocol.encode_request(make(self._next_id)))
-        frame = channel.recv(self._sock)
-        if frame is None:
-            raise ChannelError("the broker closed the channel")
-        if frame.fds:
+        request_id = self._next_id
+        frame_out = protocol.encode_request(ask.request.model_copy(update={"id": request_id}))
+        try:
+            channel.send(self._sock, frame_out)
+            frame = channel.recv(self._sock)
+            if frame is None:
+                raise ChannelError("the broker closed the channel")
+        except BaseException as exc:
+            # Interrupted or failed between request and reply: the next reply would be this one's.
+            self._broken = str(exc) or type(exc).__name__
+            raise
+        try:
+            return self._answer(ask, request_id, frame)
+        except BaseException as exc:
             channel.close_fds(frame.fds)
-            raise RemoteProtocolError("the broker attached file descriptors to a reply that takes none")
-        return protocol.check_reply(protocol.decode_reply(frame.data), self._next_id)
+            if isinstance(exc, RemoteProtocolError):
+                self._broken = str(exc)
+            raise
+
+    def _answer(self, ask: _Ask, request_id: int, frame: channel.Frame) -> tuple[dict[str, Any], int | None]:
+        reply = protocol.decode_reply(frame.data)
+        if reply.id is not None and reply.id != request_id:
+            raise RemoteProtocolError("the reply's id does not match the request's")
+        op = ask.request.op
+        if isinstance(reply, protocol.ErrorReply):
+            if frame.fds:
+                raise RemoteProtocolError("the broker attached file descriptors to an error reply")
+            raise self._error(ask, reply.error)
+        model = protocol.RESULT_MODELS[op]
+        protocol.parse_result(model, reply.result)
+        if op in protocol.OPS_WITH_FD:
+            if len(frame.fds) != 1:
+                raise RemoteProtocolError(
+                    f"the reply to {op!r} must carry exactly one file descriptor, it carried {len(frame.fds)}"
+                )
+            return reply.result, frame.fds[0]
+        if frame.fds:
+            raise RemoteProtocolError(f"the broker attached file descriptors to a reply to {op!r}")
+        return reply.result, None
+
+    def _error(self, ask: _Ask, error: protocol.ErrorInfo) -> BaseException:
+        code = error.code
+        if code is protocol.ErrorCode.INVALID:
+            self._broken = "the broker found a protocol violation and closed the channel"
+        if code is protocol.ErrorCode.DENIED:
+            return _denial(ask, error)
+        if code is protocol.ErrorCode.NOT_FOUND and ask.request.op in _PATH_OPS:
+            names = ask.filenames
+            if len(names) == 2:
+                return FileNotFoundError(errno.ENOENT, error.message, names[0], None, names[1])
+            return FileNotFoundError(errno.ENOENT, error.message, names[0])
+        return BrokerError(code.value, _with_call(ask.call, error.message))
+
+    def _call_fd(self, ask: _Ask) -> tuple[dict[str, Any], int]:
+        result, fd = self._call(ask)
+        assert fd is not None  # _answer guarantees it for an op in OPS_WITH_FD
+        return result, fd
+
+    @staticmethod
+    def _make(model: type[_R], **fields: Any) -> _R:
+        """Build a request (id set later); bad arguments are a ValueError naming the field."""
+        try:
+            return model(id=0, **fields)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+            raise ValueError(f"invalid {model.model_fields['op'].default} request: {detail}") from None
+
+    # --- the API -------------------------------------------------------------------------------------
 
     def hello(self) -> dict[str, Any]:
         """The broker's answer to ``hello`` (sent automatically before the first request)."""
@@ -76,7 +340,210 @@ class Client:
 
     def ping(self) -> None:
         """A round trip that does nothing: proves the broker is there and answering."""
-        self._request(lambda i: protocol.Ping(id=i))
+        self._call(_Ask(protocol.Ping(id=0), "ping()", ()))
+
+    def open(  # noqa: PLR0917 - builtins.open's signature
+        self,
+        path: StrPath,
+        mode: str = "r",
+        buffering: int = -1,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> IO[Any]:
+        """Open a file through the broker; arguments and result as builtins.open.
+
+        The broker opens it with the flags of ``mode`` (without "b"/"t"); text or
+        binary, buffering and encoding are applied here. ``name`` is the absolute path.
+        """
+        parsed = _parse_mode(mode)
+        _check_text_args(parsed, buffering, encoding, errors, newline)
+        target = _abspath(path)
+        ask = _Ask(
+            self._make(protocol.Open, path=target, mode=parsed.wire),
+            f"open({target!r}, {mode!r})",
+            (target,),
+            (target,),
+        )
+        _, fd = self._call_fd(ask)
+        handed = False
+
+        def opener(_path: str, _flags: int) -> int:
+            nonlocal handed
+            handed = True  # from here on builtins.open owns fd and closes it on failure
+            return fd
+
+        try:
+            _check_open_fd(fd, parsed.wire)
+            return builtins.open(target, parsed.local, buffering, encoding, errors, newline, opener=opener)
+        except BaseException as exc:
+            if not handed:
+                channel.close_fds((fd,))
+            if isinstance(exc, RemoteProtocolError):
+                self._broken = str(exc)
+            raise
+
+    def stat(self, path: StrPath) -> os.stat_result:
+        """``os.stat`` through the broker (st_blksize, st_blocks and st_rdev are None)."""
+        target = _abspath(path)
+        result, _ = self._call(
+            _Ask(self._make(protocol.Stat, path=target), f"stat({target!r})", (target,), (target,))
+        )
+        st = protocol.parse_result(protocol.StatResult, result)
+        times = [divmod(ns, 10**9) for ns in (st.atime_ns, st.mtime_ns, st.ctime_ns)]
+        return os.stat_result(
+            (
+                st.mode,
+                st.ino,
+                st.dev,
+                st.nlink,
+                st.uid,
+                st.gid,
+                st.size,
+                *(sec for sec, _ in times),  # the integer times of stat_result[7:10]
+                *(sec + nsec * 1e-9 for sec, nsec in times),  # st_atime..., as CPython computes them
+                st.atime_ns,
+                st.mtime_ns,
+                st.ctime_ns,
+            )
+        )
+
+    def listdir(self, path: StrPath) -> list[str]:
+        """The names in a directory, without "." and "..", in no particular order."""
+        target = _abspath(path)
+        result, _ = self._call(
+            _Ask(self._make(protocol.Listdir, path=target), f"listdir({target!r})", (target,), (target,))
+        )
+        return list(protocol.parse_result(protocol.ListdirResult, result).names)
+
+    def mkdir(self, path: StrPath) -> None:
+        """Create a directory (the broker creates it 0700)."""
+        target = _abspath(path)
+        self._call(_Ask(self._make(protocol.Mkdir, path=target), f"mkdir({target!r})", (target,), (target,)))
+
+    def unlink(self, path: StrPath) -> None:
+        """Remove a file."""
+        target = _abspath(path)
+        self._call(
+            _Ask(self._make(protocol.Unlink, path=target), f"unlink({target!r})", (target,), (target,))
+        )
+
+    def rename(self, src: StrPath, dst: StrPath) -> None:
+        """Rename ``src`` to ``dst`` (replacing ``dst``, like os.rename).
+
+        A denial's hint names both paths: the broker does not say which of them the policy lacks.
+        """
+        source, dest = _abspath(src, "src"), _abspath(dst, "dst")
+        grants = (source,) if source == dest else (source, dest)
+        self._call(
+            _Ask(
+                self._make(protocol.Rename, src=source, dst=dest),
+                f"rename({source!r}, {dest!r})",
+                grants,
+                (source, dest),
+            )
+        )
+
+    def connect(self, host: str, port: int, *, type: str = "tcp", timeout: float = 10.0) -> socket.socket:
+        """A socket connected by the broker to ``host:port`` (``timeout``: seconds the broker waits)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError("timeout must be a number of seconds")
+        if not 0 < timeout <= 600:
+            raise ValueError("timeout must be more than 0 and at most 600 seconds")
+        request = self._make(
+            protocol.Connect, host=host, port=port, type=type, timeout_ms=max(1, round(timeout * 1000))
+        )
+        _, fd = self._call_fd(
+            _Ask(request, f"connect({host!r}, {port!r}, type={type!r})", (_hostport(host, port, type),))
+        )
+        kind = socket.SOCK_STREAM if type == "tcp" else socket.SOCK_DGRAM
+        return self._wrap(fd, (socket.AF_INET, socket.AF_INET6), kind, "connect")
+
+    def connect_unix(self, path: StrPath) -> socket.socket:
+        """A unix socket connected by the broker to the socket at ``path``."""
+        target = _abspath(path)
+        _, fd = self._call_fd(
+            _Ask(
+                self._make(protocol.ConnectUnix, path=target),
+                f"connect_unix({target!r})",
+                (target,),
+                (target,),
+            )
+        )
+        return self._wrap(fd, (socket.AF_UNIX,), None, "connect_unix")
+
+    def bind(self, host: str, port: int, *, type: str = "tcp", backlog: int = 128) -> socket.socket:
+        """A socket the broker bound to ``host:port`` (TCP: already listening with ``backlog``)."""
+        request = self._make(protocol.Bind, host=host, port=port, type=type, backlog=backlog)
+        _, fd = self._call_fd(
+            _Ask(request, f"bind({host!r}, {port!r}, type={type!r})", (_hostport(host, port, type),))
+        )
+        kind = socket.SOCK_STREAM if type == "tcp" else socket.SOCK_DGRAM
+        sock = self._wrap(fd, (socket.AF_INET, socket.AF_INET6), kind, "bind")
+        if type == "tcp" and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            sock.close()
+            self._broken = "the broker answered bind with a TCP socket that is not listening"
+            raise RemoteProtocolError(self._broken)
+        return sock
+
+    def secret_fd(self, name: str) -> int:
+        """The secret ``name`` as a sealed, read-only memfd; the caller owns (and closes) it."""
+        ask = _Ask(self._make(protocol.Secret, name=name), f"secret({name!r})", (f"{name}=env:VAR",))
+        result, fd = self._call_fd(ask)
+        try:
+            self._check_secret_fd(fd, protocol.parse_result(protocol.SecretResult, result).size)
+        except BaseException:
+            channel.close_fds((fd,))
+            raise
+        return fd
+
+    def secret(self, name: str) -> bytes:
+        """The secret ``name``'s bytes (read from its memfd, which is closed at once)."""
+        fd = self.secret_fd(name)
+        try:
+            size = os.fstat(fd).st_size
+            chunks = []
+            offset = 0
+            while offset < size:
+                chunk = os.pread(fd, size - offset, offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                offset += len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    # --- checks on what came back ----------------------------------------------------------------------
+
+    def _wrap(self, fd: int, families: tuple[int, ...], kind: int | None, what: str) -> socket.socket:
+        """A socket of the fd (closed if it is not the one asked for: the channel is then broken)."""
+        try:
+            return _socket_from_fd(fd, families, kind, what)
+        except RemoteProtocolError as exc:
+            self._broken = str(exc)
+            raise
+
+    def _check_secret_fd(self, fd: int, size: int) -> None:
+        try:
+            info = os.fstat(fd)
+            if not stat_module.S_ISREG(info.st_mode) or info.st_size != size:
+                raise RemoteProtocolError("the broker answered secret with a descriptor that does not fit")
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
+                raise RemoteProtocolError(
+                    "the broker answered secret with a descriptor that is not read-only"
+                )
+            try:
+                seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            except OSError:
+                seals = 0  # EINVAL: not a memfd
+            if seals & _NEEDED_SEALS != _NEEDED_SEALS or not seals & (
+                fcntl.F_SEAL_WRITE | _F_SEAL_FUTURE_WRITE
+            ):
+                raise RemoteProtocolError("the broker answered secret with a memfd that is not sealed")
+        except RemoteProtocolError as exc:
+            self._broken = str(exc)
+            raise
 
 
 _default: Client | None = None
@@ -93,8 +560,72 @@ def default() -> Client:
 
 
 def hello() -> dict[str, Any]:
+    """``Client.hello`` on the default client."""
     return default().hello()
 
 
 def ping() -> None:
+    """``Client.ping`` on the default client."""
     default().ping()
+
+
+def open(  # noqa: PLR0917 - builtins.open's signature
+    path: StrPath,
+    mode: str = "r",
+    buffering: int = -1,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+) -> IO[Any]:
+    """``Client.open`` on the default client."""
+    return default().open(path, mode, buffering, encoding, errors, newline)
+
+
+def stat(path: StrPath) -> os.stat_result:
+    """``Client.stat`` on the default client."""
+    return default().stat(path)
+
+
+def listdir(path: StrPath) -> list[str]:
+    """``Client.listdir`` on the default client."""
+    return default().listdir(path)
+
+
+def mkdir(path: StrPath) -> None:
+    """``Client.mkdir`` on the default client."""
+    default().mkdir(path)
+
+
+def unlink(path: StrPath) -> None:
+    """``Client.unlink`` on the default client."""
+    default().unlink(path)
+
+
+def rename(src: StrPath, dst: StrPath) -> None:
+    """``Client.rename`` on the default client."""
+    default().rename(src, dst)
+
+
+def connect(host: str, port: int, *, type: str = "tcp", timeout: float = 10.0) -> socket.socket:
+    """``Client.connect`` on the default client."""
+    return default().connect(host, port, type=type, timeout=timeout)
+
+
+def connect_unix(path: StrPath) -> socket.socket:
+    """``Client.connect_unix`` on the default client."""
+    return default().connect_unix(path)
+
+
+def bind(host: str, port: int, *, type: str = "tcp", backlog: int = 128) -> socket.socket:
+    """``Client.bind`` on the default client."""
+    return default().bind(host, port, type=type, backlog=backlog)
+
+
+def secret(name: str) -> bytes:
+    """``Client.secret`` on the default client."""
+    return default().secret(name)
+
+
+def secret_fd(name: str) -> int:
+    """``Client.secret_fd`` on the default client."""
+    return default().secret_fd(name)

@@ -9,6 +9,11 @@ The broker treats every frame as hostile (DESIGN.md, "Rules the broker lives by"
 the size is checked before anything parses it, the parser is pydantic-core's
 strict JSON parser (which bounds nesting depth), the models are strict, closed
 and frozen, and nothing the peer sent ever comes back in an error text.
+
+Each op has a request model (in the ``Request`` union), a result model
+(``RESULT_MODELS``) and a fixed answer to "does a successful reply carry a file
+descriptor?" (``OPS_WITH_FD``): exactly one if so, none otherwise, and an error
+reply never carries any.
 """
 
 from __future__ import annotations
@@ -18,29 +23,62 @@ import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from privsep.errors import BrokerError, DeniedError, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "ALLOW_FLAGS",
     "MAX_FDS",
     "MAX_FRAME",
+    "MAX_LISTDIR",
     "MAX_MESSAGE",
+    "MAX_PATH",
+    "OPS_WITH_FD",
+    "RESULT_MODELS",
     "SUPPORTED_VERSIONS",
+    "AddressResult",
+    "AllowFlag",
+    "Bind",
     "BrokerProtocol",
+    "Connect",
+    "ConnectUnix",
+    "EmptyResult",
     "ErrorCode",
     "ErrorInfo",
     "ErrorReply",
     "Hello",
     "HelloResult",
+    "Listdir",
+    "ListdirResult",
+    "Mkdir",
     "OkReply",
+    "Open",
+    "OpenMode",
     "Ping",
+    "Rename",
     "Reply",
     "Request",
+    "Secret",
+    "SecretResult",
+    "Stat",
+    "StatResult",
+    "Unlink",
     "check_reply",
     "decode_reply",
     "describe_violation",
     "encode_request",
+    "parse_result",
+    "reply_denied",
     "reply_error",
     "reply_ok",
 ]
@@ -84,8 +122,138 @@ class Ping(BaseModel):
     op: Literal["ping"] = "ping"
 
 
+#: Longest path, in characters (PATH_MAX is 4096 bytes; the kernel checks bytes).
+MAX_PATH = 4096
+#: Most names one ``listdir`` result may hold (a frame is full long before).
+MAX_LISTDIR = 100_000
+
+#: An absolute path, by the broker's rules; here only its shape: 1..4096 characters
+#: and no NUL (a NUL is a violation: no system call can take it). Relative or
+#: un-normalised paths pass this check and are *denied* by the broker.
+WirePath = Annotated[str, Field(min_length=1, max_length=MAX_PATH, pattern=r"^[^\x00]*$")]
+#: A host name or IP address literal, 1..253 characters (a DNS name's limit), no NUL.
+Host = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^\x00]*$")]
+#: A secret's name, as the policy's ``[secrets]`` table spells it.
+SecretName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Port = Annotated[int, Field(ge=0, le=65535)]
+#: Python's open() modes without "b"/"t": text or binary is the client's business.
+OpenMode = Literal["r", "w", "a", "x", "r+", "w+", "a+", "x+"]
+SocketType = Literal["tcp", "udp"]
+
+
+class Open(BaseModel):
+    """Open a file; the reply carries the open descriptor (flags: docs/PROTOCOL.md)."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["open"] = "open"
+    path: WirePath
+    mode: OpenMode
+
+
+class Stat(BaseModel):
+    """``stat`` a path (following symlinks the policy allows)."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["stat"] = "stat"
+    path: WirePath
+
+
+class Listdir(BaseModel):
+    """The names in a directory, without ``.`` and ``..``."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["listdir"] = "listdir"
+    path: WirePath
+
+
+class Mkdir(BaseModel):
+    """Create a directory (mode 0700)."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["mkdir"] = "mkdir"
+    path: WirePath
+
+
+class Unlink(BaseModel):
+    """Remove a file (not a directory)."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["unlink"] = "unlink"
+    path: WirePath
+
+
+class Rename(BaseModel):
+    """Rename ``src`` to ``dst``, replacing ``dst`` like os.rename."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["rename"] = "rename"
+    src: WirePath
+    dst: WirePath
+
+
+class Connect(BaseModel):
+    """Connect a TCP or UDP socket; the reply carries the connected socket."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["connect"] = "connect"
+    host: Host
+    port: Annotated[int, Field(ge=1, le=65535)]
+    type: SocketType = "tcp"
+    timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 10_000
+
+
+class ConnectUnix(BaseModel):
+    """Connect to a unix socket at a path; the reply carries the connected socket."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["connect_unix"] = "connect_unix"
+    path: WirePath
+
+
+class Bind(BaseModel):
+    """Bind a TCP (then listening) or UDP socket; the reply carries it."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["bind"] = "bind"
+    host: Host
+    port: Port
+    type: SocketType = "tcp"
+    backlog: Annotated[int, Field(ge=1, le=4096)] = 128
+
+
+class Secret(BaseModel):
+    """A secret by name; the reply carries a sealed read-only memfd holding it."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["secret"] = "secret"
+    name: SecretName
+
+
 #: Every request a child may send. A new op is one more model in this union.
-Request = Annotated[Hello | Ping, Field(discriminator="op")]
+Request = Annotated[
+    Hello | Ping | Open | Stat | Listdir | Mkdir | Unlink | Rename | Connect | ConnectUnix | Bind | Secret,
+    Field(discriminator="op"),
+]
 _REQUEST_MODELS: tuple[type[BaseModel], ...] = get_args(get_args(Request)[0])
 _REQUESTS: TypeAdapter[Request] = TypeAdapter(Request)
 
@@ -107,13 +275,30 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
 
 
+#: The command-line flag that would have allowed a denied request (DESIGN.md, "Public contract").
+AllowFlag = Literal["--allow-read", "--allow-write", "--allow-connect", "--allow-bind", "--secret"]
+ALLOW_FLAGS: frozenset[str] = frozenset(get_args(AllowFlag))
+
+
 class ErrorInfo(BaseModel):
-    """The ``error`` member of an error reply."""
+    """The ``error`` member of an error reply.
+
+    ``allow`` (denials only) names the flag that would allow the request; the
+    broker never says with what value, since that would echo the request: the
+    client, which knows what it asked, composes the hint.
+    """
 
     model_config = _STRICT
 
     code: ErrorCode
     message: Annotated[str, Field(max_length=MAX_MESSAGE)]
+    allow: AllowFlag | None = None
+
+    @model_validator(mode="after")
+    def _allow_only_on_denials(self) -> ErrorInfo:
+        if self.allow is not None and self.code is not ErrorCode.DENIED:
+            raise ValueError("allow is only valid with code denied")
+        return self
 
 
 class OkReply(BaseModel):
@@ -167,9 +352,93 @@ class HelloResult(BaseModel):
     max_frame: Annotated[int, Field(ge=1)]
 
 
+class EmptyResult(BaseModel):
+    """The result of an op that returns nothing but success (and maybe its descriptor)."""
+
+    model_config = _STRICT
+
+
+_U32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
+_U64 = Annotated[int, Field(ge=0, le=2**64 - 1)]
+_I64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+class StatResult(BaseModel):
+    """The result of ``stat``: the fields of struct stat a Python os.stat_result needs.
+
+    ``ino`` and ``dev`` may exceed 2**53: a C client parses them as 64-bit integers.
+    """
+
+    model_config = _STRICT
+
+    mode: _U32
+    ino: _U64
+    dev: _U64
+    nlink: _U64
+    uid: _U32
+    gid: _U32
+    size: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    atime_ns: _I64
+    mtime_ns: _I64
+    ctime_ns: _I64
+
+
+#: One directory entry: 1..255 characters (NAME_MAX is 255 bytes), no "/" and no NUL.
+DirName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/\x00]+$")]
+
+
+class ListdirResult(BaseModel):
+    """The result of ``listdir``: the entries, in no particular order."""
+
+    model_config = _STRICT
+
+    names: Annotated[tuple[DirName, ...], Field(max_length=MAX_LISTDIR)]
+
+
+class AddressResult(BaseModel):
+    """The result of ``connect`` (the peer's address) and ``bind`` (the bound address)."""
+
+    model_config = _STRICT
+
+    address: tuple[Annotated[str, Field(min_length=1, max_length=64)], Port]
+
+
+class SecretResult(BaseModel):
+    """The result of ``secret``: the size in bytes of the memfd that comes with it."""
+
+    model_config = _STRICT
+
+    size: Annotated[int, Field(ge=0, lt=2**53)]
+
+
+#: The result model of each op's successful reply.
+RESULT_MODELS: Mapping[str, type[BaseModel]] = {
+    "hello": HelloResult,
+    "ping": EmptyResult,
+    "open": EmptyResult,
+    "stat": StatResult,
+    "listdir": ListdirResult,
+    "mkdir": EmptyResult,
+    "unlink": EmptyResult,
+    "rename": EmptyResult,
+    "connect": AddressResult,
+    "connect_unix": EmptyResult,
+    "bind": AddressResult,
+    "secret": SecretResult,
+}
+#: The ops whose successful reply carries exactly one file descriptor; every
+#: other reply, and every error reply, carries none.
+OPS_WITH_FD: frozenset[str] = frozenset({"open", "connect", "connect_unix", "bind", "secret"})
+
 # Names a violation summary may repeat: field names and op tags are ours, so
 # repeating them leaks nothing; any other string in a location came from the peer.
-_MODELS: tuple[type[BaseModel], ...] = (*_REQUEST_MODELS, ErrorInfo, OkReply, ErrorReply, HelloResult)
+_MODELS: tuple[type[BaseModel], ...] = (
+    *_REQUEST_MODELS,
+    ErrorInfo,
+    OkReply,
+    ErrorReply,
+    *RESULT_MODELS.values(),
+)
 _KNOWN_NAMES = frozenset(
     {name for model in _MODELS for name in model.model_fields}
     | {tag for model in _REQUEST_MODELS for tag in get_args(model.model_fields["op"].annotation)}
@@ -215,11 +484,13 @@ def _decode(adapter: TypeAdapter[_T], frame: bytes, what: str) -> _T:
 def _encode(message: Mapping[str, object]) -> bytes:
     """Serialise compactly; refuse what the peer's strict parser would refuse."""
     try:
-        frame = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+        # Raw UTF-8 rather than \u escapes: a lone surrogate (os.fsdecode of a
+        # non-UTF-8 name) then fails here instead of breaking the peer's parser.
+        frame = json.dumps(message, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
     except (TypeError, ValueError) as exc:
         raise LocalProtocolError(
             "a frame may hold only JSON values: str, int, bool, None, list, dict with str keys; "
-            "no NaN or infinity"
+            "no NaN or infinity, no string that is not valid Unicode (lone surrogates)"
         ) from exc
     if len(frame) > MAX_FRAME:
         raise LocalProtocolError(f"frame of {len(frame)} bytes exceeds MAX_FRAME ({MAX_FRAME})")
@@ -286,9 +557,24 @@ class BrokerProtocol:
         ).model_dump()
 
 
-def reply_ok(request: Request, result: Mapping[str, object]) -> bytes:
-    """Encode the success reply to ``request``."""
-    return _encode({"id": request.id, "ok": True, "result": dict(result)})
+def reply_ok(request: Request, result: Mapping[str, object] | BaseModel) -> bytes:
+    """Encode the success reply to ``request``; ``result`` must fit the op's result model.
+
+    The result is checked the way the client will check it (``RESULT_MODELS``),
+    so a broker bug is a LocalProtocolError here rather than a dead child there.
+    Attach the descriptor, for an op in ``OPS_WITH_FD``, when sending the frame.
+    """
+    if isinstance(result, BaseModel):
+        result = result.model_dump(mode="json")
+    frame = _encode({"id": request.id, "ok": True, "result": dict(result)})
+    model = RESULT_MODELS[request.op]
+    try:
+        model.model_validate_json(json.dumps(dict(result), ensure_ascii=False))
+    except ValidationError as exc:
+        raise LocalProtocolError(
+            f"the result of {request.op!r} does not fit {model.__name__}: {describe_violation(exc)}"
+        ) from None
+    return frame
 
 
 def reply_error(request_id: int | None, code: ErrorCode, message: str) -> bytes:
@@ -296,6 +582,23 @@ def reply_error(request_id: int | None, code: ErrorCode, message: str) -> bytes:
     if len(message) > MAX_MESSAGE:
         raise LocalProtocolError(f"error message longer than {MAX_MESSAGE} characters")
     return _encode({"id": request_id, "ok": False, "error": {"code": code.value, "message": message}})
+
+
+def reply_denied(request_id: int, message: str, allow_flag: str | None) -> bytes:
+    """Encode a ``denied`` reply, naming the flag that would allow the request, if any.
+
+    ``message`` says which rule decided, in the policy's terms, never with the
+    child's input (no path, no host); ``allow_flag`` is one of ``ALLOW_FLAGS``
+    or None. The client adds the flag's value from what it asked.
+    """
+    if len(message) > MAX_MESSAGE:
+        raise LocalProtocolError(f"error message longer than {MAX_MESSAGE} characters")
+    error: dict[str, object] = {"code": ErrorCode.DENIED.value, "message": message}
+    if allow_flag is not None:
+        if allow_flag not in ALLOW_FLAGS:
+            raise LocalProtocolError(f"allow_flag must be one of {sorted(ALLOW_FLAGS)} or None")
+        error["allow"] = allow_flag
+    return _encode({"id": request_id, "ok": False, "error": error})
 
 
 def encode_request(request: Request) -> bytes:
@@ -306,6 +609,21 @@ def encode_request(request: Request) -> bytes:
 def decode_reply(frame: bytes) -> Reply:
     """Bound, parse and validate a reply (the child's side): the broker is checked too."""
     return _decode(_REPLIES, frame, "reply")
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def parse_result(model: type[_M], result: Mapping[str, Any]) -> _M:
+    """Validate a reply's ``result`` against the op's result model (the child's side).
+
+    ``result`` came from ``decode_reply``, so it is plain JSON data; it is checked
+    the way the JSON would be (a list is a valid tuple). Raises RemoteProtocolError.
+    """
+    try:
+        return model.model_validate_json(json.dumps(dict(result), ensure_ascii=False))
+    except ValidationError as exc:
+        raise RemoteProtocolError(f"invalid {model.__name__}: {describe_violation(exc)}") from None
 
 
 def check_reply(reply: Reply, expected_id: int) -> dict[str, Any]:

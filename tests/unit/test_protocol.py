@@ -5,28 +5,46 @@ from __future__ import annotations
 import json
 import re
 import traceback
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from privsep import protocol
 from privsep.errors import BrokerError, DeniedError, LocalProtocolError, RemoteProtocolError
 from privsep.protocol import (
     MAX_FRAME,
     MAX_MESSAGE,
+    AddressResult,
+    Bind,
     BrokerProtocol,
+    Connect,
+    ConnectUnix,
+    EmptyResult,
     ErrorCode,
+    ErrorInfo,
     ErrorReply,
     Hello,
     HelloResult,
+    Listdir,
+    ListdirResult,
+    Mkdir,
     OkReply,
+    Open,
     Ping,
+    Rename,
+    Request,
+    Secret,
+    SecretResult,
+    Stat,
+    StatResult,
+    Unlink,
     check_reply,
     decode_reply,
     encode_request,
+    reply_denied,
     reply_error,
     reply_ok,
 )
@@ -157,7 +175,7 @@ def test_a_second_hello_is_a_violation() -> None:
 
 
 def test_unknown_fields_are_named_only_if_they_are_ours() -> None:
-    reason = violation(ready(), b'{"id":1,"op":"ping","versions":[1],"secret":1}')
+    reason = violation(ready(), b'{"id":1,"op":"ping","versions":[1],"password":1}')
     assert reason == "invalid request: ping.versions: extra_forbidden; ping.?: extra_forbidden"
 
 
@@ -182,6 +200,11 @@ def test_one_violation_breaks_the_channel_for_good(bad: bytes) -> None:
 # Every string the peer controls carries this canary; it must never reach an error text.
 CANARY = "CANARY"
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text().map(CANARY.__add__)
+OPS = sorted(protocol.RESULT_MODELS)
+# Strings that would pass a field's checks but for one character: the canary must still not leak.
+canary_text = (
+    st.text(max_size=20).map(lambda t: CANARY + t) | st.just(CANARY + "\x00") | st.just(CANARY * 700)
+)
 json_values = st.recursive(
     json_scalars,
     lambda inner: (
@@ -193,8 +216,11 @@ request_like = st.fixed_dictionaries(
     {},
     optional={
         "id": json_values,
-        "op": st.sampled_from(["hello", "ping"]) | json_values,
+        "op": st.sampled_from(OPS) | json_values,
         "versions": json_values | st.lists(st.integers(), max_size=10),
+        **dict.fromkeys(["path", "src", "dst", "host", "name"], json_values | canary_text),
+        **dict.fromkeys(["mode", "type"], json_values | st.sampled_from(["r", "w+", "tcp", "udp", "rb"])),
+        **dict.fromkeys(["port", "timeout_ms", "backlog"], json_values | st.integers(-10, 700_000)),
     },
 ).flatmap(
     lambda known: st.dictionaries(st.text().map(CANARY.__add__), json_values, max_size=3).map(
@@ -265,7 +291,9 @@ json_results = st.dictionaries(
 
 @given(ids, json_results)
 def test_ok_reply_round_trip(request_id: int, result: dict[str, Any]) -> None:
-    reply = decode_reply(reply_ok(Ping(id=request_id), result))
+    # Any JSON object decodes; whether it fits the op's result model is parse_result's business.
+    frame = json.dumps({"id": request_id, "ok": True, "result": result}).encode()
+    reply = decode_reply(frame)
     assert reply == OkReply(id=request_id, ok=True, result=result)
     assert check_reply(reply, request_id) == result
 
@@ -334,3 +362,354 @@ def test_decode_reply_is_strict(frame: bytes) -> None:
 def test_hello_result_is_strict() -> None:
     with pytest.raises(ValidationError):
         HelloResult.model_validate({"version": 1, "broker": "privsep", "max_frame": True})
+
+
+# --- the brokered ops (issue 3) ------------------------------------------------------------------
+
+VALID_REQUESTS: list[tuple[bytes, Request]] = [
+    (b'{"id":1,"op":"open","path":"/srv/in/a.txt","mode":"r"}', Open(id=1, path="/srv/in/a.txt", mode="r")),
+    *[
+        (f'{{"id":1,"op":"open","path":"/f","mode":"{m}"}}'.encode(), Open(id=1, path="/f", mode=m))
+        for m in ("r", "w", "a", "x", "r+", "w+", "a+", "x+")
+    ],
+    (b'{"id":2,"op":"stat","path":"/"}', Stat(id=2, path="/")),
+    (b'{"id":3,"op":"listdir","path":"/srv"}', Listdir(id=3, path="/srv")),
+    (b'{"id":4,"op":"mkdir","path":"/srv/out/d"}', Mkdir(id=4, path="/srv/out/d")),
+    (b'{"id":5,"op":"unlink","path":"/srv/out/f"}', Unlink(id=5, path="/srv/out/f")),
+    (b'{"id":6,"op":"rename","src":"/a","dst":"/b"}', Rename(id=6, src="/a", dst="/b")),
+    (
+        b'{"id":7,"op":"connect","host":"db.internal","port":5432,"type":"tcp","timeout_ms":10000}',
+        Connect(id=7, host="db.internal", port=5432),
+    ),
+    (b'{"id":7,"op":"connect","host":"::1","port":53}', Connect(id=7, host="::1", port=53)),
+    (
+        b'{"id":7,"op":"connect","host":"10.0.0.1","port":65535,"type":"udp","timeout_ms":1}',
+        Connect(id=7, host="10.0.0.1", port=65535, type="udp", timeout_ms=1),
+    ),
+    (b'{"id":8,"op":"connect_unix","path":"/run/app.sock"}', ConnectUnix(id=8, path="/run/app.sock")),
+    (
+        b'{"id":9,"op":"bind","host":"127.0.0.1","port":0,"type":"tcp","backlog":128}',
+        Bind(id=9, host="127.0.0.1", port=0),
+    ),
+    (
+        b'{"id":9,"op":"bind","host":"::","port":443,"type":"udp","backlog":4096}',
+        Bind(id=9, host="::", port=443, type="udp", backlog=4096),
+    ),
+    (b'{"id":10,"op":"secret","name":"tls_key.v-2"}', Secret(id=10, name="tls_key.v-2")),
+    # Paths are only shaped here: relative or un-normalised ones are the broker's to deny.
+    (b'{"id":11,"op":"stat","path":"relative/../x"}', Stat(id=11, path="relative/../x")),
+    (b'{"id":11,"op":"stat","path":"/\\u00e9\xc3\xa9"}', Stat(id=11, path="/éé")),
+    (b'{"id":11,"op":"stat","path":"/' + b"a" * 4095 + b'"}', Stat(id=11, path="/" + "a" * 4095)),
+    (
+        b'{"id":12,"op":"connect","host":"' + b"h" * 253 + b'","port":1}',
+        Connect(id=12, host="h" * 253, port=1),
+    ),
+    (b'{"id":13,"op":"secret","name":"' + b"n" * 64 + b'"}', Secret(id=13, name="n" * 64)),
+]
+
+
+@pytest.mark.parametrize(("frame", "request_"), VALID_REQUESTS)
+def test_valid_op_frames_are_accepted(frame: bytes, request_: Request) -> None:
+    assert ready().receive(frame) == request_
+    assert ready().receive(encode_request(request_)) == request_
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b'{"id":1,"op":"open","path":"","mode":"r"}', "open.path: string_too_short"),
+        (b'{"id":1,"op":"open","path":"/' + b"a" * 4096 + b'","mode":"r"}', "open.path: string_too_long"),
+        (b'{"id":1,"op":"open","path":"/a\\u0000b","mode":"r"}', "open.path: string_pattern_mismatch"),
+        (b'{"id":1,"op":"open","path":"/a\\ud800","mode":"r"}', "json_invalid"),
+        (b'{"id":1,"op":"open","path":"/a","mode":"rb"}', "open.mode: literal_error"),
+        (b'{"id":1,"op":"open","path":"/a","mode":"R"}', "open.mode: literal_error"),
+        (b'{"id":1,"op":"open","path":"/a"}', "open.mode: missing"),
+        (b'{"id":1,"op":"open","path":"/a","mode":"r","flags":0}', "open.?: extra_forbidden"),
+        (b'{"id":1,"op":"open","path":["/a"],"mode":"r"}', "open.path: string_type"),
+        (b'{"id":1,"op":"stat","path":"\\u0000"}', "stat.path: string_pattern_mismatch"),
+        (b'{"id":1,"op":"stat"}', "stat.path: missing"),
+        (b'{"id":1,"op":"listdir","path":"/a","mode":"r"}', "listdir.mode: extra_forbidden"),
+        (b'{"id":1,"op":"mkdir","path":"/a","mode":448}', "mkdir.mode: extra_forbidden"),
+        (b'{"id":1,"op":"unlink","path":null}', "unlink.path: string_type"),
+        (b'{"id":1,"op":"rename","src":"/a"}', "rename.dst: missing"),
+        (b'{"id":1,"op":"rename","src":"/a","dst":"/b\\u0000"}', "rename.dst: string_pattern_mismatch"),
+        (
+            b'{"id":1,"op":"rename","path":"/a","dst":"/b"}',
+            "rename.src: missing; rename.path: extra_forbidden",
+        ),
+        (b'{"id":1,"op":"connect","host":"","port":80}', "connect.host: string_too_short"),
+        (b'{"id":1,"op":"connect","host":"' + b"h" * 254 + b'","port":80}', "connect.host: string_too_long"),
+        (b'{"id":1,"op":"connect","host":"a\\u0000b","port":80}', "connect.host: string_pattern_mismatch"),
+        (b'{"id":1,"op":"connect","host":"h","port":0}', "connect.port: greater_than_equal"),
+        (b'{"id":1,"op":"connect","host":"h","port":65536}', "connect.port: less_than_equal"),
+        (b'{"id":1,"op":"connect","host":"h","port":"80"}', "connect.port: int_type"),
+        (b'{"id":1,"op":"connect","host":"h","port":80.0}', "connect.port: int_type"),
+        (b'{"id":1,"op":"connect","host":"h","port":true}', "connect.port: int_type"),
+        (b'{"id":1,"op":"connect","host":"h","port":80,"type":"sctp"}', "connect.type: literal_error"),
+        (
+            b'{"id":1,"op":"connect","host":"h","port":80,"timeout_ms":0}',
+            "connect.timeout_ms: greater_than_equal",
+        ),
+        (
+            b'{"id":1,"op":"connect","host":"h","port":80,"timeout_ms":600001}',
+            "connect.timeout_ms: less_than_equal",
+        ),
+        (b'{"id":1,"op":"connect","host":"h","port":80,"backlog":1}', "connect.backlog: extra_forbidden"),
+        (b'{"id":1,"op":"connect","host":"h"}', "connect.port: missing"),
+        (b'{"id":1,"op":"connect_unix","path":""}', "connect_unix.path: string_too_short"),
+        (
+            b'{"id":1,"op":"connect_unix","host":"h","port":1}',
+            "connect_unix.path: missing; connect_unix.host: extra_forbidden; "
+            "connect_unix.port: extra_forbidden",
+        ),
+        (b'{"id":1,"op":"bind","host":"h","port":-1}', "bind.port: greater_than_equal"),
+        (b'{"id":1,"op":"bind","host":"h","port":65536}', "bind.port: less_than_equal"),
+        (b'{"id":1,"op":"bind","host":"h","port":1,"backlog":0}', "bind.backlog: greater_than_equal"),
+        (b'{"id":1,"op":"bind","host":"h","port":1,"backlog":4097}', "bind.backlog: less_than_equal"),
+        (b'{"id":1,"op":"bind","host":"h","port":1,"timeout_ms":5}', "bind.timeout_ms: extra_forbidden"),
+        (b'{"id":1,"op":"secret","name":""}', "secret.name: string_too_short"),
+        (b'{"id":1,"op":"secret","name":"' + b"n" * 65 + b'"}', "secret.name: string_too_long"),
+        (b'{"id":1,"op":"secret","name":"a/b"}', "secret.name: string_pattern_mismatch"),
+        (b'{"id":1,"op":"secret","name":"a b"}', "secret.name: string_pattern_mismatch"),
+        (b'{"id":1,"op":"secret","name":"abc\\n"}', "secret.name: string_pattern_mismatch"),
+        (b'{"id":1,"op":"secret","name":"\\u00e9"}', "secret.name: string_pattern_mismatch"),
+        (b'{"id":1,"op":"secret","name":"k","source":"env:K"}', "secret.?: extra_forbidden"),
+        (b'{"id":1,"op":"chmod","path":"/a"}', "union_tag_invalid"),
+    ],
+)
+def test_op_bounds_are_violations(frame: bytes, reason: str) -> None:
+    assert violation(ready(), frame) == f"invalid request: {reason}"
+
+
+def test_every_op_has_a_result_model_and_an_fd_rule() -> None:
+    ops = {tag for model in protocol._REQUEST_MODELS for tag in get_args(model.model_fields["op"].annotation)}
+    assert set(protocol.RESULT_MODELS) == ops
+    with_fd = protocol.OPS_WITH_FD
+    assert with_fd == {"open", "connect", "connect_unix", "bind", "secret"}
+    assert with_fd <= ops
+
+
+def test_every_new_model_is_strict_closed_and_frozen() -> None:
+    for model in (*protocol._REQUEST_MODELS, *protocol.RESULT_MODELS.values()):
+        assert model.model_config.get("strict") is True, model
+        assert model.model_config.get("extra") == "forbid", model
+        assert model.model_config.get("frozen") is True, model
+    with pytest.raises(ValidationError):
+        Open(id=1, path="/a", mode="r").path = "/b"
+
+
+def test_encoding_refuses_lone_surrogates_and_sends_utf8() -> None:
+    with pytest.raises(LocalProtocolError, match="surrogate"):
+        protocol._encode({"path": "/\udcff"})
+    assert encode_request(Stat(id=1, path="/é")) == '{"id":1,"op":"stat","path":"/é"}'.encode()
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+STAT = {
+    "mode": 0o100644,
+    "ino": 2**64 - 1,
+    "dev": 2**64 - 1,
+    "nlink": 1,
+    "uid": 2**32 - 1,
+    "gid": 0,
+    "size": 2**63 - 1,
+    "atime_ns": -(2**63),
+    "mtime_ns": 0,
+    "ctime_ns": 2**63 - 1,
+}
+
+
+@pytest.mark.parametrize(
+    ("request_", "result"),
+    [
+        (Ping(id=1), {}),
+        (Open(id=1, path="/a", mode="r"), {}),
+        (Stat(id=1, path="/a"), STAT),
+        (Listdir(id=1, path="/a"), {"names": []}),
+        (Listdir(id=1, path="/a"), {"names": ["a", ".b", "é" * 255, "x y"]}),
+        (Mkdir(id=1, path="/a"), {}),
+        (Unlink(id=1, path="/a"), {}),
+        (Rename(id=1, src="/a", dst="/b"), {}),
+        (Connect(id=1, host="h", port=1), {"address": ["127.0.0.1", 1]}),
+        (Connect(id=1, host="h", port=1), {"address": ("::1", 65535)}),
+        (ConnectUnix(id=1, path="/s"), {}),
+        (Bind(id=1, host="h", port=0), {"address": ["0.0.0.0", 0]}),  # noqa: S104
+        (Secret(id=1, name="k"), {"size": 0}),
+        (Secret(id=1, name="k"), SecretResult(size=2**53 - 1)),
+    ],
+)
+def test_results_round_trip(request_: Request, result: dict[str, Any] | BaseModel) -> None:
+    model = protocol.RESULT_MODELS[request_.op]
+    parsed = protocol.parse_result(model, check_reply(decode_reply(reply_ok(request_, result)), 1))
+    expected = result if isinstance(result, BaseModel) else model.model_validate_json(json.dumps(result))
+    assert parsed == expected
+
+
+@pytest.mark.parametrize(
+    ("model", "result", "reason"),
+    [
+        (EmptyResult, {"x": 1}, "?: extra_forbidden"),
+        (StatResult, {**STAT, "ino": -1}, "ino: greater_than_equal"),
+        (StatResult, {**STAT, "ino": 2**64}, "ino: less_than_equal"),
+        (StatResult, {**STAT, "uid": 2**32}, "uid: less_than_equal"),
+        (StatResult, {**STAT, "size": -1}, "size: greater_than_equal"),
+        (StatResult, {**STAT, "atime_ns": -(2**63) - 1}, "atime_ns: greater_than_equal"),
+        (StatResult, {**STAT, "mode": "0644"}, "mode: int_type"),
+        (StatResult, {**STAT, "mode": 1.0}, "mode: int_type"),
+        (StatResult, {**STAT, "blocks": 8}, "blocks: ?"),
+        (StatResult, {k: v for k, v in STAT.items() if k != "size"}, "size: missing"),
+        (ListdirResult, {"names": [""]}, "names.0: string_too_short"),
+        (ListdirResult, {"names": ["a/b"]}, "names.0: string_pattern_mismatch"),
+        (ListdirResult, {"names": ["a\x00"]}, "names.0: string_pattern_mismatch"),
+        (ListdirResult, {"names": ["a" * 256]}, "names.0: string_too_long"),
+        (ListdirResult, {"names": "ab"}, "names: tuple_type"),
+        (ListdirResult, {"names": ["a"] * (protocol.MAX_LISTDIR + 1)}, "names: too_long"),
+        (AddressResult, {"address": ["127.0.0.1"]}, "address.1: missing"),
+        (AddressResult, {"address": ["127.0.0.1", 1, 0, 0]}, "address: too_long"),
+        (AddressResult, {"address": ["127.0.0.1", 65536]}, "address.1: less_than_equal"),
+        (AddressResult, {"address": ["", 1]}, "address.0: string_too_short"),
+        (AddressResult, {"address": "127.0.0.1:1"}, "address: tuple_type"),
+        (SecretResult, {"size": -1}, "size: greater_than_equal"),
+        (SecretResult, {"size": 2**53}, "size: less_than"),
+        (SecretResult, {}, "size: missing"),
+        (HelloResult, {"version": 1, "broker": "b", "max_frame": True}, "max_frame: int_type"),
+    ],
+)
+def test_results_are_strict(model: type[BaseModel], result: dict[str, Any], reason: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        protocol.parse_result(model, result)
+    # "blocks: ?": an unknown field the broker invented is named only if the name is ours.
+    expected = reason.replace("blocks: ?", "?: extra_forbidden")
+    assert str(info.value).startswith(f"invalid {model.__name__}: {expected}")
+
+
+def test_parse_result_never_echoes_the_result() -> None:
+    result = {"names": [CANARY + "/"], CANARY: CANARY}
+    with pytest.raises(RemoteProtocolError) as info:
+        protocol.parse_result(ListdirResult, result)
+    check_safe(str(info.value))
+    assert CANARY not in "".join(traceback.format_exception(info.value))
+
+
+@pytest.mark.parametrize(
+    ("request_", "result"),
+    [
+        (Ping(id=1), {"x": 1}),
+        (Stat(id=1, path="/a"), {"mode": 1}),
+        (Listdir(id=1, path="/a"), {"names": ["a/b"]}),
+        (Connect(id=1, host="h", port=1), {"address": ["::1", 1, 0, 0]}),
+        (Secret(id=1, name="k"), {"size": "3"}),
+    ],
+)
+def test_reply_ok_refuses_a_result_that_does_not_fit(request_: Request, result: dict[str, Any]) -> None:
+    with pytest.raises(LocalProtocolError, match=f"the result of '{request_.op}' does not fit"):
+        reply_ok(request_, result)
+
+
+# --- denials and the allow field -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", sorted(protocol.ALLOW_FLAGS))
+def test_the_allow_field_round_trips(flag: str) -> None:
+    frame = reply_denied(3, "files[0] grants read", flag)
+    assert frame == (
+        b'{"id":3,"ok":false,"error":{"code":"denied","message":"files[0] grants read","allow":"'
+        + flag.encode()
+        + b'"}}'
+    )
+    reply = decode_reply(frame)
+    assert isinstance(reply, ErrorReply)
+    assert (reply.error.code, reply.error.message, reply.error.allow) == (
+        ErrorCode.DENIED,
+        "files[0] grants read",
+        flag,
+    )
+    with pytest.raises(DeniedError) as info:
+        check_reply(reply, 3)
+    assert info.value.message == "files[0] grants read"
+
+
+def test_a_denial_without_a_flag_has_no_allow_field() -> None:
+    assert reply_denied(3, "denied by files[1]", None) == (
+        b'{"id":3,"ok":false,"error":{"code":"denied","message":"denied by files[1]"}}'
+    )
+    reply = decode_reply(reply_denied(3, "denied by files[1]", None))
+    assert isinstance(reply, ErrorReply)
+    assert reply.error.allow is None
+    explicit_null = decode_reply(b'{"id":3,"ok":false,"error":{"code":"denied","message":"","allow":null}}')
+    assert isinstance(explicit_null, ErrorReply)
+    assert explicit_null.error == ErrorInfo(code=ErrorCode.DENIED, message="")
+
+
+def test_reply_denied_refuses_what_the_client_would_refuse() -> None:
+    with pytest.raises(LocalProtocolError, match="allow_flag"):
+        reply_denied(1, "no", "--allow-everything")
+    with pytest.raises(LocalProtocolError, match="allow_flag"):
+        reply_denied(1, "no", "allow-read")
+    with pytest.raises(LocalProtocolError):
+        reply_denied(1, "m" * (MAX_MESSAGE + 1), None)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"id":1,"ok":false,"error":{"code":"denied","message":"","allow":"--allow-everything"}}',
+        b'{"id":1,"ok":false,"error":{"code":"denied","message":"","allow":"--allow-read=/etc"}}',
+        b'{"id":1,"ok":false,"error":{"code":"denied","message":"","allow":1}}',
+        b'{"id":1,"ok":false,"error":{"code":"failed","message":"","allow":"--allow-read"}}',
+        b'{"id":1,"ok":false,"error":{"code":"not_found","message":"","allow":"--secret"}}',
+    ],
+)
+def test_a_bad_allow_field_is_a_broken_broker(frame: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_reply(frame)
+
+
+# --- hypothesis over the new ops -------------------------------------------------------------------
+
+no_nul = st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"])
+paths = st.text(no_nul, min_size=1, max_size=300)
+hosts = st.text(no_nul, min_size=1, max_size=253)
+names = st.from_regex(r"\A[A-Za-z0-9_.-]{1,64}\Z")
+requests = st.one_of(
+    st.builds(Open, id=ids, path=paths, mode=st.sampled_from(get_args(protocol.OpenMode))),
+    st.builds(Stat, id=ids, path=paths),
+    st.builds(Listdir, id=ids, path=paths),
+    st.builds(Mkdir, id=ids, path=paths),
+    st.builds(Unlink, id=ids, path=paths),
+    st.builds(Rename, id=ids, src=paths, dst=paths),
+    st.builds(
+        Connect,
+        id=ids,
+        host=hosts,
+        port=st.integers(1, 65535),
+        type=st.sampled_from(["tcp", "udp"]),
+        timeout_ms=st.integers(1, 600_000),
+    ),
+    st.builds(ConnectUnix, id=ids, path=paths),
+    st.builds(
+        Bind,
+        id=ids,
+        host=hosts,
+        port=st.integers(0, 65535),
+        type=st.sampled_from(["tcp", "udp"]),
+        backlog=st.integers(1, 4096),
+    ),
+    st.builds(Secret, id=ids, name=names),
+)
+
+
+@given(requests)
+def test_op_round_trip(request_: Request) -> None:
+    assert ready().receive(encode_request(request_)) == request_
+
+
+@given(requests, st.sampled_from(["path", "src", "dst", "host", "name"]), st.integers(0, 10))
+def test_a_nul_anywhere_in_a_string_field_is_a_violation(request_: Request, field: str, at: int) -> None:
+    data = request_.model_dump(mode="json")
+    if field not in data:
+        return
+    data[field] = data[field][:at] + "\x00" + data[field][at:]
+    reason = violation(ready(), json.dumps(data).encode())
+    assert reason == f"invalid request: {request_.op}.{field}: string_pattern_mismatch"
