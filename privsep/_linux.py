@@ -210,3 +210,27 @@ def landlock_add_path_rule(ruleset_fd: int, parent_fd: int, allowed: int) -> Non
 
 def landlock_restrict_self(ruleset_fd: int) -> None:
     _check(_syscall(NR_LANDLOCK_RESTRICT_SELF, ruleset_fd, 0))
+
+
+# openat2(2): path resolution the kernel confines (include/uapi/linux/openat2.h).
+NR_OPENAT2 = 437
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
+    """openat2(2); raises OSError (with ``filename``) like ``os.open``."""
+    how = _OpenHow(flags, mode, resolve)
+    fd = _syscall(
+        NR_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)

@@ -6,13 +6,17 @@ Imports are lazy so that ``privsep run`` pays only for what it uses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from privsep.errors import PrivsepError
+
+if TYPE_CHECKING:
+    from privsep.broker.loop import Broker, Child, Denial
 
 EXIT_USAGE = 125
 
@@ -53,13 +57,41 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="kill the sandbox after this many seconds (exit 124)",
     )
+    grants = run.add_argument_group(
+        "grants for this run (repeatable; merged over the policy; the broker performs them for the child)"
+    )
+    grants.add_argument(
+        "--allow-read", action="append", default=[], metavar="PATH", help="read and list PATH"
+    )
+    grants.add_argument(
+        "--allow-write", action="append", default=[], metavar="PATH", help="read, write and create under PATH"
+    )
+    grants.add_argument(
+        "--allow-connect", action="append", default=[], metavar="HOST:PORT", help="connect to HOST:PORT (tcp)"
+    )
+    grants.add_argument(
+        "--allow-bind", action="append", default=[], metavar="HOST:PORT", help="listen on HOST:PORT (tcp)"
+    )
+    grants.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME=env:VAR|file:PATH",
+        help="a secret the child may ask for by NAME (as a sealed read-only memfd)",
+    )
+    run.add_argument(
+        "--audit-log", metavar="FILE", help="append one JSON line per broker decision to FILE (created 0600)"
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
+    from privsep.broker.audit import AuditLog
     from privsep.broker.loop import Broker
+    from privsep.broker.services import Services
     from privsep.confine.spawn import make_plan
+    from privsep.policy.grants import grants_to_extra
     from privsep.policy.load import load_policy
 
     command = list(args.command)
@@ -67,13 +99,31 @@ def _run(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise PrivsepError("no command given; usage: privsep run [--policy NAME|FILE] -- COMMAND [ARG...]")
-    policy = load_policy(args.policy)
+    extra = grants_to_extra(
+        args.allow_read, args.allow_write, args.allow_connect, args.allow_bind, args.secret
+    )
+    policy = load_policy(args.policy, extra=extra)
     timeout = args.timeout if args.timeout is not None else (policy.limits.timeout_seconds or None)
     if timeout is not None and timeout <= 0:
         raise PrivsepError("--timeout must be a positive number of seconds")
     plan = make_plan(policy, command)
-    broker = Broker()
-    child = broker.start(plan, timeout=timeout)
+    with contextlib.ExitStack() as stack:
+        services = Services(policy)
+        stack.callback(services.close)
+        audit = None
+        if args.audit_log:
+            try:
+                audit = AuditLog(args.audit_log)
+            except OSError as exc:
+                raise PrivsepError(f"cannot open the audit log {args.audit_log}: {exc.strerror}") from None
+            stack.callback(audit.close)
+        broker = Broker(audit=audit)
+        stack.callback(broker.close)
+        return _serve(broker, broker.start(plan, services=services, timeout=timeout))
+    raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
+
+
+def _serve(broker: Broker, child: Child) -> int:
     interrupts = 0
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -98,14 +148,40 @@ def _run(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)
-    try:
-        outcome = broker.wait(child)
-    finally:
-        broker.close()
+    outcome = broker.wait(child)
+    _report_denials(child.denials)
     message = outcome.describe()
     if message:
         print(f"privsep: {message}", file=sys.stderr)
     return outcome.returncode
+
+
+_MAX_REPORTED = 20
+
+
+def _printable(text: str) -> str:
+    """The child chose this text: escape whatever a terminal would interpret."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _report_denials(denials: Sequence[Denial]) -> None:
+    """Once per distinct denial: what, which rule decided, and how to allow it."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for d in denials:
+        key = (d.op, d.target, d.message)
+        seen[key] = seen.get(key, 0) + 1
+    hints = {d.allow: d for d in denials}
+    for (op, what, message), count in list(seen.items())[:_MAX_REPORTED]:
+        times = f" ({count} times)" if count > 1 else ""
+        print(f"privsep: denied {op} {_printable(what)}{times}: {message}", file=sys.stderr)
+    if len(seen) > _MAX_REPORTED:
+        print(f"privsep: ... and {len(seen) - _MAX_REPORTED} more denials (see --audit-log)", file=sys.stderr)
+    for flag, d in hints.items():
+        if flag is not None:
+            value = d.target.split(" -> ")[-1].removesuffix("/tcp")
+            if flag == "--secret":
+                value += "=env:VAR"
+            print(f"privsep: to allow it, re-run with {flag}={_printable(value)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

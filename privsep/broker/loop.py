@@ -5,9 +5,13 @@ non-blocking, a child that does not read its replies only stops having its
 requests read (back-pressure), and nothing one child sends can stall another.
 A child that breaks the protocol is cut off and killed; its siblings carry on.
 
-Per child the loop watches four fds: the request channel, the private
+Per child the loop watches five fds: the request channel, the private
 control socket (reports from the sandbox's own processes), the monitor's
-pidfd (the sandbox ended) and the seccomp listener (a dangerous syscall).
+and init's pidfds (the sandbox ended) and the seccomp listener (a dangerous
+syscall). Slow operations (resolving, connecting) run on a few worker
+threads; while one is under way for a child, that child's channel is not
+read, so a child has at most one request in flight and cannot queue work
+without bound.
 """
 
 from __future__ import annotations
@@ -15,15 +19,20 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import queue
 import selectors
 import signal
 import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from privsep import __version__, channel, protocol
 from privsep.broker import notify
+from privsep.broker.answers import Answer, Refusal
+from privsep.broker.audit import AuditLog, Record
 from privsep.broker.outcome import (
     EXIT_NOT_FOUND,
     EXIT_PRIVSEP,
@@ -31,12 +40,50 @@ from privsep.broker.outcome import (
     Outcome,
     from_wait_status,
 )
+from privsep.broker.services import SLOW_OPS, Services, target
 from privsep.confine.seccomp import syscall_name
 from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, spawn
-from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
+from privsep.errors import ChannelError, RemoteProtocolError
 
-_Role = Literal["channel", "control", "pidfd", "init", "listener"]
+_Role = Literal["channel", "control", "pidfd", "init", "listener", "wakeup"]
 _MAX_OUTBOX = 64  # replies queued for a child that does not read, before it is cut off
+_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A request the policy refused, for the report at exit (never holds a secret value)."""
+
+    op: str
+    target: str
+    rule: str | None
+    message: str
+    allow: str | None
+
+
+class _Workers:
+    """A few daemon threads for slow operations.
+
+    Not concurrent.futures: its threads are joined at interpreter exit, so
+    one connect stuck in its timeout would hold ``privsep run`` open.
+    """
+
+    def __init__(self, done: Callable[[], None]) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._done = done
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if len(self._threads) < _WORKERS:
+            thread = threading.Thread(target=self._run, name="privsep-worker", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            self._jobs.get()()
+            self._done()
 
 
 @dataclass(eq=False)
@@ -51,7 +98,11 @@ class Child:
     init_pidfd: int | None = None
     command_pidfd: int | None = None
     listener: int | None = None
-    outbox: collections.deque[bytes] = field(default_factory=collections.deque)
+    services: Services | None = None
+    outbox: collections.deque[tuple[bytes, int | None]] = field(default_factory=collections.deque)
+    pending: bool = False
+    denials: list[Denial] = field(default_factory=list)
+    command_pid: int | None = None
     kill_reason: Outcome | None = None
     setup_error: ControlMessage | None = None
     exec_error: ControlMessage | None = None
@@ -69,19 +120,42 @@ class Child:
 class Broker:
     """Starts sandboxes and serves their requests until they end."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, audit: AuditLog | None = None) -> None:
         self._sel = selectors.DefaultSelector()
         self._children: set[Child] = set()
+        self._audit = audit
+        self._finished: queue.SimpleQueue[tuple[Child, protocol.Request, float, Answer | Refusal]] = (
+            queue.SimpleQueue()
+        )
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, (None, "wakeup"))
+        self._workers = _Workers(self._wake)
+
+    def _wake(self) -> None:
+        """From a worker thread: a result is waiting (a full pipe already says so)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b".")
 
     # -- public -----------------------------------------------------------
 
     def start(
-        self, plan: SpawnPlan, *, timeout: float | None = None, stdio: tuple[int, int, int] = (0, 1, 2)
+        self,
+        plan: SpawnPlan,
+        *,
+        services: Services | None = None,
+        timeout: float | None = None,
+        stdio: tuple[int, int, int] = (0, 1, 2),
     ) -> Child:
-        """Spawn a sandbox for ``plan``; it runs while the loop is driven (``wait``/``run_once``)."""
+        """Spawn a sandbox for ``plan``; it runs while the loop is driven (``wait``/``run_once``).
+
+        ``services`` performs the brokered operations of the plan's policy
+        (built once per policy); without it a child can only ``hello`` and ``ping``.
+        """
         spawned = spawn(plan, stdio=stdio)
         deadline = time.monotonic() + timeout if timeout else None
-        child = Child(argv0=plan.argv[0], spawned=spawned, deadline=deadline, timeout=timeout)
+        child = Child(
+            argv0=plan.argv[0], spawned=spawned, deadline=deadline, timeout=timeout, services=services
+        )
         self._children.add(child)
         spawned.channel.setblocking(False)
         spawned.control.setblocking(False)
@@ -101,7 +175,9 @@ class Broker:
         timeout = self._next_timeout(max_wait)
         for key, _events in self._sel.select(timeout):
             child, role = key.data
-            if child.outcome is None:
+            if role == "wakeup":
+                self._on_finished()
+            elif child.outcome is None:
                 self._dispatch(child, role)
         now = time.monotonic()
         for child in list(self._children):
@@ -144,6 +220,10 @@ class Broker:
         while self._children:
             self.run_once()
         self._sel.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        # Replies of slow operations that finished after their child: only their fds matter.
+        self._on_finished()
 
     @property
     def children(self) -> frozenset[Child]:
@@ -188,7 +268,7 @@ class Broker:
         except (ChannelError, OSError):
             frame = None
         if frame is None:  # every process of the sandbox closed its end
-            self._sel.unregister(sock)
+            self._forget(sock)
             return
         child.requests += 1
         try:
@@ -196,42 +276,123 @@ class Broker:
         except RemoteProtocolError as exc:
             self._violation(child, str(exc))
             return
-        self._queue(child, self._handle(child, request))
-
-    def _handle(self, child: Child, request: protocol.Request) -> bytes:
         if isinstance(request, protocol.Hello):
-            return protocol.reply_ok(request, child.proto.hello_result())
-        if isinstance(request, protocol.Ping):
-            return protocol.reply_ok(request, {})
-        raise LocalProtocolError(
-            f"no handler for op {request.op!r}"
-        )  # pragma: no cover - union is exhaustive
+            self._queue(child, protocol.reply_ok(request, child.proto.hello_result()))
+        elif isinstance(request, protocol.Ping):
+            self._queue(child, protocol.reply_ok(request, {}))
+        elif child.services is None:
+            self._finish(
+                child,
+                request,
+                time.monotonic(),
+                Refusal(protocol.ErrorCode.UNSUPPORTED, "this sandbox has no brokered operations"),
+            )
+        elif request.op in SLOW_OPS:
+            self._submit(child, request, child.services)
+        else:
+            self._finish(child, request, time.monotonic(), _perform(child.services, request))
 
-    def _queue(self, child: Child, reply: bytes) -> None:
-        child.outbox.append(reply)
+    def _submit(self, child: Child, request: protocol.Request, services: Services) -> None:
+        """Run a slow request on a worker; stop reading this child until it is answered."""
+        child.pending = True
+        self._watch(child)
+        start = time.monotonic()
+
+        def job() -> None:
+            self._finished.put((child, request, start, _perform(services, request)))
+
+        self._workers.submit(job)
+
+    def _on_finished(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+        while True:
+            try:
+                child, request, start, answer = self._finished.get_nowait()
+            except queue.Empty:
+                return
+            child.pending = False
+            if child.outcome is not None or child.spawned.channel.fileno() < 0:
+                if isinstance(answer, Answer) and answer.fd is not None:
+                    os.close(answer.fd)
+                continue
+            self._finish(child, request, start, answer)
+
+    def _finish(
+        self, child: Child, request: protocol.Request, start: float, answer: Answer | Refusal
+    ) -> None:
+        """Audit one decision and queue its reply (with its fd, if any)."""
+        latency = int((time.monotonic() - start) * 1e6)
+        what = target(request)
+        if isinstance(answer, Answer):
+            record = Record(child.command_pid, request.op, what, "allow", answer.rule, latency)
+            reply, fd = protocol.reply_ok(request, answer.result), answer.fd
+        else:
+            denied = answer.code is protocol.ErrorCode.DENIED
+            record = Record(
+                child.command_pid, request.op, what, "deny" if denied else "error", answer.rule, latency,
+                code=answer.code.value, message=answer.message,
+            )  # fmt: skip
+            if denied:
+                child.denials.append(Denial(request.op, what, answer.rule, answer.message, answer.allow))
+                reply = protocol.reply_denied(request.id, answer.message, answer.allow)
+            else:
+                reply = protocol.reply_error(request.id, answer.code, answer.message)
+            fd = None
+        if self._audit is not None:
+            self._audit.write(record)
+        self._queue(child, reply, fd)
+
+    def _queue(self, child: Child, reply: bytes, fd: int | None = None) -> None:
+        child.outbox.append((reply, fd))
         self._flush(child)
 
     def _flush(self, child: Child) -> None:
         sock = child.spawned.channel
         while child.outbox:
+            reply, fd = child.outbox[0]
             try:
-                channel.send(sock, child.outbox[0])
+                channel.send(sock, reply, () if fd is None else (fd,))
             except BlockingIOError:
                 break
             except (ChannelError, OSError):
-                child.outbox.clear()
+                self._drop_outbox(child)
                 break
             child.outbox.popleft()
+            if fd is not None:
+                os.close(fd)  # the child has its own copy now
         if len(child.outbox) > _MAX_OUTBOX:
             self._violation(child, "the child does not read its replies")
             return
-        # Back-pressure: while replies wait, watch for writability, not for requests.
-        events = selectors.EVENT_WRITE if child.outbox else selectors.EVENT_READ
+        self._watch(child)
+
+    def _watch(self, child: Child) -> None:
+        """Register the channel for what it waits on now.
+
+        Replies queued: writability (back-pressure: no new requests are read).
+        A slow request in flight: nothing. Otherwise: the next request.
+        """
+        sock = child.spawned.channel
+        if sock.fileno() < 0:
+            return
+        events = selectors.EVENT_WRITE if child.outbox else 0 if child.pending else selectors.EVENT_READ
         try:
-            if self._sel.get_key(sock).events != events:
-                self._sel.modify(sock, events, (child, "channel"))
+            key = self._sel.get_key(sock)
         except KeyError:
-            pass
+            if events:
+                self._sel.register(sock, events, (child, "channel"))
+            return
+        if not events:
+            self._sel.unregister(sock)
+        elif key.events != events:
+            self._sel.modify(sock, events, (child, "channel"))
+
+    def _drop_outbox(self, child: Child) -> None:
+        for _, fd in child.outbox:
+            if fd is not None:
+                os.close(fd)
+        child.outbox.clear()
 
     def _violation(self, child: Child, reason: str) -> None:
         sock = child.spawned.channel
@@ -239,6 +400,7 @@ class Broker:
         reply = protocol.reply_error(None, protocol.ErrorCode.INVALID, f"protocol violation: {reason}"[:1000])
         with contextlib.suppress(ChannelError, OSError):
             channel.send(sock, reply)
+        self._drop_outbox(child)
         self._forget(sock)
         sock.close()
         self.kill(
@@ -289,6 +451,8 @@ class Broker:
                     self.kill(child, child.kill_reason)  # killed before init was known: make sure
             elif msg.kind == "listener":
                 self._sel.register(msg.fd, selectors.EVENT_READ, (child, "listener"))
+            else:
+                child.command_pid = _pid_of(msg.fd)
         elif msg.kind == "error":
             child.setup_error = child.setup_error or msg
         elif msg.kind == "exec_error":
@@ -379,6 +543,7 @@ class Broker:
             self._sel.unregister(fileobj)
 
     def _release(self, child: Child) -> None:
+        self._drop_outbox(child)
         sp = child.spawned
         for sock in (sp.channel, sp.control):
             self._forget(sock)
@@ -389,3 +554,23 @@ class Broker:
                 os.close(fd)
         child.listener = child.init_pidfd = child.command_pidfd = None
         self._children.discard(child)
+
+
+def _perform(services: Services, request: protocol.Request) -> Answer | Refusal:
+    """Run one request; every refusal becomes a value (it is a reply, not an error of ours)."""
+    try:
+        return services.handle(request)
+    except Refusal as refusal:
+        return refusal
+
+
+def _pid_of(pidfd: int) -> int | None:
+    """The host pid behind a pidfd (for the audit log), from its fdinfo."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None

@@ -1,0 +1,47 @@
+"""What a service hands back to the loop: an answer (maybe with an fd) or a refusal.
+
+Kept apart from the loop so that every resource module (files, net,
+secrets) speaks the same small language, and the loop alone turns it into
+frames, audit records and the denial report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from privsep.protocol import ErrorCode
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A successful result; ``fd`` (if any) is sent with the reply, then closed here."""
+
+    result: dict[str, object] = field(default_factory=dict)
+    fd: int | None = None
+    rule: str | None = None
+
+
+class Refusal(Exception):
+    """A request the broker will not or cannot do; becomes an error reply.
+
+    ``message`` is the broker's own text (policy terms, errno names), never
+    the child's input: the reply goes back to the child, and the same text
+    goes to the audit log and the denial report.
+    """
+
+    def __init__(
+        self, code: ErrorCode, message: str, *, allow: str | None = None, rule: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.allow = allow
+        self.rule = rule
+
+
+def denied(message: str, *, allow: str | None = None, rule: str | None = None) -> Refusal:
+    return Refusal(ErrorCode.DENIED, message, allow=allow, rule=rule)
+
+
+def failed(message: str, *, rule: str | None = None) -> Refusal:
+    return Refusal(ErrorCode.FAILED, message, rule=rule)

@@ -1,0 +1,289 @@
+"""Brokered file operations, resolved without races.
+
+Chromium's and Firefox's brokers check a path string, then open it: a
+symlink swapped in between wins. Here the check picks a *grant*, and the
+kernel does the rest: every granted directory is pinned as an ``O_PATH``
+fd when the policy loads, and every open is ``openat2`` beneath that fd
+with ``RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`` (and
+``RESOLVE_NO_SYMLINKS`` unless the rule allows links, which then still
+cannot leave the grant). Whatever the child renames or swaps, the file
+that comes back is beneath the grant, or nothing comes back.
+
+Open flags are fixed here from the mode and the granted access; the child
+never sends flags. No ``O_PATH``, no ``O_TMPFILE``, no directories (a
+directory fd would let the child ``openat`` around), only regular files.
+Files are created 0600. ``O_NONBLOCK`` during the open keeps a FIFO from
+stalling the broker; it is cleared before the fd is handed over.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from privsep import _linux
+from privsep.broker.answers import Answer, Refusal, denied, failed
+from privsep.errors import PolicyError
+from privsep.policy.match import Access, FileDecision, check_path, decide_file
+from privsep.policy.model import Policy
+from privsep.protocol import ErrorCode
+
+_RESOLVE = _linux.RESOLVE_BENEATH | _linux.RESOLVE_NO_MAGICLINKS
+_MAX_LIST_BYTES = 60_000  # the names must fit one reply frame (64 KiB) with room to spare
+
+# mode -> (access needed, open flags). "w"/"a" also create the file when the grant has "create".
+_MODES: dict[str, tuple[frozenset[Access], int]] = {
+    "r": (frozenset({Access.READ}), os.O_RDONLY),
+    "r+": (frozenset({Access.READ, Access.WRITE}), os.O_RDWR),
+    "w": (frozenset({Access.WRITE, Access.TRUNCATE}), os.O_WRONLY | os.O_TRUNC),
+    "w+": (frozenset({Access.READ, Access.WRITE, Access.TRUNCATE}), os.O_RDWR | os.O_TRUNC),
+    "a": (frozenset({Access.APPEND}), os.O_WRONLY | os.O_APPEND),
+    "a+": (frozenset({Access.READ, Access.APPEND}), os.O_RDWR | os.O_APPEND),
+    "x": (frozenset({Access.CREATE, Access.WRITE}), os.O_WRONLY | os.O_CREAT | os.O_EXCL),
+    "x+": (frozenset({Access.CREATE, Access.READ, Access.WRITE}), os.O_RDWR | os.O_CREAT | os.O_EXCL),
+}
+_MAY_CREATE = frozenset({"w", "w+", "a", "a+"})
+
+
+@dataclass(frozen=True)
+class _Pin:
+    """A granted path held open: a directory, or the parent of an exact file grant."""
+
+    fd: int
+    name: str | None  # None: the grant is this directory; else the file's name in it
+
+
+def _rule(decision: FileDecision) -> str | None:
+    return None if decision.rule is None else f"files[{decision.rule}]"
+
+
+class FileService:
+    """The file operations of one policy; owns the pinned directory fds."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._pins: dict[int, _Pin] = {}
+        try:
+            for index, rule in enumerate(policy.files):
+                if not rule.deny:
+                    self._pins[index] = self._pin(index, rule.path)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _pin(index: int, path: str) -> _Pin:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1
+        except OSError as exc:
+            raise PolicyError(f"files[{index}] ({path}): cannot open it: {exc.strerror}") from None
+        if fd >= 0:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                return _Pin(fd, None)
+            os.close(fd)
+        # An exact file grant (it may not exist yet): pin its directory.
+        parent, name = os.path.split(path)
+        try:
+            return _Pin(os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), name)
+        except OSError as exc:
+            raise PolicyError(
+                f"files[{index}] ({path}): neither it nor its directory can be opened "
+                f"({exc.strerror}); create {parent} first, or fix the path"
+            ) from None
+
+    def close(self) -> None:
+        for pin in self._pins.values():
+            os.close(pin.fd)
+        self._pins.clear()
+
+    # -- decisions --------------------------------------------------------
+
+    def _decide(self, path: str, need: frozenset[Access]) -> FileDecision:
+        reason = check_path(path)
+        if reason is not None:
+            raise denied(f"{reason}; paths must be absolute and normalised")
+        decision = decide_file(self._policy, path, need)
+        if not decision.allowed:
+            raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision))
+        return decision
+
+    def _target(self, decision: FileDecision) -> tuple[int, str]:
+        """(dirfd, relative path) to resolve beneath; '.' is the grant itself."""
+        assert decision.rule is not None
+        pin = self._pins[decision.rule]
+        if pin.name is not None:
+            return pin.fd, pin.name
+        return pin.fd, decision.relative or "."
+
+    @staticmethod
+    def _resolve_flags(decision: FileDecision) -> int:
+        return _RESOLVE | (0 if decision.symlinks else _linux.RESOLVE_NO_SYMLINKS)
+
+    def _open(self, decision: FileDecision, flags: int) -> int:
+        dirfd, relative = self._target(decision)
+        mode = 0o600 if flags & os.O_CREAT else 0  # openat2 refuses a mode without O_CREAT
+        try:
+            return _linux.openat2(dirfd, relative, flags | os.O_CLOEXEC, mode, self._resolve_flags(decision))
+        except OSError as exc:
+            raise _refusal(exc, decision) from None
+
+    @contextmanager
+    def _parent(self, decision: FileDecision) -> Iterator[tuple[int, str]]:
+        """The directory holding the target, opened beneath the grant, and the target's name."""
+        assert decision.rule is not None
+        pin = self._pins[decision.rule]
+        if pin.name is not None:  # an exact file grant: its pinned directory is the parent
+            yield pin.fd, pin.name
+            return
+        if not decision.relative:
+            raise denied(
+                "the granted directory itself cannot be created, removed or renamed", rule=_rule(decision)
+            )
+        parent, name = os.path.split(decision.relative)
+        fd = self._open_dir(decision, parent or ".")
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    def _open_dir(self, decision: FileDecision, relative: str) -> int:
+        dirfd, _ = self._target(decision)
+        try:
+            return _linux.openat2(
+                dirfd, relative, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, self._resolve_flags(decision)
+            )
+        except OSError as exc:
+            raise _refusal(exc, decision) from None
+
+    # -- operations -------------------------------------------------------
+
+    def open(self, path: str, mode: str) -> Answer:
+        need, flags = _MODES[mode]
+        decision = self._decide(path, need)
+        if mode in _MAY_CREATE:
+            with_create = decide_file(self._policy, path, need | {Access.CREATE})
+            if with_create.allowed:
+                decision, flags = with_create, flags | os.O_CREAT
+        fd = self._open(decision, flags | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise failed(
+                    "not a regular file; only regular files can be opened through the broker",
+                    rule=_rule(decision),
+                )
+            # Hand over exactly what was granted: drop O_NONBLOCK, check the access mode.
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & os.O_APPEND)
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != flags & os.O_ACCMODE:
+                raise failed("internal: the opened file has an unexpected access mode")
+        except BaseException:
+            os.close(fd)
+            raise
+        return Answer(fd=fd, rule=_rule(decision))
+
+    def stat(self, path: str) -> Answer:
+        try:
+            decision = self._decide(path, frozenset({Access.READ}))
+        except Refusal:
+            decision = self._decide(path, frozenset({Access.LIST}))
+        fd = self._open(decision, os.O_PATH)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        result: dict[str, object] = {
+            "mode": st.st_mode, "ino": st.st_ino, "dev": st.st_dev, "nlink": st.st_nlink,
+            "uid": st.st_uid, "gid": st.st_gid, "size": st.st_size,
+            "atime_ns": st.st_atime_ns, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+        }  # fmt: skip
+        return Answer(result, rule=_rule(decision))
+
+    def listdir(self, path: str) -> Answer:
+        decision = self._decide(path, frozenset({Access.LIST}))
+        fd = self._open(decision, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
+        try:
+            names = sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
+        if sum(len(n.encode(errors="surrogateescape")) + 4 for n in names) > _MAX_LIST_BYTES:
+            raise failed(
+                "the directory has too many entries to list through the channel", rule=_rule(decision)
+            )
+        if any(not _is_utf8(n) for n in names):
+            names = [n for n in names if _is_utf8(n)]  # the wire is JSON text: skip undecodable names
+        return Answer({"names": names}, rule=_rule(decision))
+
+    def mkdir(self, path: str) -> Answer:
+        decision = self._decide(path, frozenset({Access.CREATE}))
+        with self._parent(decision) as (dirfd, name):
+            try:
+                os.mkdir(name, 0o700, dir_fd=dirfd)
+            except OSError as exc:
+                raise _refusal(exc, decision) from None
+        return Answer(rule=_rule(decision))
+
+    def unlink(self, path: str) -> Answer:
+        decision = self._decide(path, frozenset({Access.CREATE}))
+        with self._parent(decision) as (dirfd, name):
+            try:
+                os.unlink(name, dir_fd=dirfd)
+            except OSError as exc:
+                raise _refusal(exc, decision) from None
+        return Answer(rule=_rule(decision))
+
+    def rename(self, src: str, dst: str) -> Answer:
+        # Both decided before anything changes: a denial leaves the tree as it was.
+        src_decision = self._decide(src, frozenset({Access.CREATE}))
+        dst_decision = self._decide(dst, frozenset({Access.CREATE}))
+        with (
+            self._parent(src_decision) as (src_dir, src_name),
+            self._parent(dst_decision) as (dst_dir, dst_name),
+        ):
+            try:
+                os.rename(src_name, dst_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+            except OSError as exc:
+                raise _refusal(exc, dst_decision) from None
+        return Answer(rule=f"{_rule(src_decision)} -> {_rule(dst_decision)}")
+
+    def connect_unix(self, path: str) -> tuple[FileDecision, int]:
+        """Resolve a unix socket beneath its grant; returns an O_PATH fd to connect through."""
+        decision = self._decide(path, frozenset({Access.CONNECT}))
+        fd = self._open(decision, os.O_PATH)
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise failed("not a unix socket", rule=_rule(decision))
+        return decision, fd
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _refusal(exc: OSError, decision: FileDecision) -> Refusal:
+    """Turn an errno from resolving beneath a grant into a reply that explains it."""
+    rule = _rule(decision)
+    code = exc.errno
+    if code == errno.ENOENT:
+        return Refusal(ErrorCode.NOT_FOUND, "no such file or directory", rule=rule)
+    if code == errno.EXDEV:
+        return denied(
+            f"the path leads outside the grant of {rule} (through '..' or a symbolic link)", rule=rule
+        )
+    if code == errno.ELOOP:
+        return denied(f"a symbolic link is in the way, and {rule} does not allow symlinks", rule=rule)
+    if code in (errno.EACCES, errno.EPERM):
+        return denied(f"the host's file permissions refuse it to the broker (uid {os.geteuid()})", rule=rule)
+    if code == errno.ENOTDIR:
+        return failed("a component of the path is not a directory", rule=rule)
+    name = errno.errorcode.get(code or 0, "error")
+    return failed(f"{name}: {os.strerror(code or 0)}", rule=rule)

@@ -1,0 +1,146 @@
+"""Brokered network access: the broker resolves, checks, connects or binds, and hands over the socket.
+
+The child has no network of its own (a fresh network namespace, and
+seccomp allows only ``AF_UNIX`` sockets), so every TCP connection it makes
+is one the broker made for it. Names are resolved here, and only names a
+rule could allow: a lookup of an arbitrary name would leak data through
+DNS. Every resolved address is checked (a name that resolves to a
+forbidden address is denied, whatever else it resolves to). Then the
+broker connects itself, with a timeout, from its own network namespace.
+Connecting is slow, so these calls run on the broker's worker threads.
+
+UDP is not brokered yet. A UDP socket from the broker could ``sendto`` any
+address, whatever it was connected to, so handing one over would bypass
+the policy. It needs a datagram relay, which is not written yet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+from privsep.broker.answers import Answer, Refusal, denied, failed
+from privsep.broker.files import FileService
+from privsep.policy.match import decide_bind, decide_connect, may_resolve
+from privsep.policy.model import Policy
+from privsep.protocol import ErrorCode
+
+_MAX_ADDRESSES = 16
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _unsupported_udp() -> Refusal:
+    return Refusal(
+        ErrorCode.UNSUPPORTED,
+        "UDP is not brokered yet: a UDP socket could send to any address, so privsep does not hand one over",
+    )
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+class NetService:
+    def __init__(self, policy: Policy, files: FileService) -> None:
+        self._policy = policy
+        self._files = files
+
+    def connect(self, host: str, port: int, proto: str, timeout_ms: int) -> Answer:
+        """Runs on a worker thread: resolution and connect may take a while."""
+        if proto != "tcp":
+            raise _unsupported_udp()
+        addresses = self._resolve(host, port, proto)
+        rules = []
+        for address in addresses:
+            decision = decide_connect(self._policy, host, port, proto, address)
+            if not decision.allowed:
+                raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision.rule))
+            rules.append(_rule(decision.rule))
+        last: OSError | None = None
+        for address, rule in zip(addresses, rules, strict=True):
+            family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.settimeout(timeout_ms / 1000)
+                sock.connect((str(address), port))
+                sock.setblocking(True)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            return Answer({"address": [str(address), port]}, fd=sock.detach(), rule=rule)
+        assert last is not None
+        if isinstance(last, TimeoutError):
+            raise failed(f"connection timed out after {timeout_ms} ms")
+        raise failed(f"connection failed: {last.strerror or last}")
+
+    def _resolve(self, host: str, port: int, proto: str) -> list[IPAddress]:
+        literal = _literal(host)
+        if literal is not None:
+            return [literal]
+        if not may_resolve(self._policy, host, port, proto):
+            # Decided without a lookup, so the name never reaches DNS.
+            decision = decide_connect(self._policy, host, port, proto)
+            raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision.rule))
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as exc:
+            raise Refusal(ErrorCode.NOT_FOUND, f"the name does not resolve ({exc.strerror})") from None
+        addresses: list[IPAddress] = []
+        for _family, _type, _proto, _name, sockaddr in infos:
+            address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+            if address not in addresses:
+                addresses.append(address)
+        return addresses[:_MAX_ADDRESSES]
+
+    def bind(self, host: str, port: int, proto: str, backlog: int) -> Answer:
+        if proto != "tcp":
+            raise _unsupported_udp()
+        address = _literal(host)
+        if address is None:
+            raise denied("bind needs an IP address, not a name", allow="--allow-bind")
+        decision = decide_bind(self._policy, host, port, proto)
+        if not decision.allowed:
+            raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision.rule, "bind"))
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((str(address), port))
+            sock.listen(backlog)
+            bound = sock.getsockname()
+        except OSError as exc:
+            sock.close()
+            raise failed(f"bind failed: {exc.strerror or exc}", rule=_rule(decision.rule, "bind")) from None
+        return Answer(
+            {"address": [str(bound[0]), int(bound[1])]}, fd=sock.detach(), rule=_rule(decision.rule, "bind")
+        )
+
+    def connect_unix(self, path: str) -> Answer:
+        """Connect to a unix socket found beneath a grant, through its O_PATH fd (no path race)."""
+        decision, pathfd = self._files.connect_unix(path)
+        rule = f"files[{decision.rule}]"
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
+                sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+                try:
+                    sock.settimeout(5)
+                    sock.connect(f"/proc/self/fd/{pathfd}")
+                    sock.setblocking(True)
+                    return Answer(fd=sock.detach(), rule=rule)
+                except OSError as exc:
+                    sock.close()
+                    if exc.errno != 91:  # EPROTOTYPE: the other socket type
+                        raise failed(f"connection failed: {exc.strerror or exc}", rule=rule) from None
+            raise failed("the socket is neither stream nor seqpacket", rule=rule)
+        finally:
+            os.close(pathfd)
+
+
+def _rule(index: int | None, kind: str = "connect") -> str | None:
+    return None if index is None else f"{kind}[{index}]"
