@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -83,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         "--audit-log", metavar="FILE", help="append one JSON line per broker decision to FILE (created 0600)"
     )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    policy = sub.add_parser("policy", help="work with policy files")
+    policy_sub = policy.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
+    policy_sub.add_parser("schema", help="print the JSON Schema of a policy file")
     return parser
 
 
@@ -189,6 +193,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.cmd == "run":
             return _run(args)
+        if args.cmd == "policy" and args.policy_cmd == "schema":
+            import json
+
+            from privsep.policy.schema import policy_json_schema
+
+            try:
+                print(json.dumps(policy_json_schema(), indent=2), flush=True)
+            except BrokenPipeError:  # `privsep policy schema | head`: not an error
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     except PrivsepError as exc:
         print(f"privsep: error: {exc}", file=sys.stderr)
         return exc.exit_status
