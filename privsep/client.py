@@ -445,7 +445,12 @@ class Client:
         )
 
     def connect(self, host: str, port: int, *, type: str = "tcp", timeout: float = 10.0) -> socket.socket:
-        """A socket connected by the broker to ``host:port`` (``timeout``: seconds the broker waits)."""
+        """A socket connected by the broker to ``host:port`` (``timeout``: seconds the broker waits).
+
+        For ``type="udp"`` the socket is a unix seqpacket socket relayed by the
+        broker to that one peer: ``send``/``recv`` carry datagrams as with a
+        connected UDP socket, and nothing else can be reached through it.
+        """
         if isinstance(timeout, bool) or not isinstance(timeout, int | float):
             raise TypeError("timeout must be a number of seconds")
         if not 0 < timeout <= 600:
@@ -456,8 +461,9 @@ class Client:
         _, fd = self._call_fd(
             _Ask(request, f"connect({host!r}, {port!r}, type={type!r})", (_hostport(host, port, type),))
         )
-        kind = socket.SOCK_STREAM if type == "tcp" else socket.SOCK_DGRAM
-        return self._wrap(fd, (socket.AF_INET, socket.AF_INET6), kind, "connect")
+        if type == "udp":
+            return self._wrap(fd, (socket.AF_UNIX,), socket.SOCK_SEQPACKET, "connect")
+        return self._wrap(fd, (socket.AF_INET, socket.AF_INET6), socket.SOCK_STREAM, "connect")
 
     def connect_unix(self, path: StrPath) -> socket.socket:
         """A unix socket connected by the broker to the socket at ``path``."""

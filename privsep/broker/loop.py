@@ -40,14 +40,16 @@ from privsep.broker.outcome import (
     Outcome,
     from_wait_status,
 )
+from privsep.broker.relay import UdpRelay
 from privsep.broker.services import SLOW_OPS, Services, target
 from privsep.confine.seccomp import syscall_name
 from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, spawn
 from privsep.errors import ChannelError, RemoteProtocolError
 
-_Role = Literal["channel", "control", "pidfd", "init", "listener", "wakeup"]
+_Role = Literal["channel", "control", "pidfd", "init", "listener", "wakeup", "relay_child", "relay_peer"]
 _MAX_OUTBOX = 64  # replies queued for a child that does not read, before it is cut off
 _WORKERS = 4
+_MAX_RELAYS = 32  # UDP flows per child: each costs the broker two fds
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Child:
     outbox: collections.deque[tuple[bytes, int | None]] = field(default_factory=collections.deque)
     pending: bool = False
     denials: list[Denial] = field(default_factory=list)
+    relays: dict[int, UdpRelay] = field(default_factory=dict)  # by either of its fds
     command_pid: int | None = None
     kill_reason: Outcome | None = None
     setup_error: ControlMessage | None = None
@@ -177,6 +180,8 @@ class Broker:
             child, role = key.data
             if role == "wakeup":
                 self._on_finished()
+            elif role in ("relay_child", "relay_peer"):
+                self._on_relay(child, role, key.fd)
             elif child.outcome is None:
                 self._dispatch(child, role)
         now = time.monotonic()
@@ -314,8 +319,8 @@ class Broker:
                 return
             child.pending = False
             if child.outcome is not None or child.spawned.channel.fileno() < 0:
-                if isinstance(answer, Answer) and answer.fd is not None:
-                    os.close(answer.fd)
+                if isinstance(answer, Answer):
+                    _discard(answer)
                 continue
             self._finish(child, request, start, answer)
 
@@ -325,6 +330,12 @@ class Broker:
         """Audit one decision and queue its reply (with its fd, if any)."""
         latency = int((time.monotonic() - start) * 1e6)
         what = target(request)
+        if isinstance(answer, Answer) and (relay := answer.relay) is not None:
+            if len(child.relays) >= 2 * _MAX_RELAYS:
+                _discard(answer)
+                answer = Refusal(protocol.ErrorCode.FAILED, f"too many UDP flows (at most {_MAX_RELAYS})")
+            else:
+                self._add_relay(child, relay)
         if isinstance(answer, Answer):
             record = Record(child.command_pid, request.op, what, "allow", answer.rule, latency)
             reply, fd = protocol.reply_ok(request, answer.result), answer.fd
@@ -387,6 +398,26 @@ class Broker:
             self._sel.unregister(sock)
         elif key.events != events:
             self._sel.modify(sock, events, (child, "channel"))
+
+    def _add_relay(self, child: Child, relay: UdpRelay) -> None:
+        for sock, role in ((relay.inside, "relay_child"), (relay.peer, "relay_peer")):
+            child.relays[sock.fileno()] = relay
+            self._sel.register(sock, selectors.EVENT_READ, (child, role))
+
+    def _on_relay(self, child: Child, role: str, fd: int) -> None:
+        relay = child.relays.get(fd)
+        if relay is None:
+            return
+        if role == "relay_peer":
+            relay.from_peer()
+        elif not relay.from_child():
+            self._close_relay(child, relay)
+
+    def _close_relay(self, child: Child, relay: UdpRelay) -> None:
+        for sock in (relay.inside, relay.peer):
+            child.relays.pop(sock.fileno(), None)
+            self._forget(sock)
+        relay.close()
 
     def _drop_outbox(self, child: Child) -> None:
         for _, fd in child.outbox:
@@ -544,6 +575,8 @@ class Broker:
 
     def _release(self, child: Child) -> None:
         self._drop_outbox(child)
+        for relay in set(child.relays.values()):
+            self._close_relay(child, relay)
         sp = child.spawned
         for sock in (sp.channel, sp.control):
             self._forget(sock)
@@ -574,3 +607,11 @@ def _pid_of(pidfd: int) -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def _discard(answer: Answer) -> None:
+    """An answer nobody will receive: release what it holds."""
+    if answer.fd is not None:
+        os.close(answer.fd)
+    if answer.relay is not None:
+        answer.relay.close()

@@ -9,9 +9,12 @@ forbidden address is denied, whatever else it resolves to). Then the
 broker connects itself, with a timeout, from its own network namespace.
 Connecting is slow, so these calls run on the broker's worker threads.
 
-UDP is not brokered yet. A UDP socket from the broker could ``sendto`` any
-address, whatever it was connected to, so handing one over would bypass
-the policy. It needs a datagram relay, which is not written yet.
+A UDP socket from the broker could ``sendto`` any address, whatever it
+was connected to, so the child never gets one. A UDP "connection" is a
+relay instead (``relay.py``): the child holds a unix seqpacket socket, and
+the broker forwards its datagrams to the one allowed peer. UDP bind is not
+brokered: a bound UDP socket answers any sender, so it would need a policy
+for reply destinations first.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import socket
 
 from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.broker.files import FileService
+from privsep.broker.relay import UdpRelay
 from privsep.policy.match import decide_bind, decide_connect, may_resolve
 from privsep.policy.model import Policy
 from privsep.protocol import ErrorCode
@@ -31,10 +35,10 @@ _MAX_ADDRESSES = 16
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _unsupported_udp() -> Refusal:
+def _unsupported_udp_bind() -> Refusal:
     return Refusal(
         ErrorCode.UNSUPPORTED,
-        "UDP is not brokered yet: a UDP socket could send to any address, so privsep does not hand one over",
+        "UDP bind is not brokered: a bound UDP socket could answer any address; use a UDP connect (relayed)",
     )
 
 
@@ -52,8 +56,6 @@ class NetService:
 
     def connect(self, host: str, port: int, proto: str, timeout_ms: int) -> Answer:
         """Runs on a worker thread: resolution and connect may take a while."""
-        if proto != "tcp":
-            raise _unsupported_udp()
         addresses = self._resolve(host, port, proto)
         rules = []
         for address in addresses:
@@ -64,6 +66,13 @@ class NetService:
         last: OSError | None = None
         for address, rule in zip(addresses, rules, strict=True):
             family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            if proto == "udp":
+                try:
+                    relay, fd = UdpRelay.open(family, (str(address), port), timeout_ms / 1000)
+                except OSError as exc:
+                    last = exc
+                    continue
+                return Answer({"address": [str(address), port]}, fd=fd, rule=rule, relay=relay)
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
                 sock.settimeout(timeout_ms / 1000)
@@ -87,8 +96,9 @@ class NetService:
             # Decided without a lookup, so the name never reaches DNS.
             decision = decide_connect(self._policy, host, port, proto)
             raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision.rule))
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+            infos = socket.getaddrinfo(host, port, type=kind)
         except socket.gaierror as exc:
             raise Refusal(ErrorCode.NOT_FOUND, f"the name does not resolve ({exc.strerror})") from None
         addresses: list[IPAddress] = []
@@ -100,7 +110,7 @@ class NetService:
 
     def bind(self, host: str, port: int, proto: str, backlog: int) -> Answer:
         if proto != "tcp":
-            raise _unsupported_udp()
+            raise _unsupported_udp_bind()
         address = _literal(host)
         if address is None:
             raise denied("bind needs an IP address, not a name", allow="--allow-bind")

@@ -442,23 +442,36 @@ def test_connect_tcp_returns_the_connected_socket(pair: tuple[Client, FakeBroker
                 assert conn.recv(4) == b"ping"
 
 
-def test_connect_udp(pair: tuple[Client, FakeBroker]) -> None:
+def test_connect_udp_is_a_relayed_seqpacket_socket(pair: tuple[Client, FakeBroker]) -> None:
+    """UDP comes as one end of a unix seqpacket pair the broker relays (never a UDP socket)."""
     cli, broker = pair
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
-        receiver.bind(("127.0.0.1", 0))
-        port = receiver.getsockname()[1]
-        outgoing = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        outgoing.connect(("127.0.0.1", port))
+    relay_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with relay_end:
         broker.expect(
-            Connect(id=0, host="localhost", port=port, type="udp"),
-            ok({"address": ["127.0.0.1", port]}),
-            [outgoing.detach()],
+            Connect(id=0, host="localhost", port=53, type="udp"),
+            ok({"address": ["127.0.0.1", 53]}),
+            [child_end.detach()],
         )
-        with cli.connect("localhost", port, type="udp") as sock:
-            assert sock.type == socket.SOCK_DGRAM
+        with cli.connect("localhost", 53, type="udp") as sock:
+            assert (sock.family, sock.type) == (socket.AF_UNIX, socket.SOCK_SEQPACKET)
             sock.send(b"datagram")
-            assert receiver.recv(100) == b"datagram"
+            assert relay_end.recv(100) == b"datagram"
     broker.check()
+
+
+def test_connect_udp_refuses_a_real_udp_socket(pair: tuple[Client, FakeBroker]) -> None:
+    """A UDP socket could reach any address: the client does not accept one for a UDP connect."""
+    cli, broker = pair
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    broker.expect(
+        Connect(id=0, host="localhost", port=53, type="udp"),
+        ok({"address": ["127.0.0.1", 53]}),
+        [udp.detach()],
+    )
+    before = open_fds()
+    with pytest.raises(RemoteProtocolError, match="wrong family or type"):
+        cli.connect("localhost", 53, type="udp")
+    assert open_fds() == before
 
 
 def test_connect_unix(pair: tuple[Client, FakeBroker]) -> None:

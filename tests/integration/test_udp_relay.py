@@ -1,0 +1,92 @@
+"""UDP through the broker: a relay to one peer, never a UDP socket that could reach anyone."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import RunPrivsep, json_output, python_child
+
+
+@pytest.fixture
+def echo_server() -> Iterator[tuple[int, list[bytes]]]:
+    """A UDP echo server on loopback; yields its port and what it received."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            received.append(data)
+            sock.sendto(b"echo:" + data, peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1], received
+    stop.set()
+    thread.join()
+    sock.close()
+
+
+def test_udp_connect_is_relayed_to_the_one_peer(
+    run_privsep: RunPrivsep, echo_server: tuple[int, list[bytes]]
+) -> None:
+    port, received = echo_server
+    code = f"""
+import json, socket, errno
+from privsep import client
+s = client.connect("127.0.0.1", {port}, type="udp")
+replies = []
+for m in (b"one", b"two", b"x" * 60000):
+    s.send(m)
+    replies.append(len(s.recv(65535)))
+# The child holds a connected unix socket: an address it names is ignored,
+# and the datagram still goes to the one peer, through the relay.
+s.sendto(b"elsewhere", "/run/other.sock")
+redirected = s.recv(100)
+raw = None
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+except OSError as e:
+    raw = e.errno
+out = {{"replies": replies, "family": s.family, "type": s.type, "raw": raw}}
+print(json.dumps({{**out, "redirected": redirected.decode()}}))
+"""
+    proc = run_privsep("--allow-connect", f"127.0.0.1:{port}/udp", *python_child(code))
+    result = json_output(proc)
+    assert result["replies"] == [8, 8, 60005]
+    assert (result["family"], result["type"]) == (socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    assert result["redirected"] == "echo:elsewhere"
+    assert result["raw"] == 97  # EAFNOSUPPORT: no UDP socket of its own either
+    assert received == [b"one", b"two", b"x" * 60000, b"elsewhere"]
+
+
+def test_udp_connect_needs_a_udp_rule(run_privsep: RunPrivsep, echo_server: tuple[int, list[bytes]]) -> None:
+    port, received = echo_server
+    code = (
+        "from privsep import client\n"
+        f"try:\n    client.connect('127.0.0.1', {port}, type='udp')\n"
+        "except PermissionError as e:\n    print(e)\n"
+    )
+    proc = run_privsep("--allow-connect", f"127.0.0.1:{port}", *python_child(code))  # tcp only
+    assert proc.returncode == 0, proc.stderr
+    assert f"--allow-connect=127.0.0.1:{port}/udp" in proc.stdout
+    assert received == []
+
+
+def test_udp_bind_is_refused_not_handed_over(run_privsep: RunPrivsep) -> None:
+    code = (
+        "from privsep import client, BrokerError\n"
+        "try:\n    client.bind('127.0.0.1', 0, type='udp')\nexcept BrokerError as e:\n    print(e.code)\n"
+    )
+    proc = run_privsep("--allow-bind", "127.0.0.1:0/udp", *python_child(code))
+    assert (proc.returncode, proc.stdout.strip()) == (0, "unsupported"), proc.stderr
