@@ -234,3 +234,37 @@ def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return int(fd)
+
+
+# mount_setattr(2): change the attributes of a whole mount tree at once.
+NR_MOUNT_SETATTR = 442
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount_setattr_recursive(path: str, attr_set: int) -> None:
+    """Set ``attr_set`` on the mount at ``path`` and every mount below it."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    _check(
+        _syscall(
+            NR_MOUNT_SETATTR,
+            AT_FDCWD,
+            os.fsencode(path),
+            AT_RECURSIVE,
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        )
+    )

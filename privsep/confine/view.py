@@ -38,6 +38,8 @@ _MAX_LINKS = 40
 #: Sources are opened as O_PATH fds before this is covered, so a grant below
 #: the host's /tmp still binds the host's file.
 _BUILD_AT = "/tmp"
+_READ_ONLY = _linux.MOUNT_ATTR_RDONLY | _linux.MOUNT_ATTR_NOSUID | _linux.MOUNT_ATTR_NODEV
+_TMP_INODES = 16384  # tmpfs inodes cost kernel memory outside every rlimit
 
 
 @dataclass(frozen=True)
@@ -133,23 +135,16 @@ def plan_view(view: View) -> ViewPlan:
     return planner.plan(view.tmp_size_mb if view.tmp else None)
 
 
-_STATVFS_TO_MS = (
-    (os.ST_NOSUID, _linux.MS_NOSUID),
-    (os.ST_NODEV, _linux.MS_NODEV),
-    (os.ST_NOEXEC, _linux.MS_NOEXEC),
-    (os.ST_NOATIME, _linux.MS_NOATIME),
-    (os.ST_NODIRATIME, _linux.MS_NODIRATIME),
-    (os.ST_RELATIME, _linux.MS_RELATIME),
-)
+def _bind(fd: int, target: str, attrs: int) -> None:
+    """Bind ``fd``'s tree at ``target``, then restrict it and every mount below it.
 
-
-def _kept_flags(fd: int) -> int:
-    """Flags of the source mount that a remount in a user namespace must keep (they are locked)."""
-    f_flag = os.fstatvfs(fd).f_flag
-    return sum(ms for st, ms in _STATVFS_TO_MS if f_flag & st)
-
-
-def _bind(fd: int, target: str, extra_flags: int) -> None:
+    A plain bind is tried first (submounts stay hidden). In a user namespace
+    the kernel refuses that when the source has locked submounts, so the
+    bind is recursive there. Either way, ``mount_setattr(AT_RECURSIVE)``
+    makes every mount in the new tree read-only (and nosuid, nodev...), not
+    just the top one, and it keeps the atime flags a user namespace may not
+    change.
+    """
     source = f"/proc/self/fd/{fd}"
     try:
         _linux.mount(source, target, None, _linux.MS_BIND)
@@ -157,8 +152,7 @@ def _bind(fd: int, target: str, extra_flags: int) -> None:
         if exc.errno != 22:  # EINVAL: the source hides locked mounts; only a recursive bind is allowed
             raise
         _linux.mount(source, target, None, _linux.MS_BIND | _linux.MS_REC)
-    flags = _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | extra_flags | _kept_flags(fd)
-    _linux.mount(None, target, None, flags)
+    _linux.mount_setattr_recursive(target, attrs)
 
 
 def _make_mountpoint(path: str, is_dir: bool) -> None:
@@ -200,7 +194,7 @@ def build_view(plan: ViewPlan) -> None:
         for b, fd in sources:
             current = b.path
             _make_mountpoint(root + b.path, b.is_dir)
-            _bind(fd, root + b.path, _linux.MS_NOSUID | _linux.MS_NODEV)
+            _bind(fd, root + b.path, _READ_ONLY)
         for path, target in plan.symlinks:
             current = path
             os.makedirs(root + posixpath.dirname(path), mode=0o755, exist_ok=True)
@@ -209,12 +203,24 @@ def build_view(plan: ViewPlan) -> None:
         os.makedirs(root + "/dev", mode=0o755)
         for name, fd in devices:
             _make_mountpoint(f"{root}/dev/{name}", is_dir=False)
-            _bind(fd, f"{root}/dev/{name}", _linux.MS_NOSUID | _linux.MS_NOEXEC)
+            _bind(
+                fd,
+                f"{root}/dev/{name}",
+                _linux.MOUNT_ATTR_RDONLY | _linux.MOUNT_ATTR_NOSUID | _linux.MOUNT_ATTR_NOEXEC,
+            )
         for name, target in _DEV_LINKS.items():
             os.symlink(target, f"{root}/dev/{name}")
         current = "/proc"
         os.makedirs(root + "/proc", mode=0o755)
-        _linux.mount("proc", root + "/proc", "proc", _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC)
+        # hidepid=invisible: init (pid 1) is not dumpable, so its /proc entry,
+        # cmdline included (a forked copy of the broker's), is hidden from the command.
+        _linux.mount(
+            "proc",
+            root + "/proc",
+            "proc",
+            _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
+            "hidepid=invisible",
+        )
         if plan.tmp_size_mb:
             current = "/tmp"
             os.makedirs(root + "/tmp", mode=0o755)
@@ -223,7 +229,7 @@ def build_view(plan: ViewPlan) -> None:
                 root + "/tmp",
                 "tmpfs",
                 _linux.MS_NOSUID | _linux.MS_NODEV,
-                f"mode=1777,size={plan.tmp_size_mb}m",
+                f"mode=1777,size={plan.tmp_size_mb}m,nr_inodes={_TMP_INODES}",
             )
         current = "pivot_root"
         os.chdir(root)
