@@ -92,6 +92,7 @@ def _arg_lo(i: int) -> int:
 
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
+_TIOCSCTTY = 0x540E  # taking a controlling terminal: the first step to TIOCSTI-like tricks
 _AF_UNIX = 1
 # CLONE_NEWTIME (0x80) lies in clone()'s exit-signal byte, so clone() itself cannot make a
 # time namespace; refusing the bit only refuses "exit signals" 128-255, which are not
@@ -321,7 +322,7 @@ _Check = tuple[int, int, str, tuple[int, ...], int]
 def _checks(allowed: dict[str, int]) -> list[_Check]:
     checks: list[_Check] = []
     if "ioctl" in allowed:
-        checks.append((allowed["ioctl"], 1, "deny_values", (_TIOCSTI, _TIOCLINUX), errno.EPERM))
+        checks.append((allowed["ioctl"], 1, "deny_values", (_TIOCSTI, _TIOCLINUX, _TIOCSCTTY), errno.EPERM))
     if "clone" in allowed:
         checks.append((allowed["clone"], 0, "deny_mask", (_CLONE_NEW_MASK,), errno.EPERM))
     for name in ("socket", "socketpair"):
