@@ -155,7 +155,7 @@ def decode_control(frame: channel.Frame) -> ControlMessage:
             status=int(obj.get("status", 0)),
             errno=int(obj.get("errno", 0)),
         )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         channel.close_fds(frame.fds)
         raise RemoteProtocolError(f"bad control message from the sandbox: {exc}") from None
     return msg
