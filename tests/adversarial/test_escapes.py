@@ -534,14 +534,6 @@ def test_terminal_injection_is_refused_even_by_the_terminals_owner(
     assert queued == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: SECURITY.md step 1 says the command 'can never acquire a controlling terminal', but it "
-        "is not a process-group leader, so setsid() succeeds and TIOCSCTTY (not filtered) makes a "
-        "terminal no session controls its own; TIOCSTI is then stopped by seccomp alone"
-    ),
-)
 def test_command_cannot_acquire_a_controlling_terminal(broker_user: str, helper_dir: Path) -> None:
     """Escape class: taking over a terminal (job control, hangup on exit, TIOCSTI as its owner)."""
     if os.geteuid() != 0:
@@ -612,14 +604,6 @@ def test_other_processes_are_invisible_and_init_is_opaque(run_privsep: RunPrivse
     assert result["peer_pid"] == 0  # the broker, across the channel, has no pid in the sandbox
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: init is a forked copy of the broker and /proc/1/cmdline is world-readable, so the "
-        "command reads the host process's command line (guarantees 5 and 6); mount the child's "
-        "/proc with hidepid=invisible (and subset=pid) in view.build_view"
-    ),
-)
 def test_the_host_command_line_is_not_readable(broker_user: str) -> None:
     """Escape class: secrets on the host application's command line, read through init."""
     marker = f"host-secret-{secrets.token_hex(8)}"
@@ -953,10 +937,10 @@ def test_the_filesystem_is_read_only_and_ends_at_the_view(run_privsep: RunPrivse
     refused = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT}
     wrong = {k: v for k, v in result.items() if v not in refused}
     assert wrong == {}, wrong
-    # Outside the view a path does not exist at all; /proc/1 is opaque.
+    # Outside the view a path does not exist at all; /proc/1 (init) is invisible (hidepid).
     assert result["read /etc/shadow"] == errno.ENOENT
     assert result["read " + str(canary)] == errno.ENOENT
-    assert result["read /proc/1/root" + str(canary)] == errno.EACCES
+    assert result["read /proc/1/root" + str(canary)] == errno.ENOENT
 
 
 _REOPEN_PROBE = r"""
@@ -999,9 +983,7 @@ def test_an_inherited_fd_cannot_be_reopened_with_more_access(broker_user: str, s
     assert target.read_text() == "host file\n"
 
 
-def test_mounts_inside_a_grant_are_read_only_too(
-    broker_user: str, run_privsep: RunPrivsep, shared_tmp: Path, request: pytest.FixtureRequest
-) -> None:
+def test_mounts_inside_a_grant_are_read_only_too(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
     """Escape class: a host mount below a granted directory (a writable tmpfs, a disk
     mounted with suid or dev nodes) that the bind carries into the view with its own flags.
 
@@ -1010,18 +992,6 @@ def test_mounts_inside_a_grant_are_read_only_too(
     """
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs below a grant needs root")
-    if broker_user == "nonroot":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BUG: in a user namespace a non-recursive bind of a directory with locked "
-                    "submounts fails (EINVAL); view._bind retries with MS_REC and remounts only the "
-                    "top mount read-only, so submounts stay writable, suid and dev (only Landlock "
-                    "stops writes); fix with mount_setattr(AT_RECURSIVE, RDONLY|NOSUID|NODEV)"
-                ),
-            )
-        )
     granted = shared_tmp / "granted"
     sub = granted / "sub"
     sub.mkdir(mode=0o755, parents=True)
