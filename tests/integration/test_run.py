@@ -341,3 +341,25 @@ def test_relative_command_is_relative_to_the_callers_cwd(run_privsep: RunPrivsep
     rel = os.path.relpath(PYTHON, REPO)
     proc = run_privsep("--policy", "python", "--", rel, "-c", "print(6*7)")
     assert (proc.returncode, proc.stdout.strip()) == (0, "42"), proc.stderr
+
+
+def test_resource_limits_are_set_not_inherited(run_privsep: RunPrivsep) -> None:
+    """Every limit comes from the policy or privsep, never from the broker's own."""
+    code = (
+        "import json, resource as r\n"
+        "names = ['NOFILE', 'NPROC', 'AS', 'FSIZE', 'CPU', 'CORE', 'MEMLOCK', 'RTPRIO', 'NICE', 'MSGQUEUE']\n"
+        "print(json.dumps({n: r.getrlimit(getattr(r, 'RLIMIT_' + n)) for n in names}))\n"
+    )
+    limits = json_output(run_privsep(*python_child(code)))
+    assert limits == {
+        "NOFILE": [256, 256],
+        "NPROC": [128, 128],
+        "AS": [8192 << 20] * 2,
+        "FSIZE": [1024 << 20] * 2,
+        "CPU": [3600, 3600],
+        "CORE": [0, 0],
+        "MEMLOCK": [65536, 65536],
+        "RTPRIO": [0, 0],
+        "NICE": [0, 0],
+        "MSGQUEUE": [0, 0],
+    }
