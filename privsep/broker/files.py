@@ -111,7 +111,7 @@ class FileService:
             raise denied(f"{reason}; paths must be absolute and normalised")
         decision = decide_file(self._policy, path, need)
         if not decision.allowed:
-            raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision))
+            raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision), subject=path)
         return decision
 
     def _target(self, decision: FileDecision) -> tuple[int, str]:
@@ -119,6 +119,9 @@ class FileService:
         assert decision.rule is not None
         pin = self._pins[decision.rule]
         if pin.name is not None:
+            if decision.relative:
+                # A path beneath a granted *file* (FILE/x) is not that file.
+                raise failed("a component of the path is not a directory", rule=_rule(decision))
             return pin.fd, pin.name
         return pin.fd, decision.relative or "."
 
@@ -139,7 +142,8 @@ class FileService:
         """The directory holding the target, opened beneath the grant, and the target's name."""
         assert decision.rule is not None
         pin = self._pins[decision.rule]
-        if pin.name is not None:  # an exact file grant: its pinned directory is the parent
+        if pin.name is not None:  # a file grant: its pinned directory is the parent
+            self._target(decision)  # refuses FILE/x
             yield pin.fd, pin.name
             return
         if not decision.relative:
