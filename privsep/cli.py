@@ -182,7 +182,7 @@ def _report_denials(denials: Sequence[Denial]) -> None:
         print(f"privsep: ... and {len(seen) - _MAX_REPORTED} more denials (see --audit-log)", file=sys.stderr)
     for flag, d in hints.items():
         if flag is not None:
-            value = d.target.split(" -> ")[-1].removesuffix("/tcp")
+            value = (d.subject or d.target).removesuffix("/tcp")
             if flag == "--secret":
                 value += "=env:VAR"
             print(f"privsep: to allow it, re-run with {flag}={_printable(value)}", file=sys.stderr)

@@ -32,17 +32,28 @@ class Refusal(Exception):
     """
 
     def __init__(
-        self, code: ErrorCode, message: str, *, allow: str | None = None, rule: str | None = None
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        allow: str | None = None,
+        rule: str | None = None,
+        subject: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.allow = allow
         self.rule = rule
+        #: What exactly was refused (one path of a rename), for the report at exit;
+        #: the child's input, so it never goes into the reply.
+        self.subject = subject
 
 
-def denied(message: str, *, allow: str | None = None, rule: str | None = None) -> Refusal:
-    return Refusal(ErrorCode.DENIED, message, allow=allow, rule=rule)
+def denied(
+    message: str, *, allow: str | None = None, rule: str | None = None, subject: str | None = None
+) -> Refusal:
+    return Refusal(ErrorCode.DENIED, message, allow=allow, rule=rule, subject=subject)
 
 
 def failed(message: str, *, rule: str | None = None) -> Refusal:

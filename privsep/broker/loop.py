@@ -61,6 +61,7 @@ class Denial:
     rule: str | None
     message: str
     allow: str | None
+    subject: str | None = None  # the part of the target that was refused (one path of a rename)
 
 
 class _Workers:
@@ -346,7 +347,9 @@ class Broker:
                 code=answer.code.value, message=answer.message,
             )  # fmt: skip
             if denied:
-                child.denials.append(Denial(request.op, what, answer.rule, answer.message, answer.allow))
+                child.denials.append(
+                    Denial(request.op, what, answer.rule, answer.message, answer.allow, answer.subject)
+                )
                 reply = protocol.reply_denied(request.id, answer.message, answer.allow)
             else:
                 reply = protocol.reply_error(request.id, answer.code, answer.message)

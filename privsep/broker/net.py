@@ -113,7 +113,8 @@ class NetService:
             raise _unsupported_udp_bind()
         address = _literal(host)
         if address is None:
-            raise denied("bind needs an IP address, not a name", allow="--allow-bind")
+            # No flag to suggest: --allow-bind takes an IP address too.
+            raise denied("bind needs an IP address (127.0.0.1, 0.0.0.0, ::), not a host name")
         decision = decide_bind(self._policy, host, port, proto)
         if not decision.allowed:
             raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision.rule, "bind"))
