@@ -576,14 +576,14 @@ def pty_pair() -> Iterator[tuple[int, int]]:
 
 
 def _terminal_body(slave: int, requests: list[int]) -> Callable[[Report, int | None], None]:
-    """Make the pty our controlling terminal (so the kernel itself would allow TIOCSTI,
-    even without root), then try each request and finally a harmless FIONREAD."""
+    """Try to make the pty our controlling terminal (TIOCSCTTY: then the kernel itself
+    would allow TIOCSTI, even without root), then each request, then a harmless FIONREAD."""
     char = ctypes.c_char(b"z")
     count = ctypes.c_int(-1)
 
     def body(report: Report, _: int | None) -> None:
         os.setsid()
-        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        report(raw(NR["ioctl"], slave, termios.TIOCSCTTY, 0))
         for request in requests:
             report(raw(NR["ioctl"], slave, request, ctypes.addressof(char)))
         report(raw(NR["ioctl"], slave, FIONREAD, ctypes.addressof(count)))
@@ -597,7 +597,7 @@ def test_terminal_injection_works_without_the_filter(pty_pair: tuple[int, int]) 
     master, slave = pty_pair
     # The kernel reads the request as 32 bits: 0x100005412 is TIOCSTI.
     out = run_child(None, _terminal_body(slave, [(1 << 32) | TIOCSTI]))
-    assert out.reports == [[0, 0], [0, 0]]
+    assert out.reports == [[0, 0], [0, 0], [0, 0]]
     assert os.read(master, 1) == b"z"
 
 
@@ -605,7 +605,7 @@ def test_terminal_injection_is_refused(pty_pair: tuple[int, int]) -> None:
     _master, slave = pty_pair
     requests = [TIOCSTI, (1 << 32) | TIOCSTI, (0xFFFFFFFF << 32) | TIOCSTI, TIOCLINUX, (1 << 32) | TIOCLINUX]
     out = run_child(FilterSpec(SYSTEM_SERVICE), _terminal_body(slave, requests))
-    assert out.reports == [[-1, errno.EPERM]] * 5 + [[0, 0]]
+    assert out.reports == [[-1, errno.EPERM]] * 6 + [[0, 0]]  # TIOCSCTTY, then the five
 
 
 def test_personality_only_linux_or_query() -> None:
