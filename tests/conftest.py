@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -120,3 +121,16 @@ def json_output(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert isinstance(result, dict)
     return result
+
+
+def is_open(fd: int) -> bool:
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError:
+        return False
+    return True
+
+
+def open_fds() -> set[int]:
+    """The fd table, without the descriptor listdir used to read it."""
+    return {fd for fd in map(int, os.listdir("/proc/self/fd")) if is_open(fd)}

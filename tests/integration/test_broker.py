@@ -13,7 +13,7 @@ from privsep.broker.loop import Broker, Child
 from privsep.broker.outcome import Outcome
 from privsep.confine.spawn import make_plan
 from privsep.policy.load import load_policy
-from tests.conftest import PYTHON
+from tests.conftest import PYTHON, open_fds
 
 HELLO = (
     "import socket, json\n"
@@ -102,19 +102,15 @@ def test_a_child_that_never_reads_replies_does_not_stall_others(broker: Broker) 
     assert flooded.how == "timeout"
 
 
-def _open_fds() -> set[int]:
-    return {int(fd) for fd in os.listdir("/proc/self/fd")}
-
-
 def test_the_broker_leaks_no_fd_and_no_child(broker: Broker) -> None:
     wait_all(broker, [start(broker, "pass")])  # warm caches (seccomp filter, policy)
-    before = _open_fds()
+    before = open_fds()
     children = [start(broker, "from privsep import client\nclient.ping()") for _ in range(10)]
     children.append(start(broker, "import ctypes, os\nctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0)"))
     children.append(start(broker, "import time\ntime.sleep(30)", timeout=0.5))
     outcomes = wait_all(broker, children)
     assert [o.how for o in outcomes] == ["exited"] * 10 + ["seccomp", "timeout"]
-    assert _open_fds() == before
+    assert open_fds() == before
     assert broker.children == frozenset()
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)  # every child reaped, no zombie left

@@ -14,6 +14,7 @@ from privsep import channel
 from privsep.channel import Frame, recv, recv_no_fds, send
 from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
 from privsep.protocol import MAX_FDS, MAX_FRAME
+from tests.conftest import is_open, open_fds
 
 
 @pytest.fixture
@@ -28,19 +29,6 @@ def pipe() -> Iterator[tuple[int, int]]:
     r, w = os.pipe()
     yield r, w
     channel.close_fds((r, w))
-
-
-def is_open(fd: int) -> bool:
-    try:
-        fcntl.fcntl(fd, fcntl.F_GETFD)
-    except OSError:
-        return False
-    return True
-
-
-def open_fds() -> set[int]:
-    """The fd table, without the descriptor listdir used to read it."""
-    return {fd for fd in map(int, os.listdir("/proc/self/fd")) if is_open(fd)}
 
 
 def raw_send(sock: socket.socket, data: bytes, fds: list[int]) -> None:

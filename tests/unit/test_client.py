@@ -41,22 +41,10 @@ from privsep.protocol import (
     reply_error,
     reply_ok,
 )
+from tests.conftest import open_fds
 
 Reply = Callable[[Request], bytes]
 HELLO_RESULT = {"version": 1, "broker": "privsep 9.9", "max_frame": protocol.MAX_FRAME}
-
-
-def is_open(fd: int) -> bool:
-    try:
-        fcntl.fcntl(fd, fcntl.F_GETFD)
-    except OSError:
-        return False
-    return True
-
-
-def open_fds() -> set[int]:
-    """The fd table, without the descriptor listdir used to read it."""
-    return {fd for fd in map(int, os.listdir("/proc/self/fd")) if is_open(fd)}
 
 
 def cloexec(fd: int) -> bool:
