@@ -37,6 +37,12 @@ def as_nonroot(argv: Sequence[str]) -> list[str]:
     return [str(PYTHON), "-m", "tests.as_nonroot", str(NONROOT_ID), str(REPO), "--", *argv]
 
 
+def privsep_argv(broker_user: str, args: Sequence[str]) -> list[str]:
+    """``privsep run ARGS`` as the given broker user, for tests that need more than ``run_privsep``."""
+    argv = [str(PRIVSEP), "run", *args]
+    return as_nonroot(argv) if broker_user == "nonroot" else argv
+
+
 @pytest.fixture(scope="session")
 def nonroot_ready() -> None:
     if os.geteuid() != 0:

@@ -53,12 +53,12 @@ import pytest
 from privsep import _linux
 from tests.conftest import (
     NONROOT_ID,
-    PRIVSEP,
     PYTHON,
     REPO,
     RunPrivsep,
     as_nonroot,
     json_output,
+    privsep_argv,
     python_child,
 )
 
@@ -217,12 +217,6 @@ def hostile(run_privsep: RunPrivsep, helper_dir: Path, *calls: str) -> subproces
     return run_privsep(
         "--policy", str(helper_dir / "hostile.toml"), "--", str(helper_dir / "hostile"), GETPID, *calls
     )
-
-
-def privsep_argv(broker_user: str, args: Sequence[str]) -> list[str]:
-    """``privsep run ARGS`` as the given broker user, for tests that need more than ``run_privsep``."""
-    argv = [str(PRIVSEP), "run", *args]
-    return as_nonroot(argv) if broker_user == "nonroot" else argv
 
 
 def write_policy(directory: Path, name: str, text: str) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PRIVSEP, PYTHON, REPO, RunPrivsep, as_nonroot, json_output, python_child
+from tests.conftest import PYTHON, REPO, RunPrivsep, json_output, privsep_argv, python_child
 
 # Collects, from inside the child, what the tests below assert on.
 PROBE = r"""
@@ -110,18 +110,12 @@ def test_new_session_and_namespaces(probe: dict[str, object]) -> None:
     assert devices == ["lo"]
 
 
-def _broker_argv(broker_user: str, args: list[str]) -> list[str]:
-    """``privsep run ARGS`` as the given broker user (the process keeps its pid through exec)."""
-    argv = [str(PRIVSEP), "run", *args]
-    return as_nonroot(argv) if broker_user == "nonroot" else argv
-
-
 def test_no_controlling_terminal_when_run_from_a_terminal(broker_user: str) -> None:
     """setsid: the child must not share the caller's terminal (TIOCSTI, TIOCLINUX)."""
     import pty
 
     code = 'print("tty_nr", open("/proc/self/stat").read().rsplit(")", 1)[1].split()[4])'
-    argv = _broker_argv(broker_user, python_child(code))
+    argv = privsep_argv(broker_user, python_child(code))
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - the forked test helper
         os.chdir(REPO)
@@ -254,7 +248,7 @@ def test_daemonised_grandchild_dies_with_the_sandbox(run_privsep: RunPrivsep) ->
 def test_broker_death_kills_every_process_of_the_sandbox(broker_user: str) -> None:
     marker = f"{os.getpid() % 1000}.{time.monotonic_ns() % 100000 + 1}"
     broker = subprocess.Popen(
-        _broker_argv(broker_user, ["--", "/bin/sh", "-c", f"sleep {marker} & sleep {marker}"]),
+        privsep_argv(broker_user, ["--", "/bin/sh", "-c", f"sleep {marker} & sleep {marker}"]),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
