@@ -112,13 +112,14 @@ class _Planner:
             return any(_under(path, d) and path != d for d in bind_dirs)
 
         binds = tuple(Bind(p, is_dir) for p, is_dir in sorted(self.binds.items()) if not inside_bind(p))
-        reserved = ("/proc", "/dev") + (("/tmp",) if tmp_size_mb else ())
         for b in binds:
-            for r in reserved:
+            for r in ("/proc", "/dev"):
                 if _under(b.path, r) or _under(r, b.path):
                     raise PolicyError(
                         f"view path {b.path} overlaps {r}, which privsep builds itself; remove it from [view]"
                     )
+            # A grant below /tmp (a venv there, say) is bound inside the private
+            # /tmp; only "/" could contain /tmp, and it contains /proc too.
         bound = {b.path for b in binds}
         dirs = tuple(sorted(d for d in self.dirs if not inside_bind(d) and d not in bound))
         symlinks = tuple(sorted((p, t) for p, t in self.symlinks.items() if not inside_bind(p)))
@@ -188,6 +189,17 @@ def build_view(plan: ViewPlan) -> None:
         _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
         current = "the new root tmpfs"
         _linux.mount("tmpfs", root, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755,size=1m")
+        if plan.tmp_size_mb:
+            # First, so that grants below /tmp are bound inside it, not hidden by it.
+            current = "/tmp"
+            os.makedirs(root + "/tmp", mode=0o755)
+            _linux.mount(
+                "tmpfs",
+                root + "/tmp",
+                "tmpfs",
+                _linux.MS_NOSUID | _linux.MS_NODEV,
+                f"mode=1777,size={plan.tmp_size_mb}m,nr_inodes={_TMP_INODES}",
+            )
         for d in plan.dirs:
             current = d
             os.makedirs(root + d, mode=0o755, exist_ok=True)
@@ -221,16 +233,6 @@ def build_view(plan: ViewPlan) -> None:
             _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
             "hidepid=invisible",
         )
-        if plan.tmp_size_mb:
-            current = "/tmp"
-            os.makedirs(root + "/tmp", mode=0o755)
-            _linux.mount(
-                "tmpfs",
-                root + "/tmp",
-                "tmpfs",
-                _linux.MS_NOSUID | _linux.MS_NODEV,
-                f"mode=1777,size={plan.tmp_size_mb}m,nr_inodes={_TMP_INODES}",
-            )
         current = "pivot_root"
         os.chdir(root)
         _linux.pivot_root(".", ".")

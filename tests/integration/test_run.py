@@ -357,3 +357,28 @@ def test_resource_limits_are_set_not_inherited(run_privsep: RunPrivsep) -> None:
         "NICE": [0, 0],
         "MSGQUEUE": [0, 0],
     }
+
+
+def test_a_grant_below_tmp_is_visible_inside_a_private_tmp(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
+    """A view path under the host's /tmp (a venv there, say) and ``tmp = true`` go together.
+
+    Regression: the private /tmp was refused as "overlapping", so a checkout under /tmp
+    could not use it at all.
+    """
+    (shared_tmp / "data.txt").write_text("from the host\n")
+    (shared_tmp / "data.txt").chmod(0o644)
+    policy = shared_tmp / "tmp.toml"
+    policy.write_text(f'extends = "python"\n[view]\nread = ["{shared_tmp}"]\ntmp = true\n')
+    code = (
+        f"print(open('{shared_tmp}/data.txt').read().strip())\n"
+        "open('/tmp/scratch', 'w').write('x')\n"
+        "import os\nprint(sorted(os.listdir('/tmp')))\n"
+        f"try:\n    open('{shared_tmp}/new', 'w')\nexcept OSError as e:\n    print(e.errno)\n"
+    )
+    proc = run_privsep("--policy", str(policy), "--", str(PYTHON), "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "from the host"
+    assert lines[1] == str(sorted([shared_tmp.parts[2], "scratch"]))  # the grant's path, and our file
+    assert lines[2] == "30"  # EROFS: the grant stays read-only inside the writable /tmp
+    assert not (shared_tmp / "new").exists()
