@@ -52,7 +52,7 @@ import socket
 import stat as stat_module
 import threading
 from dataclasses import dataclass
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any, Literal, TypeVar, cast, overload
 
 from pydantic import BaseModel, ValidationError
 
@@ -212,6 +212,51 @@ def _socket_from_fd(fd: int, families: tuple[int, ...], kind: int | None, what: 
     except BaseException:
         sock.close()
         raise
+
+
+class RelayedUdpSocket:
+    """A UDP socket bound by the broker, used through a relay.
+
+    The broker keeps the real socket: a UDP socket in the child's hands could
+    send anywhere. Datagrams travel on a unix seqpacket socket, framed with
+    the peer's address (docs/PROTOCOL.md). ``sendto`` reaches only peers that
+    have sent to this socket; other datagrams are dropped by the broker and
+    named in its report.
+    """
+
+    def __init__(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        self._sock = sock
+        self._address = address
+
+    def getsockname(self) -> tuple[str, int]:
+        """The address the broker bound."""
+        return self._address
+
+    def recvfrom(self, bufsize: int = 65535) -> tuple[bytes, tuple[str, int]]:
+        while True:
+            decoded = protocol.decode_datagram(self._sock.recv(bufsize + 32))
+            if decoded is not None:
+                address, payload = decoded
+                return payload[:bufsize], address
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        self._sock.send(protocol.encode_datagram((str(address[0]), int(address[1])), bytes(data)))
+        return len(data)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> RelayedUdpSocket:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 class Client:
@@ -478,14 +523,30 @@ class Client:
         )
         return self._wrap(fd, (socket.AF_UNIX,), None, "connect_unix")
 
-    def bind(self, host: str, port: int, *, type: str = "tcp", backlog: int = 128) -> socket.socket:
-        """A socket the broker bound to ``host:port`` (TCP: already listening with ``backlog``)."""
+    @overload
+    def bind(
+        self, host: str, port: int, *, type: Literal["tcp"] = "tcp", backlog: int = 128
+    ) -> socket.socket: ...
+    @overload
+    def bind(self, host: str, port: int, *, type: Literal["udp"], backlog: int = 128) -> RelayedUdpSocket: ...
+    def bind(
+        self, host: str, port: int, *, type: str = "tcp", backlog: int = 128
+    ) -> socket.socket | RelayedUdpSocket:
+        """A socket the broker bound to ``host:port``.
+
+        TCP: the listening socket itself (``backlog``). UDP: a RelayedUdpSocket;
+        the broker keeps the bound socket and relays datagrams, and replies go
+        only to peers that wrote first.
+        """
         request = self._make(protocol.Bind, host=host, port=port, type=type, backlog=backlog)
-        _, fd = self._call_fd(
+        result, fd = self._call_fd(
             _Ask(request, f"bind({host!r}, {port!r}, type={type!r})", (_hostport(host, port, type),))
         )
-        kind = socket.SOCK_STREAM if type == "tcp" else socket.SOCK_DGRAM
-        sock = self._wrap(fd, (socket.AF_INET, socket.AF_INET6), kind, "bind")
+        if type == "udp":
+            relay = self._wrap(fd, (socket.AF_UNIX,), socket.SOCK_SEQPACKET, "bind")
+            bound_host, bound_port = result["address"]
+            return RelayedUdpSocket(relay, (str(bound_host), int(bound_port)))
+        sock = self._wrap(fd, (socket.AF_INET, socket.AF_INET6), socket.SOCK_STREAM, "bind")
         if type == "tcp" and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             sock.close()
             self._broken = "the broker answered bind with a TCP socket that is not listening"
@@ -622,9 +683,17 @@ def connect_unix(path: StrPath) -> socket.socket:
     return default().connect_unix(path)
 
 
-def bind(host: str, port: int, *, type: str = "tcp", backlog: int = 128) -> socket.socket:
+@overload
+def bind(host: str, port: int, *, type: Literal["tcp"] = "tcp", backlog: int = 128) -> socket.socket: ...
+@overload
+def bind(host: str, port: int, *, type: Literal["udp"], backlog: int = 128) -> RelayedUdpSocket: ...
+def bind(host: str, port: int, *, type: str = "tcp", backlog: int = 128) -> socket.socket | RelayedUdpSocket:
     """``Client.bind`` on the default client."""
-    return default().bind(host, port, type=type, backlog=backlog)
+    if type == "udp":
+        return default().bind(host, port, type="udp", backlog=backlog)
+    if type == "tcp":
+        return default().bind(host, port, type="tcp", backlog=backlog)
+    raise ValueError(f"type must be 'tcp' or 'udp', not {type!r}")
 
 
 def secret(name: str) -> bytes:

@@ -19,7 +19,9 @@ reply never carries any.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
+import struct
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -639,3 +641,40 @@ def check_reply(reply: Reply, expected_id: int) -> dict[str, Any]:
     if reply.error.code is ErrorCode.DENIED:
         raise DeniedError(reply.error.message)
     raise BrokerError(reply.error.code.value, reply.error.message)
+
+
+# --------------------------------------------------------------------------- relayed UDP datagrams
+#
+# A UDP "bind" reaches the child as a unix seqpacket socket whose messages
+# carry one datagram each, prefixed with the peer's address: family (4 or
+# 6, one byte), port (two bytes, big-endian), the address (4 or 16 bytes),
+# then the payload. From the broker it names the sender; from the child,
+# the destination.
+
+_DATAGRAM_HEAD = struct.Struct("!BH")
+_ADDRESS_LEN = {4: 4, 6: 16}
+
+
+def encode_datagram(address: tuple[str, int], payload: bytes) -> bytes:
+    """Frame ``payload`` for (or from) ``address``; raises ValueError for a bad address."""
+    host, port = address
+    ip = ipaddress.ip_address(host)
+    if not 0 <= port <= 65535:
+        raise ValueError("port out of range")
+    return _DATAGRAM_HEAD.pack(ip.version, port) + ip.packed + payload
+
+
+def decode_datagram(frame: bytes) -> tuple[tuple[str, int], bytes] | None:
+    """The address and payload of a framed datagram, or None if the frame is malformed."""
+    if len(frame) < _DATAGRAM_HEAD.size:
+        return None
+    family, port = _DATAGRAM_HEAD.unpack_from(frame)
+    size = _ADDRESS_LEN.get(family)
+    if size is None or len(frame) < _DATAGRAM_HEAD.size + size:
+        return None
+    start = _DATAGRAM_HEAD.size
+    raw = frame[start : start + size]
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = (
+        ipaddress.IPv6Address(raw) if family == 6 else ipaddress.IPv4Address(raw)
+    )
+    return (str(ip), port), frame[start + size :]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from privsep.broker.relay import UdpRelay
+from privsep.broker.relay import Relay
 from privsep.protocol import ErrorCode
 
 
@@ -20,7 +20,7 @@ class Answer:
     result: dict[str, object] = field(default_factory=dict)
     fd: int | None = None
     rule: str | None = None
-    relay: UdpRelay | None = None  # kept and served by the loop once the reply is sent
+    relay: Relay | None = None  # kept and served by the loop once the reply is sent
 
 
 class Refusal(Exception):

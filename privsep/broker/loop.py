@@ -40,7 +40,7 @@ from privsep.broker.outcome import (
     Outcome,
     from_wait_status,
 )
-from privsep.broker.relay import UdpRelay
+from privsep.broker.relay import Relay, UdpServerRelay
 from privsep.broker.services import SLOW_OPS, Services, target
 from privsep.confine.seccomp import syscall_name
 from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, spawn
@@ -105,7 +105,7 @@ class Child:
     outbox: collections.deque[tuple[bytes, int | None]] = field(default_factory=collections.deque)
     pending: bool = False
     denials: list[Denial] = field(default_factory=list)
-    relays: dict[int, UdpRelay] = field(default_factory=dict)  # by either of its fds
+    relays: dict[int, Relay] = field(default_factory=dict)  # by either of its fds
     command_pid: int | None = None
     kill_reason: Outcome | None = None
     setup_error: ControlMessage | None = None
@@ -402,7 +402,7 @@ class Broker:
         elif key.events != events:
             self._sel.modify(sock, events, (child, "channel"))
 
-    def _add_relay(self, child: Child, relay: UdpRelay) -> None:
+    def _add_relay(self, child: Child, relay: Relay) -> None:
         for sock, role in ((relay.inside, "relay_child"), (relay.peer, "relay_peer")):
             child.relays[sock.fileno()] = relay
             self._sel.register(sock, selectors.EVENT_READ, (child, role))
@@ -416,10 +416,15 @@ class Broker:
         elif not relay.from_child():
             self._close_relay(child, relay)
 
-    def _close_relay(self, child: Child, relay: UdpRelay) -> None:
+    def _close_relay(self, child: Child, relay: Relay) -> None:
         for sock in (relay.inside, relay.peer):
             child.relays.pop(sock.fileno(), None)
             self._forget(sock)
+        if isinstance(relay, UdpServerRelay):
+            for host, port in relay.refused:
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                reason = "not a peer that wrote to the bound UDP socket; it may only answer"
+                child.denials.append(Denial("sendto", f"{where}/udp", None, reason, None))
         relay.close()
 
     def _drop_outbox(self, child: Child) -> None:

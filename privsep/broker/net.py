@@ -12,9 +12,9 @@ Connecting is slow, so these calls run on the broker's worker threads.
 A UDP socket from the broker could ``sendto`` any address, whatever it
 was connected to, so the child never gets one. A UDP "connection" is a
 relay instead (``relay.py``): the child holds a unix seqpacket socket, and
-the broker forwards its datagrams to the one allowed peer. UDP bind is not
-brokered: a bound UDP socket answers any sender, so it would need a policy
-for reply destinations first.
+the broker forwards its datagrams to the one allowed peer. A UDP bind is
+relayed too: the child reads and writes datagrams framed with the peer's
+address, and may answer only peers that wrote to it first.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import socket
 
 from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.broker.files import FileService
-from privsep.broker.relay import UdpRelay
+from privsep.broker.relay import UdpRelay, UdpServerRelay
 from privsep.policy.match import decide_bind, decide_connect, may_resolve
 from privsep.policy.model import Policy
 from privsep.protocol import ErrorCode
@@ -33,13 +33,6 @@ from privsep.protocol import ErrorCode
 _MAX_ADDRESSES = 16
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def _unsupported_udp_bind() -> Refusal:
-    return Refusal(
-        ErrorCode.UNSUPPORTED,
-        "UDP bind is not brokered: a bound UDP socket could answer any address; use a UDP connect (relayed)",
-    )
 
 
 def _literal(host: str) -> IPAddress | None:
@@ -109,8 +102,6 @@ class NetService:
         return addresses[:_MAX_ADDRESSES]
 
     def bind(self, host: str, port: int, proto: str, backlog: int) -> Answer:
-        if proto != "tcp":
-            raise _unsupported_udp_bind()
         address = _literal(host)
         if address is None:
             # No flag to suggest: --allow-bind takes an IP address too.
@@ -119,6 +110,14 @@ class NetService:
         if not decision.allowed:
             raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision.rule, "bind"))
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        rule = _rule(decision.rule, "bind")
+        if proto == "udp":
+            try:
+                relay, fd = UdpServerRelay.open(family, (str(address), port))
+            except OSError as exc:
+                raise failed(f"bind failed: {exc.strerror or exc}", rule=rule) from None
+            bound = relay.peer.getsockname()
+            return Answer({"address": [str(bound[0]), int(bound[1])]}, fd=fd, rule=rule, relay=relay)
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -6,7 +6,9 @@ of an ``AF_UNIX`` ``SOCK_SEQPACKET`` pair instead, and the broker keeps
 a UDP socket connected to the one peer the policy allowed. Every datagram
 the child sends goes to that peer. Only datagrams from that peer come back,
 because the kernel filters a connected UDP socket's input. This is the
-network proxy of Sandbox2, for datagrams.
+network proxy of Sandbox2, for datagrams. A UDP bind works the same way
+(``UdpServerRelay``), with each message framed with its peer's address,
+and replies allowed only to peers that wrote first.
 
 Both sockets are non-blocking. A datagram that does not fit right now is
 dropped, as UDP may drop it anyway, so a flood cannot stall the broker. An
@@ -16,8 +18,11 @@ stream), so it is dropped too.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import socket
+
+from privsep.protocol import decode_datagram, encode_datagram
 
 _MAX_DATAGRAM = 65535
 
@@ -69,3 +74,77 @@ class UdpRelay:
     def close(self) -> None:
         self.peer.close()
         self.inside.close()
+
+
+class UdpServerRelay:
+    """A bound UDP socket kept by the broker; the child answers the peers that wrote to it.
+
+    Messages on the child's end carry one datagram each, framed with the
+    peer's address (``protocol.encode_datagram``). The child may send only
+    to peers that have sent to this socket first: the most recent
+    ``MAX_PEERS`` of them, as a stateful firewall would allow replies. Any
+    other destination is dropped and remembered, so the report at exit can
+    name it.
+    """
+
+    MAX_PEERS = 1024
+    MAX_REFUSED = 16
+
+    def __init__(self, peer: socket.socket, inside: socket.socket) -> None:
+        self.peer = peer
+        self.inside = inside
+        self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
+        self.refused: list[tuple[str, int]] = []
+
+    @classmethod
+    def open(cls, family: int, address: tuple[str, int]) -> tuple[UdpServerRelay, int]:
+        peer = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        try:
+            peer.bind(address)
+            inside, outside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        except BaseException:
+            peer.close()
+            raise
+        inside.setblocking(False)
+        return cls(peer, inside), outside.detach()
+
+    def from_child(self) -> bool:
+        try:
+            frame = self.inside.recv(_MAX_DATAGRAM + 32)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not frame:
+            return False
+        decoded = decode_datagram(frame)
+        if decoded is None:
+            return True  # malformed: dropped, as a broken datagram would be
+        destination, payload = decoded
+        if destination not in self._seen:
+            if destination not in self.refused and len(self.refused) < self.MAX_REFUSED:
+                self.refused.append(destination)
+            return True
+        with contextlib.suppress(OSError):
+            self.peer.sendto(payload, destination)
+        return True
+
+    def from_peer(self) -> None:
+        try:
+            payload, sender = self.peer.recvfrom(_MAX_DATAGRAM)
+        except OSError:
+            return
+        source = (str(sender[0]).split("%")[0], int(sender[1]))
+        self._seen[source] = None
+        self._seen.move_to_end(source)
+        if len(self._seen) > self.MAX_PEERS:
+            self._seen.popitem(last=False)
+        with contextlib.suppress(OSError, ValueError):
+            self.inside.send(encode_datagram(source, payload))
+
+    def close(self) -> None:
+        self.peer.close()
+        self.inside.close()
+
+
+Relay = UdpRelay | UdpServerRelay

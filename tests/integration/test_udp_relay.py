@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -83,10 +84,43 @@ def test_udp_connect_needs_a_udp_rule(run_privsep: RunPrivsep, echo_server: tupl
     assert received == []
 
 
-def test_udp_bind_is_refused_not_handed_over(run_privsep: RunPrivsep) -> None:
-    code = (
-        "from privsep import client, BrokerError\n"
-        "try:\n    client.bind('127.0.0.1', 0, type='udp')\nexcept BrokerError as e:\n    print(e.code)\n"
-    )
-    proc = run_privsep("--allow-bind", "127.0.0.1:0/udp", *python_child(code))
-    assert (proc.returncode, proc.stdout.strip()) == (0, "unsupported"), proc.stderr
+def test_udp_bind_answers_only_peers_that_wrote_first(run_privsep: RunPrivsep) -> None:
+    """A UDP server in the sandbox hears any peer and answers it; other destinations are dropped."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # never writes to the server
+        silent.bind(("127.0.0.1", 0))
+        silent.settimeout(0.5)
+        silent_port = silent.getsockname()[1]
+        code = f"""
+from privsep import client
+server = client.bind("127.0.0.1", {port}, type="udp")
+server.sendto(b"unsolicited", ("127.0.0.1", {silent_port}))
+data, peer = server.recvfrom()
+server.sendto(b"re:" + data, peer)
+"""
+        result: dict[str, bytes] = {}
+
+        def talk() -> None:
+            deadline = time.monotonic() + 20
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+                peer.settimeout(0.2)
+                while time.monotonic() < deadline:  # until the sandbox has bound the port
+                    peer.sendto(b"hello", ("127.0.0.1", port))
+                    try:
+                        result["reply"] = peer.recv(100)
+                        return
+                    except TimeoutError:
+                        continue
+
+        thread = threading.Thread(target=talk)
+        thread.start()
+        proc = run_privsep("--allow-bind", f"127.0.0.1:{port}/udp", *python_child(code))
+        thread.join()
+        assert proc.returncode == 0, proc.stderr
+        assert result["reply"] == b"re:hello"
+        with pytest.raises(TimeoutError):
+            silent.recv(100)  # the unsolicited datagram never left the broker
+    assert f"denied sendto 127.0.0.1:{silent_port}/udp" in proc.stderr
+    assert "may only answer" in proc.stderr

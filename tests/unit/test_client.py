@@ -495,19 +495,34 @@ def test_bind_returns_a_listening_socket(pair: tuple[Client, FakeBroker]) -> Non
                 assert conn.recv(1) == b"x"
 
 
-def test_bind_udp(pair: tuple[Client, FakeBroker]) -> None:
+def test_bind_udp_is_a_relay_with_framed_datagrams(pair: tuple[Client, FakeBroker]) -> None:
+    """A UDP bind gives datagrams framed with the peer's address, over the broker's relay."""
     cli, broker = pair
-    bound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    bound.bind(("127.0.0.1", 0))
-    port = bound.getsockname()[1]
+    relay_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     broker.expect(
-        Bind(id=0, host="127.0.0.1", port=port, type="udp"),
-        ok({"address": ["127.0.0.1", port]}),
-        [bound.detach()],
+        Bind(id=0, host="127.0.0.1", port=5353, type="udp"),
+        ok({"address": ["127.0.0.1", 5353]}),
+        [child_end.detach()],
     )
-    with cli.bind("127.0.0.1", port, type="udp") as sock:
-        assert sock.type == socket.SOCK_DGRAM
+    with relay_end, cli.bind("127.0.0.1", 5353, type="udp") as sock:
+        assert sock.getsockname() == ("127.0.0.1", 5353)
+        relay_end.send(protocol.encode_datagram(("10.1.2.3", 4000), b"query"))
+        assert sock.recvfrom() == (b"query", ("10.1.2.3", 4000))
+        assert sock.sendto(b"answer", ("10.1.2.3", 4000)) == 6
+        assert protocol.decode_datagram(relay_end.recv(100)) == (("10.1.2.3", 4000), b"answer")
     broker.check()
+
+
+def test_bind_udp_refuses_a_real_udp_socket(pair: tuple[Client, FakeBroker]) -> None:
+    cli, broker = pair
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    broker.expect(
+        Bind(id=0, host="127.0.0.1", port=5353, type="udp"),
+        ok({"address": ["127.0.0.1", 5353]}),
+        [udp.detach()],
+    )
+    with pytest.raises(RemoteProtocolError, match="wrong family or type"):
+        cli.bind("127.0.0.1", 5353, type="udp")
 
 
 def test_bind_refuses_a_tcp_socket_that_is_not_listening(pair: tuple[Client, FakeBroker]) -> None:
