@@ -713,3 +713,36 @@ def test_a_nul_anywhere_in_a_string_field_is_a_violation(request_: Request, fiel
     data[field] = data[field][:at] + "\x00" + data[field][at:]
     reason = violation(ready(), json.dumps(data).encode())
     assert reason == f"invalid request: {request_.op}.{field}: string_pattern_mismatch"
+
+
+# --------------------------------------------------------------------------- relayed UDP framing
+
+
+@given(
+    st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)),
+    st.integers(min_value=0, max_value=65535),
+    st.binary(max_size=2048),
+)
+def test_a_framed_datagram_round_trips(ip: object, port: int, payload: bytes) -> None:
+    frame = protocol.encode_datagram((str(ip), port), payload)
+    assert protocol.decode_datagram(frame) == ((str(ip), port), payload)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"\x04",
+        b"\x04\x00\x35",
+        b"\x04\x00\x35\x7f\x00\x00",
+        b"\x05\x00\x35\x7f\x00\x00\x01",
+        b"\x06" + b"\x00" * 10,
+    ],
+)
+def test_a_malformed_datagram_frame_is_none(frame: bytes) -> None:
+    assert protocol.decode_datagram(frame) is None
+
+
+def test_a_datagram_to_a_name_is_refused_locally() -> None:
+    with pytest.raises(ValueError):
+        protocol.encode_datagram(("localhost", 53), b"x")
