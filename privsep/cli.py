@@ -68,10 +68,18 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-write", action="append", default=[], metavar="PATH", help="read, write and create under PATH"
     )
     grants.add_argument(
-        "--allow-connect", action="append", default=[], metavar="HOST:PORT", help="connect to HOST:PORT (tcp)"
+        "--allow-connect",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="connect to HOST:PORT (tcp; HOST:PORT/udp for udp, relayed)",
     )
     grants.add_argument(
-        "--allow-bind", action="append", default=[], metavar="HOST:PORT", help="listen on HOST:PORT (tcp)"
+        "--allow-bind",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="listen on HOST:PORT (tcp; HOST:PORT/udp for udp, relayed)",
     )
     grants.add_argument(
         "--secret",
