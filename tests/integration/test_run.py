@@ -6,10 +6,12 @@ broker as an unprivileged user, where the sandbox rests on a user namespace.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -375,10 +377,16 @@ def test_a_grant_below_tmp_is_visible_inside_a_private_tmp(run_privsep: RunPrivs
         "import os\nprint(sorted(os.listdir('/tmp')))\n"
         f"try:\n    open('{shared_tmp}/new', 'w')\nexcept OSError as e:\n    print(e.errno)\n"
     )
-    proc = run_privsep("--policy", str(policy), "--", str(PYTHON), "-c", code)
+    canary = Path(tempfile.mkstemp(prefix="privsep-canary-", dir="/tmp")[1])  # a host /tmp entry
+    try:
+        proc = run_privsep("--policy", str(policy), "--", str(PYTHON), "-c", code)
+    finally:
+        canary.unlink()
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "from the host"
-    assert lines[1] == str(sorted([shared_tmp.parts[2], "scratch"]))  # the grant's path, and our file
+    listing = ast.literal_eval(lines[1])
+    assert {shared_tmp.parts[2], "scratch"} <= set(listing)  # the grant's path, and the child's file
+    assert canary.name not in listing  # the rest of the host's /tmp stays hidden
     assert lines[2] == "30"  # EROFS: the grant stays read-only inside the writable /tmp
     assert not (shared_tmp / "new").exists()
