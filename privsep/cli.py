@@ -95,6 +95,36 @@ def _parser() -> argparse.ArgumentParser:
     policy = sub.add_parser("policy", help="work with policy files")
     policy_sub = policy.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
     policy_sub.add_parser("schema", help="print the JSON Schema of a policy file")
+    show = policy_sub.add_parser(
+        "show",
+        help="print a policy fully resolved: extends merged, variables and syscall groups expanded",
+        description=(
+            "Print the policy `privsep run --policy NAME|FILE` enforces, as a commented TOML policy file "
+            "(or JSON). Exit status 1 when privsep run would refuse it here (the problems go to stderr)."
+        ),
+    )
+    show.add_argument("policy", metavar="NAME|FILE", help="a shipped policy name or a TOML file")
+    show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    check = policy_sub.add_parser(
+        "check",
+        help="check policies: every error with its file and field",
+        description=(
+            "Load each policy, resolve its syscall names, compile its seccomp filter, plan its view and "
+            "pin its file grants on this machine, as privsep run would. Prints 'NAME: ok' or every "
+            "error with its file and field. Exit status 0 if every policy is ok, else 1."
+        ),
+    )
+    check.add_argument("policies", nargs="+", metavar="NAME|FILE", help="shipped policy names or TOML files")
+    doctor = sub.add_parser(
+        "doctor",
+        help="what this kernel supports, and which layers privsep run applies here",
+        description=(
+            "Probe Landlock, seccomp, namespaces, cgroups, openat2 and pidfds, run a trial sandbox, and say "
+            "which layers privsep run applies here. Exit status 0 when every layer it needs is available, "
+            "else 1 (privsep run would refuse to start)."
+        ),
+    )
+    doctor.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
 
 
@@ -161,6 +191,7 @@ def _serve(broker: Broker, child: Child) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)
     outcome = broker.wait(child)
+    _report_syscalls(child.syscall_denials, child.syscall_default)
     _report_denials(child.denials)
     message = outcome.describe()
     if message:
@@ -174,6 +205,27 @@ _MAX_REPORTED = 20
 def _printable(text: str) -> str:
     """The child chose this text: escape whatever a terminal would interpret."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _report_syscalls(denied: dict[str, int], default: str) -> None:
+    """Once per syscall: its name, how many times, and the policy line that would allow it."""
+    if not denied:
+        return
+    from privsep.policy.syscalls import DANGEROUS, GROUPS
+
+    answer = "ENOSYS" if default == "enosys" else "EPERM"
+    for name, count in sorted(denied.items()):
+        times = "once" if count == 1 else f"{count} times"
+        if name in DANGEROUS or not name.isidentifier():
+            print(f"privsep: syscall {name} was denied {times}; privsep never allows it", file=sys.stderr)
+            continue
+        groups = sorted(g for g, members in GROUPS.items() if name in members)
+        also = f" (or a group holding it: {', '.join(groups)})" if groups else ""
+        print(
+            f'privsep: syscall {name} was denied {times} ({answer}); to allow it, add "{name}" to '
+            f"[syscalls] allow in the policy{also}",
+            file=sys.stderr,
+        )
 
 
 def _report_denials(denials: Sequence[Denial]) -> None:
@@ -211,6 +263,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             except BrokenPipeError:  # `privsep policy schema | head`: not an error
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
+        if args.cmd == "policy" and args.policy_cmd == "show":
+            from privsep.check import show_command
+
+            return show_command(args.policy, as_json=args.json)
+        if args.cmd == "policy" and args.policy_cmd == "check":
+            from privsep.check import check_command
+
+            return check_command(args.policies)
+        if args.cmd == "doctor":
+            from privsep.doctor import doctor_command
+
+            return doctor_command(as_json=args.json)
     except PrivsepError as exc:
         print(f"privsep: error: {exc}", file=sys.stderr)
         return exc.exit_status

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import os
 import queue
 import selectors
@@ -42,7 +43,7 @@ from privsep.broker.outcome import (
 )
 from privsep.broker.relay import Relay, UdpServerRelay
 from privsep.broker.services import SLOW_OPS, Services, target
-from privsep.confine.seccomp import syscall_name
+from privsep.confine.seccomp import dangerous_numbers, syscall_name
 from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, spawn
 from privsep.errors import ChannelError, RemoteProtocolError
 
@@ -106,6 +107,10 @@ class Child:
     pending: bool = False
     denials: list[Denial] = field(default_factory=list)
     relays: dict[int, Relay] = field(default_factory=dict)  # by either of its fds
+    syscall_default: str = "eperm"  # the policy's answer to a syscall outside the allowlist
+    learning: bool = False  # privsep learn: allow and record instead of denying
+    syscall_denials: dict[str, int] = field(default_factory=dict)  # name -> times denied
+    syscalls_used: dict[str, int] = field(default_factory=dict)  # learn mode: name -> times allowed
     command_pid: int | None = None
     kill_reason: Outcome | None = None
     setup_error: ControlMessage | None = None
@@ -158,7 +163,13 @@ class Broker:
         spawned = spawn(plan, stdio=stdio)
         deadline = time.monotonic() + timeout if timeout else None
         child = Child(
-            argv0=plan.argv[0], spawned=spawned, deadline=deadline, timeout=timeout, services=services
+            argv0=plan.argv[0],
+            spawned=spawned,
+            deadline=deadline,
+            timeout=timeout,
+            services=services,
+            syscall_default=plan.syscall_default,
+            learning=plan.learn,
         )
         self._children.add(child)
         spawned.channel.setblocking(False)
@@ -508,23 +519,49 @@ class Broker:
             return
         if note is None:
             return
-        name = (
-            syscall_name(note.nr)
-            if note.arch == notify.AUDIT_ARCH_X86_64
-            else f"syscall {note.nr} (arch {note.arch:#x})"
+        native = note.arch == notify.AUDIT_ARCH_X86_64
+        name = syscall_name(note.nr) if native else f"syscall {note.nr} (arch {note.arch:#x})"
+        dangerous = not native or note.nr in dangerous_numbers()
+        if child.learning:
+            # Permissive by definition (see notify.py): record, and let it run,
+            # except the dangerous set, which stays denied.
+            if dangerous:
+                child.syscall_denials[name] = child.syscall_denials.get(name, 0) + 1
+                notify.refuse(child.listener, note, errno.EPERM)
+            else:
+                child.syscalls_used[name] = child.syscalls_used.get(name, 0) + 1
+                notify.allow_for_learning(child.listener, note)
+            self._audit_syscall(child, name, "deny" if dangerous else "allow")
+            return
+        self._audit_syscall(child, name, "deny")
+        if dangerous or child.syscall_default == "kill":
+            why = (
+                "which privsep never allows"
+                if dangerous
+                else f'which the policy does not allow (its [syscalls] default is "kill"); '
+                f'to allow it, add "{name}" to [syscalls] allow'
+            )
+            self.kill(
+                child,
+                Outcome(
+                    "seccomp",
+                    128 + signal.SIGSYS,
+                    detail=f"killed by seccomp: the command called {name}, {why}",
+                    signal=signal.SIGSYS,
+                    syscall=name,
+                ),
+            )
+            # Never answered: the call stays blocked until SIGKILL ends the process.
+            # An answer (even an error) would let it run on until the kill lands.
+            return
+        child.syscall_denials[name] = child.syscall_denials.get(name, 0) + 1
+        notify.refuse(
+            child.listener, note, errno.ENOSYS if child.syscall_default == "enosys" else errno.EPERM
         )
-        self.kill(
-            child,
-            Outcome(
-                "seccomp",
-                128 + signal.SIGSYS,
-                detail=f"killed by seccomp: the command called {name}, which privsep never allows",
-                signal=signal.SIGSYS,
-                syscall=name,
-            ),
-        )
-        # Never answered: the call stays blocked until SIGKILL ends the process.
-        # An answer (even an error) would let it run on until the kill lands.
+
+    def _audit_syscall(self, child: Child, name: str, decision: str) -> None:
+        if self._audit is not None:
+            self._audit.write(Record(child.command_pid, "syscall", name, decision, "syscalls", 0))
 
     def _on_monitor_exit(self, child: Child) -> None:
         try:

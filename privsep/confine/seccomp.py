@@ -144,6 +144,10 @@ class FilterSpec:
     allow: frozenset[str]
     default_action: DefaultAction = "eperm"
     dangerous_action: DangerousAction = "notify"
+    notify_denials: bool = False
+    """Send every syscall outside the allowlist to the broker (user notification),
+    which answers ``default_action`` itself and can name the call in its report;
+    False: the kernel answers ``default_action`` and nobody hears of it."""
 
     def __post_init__(self) -> None:
         # A plain set would make the spec unhashable and the cache fail far from the cause.
@@ -227,7 +231,7 @@ def compile_filter(spec: FilterSpec) -> bytes:
     """
     allowed = _resolve_allow(spec.allow)
     sc = _libseccomp()
-    default_ret = _DEFAULT_RET[spec.default_action]
+    default_ret = _RET_USER_NOTIF if spec.notify_denials else _DEFAULT_RET[spec.default_action]
     filt = sc.SyscallFilter(default_ret)
     filt.set_attr(sc.Attr.ACT_BADARCH, _RET_KILL_PROCESS)  # i386 and (below) x32
     filt.set_attr(sc.Attr.CTL_NNP, 0)  # the loader sets no_new_privs itself, explicitly
@@ -446,3 +450,9 @@ def load_filter(bpf: bytes, *, listener: bool) -> int | None:
             "seccomp", f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {name} ({os.strerror(err)})"
         )
     return int(rc) if listener else None
+
+
+@functools.cache
+def dangerous_numbers() -> frozenset[int]:
+    """The x86_64 numbers of the dangerous set, for the broker's decision on a notification."""
+    return frozenset(nr for name in DANGEROUS if (nr := syscall_number(name)) is not None)

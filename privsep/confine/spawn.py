@@ -73,11 +73,17 @@ class SpawnPlan:
     rlimits: Mapping[int, int]
     seccomp_bpf: bytes
     user_namespace: bool
+    syscall_default: str = "eperm"
+    """How the broker answers a syscall outside the allowlist: eperm, enosys or kill."""
+    learn: bool = False
+    """privsep learn: the broker allows and records such syscalls instead."""
     host_uid: int = field(default_factory=os.getuid)
     host_gid: int = field(default_factory=os.getgid)
 
 
-def make_plan(policy: Policy, argv: Sequence[str], *, environ: Mapping[str, str] | None = None) -> SpawnPlan:
+def make_plan(
+    policy: Policy, argv: Sequence[str], *, environ: Mapping[str, str] | None = None, learn: bool = False
+) -> SpawnPlan:
     """Turn a policy and a command into a plan; raises PolicyError or ConfinementError early."""
     if not argv:
         raise ConfinementError("command", "no command given")
@@ -94,7 +100,9 @@ def make_plan(policy: Policy, argv: Sequence[str], *, environ: Mapping[str, str]
     plan = view.plan_view(policy.view)
     readable = [(b.path, b.is_dir) for b in plan.binds]
     bpf = seccomp.compile_filter(
-        seccomp.FilterSpec(allow=expand(policy.syscalls.allow), default_action=policy.syscalls.default)
+        seccomp.FilterSpec(
+            allow=expand(policy.syscalls.allow), default_action=policy.syscalls.default, notify_denials=True
+        )
     )
     return SpawnPlan(
         argv=(command, *argv[1:]),
@@ -106,6 +114,8 @@ def make_plan(policy: Policy, argv: Sequence[str], *, environ: Mapping[str, str]
         rlimits=limits.rlimits(policy.limits),
         seccomp_bpf=bpf,
         user_namespace=os.geteuid() != 0,
+        syscall_default=policy.syscalls.default,
+        learn=learn,
     )
 
 
