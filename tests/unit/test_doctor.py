@@ -1,0 +1,117 @@
+"""``privsep doctor``'s verdict on made-up kernels: each missing layer is named, with its fix.
+
+The probing half runs against the real kernel in tests/integration/test_tooling.py;
+here :func:`privsep.doctor.layers` gets facts no CI machine has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from privsep import doctor
+from privsep.doctor import Facts, Layer, Probe, layers, ready, render_text
+
+GOOD = Facts(
+    kernel="6.12.0",
+    machine="x86_64",
+    euid=1000,
+    landlock_abi=6,
+    landlock_lsm=True,
+    seccomp_actions=("kill_process", "errno", "user_notif", "allow"),
+    seccomp_filter=Probe(),
+    seccomp_listener=Probe(),
+    max_user_namespaces=1000,
+    trial=Probe(),
+)
+
+
+def row(facts: Facts, prefix: str) -> Layer:
+    (found,) = [r for r in layers(facts) if r.name.startswith(prefix)]
+    return found
+
+
+def test_a_machine_with_every_layer_is_ready() -> None:
+    rows = layers(GOOD)
+    assert ready(rows)
+    assert all(r.applied for r in rows)
+    assert render_text(GOOD, rows).rstrip().endswith("every layer privsep run needs is available here")
+
+
+@pytest.mark.parametrize(
+    ("change", "layer", "why"),
+    [
+        ({"landlock_abi": 2}, "6 Landlock", "ABI 2, privsep needs 3"),
+        ({"landlock_abi": 0, "landlock_lsm": False}, "6 Landlock", "add landlock to the lsm= boot parameter"),
+        ({"landlock_abi": 0, "landlock_lsm": None}, "6 Landlock", "Linux 6.2 or later"),
+        (
+            {"seccomp_listener": Probe("EINVAL (Invalid argument)"), "seccomp_actions": ("errno", "allow")},
+            "7 seccomp",
+            "no seccomp user notification",
+        ),
+        (
+            {"seccomp_filter": Probe("ENOSYS (Function not implemented)")},
+            "7 seccomp",
+            "CONFIG_SECCOMP_FILTER",
+        ),
+        ({"openat2": Probe("ENOSYS (Function not implemented)")}, "broker: files", "Linux 5.6 or later"),
+        ({"pidfd": Probe("ENOSYS (Function not implemented)")}, "broker: children", "Linux 5.3 or later"),
+        ({"close_range": Probe("ENOSYS (Function not implemented)")}, "1-2 session", "Linux 5.9 or later"),
+        ({"mount_setattr": Probe("ENOSYS (Function not implemented)")}, "3b filesystem", "Linux 5.12"),
+        ({"trial": Probe("confinement step 'filesystem' failed: x")}, "trial", "step 'filesystem'"),
+    ],
+)
+def test_a_missing_layer_is_named_with_its_fix_and_fails_the_verdict(
+    change: dict[str, object], layer: str, why: str
+) -> None:
+    facts = dataclasses.replace(GOOD, **change)  # type: ignore[arg-type]
+    found = row(facts, layer)
+    assert not found.applied
+    assert found.status.endswith("privsep run will refuse to start")
+    assert why in found.detail
+    rows = layers(facts)
+    assert not ready(rows)
+    assert (
+        f"verdict: NOT ready; privsep run will refuse to start here (missing: {found.name})"
+        in render_text(facts, rows)
+    )
+
+
+def test_no_user_namespaces_for_a_non_root_broker_says_how_to_enable_them() -> None:
+    facts = dataclasses.replace(
+        GOOD,
+        namespaces=Probe("EPERM (Operation not permitted)"),
+        userns_sysctls={"kernel.unprivileged_userns_clone": 0},
+    )
+    found = row(facts, "3 namespaces")
+    assert not found.applied
+    assert "sysctl -w kernel.unprivileged_userns_clone=1" in found.detail
+    assert "or run privsep as root" in found.detail
+    assert not row(facts, "4 identity").applied
+    assert not row(facts, "3b filesystem").applied
+
+
+def test_older_landlock_is_applied_without_its_newer_features() -> None:
+    found = row(dataclasses.replace(GOOD, landlock_abi=3), "6 Landlock")
+    assert found.applied
+    assert "no TCP rules (ABI 4)" in found.detail and "no scopes (ABI 6)" in found.detail
+
+
+def test_a_root_broker_needs_no_user_namespace() -> None:
+    facts = dataclasses.replace(GOOD, euid=0, unprivileged_userns=Probe("EPERM (Operation not permitted)"))
+    assert ready(layers(facts))
+    assert "no user namespace: the broker is root" in row(facts, "3 namespaces").detail
+
+
+def test_doctor_exits_1_when_a_layer_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(doctor, "probe", lambda: dataclasses.replace(GOOD, landlock_abi=1))
+    assert doctor.doctor_command(as_json=False) == 1
+    assert (
+        "verdict: NOT ready; privsep run will refuse to start here (missing: 6 Landlock)"
+        in capsys.readouterr().out
+    )
+    assert doctor.doctor_command(as_json=True) == 1
+    assert '"ready": false' in capsys.readouterr().out
