@@ -18,6 +18,7 @@ from privsep.errors import PrivsepError
 
 if TYPE_CHECKING:
     from privsep.broker.loop import Broker, Child, Denial
+    from privsep.policy.model import Policy
 
 EXIT_USAGE = 125
 
@@ -92,6 +93,20 @@ def _parser() -> argparse.ArgumentParser:
         "--audit-log", metavar="FILE", help="append one JSON line per broker decision to FILE (created 0600)"
     )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    learn = sub.add_parser(
+        "learn",
+        help="run a command permissively and write the smallest policy that lets it run",
+        description=(
+            "Run COMMAND confined as with `privsep run`, but let what the base policy denies happen, "
+            "and record it: syscalls outside the allowlist (the dangerous set stays denied) and "
+            "brokered file and network requests. Then write a policy that extends the base with "
+            "exactly that. The command must ask the broker for its files (privsep.client)."
+        ),
+    )
+    learn.add_argument("--policy", default="minimal", metavar="BASE", help="the policy to start from")
+    learn.add_argument("-o", "--output", required=True, metavar="NEW.toml", help="where to write the policy")
+    learn.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="as for run")
+    learn.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     policy = sub.add_parser("policy", help="work with policy files")
     policy_sub = policy.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
     policy_sub.add_parser("schema", help="print the JSON Schema of a policy file")
@@ -136,18 +151,12 @@ def _run(args: argparse.Namespace) -> int:
     from privsep.policy.grants import grants_to_extra
     from privsep.policy.load import load_policy
 
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise PrivsepError("no command given; usage: privsep run [--policy NAME|FILE] -- COMMAND [ARG...]")
+    command = _command(args)
     extra = grants_to_extra(
         args.allow_read, args.allow_write, args.allow_connect, args.allow_bind, args.secret
     )
     policy = load_policy(args.policy, extra=extra)
-    timeout = args.timeout if args.timeout is not None else (policy.limits.timeout_seconds or None)
-    if timeout is not None and timeout <= 0:
-        raise PrivsepError("--timeout must be a positive number of seconds")
+    timeout = _timeout(args, policy)
     plan = make_plan(policy, command)
     with contextlib.ExitStack() as stack:
         services = Services(policy)
@@ -163,6 +172,59 @@ def _run(args: argparse.Namespace) -> int:
         stack.callback(broker.close)
         return _serve(broker, broker.start(plan, services=services, timeout=timeout))
     raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise PrivsepError(f"no command given; usage: privsep {args.cmd} [OPTIONS] -- COMMAND [ARG...]")
+    return command
+
+
+def _timeout(args: argparse.Namespace, policy: Policy) -> float | None:
+    timeout: float | None = (
+        args.timeout if args.timeout is not None else (policy.limits.timeout_seconds or None)
+    )
+    if timeout is not None and timeout <= 0:
+        raise PrivsepError("--timeout must be a positive number of seconds")
+    return timeout
+
+
+def _learn(args: argparse.Namespace) -> int:
+    from privsep.broker.loop import Broker
+    from privsep.confine.spawn import make_plan
+    from privsep.learn import LearningServices, render
+    from privsep.policy.load import load_policy
+
+    command = _command(args)
+    base = load_policy(args.policy)
+    plan = make_plan(base, command, learn=True)
+    with contextlib.ExitStack() as stack:
+        services = LearningServices(base)
+        stack.callback(services.close)  # closes the grants current at exit (the learned ones)
+        broker = Broker()
+        stack.callback(broker.close)
+        child = broker.start(plan, services=services, timeout=_timeout(args, base))
+        status = _serve(broker, child)
+        # A file base is named absolutely: the new policy may live elsewhere.
+        shipped = "/" not in args.policy and not args.policy.endswith(".toml")
+        spec = args.policy if shipped else os.path.abspath(args.policy)
+        text = render(spec, base, services.policy, child.syscalls_used, services.secrets_asked)
+    try:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise PrivsepError(f"cannot write {args.output}: {exc.strerror}") from None
+    new, old = services.policy, base
+    counts = (
+        f"{len(child.syscalls_used)} syscalls, {len(new.files) - len(old.files)} file rules, "
+        f"{len(new.connect) - len(old.connect)} connect rules, {len(new.bind) - len(old.bind)} bind rules"
+    )
+    print(f"privsep: wrote {args.output}: {counts} beyond {args.policy!r}", file=sys.stderr)
+    print(f"privsep: the command exited with status {status}", file=sys.stderr)
+    return status
 
 
 def _serve(broker: Broker, child: Child) -> int:
@@ -248,33 +310,38 @@ def _report_denials(denials: Sequence[Denial]) -> None:
             print(f"privsep: to allow it, re-run with {flag}={_printable(value)}", file=sys.stderr)
 
 
+def _tooling(args: argparse.Namespace) -> int:
+    """``policy schema/show/check`` and ``doctor``: each a function of its own module."""
+    if args.cmd == "doctor":
+        from privsep.doctor import doctor_command
+
+        return doctor_command(as_json=args.json)
+    if args.policy_cmd == "schema":
+        import json
+
+        from privsep import _stdout
+        from privsep.policy.schema import policy_json_schema
+
+        _stdout.write(json.dumps(policy_json_schema(), indent=2) + "\n")
+        return 0
+    if args.policy_cmd == "show":
+        from privsep.check import show_command
+
+        return show_command(args.policy, as_json=args.json)
+    from privsep.check import check_command
+
+    return check_command(args.policies)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "run":
             return _run(args)
-        if args.cmd == "policy" and args.policy_cmd == "schema":
-            import json
-
-            from privsep.policy.schema import policy_json_schema
-
-            try:
-                print(json.dumps(policy_json_schema(), indent=2), flush=True)
-            except BrokenPipeError:  # `privsep policy schema | head`: not an error
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 0
-        if args.cmd == "policy" and args.policy_cmd == "show":
-            from privsep.check import show_command
-
-            return show_command(args.policy, as_json=args.json)
-        if args.cmd == "policy" and args.policy_cmd == "check":
-            from privsep.check import check_command
-
-            return check_command(args.policies)
-        if args.cmd == "doctor":
-            from privsep.doctor import doctor_command
-
-            return doctor_command(as_json=args.json)
+        if args.cmd == "learn":
+            return _learn(args)
+        if args.cmd in {"doctor", "policy"}:
+            return _tooling(args)
     except PrivsepError as exc:
         print(f"privsep: error: {exc}", file=sys.stderr)
         return exc.exit_status

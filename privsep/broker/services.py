@@ -20,6 +20,9 @@ SLOW_OPS = frozenset({"connect", "connect_unix"})
 
 class Services:
     def __init__(self, policy: Policy) -> None:
+        self._load(policy)
+
+    def _load(self, policy: Policy) -> None:
         self.policy = policy
         self.files = FileService(policy)
         self.net = NetService(policy, self.files)

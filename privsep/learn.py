@@ -1,0 +1,162 @@
+"""``privsep learn``: run a command permissively and write the smallest policy that lets it run.
+
+Firefox's "would have denied" mode, taken one step further. The command runs
+fully confined (namespaces, view, identity, Landlock, limits). Only two
+things are permissive:
+
+- A syscall outside the base policy's allowlist is recorded and allowed
+  (see broker/notify.py for why continuing is sound here), except the
+  dangerous set, which stays denied.
+- A brokered request the base policy denies is turned into the narrowest
+  rule that allows it, then performed under the extended policy: an exact
+  path with exactly the access used, exactly that host and port. A secret
+  cannot be learned (there is no source to invent); its name is noted.
+
+The policy written ``extends`` the base, so it reads as "the base, plus
+what this command needed". Files the command opens directly, without the
+broker, cannot be learned this way: their paths belong in ``[view]``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import threading
+from collections.abc import Iterable
+
+from pydantic import ValidationError
+
+from privsep import protocol
+from privsep.broker.answers import Answer, Refusal
+from privsep.broker.services import Services
+from privsep.errors import PolicyError
+from privsep.policy.match import Access, check_path
+from privsep.policy.model import BindRule, ConnectRule, FileRule, Policy
+
+_OPEN_NEEDS: dict[str, tuple[Access, ...]] = {
+    "r": (Access.READ,),
+    "r+": (Access.READ, Access.WRITE),
+    "w": (Access.WRITE, Access.TRUNCATE),
+    "w+": (Access.READ, Access.WRITE, Access.TRUNCATE),
+    "a": (Access.APPEND,),
+    "a+": (Access.READ, Access.APPEND),
+    "x": (Access.CREATE, Access.WRITE),
+    "x+": (Access.CREATE, Access.READ, Access.WRITE),
+}
+
+
+class LearningServices(Services):
+    """Services that grow the policy instead of denying; one request at a time."""
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__(policy)
+        self._lock = threading.Lock()  # slow ops run on worker threads
+        self.secrets_asked: set[str] = set()
+
+    def handle(self, request: protocol.Request) -> Answer:
+        with self._lock:
+            try:
+                return super().handle(request)
+            except Refusal as refusal:
+                if refusal.code is not protocol.ErrorCode.DENIED:
+                    raise
+                if isinstance(request, protocol.Secret):
+                    self.secrets_asked.add(request.name)
+                    raise
+                try:
+                    grown = self._grow(request)
+                except (ValidationError, PolicyError):
+                    grown = None  # the child's input makes no valid rule: nothing to learn
+                if grown is None:
+                    raise
+                old = self.files
+                self._load(grown)  # re-pins the grants
+                old.close()
+            return super().handle(request)
+
+    def _grow(self, request: protocol.Request) -> Policy | None:  # noqa: PLR0911 - one return per op
+        """The policy plus the narrowest rule for ``request``, or None when none can be learned."""
+        policy = self.policy
+        match request:
+            case protocol.Open():
+                needs = list(_OPEN_NEEDS[request.mode])
+                if request.mode in ("w", "w+", "a", "a+") and not os.path.lexists(request.path):
+                    needs.append(Access.CREATE)
+                return _with_files(policy, [(request.path, needs)])
+            case protocol.Stat():
+                return _with_files(policy, [(request.path, [Access.READ])])
+            case protocol.Listdir():
+                return _with_files(policy, [(request.path, [Access.LIST])])
+            case protocol.Mkdir() | protocol.Unlink():
+                return _with_files(policy, [(request.path, [Access.CREATE])])
+            case protocol.Rename():
+                return _with_files(policy, [(request.src, [Access.CREATE]), (request.dst, [Access.CREATE])])
+            case protocol.ConnectUnix():
+                return _with_files(policy, [(request.path, [Access.CONNECT])])
+            case protocol.Connect():
+                rule = ConnectRule(host=request.host, ports=(request.port,), protocol=request.type)
+                return policy.model_copy(update={"connect": (*policy.connect, rule)})
+            case protocol.Bind():
+                if _ip(request.host) is None:
+                    return None
+                bind = BindRule(host=request.host, port=request.port, protocol=request.type)
+                return policy.model_copy(update={"bind": (*policy.bind, bind)})
+        return None
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _with_files(policy: Policy, wanted: Iterable[tuple[str, list[Access]]]) -> Policy | None:
+    rules = list(policy.files)
+    for path, needs in wanted:
+        if check_path(path) is not None:
+            return None  # not a path a rule can name
+        for i, rule in enumerate(rules):
+            if rule.path == path and not rule.recursive and not rule.deny:
+                merged = tuple(sorted(set(rule.access) | set(needs)))
+                rules[i] = rule.model_copy(update={"access": merged})
+                break
+        else:
+            rules.append(FileRule(path=path, access=tuple(sorted(set(needs))), recursive=False))
+    return policy.model_copy(update={"files": tuple(rules)})
+
+
+def render(
+    base: str, base_policy: Policy, learned: Policy, syscalls: Iterable[str], secrets: Iterable[str]
+) -> str:
+    """The new policy as TOML: ``extends`` the base, with only what was learned."""
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    lines = [
+        f"# Learned by `privsep learn` over the base policy {base!r}: what the command needed",
+        "# beyond it, each rule as narrow as the use that asked for it. Review before use.",
+        f"extends = {q(base)}",
+    ]
+    new_syscalls = sorted(set(syscalls))
+    if new_syscalls:
+        lines += ["", "[syscalls]", f"allow = [{', '.join(q(s) for s in new_syscalls)}]"]
+    for rule in learned.files[len(base_policy.files) :]:
+        access = ", ".join(q(str(a)) for a in rule.access)
+        lines += ["", "[[files]]", f"path = {q(rule.path)}", f"access = [{access}]", "recursive = false"]
+    for connect in learned.connect[len(base_policy.connect) :]:
+        ports = ", ".join(str(p) for p in connect.ports)
+        lines += ["", "[[connect]]", f"host = {q(connect.host)}", f"ports = [{ports}]"]
+        lines.append(f"protocol = {q(connect.protocol)}")
+    for bind in learned.bind[len(base_policy.bind) :]:
+        lines += [
+            "",
+            "[[bind]]",
+            f"host = {q(bind.host)}",
+            f"port = {bind.port}",
+            f"protocol = {q(bind.protocol)}",
+        ]
+    asked = sorted(set(secrets))
+    if asked:
+        lines += ["", "# The command asked for these secrets; give each a source, e.g.:"]
+        lines += [f'# {name} = "env:VARIABLE"' for name in asked]
+    return "\n".join(lines) + "\n"
