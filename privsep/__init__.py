@@ -5,9 +5,12 @@ Only the names below are public; every other module is internal.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from privsep.errors import (
     BrokerError,
     ChannelError,
+    ChildError,
     CommandError,
     CommandNotExecutableError,
     CommandNotFoundError,
@@ -20,11 +23,26 @@ from privsep.errors import (
     RemoteProtocolError,
 )
 
+if TYPE_CHECKING:
+    from privsep.sandbox import RunResult, Sandbox
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: a confined child imports privsep for its client and must not pay
+    # for (or hold) the broker's code.
+    if name in ("Sandbox", "RunResult"):
+        from privsep import sandbox  # noqa: PLC0415 - lazy on purpose (see above)
+
+        return getattr(sandbox, name)
+    raise AttributeError(f"module 'privsep' has no attribute {name!r}")
+
 
 __all__ = [
     "BrokerError",
     "ChannelError",
+    "ChildError",
     "CommandError",
     "CommandNotExecutableError",
     "CommandNotFoundError",
@@ -35,5 +53,7 @@ __all__ = [
     "PrivsepError",
     "ProtocolError",
     "RemoteProtocolError",
+    "RunResult",
+    "Sandbox",
     "__version__",
 ]

@@ -376,6 +376,17 @@ class Client:
             detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
             raise ValueError(f"invalid {model.model_fields['op'].default} request: {detail}") from None
 
+    # --- Sandbox.call (used by privsep._callee) --------------------------------------------------------
+
+    def call_args(self) -> protocol.CallArgsResult:
+        """In a ``Sandbox.call`` child: the function to run and its JSON arguments."""
+        result, _ = self._call(_Ask(protocol.CallArgs(id=0), "call_args()", ()))
+        return protocol.CallArgsResult.model_validate(result)
+
+    def call_return(self, answer: protocol.CallReturn) -> None:
+        """In a ``Sandbox.call`` child: hand back the function's value or its failure (once)."""
+        self._call(_Ask(answer, "call_return()", ()))
+
     # --- the API -------------------------------------------------------------------------------------
 
     def hello(self) -> dict[str, Any]:

@@ -13,8 +13,9 @@ that one name, or a branch of it, and never have to parse messages::
     ├── ProtocolError           a message broke the wire protocol
     │   ├── LocalProtocolError      we were about to send something invalid (our bug)
     │   └── RemoteProtocolError     the peer sent something invalid (hostile or buggy peer)
-    └── BrokerError             the broker answered a request with an error
-        └── DeniedError         the policy denied it (also a PermissionError)
+    ├── BrokerError             the broker answered a request with an error
+    │   └── DeniedError         the policy denied it (also a PermissionError)
+    └── ChildError              a function run by Sandbox.call raised (type, message, traceback as text)
 
 Messages say what happened and what to do; they never contain secret values,
 tracebacks of the other side, or bytes echoed from an untrusted peer.
@@ -26,6 +27,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "ChannelError",
+    "ChildError",
     "CommandError",
     "CommandNotExecutableError",
     "CommandNotFoundError",
@@ -105,3 +107,18 @@ class DeniedError(BrokerError, PermissionError):
 
     def __init__(self, message: str, code: str = "denied") -> None:
         BrokerError.__init__(self, code, message)
+
+
+class ChildError(PrivsepError):
+    """The function a ``Sandbox.call`` ran raised an exception in the confined child.
+
+    Only text crosses the boundary (never a pickled exception): the type's
+    name, its message and the child's traceback, each bounded. The child is
+    untrusted, so treat all three as data, not as an exception to re-raise.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback

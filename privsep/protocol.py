@@ -30,6 +30,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    JsonValue,
     Tag,
     TypeAdapter,
     ValidationError,
@@ -251,9 +252,52 @@ class Secret(BaseModel):
     name: SecretName
 
 
+class CallArgs(BaseModel):
+    """In a ``Sandbox.call`` child: the arguments of the function to run."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["call_args"] = "call_args"
+
+
+class CallFailure(BaseModel):
+    """An exception raised by the called function, as text (never a pickled object)."""
+
+    model_config = _STRICT
+
+    type: Annotated[str, Field(min_length=1, max_length=200)]
+    message: Annotated[str, Field(max_length=4000)]
+    traceback: Annotated[str, Field(max_length=32000)]
+
+
+class CallReturn(BaseModel):
+    """In a ``Sandbox.call`` child: what the function returned (JSON), or how it failed."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    op: Literal["call_return"] = "call_return"
+    value: JsonValue = None
+    error: CallFailure | None = None
+
+
 #: Every request a child may send. A new op is one more model in this union.
 Request = Annotated[
-    Hello | Ping | Open | Stat | Listdir | Mkdir | Unlink | Rename | Connect | ConnectUnix | Bind | Secret,
+    Hello
+    | Ping
+    | Open
+    | Stat
+    | Listdir
+    | Mkdir
+    | Unlink
+    | Rename
+    | Connect
+    | ConnectUnix
+    | Bind
+    | Secret
+    | CallArgs
+    | CallReturn,
     Field(discriminator="op"),
 ]
 _REQUEST_MODELS: tuple[type[BaseModel], ...] = get_args(get_args(Request)[0])
@@ -413,8 +457,20 @@ class SecretResult(BaseModel):
     size: Annotated[int, Field(ge=0, lt=2**53)]
 
 
+class CallArgsResult(BaseModel):
+    """The arguments of a ``Sandbox.call``: JSON values only, validated on arrival."""
+
+    model_config = _STRICT
+
+    function: Annotated[str, Field(min_length=3, max_length=512)]
+    args: list[JsonValue]
+    kwargs: dict[str, JsonValue]
+
+
 #: The result model of each op's successful reply.
 RESULT_MODELS: Mapping[str, type[BaseModel]] = {
+    "call_args": CallArgsResult,
+    "call_return": EmptyResult,
     "hello": HelloResult,
     "ping": EmptyResult,
     "open": EmptyResult,

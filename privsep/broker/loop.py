@@ -47,10 +47,22 @@ from privsep.confine.seccomp import dangerous_numbers, syscall_name
 from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, spawn
 from privsep.errors import ChannelError, RemoteProtocolError
 
-_Role = Literal["channel", "control", "pidfd", "init", "listener", "wakeup", "relay_child", "relay_peer"]
+_Role = Literal[
+    "channel", "control", "pidfd", "init", "listener", "wakeup", "relay_child", "relay_peer", "external"
+]
 _MAX_OUTBOX = 64  # replies queued for a child that does not read, before it is cut off
 _WORKERS = 4
 _MAX_RELAYS = 32  # UDP flows per child: each costs the broker two fds
+
+
+@dataclass
+class CallContext:
+    """One ``Sandbox.call``: what the child may ask for, and what it answered (JSON values only)."""
+
+    function: str
+    args: list[object]
+    kwargs: dict[str, object]
+    returned: protocol.CallReturn | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,7 @@ class Child:
     learning: bool = False  # privsep learn: allow and record instead of denying
     syscall_denials: dict[str, int] = field(default_factory=dict)  # name -> times denied
     syscalls_used: dict[str, int] = field(default_factory=dict)  # learn mode: name -> times allowed
+    call: CallContext | None = None  # Sandbox.call: the function's arguments and its answer
     command_pid: int | None = None
     kill_reason: Outcome | None = None
     setup_error: ControlMessage | None = None
@@ -154,6 +167,7 @@ class Broker:
         services: Services | None = None,
         timeout: float | None = None,
         stdio: tuple[int, int, int] = (0, 1, 2),
+        call: CallContext | None = None,
     ) -> Child:
         """Spawn a sandbox for ``plan``; it runs while the loop is driven (``wait``/``run_once``).
 
@@ -170,6 +184,7 @@ class Broker:
             services=services,
             syscall_default=plan.syscall_default,
             learning=plan.learn,
+            call=call,
         )
         self._children.add(child)
         spawned.channel.setblocking(False)
@@ -194,6 +209,8 @@ class Broker:
                 self._on_finished()
             elif role in ("relay_child", "relay_peer"):
                 self._on_relay(child, role, key.fd)
+            elif role == "external":
+                child(key.fd)  # a watch(): the callback sits where the child would
             elif child.outcome is None:
                 self._dispatch(child, role)
         now = time.monotonic()
@@ -207,6 +224,17 @@ class Broker:
                         detail=f"timed out after {child.timeout:g} s; the sandbox was killed",
                     ),
                 )
+
+    def watch(self, fd: int, callback: Callable[[int], None]) -> None:
+        """Call ``callback(fd)`` from the loop whenever ``fd`` is readable (e.g. a captured stdout)."""
+        self._sel.register(fd, selectors.EVENT_READ, (callback, "external"))
+
+    def unwatch(self, fd: int) -> None:
+        self._forget(fd)
+
+    def fileno(self) -> int:
+        """A descriptor that is readable when the loop has work: for asyncio's add_reader."""
+        return self._sel.fileno()
 
     def send_signal(self, child: Child, sig: int) -> None:
         """Deliver ``sig`` to the command (not to privsep's own processes)."""
@@ -297,6 +325,8 @@ class Broker:
             self._queue(child, protocol.reply_ok(request, child.proto.hello_result()))
         elif isinstance(request, protocol.Ping):
             self._queue(child, protocol.reply_ok(request, {}))
+        elif isinstance(request, protocol.CallArgs | protocol.CallReturn):
+            self._on_call(child, request)
         elif child.services is None:
             self._finish(
                 child,
@@ -308,6 +338,22 @@ class Broker:
             self._submit(child, request, child.services)
         else:
             self._finish(child, request, time.monotonic(), _perform(child.services, request))
+
+    def _on_call(self, child: Child, request: protocol.CallArgs | protocol.CallReturn) -> None:
+        call = child.call
+        if call is None:
+            refusal = Refusal(protocol.ErrorCode.UNSUPPORTED, "this child was not started by Sandbox.call")
+            self._finish(child, request, time.monotonic(), refusal)
+        elif isinstance(request, protocol.CallArgs):
+            result = {"function": call.function, "args": call.args, "kwargs": call.kwargs}
+            self._queue(child, protocol.reply_ok(request, result))
+        elif call.returned is not None:
+            self._finish(
+                child, request, time.monotonic(), Refusal(protocol.ErrorCode.FAILED, "already returned")
+            )
+        else:
+            call.returned = request
+            self._queue(child, protocol.reply_ok(request, {}))
 
     def _submit(self, child: Child, request: protocol.Request, services: Services) -> None:
         """Run a slow request on a worker; stop reading this child until it is answered."""

@@ -1,0 +1,144 @@
+"""privsep.Sandbox from a host application's side: run, call, and their asyncio twins."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+
+import pytest
+
+import privsep
+from privsep import ChildError, Sandbox
+from tests.conftest import PYTHON, open_fds
+
+
+@pytest.fixture
+def sb() -> Iterator[Sandbox]:
+    with Sandbox("python") as sandbox:
+        yield sandbox
+
+
+def test_run_captures_output_status_and_input(sb: Sandbox) -> None:
+    result = sb.run(["/bin/sh", "-c", "cat; echo err >&2; exit 3"], input=b"x" * 300_000)
+    assert (result.returncode, result.how) == (3, "exited")
+    assert result.stdout == b"x" * 300_000  # larger than a pipe: fed and drained without a deadlock
+    assert result.stderr == b"err\n"
+
+
+def test_run_caps_captured_output_without_blocking_the_child(sb: Sandbox) -> None:
+    small = Sandbox("python", output_limit=1000)
+    with small:
+        result = small.run(["/bin/sh", "-c", "head -c 5000000 /dev/zero; echo done >&2"])
+    assert (result.returncode, len(result.stdout), result.stdout_truncated) == (0, 1000, True)
+    assert result.stderr == b"done\n"
+
+
+def test_run_reports_how_the_child_ended(sb: Sandbox) -> None:
+    timeout = sb.run(["/bin/sleep", "30"], timeout=0.5)
+    assert (timeout.how, timeout.returncode) == ("timeout", 124)
+    killed = sb.run([str(PYTHON), "-c", "import ctypes; ctypes.CDLL(None).ptrace(0, 0, 0, 0)"])
+    assert (killed.how, killed.syscall, killed.returncode) == ("seccomp", "ptrace", 128 + signal.SIGSYS)
+    missing = sb.run(["/no/such/program"])
+    assert (missing.how, missing.returncode) == ("exec_error", 127)
+
+
+def test_run_returns_the_denials_it_met(tmp_path: Path) -> None:
+    with Sandbox("python") as sandbox:
+        result = sandbox.run(
+            [
+                str(PYTHON),
+                "-c",
+                "from privsep import client\ntry:\n client.open('/etc/shadow')\n"
+                "except PermissionError: print('denied')",
+            ]
+        )
+    assert result.stdout == b"denied\n"
+    assert [(d.op, d.target, d.allow) for d in result.denials] == [("open", "/etc/shadow", "--allow-read")]
+
+
+def test_call_moves_json_values_both_ways(sb: Sandbox) -> None:
+    assert sb.call("json:dumps", {"b": [1, 2.5, None, True]}, sort_keys=True) == '{"b": [1, 2.5, null, true]}'
+    assert sb.call("os:getpid") == 2  # a fresh confined child: pid 2 of its own namespace
+    assert sb.call("os.path:join", "a", "b") == "a/b"
+
+
+def test_call_refuses_arguments_that_are_not_json_before_starting_anything(sb: Sandbox) -> None:
+    before = open_fds()
+    with pytest.raises(TypeError, match="JSON values only"):
+        sb.call("json:dumps", object())
+    with pytest.raises(ValueError, match=r"package\.module:function"):
+        sb.call("not a target")
+    assert open_fds() == before
+
+
+def test_an_exception_in_the_child_is_a_child_error_with_its_traceback(sb: Sandbox) -> None:
+    with pytest.raises(ChildError) as info:
+        sb.call("json:loads", "not json")
+    err = info.value
+    assert err.type_name == "JSONDecodeError"
+    assert "Expecting value" in err.message
+    assert "Traceback" in err.traceback and "json/decoder.py" in err.traceback
+
+
+def test_a_result_that_is_not_json_is_refused_in_the_child(sb: Sandbox) -> None:
+    with pytest.raises(ChildError) as info:
+        sb.call("os:getcwdb")  # bytes: not a JSON value
+    assert info.value.type_name == "ValidationError"
+
+
+def test_call_imports_from_python_path_and_stays_confined(shared_tmp: Path) -> None:
+    plugins = shared_tmp / "plugins"
+    plugins.mkdir()
+    (plugins / "hostile.py").write_text(
+        "import os, socket\n"
+        "from privsep import client\n"
+        "def run(name):\n"
+        "    out = {'hello': f'hello {name}'}\n"
+        "    for what, attempt in [('ssh', lambda: open('/root/.ssh/id_rsa')),\n"
+        "                          ('shadow', lambda: client.open('/etc/shadow')),\n"
+        "                          ('net', lambda: socket.socket(socket.AF_INET))]:\n"
+        "        try:\n            attempt(); out[what] = 'GOT IT'\n"
+        "        except OSError as e:\n            out[what] = type(e).__name__\n"
+        "    return out\n"
+    )
+    with Sandbox("python", python_path=[str(plugins)]) as sandbox:
+        result = sandbox.call("hostile:run", "world")
+    assert result == {
+        "hello": "hello world",
+        "ssh": "FileNotFoundError",
+        "shadow": "DeniedError",
+        "net": "OSError",
+    }
+
+
+def test_async_twins_run_many_children_of_one_sandbox_at_once(sb: Sandbox) -> None:
+    async def main() -> list[object]:
+        calls = [sb.acall("os:getpid") for _ in range(6)]
+        runs = [sb.arun(["/bin/sleep", "0.3"]) for _ in range(3)]
+        return list(await asyncio.gather(*calls, *runs))
+
+    results, elapsed = asyncio.run(_timed(main()))
+    assert results[:6] == [2] * 6
+    assert all(isinstance(r, privsep.RunResult) and r.returncode == 0 for r in results[6:])
+    assert elapsed < 2.5  # three 0.3 s sleeps at once, not one after another (with spawn costs)
+
+
+async def _timed(main: Awaitable[list[object]]) -> tuple[list[object], float]:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    results = await main
+    return results, loop.time() - start
+
+
+def test_closing_the_sandbox_kills_what_still_runs() -> None:
+    sandbox = Sandbox("python")
+    with sandbox:
+        broker = sandbox._need_broker()
+        pending = sandbox._start(["/bin/sleep", "60"], None, None, None)
+        broker.run_once(max_wait=0.2)
+    assert pending.child.outcome is not None and pending.child.outcome.how == "lost"
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
