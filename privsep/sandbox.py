@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -22,13 +23,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from privsep.broker.audit import AuditLog
 from privsep.broker.loop import Broker, CallContext, Child, Denial
 from privsep.broker.services import Services
 from privsep.confine.spawn import make_plan
 from privsep.errors import ChildError, PrivsepError
+from privsep.forkserver import ForkServer
 from privsep.policy.grants import grants_to_extra
 from privsep.policy.load import load_policy
 from privsep.policy.model import Policy
@@ -141,6 +143,7 @@ class Sandbox:
         timeout: float | None = None,
         output_limit: int = 1 << 20,
         audit_log: str | None = None,
+        start_method: Literal["exec", "forkserver"] = "exec",
     ) -> None:
         extra = grants_to_extra(allow_read, allow_write, allow_connect, allow_bind, secrets)
         if python_path:
@@ -158,6 +161,10 @@ class Sandbox:
         self.timeout = timeout if timeout is not None else (self.policy.limits.timeout_seconds or None)
         self.output_limit = output_limit
         self._audit_path = audit_log
+        if start_method not in ("exec", "forkserver"):
+            raise ValueError(f"start_method must be 'exec' or 'forkserver', not {start_method!r}")
+        self.start_method = start_method
+        self._forkserver: ForkServer | None = None
         self._broker: Broker | None = None
         self._services: Services | None = None
         self._audit: AuditLog | None = None
@@ -167,6 +174,9 @@ class Sandbox:
     # -- lifetime ---------------------------------------------------------
 
     def __enter__(self) -> Sandbox:
+        if self.start_method == "forkserver":
+            # First, before this Sandbox holds anything a child should not see.
+            self._forkserver = ForkServer()
         self._services = Services(self.policy)
         self._audit = AuditLog(self._audit_path) if self._audit_path else None
         self._broker = Broker(audit=self._audit)
@@ -196,6 +206,9 @@ class Sandbox:
         if self._audit is not None:
             self._audit.close()
             self._audit = None
+        if self._forkserver is not None:
+            self._forkserver.close()
+            self._forkserver = None
 
     def _need_broker(self) -> Broker:
         if self._broker is None:
@@ -213,6 +226,8 @@ class Sandbox:
     ) -> _Pending:
         broker = self._need_broker()
         plan = make_plan(self.policy, argv)
+        if call is not None and self._forkserver is not None:
+            plan = dataclasses.replace(plan, in_process_call=True)
         out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         os.set_blocking(out_w, True)
@@ -225,6 +240,7 @@ class Sandbox:
                 timeout=timeout if timeout is not None else self.timeout,
                 stdio=(in_r, out_w, err_w),
                 call=call,
+                spawner=self._forkserver.spawn if self._forkserver is not None else None,
             )
         except BaseException:
             for fd in (out_r, err_r, in_w):

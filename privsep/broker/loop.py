@@ -168,13 +168,14 @@ class Broker:
         timeout: float | None = None,
         stdio: tuple[int, int, int] = (0, 1, 2),
         call: CallContext | None = None,
+        spawner: Callable[..., Spawned] | None = None,
     ) -> Child:
         """Spawn a sandbox for ``plan``; it runs while the loop is driven (``wait``/``run_once``).
 
         ``services`` performs the brokered operations of the plan's policy
         (built once per policy); without it a child can only ``hello`` and ``ping``.
         """
-        spawned = spawn(plan, stdio=stdio)
+        spawned = (spawner or spawn)(plan, stdio=stdio)
         deadline = time.monotonic() + timeout if timeout else None
         child = Child(
             argv0=plan.argv[0],

@@ -7,6 +7,7 @@ import os
 import signal
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -15,9 +16,10 @@ from privsep import ChildError, Sandbox
 from tests.conftest import PYTHON, open_fds
 
 
-@pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox("python") as sandbox:
+@pytest.fixture(params=["exec", "forkserver"])
+def sb(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """Every test on both start methods: a fresh interpreter per child, or forks of a clean forkserver."""
+    with Sandbox("python", start_method=request.param) as sandbox:
         yield sandbox
 
 
@@ -142,3 +144,46 @@ def test_closing_the_sandbox_kills_what_still_runs() -> None:
     assert pending.child.outcome is not None and pending.child.outcome.how == "lost"
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+PROBE_MODULE = """
+import os
+def facts():
+    status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+    fds = sorted(int(x) for x in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{x}"))
+    return {
+        "uid": os.getuid(), "nnp": status["NoNewPrivs"].strip(), "seccomp": status["Seccomp"].strip(),
+        "caps": [status[c].strip() for c in ("CapPrm", "CapEff", "CapBnd", "CapAmb")],
+        "fds": fds, "env": sorted(os.environ),
+    }
+"""
+
+
+@pytest.mark.parametrize("method", ["exec", "forkserver"])
+def test_call_children_are_confined_and_see_no_host_environment(
+    shared_tmp: Path, method: Literal["exec", "forkserver"], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forkserver child never execs: it must still be fully confined, with the plan's environment."""
+    (shared_tmp / "probe.py").write_text(PROBE_MODULE)
+    monkeypatch.setenv("PRIVSEP_TEST_HOST_SECRET", "do-not-leak")
+    with Sandbox("python", python_path=[str(shared_tmp)], start_method=method) as sandbox:
+        facts = sandbox.call("probe:facts")
+    assert facts["uid"] == 65534
+    assert (facts["nnp"], facts["seccomp"]) == ("1", "2")
+    assert facts["caps"] == ["0000000000000000"] * 4
+    assert facts["fds"] == [0, 1, 2, 3]
+    assert "PRIVSEP_TEST_HOST_SECRET" not in facts["env"]
+    assert set(facts["env"]) <= {
+        "PATH", "HOME", "PRIVSEP_FD", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONSAFEPATH",
+        "TERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ",
+    }  # fmt: skip
+
+
+def test_the_forkserver_dies_with_the_sandbox() -> None:
+    sandbox = Sandbox("python", start_method="forkserver")
+    with sandbox:
+        assert sandbox._forkserver is not None
+        pid = sandbox._forkserver._proc.pid
+        assert sandbox.call("os:getpid") == 2
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
