@@ -180,8 +180,9 @@ def _files(policy: Policy, links: Sequence[Link], result: CheckResult) -> None:
                 Problem(
                     origin,
                     where,
-                    f"{rule.path} does not exist on this machine; the broker opens every grant when "
-                    "`privsep run` starts, so create it first",
+                    f"{rule.path} does not exist on this machine: the broker pins grants when "
+                    "`privsep run` starts, so the path itself may then be created (as a file), but nothing "
+                    "beneath it can be reached; if it is a directory, create it first",
                 )
             )
 
