@@ -1,0 +1,31 @@
+#!/bin/sh
+# Build the C client with the system compiler and run it confined:
+#
+#     sh examples/c_client/run.sh
+#
+# The binary is compiled into a temporary directory, which must be in the
+# child's view to be executed: a small policy extends `minimal` with it in
+# [view] read. The file the client reads is NOT in its view: it is granted
+# with --allow-read, so only the broker can open it, and hands it over.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+privsep=${PRIVSEP:-$repo/.venv/bin/privsep}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir "$work/bin" "$work/data"
+chmod 755 "$work/bin"   # the child runs as another uid (65534): it must read and execute the binary
+
+${CC:-cc} -std=c11 -O2 -Wall -Wextra -Werror -o "$work/bin/client" "$here/client.c"
+echo "Hello from a file only the broker can open." > "$work/data/greeting.txt"
+cat > "$work/policy.toml" <<POLICY
+# minimal, plus the directory holding the compiled client (read-only).
+extends = "minimal"
+[view]
+read = ["$work/bin"]
+POLICY
+
+echo "\$ privsep run --policy $work/policy.toml --allow-read $work/data/greeting.txt -- $work/bin/client ..."
+"$privsep" run --policy "$work/policy.toml" --allow-read "$work/data/greeting.txt" \
+    -- "$work/bin/client" "$work/data/greeting.txt" /etc/shadow
