@@ -1,0 +1,373 @@
+"""The pytest plugin (entry point ``pytest11``: ``privsep``): test your own code under least privilege.
+
+- ``@pytest.mark.privsep(policy=..., allow_read=[...], allow_write=[...],
+  allow_connect=[...], allow_bind=[...], secrets=[...], python_path=[...],
+  timeout=...)`` on a test (or a class, or ``pytestmark``) runs the test body
+  itself in a fresh confined child, through ``Sandbox.call`` of
+  ``privsep._pytest_child:run_test``. The child imports the test module from
+  its file; the directory it is imported from (the file's directory, or the
+  root of its package) joins the child's view and ``PYTHONPATH``, read-only.
+  Its failures come back as text and are reported as normal failures, with
+  the child's traceback; what it printed through ``sys.stdout``/``stderr``
+  is shown as captured output; ``pytest.skip``/``pytest.xfail`` work.
+- The ``sandbox`` fixture: an open ``privsep.Sandbox`` from the same marker's
+  options (or ``--privsep-policy``), closed after the test. A test that takes
+  ``sandbox`` runs on the host (it drives the sandbox); the marker then only
+  configures the fixture.
+
+Inside a confined test there are no fixtures: its arguments may only be
+``@pytest.mark.parametrize`` values that are JSON values; asking for any
+other fixture is an error at set-up. Autouse fixtures, conftest hooks and
+xunit set-up still run on the host, around the child. Relative paths in the
+marker are taken from the test file's directory. The child's working
+directory is the policy's (``/``).
+
+Tests without the marker or the fixture are left alone: the plugin costs
+them one marker lookup. The broker is imported only when a sandbox is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import pytest
+
+from privsep.errors import ChildError, PrivsepError
+
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr
+
+    from privsep.sandbox import Sandbox
+
+__all__ = ["ConfinedTestFailure", "sandbox"]
+
+MARKER = "privsep"
+RUNNER = "privsep._pytest_child:run_test"
+_LIST_OPTIONS = ("allow_read", "allow_write", "allow_connect", "allow_bind", "secrets", "python_path")
+_PATH_OPTIONS = ("allow_read", "allow_write", "python_path")
+_OPTIONS = ("policy", *_LIST_OPTIONS, "timeout")
+_OUTCOMES = ("passed", "failed", "skipped", "xfailed")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("privsep", "privsep: run tests under least privilege")
+    group.addoption(
+        "--privsep-policy",
+        default="python",
+        metavar="NAME|FILE",
+        help="policy for @pytest.mark.privsep tests and the `sandbox` fixture when the marker "
+        "names none (default: python)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "privsep(policy=None, allow_read=(), allow_write=(), allow_connect=(), allow_bind=(), "
+        "secrets=(), python_path=(), timeout=None): run the test body in a confined child under this "
+        "policy and grants (or configure the `sandbox` fixture, for a test that takes it)",
+    )
+
+
+# -- options --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Options:
+    policy: str
+    allow_read: tuple[str, ...] = ()
+    allow_write: tuple[str, ...] = ()
+    allow_connect: tuple[str, ...] = ()
+    allow_bind: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
+    python_path: tuple[str, ...] = ()
+    timeout: float | None = None
+    extra_path: tuple[str, ...] = ()
+    """Directories the runner needs on top of ``python_path`` (where the test module is)."""
+
+    def sandbox(self) -> Sandbox:
+        from privsep.sandbox import Sandbox  # noqa: PLC0415 - the broker only when a test needs it
+
+        return Sandbox(
+            self.policy,
+            allow_read=self.allow_read,
+            allow_write=self.allow_write,
+            allow_connect=self.allow_connect,
+            allow_bind=self.allow_bind,
+            secrets=self.secrets,
+            python_path=self.python_path + self.extra_path,
+            timeout=self.timeout,
+        )
+
+
+class _MarkerError(Exception):
+    pass
+
+
+def _options(item: pytest.Item) -> _Options:
+    """The marker's options (the closest marker wins), checked; defaults from the command line."""
+    marker = item.get_closest_marker(MARKER)
+    kwargs: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    args = marker.args if marker else ()
+    where = f"@pytest.mark.{MARKER}"
+    if len(args) > 1 or (args and "policy" in kwargs):
+        raise _MarkerError(f"{where} takes at most one positional argument, the policy")
+    if args:
+        kwargs["policy"] = args[0]
+    unknown = sorted(set(kwargs) - set(_OPTIONS))
+    if unknown:
+        raise _MarkerError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}")
+    policy = kwargs.pop("policy", None)
+    if policy is None:
+        policy = item.config.getoption("privsep_policy")
+    if not isinstance(policy, str | os.PathLike):
+        raise _MarkerError(f"{where}: policy must be a shipped policy's name or a file path")
+    timeout = kwargs.pop("timeout", None)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
+        raise _MarkerError(f"{where}: timeout must be a number of seconds")
+    base = item.path.parent
+    lists: dict[str, tuple[str, ...]] = {}
+    for name, value in kwargs.items():
+        values = [value] if isinstance(value, str | os.PathLike) else value
+        if not isinstance(values, Sequence) or not all(isinstance(v, str | os.PathLike) for v in values):
+            raise _MarkerError(f"{where}: {name} must be a list of strings")
+        if name in _PATH_OPTIONS:
+            lists[name] = tuple(str(base / os.fspath(v)) for v in values)
+        else:
+            lists[name] = tuple(os.fspath(v) for v in values)
+    return _Options(policy=os.fspath(policy), timeout=timeout, **lists)
+
+
+def _fail_setup(message: str) -> NoReturn:
+    __tracebackhide__ = True
+    pytest.fail(message, pytrace=False)
+
+
+# -- the sandbox fixture ---------------------------------------------------
+
+
+@pytest.fixture
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """An open ``privsep.Sandbox`` from the test's ``privsep`` marker or ``--privsep-policy``."""
+    try:
+        made = _options(request.node).sandbox()
+    except (_MarkerError, PrivsepError) as exc:
+        problem = str(exc)
+    else:
+        problem = ""
+    if problem:
+        _fail_setup(f"sandbox fixture: {problem}")
+    with made:
+        yield made
+
+
+# -- confined tests ---------------------------------------------------------
+
+
+def _is_confined(item: pytest.Item) -> bool:
+    """A ``privsep``-marked test function that does not take the ``sandbox`` fixture."""
+    if not isinstance(item, pytest.Function) or item.get_closest_marker(MARKER) is None:
+        return False
+    return "sandbox" not in _argnames(item)
+
+
+def _argnames(item: pytest.Function) -> tuple[str, ...]:
+    info = getattr(item, "_fixtureinfo", None)
+    names = getattr(info, "argnames", None)
+    return tuple(names) if names is not None else tuple(item.fixturenames)
+
+
+def _params(item: pytest.Function) -> dict[str, Any]:
+    """The test's arguments: direct ``parametrize`` values only, each a JSON value."""
+    callspec = getattr(item, "callspec", None)
+    given: dict[str, Any] = dict(callspec.params) if callspec is not None else {}
+    defs = item._fixtureinfo.name2fixturedefs
+    params: dict[str, Any] = {}
+    refused = []
+    for name in _argnames(item):
+        fixturedefs = defs.get(name) or ()
+        direct = name in given and all(
+            getattr(d.func, "__name__", "") == "get_direct_param_fixture_func" for d in fixturedefs
+        )
+        if not direct:
+            refused.append(name)
+            continue
+        try:
+            json.dumps(given[name], allow_nan=False)
+        except (TypeError, ValueError):
+            raise _MarkerError(
+                f"parameter {name}={given[name]!r:.100} is not a JSON value (str, int, float, bool, None, "
+                "list, dict): a test under @pytest.mark.privsep gets its parameters as JSON"
+            ) from None
+        params[name] = given[name]
+    if refused:
+        raise _MarkerError(
+            f"{item.name} runs in a confined child (@pytest.mark.{MARKER}), where fixtures are not "
+            f"available; it asks for {', '.join(refused)}. Take only @pytest.mark.parametrize values "
+            "(JSON), or take the `sandbox` fixture to run on the host and drive the sandbox from there"
+        )
+    return params
+
+
+def _import_target(item: pytest.Function) -> tuple[Path, str, Path]:
+    """The test file, the module name to import it as, and the directory to import it from."""
+    path = item.path
+    name = item.module.__name__ if item.module is not None else path.stem
+    parts = name.split(".")
+    stem = path.with_suffix("")
+    if len(stem.parts) > len(parts) and stem.parts[-len(parts) :] == tuple(parts):
+        return path, name, Path(*stem.parts[: -len(parts)])
+    return path, path.stem, path.parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if not _is_confined(item):
+        return
+    assert isinstance(item, pytest.Function)
+    try:
+        _options(item)
+        _params(item)
+    except _MarkerError as exc:
+        problem = str(exc)
+    else:
+        return
+    _fail_setup(problem)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if not _is_confined(pyfuncitem):
+        return None
+    __tracebackhide__ = True
+    path, module, root = _import_target(pyfuncitem)
+    first = (pyfuncitem.reportinfo()[1] or 0) + 1
+    qualname = pyfuncitem.originalname
+    if pyfuncitem.cls is not None:
+        qualname = f"{pyfuncitem.cls.__qualname__}.{qualname}"
+    try:
+        options = _options(pyfuncitem)
+        params = _params(pyfuncitem)
+        box = dataclasses.replace(options, extra_path=(str(root),)).sandbox()
+    except (_MarkerError, PrivsepError) as exc:
+        problem = str(exc)
+    else:
+        problem = ""
+    if problem:
+        _fail_setup(f"cannot run {pyfuncitem.name} confined: {problem}")
+    try:
+        with box:
+            report = box.call(RUNNER, str(path), module, qualname, params)
+    except ChildError as exc:  # the runner itself failed, or the child died (timeout, seccomp kill)
+        raise ConfinedTestFailure(
+            _printable(exc.type_name), _printable(exc.message), _printable(exc.traceback), path, first
+        ) from None
+    except PrivsepError as exc:  # privsep could not start the child: not the test's failure
+        problem = str(exc)
+    else:
+        _finish(_checked(report), path, first)
+        return True
+    _fail_setup(f"privsep could not run {pyfuncitem.name} confined: {problem}")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _printable(text: str) -> str:
+    """Text from the child, safe for a terminal: control characters but newline and tab escaped."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _checked(report: object) -> dict[str, str]:
+    """The child's report, validated: it crossed the boundary."""
+    if (
+        not isinstance(report, dict)
+        or report.get("outcome") not in _OUTCOMES
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in report.items())
+    ):
+        raise ConfinedTestFailure(
+            "RemoteProtocolError", "the confined test runner sent a report of the wrong shape", "", None
+        )
+    return {key: _printable(value) for key, value in report.items()}
+
+
+def _finish(report: dict[str, str], path: Path, lineno: int) -> None:
+    __tracebackhide__ = True
+    # Printed here, the child's output lands in pytest's captured sections.
+    if report.get("stdout"):
+        print(report["stdout"], end="")
+    if report.get("stderr"):
+        print(report["stderr"], end="", file=sys.stderr)
+    outcome = report["outcome"]
+    if outcome == "skipped":  # reported at the test's location, as a skip marker's would be
+        try:
+            skip = pytest.skip.Exception(report.get("message", ""), _use_item_location=True)
+        except TypeError:  # a pytest without that (internal) argument: reported here instead
+            skip = pytest.skip.Exception(report.get("message", ""))
+        raise skip
+    if outcome == "xfailed":
+        pytest.xfail(report.get("message", ""))
+    if outcome == "failed":
+        raise ConfinedTestFailure(
+            report.get("type", "?"), report.get("message", ""), report.get("traceback", ""), path, lineno
+        )
+
+
+class ConfinedTestFailure(AssertionError):
+    """A test body that ran confined failed: its exception's type, message and traceback, as text."""
+
+    def __init__(
+        self, type_name: str, message: str, traceback: str, path: Path | None, lineno: int = 0
+    ) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+        self.path = path
+        self.lineno = lineno
+        """Where to point when the traceback does not: the test's first line."""
+
+    def longrepr(self, style: str = "auto") -> TerminalRepr | str:
+        """The report's failure text: the child's own traceback, native style (``--tb=line``: one line)."""
+        if self.traceback.startswith("Traceback"):
+            header = "[privsep] the test body ran in a confined child; its traceback:\n"
+        else:  # the child died (timeout, seccomp kill): the reason, then the tail of its stderr
+            header = f"[privsep] the test body ran in a confined child, which ended with {self}\n"
+        text = self.traceback or ""
+        lines = [header, *text.splitlines(keepends=True)] if style != "line" else []
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lineno = self.lineno
+        if self.path is not None:
+            pattern = re.compile(rf'File "{re.escape(str(self.path))}", line (\d+)')
+            found = pattern.findall(self.traceback)
+            lineno = int(found[-1]) if found else self.lineno
+        try:
+            from _pytest._code.code import (  # noqa: PLC0415 - internal: fall back to text
+                ReprExceptionInfo,
+                ReprFileLocation,
+                ReprTracebackNative,
+            )
+        except ImportError:
+            return "".join(lines) or f"{self}\n"
+        crash = ReprFileLocation(str(self.path or "?"), lineno, str(self))
+        return ReprExceptionInfo(reprtraceback=ReprTracebackNative(lines), reprcrash=crash)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    failure = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(failure, ConfinedTestFailure) and report.failed:
+        report.longrepr = failure.longrepr(str(item.config.getoption("tbstyle", "auto")))
+    return report

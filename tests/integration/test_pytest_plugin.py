@@ -1,0 +1,349 @@
+"""The pytest plugin and privsep.testing, as a project using them sees them.
+
+Each test writes a small project into a world-readable directory and runs
+``python -m pytest`` on it in a subprocess: the plugin comes in through its
+``pytest11`` entry point, exactly as in any project that installs privsep.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from privsep import DeniedError
+from privsep.testing import assert_confined, assert_denied, assert_not_visible
+from tests.conftest import PYTHON, REPO, as_nonroot
+
+RunPytest = Callable[..., subprocess.CompletedProcess[str]]
+
+HEADER = """\
+import os
+
+import pytest
+
+from privsep import DeniedError, client
+from privsep.testing import assert_confined, assert_denied, assert_not_visible
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+"""
+
+
+def write(project: Path, name: str, body: str) -> Path:
+    path = project / name
+    path.write_text(HEADER + textwrap.dedent(body))
+    path.chmod(0o644)
+    return path
+
+
+def outcomes(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """Each test's outcome, from ``pytest -v``'s lines: {"test_x": "PASSED", "test_y[1]": "FAILED"}."""
+    found = {}
+    for line in proc.stdout.splitlines():
+        match = re.match(r"^\S+?::(\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+@pytest.fixture
+def project(shared_tmp: Path) -> Path:
+    """A project directory: a data file the tests grant, nothing else."""
+    (shared_tmp / "data").mkdir(mode=0o755)
+    (shared_tmp / "data" / "greeting.txt").write_text("hello from the host\n")
+    (shared_tmp / "data" / "greeting.txt").chmod(0o644)
+    return shared_tmp
+
+
+@pytest.fixture
+def run_pytest(project: Path) -> RunPytest:
+    """``run_pytest(*args, user="root")``: pytest on the project, in a subprocess, as that user."""
+
+    def run(*args: str, user: str = "root") -> subprocess.CompletedProcess[str]:
+        argv = [str(PYTHON), "-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider", *args]
+        if user == "nonroot":  # as_nonroot starts from the checkout: come back to the project
+            argv = as_nonroot(["/bin/sh", "-c", 'cd "$0" && exec "$@"', str(project), *argv])
+        return subprocess.run(
+            argv,
+            cwd=REPO if user == "nonroot" else project,
+            env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "250"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    return run
+
+
+def test_a_marked_test_runs_confined_and_reads_a_granted_file(
+    project: Path, run_pytest: RunPytest, broker_user: str
+) -> None:
+    write(
+        project,
+        "test_inside.py",
+        """
+        @pytest.mark.privsep(allow_read=["data"])
+        def test_confined_and_reads_the_grant():
+            assert_confined()
+            with client.open(os.path.join(HERE, "data", "greeting.txt")) as f:
+                assert f.read() == "hello from the host\\n"
+            print("printed inside the child")
+
+        @pytest.mark.privsep
+        @pytest.mark.parametrize(("n", "spec"), [(1, {"k": [1, None]}), (2, {"k": []})])
+        def test_parameters_are_passed_as_json(n, spec):
+            assert_confined()
+            assert n in (1, 2) and isinstance(spec["k"], list)
+
+        @pytest.mark.privsep
+        class TestInAClass:
+            def test_method(self):
+                assert os.getuid() == 65534
+
+        @pytest.mark.privsep
+        def test_skip_inside():
+            pytest.skip("skipped from inside")
+
+        def test_an_unmarked_test_runs_on_the_host():
+            assert "PRIVSEP_FD" not in os.environ
+            with pytest.raises(AssertionError, match="not confined"):
+                assert_confined()
+        """,
+    )
+    proc = run_pytest(user=broker_user)
+    assert outcomes(proc) == {
+        "test_confined_and_reads_the_grant": "PASSED",
+        "test_parameters_are_passed_as_json[1-spec0]": "PASSED",
+        "test_parameters_are_passed_as_json[2-spec1]": "PASSED",
+        "TestInAClass::test_method": "PASSED",
+        "test_skip_inside": "SKIPPED",
+        "test_an_unmarked_test_runs_on_the_host": "PASSED",
+    }, proc.stdout + proc.stderr
+    assert proc.returncode == 0
+    assert re.search(r"^plugins: .*privsep-", proc.stdout, re.MULTILINE), "not loaded by its entry point"
+    assert "printed inside the child" in proc.stdout  # the child's output, shown as captured output
+    assert re.search(r"SKIPPED \[1\] test_inside\.py:\d+: skipped from inside", proc.stdout)
+
+
+def test_an_assertion_failing_inside_is_reported_with_the_childs_message(
+    project: Path, run_pytest: RunPytest
+) -> None:
+    write(
+        project,
+        "test_fails.py",
+        """
+        @pytest.mark.privsep
+        def test_compares_inside():
+            seen = {"uid": os.getuid()}
+            assert seen == {"uid": 0}
+
+        @pytest.mark.privsep
+        def test_raises_inside():
+            raise ValueError("not a number: x")
+
+        @pytest.mark.privsep(timeout=1)
+        def test_runs_out_of_time():
+            import time
+
+            time.sleep(30)
+        """,
+    )
+    proc = run_pytest()
+    assert outcomes(proc) == {
+        "test_compares_inside": "FAILED",
+        "test_raises_inside": "FAILED",
+        "test_runs_out_of_time": "FAILED",
+    }, proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    out = proc.stdout
+    # Rewritten in the child as on the host: the values that differed, the source line and its number.
+    assert (
+        "FAILED test_fails.py::test_compares_inside - AssertionError: assert {'uid': 65534} == {'uid': 0}"
+        in out
+    )
+    assert re.search(r'File "[^"]*test_fails\.py", line \d+, in test_compares_inside\n\s+assert seen ==', out)
+    assert "FAILED test_fails.py::test_raises_inside - ValueError: not a number: x" in out
+    assert "the test body ran in a confined child, which ended with no result (timeout)" in out
+    assert "pytest_plugin.py" not in out and "_pytest_child.py" not in out  # the test's frames only
+
+
+def test_a_denied_open_of_etc_shadow_is_asserted_with_assert_denied(
+    project: Path, run_pytest: RunPytest
+) -> None:
+    write(
+        project,
+        "test_denied.py",
+        """
+        @pytest.mark.privsep(allow_read=["data"])
+        def test_shadow_is_denied_by_the_broker():
+            err = assert_denied(client.open, "/etc/shadow")
+            assert isinstance(err, DeniedError)
+            assert "--allow-read=/etc/shadow" in str(err)
+            assert_not_visible("/etc/shadow")  # nor can the child see it by itself
+
+        @pytest.mark.privsep
+        def test_a_kernel_refusal_is_a_denial_too():
+            err = assert_denied(os.setuid, 0)
+            assert not isinstance(err, DeniedError) and err.errno == 1
+
+        @pytest.mark.privsep(allow_read=["data"])
+        def test_what_is_allowed_fails_assert_denied():
+            assert_denied(client.open, os.path.join(HERE, "data", "greeting.txt"))
+        """,
+    )
+    proc = run_pytest()
+    assert outcomes(proc) == {
+        "test_shadow_is_denied_by_the_broker": "PASSED",
+        "test_a_kernel_refusal_is_a_denial_too": "PASSED",
+        "test_what_is_allowed_fails_assert_denied": "FAILED",
+    }, proc.stdout + proc.stderr
+    assert re.search(
+        r"AssertionError: privsep\.client\.open\('[^']*greeting\.txt'\) was allowed", proc.stdout
+    )
+
+
+def test_the_sandbox_fixture_runs_a_command_under_the_markers_policy(
+    project: Path, run_pytest: RunPytest
+) -> None:
+    write(
+        project,
+        "test_fixture.py",
+        """
+        @pytest.mark.privsep(allow_read=["data"], timeout=20)
+        def test_run_and_call(sandbox):
+            assert "PRIVSEP_FD" not in os.environ  # a test taking `sandbox` runs on the host
+            assert sandbox.timeout == 20
+            result = sandbox.run(["/bin/cat", os.path.join(HERE, "data", "greeting.txt")])
+            assert (result.returncode, result.stdout) == (1, b"")  # granted to the broker, not in the view
+            result = sandbox.run(["/bin/sh", "-c", "id -u; ls /"])
+            assert result.returncode == 0 and result.stdout.startswith(b"65534\\n")
+            assert sandbox.call("os:getuid") == 65534
+
+        def test_without_a_marker(sandbox):
+            assert sandbox.call("os:getuid") == 65534
+        """,
+    )
+    proc = run_pytest()
+    assert outcomes(proc) == {"test_run_and_call": "PASSED", "test_without_a_marker": "PASSED"}, (
+        proc.stdout + proc.stderr
+    )
+
+
+def test_the_privsep_policy_option_sets_the_default_policy(project: Path, run_pytest: RunPytest) -> None:
+    policy = project / "tagged.toml"
+    policy.write_text('extends = "python"\n[env]\nset = { PROJECT_TAG = "from-the-option" }\n')
+    policy.chmod(0o644)
+    write(
+        project,
+        "test_policy.py",
+        """
+        @pytest.mark.privsep
+        def test_body_sees_the_policy():
+            assert os.environ.get("PROJECT_TAG") == "from-the-option"
+
+        @pytest.mark.privsep(policy="python")
+        def test_the_marker_wins():
+            assert "PROJECT_TAG" not in os.environ
+
+        def test_fixture_sees_the_policy(sandbox):
+            assert sandbox.call("os:getenv", "PROJECT_TAG") == "from-the-option"
+        """,
+    )
+    proc = run_pytest(f"--privsep-policy={policy}")
+    assert outcomes(proc) == {
+        "test_body_sees_the_policy": "PASSED",
+        "test_the_marker_wins": "PASSED",
+        "test_fixture_sees_the_policy": "PASSED",
+    }, proc.stdout + proc.stderr
+    default = run_pytest()  # "python": no tag
+    assert outcomes(default) == {
+        "test_body_sees_the_policy": "FAILED",
+        "test_the_marker_wins": "PASSED",
+        "test_fixture_sees_the_policy": "FAILED",
+    }, default.stdout + default.stderr
+
+
+def test_what_cannot_cross_into_the_child_is_a_clear_error(project: Path, run_pytest: RunPytest) -> None:
+    write(
+        project,
+        "test_misuse.py",
+        """
+        @pytest.mark.privsep
+        def test_asks_for_a_fixture(tmp_path):
+            pass
+
+        @pytest.mark.privsep
+        @pytest.mark.parametrize("value", [object()])
+        def test_a_parameter_that_is_not_json(value):
+            pass
+
+        @pytest.mark.privsep(allow_reed=["/srv"])
+        def test_a_misspelt_option():
+            pass
+
+        @pytest.mark.privsep(policy="no-such-policy")
+        def test_an_unknown_policy():
+            pass
+        """,
+    )
+    proc = run_pytest()
+    assert outcomes(proc) == {
+        "test_asks_for_a_fixture": "ERROR",
+        "test_a_parameter_that_is_not_json[value0]": "ERROR",
+        "test_a_misspelt_option": "ERROR",
+        "test_an_unknown_policy": "FAILED",
+    }, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "fixtures are not available; it asks for tmp_path" in out
+    assert "is not a JSON value" in out
+    assert "unknown option(s) allow_reed" in out
+    assert "cannot run test_an_unknown_policy confined:" in out
+
+
+# -- privsep.testing on the host: every check fails, and says which ----------
+
+
+def test_assert_confined_names_what_is_not_confined_on_the_host() -> None:
+    with pytest.raises(AssertionError) as info:
+        assert_confined()
+    message = str(info.value)
+    assert "NoNewPrivs is 0, want 1" in message and "Seccomp is 0, want 2" in message
+    assert "PRIVSEP_FD is not set" in message
+    if os.geteuid() == 0:
+        assert "CapEff is" in message and "Uid (real, effective, saved, filesystem) is 0 0 0 0" in message
+
+
+def test_assert_denied_returns_the_refusal_and_refuses_the_rest(shared_tmp: Path) -> None:
+    def refuse() -> None:
+        raise DeniedError("open('/x', 'r'): no rule grants /x")
+
+    err = assert_denied(refuse)
+    assert isinstance(err, DeniedError) and "no rule grants" in str(err)
+    kernel = assert_denied(os.kill, 1, 0) if os.geteuid() != 0 else assert_denied(_raise_eacces)
+    assert isinstance(kernel, PermissionError) and not isinstance(kernel, DeniedError)
+    with pytest.raises(AssertionError, match=r"was allowed \(it returned <_io\.TextIOWrapper"):
+        assert_denied(open, REPO / "README.md")
+    with pytest.raises(AssertionError, match="FileNotFoundError, not a denial: the path is not in"):
+        assert_denied(open, shared_tmp / "missing")
+    with pytest.raises(
+        AssertionError,
+        match=r"int\(.bad.\) raised ValueError, not a denial \(PermissionError\): invalid literal",
+    ):
+        assert_denied(int, "bad")
+
+
+def _raise_eacces() -> None:
+    raise OSError(13, "Permission denied")  # Python makes it a PermissionError
+
+
+def test_assert_not_visible(shared_tmp: Path) -> None:
+    assert_not_visible(shared_tmp / "missing")
+    assert_not_visible(REPO / "README.md" / "below-a-file")
+    with pytest.raises(AssertionError, match="is visible in this process's view \\(a directory\\)"):
+        assert_not_visible(shared_tmp)
