@@ -255,6 +255,8 @@ def _serve(broker: Broker, child: Child) -> int:
     outcome = broker.wait(child)
     _report_syscalls(child.syscall_denials, child.syscall_default)
     _report_denials(child.denials)
+    if child.denials_dropped:
+        print(f"privsep: ... and {child.denials_dropped} more denials (see --audit-log)", file=sys.stderr)
     message = outcome.describe()
     if message:
         print(f"privsep: {message}", file=sys.stderr)

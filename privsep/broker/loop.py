@@ -21,6 +21,7 @@ import contextlib
 import errno
 import os
 import queue
+import select
 import selectors
 import signal
 import socket
@@ -53,6 +54,7 @@ _Role = Literal[
 _MAX_OUTBOX = 64  # replies queued for a child that does not read, before it is cut off
 _WORKERS = 4
 _MAX_RELAYS = 32  # UDP flows per child: each costs the broker two fds
+_MAX_DENIALS = 256  # kept per child for the report; the audit log has every one
 
 
 @dataclass
@@ -117,7 +119,8 @@ class Child:
     services: Services | None = None
     outbox: collections.deque[tuple[bytes, int | None]] = field(default_factory=collections.deque)
     pending: bool = False
-    denials: list[Denial] = field(default_factory=list)
+    denials: list[Denial] = field(default_factory=list)  # at most _MAX_DENIALS kept
+    denials_dropped: int = 0  # beyond that: counted, not kept (a flood must not grow the broker)
     relays: dict[int, Relay] = field(default_factory=dict)  # by either of its fds
     syscall_default: str = "eperm"  # the policy's answer to a syscall outside the allowlist
     learning: bool = False  # privsep learn: allow and record instead of denying
@@ -313,8 +316,11 @@ class Broker:
             return
         except (ChannelError, OSError):
             frame = None
-        if frame is None:  # every process of the sandbox closed its end
-            self._forget(sock)
+        if frame is None:
+            if _peer_closed(sock):  # every process of the sandbox closed its end
+                self._forget(sock)
+            else:  # an empty frame reads like end of stream, but the peer is still there
+                self._violation(child, "the child sent an empty frame")
             return
         child.requests += 1
         try:
@@ -405,8 +411,8 @@ class Broker:
                 code=answer.code.value, message=answer.message,
             )  # fmt: skip
             if denied:
-                child.denials.append(
-                    Denial(request.op, what, answer.rule, answer.message, answer.allow, answer.subject)
+                _note_denial(
+                    child, Denial(request.op, what, answer.rule, answer.message, answer.allow, answer.subject)
                 )
                 reply = protocol.reply_denied(request.id, answer.message, answer.allow)
             else:
@@ -482,7 +488,7 @@ class Broker:
             for host, port in relay.refused:
                 where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 reason = "not a peer that wrote to the bound UDP socket; it may only answer"
-                child.denials.append(Denial("sendto", f"{where}/udp", None, reason, None))
+                _note_denial(child, Denial("sendto", f"{where}/udp", None, reason, None))
         relay.close()
 
     def _drop_outbox(self, child: Child) -> None:
@@ -707,3 +713,17 @@ def _discard(answer: Answer) -> None:
         os.close(answer.fd)
     if answer.relay is not None:
         answer.relay.close()
+
+
+def _note_denial(child: Child, denial: Denial) -> None:
+    if len(child.denials) < _MAX_DENIALS:
+        child.denials.append(denial)
+    else:
+        child.denials_dropped += 1
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """On SEQPACKET an empty message and end of stream both read as b"": ask poll."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP | select.POLLHUP)
+    return any(events & (select.POLLRDHUP | select.POLLHUP) for _, events in poller.poll(0))

@@ -69,6 +69,8 @@ def _read_file(path: Path) -> tuple[str, str]:
             raw = f.read(_MAX_FILE_SIZE + 1)
     except OSError as exc:
         raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from None
+    except ValueError:  # a NUL in the path
+        raise PolicyError(f"policy path {str(path)!r} contains a NUL byte") from None
     if len(raw) > _MAX_FILE_SIZE:
         raise PolicyError(f"policy file {path} is larger than {_MAX_FILE_SIZE} bytes")
     try:
@@ -162,6 +164,8 @@ def _load_raw(spec: str, relative_to: Path | None, seen: tuple[str, ...]) -> tup
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy {origin} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise PolicyError(f"policy {origin} nests tables or arrays too deeply") from None
     try:
         file = PolicyFile.model_validate(data)
     except ValidationError as exc:
