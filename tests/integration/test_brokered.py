@@ -1312,3 +1312,31 @@ def test_a_path_beneath_a_granted_file_is_not_that_file(run_privsep: RunPrivsep,
         assert (outcome.get("code"), outcome.get("error")) == ("failed", "BrokerError"), (spec, outcome)
         assert "not a directory" in outcome["message"], outcome
     assert old.read_text() == "old\n"
+
+
+def test_disk_filling_through_a_brokered_file_stops_at_the_file_size_limit(
+    run_privsep: RunPrivsep, shared_tmp: Path
+) -> None:
+    """Escape class: filling the host's disk through a write grant. The child writes
+    through the fd it was handed, so its own RLIMIT_FSIZE (file_size_mb) bounds it."""
+    out = shared_tmp / "fill"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    policy = shared_tmp / "fill.toml"
+    policy.write_text('extends = "python"\n[limits]\nfile_size_mb = 2\n')
+    code = (
+        "import json, errno\nfrom privsep import client\n"
+        f"f = client.open('{out}/big', 'wb', buffering=0)\n"
+        "written, err = 0, None\n"
+        "try:\n"
+        "    while written < 64 << 20:\n"
+        "        written += f.write(b'x' * 65536)\n"
+        "except OSError as e:\n"
+        "    err = e.errno\n"
+        "print(json.dumps({'written': written, 'err': err}))\n"
+    )
+    result = json_output(
+        run_privsep("--policy", str(policy), "--allow-write", str(out), "--", str(PYTHON), "-c", code)
+    )
+    assert result["err"] == 27  # EFBIG: the limit, not the disk, ended it
+    assert (out / "big").stat().st_size == 2 << 20
