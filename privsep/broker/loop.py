@@ -317,7 +317,7 @@ class Broker:
         except (ChannelError, OSError):
             frame = None
         if frame is None:
-            if _peer_closed(sock):  # every process of the sandbox closed its end
+            if _hung_up(sock):  # every process of the sandbox closed its end
                 self._forget(sock)
             else:  # an empty frame reads like end of stream, but the peer is still there
                 self._violation(child, "the child sent an empty frame")
@@ -571,6 +571,10 @@ class Broker:
             self._forget(child.listener)  # every process under the filter is gone
             return
         if note is None:
+            if _hung_up(child.listener):
+                # No process is left under the filter: stop watching, or an
+                # always-readable fd would spin the loop until init exits.
+                self._forget(child.listener)
             return
         native = note.arch == notify.AUDIT_ARCH_X86_64
         name = syscall_name(note.nr) if native else f"syscall {note.nr} (arch {note.arch:#x})"
@@ -722,8 +726,12 @@ def _note_denial(child: Child, denial: Denial) -> None:
         child.denials_dropped += 1
 
 
-def _peer_closed(sock: socket.socket) -> bool:
-    """On SEQPACKET an empty message and end of stream both read as b"": ask poll."""
+def _hung_up(fd: socket.socket | int) -> bool:
+    """Whether poll reports hang-up: a closed peer, or a seccomp listener with no process left.
+
+    On SEQPACKET an empty message and end of stream both read as b"", so
+    the broker asks poll rather than guessing from the read.
+    """
     poller = select.poll()
-    poller.register(sock, select.POLLRDHUP | select.POLLHUP)
+    poller.register(fd, select.POLLRDHUP | select.POLLHUP)
     return any(events & (select.POLLRDHUP | select.POLLHUP) for _, events in poller.poll(0))

@@ -124,3 +124,25 @@ def test_close_kills_what_still_runs() -> None:
     assert child.outcome is not None and child.outcome.how == "lost"
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+def test_an_ended_command_does_not_spin_the_loop() -> None:
+    """Regression: the seccomp listener of an ended command stays readable (hang-up);
+    left registered, it made the loop spin ~600 times per sandbox until init exited."""
+    broker = Broker()
+    rounds = 0
+    run_once = broker.run_once
+
+    def counted(max_wait: float | None = None) -> None:
+        nonlocal rounds
+        rounds += 1
+        run_once(max_wait)
+
+    broker.run_once = counted  # type: ignore[method-assign]
+    try:
+        plan = make_plan(load_policy("minimal"), ["/bin/true"])
+        for _ in range(5):
+            broker.wait(broker.start(plan))
+    finally:
+        broker.close()
+    assert rounds / 5 < 40
