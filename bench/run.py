@@ -1,0 +1,650 @@
+"""privsep against its peers and its physical floor, in one run: ``.venv/bin/python -m bench``.
+
+Prints Markdown tables and writes JSON (``bench/results.json``, or
+``--out PATH``). Each number is the median over ``--rounds`` rounds, with the
+min-max of the rounds beside it; ratios are taken within a round (the two
+sides measured seconds apart) and then summarised the same way. Must run as
+root from the repository (the broker is this process; the scale section
+starts 3000 processes). Sections:
+
+1. roundtrip: ``privsep.client.open`` of a granted file in a confined child,
+   p50/p99 of many opens timed in the child, against the raw floor (plain
+   Python: SEQPACKET socketpair, a forked server doing openat + SCM_RIGHTS)
+   and a direct ``open`` in an unconfined process; pinned (broker and child on
+   one CPU: a cross-CPU wake-up costs ~40 us on a VM) and unpinned.
+2. throughput: brokered opens per second, 1, 4 and 16 children, one broker.
+3. spawn: ``Sandbox.run(["/bin/true"])`` in a running process against
+   ``bwrap ... /bin/true`` as a whole process; the whole ``privsep run --
+   /bin/true`` command against its floor (a Python that imports pydantic),
+   firejail and bwrap.
+4. seccomp: a syscall-heavy loop, confined against unconfined.
+5. scale: one broker with 100 and 1000 idle sandboxes (``bench/scale.py``).
+
+Benchmarks measure; they never fail on a missed target (the table says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.workloads import (
+    BROKERED_OPEN,
+    DIRECT_OPEN,
+    PLAIN_ENV,
+    PRIVSEP,
+    PYTHON,
+    RAW_FLOOR,
+    SYSCALL_LOOP,
+    THROUGHPUT,
+    BenchError,
+    drive,
+    pin_cpu,
+    pinned,
+    python_argv,
+    release,
+    run_confined,
+    run_plain,
+    start_confined,
+)
+from privsep import __version__
+from privsep.broker.loop import Broker
+from privsep.broker.services import Services
+from privsep.confine.spawn import SpawnPlan, make_plan
+from privsep.policy.grants import grants_to_extra
+from privsep.policy.load import load_policy
+from privsep.sandbox import Sandbox
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "bench" / "results.json"
+BWRAP = ("bwrap", "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "/bin/true")
+FIREJAIL = ("firejail", "--quiet", "--noprofile", "/bin/true")
+PYDANTIC_FLOOR = (PYTHON, "-c", "from pydantic import BaseModel")
+PRIVSEP_RUN = (PRIVSEP, "run", "--", "/bin/true")
+
+Stats = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Config:
+    rounds: int
+    quick: bool
+    open_n: int  # timed opens per child, per round
+    warmup: int
+    throughput_s: float
+    spawn_n: int  # sandboxes per round, in-process
+    command_n: int  # whole commands per round
+    call_n: int
+    loop_n: int  # getppid calls per repeat (stat: a quarter of that)
+    scale_counts: tuple[int, ...]
+    scale_n: int
+
+
+def config(args: argparse.Namespace) -> Config:
+    if args.quick:
+        return Config(args.rounds or 2, True, 1000, 100, 0.3, 4, 3, 2, 200_000, (100,), 1000)
+    return Config(args.rounds or 5, False, 5000, 300, 1.0, 10, 5, 5, 1_000_000, (100, 1000), 5000)
+
+
+# -- statistics -----------------------------------------------------------------------------------------
+
+
+def stats(values: Sequence[float]) -> Stats:
+    """Median and min-max of one value per round."""
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "values": list(values),
+    }
+
+
+def ratios(top: Sequence[float], bottom: Sequence[float]) -> Stats:
+    return stats([a / b for a, b in zip(top, bottom, strict=True)])
+
+
+def skipped(why: str) -> Stats:
+    return {"skipped": why}
+
+
+def _median_time(argv: Sequence[str], n: int) -> float:
+    """Median wall time in ms of ``n`` runs of a whole command; raises BenchError if it fails."""
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        proc = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+        )
+        times.append((time.perf_counter() - started) * 1e3)
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()[-300:]
+            raise BenchError(f"{' '.join(argv)} exited {proc.returncode}: {err}")
+    return statistics.median(times)
+
+
+@contextlib.contextmanager
+def _grant_dir() -> Iterator[Path]:
+    """A directory with one small file, granted read-only to the benchmark's python children."""
+    work = Path(tempfile.mkdtemp(prefix="privsep-bench-"))
+    target = work / "data.txt"
+    target.write_bytes(b"x" * 64)
+    try:
+        yield target
+    finally:
+        target.unlink()
+        work.rmdir()
+
+
+@contextlib.contextmanager
+def _python_broker(grant: Path) -> Iterator[tuple[Broker, SpawnPlan, Services]]:
+    """An in-process broker, the `python` policy with ``grant``'s directory readable through it."""
+    policy = load_policy("python", extra=grants_to_extra([str(grant.parent)], [], [], [], []))
+    plan = make_plan(policy, python_argv("pass", {}))
+    services = Services(policy)
+    broker = Broker()
+    try:
+        yield broker, plan, services
+    finally:
+        broker.close()
+        services.close()
+
+
+def _thread_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _brokered_roundtrip(
+    broker: Broker, plan: SpawnPlan, services: Services, work: dict[str, Any]
+) -> dict[str, Any]:
+    """BROKERED_OPEN in one child, plus the broker's own CPU time per timed open and per timed ping.
+
+    The child asks one request at a time, so its request count says which
+    loop it is in: hello, ``warmup`` opens, ``n`` timed opens, then the same for ping.
+    """
+    n, warmup = work["n"], work["warmup"]
+    marks = {"open": (1 + warmup, 1 + warmup + n), "ping": (1 + 2 * warmup + n, 1 + 2 * warmup + 2 * n)}
+    cpu_at: dict[int, float] = {}
+    wanted = sorted({m for pair in marks.values() for m in pair})
+    proc = start_confined(broker, plan, services, python_argv(BROKERED_OPEN, work))
+    deadline = time.monotonic() + 300
+    while proc.child.outcome is None:
+        if time.monotonic() > deadline:
+            raise BenchError("the round-trip child is still running after 300 s")
+        broker.run_once(max_wait=1.0)
+        while wanted and proc.child.requests >= wanted[0]:
+            cpu_at[wanted.pop(0)] = _thread_cpu_s()
+    result = proc.result()
+    for op, (first, last) in marks.items():
+        result[op]["broker_cpu_us"] = (cpu_at[last] - cpu_at[first]) / n * 1e6
+    return result
+
+
+# -- 1. round trip --------------------------------------------------------------------------------------
+
+
+#: What each round records per workload: latency percentiles, and CPU time per operation
+#: of the timing process (the child) and, for the brokered ones, of the broker.
+_PER_OP = ("p50_us", "p99_us", "cpu_us", "broker_cpu_us")
+
+
+def bench_roundtrip(cfg: Config, grant: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    cpu = pin_cpu()
+    work = {"path": str(grant), "n": cfg.open_n, "warmup": cfg.warmup}
+    keys = ("brokered_open", "brokered_ping", "raw_open", "raw_ping", "direct_open")
+    samples: dict[str, dict[str, dict[str, list[float]]]] = {
+        mode: {k: {p: [] for p in _PER_OP} for k in keys} for mode in ("pinned", "unpinned")
+    }
+    with _python_broker(grant) as (broker, plan, services):
+        for r in range(cfg.rounds):
+            log(f"roundtrip: round {r + 1}/{cfg.rounds}")
+            for mode, where in (("pinned", cpu), ("unpinned", None)):
+                with pinned(where):
+                    brokered = _brokered_roundtrip(broker, plan, services, work)
+                raw = run_plain(RAW_FLOOR, {**work, "cpu": where})
+                direct = run_plain(DIRECT_OPEN, {**work, "cpu": where})
+                got = {
+                    "brokered_open": brokered["open"],
+                    "brokered_ping": brokered["ping"],
+                    "raw_open": raw["open"],
+                    "raw_ping": raw["ping"],
+                    "direct_open": direct["open"],
+                }
+                for key, summary in got.items():
+                    for p in _PER_OP:
+                        if p in summary:
+                            samples[mode][key][p].append(summary[p])
+    out: dict[str, Any] = {"cpu": cpu, "opens_per_round": cfg.open_n}
+    for mode, by_key in samples.items():
+        section: dict[str, Any] = {k: {p: stats(v) for p, v in ps.items() if v} for k, ps in by_key.items()}
+        section["open_vs_raw_p50"] = ratios(by_key["brokered_open"]["p50_us"], by_key["raw_open"]["p50_us"])
+        section["ping_vs_raw_p50"] = ratios(by_key["brokered_ping"]["p50_us"], by_key["raw_ping"]["p50_us"])
+        section["open_vs_direct_p50"] = ratios(
+            by_key["brokered_open"]["p50_us"], by_key["direct_open"]["p50_us"]
+        )
+        out[mode] = section
+    return out
+
+
+# -- 2. throughput --------------------------------------------------------------------------------------
+
+
+def _throughput_once(
+    broker: Broker, plan: SpawnPlan, services: Services, k: int, work: dict[str, Any]
+) -> float:
+    children = [
+        start_confined(broker, plan, services, python_argv(THROUGHPUT, work), gate=True) for _ in range(k)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not all(c.child.requests >= 2 or c.child.outcome is not None for c in children):
+            if time.monotonic() > deadline:
+                raise BenchError("throughput children did not say hello within 120 s")
+            broker.run_once(max_wait=1.0)
+    finally:
+        release(children)
+    results = drive(broker, children)
+    total = sum(r["count"] for r in results)
+    window = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return float(total / (window / 1e9))
+
+
+def bench_throughput(cfg: Config, grant: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    levels = (1, 4, 16)
+    per: dict[int, list[float]] = {k: [] for k in levels}
+    work = {"path": str(grant), "seconds": cfg.throughput_s}
+    with _python_broker(grant) as (broker, plan, services):
+        for r in range(cfg.rounds):
+            log(f"throughput: round {r + 1}/{cfg.rounds}")
+            for k in levels:
+                per[k].append(_throughput_once(broker, plan, services, k, work))
+    return {"seconds_per_run": cfg.throughput_s, "children": {str(k): stats(v) for k, v in per.items()}}
+
+
+# -- 3. spawn -------------------------------------------------------------------------------------------
+
+
+def _peer(name: str, argv: Sequence[str]) -> str | None:
+    """Why a peer cannot be measured here, or None."""
+    if shutil.which(argv[0]) is None:
+        return f"{name} is not installed"
+    try:
+        _median_time(argv, 1)
+    except BenchError as exc:
+        return f"{name} does not run here: {exc}"
+    return None
+
+
+#: When the broker saw each step of one sandbox, from before ``Broker.start``: the fork returned,
+#: init reported (namespaces made), the command reported (view built), the seccomp listener
+#: arrived (just before execve), the sandbox ended (init and monitor reaped).
+_PHASES = ("forked", "init", "command", "exec", "ended")
+
+
+def _spawn_phases(broker: Broker, plan: SpawnPlan, services: Services, devnull: int) -> dict[str, float]:
+    """One /bin/true sandbox, driven by hand to time its steps (ms) and count the loop's wake-ups."""
+    started = time.perf_counter()
+    child = broker.start(plan, services=services, stdio=(devnull,) * 3)
+    seen = {"forked": (time.perf_counter() - started) * 1e3}
+    wakeups = 0
+    while child.outcome is None:
+        broker.run_once()
+        wakeups += 1
+        now = (time.perf_counter() - started) * 1e3
+        for phase, fd in (
+            ("init", child.init_pidfd),
+            ("command", child.command_pidfd),
+            ("exec", child.listener),
+        ):
+            if fd is not None and phase not in seen:
+                seen[phase] = now
+    seen["ended"] = (time.perf_counter() - started) * 1e3
+    if child.outcome.returncode != 0:
+        raise BenchError(f"Broker.start(/bin/true): {child.outcome.describe()}")
+    for phase in _PHASES:
+        seen.setdefault(phase, seen["ended"])  # released in the same wake-up as the end
+    return {**seen, "wakeups": float(wakeups)}
+
+
+def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
+    peers = {"bwrap": BWRAP, "firejail": FIREJAIL}
+    unavailable = {name: _peer(name, argv) for name, argv in peers.items()}
+    whole: dict[str, tuple[str, ...]] = {
+        "privsep_run": PRIVSEP_RUN,
+        "pydantic_floor": PYDANTIC_FLOOR,
+        "process_floor": ("/bin/true",),
+    }
+    whole.update({name: argv for name, argv in peers.items() if unavailable[name] is None})
+    times: dict[str, list[float]] = {
+        k: [] for k in ("sandbox_run", "broker_start_wait", "sandbox_call", *whole)
+    }
+    phases: dict[str, list[float]] = {phase: [] for phase in _PHASES}
+    wakeups: list[float] = []
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    minimal = load_policy("minimal")
+    plan = make_plan(minimal, ["/bin/true"])
+    services = Services(minimal)
+    broker = Broker()
+    try:
+        with Sandbox("minimal") as sb, Sandbox("python") as py:
+            sb.run(["/bin/true"])  # warm: the first fork of a process pays its page faults
+            for r in range(cfg.rounds):
+                log(f"spawn: round {r + 1}/{cfg.rounds}")
+                one: list[float] = []
+                for _ in range(cfg.spawn_n):
+                    started = time.perf_counter()
+                    result = sb.run(["/bin/true"])
+                    one.append((time.perf_counter() - started) * 1e3)
+                    if result.returncode != 0:
+                        raise BenchError(f"Sandbox.run(['/bin/true']): {result.how} {result.detail}")
+                times["sandbox_run"].append(statistics.median(one))
+                spawns = [_spawn_phases(broker, plan, services, devnull) for _ in range(cfg.spawn_n)]
+                for phase in _PHASES:
+                    phases[phase].append(statistics.median(p[phase] for p in spawns))
+                times["broker_start_wait"].append(phases["ended"][-1])
+                wakeups.append(statistics.median(p["wakeups"] for p in spawns))
+                one = []
+                for _ in range(cfg.call_n):
+                    started = time.perf_counter()
+                    py.call("os:getpid")
+                    one.append((time.perf_counter() - started) * 1e3)
+                times["sandbox_call"].append(statistics.median(one))
+                for name, argv in whole.items():
+                    times[name].append(_median_time(argv, cfg.command_n))
+    finally:
+        broker.close()
+        services.close()
+        os.close(devnull)
+    out: dict[str, Any] = {k: stats(v) for k, v in times.items()}
+    out["broker_start_wait_phases_ms"] = {phase: stats(v) for phase, v in phases.items()}
+    out["broker_wakeups_per_spawn"] = stats(wakeups)
+    out["forkserver_call"] = skipped("not implemented: Sandbox has no forkserver start method yet")
+    for name, why in unavailable.items():
+        if why is not None:
+            out[name] = skipped(why)
+    if "bwrap" in times:
+        out["sandbox_run_vs_bwrap"] = ratios(times["sandbox_run"], times["bwrap"])
+        out["broker_start_wait_vs_bwrap"] = ratios(times["broker_start_wait"], times["bwrap"])
+        out["privsep_run_vs_bwrap"] = ratios(times["privsep_run"], times["bwrap"])
+    if "firejail" in times:
+        out["privsep_run_vs_firejail"] = ratios(times["privsep_run"], times["firejail"])
+    out["privsep_run_vs_pydantic_floor"] = ratios(times["privsep_run"], times["pydantic_floor"])
+    return out
+
+
+# -- 4. seccomp -----------------------------------------------------------------------------------------
+
+
+def bench_seccomp(cfg: Config, grant: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    cpu = pin_cpu()
+    work = {"n": cfg.loop_n, "repeats": 3, "stat_path": "/usr/bin/true"}
+    sides = ("confined", "plain", "one_rule")
+    got: dict[str, list[float]] = {f"{side}_{call}": [] for side in sides for call in ("getppid", "stat")}
+    with _python_broker(grant) as (broker, plan, services):
+        for r in range(cfg.rounds):
+            log(f"seccomp: round {r + 1}/{cfg.rounds}")
+            with pinned(cpu):
+                confined = run_confined(broker, plan, services, SYSCALL_LOOP, work)
+            plain = run_plain(SYSCALL_LOOP, {**work, "cpu": cpu})
+            one_rule = run_plain(SYSCALL_LOOP, {**work, "cpu": cpu, "one_rule_filter": True})
+            for side, result in zip(sides, (confined, plain, one_rule), strict=True):
+                got[f"{side}_getppid"].append(result["getppid_ns"])
+                got[f"{side}_stat"].append(result["stat_ns"])
+    out: dict[str, Any] = {"calls_per_repeat": cfg.loop_n, **{k: stats(v) for k, v in got.items()}}
+    for call in ("getppid", "stat"):
+        out[f"{call}_ratio"] = ratios(got[f"confined_{call}"], got[f"plain_{call}"])
+        out[f"{call}_one_rule_ratio"] = ratios(got[f"one_rule_{call}"], got[f"plain_{call}"])
+    return out
+
+
+# -- 5. scale -------------------------------------------------------------------------------------------
+
+
+def bench_scale(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"scale: {', '.join(map(str, cfg.scale_counts))} idle sandboxes (one round)")
+    args = {"counts": list(cfg.scale_counts), "n": cfg.scale_n, "warmup": 200, "cpu": pin_cpu()}
+    proc = subprocess.run(
+        [PYTHON, "-m", "bench.scale", json.dumps(args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"bench.scale exited {proc.returncode}: {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["rounds"] = 1
+    return result
+
+
+# -- the report -----------------------------------------------------------------------------------------
+
+
+def _fmt(s: Stats, unit: str = "", digits: int = 1) -> str:
+    if "skipped" in s:
+        return f"skipped: {s['skipped']}"
+    return f"{s['median']:,.{digits}f}{unit} ({s['min']:,.{digits}f}-{s['max']:,.{digits}f})"
+
+
+def _ratio(s: Stats | None) -> str:
+    return "" if s is None or "skipped" in s else f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})"
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 7's targets, each with the measured value and whether it was met (None: not measured)."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, measured: float | None, limit: float, unit: str, note: str = "") -> None:
+        met = None if measured is None else measured <= limit
+        out.append(
+            {"target": name, "measured": measured, "limit": limit, "unit": unit, "met": met, "note": note}
+        )
+
+    rt = res["roundtrip"]["pinned"]["open_vs_raw_p50"]["median"]
+    add("brokered open p50 <= 1.6x raw floor (pinned)", rt, 1.6, "x")
+    spawn = res["spawn"]
+    if "sandbox_run_vs_bwrap" in spawn:
+        add("Sandbox.run(['/bin/true']) <= bwrap", spawn["sandbox_run_vs_bwrap"]["median"], 1.0, "x")
+    else:
+        add("Sandbox.run(['/bin/true']) <= bwrap", None, 1.0, "x", spawn["bwrap"]["skipped"])
+    add("forkserver Sandbox.call < 10 ms", None, 10.0, "ms", "not implemented")
+    add(
+        "privsep run -- /bin/true <= 1.2x pydantic-import floor",
+        spawn["privsep_run_vs_pydantic_floor"]["median"],
+        1.2,
+        "x",
+    )
+    add("seccomp getppid loop <= 1.05x unconfined", res["seccomp"]["getppid_ratio"]["median"], 1.05, "x")
+    levels = {lvl["children"]: lvl for lvl in res["scale"]["levels"]}
+    if 1000 in levels:
+        add("broker RSS with 1000 children <= 100 MB", levels[1000]["broker_rss_kb"] / 1024, 100.0, "MB")
+    else:
+        add("broker RSS with 1000 children <= 100 MB", None, 100.0, "MB", "not measured (--quick: 100 only)")
+    return out
+
+
+def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(section, measure, privsep, floor or peer, ratio) for every line of the table."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    for mode in ("pinned", "unpinned"):
+        m, section = res["roundtrip"][mode], f"open round trip, {mode}"
+        ours = _fmt(m["brokered_open"]["p50_us"], " us")
+        rows += [
+            (section, "client.open p50 vs raw floor", ours, _fmt(m["raw_open"]["p50_us"], " us"),
+             _ratio(m["open_vs_raw_p50"])),
+            (section, "client.open p99 vs raw floor", _fmt(m["brokered_open"]["p99_us"], " us"),
+             _fmt(m["raw_open"]["p99_us"], " us"), ""),
+            (section, "client.open p50 vs direct open()", ours, _fmt(m["direct_open"]["p50_us"], " us"),
+             _ratio(m["open_vs_direct_p50"])),
+            (section, "client.ping p50 vs raw ping", _fmt(m["brokered_ping"]["p50_us"], " us"),
+             _fmt(m["raw_ping"]["p50_us"], " us"), _ratio(m["ping_vs_raw_p50"])),
+        ]  # fmt: skip
+        for op in ("open", "ping"):
+            ours, raw = m[f"brokered_{op}"], m[f"raw_{op}"]
+            rows.append(
+                (section, f"CPU per {op}: child + broker vs raw client + server",
+                 f"{_fmt(ours['cpu_us'], ' us')} + {_fmt(ours['broker_cpu_us'], ' us')}",
+                 f"{_fmt(raw['cpu_us'], ' us')} + {_fmt(raw['broker_cpu_us'], ' us')}", "")
+            )  # fmt: skip
+    for k, s in res["throughput"]["children"].items():
+        rows.append(("throughput", f"opens/s, {k} children, one broker", _fmt(s, "", 0), "", ""))
+    sp = res["spawn"]
+    bwrap = _fmt(sp.get("bwrap", skipped("bwrap is not installed")), " ms", 2)
+    firejail = _fmt(sp.get("firejail", skipped("firejail is not installed")), " ms")
+    run = _fmt(sp["privsep_run"], " ms")
+    rows += [
+        ("spawn", "Sandbox.run(['/bin/true']) vs bwrap process", _fmt(sp["sandbox_run"], " ms", 2), bwrap,
+         _ratio(sp.get("sandbox_run_vs_bwrap"))),
+        ("spawn", "Broker.start+wait, plan prebuilt, vs bwrap", _fmt(sp["broker_start_wait"], " ms", 2),
+         bwrap, _ratio(sp.get("broker_start_wait_vs_bwrap"))),
+        ("spawn", "Broker.start+wait steps: forked / init / command / execve / ended",
+         " / ".join(f"{sp['broker_start_wait_phases_ms'][p]['median']:.1f}" for p in _PHASES) + " ms", "",
+         f"{sp['broker_wakeups_per_spawn']['median']:.0f} loop wake-ups"),
+        ("spawn", "Sandbox.call('os:getpid'), fresh child", _fmt(sp["sandbox_call"], " ms"), "", ""),
+        ("spawn", "Sandbox.call, forkserver start method", _fmt(sp["forkserver_call"]), "", ""),
+        ("whole command", "privsep run -- /bin/true vs python -c 'from pydantic import BaseModel'", run,
+         _fmt(sp["pydantic_floor"], " ms"), _ratio(sp["privsep_run_vs_pydantic_floor"])),
+        ("whole command", "privsep run vs firejail --quiet --noprofile /bin/true", run, firejail,
+         _ratio(sp.get("privsep_run_vs_firejail"))),
+        ("whole command", "privsep run vs bwrap --ro-bind / / --unshare-all /bin/true", run, bwrap,
+         _ratio(sp.get("privsep_run_vs_bwrap"))),
+        ("whole command", "/bin/true, no sandbox (process floor)", _fmt(sp["process_floor"], " ms", 2),
+         "", ""),
+    ]  # fmt: skip
+    sc = res["seccomp"]
+    for name, label in (("getppid", "os.getppid()"), ("stat", "os.stat('/usr/bin/true')")):
+        rows += [
+            ("seccomp", f"{label} loop, confined vs unconfined", _fmt(sc[f"confined_{name}"], " ns"),
+             _fmt(sc[f"plain_{name}"], " ns"), _ratio(sc[f"{name}_ratio"])),
+            ("seccomp", f"{label} loop, unconfined + a one-rule seccomp filter",
+             _fmt(sc[f"one_rule_{name}"], " ns"), _fmt(sc[f"plain_{name}"], " ns"),
+             _ratio(sc[f"{name}_one_rule_ratio"])),
+        ]  # fmt: skip
+    scale = res["scale"]
+    alone = scale["alone"]
+    rows.append(
+        (
+            "scale (1 round)",
+            "open p50 / p99, alone",
+            f"{alone['p50_us']:.1f} / {alone['p99_us']:.1f} us",
+            "",
+            "",
+        )
+    )
+    for lvl in scale["levels"]:
+        n, opened = lvl["children"], lvl["open"]
+        rows += [
+            ("scale (1 round)", f"open p50 / p99 among {n} idle children",
+             f"{opened['p50_us']:.1f} / {opened['p99_us']:.1f} us", "",
+             f"{opened['p50_us'] / alone['p50_us']:.2f}x alone"),
+            ("scale (1 round)", f"broker RSS with {n} children (per child)",
+             f"{lvl['broker_rss_kb'] / 1024:.1f} MB ({lvl['broker_rss_per_child_kb']:.1f} kB)",
+             f"{scale['broker_rss_kb_alone'] / 1024:.1f} MB alone", ""),
+            ("scale (1 round)", f"system memory per idle sandbox, {n} children",
+             f"{lvl['system_kb_per_sandbox'] / 1024:.1f} MB", "", f"spawned in {lvl['spawn_s']:.1f} s"),
+        ]  # fmt: skip
+    return rows
+
+
+def render(res: dict[str, Any]) -> str:
+    """The Markdown tables: every measurement, then the targets."""
+    meta = res["meta"]
+    lines = [
+        f"privsep {meta['privsep']} ({meta['commit']}), {meta['rounds']} rounds: "
+        f"median (min-max of the rounds); kernel {meta['kernel']}, {meta['cpus']} CPUs, "
+        f"load average {meta['loadavg_start']:.1f} at start, {meta['loadavg_before_scale']:.1f} before "
+        "the scale section (other work on the machine inflates every number)",
+        "",
+        "| section | measure | privsep | floor / peer | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(res)]
+    lines += ["", "| target (issue 7) | measured | met |", "|---|---|---|"]
+    for t in res["targets"]:
+        measured = "-" if t["measured"] is None else f"{t['measured']:.2f}{t['unit']}"
+        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+        note = f" ({t['note']})" if t["note"] else ""
+        lines.append(f"| {t['target']} | {measured} | {met}{note} |")
+    return "\n".join(lines) + "\n"
+
+
+def _git_commit() -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return None
+    return proc.stdout.strip() or None
+
+
+def _meta(cfg: Config, argv: Sequence[str]) -> dict[str, Any]:
+    return {
+        "command": " ".join([".venv/bin/python", "-m", "bench", *argv]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "privsep": __version__,
+        "commit": _git_commit(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "euid": os.geteuid(),
+        "loadavg_start": os.getloadavg()[0],
+        "rounds": cfg.rounds,
+        "quick": cfg.quick,
+        "env": {k: v for k, v in PLAIN_ENV.items() if k != "PATH"},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per section (default 5; --quick: 2)")
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run: fewer rounds and iterations")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"the JSON file (default {DEFAULT_OUT})"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    cfg = config(args)
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(f"[{time.monotonic() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    results: dict[str, Any] = {"meta": _meta(cfg, sys.argv[1:] if argv is None else argv)}
+    with _grant_dir() as grant:
+        results["roundtrip"] = bench_roundtrip(cfg, grant, log)
+        results["throughput"] = bench_throughput(cfg, grant, log)
+        results["spawn"] = bench_spawn(cfg, log)
+        results["seccomp"] = bench_seccomp(cfg, grant, log)
+    results["meta"]["loadavg_before_scale"] = os.getloadavg()[0]
+    results["scale"] = bench_scale(cfg, log)
+    results["targets"] = targets(results)
+    results["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    table = render(results)
+    results["table"] = table
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(table, end="")
+    log(f"wrote {args.out}")
+    return 0
