@@ -27,10 +27,40 @@ from privsep.protocol import decode_datagram, encode_datagram
 _MAX_DATAGRAM = 65535
 
 
-class UdpRelay:
+class _Relay:
+    """What both relays share: the broker's UDP socket, and its end of the child's pair."""
+
     def __init__(self, peer: socket.socket, inside: socket.socket) -> None:
-        self.peer = peer  # connected UDP socket, kept by the broker
+        self.peer = peer  # the UDP socket, kept by the broker
         self.inside = inside  # the broker's end of the pair given to the child
+
+    @staticmethod
+    def _pair(peer: socket.socket) -> tuple[socket.socket, int]:
+        """A seqpacket pair: ours (non-blocking) and the child's (an fd). Closes ``peer`` on failure."""
+        try:
+            inside, outside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        except BaseException:
+            peer.close()
+            raise
+        inside.setblocking(False)
+        return inside, outside.detach()
+
+    def _from_inside(self, size: int) -> bytes | None:
+        """One message from the child; b"" when it closed its end; None when there is none yet."""
+        try:
+            return self.inside.recv(size)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    def close(self) -> None:
+        self.peer.close()
+        self.inside.close()
+
+
+class UdpRelay(_Relay):
+    """UDP to the one peer the policy allowed (a connected UDP socket)."""
 
     @classmethod
     def open(cls, family: int, address: tuple[str, int], timeout_s: float) -> tuple[UdpRelay, int]:
@@ -40,21 +70,17 @@ class UdpRelay:
             peer.settimeout(timeout_s)
             peer.connect(address)
             peer.setblocking(False)
-            inside, outside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         except BaseException:
             peer.close()
             raise
-        inside.setblocking(False)
-        return cls(peer, inside), outside.detach()
+        inside, fd = cls._pair(peer)
+        return cls(peer, inside), fd
 
     def from_child(self) -> bool:
         """Forward what the child sent; False when the child closed its end."""
-        try:
-            data = self.inside.recv(_MAX_DATAGRAM)
-        except BlockingIOError:
+        data = self._from_inside(_MAX_DATAGRAM)
+        if data is None:
             return True
-        except OSError:
-            return False
         if not data:
             return False
         with contextlib.suppress(OSError):  # full, refused, unreachable: UDP drops it
@@ -71,12 +97,8 @@ class UdpRelay:
             with contextlib.suppress(OSError):
                 self.inside.send(data)
 
-    def close(self) -> None:
-        self.peer.close()
-        self.inside.close()
 
-
-class UdpServerRelay:
+class UdpServerRelay(_Relay):
     """A bound UDP socket kept by the broker; the child answers the peers that wrote to it.
 
     Messages on the child's end carry one datagram each, framed with the
@@ -91,8 +113,7 @@ class UdpServerRelay:
     MAX_REFUSED = 16
 
     def __init__(self, peer: socket.socket, inside: socket.socket) -> None:
-        self.peer = peer
-        self.inside = inside
+        super().__init__(peer, inside)
         self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
         self.refused: list[tuple[str, int]] = []
 
@@ -101,20 +122,16 @@ class UdpServerRelay:
         peer = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
         try:
             peer.bind(address)
-            inside, outside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         except BaseException:
             peer.close()
             raise
-        inside.setblocking(False)
-        return cls(peer, inside), outside.detach()
+        inside, fd = cls._pair(peer)
+        return cls(peer, inside), fd
 
     def from_child(self) -> bool:
-        try:
-            frame = self.inside.recv(_MAX_DATAGRAM + 32)
-        except BlockingIOError:
+        frame = self._from_inside(_MAX_DATAGRAM + 32)
+        if frame is None:
             return True
-        except OSError:
-            return False
         if not frame:
             return False
         decoded = decode_datagram(frame)
@@ -141,10 +158,6 @@ class UdpServerRelay:
             self._seen.popitem(last=False)
         with contextlib.suppress(OSError, ValueError):
             self.inside.send(encode_datagram(source, payload))
-
-    def close(self) -> None:
-        self.peer.close()
-        self.inside.close()
 
 
 Relay = UdpRelay | UdpServerRelay
