@@ -571,7 +571,9 @@ def test_a_thousand_denied_paths_are_answered_and_forgotten(arena: Arena) -> Non
     outcome = arena.wait(hostile)
     assert (outcome.how, outcome.returncode) == ("exited", 0), (outcome, arena.child_stderr())
     assert hostile.requests == 1 + 4000 + 1  # a denied request is an answer, not a violation
-    assert len({d.target for d in hostile.denials}) == 1000
+    # Every denial counted; at most 256 kept for the report (the audit log has them all).
+    assert len(hostile.denials) + hostile.denials_dropped == 4000
+    assert len(hostile.denials) == 256
     del hostile
     assert_recovered(arena, base)
 
