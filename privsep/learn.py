@@ -80,6 +80,8 @@ class LearningServices(Services):
         policy = self.policy
         match request:
             case protocol.Open():
+                if check_path(request.path) is not None:
+                    return None  # checked before the host's file system is asked anything
                 needs = list(_OPEN_NEEDS[request.mode])
                 if request.mode in ("w", "w+", "a", "a+") and not os.path.lexists(request.path):
                     needs.append(Access.CREATE)

@@ -10,7 +10,6 @@ How = Literal["exited", "signaled", "timeout", "seccomp", "violation", "setup_er
 
 EXIT_TIMEOUT = 124
 EXIT_PRIVSEP = 125
-EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 
 
