@@ -298,18 +298,19 @@ def _report_denials(denials: Sequence[Denial]) -> None:
     for d in denials:
         key = (d.op, d.target, d.message)
         seen[key] = seen.get(key, 0) + 1
-    hints = {d.allow: d for d in denials}
+    # One hint per distinct flag and value (every denied path needs its own --allow-read).
+    hints: dict[tuple[str, str], None] = {}
+    for d in denials:
+        if d.allow is not None:
+            value = (d.subject or d.target).removesuffix("/tcp")
+            hints[(d.allow, value + "=env:VAR" if d.allow == "--secret" else value)] = None
     for (op, what, message), count in list(seen.items())[:_MAX_REPORTED]:
         times = f" ({count} times)" if count > 1 else ""
         print(f"privsep: denied {op} {_printable(what)}{times}: {message}", file=sys.stderr)
     if len(seen) > _MAX_REPORTED:
         print(f"privsep: ... and {len(seen) - _MAX_REPORTED} more denials (see --audit-log)", file=sys.stderr)
-    for flag, d in hints.items():
-        if flag is not None:
-            value = (d.subject or d.target).removesuffix("/tcp")
-            if flag == "--secret":
-                value += "=env:VAR"
-            print(f"privsep: to allow it, re-run with {flag}={_printable(value)}", file=sys.stderr)
+    for flag, value in list(hints)[:_MAX_REPORTED]:
+        print(f"privsep: to allow it, re-run with {flag}={_printable(value)}", file=sys.stderr)
 
 
 def _tooling(args: argparse.Namespace) -> int:
