@@ -268,3 +268,62 @@ def mount_setattr_recursive(path: str, attr_set: int) -> None:
             ctypes.c_size_t(ctypes.sizeof(attr)),
         )
     )
+
+
+# pidfds and another process's memory: what the broker needs to serve a seccomp
+# notification (the arguments live in the child's memory, its fds in its table).
+NR_PIDFD_OPEN = 434
+NR_PIDFD_GETFD = 438
+PIDFD_THREAD = os.O_EXCL  # a pidfd for one thread, not only a thread-group leader (6.9)
+
+
+def pidfd_open(pid: int, flags: int = 0) -> int:
+    """pidfd_open(2); close-on-exec, as every pidfd is."""
+    return int(_check(_syscall(NR_PIDFD_OPEN, ctypes.c_int(pid), ctypes.c_uint(flags))))
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    """pidfd_getfd(2): our own copy of another process's fd (same open file, close-on-exec)."""
+    return int(
+        _check(_syscall(NR_PIDFD_GETFD, ctypes.c_int(pidfd), ctypes.c_int(targetfd), ctypes.c_uint(0)))
+    )
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_process_vm_readv = _libc.process_vm_readv
+_process_vm_readv.restype = ctypes.c_ssize_t
+
+
+def process_vm_read(pid: int, address: int, size: int) -> bytes:
+    """Copy ``size`` bytes at ``address`` in process ``pid``; fewer if the range runs into unmapped memory.
+
+    One remote iovec per page: the kernel stops at the first iovec it cannot
+    read in full, so a string that ends just before an unmapped page is still
+    read whole. Raises OSError (EFAULT) when not even the first byte is readable.
+    """
+    if size <= 0:
+        return b""
+    buf = ctypes.create_string_buffer(size)
+    local = _IOVec(ctypes.addressof(buf), size)
+    pieces: list[tuple[int, int]] = []
+    at, end = address, address + size
+    while at < end:
+        step = min(end - at, 4096 - at % 4096)
+        pieces.append((at, step))
+        at += step
+    remote = (_IOVec * len(pieces))(*(_IOVec(base, length) for base, length in pieces))
+    got = _process_vm_readv(
+        ctypes.c_int(pid),
+        ctypes.byref(local),
+        ctypes.c_ulong(1),
+        remote,
+        ctypes.c_ulong(len(pieces)),
+        ctypes.c_ulong(0),
+    )
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf.raw[:got]

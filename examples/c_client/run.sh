@@ -21,9 +21,13 @@ ${CC:-cc} -std=c11 -O2 -Wall -Wextra -Werror -o "$work/bin/client" "$here/client
 echo "Hello from a file only the broker can open." > "$work/data/greeting.txt"
 cat > "$work/policy.toml" <<POLICY
 # minimal, plus the directory holding the compiled client (read-only).
+# Transparent brokering is off: this client shows the wire protocol, so its
+# own open() of the file must fail, and only the protocol's open succeeds.
 extends = "minimal"
 [view]
 read = ["$work/bin"]
+[transparent]
+files = false
 POLICY
 
 echo "\$ privsep run --policy $work/policy.toml --allow-read $work/data/greeting.txt -- $work/bin/client ..."

@@ -39,6 +39,7 @@ class Refusal(Exception):
         allow: str | None = None,
         rule: str | None = None,
         subject: str | None = None,
+        errno: int | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -48,6 +49,9 @@ class Refusal(Exception):
         #: What exactly was refused (one path of a rename), for the report at exit;
         #: the child's input, so it never goes into the reply.
         self.subject = subject
+        #: The errno behind a failure, when there is one: what an unmodified program
+        #: gets from a transparently brokered call (the wire carries the message).
+        self.errno = errno
 
 
 def denied(
@@ -56,5 +60,5 @@ def denied(
     return Refusal(ErrorCode.DENIED, message, allow=allow, rule=rule, subject=subject)
 
 
-def failed(message: str, *, rule: str | None = None) -> Refusal:
-    return Refusal(ErrorCode.FAILED, message, rule=rule)
+def failed(message: str, *, rule: str | None = None, errno: int | None = None) -> Refusal:
+    return Refusal(ErrorCode.FAILED, message, rule=rule, errno=errno)

@@ -181,6 +181,7 @@ class FileService:
                 raise failed(
                     "not a regular file; only regular files can be opened through the broker",
                     rule=_rule(decision),
+                    errno=errno.EACCES,
                 )
             # Hand over exactly what was granted: drop O_NONBLOCK, check the access mode.
             fcntl.fcntl(fd, fcntl.F_SETFL, flags & os.O_APPEND)
@@ -278,7 +279,7 @@ def _refusal(exc: OSError, decision: FileDecision) -> Refusal:
     rule = _rule(decision)
     code = exc.errno
     if code == errno.ENOENT:
-        return Refusal(ErrorCode.NOT_FOUND, "no such file or directory", rule=rule)
+        return Refusal(ErrorCode.NOT_FOUND, "no such file or directory", rule=rule, errno=code)
     if code == errno.EXDEV:
         return denied(
             f"the path leads outside the grant of {rule} (through '..' or a symbolic link)", rule=rule
@@ -288,6 +289,6 @@ def _refusal(exc: OSError, decision: FileDecision) -> Refusal:
     if code in (errno.EACCES, errno.EPERM):
         return denied(f"the host's file permissions refuse it to the broker (uid {os.geteuid()})", rule=rule)
     if code == errno.ENOTDIR:
-        return failed("a component of the path is not a directory", rule=rule)
+        return failed("a component of the path is not a directory", rule=rule, errno=code)
     name = errno.errorcode.get(code or 0, "error")
-    return failed(f"{name}: {os.strerror(code or 0)}", rule=rule)
+    return failed(f"{name}: {os.strerror(code or 0)}", rule=rule, errno=code)

@@ -44,6 +44,7 @@ from privsep.broker.outcome import (
 )
 from privsep.broker.relay import Relay, UdpServerRelay
 from privsep.broker.services import SLOW_OPS, Services, target
+from privsep.broker.transparent import Deferred, Served, Transparent, view_roots
 from privsep.confine.seccomp import dangerous_numbers, syscall_name
 from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, spawn
 from privsep.errors import ChannelError, RemoteProtocolError
@@ -127,6 +128,7 @@ class Child:
     syscall_denials: dict[str, int] = field(default_factory=dict)  # name -> times denied
     syscalls_used: dict[str, int] = field(default_factory=dict)  # learn mode: name -> times allowed
     call: CallContext | None = None  # Sandbox.call: the function's arguments and its answer
+    transparent: Transparent | None = None  # serves open/connect of programs without the client
     command_pid: int | None = None
     kill_reason: Outcome | None = None
     setup_error: ControlMessage | None = None
@@ -149,7 +151,9 @@ class Broker:
         self._sel = selectors.DefaultSelector()
         self._children: set[Child] = set()
         self._audit = audit
-        self._finished: queue.SimpleQueue[tuple[Child, protocol.Request, float, Answer | Refusal]] = (
+        # (child, request, start, result, reply): reply False for a transparently brokered
+        # call, which the worker has answered itself; the loop only records it.
+        self._finished: queue.SimpleQueue[tuple[Child, protocol.Request, float, Answer | Refusal, bool]] = (
             queue.SimpleQueue()
         )
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -190,6 +194,12 @@ class Broker:
             learning=plan.learn,
             call=call,
         )
+        if plan.transparent_calls:
+            v = plan.view
+            roots = view_roots(
+                tuple(b.path for b in v.binds), tuple(p for p, _ in v.symlinks), v.tmp_size_mb is not None
+            )
+            child.transparent = Transparent(frozenset(plan.transparent_calls), roots)
         self._children.add(child)
         spawned.channel.setblocking(False)
         spawned.control.setblocking(False)
@@ -369,7 +379,7 @@ class Broker:
         start = time.monotonic()
 
         def job() -> None:
-            self._finished.put((child, request, start, _perform(services, request)))
+            self._finished.put((child, request, start, _perform(services, request), True))
 
         self._workers.submit(job)
 
@@ -379,9 +389,12 @@ class Broker:
                 pass
         while True:
             try:
-                child, request, start, answer = self._finished.get_nowait()
+                child, request, start, answer, reply = self._finished.get_nowait()
             except queue.Empty:
                 return
+            if not reply:
+                self._record(child, request, start, answer)
+                continue
             child.pending = False
             if child.outcome is not None or child.spawned.channel.fileno() < 0:
                 if isinstance(answer, Answer):
@@ -393,17 +406,29 @@ class Broker:
         self, child: Child, request: protocol.Request, start: float, answer: Answer | Refusal
     ) -> None:
         """Audit one decision and queue its reply (with its fd, if any)."""
-        latency = int((time.monotonic() - start) * 1e6)
-        what = target(request)
         if isinstance(answer, Answer) and (relay := answer.relay) is not None:
             if len(child.relays) >= 2 * _MAX_RELAYS:
                 _discard(answer)
                 answer = Refusal(protocol.ErrorCode.FAILED, f"too many UDP flows (at most {_MAX_RELAYS})")
             else:
                 self._add_relay(child, relay)
+        self._record(child, request, start, answer)
+        if isinstance(answer, Answer):
+            reply, fd = protocol.reply_ok(request, answer.result), answer.fd
+        elif answer.code is protocol.ErrorCode.DENIED:
+            reply, fd = protocol.reply_denied(request.id, answer.message, answer.allow), None
+        else:
+            reply, fd = protocol.reply_error(request.id, answer.code, answer.message), None
+        self._queue(child, reply, fd)
+
+    def _record(
+        self, child: Child, request: protocol.Request, start: float, answer: Answer | Refusal
+    ) -> None:
+        """Audit one decision; a denial also goes into the report at exit."""
+        latency = int((time.monotonic() - start) * 1e6)
+        what = target(request)
         if isinstance(answer, Answer):
             record = Record(child.command_pid, request.op, what, "allow", answer.rule, latency)
-            reply, fd = protocol.reply_ok(request, answer.result), answer.fd
         else:
             denied = answer.code is protocol.ErrorCode.DENIED
             record = Record(
@@ -414,13 +439,8 @@ class Broker:
                 _note_denial(
                     child, Denial(request.op, what, answer.rule, answer.message, answer.allow, answer.subject)
                 )
-                reply = protocol.reply_denied(request.id, answer.message, answer.allow)
-            else:
-                reply = protocol.reply_error(request.id, answer.code, answer.message)
-            fd = None
         if self._audit is not None:
             self._audit.write(record)
-        self._queue(child, reply, fd)
 
     def _queue(self, child: Child, reply: bytes, fd: int | None = None) -> None:
         child.outbox.append((reply, fd))
@@ -577,6 +597,9 @@ class Broker:
                 self._forget(child.listener)
             return
         native = note.arch == notify.AUDIT_ARCH_X86_64
+        if native and child.transparent is not None and note.nr in child.transparent.calls:
+            self._on_transparent(child, child.transparent, note)
+            return
         name = syscall_name(note.nr) if native else f"syscall {note.nr} (arch {note.arch:#x})"
         dangerous = not native or note.nr in dangerous_numbers()
         if child.learning:
@@ -615,6 +638,30 @@ class Broker:
         notify.refuse(
             child.listener, note, errno.ENOSYS if child.syscall_default == "enosys" else errno.EPERM
         )
+
+    def _on_transparent(self, child: Child, transparent: Transparent, note: notify.Notification) -> None:
+        """An open or connect of a program that does not use the client (see transparent.py)."""
+        assert child.listener is not None
+        start = time.monotonic()
+        try:
+            served = transparent.serve(child.listener, note, child.services)
+        except OSError:
+            # The listener itself failed (the sandbox is going away): nothing left to answer.
+            return
+        if isinstance(served, Served):
+            self._record(child, served.request, start, served.result)
+        elif isinstance(served, Deferred):
+            job = served.job
+
+            def run() -> None:
+                try:
+                    result = job()
+                except OSError:
+                    return
+                if result is not None:
+                    self._finished.put((child, result.request, start, result.result, False))
+
+            self._workers.submit(run)
 
     def _audit_syscall(self, child: Child, name: str, decision: str) -> None:
         if self._audit is not None:

@@ -19,6 +19,7 @@ address, and may answer only peers that wrote to it first.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -78,8 +79,8 @@ class NetService:
             return Answer({"address": [str(address), port]}, fd=sock.detach(), rule=rule)
         assert last is not None
         if isinstance(last, TimeoutError):
-            raise failed(f"connection timed out after {timeout_ms} ms")
-        raise failed(f"connection failed: {last.strerror or last}")
+            raise failed(f"connection timed out after {timeout_ms} ms", errno=errno.ETIMEDOUT)
+        raise failed(f"connection failed: {last.strerror or last}", errno=last.errno)
 
     def _resolve(self, host: str, port: int, proto: str) -> list[IPAddress]:
         literal = _literal(host)

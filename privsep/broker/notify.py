@@ -12,10 +12,20 @@ the kill lands. Any other call gets the policy's errno (EPERM or ENOSYS),
 never SECCOMP_USER_NOTIF_FLAG_CONTINUE: a continued call would run with
 arguments the child can change after the check.
 
-The one exception is ``privsep learn``, which is permissive by definition:
-it records the call and lets it run (``allow``). No security decision rests
-on that answer, because learn mode allows every call outside the dangerous
-set whatever its arguments, and everything else still confines the child.
+Transparent brokering (``transparent.py``) answers the calls it serves with
+an fd the broker opened or connected itself, injected into the child
+(SECCOMP_IOCTL_NOTIF_ADDFD), or with an error. It reads the arguments from
+the child's memory once and checks that the notification is still live
+afterwards (SECCOMP_IOCTL_NOTIF_ID_VALID), so the pid it read from was the
+caller's.
+
+CONTINUE is sent in two cases only, and neither is a security decision:
+``privsep learn``, which is permissive by definition (it allows every call
+outside the dangerous set whatever its arguments, and everything else still
+confines the child), and ``hand_back``: a transparent call the broker does
+not serve (a path inside the child's own view, a unix socket), which then
+runs exactly as if the filter had allowed it, under the mount namespace and
+Landlock, whatever the child writes into its buffers meanwhile.
 If the broker is gone, the kernel fails a pending call with ENOSYS.
 """
 
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import os
 import struct
 from dataclasses import dataclass
 
@@ -33,7 +44,13 @@ _IOC_RECV = 0xC0502100  # SECCOMP_IOCTL_NOTIF_RECV
 _IOC_SEND = 0xC0182101  # SECCOMP_IOCTL_NOTIF_SEND
 # struct seccomp_notif_resp { u64 id; s64 val; s32 error; u32 flags; }
 _RESP = struct.Struct("=QqiI")
-_FLAG_CONTINUE = 1  # SECCOMP_USER_NOTIF_FLAG_CONTINUE: learn mode only
+_FLAG_CONTINUE = 1  # SECCOMP_USER_NOTIF_FLAG_CONTINUE: see the module docstring
+_IOC_ID_VALID = 0x40082102  # SECCOMP_IOCTL_NOTIF_ID_VALID
+_IOC_ADDFD = 0x40182103  # SECCOMP_IOCTL_NOTIF_ADDFD
+# struct seccomp_notif_addfd { u64 id; u32 flags; u32 srcfd; u32 newfd; u32 newfd_flags; }
+_ADDFD = struct.Struct("=QIIII")
+_ADDFD_FLAG_SETFD = 1  # put the fd at newfd (replacing what is there), as dup2 would
+_ADDFD_FLAG_SEND = 2  # and answer the call with the new fd number, atomically
 AUDIT_ARCH_X86_64 = 0xC000003E
 
 
@@ -76,3 +93,50 @@ def refuse(listener: int, notification: Notification, err: int) -> None:
 def allow_for_learning(listener: int, notification: Notification) -> None:
     """Let the call run (``privsep learn`` only; see the module docstring for why that is sound)."""
     _send(listener, notification, 0, _FLAG_CONTINUE)
+
+
+def hand_back(listener: int, notification: Notification) -> None:
+    """Let a call the broker does not serve run under the child's own confinement (see above)."""
+    _send(listener, notification, 0, _FLAG_CONTINUE)
+
+
+def succeed(listener: int, notification: Notification, value: int = 0) -> None:
+    """Answer the call with ``value`` (what the broker did on its behalf succeeded)."""
+    resp = bytearray(_RESP.pack(notification.id, value, 0, 0))
+    try:
+        fcntl.ioctl(listener, _IOC_SEND, resp, True)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+def is_live(listener: int, notification: Notification) -> bool:
+    """Whether the caller is still blocked in this call; after it, a pid read earlier was the caller's."""
+    try:
+        fcntl.ioctl(listener, _IOC_ID_VALID, bytearray(struct.pack("=Q", notification.id)), True)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def inject_fd(listener: int, notification: Notification, fd: int, *, cloexec: bool) -> int:
+    """Install ``fd`` in the caller and answer the call with its number, in one step.
+
+    Returns the caller's fd number; raises OSError (EMFILE when the caller's
+    table is full, ENOENT when it died meanwhile): the caller then gets nothing.
+    """
+    req = bytearray(_ADDFD.pack(notification.id, _ADDFD_FLAG_SEND, fd, 0, os.O_CLOEXEC if cloexec else 0))
+    return int(fcntl.ioctl(listener, _IOC_ADDFD, req, True))
+
+
+def replace_fd(listener: int, notification: Notification, fd: int, target: int, *, cloexec: bool) -> None:
+    """Put ``fd`` at the caller's fd number ``target`` (the old file there is closed); no answer yet."""
+    flags = os.O_CLOEXEC if cloexec else 0
+    fcntl.ioctl(
+        listener,
+        _IOC_ADDFD,
+        bytearray(_ADDFD.pack(notification.id, _ADDFD_FLAG_SETFD, fd, target, flags)),
+        True,
+    )

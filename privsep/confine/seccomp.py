@@ -15,11 +15,14 @@ What a compiled filter does, in order:
    ``ioctl`` refuses TIOCSTI/TIOCLINUX (typing into the terminal of whoever owns it);
    ``clone`` refuses any ``CLONE_NEW*`` flag; ``socket``/``socketpair`` accept only
    ``AF_UNIX`` (network access is the broker's); ``personality`` accepts only
-   ``PER_LINUX`` and the query. These run as a short hand-written BPF prelude in front of
-   libseccomp's program, because libseccomp cannot express "allow unless the masked
-   argument equals X": an unconditional allow silently *swallows* conditional rules on the
-   same syscall, and a mask of 0 is folded into an unconditional rule (measured with
-   libseccomp 2.5.4; ``tests/integration/test_seccomp_filter.py`` pins the result).
+   ``PER_LINUX`` and the query. With transparent brokering, the open calls and
+   ``connect`` go to the broker whatever their arguments, ``socket`` also accepts
+   ``AF_INET``/``AF_INET6`` and the send calls refuse ``MSG_FASTOPEN``. These run as a
+   short hand-written BPF prelude in front of libseccomp's program, because libseccomp
+   cannot express "allow unless the masked argument equals X": an unconditional allow
+   silently *swallows* conditional rules on the same syscall, and a mask of 0 is folded
+   into an unconditional rule (measured with libseccomp 2.5.4;
+   ``tests/integration/test_seccomp_filter.py`` pins the result).
 3. The allowlist (libseccomp, binary-tree ordered); ``clone3`` fails with ``ENOSYS`` so that
    glibc falls back to ``clone``, whose flags step 2 can see.
 4. Dangerous calls (``privsep.policy.syscalls.DANGEROUS``) report to the broker through a
@@ -52,6 +55,7 @@ __all__ = [
     "load_filter",
     "syscall_name",
     "syscall_number",
+    "transparent_numbers",
 ]
 
 DefaultAction = Literal["eperm", "enosys", "kill"]
@@ -148,6 +152,13 @@ class FilterSpec:
     """Send every syscall outside the allowlist to the broker (user notification),
     which answers ``default_action`` itself and can name the call in its report;
     False: the kernel answers ``default_action`` and nobody hears of it."""
+    transparent_files: bool = False
+    """Send every (allowed) ``open``/``creat``/``openat``/``openat2`` to the broker, which
+    serves paths under the policy's [[files]] rules itself (transparent brokering)."""
+    transparent_net: bool = False
+    """Let the child make TCP/UDP sockets in its own empty network namespace, and send every
+    ``connect`` to the broker, which connects a socket of its own and swaps it in.
+    ``MSG_FASTOPEN`` (a connect hidden in a send) is refused."""
 
     def __post_init__(self) -> None:
         # A plain set would make the spec unhashable and the cache fail far from the cause.
@@ -253,7 +264,7 @@ def compile_filter(spec: FilterSpec) -> bytes:
             add(dangerous_ret, dangerous_nr)
 
     body = _export_bpf(filt)
-    program = _prelude(allowed) + body
+    program = _prelude(allowed, spec) + body
     count = len(program) // _SOCK_FILTER.size
     if count > _BPF_MAXINSNS:
         raise PolicyError(
@@ -320,29 +331,56 @@ def _export_bpf(filt: Any) -> bytes:
 #   "deny_values": refuse if the argument's low 32 bits equal one of values
 #   "allow_values": refuse unless they equal one of values
 #   "deny_mask": refuse if they share a bit with values[0]
+#   "notify": send the call to the broker whatever its arguments (transparent brokering)
 _Check = tuple[int, int, str, tuple[int, ...], int]
 
 
-def _checks(allowed: dict[str, int]) -> list[_Check]:
+_AF_INET = 2
+_AF_INET6 = 10
+_MSG_FASTOPEN = 0x20000000
+TRANSPARENT_FILE_CALLS = ("open", "creat", "openat", "openat2")
+TRANSPARENT_NET_CALLS = ("connect",)
+
+
+def transparent_numbers(spec: FilterSpec) -> frozenset[int]:
+    """The syscalls the filter sends to the broker for transparent brokering (allowed ones only)."""
+    names = (TRANSPARENT_FILE_CALLS if spec.transparent_files else ()) + (
+        TRANSPARENT_NET_CALLS if spec.transparent_net else ()
+    )
+    allowed = _resolve_allow(spec.allow)
+    return frozenset(allowed[name] for name in names if name in allowed)
+
+
+def _checks(allowed: dict[str, int], spec: FilterSpec) -> list[_Check]:
     checks: list[_Check] = []
+    for nr in sorted(transparent_numbers(spec)):
+        checks.append((nr, 0, "notify", (), 0))
     if "ioctl" in allowed:
         checks.append((allowed["ioctl"], 1, "deny_values", (_TIOCSTI, _TIOCLINUX, _TIOCSCTTY), errno.EPERM))
     if "clone" in allowed:
         checks.append((allowed["clone"], 0, "deny_mask", (_CLONE_NEW_MASK,), errno.EPERM))
-    for name in ("socket", "socketpair"):
-        if name in allowed:
-            checks.append((allowed[name], 0, "allow_values", (_AF_UNIX,), errno.EAFNOSUPPORT))
+    if "socket" in allowed:
+        # With transparent networking the child may make inet sockets: they live in its own
+        # empty network namespace, and only the broker's connect makes them reach anything.
+        families = (_AF_UNIX, _AF_INET, _AF_INET6) if spec.transparent_net else (_AF_UNIX,)
+        checks.append((allowed["socket"], 0, "allow_values", families, errno.EAFNOSUPPORT))
+    if "socketpair" in allowed:
+        checks.append((allowed["socketpair"], 0, "allow_values", (_AF_UNIX,), errno.EAFNOSUPPORT))
+    if spec.transparent_net:
+        for name, flags_arg in (("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)):
+            if name in allowed:
+                checks.append((allowed[name], flags_arg, "deny_mask", (_MSG_FASTOPEN,), errno.EPERM))
     checks.append((_must_resolve("personality"), 0, "allow_values", _PERSONALITY_OK, errno.EPERM))
     return checks
 
 
-def _prelude(allowed: dict[str, int]) -> bytes:
+def _prelude(allowed: dict[str, int], spec: FilterSpec) -> bytes:
     """Assemble the argument checks; every path ends in a refusal or libseccomp's program.
 
     Jumps are relative and forward-only in classic BPF, so prepending leaves libseccomp's
     own jumps intact; "start" below is the first instruction of its program.
     """
-    checks = _checks(allowed)
+    checks = _checks(allowed, spec)
     # Instructions as (code, jt, jf, k) with jt/jf/k possibly symbolic labels.
     code: list[tuple[int, int | str, int | str, int | str]] = []
     labels: dict[str, int] = {}
@@ -358,6 +396,9 @@ def _prelude(allowed: dict[str, int]) -> bytes:
     emit(_JMP_JA, k="start")
     for i, (_nr, arg, kind, values, err) in enumerate(checks):
         labels[f"check{i}"] = len(code)
+        if kind == "notify":
+            emit(_RET_K, k=_RET_USER_NOTIF)
+            continue
         emit(_LD_W_ABS, k=_arg_lo(arg))
         if kind == "deny_values":
             for value in values:

@@ -80,6 +80,8 @@ class SpawnPlan:
     """How the broker answers a syscall outside the allowlist: eperm, enosys or kill."""
     learn: bool = False
     """privsep learn: the broker allows and records such syscalls instead."""
+    transparent_calls: tuple[int, ...] = ()
+    """The syscalls the filter sends to the broker for transparent brokering (transparent.py)."""
     in_process_call: bool = False
     """Forkserver only: after confinement, run ``privsep._callee`` in this (preloaded)
     interpreter instead of exec'ing ``argv``: a ``Sandbox.call`` in a few milliseconds."""
@@ -105,6 +107,7 @@ class SpawnPlan:
             "host_gid": self.host_gid,
             "syscall_default": self.syscall_default,
             "learn": self.learn,
+            "transparent_calls": list(self.transparent_calls),
             "in_process_call": self.in_process_call,
         }
         return json.dumps(body).encode()
@@ -132,6 +135,7 @@ class SpawnPlan:
             host_gid=body["host_gid"],
             syscall_default=body["syscall_default"],
             learn=body["learn"],
+            transparent_calls=tuple(body["transparent_calls"]),
             in_process_call=body["in_process_call"],
         )
 
@@ -157,11 +161,14 @@ def make_plan(
         command = os.path.abspath(command)
     plan = view.plan_view(policy.view)
     readable = [(b.path, b.is_dir) for b in plan.binds]
-    bpf = seccomp.compile_filter(
-        seccomp.FilterSpec(
-            allow=expand(policy.syscalls.allow), default_action=policy.syscalls.default, notify_denials=True
-        )
+    spec = seccomp.FilterSpec(
+        allow=expand(policy.syscalls.allow),
+        default_action=policy.syscalls.default,
+        notify_denials=True,
+        transparent_files=policy.transparent_files,
+        transparent_net=policy.transparent_net,
     )
+    bpf = seccomp.compile_filter(spec)
     return SpawnPlan(
         argv=(command, *argv[1:]),
         env=env,
@@ -174,6 +181,7 @@ def make_plan(
         user_namespace=os.geteuid() != 0,
         syscall_default=policy.syscalls.default,
         learn=learn,
+        transparent_calls=tuple(sorted(seccomp.transparent_numbers(spec))),
     )
 
 

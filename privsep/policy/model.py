@@ -461,6 +461,22 @@ SecretName = Annotated[str, AfterValidator(_check_secret_name)]
 # --- the whole policy ----------------------------------------------------------------------------
 
 
+class Transparent(_Strict):
+    """Brokering for programs that do not speak privsep's protocol (``cat``, ``curl``, a Go binary).
+
+    When on, the seccomp filter sends their ``open``/``openat`` (files) or
+    ``connect`` (net) to the broker, which decides them by the same rules as a
+    ``privsep.client`` request, performs them itself and hands the result into
+    the child. Each kind is active only when the policy has rules of that kind
+    ([[files]]; [[connect]]): with nothing to broker, the filter stays as fast
+    as without it. Turn a kind off when every program in the sandbox uses
+    ``privsep.client``: each open then costs no round trip to the broker.
+    """
+
+    files: bool = True
+    net: bool = True
+
+
 class Policy(_Strict):
     """A whole policy after ``extends`` has been resolved and variables expanded."""
 
@@ -480,6 +496,17 @@ class Policy(_Strict):
         default_factory=dict, max_length=MAX_SECRETS
     )
     """Name -> source; read by the broker, handed over as a sealed memfd on request."""
+    transparent: Transparent = Transparent()
+
+    @property
+    def transparent_files(self) -> bool:
+        """Whether unmodified programs' opens are brokered (there are [[files]] rules to serve)."""
+        return self.transparent.files and any(not rule.deny for rule in self.files)
+
+    @property
+    def transparent_net(self) -> bool:
+        """Whether unmodified programs' connects are brokered (there are [[connect]] rules)."""
+        return self.transparent.net and any(not rule.deny for rule in self.connect)
 
     @field_validator("secrets")
     @classmethod
@@ -526,6 +553,7 @@ class PolicyFile(_Strict):
     connect: list[dict[str, object]] = Field(default_factory=list, max_length=MAX_RULES)
     bind: list[dict[str, object]] = Field(default_factory=list, max_length=MAX_RULES)
     secrets: dict[str, object] = Field(default_factory=dict, max_length=MAX_SECRETS)
+    transparent: dict[str, object] = Field(default_factory=dict)
 
     @field_validator("files", "connect", "bind", mode="before")
     @classmethod

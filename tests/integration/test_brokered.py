@@ -1249,10 +1249,11 @@ extras = {
     "connect by name": attempt(client.connect, "localhost", ARGS["port"]),
     "bind": attempt(client.bind, "127.0.0.1", 0),
     "other secret": attempt(client.secret, "other"),
+    # Without the client: brokered transparently (issue 8), by the same rules.
     "open directly": attempt(lambda: open(f"{IN}/data.txt").read()),
-    "socket directly": attempt(socket.socket, socket.AF_INET, socket.SOCK_STREAM),
+    "connect directly": attempt(socket.create_connection, ("127.0.0.1", ARGS["other"])),
 }
-extras["socket directly"].pop("ok", None)  # a socket object is not JSON; were it made, the key is gone
+extras["connect directly"].pop("ok", None)  # a socket object is not JSON; were it made, the key is gone
 print(json.dumps({"reply": reply, "token": hashlib.sha256(token).hexdigest(), "extras": extras}))
 """
 
@@ -1275,17 +1276,17 @@ def test_done_when_the_job_does_exactly_what_was_granted_and_nothing_else(
     assert server.received == [b"ping"] and other.received == []
     extras = out["extras"]
     brokered = {k: v for k, v in extras.items() if not k.endswith("directly")}
+    assert extras["open directly"]["ok"] == "input\n"  # the granted file, through the broker
+    assert refused(extras["connect directly"])["errno"] == 13  # EACCES, and audited below
     for what, outcome in brokered.items():
         message = denial(outcome, r"files\[|\[\[files\]\]|connect|bind|secret")  # names the rule
         assert message.count("Re-run with --") == 1, what  # and how to allow it
-    assert refused(extras["open directly"])["errno"] == 2  # not in the sandbox's view
-    assert refused(extras["socket directly"])["errno"] == 97  # EAFNOSUPPORT: no AF_INET socket of its own
     assert tree.frozen() == before
     records = [json.loads(line) for line in audit.read_text().splitlines()]
-    assert [r["decision"] for r in records] == ["allow"] * 4 + ["deny"] * len(brokered)
+    assert [r["decision"] for r in records] == ["allow"] * 4 + ["deny"] * len(brokered) + ["allow", "deny"]
     ops = ["open", "open", "connect", "secret", "open", "open", "open", "listdir", "connect", "connect"]
-    assert [r["op"] for r in records] == [*ops, "bind", "secret"]
-    for record in records[4:]:
+    assert [r["op"] for r in records] == [*ops, "bind", "secret", "open", "connect"]
+    for record in [*records[4:-2], records[-1]]:
         reported(proc, record["op"], record["target"])
     for flag in ("--allow-read", "--allow-write", "--allow-connect", "--allow-bind", "--secret"):
         assert f"re-run with {flag}=" in proc.stderr, flag

@@ -55,8 +55,9 @@ for m in (b"one", b"two", b"x" * 60000):
 s.sendto(b"elsewhere", "/run/other.sock")
 redirected = s.recv(100)
 raw = None
-try:
-    socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:  # with a [[connect]] rule a UDP socket can be made, in the child's own empty network...
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.sendto(b"raw", ("127.0.0.1", {port}))  # ...where it reaches nothing
 except OSError as e:
     raw = e.errno
 out = {{"replies": replies, "family": s.family, "type": s.type, "raw": raw}}
@@ -67,7 +68,7 @@ print(json.dumps({{**out, "redirected": redirected.decode()}}))
     assert result["replies"] == [8, 8, 60005]
     assert (result["family"], result["type"]) == (socket.AF_UNIX, socket.SOCK_SEQPACKET)
     assert result["redirected"] == "echo:elsewhere"
-    assert result["raw"] == 97  # EAFNOSUPPORT: no UDP socket of its own either
+    assert result["raw"] == 101  # ENETUNREACH: its own network namespace has no interface up
     assert received == [b"one", b"two", b"x" * 60000, b"elsewhere"]
 
 

@@ -1,0 +1,476 @@
+"""Transparent brokering: ``open`` and ``connect`` of programs that never heard of privsep.
+
+``cat``, ``curl``, a Go server cannot send a request over the channel. With
+transparent brokering on, the seccomp filter sends their ``open``/``creat``/
+``openat``/``openat2`` and ``connect`` calls to the broker as user
+notifications, and this module turns each into the very request a
+``privsep.client`` call would have sent: same decision, same race-free
+resolution beneath pinned grants, same audit record and denial report.
+
+The trap (sandlock's supervisor was escaped through it, its issues 27, 111,
+112 and 246): a syscall answered with "continue" runs with the arguments as
+they are *then* in the child's memory, not as the broker read them. So a
+call the broker serves is never continued. The broker reads the arguments
+once, checks that the notification is still live (so the pid it read from
+was the caller's), decides on its own copy, performs the operation itself
+and injects the result: the opened fd with ``SECCOMP_ADDFD_FLAG_SEND``
+(install and answer in one step), or for ``connect`` a socket the broker
+connected, swapped in place of the child's. A thread that rewrites the path
+or the address afterwards changes nothing.
+
+What the broker does not serve is handed back to the kernel ("continue"):
+a path inside the child's own view that no [[files]] rule covers, a unix
+socket. Then nothing is being granted: the call runs exactly as if the
+filter had allowed it, under the mount namespace and Landlock, whatever the
+child's buffers say by then. A path outside the view that no rule allows is
+refused with ``EACCES`` and reported, as ``client.open`` would be.
+
+Limits, on purpose: no directory fds (``O_DIRECTORY`` on a brokered path
+fails, as ``client.open`` does: ``ls`` of a brokered directory needs
+``client.listdir``); no ``O_PATH``/``O_TMPFILE``; ``openat2`` with
+``resolve`` flags is handed back; connect is TCP by IP address (the child
+has no DNS; UDP needs ``client.connect(..., type="udp")``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import posixpath
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from privsep import _linux, protocol
+from privsep.broker import notify
+from privsep.broker.answers import Answer, Refusal, denied
+from privsep.broker.services import Services
+from privsep.policy.match import covers
+
+_NR_OPEN, _NR_CREAT, _NR_OPENAT, _NR_OPENAT2, _NR_CONNECT = 2, 85, 257, 437, 42
+_AT_FDCWD = -100
+_PATH_MAX = 4096
+_OPEN_HOW = struct.Struct("=QQQ")  # struct open_how { u64 flags; u64 mode; u64 resolve; }
+_O_LARGEFILE = 0o100000  # the kernel's value; Python's os.O_LARGEFILE is 0 on x86_64
+_O_TMPFILE = 0o20000000 | os.O_DIRECTORY
+_KNOWN_FLAGS = (
+    os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_NONBLOCK
+    | os.O_DSYNC | os.O_SYNC | os.O_DIRECT | _O_LARGEFILE | os.O_DIRECTORY | os.O_NOFOLLOW
+    | os.O_NOATIME | os.O_CLOEXEC | os.O_PATH | _O_TMPFILE | os.O_ASYNC
+)  # fmt: skip
+_SIOCGSKNS = 0x894C  # the network namespace of a socket, as an fd
+_CONNECT_TIMEOUT_MS = 30_000
+_SOCKADDR_MAX = 128
+# Options a program commonly sets before connect(); carried over to the broker's socket.
+_CARRIED_OPTIONS = (
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+)
+
+#: The calls this module serves, by x86_64 number.
+FILE_CALLS = frozenset({_NR_OPEN, _NR_CREAT, _NR_OPENAT, _NR_OPENAT2})
+NET_CALLS = frozenset({_NR_CONNECT})
+
+
+@dataclass(frozen=True)
+class Served:
+    """A call the broker decided: what to audit and report, exactly like a wire request."""
+
+    request: protocol.Request
+    result: Answer | Refusal
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A slow call (connect): run ``job`` on a worker; it answers the notification itself."""
+
+    job: Callable[[], Served | None]
+
+
+class _Unserved(Exception):
+    """The call is not the broker's to serve: answer with ``err``, or hand it back when None."""
+
+    def __init__(self, err: int | None) -> None:
+        super().__init__(err)
+        self.err = err
+
+
+def view_roots(binds: tuple[str, ...], symlinks: tuple[str, ...], tmp: bool) -> tuple[str, ...]:
+    """The paths the child sees by itself: there the kernel decides, not the broker."""
+    return (*binds, *symlinks, "/proc", "/dev", *(("/tmp",) if tmp else ()))
+
+
+class Transparent:
+    """Serves one sandbox's transparently brokered calls (see the module docstring)."""
+
+    def __init__(self, calls: frozenset[int], roots: tuple[str, ...]) -> None:
+        self.calls = calls
+        self._roots = roots
+
+    def serve(
+        self, listener: int, note: notify.Notification, services: Services | None
+    ) -> Served | Deferred | None:
+        """Answer ``note`` (or hand it to a worker); None when there is nothing to record."""
+        try:
+            if services is None:
+                raise _Unserved(None)
+            if note.nr == _NR_CONNECT:
+                return self._connect(listener, note, services)
+            return self._open(listener, note, services)
+        except _Unserved as unserved:
+            if unserved.err is None:
+                notify.hand_back(listener, note)
+            else:
+                notify.refuse(listener, note, unserved.err)
+            return None
+
+    # -- open ---------------------------------------------------------------
+
+    def _open(self, listener: int, note: notify.Notification, services: Services) -> Served | None:
+        dirfd, path_at, flags = _open_args(note)
+        if note.nr == _NR_OPENAT2:
+            flags = self._open_how(note)
+        path = _read_path(note.pid, path_at)
+        if not path.startswith("/"):
+            path = posixpath.join(_base(note.pid, dirfd), path)
+        if not notify.is_live(listener, note):
+            return None  # the caller is gone: what we read may not have been its memory
+        path = _normalise(path)
+        if not self._brokered(services, path):
+            raise _Unserved(None)  # inside the view: the kernel's own confinement decides
+        if flags & ~_KNOWN_FLAGS:
+            raise _Unserved(errno.EINVAL)  # unknown bits are refused, never passed on
+        request = protocol.Open(id=0, path=path, mode=_mode(flags))
+        unserved = _unserved_kind(flags)
+        if unserved is not None:
+            notify.refuse(listener, note, errno.EACCES)
+            return Served(request, denied(f"{unserved} are not brokered, only regular files", subject=path))
+        request, result = _perform_open(services, request, flags)
+        if isinstance(result, Refusal):
+            notify.refuse(listener, note, _errno_of(result))
+            return Served(request, result)
+        assert result.fd is not None
+        try:
+            notify.inject_fd(listener, note, result.fd, cloexec=bool(flags & os.O_CLOEXEC))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None  # the caller died meanwhile
+            notify.refuse(listener, note, exc.errno or errno.EIO)  # EMFILE: the caller's table is full
+            return Served(
+                request, Refusal(protocol.ErrorCode.FAILED, f"could not hand the fd over: {exc.strerror}")
+            )
+        finally:
+            os.close(result.fd)
+        return Served(request, Answer(result.result, rule=result.rule))
+
+    def _open_how(self, note: notify.Notification) -> int:
+        size = note.args[3]
+        if size < _OPEN_HOW.size or size > 4096:
+            raise _Unserved(errno.EINVAL if size < _OPEN_HOW.size else errno.E2BIG)
+        data = _read_exact(note.pid, note.args[2], size)
+        if any(data[_OPEN_HOW.size :]):
+            raise _Unserved(errno.E2BIG)  # as the kernel: unknown trailing fields must be zero
+        flags, _mode_bits, resolve = _OPEN_HOW.unpack_from(data)
+        if resolve:
+            raise _Unserved(None)  # resolution the child constrains itself: the kernel's to do
+        if flags >> 32:
+            raise _Unserved(errno.EINVAL)
+        return int(flags)
+
+    def _brokered(self, services: Services, path: str) -> bool:
+        if any(covers(rule, path) for rule in services.policy.files):
+            return True
+        return not (path == "/" or any(_under(path, root) for root in self._roots))
+
+    # -- connect --------------------------------------------------------------
+
+    def _connect(
+        self, listener: int, note: notify.Notification, services: Services
+    ) -> Deferred | Served | None:
+        target = _s32(note.args[0])
+        addrlen = note.args[2] & 0xFFFFFFFF
+        copy = _their_fd(note.pid, target)
+        try:
+            sock = socket.socket(fileno=copy)
+        except OSError:
+            os.close(copy)
+            raise _Unserved(None) from None  # not a socket: the kernel says ENOTSOCK
+        try:
+            address = _read_upto(note.pid, note.args[1], min(addrlen, _SOCKADDR_MAX))
+            cloexec = _fd_cloexec(note.pid, target)
+            if not notify.is_live(listener, note):
+                return None
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                raise _Unserved(None)  # a unix socket: as without transparent brokering
+            if not _in_own_netns(sock):
+                # One the broker made (connected or listening): never re-aimed.
+                raise _Unserved(errno.EISCONN)
+            peer = _sockaddr(address, sock.family)
+            if peer is None:
+                raise _Unserved(None)  # AF_UNSPEC or malformed, on the child's own socket: harmless
+            host, port = peer
+            if sock.type != socket.SOCK_STREAM:
+                request = protocol.Connect(id=0, host=host, port=max(port, 1), type="udp")
+                refusal = denied(
+                    "UDP is not brokered for unmodified programs; "
+                    'use privsep.client.connect(host, port, type="udp")',
+                    subject=f"{host}:{port}/udp",
+                )
+                notify.refuse(listener, note, errno.EACCES)
+                return Served(request, refusal)
+            if port == 0:
+                raise _Unserved(errno.ECONNREFUSED)
+            request = protocol.Connect(id=0, host=host, port=port, type="tcp", timeout_ms=_CONNECT_TIMEOUT_MS)
+        except BaseException:
+            sock.close()
+            raise
+        mine = os.dup(listener)  # the loop may close the listener while the worker runs
+        return Deferred(
+            lambda: _finish_connect(
+                mine, note, services=services, request=request, theirs=sock, target=target, cloexec=cloexec
+            )
+        )
+
+
+def _finish_connect(
+    listener: int,
+    note: notify.Notification,
+    *,
+    services: Services,
+    request: protocol.Connect,
+    theirs: socket.socket,
+    target: int,
+    cloexec: bool,
+) -> Served | None:
+    """On a worker: connect the broker's own socket, then swap it in for the child's."""
+    try:
+        try:
+            result = services.handle(request)
+        except Refusal as refusal:
+            notify.refuse(listener, note, _errno_of(refusal))
+            return Served(request, refusal)
+        assert result.fd is not None
+        ours = socket.socket(fileno=result.fd)
+        try:
+            _carry_over(theirs, ours)
+            notify.replace_fd(listener, note, ours.fileno(), target, cloexec=cloexec)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            notify.refuse(listener, note, exc.errno or errno.EIO)
+            return Served(
+                request, Refusal(protocol.ErrorCode.FAILED, f"could not hand the socket over: {exc.strerror}")
+            )
+        finally:
+            ours.close()
+        notify.succeed(listener, note, 0)
+        return Served(request, Answer(result.result, rule=result.rule))
+    finally:
+        theirs.close()
+        os.close(listener)
+
+
+def _carry_over(theirs: socket.socket, ours: socket.socket) -> None:
+    """What the program set on its socket before connect(): O_NONBLOCK and the common options."""
+    flags = fcntl.fcntl(theirs.fileno(), fcntl.F_GETFL)
+    fcntl.fcntl(ours.fileno(), fcntl.F_SETFL, flags & os.O_NONBLOCK)
+    for level, option in _CARRIED_OPTIONS:
+        try:
+            ours.setsockopt(level, option, theirs.getsockopt(level, option))
+        except OSError:
+            continue
+
+
+# -- reading the caller ------------------------------------------------------------
+
+
+def _s32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _open_args(note: notify.Notification) -> tuple[int, int, int]:
+    """(dirfd, path address, flags) of an open-family call."""
+    args = note.args
+    if note.nr == _NR_OPEN:
+        return _AT_FDCWD, args[0], args[1] & 0xFFFFFFFF
+    if note.nr == _NR_CREAT:
+        return _AT_FDCWD, args[0], os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+    return _s32(args[0]), args[1], args[2] & 0xFFFFFFFF
+
+
+def _read_exact(pid: int, address: int, size: int) -> bytes:
+    data = _read_upto(pid, address, size)
+    if len(data) < size:
+        raise _Unserved(errno.EFAULT)
+    return data
+
+
+def _read_upto(pid: int, address: int, size: int) -> bytes:
+    try:
+        return _linux.process_vm_read(pid, address, size)
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            raise _Unserved(errno.ESRCH) from None  # answered to nobody: the caller is gone
+        raise _Unserved(errno.EFAULT) from None
+
+
+def _read_path(pid: int, address: int) -> str:
+    raw = _read_upto(pid, address, _PATH_MAX)
+    end = raw.find(b"\0")
+    if end < 0:
+        raise _Unserved(errno.ENAMETOOLONG if len(raw) == _PATH_MAX else errno.EFAULT)
+    if end == 0:
+        raise _Unserved(errno.ENOENT)
+    return os.fsdecode(raw[:end])
+
+
+def _base(pid: int, dirfd: int) -> str:
+    """The directory a relative path starts from, as the child sees it."""
+    link = f"/proc/{pid}/cwd" if dirfd == _AT_FDCWD else f"/proc/{pid}/fd/{dirfd}"
+    try:
+        base = os.readlink(link)
+    except OSError:
+        raise _Unserved(None) from None  # a bad dirfd: the kernel answers EBADF itself
+    if not base.startswith("/"):
+        raise _Unserved(None)  # not a directory (a socket, a pipe): the kernel's ENOTDIR
+    return base
+
+
+def _their_fd(pid: int, fd: int) -> int:
+    try:
+        pidfd = _linux.pidfd_open(pid, _linux.PIDFD_THREAD)
+    except OSError:
+        raise _Unserved(errno.ESRCH) from None
+    try:
+        return _linux.pidfd_getfd(pidfd, fd)
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            raise _Unserved(None) from None  # the kernel answers EBADF itself
+        raise _Unserved(errno.ESRCH) from None
+    finally:
+        os.close(pidfd)
+
+
+def _fd_cloexec(pid: int, fd: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+            for line in info:
+                if line.startswith("flags:"):
+                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+    except (OSError, ValueError):
+        pass
+    return True  # unknown: the safer of the two (the socket does not leak into an exec)
+
+
+_OWN_NETNS = os.stat("/proc/self/ns/net").st_ino
+
+
+def _in_own_netns(sock: socket.socket) -> bool:
+    """Whether the socket lives in the child's network namespace (it made it) rather than ours."""
+    try:
+        nsfd = fcntl.ioctl(sock.fileno(), _SIOCGSKNS)
+    except OSError:
+        return False
+    try:
+        return os.fstat(nsfd).st_ino != _OWN_NETNS
+    finally:
+        os.close(nsfd)
+
+
+def _sockaddr(data: bytes, family: int) -> tuple[str, int] | None:
+    """(address, port) from a sockaddr_in/sockaddr_in6 of the socket's own family."""
+    if len(data) < 2 or struct.unpack_from("=H", data)[0] != family:
+        return None
+    if family == socket.AF_INET and len(data) >= 8:
+        port = struct.unpack_from("!H", data, 2)[0]
+        return str(ipaddress.IPv4Address(data[4:8])), port
+    if family == socket.AF_INET6 and len(data) >= 24:
+        port = struct.unpack_from("!H", data, 2)[0]
+        address = ipaddress.IPv6Address(data[8:24])
+        mapped = address.ipv4_mapped
+        return str(mapped if mapped is not None else address), port
+    return None
+
+
+# -- deciding ------------------------------------------------------------------
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _normalise(path: str) -> str:
+    """Lexically, as the broker's rules are written; the open itself is beneath the grant anyway."""
+    if len(path) > _PATH_MAX:
+        raise _Unserved(errno.ENAMETOOLONG)
+    norm = posixpath.normpath(path)
+    return "/" + norm.lstrip("/")
+
+
+def _unserved_kind(flags: int) -> str | None:
+    """What the broker never hands out, named for the refusal (rule 3: no O_PATH, no O_TMPFILE)."""
+    if flags & _O_TMPFILE == _O_TMPFILE:
+        return "O_TMPFILE opens"
+    if flags & os.O_PATH:
+        return "O_PATH opens"
+    if flags & os.O_DIRECTORY:
+        return (
+            "directories (a directory fd would let the child open around the broker; "
+            "list with privsep.client.listdir)"
+        )
+    return None
+
+
+def _mode(flags: int) -> protocol.OpenMode:
+    """The client-API mode with the same meaning as these open flags."""
+    access = flags & os.O_ACCMODE
+    plus = access == os.O_RDWR
+    if access == os.O_RDONLY:
+        return "r"
+    if flags & os.O_CREAT and flags & os.O_EXCL:
+        return "x+" if plus else "x"
+    if flags & os.O_TRUNC:
+        return "w+" if plus else "w"
+    if flags & os.O_APPEND:
+        return "a+" if plus else "a"
+    return "r+"  # writing in place (a write-only open gets read too: the mode needs the grant of both)
+
+
+def _perform_open(
+    services: Services, request: protocol.Open, flags: int
+) -> tuple[protocol.Open, Answer | Refusal]:
+    """Open as the flags say; "open or create" without O_TRUNC is "r+", else "x+" when missing."""
+    result = _handle(services, request)
+    missing = isinstance(result, Refusal) and result.code is protocol.ErrorCode.NOT_FOUND
+    if missing and flags & os.O_CREAT and request.mode == "r+":
+        create = protocol.Open(
+            id=0, path=request.path, mode="x" if flags & os.O_ACCMODE == os.O_WRONLY else "x+"
+        )
+        created = _handle(services, create)
+        if not (isinstance(created, Refusal) and created.errno == errno.EEXIST):
+            return create, created
+        result = _handle(services, request)  # created by someone else meanwhile: open that
+    return request, result
+
+
+def _handle(services: Services, request: protocol.Request) -> Answer | Refusal:
+    try:
+        return services.handle(request)
+    except Refusal as refusal:
+        return refusal
+
+
+def _errno_of(refusal: Refusal) -> int:
+    """What an unmodified program sees: EACCES for a denial, else the failure's own errno."""
+    if refusal.code is protocol.ErrorCode.DENIED:
+        return errno.EACCES
+    if refusal.code is protocol.ErrorCode.NOT_FOUND:
+        return errno.ENOENT
+    return refusal.errno or errno.EIO

@@ -1,0 +1,243 @@
+"""Argument races against transparent brokering (issue 8).
+
+A seccomp notification carries pointers, not values: the path of an
+``open`` and the address of a ``connect`` stay in the child's memory, where
+its other threads can rewrite them while the broker decides. A broker that
+checks the memory and then lets the kernel run the call ("continue")
+decides on one value and performs another: sandlock's supervisor was
+escaped that way. privsep reads the arguments once and performs the call
+on its own copy.
+
+``racer.c`` (below) is an unmodified C program: one thread flips a buffer
+between an allowed and a forbidden value as fast as it can while the main
+thread calls ``open`` (or ``connect``) on it in a loop. Whatever the
+timing, the forbidden file must never be read and the forbidden server must
+never see a connection, while the allowed ones are reached, and the denials
+are EACCES. The forbidden file is tried twice: outside the child's view,
+and inside it behind a ``deny`` rule (there a "check, then continue" broker
+would hand it over, because the kernel itself could open it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import privsep_argv
+
+ITERATIONS = 3000
+SECRET = "SECRET: must never be read through the race\n"  # noqa: S105 - a marker, not a password
+
+RACER_C = r"""
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static char path[512];
+static char allowed_path[512], forbidden_path[512];
+static struct sockaddr_in addr;
+static unsigned short allowed_port, forbidden_port;
+static volatile int stop;
+static volatile unsigned long flips;
+
+/* Keep the compiler from dropping the first of two stores, and give each value some time. */
+#define BARRIER() __asm__ volatile("" ::: "memory")
+static void linger(void) { for (volatile int i = 0; i < 200; i++) BARRIER(); }
+
+static void *flip_path(void *unused) {
+    (void)unused;
+    while (!stop) {
+        memcpy(path, forbidden_path, sizeof path);
+        BARRIER();
+        linger();
+        memcpy(path, allowed_path, sizeof path);
+        BARRIER();
+        linger();
+        flips++;
+    }
+    return NULL;
+}
+
+static void *flip_port(void *unused) {
+    (void)unused;
+    while (!stop) {
+        addr.sin_port = forbidden_port;
+        BARRIER();
+        linger();
+        addr.sin_port = allowed_port;
+        BARRIER();
+        linger();
+        flips++;
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5) return 2;
+    int n = atoi(argv[4]);
+    long ok = 0, denied = 0, leaked = 0, other = 0;
+    pthread_t thread;
+    if (strcmp(argv[1], "open") == 0) {
+        strncpy(allowed_path, argv[2], sizeof allowed_path - 1);
+        strncpy(forbidden_path, argv[3], sizeof forbidden_path - 1);
+        memcpy(path, allowed_path, sizeof path);
+        pthread_create(&thread, NULL, flip_path, NULL);
+        for (int i = 0; i < n; i++) {
+            int fd = open(path, O_RDONLY);
+            if (fd < 0) {
+                if (errno == EACCES) denied++; else other++;
+                continue;
+            }
+            char buf[64] = {0};
+            if (read(fd, buf, sizeof buf - 1) > 0 && strncmp(buf, "SECRET", 6) == 0) leaked++; else ok++;
+            close(fd);
+        }
+    } else {
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        allowed_port = htons((unsigned short)atoi(argv[2]));
+        forbidden_port = htons((unsigned short)atoi(argv[3]));
+        addr.sin_port = allowed_port;
+        pthread_create(&thread, NULL, flip_port, NULL);
+        for (int i = 0; i < n; i++) {
+            int s = socket(AF_INET, SOCK_STREAM, 0);
+            if (s < 0) { other++; continue; }
+            if (connect(s, (struct sockaddr *)&addr, sizeof addr) != 0) {
+                if (errno == EACCES) denied++; else other++;
+                close(s);
+                continue;
+            }
+            char buf[16] = {0};
+            if (read(s, buf, sizeof buf - 1) > 0 && strncmp(buf, "FORBIDDEN", 9) == 0) leaked++; else ok++;
+            close(s);
+        }
+    }
+    stop = 1;
+    pthread_join(thread, NULL);
+    printf("{\"ok\": %ld, \"denied\": %ld, \"leaked\": %ld, \"other\": %ld, \"flips\": %lu}\n",
+           ok, denied, leaked, other, flips);
+    return 0;
+}
+"""
+
+
+@pytest.fixture
+def arena(shared_tmp: Path) -> Path:
+    """The racer binary and the files it races over, readable by every uid."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is missing: .ci/setup installs it")
+    (shared_tmp / "racer.c").write_text(RACER_C)
+    subprocess.run(
+        ["gcc", "-O2", "-pthread", "-o", str(shared_tmp / "racer"), str(shared_tmp / "racer.c")], check=True
+    )
+    (shared_tmp / "view").mkdir()
+    (shared_tmp / "view" / "ok.txt").write_text("allowed\n")
+    (shared_tmp / "view" / "secret.txt").write_text(SECRET)
+    (shared_tmp / "outside").mkdir()
+    (shared_tmp / "outside" / "secret.txt").write_text(SECRET)
+    for path in shared_tmp.rglob("*"):
+        path.chmod(0o755 if path.is_dir() or path.name == "racer" else 0o644)
+    return shared_tmp
+
+
+def _race(broker_user: str, arena: Path, args: list[str], *racer: str) -> dict[str, int]:
+    proc = subprocess.run(
+        privsep_argv(broker_user, [*args, "--", str(arena / "racer"), *racer, str(ITERATIONS)]),
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.mark.parametrize("forbidden", ["outside/secret.txt", "view/secret.txt"])
+def test_flipping_the_path_never_opens_the_forbidden_file(
+    broker_user: str, arena: Path, forbidden: str
+) -> None:
+    policy = arena / "race.toml"
+    policy.write_text(
+        f'extends = "minimal"\n[view]\nread = ["{arena}/racer", "{arena}/view"]\n'
+        f'[[files]]\npath = "{arena}/view/ok.txt"\naccess = ["read"]\n'
+        f'[[files]]\npath = "{arena}/view/secret.txt"\ndeny = true\n'
+    )
+    policy.chmod(0o644)
+    result = _race(
+        broker_user, arena, ["--policy", str(policy)], "open", f"{arena}/view/ok.txt", f"{arena}/{forbidden}"
+    )
+    assert result["leaked"] == 0, result
+    # The race really ran both ways: some opens saw the allowed path, some the forbidden one.
+    assert result["ok"] > 0 and result["denied"] > 0, result
+    assert result["flips"] > ITERATIONS, result
+
+
+class _Server:
+    """A loopback TCP server that greets every connection with its name and counts them."""
+
+    def __init__(self, name: bytes) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=512)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted = 0
+        self._name = name
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with contextlib.suppress(OSError):
+                conn.sendall(self._name + b"\n")
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[_Server, _Server]]:
+    allowed, forbidden = _Server(b"ALLOWED"), _Server(b"FORBIDDEN")
+    yield allowed, forbidden
+    allowed.close()
+    forbidden.close()
+
+
+def test_flipping_the_address_never_connects_elsewhere(
+    broker_user: str, arena: Path, servers: tuple[_Server, _Server]
+) -> None:
+    allowed, forbidden = servers
+    policy = arena / "race.toml"
+    policy.write_text(f'extends = "minimal"\n[view]\nread = ["{arena}/racer"]\n')
+    policy.chmod(0o644)
+    result = _race(
+        broker_user,
+        arena,
+        ["--policy", str(policy), "--allow-connect", f"127.0.0.1:{allowed.port}"],
+        "connect",
+        str(allowed.port),
+        str(forbidden.port),
+    )
+    assert result["leaked"] == 0, result
+    assert forbidden.accepted == 0, result
+    assert result["ok"] > 0 and result["denied"] > 0, result
+    assert allowed.accepted == result["ok"]
