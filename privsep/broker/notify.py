@@ -76,8 +76,8 @@ def receive(listener: int) -> Notification | None:
     return Notification(id=nid, pid=pid, nr=nr, arch=arch, args=tuple(args))
 
 
-def _send(listener: int, notification: Notification, error: int, flags: int) -> None:
-    resp = bytearray(_RESP.pack(notification.id, 0, error, flags))
+def _send(listener: int, notification: Notification, error: int, flags: int, value: int = 0) -> None:
+    resp = bytearray(_RESP.pack(notification.id, value, error, flags))
     try:
         fcntl.ioctl(listener, _IOC_SEND, resp, True)
     except OSError as exc:
@@ -102,12 +102,7 @@ def hand_back(listener: int, notification: Notification) -> None:
 
 def succeed(listener: int, notification: Notification, value: int = 0) -> None:
     """Answer the call with ``value`` (what the broker did on its behalf succeeded)."""
-    resp = bytearray(_RESP.pack(notification.id, value, 0, 0))
-    try:
-        fcntl.ioctl(listener, _IOC_SEND, resp, True)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
+    _send(listener, notification, 0, 0, value)
 
 
 def is_live(listener: int, notification: Notification) -> bool:
