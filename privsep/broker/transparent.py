@@ -201,6 +201,7 @@ class Transparent:
         except OSError:
             os.close(copy)
             raise _Unserved(None) from None  # not a socket: the kernel says ENOTSOCK
+        handed_over = False  # to the worker, which closes it; else closed here, whatever happens
         try:
             address = _read_upto(note.pid, note.args[1], min(addrlen, _SOCKADDR_MAX))
             cloexec = _fd_cloexec(note.pid, target)
@@ -227,15 +228,22 @@ class Transparent:
             if port == 0:
                 raise _Unserved(errno.ECONNREFUSED)
             request = protocol.Connect(id=0, host=host, port=port, type="tcp", timeout_ms=_CONNECT_TIMEOUT_MS)
-        except BaseException:
-            sock.close()
-            raise
-        mine = os.dup(listener)  # the loop may close the listener while the worker runs
-        return Deferred(
-            lambda: _finish_connect(
-                mine, note, services=services, request=request, theirs=sock, target=target, cloexec=cloexec
+            mine = os.dup(listener)  # the loop may close the listener while the worker runs
+            handed_over = True
+            return Deferred(
+                lambda: _finish_connect(
+                    mine,
+                    note,
+                    services=services,
+                    request=request,
+                    theirs=sock,
+                    target=target,
+                    cloexec=cloexec,
+                )
             )
-        )
+        finally:
+            if not handed_over:
+                sock.close()
 
 
 def _finish_connect(
