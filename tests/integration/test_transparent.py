@@ -16,13 +16,14 @@ import shutil
 import socket
 import socketserver
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import NONROOT_ID, PYTHON, RunPrivsep, json_output
+from tests.conftest import NONROOT_ID, PRIVSEP, PYTHON, RunPrivsep, json_output
 
 SECRET = "the host's secret, never to be read\n"  # noqa: S105 - a marker, not a password
 
@@ -260,3 +261,50 @@ print(json.dumps(out))
     assert out["fastopen"] == 1  # EPERM: a connect hidden in a send
     assert f"denied connect 127.0.0.1:{other}/tcp" in proc.stderr
     assert "UDP is not brokered for unmodified programs" in proc.stderr
+
+
+def test_refused_connects_leave_no_fd_in_the_broker(shared_tmp: Path) -> None:
+    """Every fd the broker takes to serve a connect (the pidfd, its copy of the child's socket) is closed.
+
+    A UDP connect is refused after the broker took both. A leak would let a child fill the
+    broker's fd table one connect at a time (checked: dropping the pidfd's close fails this test).
+    """
+    code = """
+import socket, sys
+def burst(n):
+    for _ in range(n):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.connect_ex(("127.0.0.1", 53))
+burst(1)
+print("one", flush=True); sys.stdin.readline()
+burst(200)
+print("many", flush=True); sys.stdin.readline()
+"""
+    argv = [
+        str(PRIVSEP),
+        "run",
+        "--allow-connect",
+        "127.0.0.1:1",
+        "--policy",
+        "python",
+        "--",
+        str(PYTHON),
+        "-c",
+        code,
+    ]
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        counts = []
+        for expected in ("one", "many"):
+            assert proc.stdout.readline().strip() == expected
+            counts.append(len(os.listdir(f"/proc/{proc.pid}/fd")))
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert counts[1] - counts[0] < 5, counts  # 200 more refusals, no more fds
