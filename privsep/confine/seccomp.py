@@ -342,6 +342,7 @@ TRANSPARENT_FILE_CALLS = ("open", "creat", "openat", "openat2")
 TRANSPARENT_NET_CALLS = ("connect",)
 
 
+@functools.lru_cache(maxsize=64)
 def transparent_numbers(spec: FilterSpec) -> frozenset[int]:
     """The syscalls the filter sends to the broker for transparent brokering (allowed ones only)."""
     names = (TRANSPARENT_FILE_CALLS if spec.transparent_files else ()) + (
