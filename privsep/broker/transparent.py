@@ -73,10 +73,6 @@ _CARRIED_OPTIONS = (
     (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
 )
 
-#: The calls this module serves, by x86_64 number.
-FILE_CALLS = frozenset({_NR_OPEN, _NR_CREAT, _NR_OPENAT, _NR_OPENAT2})
-NET_CALLS = frozenset({_NR_CONNECT})
-
 
 @dataclass(frozen=True)
 class Served:

@@ -83,7 +83,7 @@ def test_syscall_arguments_are_read_as_ints() -> None:
 
 def test_the_view_is_handed_back_and_everything_else_is_brokered() -> None:
     roots = t.view_roots(("/usr", "/etc/ld.so.cache"), ("/lib",), tmp=False)
-    serve = t.Transparent(t.FILE_CALLS, roots)
+    serve = t.Transparent(frozenset(), roots)
 
     class Services:
         policy: Policy = load_policy("minimal").model_copy(
