@@ -1,0 +1,1 @@
+"""Real, unmodified programs under ``privsep run``, judged side by side with bubblewrap."""
