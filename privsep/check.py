@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from privsep import _stdout
 from privsep.broker.files import FileService
 from privsep.confine import seccomp
-from privsep.confine.view import plan_view
+from privsep.confine.identity import SANDBOX_ID
+from privsep.confine.view import plan_grants, plan_view
 from privsep.errors import ConfinementError, PolicyError
 from privsep.policy.load import load_policy
 from privsep.policy.model import Policy, View
@@ -185,6 +186,15 @@ def _files(policy: Policy, links: Sequence[Link], result: CheckResult) -> None:
                     "beneath it can be reached; if it is a directory, create it first",
                 )
             )
+
+    # How the grants will be served here: nested grants that cannot mean what they say,
+    # deny rules the kernel cannot mask (only once the view itself plans: no error twice).
+    if result.errors:
+        return
+    try:
+        plan_grants(policy, root_broker=os.geteuid() == 0, sandbox_id=SANDBOX_ID)
+    except PolicyError as exc:
+        result.errors.append(Problem(links[0].origin if links else result.spec, "files", str(exc)))
 
 
 def _secrets(policy: Policy, links: Sequence[Link], result: CheckResult) -> None:

@@ -18,6 +18,7 @@ from privsep.errors import PrivsepError
 
 if TYPE_CHECKING:
     from privsep.broker.loop import Broker, Child, Denial
+    from privsep.confine.spawn import SpawnPlan
     from privsep.policy.model import Policy
 
 EXIT_USAGE = 125
@@ -170,8 +171,23 @@ def _run(args: argparse.Namespace) -> int:
             stack.callback(audit.close)
         broker = Broker(audit=audit)
         stack.callback(broker.close)
-        return _serve(broker, broker.start(plan, services=services, timeout=timeout))
+        status = _serve(broker, broker.start(plan, services=services, timeout=timeout))
+        if status != 0:
+            _report_hidden_paths(command, plan)
+        return status
     raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
+
+
+def _report_hidden_paths(command: Sequence[str], plan: SpawnPlan) -> None:
+    """After a failure: command-line paths the child could not see or write (see hints.py)."""
+    from privsep.hints import outside_view_hints
+
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return
+    for line in outside_view_hints(command, cwd, plan.cwd, plan.view):
+        print(f"privsep: {_printable(line)}", file=sys.stderr)
 
 
 def _command(args: argparse.Namespace) -> list[str]:

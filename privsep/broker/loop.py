@@ -199,7 +199,9 @@ class Broker:
             roots = view_roots(
                 tuple(b.path for b in v.binds), tuple(p for p, _ in v.symlinks), v.tmp_size_mb is not None
             )
-            child.transparent = Transparent(frozenset(plan.transparent_calls), roots)
+            child.transparent = Transparent(
+                frozenset(plan.transparent_calls), roots, frozenset(plan.kernel_served)
+            )
         self._children.add(child)
         spawned.channel.setblocking(False)
         spawned.control.setblocking(False)

@@ -1,8 +1,9 @@
 """Transparent brokering: ``open`` and ``connect`` of programs that never heard of privsep.
 
 ``cat``, ``curl``, a Go server cannot send a request over the channel. With
-transparent brokering on, the seccomp filter sends their ``open``/``creat``/
-``openat``/``openat2`` and ``connect`` calls to the broker as user
+transparent brokering on (broker-served ``[[files]]`` grants, ``[[connect]]``
+rules), the seccomp filter sends their ``open``/``creat``/``openat`` and
+``connect`` calls to the broker as user
 notifications, and this module turns each into the very request a
 ``privsep.client`` call would have sent: same decision, same race-free
 resolution beneath pinned grants, same audit record and denial report.
@@ -19,17 +20,20 @@ connected, swapped in place of the child's. A thread that rewrites the path
 or the address afterwards changes nothing.
 
 What the broker does not serve is handed back to the kernel ("continue"):
-a path inside the child's own view that no [[files]] rule covers, a unix
-socket. Then nothing is being granted: the call runs exactly as if the
+a path inside the child's own view whose deciding rule the kernel serves
+(or that no [[files]] rule covers), a unix socket. An ``O_CREAT`` with a
+setuid/setgid mode is refused instead, judged on the registers the broker
+read (which the child cannot change). Then nothing is being granted: the call runs exactly as if the
 filter had allowed it, under the mount namespace and Landlock, whatever the
 child's buffers say by then. A path outside the view that no rule allows is
 refused with ``EACCES`` and reported, as ``client.open`` would be.
 
 Limits, on purpose: no directory fds (``O_DIRECTORY`` on a brokered path
-fails, as ``client.open`` does: ``ls`` of a brokered directory needs
-``client.listdir``); no ``O_PATH``/``O_TMPFILE``; ``openat2`` with
-``resolve`` flags is handed back; connect is TCP by IP address (the child
-has no DNS; UDP needs ``client.connect(..., type="udp")``).
+fails, as ``client.open`` does: ``ls`` of a broker-served directory needs
+``client.listdir``); no ``O_PATH``/``O_TMPFILE``; ``openat2`` never reaches
+the broker (the filter fails it with ENOSYS, since its flags and mode live in
+memory); connect is TCP by IP address (the child has no DNS; UDP needs
+``client.connect(..., type="udp")``).
 """
 
 from __future__ import annotations
@@ -48,14 +52,14 @@ from privsep import _linux, protocol
 from privsep.broker import notify
 from privsep.broker.answers import Answer, Refusal, denied
 from privsep.broker.services import Services
-from privsep.policy.match import covers
+from privsep.policy.match import deciding_rule
 
-_NR_OPEN, _NR_CREAT, _NR_OPENAT, _NR_OPENAT2, _NR_CONNECT = 2, 85, 257, 437, 42
+_NR_OPEN, _NR_CREAT, _NR_OPENAT, _NR_CONNECT = 2, 85, 257, 42
 _AT_FDCWD = -100
 _PATH_MAX = 4096
-_OPEN_HOW = struct.Struct("=QQQ")  # struct open_how { u64 flags; u64 mode; u64 resolve; }
 _O_LARGEFILE = 0o100000  # the kernel's value; Python's os.O_LARGEFILE is 0 on x86_64
 _O_TMPFILE = 0o20000000 | os.O_DIRECTORY
+_SETID_BITS = 0o6000
 _KNOWN_FLAGS = (
     os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_NONBLOCK
     | os.O_DSYNC | os.O_SYNC | os.O_DIRECT | _O_LARGEFILE | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -105,9 +109,12 @@ def view_roots(binds: tuple[str, ...], symlinks: tuple[str, ...], tmp: bool) -> 
 class Transparent:
     """Serves one sandbox's transparently brokered calls (see the module docstring)."""
 
-    def __init__(self, calls: frozenset[int], roots: tuple[str, ...]) -> None:
+    def __init__(
+        self, calls: frozenset[int], roots: tuple[str, ...], kernel_served: frozenset[int] = frozenset()
+    ) -> None:
         self.calls = calls
         self._roots = roots
+        self._kernel_served = kernel_served
 
     def serve(
         self, listener: int, note: notify.Notification, services: Services | None
@@ -130,8 +137,6 @@ class Transparent:
 
     def _open(self, listener: int, note: notify.Notification, services: Services) -> Served | None:
         dirfd, path_at, flags = _open_args(note)
-        if note.nr == _NR_OPENAT2:
-            flags = self._open_how(note)
         path = _read_path(note.pid, path_at)
         if not path.startswith("/"):
             path = posixpath.join(_base(note.pid, dirfd), path)
@@ -139,7 +144,9 @@ class Transparent:
             return None  # the caller is gone: what we read may not have been its memory
         path = _normalise(path)
         if not self._brokered(services, path):
-            raise _Unserved(None)  # inside the view: the kernel's own confinement decides
+            if flags & (os.O_CREAT | _O_TMPFILE) and _create_mode(note) & _SETID_BITS:
+                raise _Unserved(errno.EPERM)  # never a set-id file on the host (seccomp.py says why)
+            raise _Unserved(None)  # the kernel's own confinement decides
         if flags & ~_KNOWN_FLAGS:
             raise _Unserved(errno.EINVAL)  # unknown bits are refused, never passed on
         request = protocol.Open(id=0, path=path, mode=_mode(flags))
@@ -165,23 +172,12 @@ class Transparent:
             os.close(result.fd)
         return Served(request, Answer(result.result, rule=result.rule))
 
-    def _open_how(self, note: notify.Notification) -> int:
-        size = note.args[3]
-        if size < _OPEN_HOW.size or size > 4096:
-            raise _Unserved(errno.EINVAL if size < _OPEN_HOW.size else errno.E2BIG)
-        data = _read_exact(note.pid, note.args[2], size)
-        if any(data[_OPEN_HOW.size :]):
-            raise _Unserved(errno.E2BIG)  # as the kernel: unknown trailing fields must be zero
-        flags, _mode_bits, resolve = _OPEN_HOW.unpack_from(data)
-        if resolve:
-            raise _Unserved(None)  # resolution the child constrains itself: the kernel's to do
-        if flags >> 32:
-            raise _Unserved(errno.EINVAL)
-        return int(flags)
-
     def _brokered(self, services: Services, path: str) -> bool:
-        if any(covers(rule, path) for rule in services.policy.files):
-            return True
+        """The broker decides ``path``; False: the kernel does (the view, a kernel-served grant)."""
+        index = deciding_rule(services.policy, path)
+        if index is not None:
+            # A deny is refused and reported here, though a mask already hides the path.
+            return services.policy.files[index].deny or index not in self._kernel_served
         return not (path == "/" or any(_under(path, root) for root in self._roots))
 
     # -- connect --------------------------------------------------------------
@@ -299,6 +295,12 @@ def _s32(value: int) -> int:
     return value - (1 << 32) if value & 0x80000000 else value
 
 
+def _create_mode(note: notify.Notification) -> int:
+    """The mode argument of an open-family call (registers: the child cannot change them later)."""
+    index = {_NR_OPEN: 2, _NR_CREAT: 1}.get(note.nr, 3)
+    return note.args[index] & 0xFFFFFFFF
+
+
 def _open_args(note: notify.Notification) -> tuple[int, int, int]:
     """(dirfd, path address, flags) of an open-family call."""
     args = note.args
@@ -307,13 +309,6 @@ def _open_args(note: notify.Notification) -> tuple[int, int, int]:
     if note.nr == _NR_CREAT:
         return _AT_FDCWD, args[0], os.O_CREAT | os.O_WRONLY | os.O_TRUNC
     return _s32(args[0]), args[1], args[2] & 0xFFFFFFFF
-
-
-def _read_exact(pid: int, address: int, size: int) -> bytes:
-    data = _read_upto(pid, address, size)
-    if len(data) < size:
-        raise _Unserved(errno.EFAULT)
-    return data
 
 
 def _read_upto(pid: int, address: int, size: int) -> bytes:

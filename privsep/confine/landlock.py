@@ -54,10 +54,49 @@ def handled_fs(abi: int) -> int:
     return bits
 
 
-def rules_for(readable: list[tuple[str, bool]], devices: list[str], tmp: bool) -> tuple[Rule, ...]:
-    """Rules for a view: (path, is_dir) read-only grants, device nodes, optional /tmp."""
+#: What each ``[[files]]`` access word lets the kernel do beneath a kernel-served grant.
+#: ``read`` includes execute: a program that can read a file can copy it to /tmp and run it.
+#: ``create`` is every change to a directory: make (files, directories, symlinks, fifos,
+#: sockets; never devices), remove, and rename or link across directories (REFER).
+_GRANT_BITS = {
+    "read": L.ACCESS_FS_READ_FILE | L.ACCESS_FS_EXECUTE,
+    "list": L.ACCESS_FS_READ_DIR,
+    "write": L.ACCESS_FS_WRITE_FILE,
+    "truncate": L.ACCESS_FS_TRUNCATE,
+    "create": L.ACCESS_FS_MAKE_REG
+    | L.ACCESS_FS_MAKE_DIR
+    | L.ACCESS_FS_MAKE_SYM
+    | L.ACCESS_FS_MAKE_FIFO
+    | L.ACCESS_FS_MAKE_SOCK
+    | L.ACCESS_FS_REMOVE_FILE
+    | L.ACCESS_FS_REMOVE_DIR
+    | L.ACCESS_FS_REFER,
+}
+
+
+def grant_access(words: tuple[str, ...], is_dir: bool) -> int:
+    """The Landlock rights of a kernel-served grant with these access words."""
+    bits = 0
+    for word in words:
+        bits |= _GRANT_BITS.get(word, 0)
+    if not is_dir:  # Landlock refuses directory rights on a file
+        bits &= L.ACCESS_FS_READ_FILE | L.ACCESS_FS_EXECUTE | L.ACCESS_FS_WRITE_FILE | L.ACCESS_FS_TRUNCATE
+    return bits
+
+
+def rules_for(
+    binds: list[tuple[str, bool, tuple[str, ...]]], devices: list[str], tmp: bool
+) -> tuple[Rule, ...]:
+    """Rules for a view: (path, is_dir, grant access) binds, device nodes, optional /tmp.
+
+    A bind with no access words is a ``[view]`` read: read, list, execute.
+    """
     rules = [Rule("/", L.ACCESS_FS_READ_DIR), Rule("/proc", L.ACCESS_FS_READ_FILE | L.ACCESS_FS_READ_DIR)]
-    rules += [Rule(path, _READ_DIR if is_dir else _READ_FILE) for path, is_dir in readable]
+    for path, is_dir, words in binds:
+        if words:
+            rules.append(Rule(path, grant_access(words, is_dir)))
+        else:
+            rules.append(Rule(path, _READ_DIR if is_dir else _READ_FILE))
     rules += [Rule(f"/dev/{name}", _DEVICE) for name in devices]
     if tmp:
         rules.append(Rule("/tmp", _TMP))

@@ -332,13 +332,23 @@ def _export_bpf(filt: Any) -> bytes:
 #   "allow_values": refuse unless they equal one of values
 #   "deny_mask": refuse if they share a bit with values[0]
 #   "notify": send the call to the broker whatever its arguments (transparent brokering)
+#   "refuse": fail with errno whatever its arguments
 _Check = tuple[int, int, str, tuple[int, ...], int]
 
 
 _AF_INET = 2
 _AF_INET6 = 10
 _MSG_FASTOPEN = 0x20000000
-TRANSPARENT_FILE_CALLS = ("open", "creat", "openat", "openat2")
+TRANSPARENT_FILE_CALLS = ("open", "creat", "openat")
+#: S_ISUID | S_ISGID. A file the child leaves setuid or setgid on the host would run with
+#: its owner's rights for whoever executes it there (on an idmapped grant the owner is the
+#: grant's, root included); a nosuid mount inside the sandbox does nothing for the host.
+_SETID_BITS = 0o6000
+#: (syscall, index of its mode argument): each refuses a mode with a set-id bit.
+_MODE_ARGS = (
+    ("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2),
+    ("open", 2), ("openat", 3), ("creat", 1), ("mknod", 1), ("mknodat", 2),
+)  # fmt: skip
 TRANSPARENT_NET_CALLS = ("connect",)
 
 
@@ -354,8 +364,17 @@ def transparent_numbers(spec: FilterSpec) -> frozenset[int]:
 
 def _checks(allowed: dict[str, int], spec: FilterSpec) -> list[_Check]:
     checks: list[_Check] = []
-    for nr in sorted(transparent_numbers(spec)):
+    notified = transparent_numbers(spec)
+    for nr in sorted(notified):
         checks.append((nr, 0, "notify", (), 0))
+    for name, mode_arg in _MODE_ARGS:
+        # A notified open is checked by the broker on the registers it read (transparent.py).
+        if name in allowed and allowed[name] not in notified:
+            checks.append((allowed[name], mode_arg, "deny_mask", (_SETID_BITS,), errno.EPERM))
+    if "openat2" in allowed:
+        # Its flags and mode live in the child's memory, where another thread can change them
+        # after any check; glibc never calls it and programs that do fall back to openat.
+        checks.append((allowed["openat2"], 0, "refuse", (), errno.ENOSYS))
     if "ioctl" in allowed:
         checks.append((allowed["ioctl"], 1, "deny_values", (_TIOCSTI, _TIOCLINUX, _TIOCSCTTY), errno.EPERM))
     if "clone" in allowed:
@@ -399,6 +418,9 @@ def _prelude(allowed: dict[str, int], spec: FilterSpec) -> bytes:
         labels[f"check{i}"] = len(code)
         if kind == "notify":
             emit(_RET_K, k=_RET_USER_NOTIF)
+            continue
+        if kind == "refuse":
+            emit(_RET_K, k=_RET_ERRNO | err)
             continue
         emit(_LD_W_ABS, k=_arg_lo(arg))
         if kind == "deny_values":

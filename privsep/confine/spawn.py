@@ -82,6 +82,10 @@ class SpawnPlan:
     """privsep learn: the broker allows and records such syscalls instead."""
     transparent_calls: tuple[int, ...] = ()
     """The syscalls the filter sends to the broker for transparent brokering (transparent.py)."""
+    cwd_inherited: bool = False
+    """``cwd`` is where the user was, not a policy's choice: "/" if the child cannot enter it."""
+    kernel_served: tuple[int, ...] = ()
+    """Indices of the policy's [[files]] grants bound into the view: the kernel serves them."""
     in_process_call: bool = False
     """Forkserver only: after confinement, run ``privsep._callee`` in this (preloaded)
     interpreter instead of exec'ing ``argv``: a ``Sandbox.call`` in a few milliseconds."""
@@ -95,9 +99,17 @@ class SpawnPlan:
             "view": {
                 "dirs": list(self.view.dirs),
                 "symlinks": [list(s) for s in self.view.symlinks],
-                "binds": [[b.path, b.is_dir] for b in self.view.binds],
+                "binds": [
+                    [b.path, b.is_dir, list(b.access), b.writable, None if b.idmap is None else list(b.idmap)]
+                    for b in self.view.binds
+                ],
                 "tmp_size_mb": self.view.tmp_size_mb,
+                "pins": list(self.view.pins),
+                "masks": [[m.path, m.is_dir] for m in self.view.masks],
+                "files": [list(f) for f in self.view.files],
             },
+            "kernel_served": list(self.kernel_served),
+            "cwd_inherited": self.cwd_inherited,
             "landlock_rules": [[r.path, r.access] for r in self.landlock_rules],
             "landlock_abi": self.landlock_abi,
             "rlimits": {str(k): v for k, v in self.rlimits.items()},
@@ -123,9 +135,17 @@ class SpawnPlan:
             view=view.ViewPlan(
                 dirs=tuple(v["dirs"]),
                 symlinks=tuple((a, b) for a, b in v["symlinks"]),
-                binds=tuple(view.Bind(p, d) for p, d in v["binds"]),
+                binds=tuple(
+                    view.Bind(p, d, tuple(a), w, None if m is None else (m[0], m[1]))
+                    for p, d, a, w, m in v["binds"]
+                ),
                 tmp_size_mb=v["tmp_size_mb"],
+                pins=tuple(v["pins"]),
+                masks=tuple(view.Mask(p, d) for p, d in v["masks"]),
+                files=tuple((p, t) for p, t in v["files"]),
             ),
+            kernel_served=tuple(body["kernel_served"]),
+            cwd_inherited=body["cwd_inherited"],
             landlock_rules=tuple(landlock.Rule(p, a) for p, a in body["landlock_rules"]),
             landlock_abi=body["landlock_abi"],
             rlimits={int(k): v for k, v in body["rlimits"].items()},
@@ -159,22 +179,26 @@ def make_plan(
     command = argv[0]
     if "/" in command:
         command = os.path.abspath(command)
-    plan = view.plan_view(policy.view)
-    readable = [(b.path, b.is_dir) for b in plan.binds]
+    grants = view.plan_grants(policy, root_broker=os.geteuid() == 0, sandbox_id=identity.SANDBOX_ID)
+    plan = grants.view
+    binds = [(b.path, b.is_dir, b.access) for b in plan.binds]
+    binds += [(path, False, ()) for path, _ in plan.files]  # generated, read-only like a [view] read
     spec = seccomp.FilterSpec(
         allow=expand(policy.syscalls.allow),
         default_action=policy.syscalls.default,
         notify_denials=True,
-        transparent_files=policy.transparent_files,
+        # Only grants the broker serves need the child's opens: the kernel serves the rest.
+        transparent_files=policy.transparent.files and bool(grants.broker_served),
         transparent_net=policy.transparent_net,
     )
     bpf = seccomp.compile_filter(spec)
     return SpawnPlan(
         argv=(command, *argv[1:]),
         env=env,
-        cwd=policy.env.cwd,
+        cwd=policy.env.cwd or _inherited_cwd(plan),
+        cwd_inherited=policy.env.cwd is None,
         view=plan,
-        landlock_rules=landlock.rules_for(readable, list(view.DEVICES), policy.view.tmp),
+        landlock_rules=landlock.rules_for(binds, list(view.DEVICES), policy.view.tmp),
         landlock_abi=_linux.landlock_abi_version(),
         rlimits=limits.rlimits(policy.limits),
         seccomp_bpf=bpf,
@@ -182,7 +206,22 @@ def make_plan(
         syscall_default=policy.syscalls.default,
         learn=learn,
         transparent_calls=tuple(sorted(seccomp.transparent_numbers(spec))),
+        kernel_served=grants.kernel_served,
     )
+
+
+def _inherited_cwd(plan: view.ViewPlan) -> str:
+    """Where the user is, when the child can see it there (relative paths then mean what they
+    meant outside); otherwise "/"."""
+    try:
+        here = os.getcwd()
+    except OSError:
+        return "/"
+    for b in plan.binds:
+        if b.is_dir and (here == b.path or here.startswith(b.path.rstrip("/") + "/")):
+            return here
+    # A directory leading to a grant exists in the view too (as an empty one), as under bwrap.
+    return here if here in plan.dirs else "/"
 
 
 @dataclass
@@ -381,7 +420,7 @@ def _init(plan: SpawnPlan, lifeline: int) -> int:
         own = os.pidfd_open(1)
         _report("init", [own])
         os.close(own)
-        view.build_view(plan.view)
+        view.build_view(plan.view, identity.SANDBOX_ID)
         try:
             socket.sethostname("privsep")
         except OSError as exc:
@@ -420,9 +459,13 @@ def _command(plan: SpawnPlan) -> int:
         try:
             os.chdir(plan.cwd)
         except OSError as exc:
-            raise ConfinementError(
-                "cwd", f"{plan.cwd} is not a directory in the child's view ({exc.strerror}); change [env] cwd"
-            ) from None
+            if plan.cwd_inherited:
+                os.chdir("/")
+            else:
+                raise ConfinementError(
+                    "cwd",
+                    f"{plan.cwd} is not a directory in the child's view ({exc.strerror}); change [env] cwd",
+                ) from None
         identity.drop_identity(in_user_namespace=plan.user_namespace, parent_pid=1)
         landlock.apply_landlock(plan.landlock_rules, plan.landlock_abi)
         limits.apply_rlimits(dict(plan.rlimits))

@@ -16,6 +16,8 @@ runs in the sandbox's pid 1, which is the only process that can mount a
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 import posixpath
 import stat
@@ -23,7 +25,9 @@ from dataclasses import dataclass
 
 from privsep import _linux
 from privsep.errors import ConfinementError, PolicyError
-from privsep.policy.model import View
+from privsep.policy.match import deciding_rule
+from privsep.policy.model import Policy, View
+from privsep.policy.serving import broker_reason, writes
 
 #: Device nodes every child gets; none of them gives access to anything.
 DEVICES = ("null", "zero", "full", "random", "urandom")
@@ -44,6 +48,24 @@ _TMP_INODES = 16384  # tmpfs inodes cost kernel memory outside every rlimit
 
 @dataclass(frozen=True)
 class Bind:
+    """A host path bound at the same path in the view."""
+
+    path: str
+    is_dir: bool
+    access: tuple[str, ...] = ()
+    """The granted access words of a kernel-served ``[[files]]`` grant; () for a ``[view]`` read."""
+    writable: bool = False
+    """Bound read-write (a grant that writes); every other bind is read-only."""
+    idmap: tuple[int, int] | None = None
+    """Root broker: the host (uid, gid) that own the grant, shown to the child as its own
+    through an idmapped mount, so it may do there what the grant says (and files it
+    creates land owned by them). None: a plain bind, the host's ownership as it is."""
+
+
+@dataclass(frozen=True)
+class Mask:
+    """A deny rule inside a bind: an empty, read-only, mode-0 file or directory mounted over it."""
+
     path: str
     is_dir: bool
 
@@ -56,6 +78,23 @@ class ViewPlan:
     symlinks: tuple[tuple[str, str], ...]
     binds: tuple[Bind, ...]
     tmp_size_mb: int | None
+    pins: tuple[str, ...] = ()
+    """Directories inside a writable grant bound onto themselves: the ancestors of a mask,
+    which then cannot be renamed or exchanged away (EBUSY), so the mask keeps its path."""
+    masks: tuple[Mask, ...] = ()
+    files: tuple[tuple[str, str], ...] = ()
+    """Small generated files (path, content): /etc/passwd and friends, when the view has none."""
+
+
+@dataclass(frozen=True)
+class GrantsPlan:
+    """A policy's view and ``[[files]]`` grants, resolved against this host."""
+
+    view: ViewPlan
+    kernel_served: tuple[int, ...]
+    """Indices into ``policy.files`` of the grants the kernel serves (bound into the view)."""
+    broker_served: tuple[tuple[int, str], ...]
+    """The other grants, each with why the broker serves it."""
 
 
 def _under(path: str, root: str) -> bool:
@@ -68,7 +107,8 @@ class _Planner:
         self.symlinks: dict[str, str] = {}
         self.binds: dict[str, bool] = {}
 
-    def add(self, path: str, *, required: bool, links: int = 0) -> None:
+    def add(self, path: str, *, required: bool, links: int = 0) -> str | None:
+        """Plan ``path`` into the view; the resolved path bound, or None when it is missing."""
         if links > _MAX_LINKS:
             raise PolicyError(f"view path {path}: too many levels of symbolic links")
         path = posixpath.normpath(path)
@@ -84,7 +124,7 @@ class _Planner:
                         f"view path {path} does not exist on this machine ({nxt} is missing); "
                         "remove it from [view] read, or move it to read_if_exists"
                     ) from None
-                return
+                return None
             except OSError as exc:
                 raise PolicyError(f"view path {path}: cannot inspect {nxt}: {exc.strerror}") from None
             rest = parts[i + 1 :]
@@ -92,27 +132,35 @@ class _Planner:
                 target = os.readlink(nxt)
                 self.symlinks[nxt] = target
                 resolved = posixpath.normpath(posixpath.join(current, target))
-                self.add(posixpath.join(resolved, *rest), required=required, links=links + 1)
-                return
+                return self.add(posixpath.join(resolved, *rest), required=required, links=links + 1)
             if not rest:
                 if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
                     raise PolicyError(f"view path {path} is neither a directory nor a regular file")
                 self.binds[nxt] = stat.S_ISDIR(st.st_mode)
-                return
+                return nxt
             if not stat.S_ISDIR(st.st_mode):
                 raise PolicyError(f"view path {path}: {nxt} is not a directory")
             self.dirs.add(nxt)
             current = nxt
+        return "/"
 
-    def plan(self, tmp_size_mb: int | None) -> ViewPlan:
-        # A grant inside a bound directory is already visible through it.
-        bind_dirs = [p for p, is_dir in self.binds.items() if is_dir]
+    def plan(self, tmp_size_mb: int | None, grants: dict[str, Bind]) -> ViewPlan:
+        # A [view] read inside another [view] read is already visible through it;
+        # a grant is always bound, since its access differs from what encloses it.
+        view_dirs = [p for p, is_dir in self.binds.items() if is_dir and p not in grants]
+        all_dirs = [p for p, is_dir in self.binds.items() if is_dir]
 
-        def inside_bind(path: str) -> bool:
-            return any(_under(path, d) and path != d for d in bind_dirs)
+        def inside(path: str, dirs: list[str]) -> bool:
+            return any(_under(path, d) and path != d for d in dirs)
 
-        binds = tuple(Bind(p, is_dir) for p, is_dir in sorted(self.binds.items()) if not inside_bind(p))
+        binds = tuple(
+            grants.get(p, Bind(p, is_dir))
+            for p, is_dir in sorted(self.binds.items())
+            if p in grants or not inside(p, view_dirs)
+        )
         for b in binds:
+            if b.path == "/":
+                raise PolicyError("the view cannot bind / itself: grant the directories the program needs")
             for r in ("/proc", "/dev"):
                 if _under(b.path, r) or _under(r, b.path):
                     raise PolicyError(
@@ -121,8 +169,9 @@ class _Planner:
             # A grant below /tmp (a venv there, say) is bound inside the private
             # /tmp; only "/" could contain /tmp, and it contains /proc too.
         bound = {b.path for b in binds}
-        dirs = tuple(sorted(d for d in self.dirs if not inside_bind(d) and d not in bound))
-        symlinks = tuple(sorted((p, t) for p, t in self.symlinks.items() if not inside_bind(p)))
+        # Nothing is ever created inside a bind: it would land on the host.
+        dirs = tuple(sorted(d for d in self.dirs if not inside(d, all_dirs) and d not in bound))
+        symlinks = tuple(sorted((p, t) for p, t in self.symlinks.items() if not inside(p, all_dirs)))
         return ViewPlan(dirs=dirs, symlinks=symlinks, binds=binds, tmp_size_mb=tmp_size_mb)
 
 
@@ -133,7 +182,181 @@ def plan_view(view: View) -> ViewPlan:
         planner.add(path, required=True)
     for path in view.read_if_exists:
         planner.add(path, required=False)
-    return planner.plan(view.tmp_size_mb if view.tmp else None)
+    return planner.plan(view.tmp_size_mb if view.tmp else None, {})
+
+
+def _granted_words(access: tuple[str, ...]) -> frozenset[str]:
+    words = frozenset(access)
+    return words | {"append"} if "write" in words else words
+
+
+def plan_grants(policy: Policy, *, root_broker: bool, sandbox_id: int) -> GrantsPlan:
+    """The view with every kernel-servable ``[[files]]`` grant bound in it and every deny masked.
+
+    Runs in the broker before fork; reads host metadata only. Raises
+    PolicyError when a grant cannot mean what it says (see :func:`_check_nesting`)
+    or a deny rule cannot be masked.
+    """
+    planner = _Planner()
+    for path in policy.view.read:
+        planner.add(path, required=True)
+    for path in policy.view.read_if_exists:
+        planner.add(path, required=False)
+    grants: dict[str, Bind] = {}
+    kernel: list[int] = []
+    broker: list[tuple[int, str]] = []
+    for index, rule in enumerate(policy.files):
+        if rule.deny:
+            continue
+        if deciding_rule(policy, rule.path) != index and _denied_at(policy, rule.path):
+            broker.append((index, "a deny rule covers it"))
+            continue
+        try:
+            st = os.stat(rule.path)
+        except OSError:
+            broker.append((index, "the path does not exist yet, and only an existing path can be bound"))
+            continue
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            broker.append((index, "it is neither a directory nor a regular file"))
+            continue
+        reason = broker_reason(rule, is_dir=stat.S_ISDIR(st.st_mode))
+        if reason is not None:
+            broker.append((index, reason))
+            continue
+        resolved = planner.add(rule.path, required=False)
+        if resolved is None:
+            broker.append((index, "the path does not exist yet, and only an existing path can be bound"))
+            continue
+        if resolved in grants:  # the same path granted twice: the first rule decides, as in match
+            kernel.append(index)
+            continue
+        idmap = None
+        if root_broker and (st.st_uid, st.st_gid) != (sandbox_id, sandbox_id):
+            idmap = (st.st_uid, st.st_gid)
+        grants[resolved] = Bind(
+            resolved,
+            stat.S_ISDIR(st.st_mode),
+            access=tuple(a.value for a in rule.access),
+            writable=writes(rule),
+            idmap=idmap,
+        )
+        kernel.append(index)
+    plan = planner.plan(policy.view.tmp_size_mb if policy.view.tmp else None, grants)
+    _check_nesting(policy, plan, kernel)
+    pins, masks = _masks(policy, plan.binds)
+    files = _generated_files(plan, sandbox_id, home="/tmp" if policy.view.tmp else "/")
+    plan = dataclasses.replace(plan, pins=pins, masks=masks, files=files)
+    return GrantsPlan(view=plan, kernel_served=tuple(kernel), broker_served=tuple(broker))
+
+
+def _denied_at(policy: Policy, path: str) -> bool:
+    index = deciding_rule(policy, path)
+    return index is not None and policy.files[index].deny
+
+
+_ALL_WORDS = frozenset({"read", "list", "write", "create", "truncate", "append"})
+
+
+def _check_nesting(policy: Policy, plan: ViewPlan, kernel: list[int]) -> None:
+    """A grant inside another must not gain access through it.
+
+    Landlock's rights add up down a hierarchy, and only a read-only mount takes
+    away: an inner grant that writes less than what encloses it cannot be
+    expressed by the kernel. What encloses a grant: another grant, a ``[view]``
+    read (read, list), the private /tmp (everything). Refuse, naming the fix,
+    rather than silently granting more than the inner rule says.
+    """
+    enclosing: list[tuple[str, frozenset[str], str]] = []
+    for b in plan.binds:
+        words = _granted_words(b.access) if b.access else frozenset({"read", "list"})
+        enclosing.append((b.path, words, "an enclosing grant" if b.access else "a [view] read"))
+    if plan.tmp_size_mb is not None:
+        enclosing.append(("/tmp", _ALL_WORDS, "the private /tmp"))
+    for inner in (b for b in plan.binds if b.access):
+        wanted = _granted_words(inner.access)
+        effective: set[str] = set(wanted)
+        sources: list[str] = []
+        for path, words, what in enclosing:
+            if _under(inner.path, path) and path != inner.path and words - wanted:
+                effective |= words
+                sources.append(what)
+        if not inner.writable:
+            effective -= {"write", "create", "truncate", "append"}
+        extra = effective - wanted
+        if extra:
+            names = [policy.files[i].describe(i) for i in kernel if policy.files[i].path == inner.path]
+            fix = 'make the inner grant read-only, give it the same access, or set serve = "broker" on it' + (
+                " and on the enclosing grant" if "an enclosing grant" in sources else ""
+            )
+            if "the private /tmp" in sources:
+                fix += " (or turn the private /tmp off: [view] tmp = false)"
+            raise PolicyError(
+                f"{names[0] if names else inner.path} lies inside {sources[0]}, which also gives "
+                f"{', '.join(sorted(extra))}, and the kernel cannot take that away beneath it; {fix}"
+            )
+
+
+def _masks(policy: Policy, binds: tuple[Bind, ...]) -> tuple[tuple[str, ...], tuple[Mask, ...]]:
+    pins: set[str] = set()
+    masks: list[Mask] = []
+    bound = {b.path for b in binds}
+    for index, rule in enumerate(policy.files):
+        if not rule.deny:
+            continue
+        covering = [b for b in binds if b.is_dir and _under(rule.path, b.path)]
+        exact = [b for b in binds if b.path == rule.path]
+        if not covering and not exact:
+            continue  # not in the view: nothing to mask
+        enclosing = max(covering, key=lambda b: len(b.path)) if covering else exact[0]
+        where = rule.describe(index)
+        try:
+            st = os.lstat(rule.path)
+        except FileNotFoundError:
+            if any(b.writable for b in covering):
+                raise PolicyError(
+                    f"{where} lies inside a writable grant but does not exist, and the kernel can "
+                    f"only mask an existing path: create it first (mkdir -p or touch {rule.path}), "
+                    'or serve the enclosing grant with serve = "broker"'
+                ) from None
+            continue  # a read-only view cannot grow it
+        except OSError as exc:
+            raise PolicyError(f"{where}: cannot inspect it: {exc.strerror}") from None
+        if os.path.realpath(rule.path) != rule.path:
+            raise PolicyError(
+                f"{where}: the path runs through a symbolic link (it is {os.path.realpath(rule.path)}); "
+                "deny the real path"
+            )
+        masks.append(Mask(rule.path, stat.S_ISDIR(st.st_mode)))
+        if enclosing.writable:
+            at = posixpath.dirname(rule.path)
+            while _under(at, enclosing.path) and at != enclosing.path:
+                if at not in bound:
+                    pins.add(at)
+                at = posixpath.dirname(at)
+    return tuple(sorted(pins)), tuple(sorted(masks, key=lambda m: m.path))
+
+
+def _generated_files(plan: ViewPlan, sandbox_id: int, home: str) -> tuple[tuple[str, str], ...]:
+    """/etc/passwd, group, nsswitch.conf and hosts when nothing in the view provides them.
+
+    Programs look themselves up (``id``, ``whoami``, git, ssh, Python's
+    ``getpass``) and resolve "localhost"; without these files they fail or
+    print errors that have nothing to do with what they were asked to do.
+    """
+
+    def visible(path: str) -> bool:
+        return any(_under(path, b.path) for b in plan.binds)
+
+    shell = "/usr/sbin/nologin"
+    me = f"sandbox:x:{sandbox_id}:{sandbox_id}:privsep sandbox:{home}:{shell}"
+    databases = ("passwd", "group", "shadow", "hosts", "services", "protocols")
+    content = {
+        "/etc/passwd": f"root:x:0:0:root:/root:{shell}\n{me}\n",
+        "/etc/group": f"root:x:0:\nsandbox:x:{sandbox_id}:\n",
+        "/etc/nsswitch.conf": "".join(f"{name}: files\n" for name in databases),
+        "/etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    }
+    return tuple((path, text) for path, text in content.items() if not visible(path))
 
 
 def _bind(fd: int, target: str, attrs: int) -> None:
@@ -157,6 +380,8 @@ def _bind(fd: int, target: str, attrs: int) -> None:
 
 
 def _make_mountpoint(path: str, is_dir: bool) -> None:
+    if os.path.lexists(path):
+        return  # inside a bind already: the host's own entry (never create anything there)
     if is_dir:
         os.makedirs(path, mode=0o755, exist_ok=True)
     else:
@@ -164,22 +389,93 @@ def _make_mountpoint(path: str, is_dir: bool) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444))
 
 
-def build_view(plan: ViewPlan) -> None:
+def _idmap_userns(host_uid: int, host_gid: int, sandbox_id: int, *, proc: str) -> int:
+    """A user namespace (as an fd) mapping ``host_uid``/``host_gid`` onto the sandbox's ids.
+
+    Only its mapping matters: an idmapped mount made with it shows files the
+    host ids own as the sandbox's, and files the sandbox creates land owned
+    by the host ids. The helper process that owns it exits at once.
+    """
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - a throw-away helper
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            _linux.unshare(_linux.CLONE_NEWUSER)
+            os.write(ready_w, b"u")
+            os.read(go_r, 1)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        if os.read(ready_r, 1) != b"u":
+            raise OSError(errno.EPERM, "the idmap helper could not make a user namespace")
+        for name, content in (
+            ("uid_map", f"{host_uid} {sandbox_id} 1\n"),
+            ("gid_map", f"{host_gid} {sandbox_id} 1\n"),
+        ):
+            with open(f"{proc}/{pid}/{name}", "w") as f:
+                f.write(content)
+        return os.open(f"{proc}/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(go_w)
+        os.waitpid(pid, 0)
+
+
+def _bind_idmapped(fd: int, target: str, attrs: int, userns: int) -> None:
+    """Attach a clone of ``fd``'s mount at ``target``, idmapped and restricted before it is visible."""
+    tree = _linux.open_tree_clone(fd)
+    try:
+        try:
+            _linux.mount_setattr_fd(tree, attrs | _linux.MOUNT_ATTR_IDMAP, userns)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            # The file system cannot be idmapped: the host's ownership applies as it is.
+            _linux.mount_setattr_fd(tree, attrs)
+        _linux.move_mount_to(tree, target)
+    finally:
+        os.close(tree)
+
+
+_WRITABLE = _linux.MOUNT_ATTR_NOSUID | _linux.MOUNT_ATTR_NODEV
+_MASK = _READ_ONLY | _linux.MOUNT_ATTR_NOEXEC
+_MASKS_AT = "/.privsep-masks"
+
+
+def _mount_order(plan: ViewPlan) -> list[tuple[str, int, object]]:
+    """Binds, pins and masks, outermost first: a mount inside another comes after it."""
+    ops: list[tuple[str, int, object]] = [(b.path, 0, b) for b in plan.binds]
+    ops += [(p, 1, p) for p in plan.pins]
+    ops += [(m.path, 2, m) for m in plan.masks]
+    return sorted(ops, key=lambda op: (op[0], op[1]))
+
+
+def build_view(plan: ViewPlan, sandbox_id: int = 65534) -> None:
     """Replace this process's root with the planned view (pid 1 of the sandbox).
 
     Raises ConfinementError naming the path that could not be set up.
     """
     step = "filesystem"
     os.umask(0o022)
-    sources: list[tuple[Bind, int]] = []
+    sources: dict[str, int] = {}
+    namespaces: dict[tuple[int, int], int] = {}
     try:
         for b in plan.binds:
             fd = os.open(b.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            sources[b.path] = fd
             if stat.S_ISDIR(os.fstat(fd).st_mode) != b.is_dir:
                 raise ConfinementError(step, f"{b.path} changed type since the policy was planned")
-            sources.append((b, fd))
         devices = [(name, os.open(f"/dev/{name}", os.O_PATH | os.O_CLOEXEC)) for name in DEVICES]
     except OSError as exc:
+        for fd in (*sources.values(), *namespaces.values()):
+            os.close(fd)
         raise ConfinementError(step, f"cannot open {exc.filename or 'a view path'}: {exc.strerror}") from None
 
     root = _BUILD_AT
@@ -200,13 +496,58 @@ def build_view(plan: ViewPlan) -> None:
                 _linux.MS_NOSUID | _linux.MS_NODEV,
                 f"mode=1777,size={plan.tmp_size_mb}m,nr_inodes={_TMP_INODES}",
             )
+        current = "/proc"
+        os.makedirs(root + "/proc", mode=0o755)
+        # hidepid=invisible: init (pid 1) is not dumpable, so its /proc entry,
+        # cmdline included (a forked copy of the broker's), is hidden from the command.
+        _linux.mount(
+            "proc",
+            root + "/proc",
+            "proc",
+            _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
+            "hidepid=invisible",
+        )
+        # The helpers that hold the idmaps live in our pid namespace: reach them through its /proc.
+        for b in plan.binds:
+            if b.idmap is not None and b.idmap not in namespaces:
+                current = f"the idmapped mount of {b.path}"
+                namespaces[b.idmap] = _idmap_userns(*b.idmap, sandbox_id, proc=root + "/proc")
         for d in plan.dirs:
             current = d
             os.makedirs(root + d, mode=0o755, exist_ok=True)
-        for b, fd in sources:
-            current = b.path
-            _make_mountpoint(root + b.path, b.is_dir)
-            _bind(fd, root + b.path, _READ_ONLY)
+        if plan.masks:
+            current = "the masks of deny rules"
+            os.makedirs(root + _MASKS_AT, mode=0o755)
+            _linux.mount(
+                "tmpfs", root + _MASKS_AT, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755,size=4k"
+            )
+            os.mkdir(root + _MASKS_AT + "/d", 0o000)
+            os.close(os.open(root + _MASKS_AT + "/f", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000))
+        for path, _, op in _mount_order(plan):
+            current = path
+            if isinstance(op, Bind):
+                _make_mountpoint(root + path, op.is_dir)
+                attrs = _WRITABLE if op.writable else _READ_ONLY
+                if op.idmap is not None:
+                    _bind_idmapped(sources[path], root + path, attrs, namespaces[op.idmap])
+                else:
+                    _bind(sources[path], root + path, attrs)
+            elif isinstance(op, Mask):
+                _linux.mount(
+                    root + _MASKS_AT + ("/d" if op.is_dir else "/f"), root + path, None, _linux.MS_BIND
+                )
+                _linux.mount_setattr_recursive(root + path, _MASK)
+            else:  # a pin: the directory bound onto itself, so it cannot be renamed away
+                _linux.mount(root + path, root + path, None, _linux.MS_BIND)
+        if plan.masks:
+            current = "the masks of deny rules"
+            _linux.umount2(root + _MASKS_AT, _linux.MNT_DETACH)
+            os.rmdir(root + _MASKS_AT)
+        for path, text in plan.files:
+            current = path
+            os.makedirs(root + posixpath.dirname(path), mode=0o755, exist_ok=True)
+            with open(root + path, "x") as f:
+                f.write(text)
         for path, target in plan.symlinks:
             current = path
             os.makedirs(root + posixpath.dirname(path), mode=0o755, exist_ok=True)
@@ -222,17 +563,6 @@ def build_view(plan: ViewPlan) -> None:
             )
         for name, target in _DEV_LINKS.items():
             os.symlink(target, f"{root}/dev/{name}")
-        current = "/proc"
-        os.makedirs(root + "/proc", mode=0o755)
-        # hidepid=invisible: init (pid 1) is not dumpable, so its /proc entry,
-        # cmdline included (a forked copy of the broker's), is hidden from the command.
-        _linux.mount(
-            "proc",
-            root + "/proc",
-            "proc",
-            _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
-            "hidepid=invisible",
-        )
         current = "pivot_root"
         os.chdir(root)
         _linux.pivot_root(".", ".")
@@ -248,7 +578,7 @@ def build_view(plan: ViewPlan) -> None:
     except OSError as exc:
         raise ConfinementError(step, f"setting up {current}: {exc.strerror}") from None
     finally:
-        for _, fd in sources:
+        for fd in (*sources.values(), *namespaces.values()):
             os.close(fd)
         for _, fd in devices:
             os.close(fd)

@@ -5,9 +5,10 @@ computed without touching the file system, the network or DNS; the broker
 then does the operation itself, race-free, beneath the deciding rule's root.
 
 Files. A deny rule that covers the path wins, whatever grants say. Otherwise
-the deciding grant is the most specific covering grant (the longest path;
-ties: the first in policy order) that grants every needed access; ``write``
-implies ``append``. A recursive rule covers its path and what lies beneath
+the most specific covering grant (the longest path; ties: the first in policy
+order) decides alone, as the innermost mount does for kernel-served grants:
+grants do not add up, so a read-only grant inside a write grant stays
+read-only. ``write`` implies ``append``. A recursive rule covers its path and what lies beneath
 it, component-wise: /srv/data covers /srv/data/x, never /srv/database.
 
 Network. An IP/CIDR rule allows an address inside it on one of its ports and
@@ -50,6 +51,7 @@ __all__ = [
     "decide_bind",
     "decide_connect",
     "decide_file",
+    "deciding_rule",
     "may_resolve",
 ]
 
@@ -119,6 +121,25 @@ def _words(accesses: frozenset[Access]) -> str:
     return ", ".join(a.value for a in Access if a in accesses) or "nothing"
 
 
+def deciding_rule(policy: Policy, path: str) -> int | None:
+    """The index of the ``[[files]]`` rule that decides ``path``, or None when no rule covers it.
+
+    A covering deny rule wins over every grant. Otherwise the most specific
+    covering grant decides alone (the longest path; ties: the first in policy
+    order), as the innermost mount would: a read-only grant inside a write
+    grant is read-only, whether the kernel or the broker serves it.
+    """
+    closest: int | None = None
+    for index, rule in enumerate(policy.files):
+        if not covers(rule, path):
+            continue
+        if rule.deny:
+            return index
+        if closest is None or len(rule.path) > len(policy.files[closest].path):
+            closest = index
+    return closest
+
+
 def _file_flag(need: frozenset[Access]) -> str | None:
     if Access.CONNECT in need:
         return None  # no flag grants connect: only a policy rule does
@@ -134,22 +155,16 @@ def decide_file(policy: Policy, path: str, need: frozenset[Access]) -> FileDecis
     reason = check_path(path)
     if reason is not None:
         return _denied(None, reason, None)
-    best: int | None = None  # the most specific covering grant granting all of need
-    closest: int | None = None  # the most specific covering grant
-    for index, rule in enumerate(policy.files):
-        if not covers(rule, path):
-            continue
-        if rule.deny:
-            return _denied(
-                index,
-                f"denied by {rule.describe(index)}: a deny rule wins over every grant, "
-                "command-line grants included; change the policy",
-                None,
-            )
-        if closest is None or len(rule.path) > len(policy.files[closest].path):
-            closest = index
-        if need <= _granted(rule) and (best is None or len(rule.path) > len(policy.files[best].path)):
-            best = index
+    closest = deciding_rule(policy, path)
+    if closest is not None and policy.files[closest].deny:
+        rule = policy.files[closest]
+        return _denied(
+            closest,
+            f"denied by {rule.describe(closest)}: a deny rule wins over every grant, "
+            "command-line grants included; change the policy",
+            None,
+        )
+    best = closest if closest is not None and need <= _granted(policy.files[closest]) else None
     flag = _file_flag(need)
     if best is not None:
         rule = policy.files[best]

@@ -93,7 +93,9 @@ class Env(_Strict):
     set: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict
     )
-    cwd: AbsPath = "/"
+    cwd: AbsPath | None = None
+    """The child's working directory. None (the default): where privsep was started, when the
+    view shows that directory (as bwrap does), else "/"."""
 
     @field_validator("pass_through")
     @classmethod
@@ -174,6 +176,13 @@ class FileRule(_Strict):
     """Follow symlinks beneath the grant (resolution still never leaves it)."""
     deny: bool = False
     """A deny rule: grants nothing, and wins over every grant that covers the same path."""
+    serve: Literal["kernel", "broker"] = "kernel"
+    """Who serves the grant. "kernel" (the default): where the kernel can enforce the access by
+    itself, the path is bound into the child's view (read-only unless the grant writes) and
+    Landlock allows exactly the granted access, so unmodified programs use it natively. "broker":
+    every open goes through the broker, which decides and audits each one. A grant the kernel
+    cannot express (append-only, unix socket connect, an exact directory) is broker-served either
+    way; ``privsep policy check`` says which and why."""
 
     @field_validator("access", mode="before")
     @classmethod
@@ -196,6 +205,10 @@ class FileRule(_Strict):
             )
         if self.deny and self.symlinks:
             raise ValueError("symlinks: a deny rule grants nothing to follow; remove symlinks")
+        if self.deny and "serve" in self.model_fields_set:
+            raise ValueError(
+                "serve: a deny rule serves nothing; the kernel masks the path and the broker refuses it"
+            )
         if not self.deny and not self.access:
             raise ValueError(
                 f'access: a grant must say what it allows, e.g. access = ["read", "list"] '

@@ -134,7 +134,10 @@ def _array(key: str, items: Sequence[Any], notes: Sequence[str] | None = None) -
 def _table(data: Mapping[str, Any]) -> list[str]:
     out = []
     for key, value in data.items():
-        if isinstance(value, (list, tuple)):
+        if value is None:
+            # TOML has no null: an unset optional (env.cwd: "where privsep ran") is left out.
+            out.append(f"# {_key(key)}: not set (its default)")
+        elif isinstance(value, (list, tuple)):
             out += _array(_key(key), value)
         else:
             out.append(f"{_key(key)} = {_value(value)}")

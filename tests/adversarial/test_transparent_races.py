@@ -172,8 +172,10 @@ def test_flipping_the_path_never_opens_the_forbidden_file(
 ) -> None:
     policy = arena / "race.toml"
     policy.write_text(
-        f'extends = "minimal"\n[view]\nread = ["{arena}/racer", "{arena}/view"]\n'
-        f'[[files]]\npath = "{arena}/view/ok.txt"\naccess = ["read"]\n'
+        # Broker-served, and no private /tmp (arena lies under /tmp): every open of the race
+        # reaches the broker, which is what this test attacks.
+        f'extends = "minimal"\n[view]\ntmp = false\nread = ["{arena}/racer", "{arena}/view"]\n'
+        f'[[files]]\npath = "{arena}/view/ok.txt"\naccess = ["read"]\nserve = "broker"\n'
         f'[[files]]\npath = "{arena}/view/secret.txt"\ndeny = true\n'
     )
     policy.chmod(0o644)

@@ -335,10 +335,15 @@ def test_cli_tool_reads_the_files_its_policy_shows_and_no_other(
     proc = run_privsep("--policy", str(policy), "--", "/usr/bin/sha256sum", str(shown))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"{hashlib.sha256(shown.read_bytes()).hexdigest()}  {shown}\n"
-    proc = run_privsep("--policy", str(policy), "--", "/usr/bin/sha256sum", str(hidden), "/etc/passwd")
+    proc = run_privsep("--policy", str(policy), "--", "/usr/bin/sha256sum", str(hidden), "/etc/shadow")
     assert proc.returncode == 1
     assert f"{hidden}: No such file or directory" in proc.stderr
-    assert "/etc/passwd: No such file or directory" in proc.stderr
+    assert "/etc/shadow: No such file or directory" in proc.stderr
+    # Each hidden path on the command line gets one line with a fix that would work.
+    assert (
+        f"privsep: {hidden} is outside the sandbox; re-run with --allow-read={hidden.parent}" in proc.stderr
+    )
+    assert "privsep: /etc/shadow is outside the sandbox; re-run with --allow-read=/etc/shadow" in proc.stderr
 
 
 def test_cli_tool_has_a_scratch_tmp_and_cannot_write_elsewhere(

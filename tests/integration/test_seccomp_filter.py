@@ -157,6 +157,13 @@ def _names_by_number() -> dict[int, str]:
 NAMES = _names_by_number()
 
 
+#: The syscalls whose mode argument (this index) may not carry S_ISUID or S_ISGID.
+MODE_ARG = {
+    "chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2,
+    "open": 2, "openat": 3, "creat": 1, "mknod": 1, "mknodat": 2,
+}  # fmt: skip
+
+
 def model(spec: FilterSpec, nr: int, arch: int, args: tuple[int, ...]) -> int:  # noqa: PLR0911
     """The intended semantics, written independently of the compiler."""
     nr &= 0xFFFFFFFF
@@ -180,6 +187,10 @@ def model(spec: FilterSpec, nr: int, arch: int, args: tuple[int, ...]) -> int:  
             return RET_ERRNO(errno.EPERM)
         if name in ("socket", "socketpair") and lo(0) != socket.AF_UNIX:
             return RET_ERRNO(errno.EAFNOSUPPORT)
+        if name in MODE_ARG and lo(MODE_ARG[name]) & 0o6000:
+            return RET_ERRNO(errno.EPERM)  # never a setuid or setgid file on the host
+        if name == "openat2":
+            return RET_ERRNO(errno.ENOSYS)  # its mode and flags live in memory: never checked
         return RET_ALLOW
     if name in DANGEROUS:
         return _DANGEROUS_RET[spec.dangerous_action]

@@ -91,14 +91,13 @@ def reference(rules: list[Rule], path: str, need: frozenset[Access]) -> FileDeci
         return rule.access | {A} if W in rule.access else rule.access
 
     grants = [(i, r) for i, r in enumerate(rules) if not r.deny and covering(r)]
-    sufficient = [(i, r) for i, r in grants if need <= granted(r)]
-    if sufficient:
-        # Most specific: most components; ties: the first.
-        i, rule = min(sufficient, key=lambda ir: (-len(ir[1].parts), ir[0]))
-        relative = "/".join(parts[len(rule.parts) :])
-        return FileDecision(True, i, rule.path, relative, rule.symlinks, "", None)
     if grants:
-        i, _ = min(grants, key=lambda ir: (-len(ir[1].parts), ir[0]))
+        # The most specific covering grant decides alone (most components; ties: the first),
+        # as the innermost mount does: grants never add up.
+        i, rule = min(grants, key=lambda ir: (-len(ir[1].parts), ir[0]))
+        if need <= granted(rule):
+            relative = "/".join(parts[len(rule.parts) :])
+            return FileDecision(True, i, rule.path, relative, rule.symlinks, "", None)
         return FileDecision(False, i, None, "", False, "", flag)
     return FileDecision(False, None, None, "", False, "", flag)
 
@@ -246,10 +245,12 @@ def test_the_most_specific_sufficient_grant_decides() -> None:
     assert decide_file(pol, "/srv/data/f", READ).rule == 1  # most specific; ties: first
     assert decide_file(pol, "/srv/data/f", WRITE).rule == 1
     assert decide_file(pol, "/srv/f", READ).rule == 0
-    # Access comes from one grant: a broader grant does not lend what a narrower one lacks.
+    # Access comes from one grant: a broader grant does not lend what a narrower one lacks,
+    # so a read-only grant inside a write grant stays read-only (as its read-only mount does).
     pol = policy(files=[grant("/srv", "write"), grant("/srv/data", "read")])
     assert not decide_file(pol, "/srv/data/f", frozenset({R, W})).allowed
-    assert decide_file(pol, "/srv/data/f", WRITE).rule == 0
+    assert not decide_file(pol, "/srv/data/f", WRITE).allowed
+    assert decide_file(pol, "/srv/other", WRITE).rule == 0
 
 
 def test_an_insufficient_grant_is_named_with_what_it_grants_and_what_was_needed() -> None:
@@ -259,7 +260,7 @@ def test_an_insufficient_grant_is_named_with_what_it_grants_and_what_was_needed(
     assert decision.message == "files[2] (/srv/data, recursive) grants read, list; write was needed"
     assert decision.allow_flag == "--allow-write"
     decision = decide_file(pol, "/srv/x", frozenset({L}))
-    assert decision.allowed and decision.rule == 0, "a broader grant with the access decides"
+    assert not decision.allowed and decision.rule == 1, "the most specific grant decides alone"
     decision = decide_file(pol, "/srv/x", frozenset({R, L}))
     assert decision.message == "files[1] (/srv, recursive) grants read; list was needed"
     assert decision.allow_flag == "--allow-read"

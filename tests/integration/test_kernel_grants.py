@@ -1,0 +1,438 @@
+"""Kernel-served grants: bound into the view, enforced by mounts and Landlock, never widened.
+
+Every test runs a real confined child under ``privsep run`` with the broker as
+root and as an unprivileged user, and checks the host afterwards. The escape
+tests try what an attacker inside a write grant would: rename or exchange an
+ancestor of a denied path, hard links, symlinks planted beside it, ``..``,
+``/proc/self/fd`` reopening, ``open_by_handle_at``, mount calls; and what one
+with only a read grant would: change data or any metadata of the host's files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NONROOT_ID, PRIVSEP, PYTHON, REPO, RunPrivsep, as_nonroot, json_output
+
+SECRET = "the denied secret\n"  # noqa: S105 - a marker, not a password
+
+# A child that attempts each operation and reports the errno (or what it read).
+ATTEMPTS = r"""
+import ctypes, errno, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+ARGS = json.loads(sys.argv[1])
+out = {}
+def attempt(name, fn, *args):
+    try:
+        result = fn(*args)
+        out[name] = result if isinstance(result, (str, int, list)) or result is None else "ok"
+        if out[name] is None:
+            out[name] = "ok"
+    except OSError as exc:
+        out[name] = exc.errno
+def read(path):
+    with open(path) as f:
+        return f.read()
+def write(path, text="PWNED\n", mode="w"):
+    with open(path, mode) as f:
+        f.write(text)
+def renameat2(src, dst, flags):
+    if libc.renameat2(-100, src.encode(), -100, dst.encode(), flags) != 0:
+        raise OSError(ctypes.get_errno(), "renameat2")
+def syscall(nr, *args):
+    if libc.syscall(nr, *args) < 0:
+        raise OSError(ctypes.get_errno(), "syscall")
+"""
+
+
+def _run_child(
+    run: RunPrivsep, tmp: Path, body: str, params: dict[str, object], *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ATTEMPTS + ``body`` confined with ``flags``; the script's directory is granted read-only."""
+    scripts = tmp / "scripts"
+    scripts.mkdir(mode=0o755, exist_ok=True)
+    script = scripts / f"child-{abs(hash(body))}.py"
+    script.write_text(ATTEMPTS + body + "\nprint(json.dumps(out))\n")
+    script.chmod(0o644)
+    return run(
+        *flags, "--allow-read", str(scripts), "--", str(PYTHON), str(script), json.dumps(params)
+    )  # fmt: skip
+
+
+def _policy(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text)
+    path.chmod(0o644)
+    return path
+
+
+@pytest.fixture
+def data(shared_tmp: Path, broker_user: str) -> Path:
+    """shared_tmp/data (the write grant) holding x/private/secret.txt and secretfile, both denied."""
+    root = shared_tmp / "data"
+    (root / "x" / "private").mkdir(parents=True)
+    (root / "x" / "private" / "secret.txt").write_text(SECRET)
+    (root / "secretfile").write_text(SECRET)
+    (root / "open.txt").write_text("open\n")
+    for path in [shared_tmp, *shared_tmp.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    if broker_user == "nonroot":
+        for path in [root, *root.rglob("*")]:
+            os.chown(path, NONROOT_ID, NONROOT_ID)
+    return root
+
+
+def _deny_policy(data: Path) -> Path:
+    return _policy(
+        data.parent,
+        "deny.toml",
+        'extends = "python"\n'
+        f'[[files]]\npath = "{data}"\naccess = ["read", "write", "create", "truncate", "list"]\n'
+        f'[[files]]\npath = "{data}/x/private"\ndeny = true\n'
+        f'[[files]]\npath = "{data}/secretfile"\ndeny = true\n',
+    )
+
+
+ESCAPES = r"""
+d = ARGS["data"]
+attempt("read_secret", read, d + "/x/private/secret.txt")
+attempt("list_private", os.listdir, d + "/x/private")
+attempt("read_secretfile", read, d + "/secretfile")
+attempt("write_secretfile", write, d + "/secretfile")
+attempt("rename_ancestor", os.rename, d + "/x", d + "/y")
+attempt("read_after_rename", read, d + "/y/private/secret.txt")
+attempt("rename_private", os.rename, d + "/x/private", d + "/p2")
+attempt("rename_secretfile", os.rename, d + "/secretfile", d + "/moved")
+os.mkdir(d + "/other")
+attempt("exchange_ancestor", renameat2, d + "/x", d + "/other", 2)  # RENAME_EXCHANGE
+attempt("exchange_private", renameat2, d + "/x/private", d + "/other", 2)
+attempt("read_after_exchange", read, d + "/other/private/secret.txt")
+attempt("hardlink_secretfile", os.link, d + "/secretfile", d + "/hl")
+attempt("hardlink_secret", os.link, d + "/x/private/secret.txt", d + "/hl2")
+attempt("symlink_plant", os.symlink, d + "/x/private/secret.txt", d + "/link")
+attempt("read_symlink", read, d + "/link")
+attempt("dotdot", read, d + "/x/../x/private/secret.txt")
+attempt("rmdir_private", os.rmdir, d + "/x/private")
+attempt("unlink_secretfile", os.unlink, d + "/secretfile")
+attempt("rmtree_x", os.rmdir, d + "/x")
+fd = os.open(d + "/x", os.O_RDONLY | os.O_DIRECTORY)
+attempt("openat_private", lambda: os.open("private/secret.txt", os.O_RDONLY, dir_fd=fd))
+attempt("proc_fd_reopen", read, f"/proc/self/fd/{fd}/private/secret.txt")
+attempt("chmod_private", os.chmod, d + "/x/private", 0o777)
+attempt("open_ok", read, d + "/open.txt")
+"""
+
+
+def test_deny_masks_survive_every_granted_operation(run_privsep: RunPrivsep, data: Path) -> None:
+    proc = _run_child(
+        run_privsep, data.parent, ESCAPES, {"data": str(data)}, "--policy", str(_deny_policy(data))
+    )
+    out = json_output(proc)
+    assert out["open_ok"] == "open\n"  # the grant itself works
+    for name in ("read_secret", "list_private", "read_secretfile", "openat_private", "proc_fd_reopen"):
+        assert out[name] in (13, 2), (name, out[name])  # the mask: mode 0, empty
+    assert out["write_secretfile"] in (13, 30), out  # EACCES or EROFS
+    for name in ("rename_ancestor", "rename_secretfile", "exchange_ancestor"):
+        assert out[name] == 16, (name, out[name])  # EBUSY: a mount point, or an ancestor pinned
+    assert out["rename_private"] in (16, 18) and out["exchange_private"] in (
+        16,
+        18,
+    )  # EBUSY or EXDEV (another mount)
+    for name in ("read_after_rename", "read_after_exchange", "read_symlink", "dotdot"):
+        assert out[name] != SECRET, (name, out[name])
+    assert out["hardlink_secretfile"] == 18  # EXDEV: the mask is another mount
+    assert out["hardlink_secret"] in (13, 2)
+    assert out["rmdir_private"] == 16 and out["unlink_secretfile"] == 16
+    assert out["rmtree_x"] in (16, 39)  # EBUSY (pinned) or ENOTEMPTY
+    assert out["chmod_private"] in (1, 30)  # EPERM (not its own) or EROFS
+    # The host's tree is where it was, unchanged.
+    assert (data / "x" / "private" / "secret.txt").read_text() == SECRET
+    assert (data / "secretfile").read_text() == SECRET
+    assert stat.S_IMODE((data / "x" / "private").stat().st_mode) == 0o755
+    assert not (data / "y").exists() and not (data / "hl").exists()
+
+
+OPEN_BY_HANDLE = r"""
+import struct
+d = ARGS["data"]
+# name_to_handle_at + open_by_handle_at: reach an inode without a path. Both are in the dangerous
+# set; the sandbox is killed before the handle can be used.
+buf = ctypes.create_string_buffer(struct.pack("II", 128, 0) + bytes(128))
+mount_id = ctypes.c_int()
+libc.syscall(303, -100, (d + "/x").encode(), buf, ctypes.byref(mount_id), 0)
+fd = libc.syscall(304, -100, buf, 0)
+out["fd"] = fd
+if fd >= 0:
+    out["read"] = os.read(fd, 100).decode()
+"""
+
+
+def test_open_by_handle_and_mount_tricks_kill_the_sandbox(run_privsep: RunPrivsep, data: Path) -> None:
+    policy = str(_deny_policy(data))
+    # A bind mount of the denied directory's parent over something else.
+    mount = 'd = ARGS["data"]\nout["r"] = libc.mount((d + "/x").encode(), b"/tmp", None, 4096, None)\n'
+    for body, name in ((OPEN_BY_HANDLE, "name_to_handle_at|open_by_handle_at"), (mount, "mount")):
+        proc = _run_child(run_privsep, data.parent, body, {"data": str(data)}, "--policy", policy)
+        assert SECRET not in proc.stdout
+        assert proc.returncode == 128 + 31, proc.stderr  # SIGSYS: the dangerous set kills
+        assert any(n in proc.stderr for n in name.split("|")), proc.stderr
+
+
+READ_ONLY = r"""
+f = ARGS["file"]
+d = os.path.dirname(f)
+attempt("read", read, f)
+attempt("write", write, f)
+attempt("append", write, f, "x", "a")
+attempt("truncate", os.truncate, f, 0)
+fd = os.open(f, os.O_RDONLY)
+attempt("ftruncate", os.ftruncate, fd, 0)
+attempt("fchmod", os.fchmod, fd, 0o777)
+attempt("chmod", os.chmod, f, 0o777)
+attempt("chown", os.chown, f, os.getuid(), os.getgid())
+attempt("utime", os.utime, f, (0, 0))
+attempt("futimens", os.utime, fd, (0, 0))
+attempt("setxattr", os.setxattr, f, "user.pwned", b"1")
+attempt("fsetxattr", os.setxattr, fd, "user.pwned", b"1")
+acl = bytes.fromhex("02000000" "01000600ffffffff" "04000600ffffffff" "20000600ffffffff")
+attempt("acl", os.setxattr, f, "system.posix_acl_access", acl)
+attempt("create", write, d + "/new.txt")
+attempt("mkdir", os.mkdir, d + "/newdir")
+attempt("rename", os.rename, f, d + "/renamed")
+attempt("unlink", os.unlink, f)
+attempt("proc_reopen_rw", lambda: os.open(f"/proc/self/fd/{fd}", os.O_RDWR))
+attempt("stat_mode", lambda: os.stat(f).st_mode & 0o7777)
+attempt("listdir", lambda: sorted(os.listdir(d)))
+"""
+
+
+def test_a_read_grant_changes_nothing_on_the_host(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
+    grant = shared_tmp / "ro"
+    grant.mkdir()
+    target = grant / "f.txt"
+    target.write_text("host data\n")
+    target.chmod(0o666)  # even world-writable on the host: the grant says read
+    grant.chmod(0o777)
+    before = (target.stat(), target.read_text(), os.listxattr(target))
+    proc = _run_child(
+        run_privsep,
+        shared_tmp,
+        READ_ONLY,
+        {"file": str(target)},
+        "--policy",
+        "python",
+        "--allow-read",
+        str(grant),
+    )
+    out = json_output(proc)
+    assert out["read"] == "host data\n" and out["listdir"] == ["f.txt"]
+    assert out["stat_mode"] == 0o666
+    for name in ("write", "append", "truncate", "create", "mkdir", "rename", "unlink", "chmod", "fchmod"):
+        assert out[name] in (13, 30), (name, out[name])  # EACCES (Landlock) or EROFS (the mount)
+    for name in ("utime", "futimens", "setxattr", "fsetxattr", "acl", "chown"):
+        assert out[name] in (1, 13, 30, 95), (name, out[name])
+    assert out["ftruncate"] in (13, 22, 30)  # read-only fd: EINVAL; else Landlock or EROFS
+    assert out["proc_reopen_rw"] in (13, 30)
+    after = target.stat()
+    assert (after.st_mode, after.st_uid, after.st_gid, after.st_mtime_ns, after.st_size) == (
+        before[0].st_mode, before[0].st_uid, before[0].st_gid, before[0].st_mtime_ns, before[0].st_size,
+    )  # fmt: skip
+    assert target.read_text() == before[1] and os.listxattr(target) == before[2]
+    assert sorted(os.listdir(grant)) == ["f.txt"]
+
+
+SETID = r"""
+d = ARGS["dir"]
+write(d + "/f")
+attempt("chmod_suid", os.chmod, d + "/f", 0o4755)
+attempt("chmod_sgid", os.chmod, d + "/f", 0o2755)
+fd = os.open(d + "/f", os.O_RDONLY)
+attempt("fchmod_suid", os.fchmod, fd, 0o4755)
+attempt("chmod_plain", os.chmod, d + "/f", 0o750)
+attempt("open_suid", lambda: os.close(os.open(d + "/g", os.O_CREAT | os.O_WRONLY, 0o4755)))
+attempt("mknod_suid", os.mknod, d + "/h", stat.S_IFREG | 0o4755)
+how = struct.pack("QQQ", os.O_CREAT | os.O_WRONLY, 0o4755, 0)
+attempt("openat2", syscall, 437, -100, (d + "/i").encode(), how, len(how))
+attempt("mkdir_mode", os.mkdir, d + "/sub", 0o750)
+fd = os.open(d + "/made", os.O_CREAT | os.O_WRONLY, 0o640)
+os.close(fd)
+attempt("whoami", lambda: __import__("pwd").getpwuid(os.getuid()).pw_name)
+"""
+
+
+def test_a_write_grant_never_leaves_a_setid_file_and_keeps_the_modes_asked(
+    run_privsep: RunPrivsep, shared_tmp: Path, broker_user: str
+) -> None:
+    out_dir = shared_tmp / "out"
+    out_dir.mkdir(mode=0o755)
+    owner = NONROOT_ID if broker_user == "nonroot" else 0
+    os.chown(out_dir, owner, owner)
+    proc = _run_child(
+        run_privsep, shared_tmp, "import stat, struct\n" + SETID, {"dir": str(out_dir)},
+        "--policy", "python", "--allow-write", str(out_dir),
+    )  # fmt: skip
+    out = json_output(proc)
+    for name in ("chmod_suid", "chmod_sgid", "fchmod_suid", "open_suid", "mknod_suid"):
+        assert out[name] == 1, (name, out[name])  # EPERM from seccomp
+    assert out["openat2"] == 38  # ENOSYS: its mode lives in memory
+    assert out["chmod_plain"] == "ok" and out["mkdir_mode"] == "ok"
+    assert out["whoami"] == "sandbox"  # the generated /etc/passwd names the child
+    for path in out_dir.iterdir():
+        st = path.stat()
+        assert not st.st_mode & 0o6000, path
+        assert (st.st_uid, st.st_gid) == (owner, owner), path  # the grant's owner, on the host
+    assert stat.S_IMODE((out_dir / "f").stat().st_mode) == 0o750
+    assert stat.S_IMODE((out_dir / "made").stat().st_mode) == 0o640  # as asked, under umask 022
+    assert stat.S_IMODE((out_dir / "sub").stat().st_mode) == 0o750
+    assert not (out_dir / "g").exists() and not (out_dir / "h").exists() and not (out_dir / "i").exists()
+
+
+NESTED = r"""
+d = ARGS["dir"]
+attempt("write_inner", write, d + "/ro/f.txt")
+attempt("create_inner", write, d + "/ro/new.txt")
+attempt("write_outer", write, d + "/f.txt")
+from privsep import client
+try:
+    client.open(d + "/ro/f.txt", "w").close()
+    out["client_inner"] = "ok"
+except PermissionError as exc:
+    out["client_inner"] = str(exc)
+"""
+
+
+def test_a_read_grant_inside_a_write_grant_is_read_only(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
+    outer = shared_tmp / "rw"
+    (outer / "ro").mkdir(parents=True)
+    (outer / "ro" / "f.txt").write_text("inner\n")
+    for path in [outer, *outer.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    proc = _run_child(
+        run_privsep, shared_tmp, NESTED, {"dir": str(outer)},
+        "--policy", "python", "--allow-write", str(outer), "--allow-read", str(outer / "ro"),
+    )  # fmt: skip
+    out = json_output(proc)
+    assert out["write_outer"] == "ok"
+    assert out["write_inner"] in (13, 30) and out["create_inner"] in (13, 30)
+    message = str(out["client_inner"])
+    assert "write" in message and "--allow-write" in message
+    assert (outer / "ro" / "f.txt").read_text() == "inner\n"
+
+
+def test_grants_the_kernel_cannot_narrow_are_refused_with_the_fix(
+    run_privsep: RunPrivsep, shared_tmp: Path
+) -> None:
+    (shared_tmp / "rw" / "in").mkdir(parents=True)
+    policy = _policy(
+        shared_tmp,
+        "nested.toml",
+        'extends = "minimal"\n[view]\ntmp = false\n'
+        f'[[files]]\npath = "{shared_tmp}/rw"\naccess = ["read", "write", "create", "list"]\n'
+        f'[[files]]\npath = "{shared_tmp}/rw/in"\naccess = ["read", "write", "list"]\n',
+    )
+    proc = run_privsep("--policy", str(policy), "--", "/bin/true")
+    assert proc.returncode == 125
+    assert "files[1]" in proc.stderr and 'serve = "broker"' in proc.stderr and "create" in proc.stderr
+    check = subprocess.run(
+        [str(PRIVSEP), "policy", "check", str(policy)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 1 and "files[1]" in check.stdout
+
+
+def test_a_deny_of_a_missing_path_in_a_write_grant_is_refused(
+    run_privsep: RunPrivsep, shared_tmp: Path
+) -> None:
+    (shared_tmp / "repo").mkdir(mode=0o777)
+    policy = _policy(
+        shared_tmp,
+        "missing.toml",
+        'extends = "minimal"\n[view]\ntmp = false\n'
+        f'[[files]]\npath = "{shared_tmp}/repo"\naccess = ["read", "write", "create", "list"]\n'
+        f'[[files]]\npath = "{shared_tmp}/repo/.git/hooks"\ndeny = true\n',
+    )
+    proc = run_privsep("--policy", str(policy), "--", "/bin/mkdir", "-p", f"{shared_tmp}/repo/.git/hooks")
+    assert proc.returncode == 125, proc.stderr
+    assert "does not exist" in proc.stderr and "mkdir -p" in proc.stderr
+    assert not (shared_tmp / "repo" / ".git").exists()
+
+
+def test_a_write_grant_without_create_or_truncate_holds(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
+    grant = shared_tmp / "w"
+    grant.mkdir(mode=0o777)
+    (grant / "f.txt").write_text("0123456789\n")
+    (grant / "f.txt").chmod(0o666)
+    rule = f'[[files]]\npath = "{grant}"\naccess = ["read", "write", "list"]\n'
+    # Under the private /tmp (whose Landlock rights reach everything beneath it) this is refused;
+    # without it, the kernel holds the grant to its words.
+    refused = run_privsep(
+        "--policy", str(_policy(shared_tmp, "t.toml", f'extends = "minimal"\n{rule}')), "--", "true"
+    )
+    assert refused.returncode == 125
+    assert "the private /tmp" in refused.stderr and "tmp = false" in refused.stderr
+    policy = _policy(shared_tmp, "w.toml", f'extends = "minimal"\n[view]\ntmp = false\n{rule}')
+    script = (
+        f"cd {grant} && (printf AB | dd of=f.txt conv=notrunc 2>/dev/null; echo write=$?); "
+        "(true > f.txt; echo trunc=$?); (touch new.txt; echo create=$?); (rm f.txt; echo rm=$?); "
+        "(mkdir d; echo mkdir=$?)"
+    )
+    proc = run_privsep("--policy", str(policy), "--", "/bin/sh", "-c", script)
+    lines = dict(line.split("=") for line in proc.stdout.split())
+    assert lines == {"write": "0", "trunc": "2", "create": "1", "rm": "1", "mkdir": "1"}, proc.stderr  # sh: 2
+    assert (grant / "f.txt").read_text() == "AB23456789\n"
+    assert sorted(p.name for p in grant.iterdir()) == ["f.txt"]
+
+
+def test_the_working_directory_and_hints_for_what_the_sandbox_hid(shared_tmp: Path) -> None:
+    (shared_tmp / "in").mkdir()
+    (shared_tmp / "in" / "a.txt").write_text("a\n")
+    (shared_tmp / "hidden").mkdir()
+    (shared_tmp / "hidden" / "h.txt").write_text("h\n")
+    for path in [shared_tmp, *shared_tmp.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(PRIVSEP), "run", *args]
+        return subprocess.run(argv, cwd=shared_tmp, capture_output=True, text=True, check=False, timeout=60)
+
+    # Relative paths mean what they meant outside: the working directory is kept (a directory on
+    # the way to a grant exists in the view, as under bwrap).
+    proc = run("--allow-read", "in", "--", "cat", "in/a.txt")
+    assert (proc.returncode, proc.stdout) == (0, "a\n"), proc.stderr
+    proc = run("--allow-read", "in", "--", "cat", "hidden/h.txt", "in/a.txt")
+    assert proc.returncode == 1
+    hidden = shared_tmp / "hidden"
+    assert f"privsep: {hidden}/h.txt is outside the sandbox; re-run with --allow-read={hidden}" in proc.stderr
+    proc = run("--allow-read", "in", "--", "cp", "in/a.txt", "out/b.txt")
+    assert proc.returncode == 1
+    assert "(out/b.txt" not in proc.stderr
+    (shared_tmp / "out").mkdir(mode=0o755)
+    proc = run("--allow-read", "in", "--", "cp", "in/a.txt", "out/b.txt")
+    assert f"re-run with --allow-write={shared_tmp}/out" in proc.stderr
+    proc = run("--", "cat", "in/a.txt")  # nothing granted: the child runs in /
+    assert f"the working directory {shared_tmp} is outside the sandbox" in proc.stderr
+
+
+def test_created_files_belong_to_the_invoking_user_without_root(shared_tmp: Path) -> None:
+    out_dir = shared_tmp / "mine"
+    out_dir.mkdir(mode=0o755)
+    os.chown(out_dir, NONROOT_ID, NONROOT_ID)
+    argv = [
+        str(PRIVSEP),
+        "run",
+        "--allow-write",
+        str(out_dir),
+        "--",
+        "/bin/sh",
+        "-c",
+        f"umask 027; echo x > {out_dir}/f",
+    ]
+    proc = subprocess.run(as_nonroot(argv), cwd=REPO, capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    st = (out_dir / "f").stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NONROOT_ID, NONROOT_ID, 0o640)

@@ -1,0 +1,180 @@
+"""Who serves a grant, what the kernel is told, and how the plan survives the trip to the forkserver."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from privsep import _linux as L
+from privsep.confine import landlock, view
+from privsep.confine.spawn import SpawnPlan, make_plan
+from privsep.errors import PolicyError
+from privsep.hints import outside_view_hints
+from privsep.policy.model import FileRule, Policy
+from privsep.policy.serving import broker_reason
+
+
+def rule(**kw: object) -> FileRule:
+    return FileRule.model_validate({"path": "/srv/x", "access": ("read",), **kw})
+
+
+@pytest.mark.parametrize(
+    ("kw", "is_dir", "expected"),
+    [
+        ({}, True, None),
+        ({"access": ("read", "write", "create", "truncate", "list")}, True, None),
+        ({"access": ("read", "write")}, False, None),
+        ({"access": ("append",)}, False, "append-only"),
+        ({"access": ("read", "connect")}, False, "unix socket"),
+        ({"recursive": False}, True, "exact directory"),
+        ({"recursive": False}, False, None),
+        ({"serve": "broker"}, True, 'serve = "broker"'),
+    ],
+)
+def test_the_broker_serves_only_what_the_kernel_cannot(
+    kw: dict[str, object], is_dir: bool, expected: str | None
+) -> None:
+    reason = broker_reason(rule(**kw), is_dir=is_dir)
+    assert (reason is None) == (expected is None), reason
+    if expected is not None:
+        assert expected in str(reason)
+
+
+def test_a_deny_rule_cannot_choose_who_serves_it() -> None:
+    with pytest.raises(ValueError, match="serve"):
+        FileRule.model_validate({"path": "/srv/x", "deny": True, "serve": "kernel"})
+
+
+def test_landlock_rights_follow_the_access_words() -> None:
+    assert landlock.grant_access(("read", "list"), True) == (
+        L.ACCESS_FS_READ_FILE | L.ACCESS_FS_EXECUTE | L.ACCESS_FS_READ_DIR
+    )
+    write_only = landlock.grant_access(("write",), True)
+    assert write_only == L.ACCESS_FS_WRITE_FILE  # no truncate, no create
+    create = landlock.grant_access(("create",), True)
+    assert create & L.ACCESS_FS_MAKE_REG and create & L.ACCESS_FS_REFER and create & L.ACCESS_FS_REMOVE_DIR
+    assert not create & (L.ACCESS_FS_MAKE_CHAR | L.ACCESS_FS_MAKE_BLOCK)  # never devices
+    # Landlock refuses directory rights on a file: they are dropped for a file grant.
+    assert (
+        landlock.grant_access(("read", "create", "list"), False)
+        == L.ACCESS_FS_READ_FILE | L.ACCESS_FS_EXECUTE
+    )
+
+
+def _policy(tmp: Path, files: Sequence[Mapping[str, object]], *, tmp_view: bool = False) -> Policy:
+    # As a policy file gives it (JSON arrays; the strict model takes tuples from Python).
+    data = {"name": "t", "view": {"read": [str(tmp / "bin")], "tmp": tmp_view}, "files": files}
+    return Policy.model_validate_json(json.dumps(data))
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    for d in ("bin", "rw/x/private", "rw/ro", "ro"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "rw" / "secret").write_text("s")
+    return tmp_path
+
+
+def test_plan_binds_grants_masks_denies_and_pins_their_ancestors(tree: Path) -> None:
+    files: list[dict[str, object]] = [
+        {"path": f"{tree}/rw", "access": ["read", "write", "create", "truncate", "list"]},
+        {"path": f"{tree}/rw/ro", "access": ["read", "list"]},
+        {"path": f"{tree}/rw/x/private", "deny": True},
+        {"path": f"{tree}/rw/secret", "deny": True},
+        {"path": f"{tree}/missing", "access": ["read"]},
+        {"path": f"{tree}/ro", "access": ["append"]},
+    ]
+    plan = view.plan_grants(_policy(tree, files), root_broker=True, sandbox_id=65534)
+    binds = {b.path: b for b in plan.view.binds}
+    assert binds[f"{tree}/rw"].writable and not binds[f"{tree}/rw/ro"].writable
+    owner = (os.stat(tree / "rw").st_uid, os.stat(tree / "rw").st_gid)
+    assert binds[f"{tree}/rw"].idmap == (None if owner == (65534, 65534) else owner)
+    assert plan.kernel_served == (0, 1)
+    reasons = dict(plan.broker_served)
+    assert "does not exist" in reasons[4] and "append-only" in reasons[5]
+    assert {(m.path, m.is_dir) for m in plan.view.masks} == {
+        (f"{tree}/rw/x/private", True),
+        (f"{tree}/rw/secret", False),
+    }
+    assert plan.view.pins == (f"{tree}/rw/x",)  # the ancestor between the grant and the mask
+    assert {p for p, _ in plan.view.files} == {
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/nsswitch.conf",
+        "/etc/hosts",
+    }
+    # Without root there is nothing to idmap: the child is the broker's own uid on the host.
+    plain = view.plan_grants(_policy(tree, files), root_broker=False, sandbox_id=65534)
+    assert all(b.idmap is None for b in plain.view.binds)
+
+
+def test_a_grant_the_kernel_cannot_narrow_is_refused(tree: Path) -> None:
+    outer = {"path": f"{tree}/rw", "access": ["read", "write", "create", "list"]}
+    inner = {"path": f"{tree}/rw/ro", "access": ["read", "write", "list"]}  # no create: not expressible
+    with pytest.raises(PolicyError, match=r"files\[1\].*an enclosing grant.*create"):
+        view.plan_grants(_policy(tree, [outer, inner]), root_broker=True, sandbox_id=65534)
+    # The private /tmp encloses grants below it with every right.
+    partial = {"path": f"{tree}/rw", "access": ["read", "write", "list"]}
+    if str(tree).startswith("/tmp/"):
+        with pytest.raises(PolicyError, match="private /tmp"):
+            view.plan_grants(_policy(tree, [partial], tmp_view=True), root_broker=True, sandbox_id=65534)
+    view.plan_grants(_policy(tree, [partial]), root_broker=True, sandbox_id=65534)
+
+
+def test_a_deny_that_cannot_be_masked_is_refused(tree: Path) -> None:
+    grant = {"path": f"{tree}/rw", "access": ["read", "write", "create", "truncate", "list"]}
+    with pytest.raises(PolicyError, match=r"does not exist.*mkdir -p"):
+        view.plan_grants(
+            _policy(tree, [grant, {"path": f"{tree}/rw/.git/hooks", "deny": True}]),
+            root_broker=True,
+            sandbox_id=65534,
+        )
+    (tree / "rw" / "link").symlink_to(tree / "rw" / "x")
+    with pytest.raises(PolicyError, match="symbolic link"):
+        view.plan_grants(
+            _policy(tree, [grant, {"path": f"{tree}/rw/link/private", "deny": True}]),
+            root_broker=True,
+            sandbox_id=65534,
+        )
+
+
+def test_the_plan_round_trips_through_json(tree: Path) -> None:
+    files: list[dict[str, object]] = [
+        {"path": f"{tree}/rw", "access": ["read", "write", "create", "truncate", "list"]},
+        {"path": f"{tree}/rw/x/private", "deny": True},
+    ]
+    policy = _policy(tree, files)
+    plan = make_plan(policy, ["/bin/true"])
+    assert SpawnPlan.from_json(plan.to_json()) == plan
+    assert plan.kernel_served == (0,)
+
+
+def test_hints_name_hidden_paths_and_the_fix(tree: Path) -> None:
+    plan = view.plan_grants(
+        _policy(tree, [{"path": f"{tree}/ro", "access": ["read", "list"]}]),
+        root_broker=True,
+        sandbox_id=65534,
+    ).view
+    (tree / "hidden.txt").write_text("h")
+    hints = outside_view_hints(
+        ["cat", "hidden.txt", f"--out={tree}/rw/new.txt", "ro/f", "plainword", "ro/new/x"],
+        str(tree),
+        "/",
+        plan,
+    )
+    assert f"{tree}/hidden.txt is outside the sandbox; re-run with --allow-read={tree}" in hints
+    assert any(
+        h.startswith(f"{tree}/rw/new.txt cannot be created") and f"--allow-write={tree}/rw" in h
+        for h in hints
+    )
+    assert not any("plainword" in h for h in hints)  # not a path: never guessed at
+    assert not any("ro/new" in h for h in hints)  # its directory does not exist on the host either
+    assert not any("working directory" in h for h in hints)  # on the way to a grant: in the view
+    hints = outside_view_hints(["ls"], str(tree / "rw"), "/", plan)
+    assert hints[0].startswith(
+        f"the working directory {tree}/rw is outside the sandbox, so the command ran in /"
+    )
