@@ -13,8 +13,12 @@ things are permissive:
   cannot be learned (there is no source to invent); its name is noted.
 
 The policy written ``extends`` the base, so it reads as "the base, plus
-what this command needed". Files the command opens directly, without the
-broker, cannot be learned this way: their paths belong in ``[view]``.
+what this command needed". Unmodified programs are learned from too: while
+learning, every ``open`` goes to the broker (transparent brokering), so an
+open outside the view is learned like a client request, and a directory
+opened for listing becomes a listing grant. The rules are written as grants
+the kernel serves (:func:`kernel_grants`). ``stat`` and other calls that
+never reach the broker are not learned.
 """
 
 from __future__ import annotations
@@ -83,8 +87,11 @@ class LearningServices(Services):
                 if check_path(request.path) is not None:
                     return None  # checked before the host's file system is asked anything
                 needs = list(_OPEN_NEEDS[request.mode])
-                if request.mode in ("w", "w+", "a", "a+") and not os.path.lexists(request.path):
+                exists = os.path.lexists(request.path)
+                if request.mode in ("w", "w+", "a", "a+") and not exists:
                     needs.append(Access.CREATE)
+                if not exists and Access.CREATE not in needs:
+                    return None  # a probe for a file the host lacks: a rule would only be noise
                 return _with_files(policy, [(request.path, needs)])
             case protocol.Stat():
                 return _with_files(policy, [(request.path, [Access.READ])])
@@ -129,6 +136,43 @@ def _with_files(policy: Policy, wanted: Iterable[tuple[str, list[Access]]]) -> P
     return policy.model_copy(update={"files": tuple(rules)})
 
 
+_ACCESS_ORDER = [a.value for a in Access]
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def kernel_grants(rules: Iterable[FileRule]) -> list[tuple[str, set[str], bool]]:
+    """The learned rules as grants the kernel can serve: (path, access words, recursive).
+
+    A file read or written in place stays an exact grant of that file. A
+    directory the command listed, or one it created entries in, becomes a
+    grant of the whole directory (the kernel binds directories; a file that
+    does not exist yet cannot be bound, and the next run's temporary names
+    differ), with the files learned beneath it folded in.
+    """
+    dirs: dict[str, set[str]] = {}
+    files: dict[str, set[str]] = {}
+    for rule in rules:
+        words = {a.value for a in rule.access}
+        if Access.LIST in rule.access or os.path.isdir(rule.path):
+            dirs.setdefault(rule.path, set()).update(words | {"read", "list"})
+        elif Access.CREATE in rule.access:
+            dirs.setdefault(os.path.dirname(rule.path), set()).update(words | {"read", "list"})
+        else:
+            files.setdefault(rule.path, set()).update(words)
+    out: list[tuple[str, set[str], bool]] = []
+    for path, words in files.items():
+        enclosing = [d for d in dirs if _under(path, d)]
+        if enclosing:
+            dirs[max(enclosing, key=len)].update(words)
+        else:
+            out.append((path, words, False))
+    out += [(path, words, True) for path, words in dirs.items()]
+    return sorted(out)
+
+
 def render(
     base: str, base_policy: Policy, learned: Policy, syscalls: Iterable[str], secrets: Iterable[str]
 ) -> str:
@@ -142,9 +186,10 @@ def render(
     new_syscalls = sorted(set(syscalls))
     if new_syscalls:
         lines += ["", "[syscalls]", f"allow = [{', '.join(q(s) for s in new_syscalls)}]"]
-    for rule in learned.files[len(base_policy.files) :]:
-        access = ", ".join(q(str(a)) for a in rule.access)
-        lines += ["", "[[files]]", f"path = {q(rule.path)}", f"access = [{access}]", "recursive = false"]
+    for path, words, recursive in kernel_grants(learned.files[len(base_policy.files) :]):
+        access = ", ".join(q(w) for w in sorted(words, key=_ACCESS_ORDER.index))
+        lines += ["", "[[files]]", f"path = {q(path)}", f"access = [{access}]"]
+        lines.append(f"recursive = {'true' if recursive else 'false'}")
     for connect in learned.connect[len(base_policy.connect) :]:
         ports = ", ".join(str(p) for p in connect.ports)
         lines += ["", "[[connect]]", f"host = {q(connect.host)}", f"ports = [{ports}]"]

@@ -200,7 +200,11 @@ class Broker:
                 tuple(b.path for b in v.binds), tuple(p for p, _ in v.symlinks), v.tmp_size_mb is not None
             )
             child.transparent = Transparent(
-                frozenset(plan.transparent_calls), roots, frozenset(plan.kernel_served)
+                frozenset(plan.transparent_calls),
+                roots,
+                frozenset(plan.kernel_served),
+                view_dirs=frozenset(v.dirs),
+                learning=plan.learn,
             )
         self._children.add(child)
         spawned.channel.setblocking(False)

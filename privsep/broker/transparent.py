@@ -55,6 +55,20 @@ from privsep.broker.services import Services
 from privsep.policy.match import deciding_rule
 
 _NR_OPEN, _NR_CREAT, _NR_OPENAT, _NR_CONNECT = 2, 85, 257, 42
+#: Host state a lookup never teaches a grant of (a program's probes of the machine).
+_NEVER_LEARNED = ("/proc", "/sys", "/dev", "/run")
+#: privsep learn: the path lookups it learns from, syscall number -> (dirfd arg or None, path arg).
+_LOOKUP_PATH_ARG: dict[int, tuple[int | None, int]] = {
+    4: (None, 0),  # stat
+    6: (None, 0),  # lstat
+    21: (None, 0),  # access
+    89: (None, 0),  # readlink
+    262: (0, 1),  # newfstatat
+    267: (0, 1),  # readlinkat
+    269: (0, 1),  # faccessat
+    332: (0, 1),  # statx
+    439: (0, 1),  # faccessat2
+}
 _AT_FDCWD = -100
 _PATH_MAX = 4096
 _O_LARGEFILE = 0o100000  # the kernel's value; Python's os.O_LARGEFILE is 0 on x86_64
@@ -110,11 +124,19 @@ class Transparent:
     """Serves one sandbox's transparently brokered calls (see the module docstring)."""
 
     def __init__(
-        self, calls: frozenset[int], roots: tuple[str, ...], kernel_served: frozenset[int] = frozenset()
+        self,
+        calls: frozenset[int],
+        roots: tuple[str, ...],
+        kernel_served: frozenset[int] = frozenset(),
+        *,
+        view_dirs: frozenset[str] = frozenset(),
+        learning: bool = False,
     ) -> None:
         self.calls = calls
         self._roots = roots
+        self._view_dirs = view_dirs
         self._kernel_served = kernel_served
+        self._learning = learning
 
     def serve(
         self, listener: int, note: notify.Notification, services: Services | None
@@ -125,6 +147,8 @@ class Transparent:
                 raise _Unserved(None)
             if note.nr == _NR_CONNECT:
                 return self._connect(listener, note, services)
+            if note.nr in _LOOKUP_PATH_ARG:
+                return self._learn_lookup(listener, note, services)
             return self._open(listener, note, services)
         except _Unserved as unserved:
             if unserved.err is None:
@@ -152,8 +176,18 @@ class Transparent:
         request = protocol.Open(id=0, path=path, mode=_mode(flags))
         unserved = _unserved_kind(flags)
         if unserved is not None:
+            if self._learning and flags & os.O_DIRECTORY:
+                return self._learn_listing(listener, note, services, path)
             notify.refuse(listener, note, errno.EACCES)
-            return Served(request, denied(f"{unserved} are not brokered, only regular files", subject=path))
+            refusal = denied(f"{unserved} are not brokered, only regular files", subject=path)
+            return Served(request, refusal)
+        return self._hand_over(listener, note, services, request, flags)
+
+    @staticmethod
+    def _hand_over(
+        listener: int, note: notify.Notification, services: Services, request: protocol.Open, flags: int
+    ) -> Served | None:
+        """Open as a client request would, then inject the fd into the caller."""
         request, result = _perform_open(services, request, flags)
         if isinstance(result, Refusal):
             notify.refuse(listener, note, _errno_of(result))
@@ -172,13 +206,74 @@ class Transparent:
             os.close(result.fd)
         return Served(request, Answer(result.result, rule=result.rule))
 
+    @staticmethod
+    def _learn_listing(listener: int, note: notify.Notification, services: Services, path: str) -> Served:
+        """privsep learn: a directory the program opened is a listing it needed. The learning
+        services grow the policy from the request; the fd is still refused (never a dirfd)."""
+        listing = protocol.Listdir(id=0, path=path)
+        try:
+            result: Answer | Refusal = Answer(rule=services.handle(listing).rule)
+        except Refusal as refusal:
+            result = refusal
+        notify.refuse(listener, note, errno.EACCES)
+        return Served(listing, result)
+
+    def _learn_lookup(self, listener: int, note: notify.Notification, services: Services) -> Served | None:
+        """privsep learn only: a ``stat``/``access``/``readlink`` outside the view is a path the
+        command needed. Learn it (a listing grant for a directory on the host, else read),
+        then hand the call back: the kernel answers it as before (ENOENT outside the view),
+        so nothing is granted in this run; the policy written at exit has the path."""
+        if not self._learning:
+            raise _Unserved(None)
+        dirfd_arg, path_arg = _LOOKUP_PATH_ARG[note.nr]
+        dirfd = _AT_FDCWD if dirfd_arg is None else _s32(note.args[dirfd_arg])
+        try:
+            # An empty path (AT_EMPTY_PATH on an fd), an unreadable one: nothing by name to
+            # learn; the kernel answers the call as it would have.
+            path = _read_path(note.pid, note.args[path_arg])
+            if not path.startswith("/"):
+                path = posixpath.join(_base(note.pid, dirfd), path)
+            path = _normalise(path)
+        except _Unserved:
+            raise _Unserved(None) from None
+        if not notify.is_live(listener, note) or not self._brokered(services, path):
+            raise _Unserved(None)
+        if not os.path.lexists(path) or any(_under(path, top) for top in _NEVER_LEARNED):
+            raise _Unserved(None)  # a probe for something the host lacks, or host state
+        request: protocol.Request = (
+            protocol.Listdir(id=0, path=path) if os.path.isdir(path) else protocol.Stat(id=0, path=path)
+        )
+        try:
+            result: Answer | Refusal = Answer(rule=services.handle(request).rule)
+        except Refusal as refusal:
+            result = refusal
+        notify.hand_back(listener, note)
+        return Served(request, result)
+
     def _brokered(self, services: Services, path: str) -> bool:
         """The broker decides ``path``; False: the kernel does (the view, a kernel-served grant)."""
+        if path in self._view_dirs:
+            return False  # a directory on the way to a bind: in the view (empty but for it)
         index = deciding_rule(services.policy, path)
         if index is not None:
             # A deny is refused and reported here, though a mask already hides the path.
             return services.policy.files[index].deny or index not in self._kernel_served
+        if self._learning and self._tmp_host_path(path):
+            return True
         return not (path == "/" or any(_under(path, root) for root in self._roots))
+
+    def _tmp_host_path(self, path: str) -> bool:
+        """Learning: a path below the private /tmp that names the host's, not the child's scratch.
+
+        The child's own /tmp is empty at start, so a path whose directory exists on the host
+        below /tmp (not /tmp itself, where programs make their scratch names) is the host's.
+        """
+        if "/tmp" not in self._roots or not _under(path, "/tmp") or path == "/tmp":
+            return False
+        if any(_under(path, root) for root in self._roots if root != "/tmp" and _under(root, "/tmp")):
+            return False  # bound into the view: the kernel serves it
+        parent = posixpath.dirname(path)
+        return parent != "/tmp" and os.path.isdir(parent)
 
     # -- connect --------------------------------------------------------------
 

@@ -155,6 +155,9 @@ class FilterSpec:
     transparent_files: bool = False
     """Send every (allowed) ``open``/``creat``/``openat``/``openat2`` to the broker, which
     serves paths under the policy's [[files]] rules itself (transparent brokering)."""
+    learn_lookups: bool = False
+    """privsep learn: also send ``stat``/``access``/``readlink`` and their ``*at`` forms to the
+    broker, which learns the path and hands the call back (LEARN_LOOKUP_CALLS)."""
     transparent_net: bool = False
     """Let the child make TCP/UDP sockets in its own empty network namespace, and send every
     ``connect`` to the broker, which connects a socket of its own and swaps it in.
@@ -350,13 +353,18 @@ _MODE_ARGS = (
     ("open", 2), ("openat", 3), ("creat", 1), ("mknod", 1), ("mknodat", 2),
 )  # fmt: skip
 TRANSPARENT_NET_CALLS = ("connect",)
+LEARN_LOOKUP_CALLS = (
+    "stat", "lstat", "access", "readlink", "newfstatat", "readlinkat", "faccessat", "statx", "faccessat2",
+)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=64)
 def transparent_numbers(spec: FilterSpec) -> frozenset[int]:
     """The syscalls the filter sends to the broker for transparent brokering (allowed ones only)."""
-    names = (TRANSPARENT_FILE_CALLS if spec.transparent_files else ()) + (
-        TRANSPARENT_NET_CALLS if spec.transparent_net else ()
+    names = (
+        (TRANSPARENT_FILE_CALLS if spec.transparent_files else ())
+        + (TRANSPARENT_NET_CALLS if spec.transparent_net else ())
+        + (LEARN_LOOKUP_CALLS if spec.learn_lookups else ())
     )
     allowed = _resolve_allow(spec.allow)
     return frozenset(allowed[name] for name in names if name in allowed)

@@ -188,8 +188,10 @@ def make_plan(
         default_action=policy.syscalls.default,
         notify_denials=True,
         # Only grants the broker serves need the child's opens: the kernel serves the rest.
-        transparent_files=policy.transparent.files and bool(grants.broker_served),
+        # Learning needs them all: an open outside the view is what it learns from.
+        transparent_files=policy.transparent.files and (bool(grants.broker_served) or learn),
         transparent_net=policy.transparent_net,
+        learn_lookups=learn,
     )
     bpf = seccomp.compile_filter(spec)
     return SpawnPlan(

@@ -282,6 +282,8 @@ def _check_nesting(policy: Policy, plan: ViewPlan, kernel: list[int]) -> None:
                 sources.append(what)
         if not inner.writable:
             effective -= {"write", "create", "truncate", "append"}
+        if not inner.is_dir:
+            effective -= {"list", "create"}  # directory rights mean nothing on a file
         extra = effective - wanted
         if extra:
             names = [policy.files[i].describe(i) for i in kernel if policy.files[i].path == inner.path]
