@@ -167,6 +167,7 @@ def make_plan(
         notify_denials=True,
         transparent_files=policy.transparent_files,
         transparent_net=policy.transparent_net,
+        transparent_bind=policy.transparent_bind,
     )
     bpf = seccomp.compile_filter(spec)
     return SpawnPlan(
