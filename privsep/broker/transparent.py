@@ -30,6 +30,12 @@ fails, as ``client.open`` does: ``ls`` of a brokered directory needs
 ``client.listdir``); no ``O_PATH``/``O_TMPFILE``; ``openat2`` with
 ``resolve`` flags is handed back; connect is TCP by IP address (the child
 has no DNS; UDP needs ``client.connect(..., type="udp")``).
+
+``bind`` (an unmodified server, with [[bind]] rules) is served like
+``connect``: decided as ``client.bind``, performed on a socket of the
+broker's, which is bound *and listening* before it replaces the program's
+socket at the same fd number, and only while that number still holds the
+socket the broker checked (see :func:`_bind`).
 """
 
 from __future__ import annotations
