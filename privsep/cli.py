@@ -17,8 +17,12 @@ from typing import TYPE_CHECKING, NoReturn
 from privsep.errors import PrivsepError
 
 if TYPE_CHECKING:
+    from privsep import protocol
+    from privsep.broker.answers import Answer
     from privsep.broker.loop import Broker, Child, Denial
+    from privsep.broker.services import Services
     from privsep.confine.spawn import SpawnPlan
+    from privsep.policy.grants import Listen
     from privsep.policy.model import Policy
 
 EXIT_USAGE = 125
@@ -81,7 +85,23 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="HOST:PORT",
-        help="listen on HOST:PORT (tcp; HOST:PORT/udp for udp, relayed)",
+        help=(
+            "bind HOST:PORT (tcp; HOST:PORT/udp for udp, relayed): through privsep.client.bind, or the "
+            "program's own socket()/bind()/listen(), which the broker serves with a socket of its own "
+            "in the host's network (ports below 1024 need a root broker)"
+        ),
+    )
+    grants.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="[NAME=][HOST:]PORT[/tcp]",
+        help=(
+            "socket activation, as systemd does it: the broker listens on HOST:PORT (default host "
+            "0.0.0.0; [::]:PORT for IPv6) before the command starts and passes the socket as fd 3, 4... "
+            "with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES (NAME, default 'listen'); PRIVSEP_FD then "
+            "names the fd after them. Implies --allow-bind HOST:PORT"
+        ),
     )
     grants.add_argument(
         "--secret",
@@ -148,20 +168,28 @@ def _run(args: argparse.Namespace) -> int:
     from privsep.broker.audit import AuditLog
     from privsep.broker.loop import Broker
     from privsep.broker.services import Services
-    from privsep.confine.spawn import make_plan
-    from privsep.policy.grants import grants_to_extra
+    from privsep.confine.spawn import make_plan, with_listen
+    from privsep.policy.grants import grants_to_extra, parse_listen
     from privsep.policy.load import load_policy
 
     command = _command(args)
-    extra = grants_to_extra(
-        args.allow_read, args.allow_write, args.allow_connect, args.allow_bind, args.secret
-    )
+    listens = parse_listen(args.listen)
+    binds = [*args.allow_bind, *(listen.bind_grant() for listen in listens)]
+    extra = grants_to_extra(args.allow_read, args.allow_write, args.allow_connect, binds, args.secret)
     policy = load_policy(args.policy, extra=extra)
     timeout = _timeout(args, policy)
     plan = make_plan(policy, command)
     with contextlib.ExitStack() as stack:
         services = Services(policy)
         stack.callback(services.close)
+        activated = _listen(listens, services)
+        fds = tuple(answer.fd for _request, answer in activated if answer.fd is not None)
+        listening = contextlib.ExitStack()  # the broker's copies: closed once the sandbox has its own
+        stack.enter_context(listening)
+        for fd in fds:
+            listening.callback(os.close, fd)
+        if activated:
+            plan = with_listen(plan, [listen.name for listen in listens])
         audit = None
         if args.audit_log:
             try:
@@ -171,7 +199,11 @@ def _run(args: argparse.Namespace) -> int:
             stack.callback(audit.close)
         broker = Broker(audit=audit)
         stack.callback(broker.close)
-        status = _serve(broker, broker.start(plan, services=services, timeout=timeout))
+        child = broker.start(plan, services=services, timeout=timeout, listen_fds=fds)
+        listening.close()
+        for request, answer in activated:
+            broker.record(child, request, answer)
+        status = _serve(broker, child)
         if status != 0:
             _report_hidden_paths(command, plan)
         return status
@@ -188,6 +220,30 @@ def _report_hidden_paths(command: Sequence[str], plan: SpawnPlan) -> None:
         return
     for line in outside_view_hints(command, cwd, plan.cwd, plan.view):
         print(f"privsep: {_printable(line)}", file=sys.stderr)
+
+
+def _listen(listens: Sequence[Listen], services: Services) -> list[tuple[protocol.Bind, Answer]]:
+    """``--listen``: the broker binds and listens on each address, as ``client.bind`` would."""
+    from privsep import protocol
+    from privsep.broker.answers import Refusal
+
+    activated: list[tuple[protocol.Bind, Answer]] = []
+    try:
+        for listen in listens:
+            request = protocol.Bind(id=0, host=listen.host, port=listen.port, type="tcp", backlog=_BACKLOG)
+            try:
+                activated.append((request, services.handle(request)))
+            except Refusal as refusal:
+                raise PrivsepError(f"--listen {listen.bind_grant()}: {refusal.message}") from None
+    except BaseException:
+        for _request, answer in activated:
+            if answer.fd is not None:
+                os.close(answer.fd)
+        raise
+    return activated
+
+
+_BACKLOG = 4096  # a server can lower it with its own listen()
 
 
 def _command(args: argparse.Namespace) -> list[str]:

@@ -176,13 +176,20 @@ class Broker:
         stdio: tuple[int, int, int] = (0, 1, 2),
         call: CallContext | None = None,
         spawner: Callable[..., Spawned] | None = None,
+        listen_fds: tuple[int, ...] = (),
     ) -> Child:
         """Spawn a sandbox for ``plan``; it runs while the loop is driven (``wait``/``run_once``).
 
         ``services`` performs the brokered operations of the plan's policy
         (built once per policy); without it a child can only ``hello`` and ``ping``.
+        ``listen_fds``: socket activation (``plan`` from ``with_listen``); the caller keeps them.
         """
-        spawned = (spawner or spawn)(plan, stdio=stdio)
+        if listen_fds:
+            if spawner is not None:
+                raise ValueError("socket activation needs the plain spawn, not a forkserver")
+            spawned = spawn(plan, stdio=stdio, listen_fds=listen_fds)
+        else:
+            spawned = (spawner or spawn)(plan, stdio=stdio)
         deadline = time.monotonic() + timeout if timeout else None
         child = Child(
             argv0=plan.argv[0],
@@ -426,6 +433,10 @@ class Broker:
         else:
             reply, fd = protocol.reply_error(request.id, answer.code, answer.message), None
         self._queue(child, reply, fd)
+
+    def record(self, child: Child, request: protocol.Request, answer: Answer | Refusal) -> None:
+        """Audit a decision made for ``child`` outside the loop (``--listen``, before it started)."""
+        self._record(child, request, time.monotonic(), answer)
 
     def _record(
         self, child: Child, request: protocol.Request, start: float, answer: Answer | Refusal

@@ -23,6 +23,7 @@ import errno
 import ipaddress
 import os
 import socket
+from collections.abc import Callable
 
 from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.broker.files import FileService
@@ -102,35 +103,58 @@ class NetService:
                 addresses.append(address)
         return addresses[:_MAX_ADDRESSES]
 
-    def bind(self, host: str, port: int, proto: str, backlog: int) -> Answer:
-        address = _literal(host)
-        if address is None:
+    def decide_bind(self, host: str, port: int, proto: str) -> str | None:
+        """The rule that allows this bind (``bind[i]``); raises the denial ``client.bind`` gets."""
+        if _literal(host) is None:
             # No flag to suggest: --allow-bind takes an IP address too.
             raise denied("bind needs an IP address (127.0.0.1, 0.0.0.0, ::), not a host name")
         decision = decide_bind(self._policy, host, port, proto)
         if not decision.allowed:
             raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision.rule, "bind"))
+        return _rule(decision.rule, "bind")
+
+    def bind(self, host: str, port: int, proto: str, backlog: int) -> Answer:
+        rule = self.decide_bind(host, port, proto)
+        address = ipaddress.ip_address(host)
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-        rule = _rule(decision.rule, "bind")
         if proto == "udp":
             try:
                 relay, fd = UdpServerRelay.open(family, (str(address), port))
             except OSError as exc:
-                raise failed(f"bind failed: {exc.strerror or exc}", rule=rule) from None
+                raise _bind_failed(exc, port, rule) from None
             bound = relay.peer.getsockname()
             return Answer({"address": [str(bound[0]), int(bound[1])]}, fd=fd, rule=rule, relay=relay)
+
+        def reuse(sock: socket.socket) -> None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+        return self.listen_tcp(family, (str(address), port), rule, backlog, prepare=reuse)
+
+    def listen_tcp(
+        self,
+        family: int,
+        address: tuple[str, int] | tuple[str, int, int, int],
+        rule: str | None,
+        backlog: int,
+        *,
+        prepare: Callable[[socket.socket], None],
+    ) -> Answer:
+        """Bind and listen a TCP socket of the broker's own, after ``prepare`` set its options.
+
+        Only after :meth:`decide_bind` allowed ``address``. The socket listens
+        before anyone else sees it: a bound TCP socket that does not listen
+        could still be connect()ed, to anywhere, from this network namespace.
+        """
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((str(address), port))
+            prepare(sock)
+            sock.bind(address)
             sock.listen(backlog)
             bound = sock.getsockname()
         except OSError as exc:
             sock.close()
-            raise failed(f"bind failed: {exc.strerror or exc}", rule=_rule(decision.rule, "bind")) from None
-        return Answer(
-            {"address": [str(bound[0]), int(bound[1])]}, fd=sock.detach(), rule=_rule(decision.rule, "bind")
-        )
+            raise _bind_failed(exc, address[1], rule) from None
+        return Answer({"address": [str(bound[0]), int(bound[1])]}, fd=sock.detach(), rule=rule)
 
     def connect_unix(self, path: str) -> Answer:
         """Connect to a unix socket found beneath a grant, through its O_PATH fd (no path race)."""
@@ -155,3 +179,23 @@ class NetService:
 
 def _rule(index: int | None, kind: str = "connect") -> str | None:
     return None if index is None else f"{kind}[{index}]"
+
+
+def unprivileged_port_start() -> int:
+    """The lowest port a process without CAP_NET_BIND_SERVICE may bind (1024 unless the sysctl says)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 1024
+
+
+def _bind_failed(exc: OSError, port: int, rule: str | None) -> Refusal:
+    if exc.errno == errno.EACCES and os.geteuid() != 0 and 0 < port < (start := unprivileged_port_start()):
+        # Not the policy's doing: say so, in the denial report too (the program only sees EACCES).
+        return denied(
+            f"the policy allows it, but ports below {start} need a broker running as root "
+            f"(this one is uid {os.geteuid()}; net.ipv4.ip_unprivileged_port_start is {start})",
+            rule=rule,
+        )
+    return failed(f"bind failed: {exc.strerror or exc}", rule=rule, errno=exc.errno)

@@ -34,6 +34,12 @@ fails, as ``client.open`` does: ``ls`` of a broker-served directory needs
 the broker (the filter fails it with ENOSYS, since its flags and mode live in
 memory); connect is TCP by IP address (the child has no DNS; UDP needs
 ``client.connect(..., type="udp")``).
+
+``bind`` (an unmodified server, with [[bind]] rules) is served like
+``connect``: decided as ``client.bind``, performed on a socket of the
+broker's, which is bound *and listening* before it replaces the program's
+socket at the same fd number, and only while that number still holds the
+socket the broker checked (see :func:`_bind`).
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ _LOOKUP_PATH_ARG: dict[int, tuple[int | None, int]] = {
     332: (0, 1),  # statx
     439: (0, 1),  # faccessat2
 }
+_NR_BIND = 49
 _AT_FDCWD = -100
 _PATH_MAX = 4096
 _O_LARGEFILE = 0o100000  # the kernel's value; Python's os.O_LARGEFILE is 0 on x86_64
@@ -149,6 +156,8 @@ class Transparent:
                 return self._connect(listener, note, services)
             if note.nr in _LOOKUP_PATH_ARG:
                 return self._learn_lookup(listener, note, services)
+            if note.nr == _NR_BIND:
+                return _bind(listener, note, services)
             return self._open(listener, note, services)
         except _Unserved as unserved:
             if unserved.err is None:
@@ -380,6 +389,179 @@ def _carry_over(theirs: socket.socket, ours: socket.socket) -> None:
             ours.setsockopt(level, option, theirs.getsockopt(level, option))
         except OSError:
             continue
+
+
+# -- bind -------------------------------------------------------------------------
+
+# What a server sets on its socket before bind(): carried over to the broker's socket, which
+# is bound with them (SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY only mean something there).
+_SERVER_OPTIONS = (
+    (socket.SOL_SOCKET, socket.SO_REUSEADDR),
+    (socket.SOL_SOCKET, socket.SO_REUSEPORT),
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    (socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT),
+    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+    (socket.IPPROTO_TCP, socket.TCP_FASTOPEN),
+)
+_V6_OPTIONS = ((socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),)
+_LINGER = struct.Struct("=ii")
+_BIND_BACKLOG = 128  # until the program's own listen() sets its backlog on the socket
+
+BindAddress = tuple[str, int] | tuple[str, int, int, int]
+
+
+def _bind(listener: int, note: notify.Notification, services: Services) -> Served | None:
+    """bind() of an unmodified server: the broker binds a socket of its own and swaps it in.
+
+    Decided exactly as ``client.bind`` (``decide_bind``: same audit record and
+    denial report). The broker's socket gets the options the program set,
+    is bound *and listening* before the program sees it (so no socket of the
+    broker's in the child can be connect()ed anywhere), and replaces the
+    program's at its fd number only if that number still holds the socket the
+    broker checked. Its later ``listen``/``accept``/``getsockname`` are native.
+    """
+    target = _s32(note.args[0])
+    addrlen = note.args[2] & 0xFFFFFFFF
+    copy = _their_fd(note.pid, target)
+    try:
+        theirs = socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)
+        raise _Unserved(None) from None  # not a socket: the kernel says ENOTSOCK
+    try:
+        address = _read_upto(note.pid, note.args[1], min(addrlen, _SOCKADDR_MAX))
+        cloexec = _fd_cloexec(note.pid, target)
+        if not notify.is_live(listener, note):
+            return None
+        if theirs.family not in (socket.AF_INET, socket.AF_INET6):
+            # A unix socket: as without transparent brokering (the mount namespace and Landlock
+            # decide). Should another thread swap a TCP socket in meanwhile, Landlock (no TCP
+            # bind/connect rule) refuses the kernel's bind, whatever socket it finds.
+            raise _Unserved(None)
+        if not _in_own_netns(theirs):
+            raise _Unserved(errno.EINVAL)  # one the broker made: bound already, never re-bound
+        host, port, bind_to = _bind_sockaddr(address, theirs.family, addrlen)
+        if theirs.type != socket.SOCK_STREAM:
+            notify.refuse(listener, note, errno.EACCES)
+            return Served(
+                protocol.Bind(id=0, host=host, port=port, type="udp"),
+                denied(
+                    "UDP binds are not brokered for unmodified programs; "
+                    'use privsep.client.bind(host, port, type="udp")',
+                    subject=f"{host}:{port}/udp",
+                ),
+            )
+        request = protocol.Bind(id=0, host=host, port=port, type="tcp", backlog=_BIND_BACKLOG)
+        try:
+            rule = services.net.decide_bind(host, port, "tcp")
+            result = services.net.listen_tcp(
+                theirs.family, bind_to, rule, _BIND_BACKLOG, prepare=lambda ours: _carry_server(theirs, ours)
+            )
+        except Refusal as refusal:
+            notify.refuse(listener, note, _errno_of(refusal))
+            return Served(request, refusal)
+        return _swap_in(listener, note, request, result, target=target, theirs=theirs, cloexec=cloexec)
+    finally:
+        theirs.close()
+
+
+def _swap_in(
+    listener: int,
+    note: notify.Notification,
+    request: protocol.Bind,
+    result: Answer,
+    *,
+    target: int,
+    theirs: socket.socket,
+    cloexec: bool,
+) -> Served | None:
+    """Put the broker's bound socket at the program's fd number, if that still holds ``theirs``."""
+    assert result.fd is not None
+    try:
+        if not _same_object(note.pid, target, theirs):
+            # Another thread put something else at this number: swapping ours in would
+            # replace an object nobody checked. Refuse; our socket (and port) goes away.
+            notify.refuse(listener, note, errno.EBADF)
+            return Served(request, Refusal(protocol.ErrorCode.FAILED, "the socket changed during bind"))
+        notify.replace_fd(listener, note, result.fd, target, cloexec=cloexec)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        notify.refuse(listener, note, exc.errno or errno.EIO)
+        return Served(
+            request, Refusal(protocol.ErrorCode.FAILED, f"could not hand the socket over: {exc.strerror}")
+        )
+    finally:
+        os.close(result.fd)
+    notify.succeed(listener, note, 0)
+    return Served(request, Answer(result.result, rule=result.rule))
+
+
+def _bind_sockaddr(data: bytes, family: int, addrlen: int) -> tuple[str, int, BindAddress]:
+    """(host as the rules see it, port, address to bind) from the program's sockaddr, as the kernel reads it.
+
+    An IPv4-mapped IPv6 address is decided as the IPv4 address it reaches and
+    bound as written. Like the kernel, an AF_INET socket takes AF_UNSPEC with
+    INADDR_ANY as 0.0.0.0. Anything else malformed gets the kernel's errno.
+    """
+    if family == socket.AF_INET:
+        if addrlen < 16 or len(data) < 16:
+            raise _Unserved(errno.EINVAL)
+        sa_family, port = struct.unpack_from("=H", data)[0], struct.unpack_from("!H", data, 2)[0]
+        v4 = ipaddress.IPv4Address(data[4:8])
+        if sa_family != socket.AF_INET and not (sa_family == socket.AF_UNSPEC and int(v4) == 0):
+            raise _Unserved(errno.EAFNOSUPPORT)
+        return str(v4), port, (str(v4), port)
+    if addrlen < 24 or len(data) < 24:
+        raise _Unserved(errno.EINVAL)
+    if struct.unpack_from("=H", data)[0] != socket.AF_INET6:
+        raise _Unserved(errno.EAFNOSUPPORT)
+    port = struct.unpack_from("!H", data, 2)[0]
+    flowinfo = struct.unpack_from("!I", data, 4)[0]
+    v6 = ipaddress.IPv6Address(data[8:24])
+    scope = struct.unpack_from("=I", data, 24)[0] if len(data) >= 28 else 0
+    mapped = v6.ipv4_mapped
+    return str(mapped if mapped is not None else v6), port, (str(v6), port, flowinfo, scope)
+
+
+def _carry_server(theirs: socket.socket, ours: socket.socket) -> None:
+    """What the program set on its socket before bind(): O_NONBLOCK and the server options."""
+    flags = fcntl.fcntl(theirs.fileno(), fcntl.F_GETFL)
+    fcntl.fcntl(ours.fileno(), fcntl.F_SETFL, flags & os.O_NONBLOCK)
+    options = _SERVER_OPTIONS + (_V6_OPTIONS if theirs.family == socket.AF_INET6 else ())
+    for level, option in options:
+        try:
+            value = theirs.getsockopt(level, option)
+            if value != ours.getsockopt(level, option):
+                ours.setsockopt(level, option, value)
+        except OSError:
+            continue
+    try:
+        linger = theirs.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER.size)
+        if _LINGER.unpack(linger)[0]:
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    except (OSError, struct.error):
+        pass
+
+
+def _same_object(pid: int, fd: int, sock: socket.socket) -> bool:
+    """Whether the caller's fd ``fd`` still refers to the very socket the broker copied and checked.
+
+    The kernel has no compare-and-swap for SECCOMP_IOCTL_NOTIF_ADDFD, so this
+    is checked just before the swap. Whatever a thread does in the instant
+    between, the socket swapped in is bound to an address the policy allows:
+    the race can only cost the program the fd it put there.
+    """
+    try:
+        there = os.stat(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return False
+    mine = os.fstat(sock.fileno())
+    return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 # -- reading the caller ------------------------------------------------------------

@@ -15,8 +15,8 @@ What a compiled filter does, in order:
    ``ioctl`` refuses TIOCSTI/TIOCLINUX (typing into the terminal of whoever owns it);
    ``clone`` refuses any ``CLONE_NEW*`` flag; ``socket``/``socketpair`` accept only
    ``AF_UNIX`` (network access is the broker's); ``personality`` accepts only
-   ``PER_LINUX`` and the query. With transparent brokering, the open calls and
-   ``connect`` go to the broker whatever their arguments, ``socket`` also accepts
+   ``PER_LINUX`` and the query. With transparent brokering, the open calls,
+   ``connect`` and ``bind`` go to the broker whatever their arguments, ``socket`` also accepts
    ``AF_INET``/``AF_INET6`` and the send calls refuse ``MSG_FASTOPEN``. These run as a
    short hand-written BPF prelude in front of libseccomp's program, because libseccomp
    cannot express "allow unless the masked argument equals X": an unconditional allow
@@ -162,6 +162,10 @@ class FilterSpec:
     """Let the child make TCP/UDP sockets in its own empty network namespace, and send every
     ``connect`` to the broker, which connects a socket of its own and swaps it in.
     ``MSG_FASTOPEN`` (a connect hidden in a send) is refused."""
+    transparent_bind: bool = False
+    """Let the child make TCP/UDP sockets in its own empty network namespace, and send every
+    ``bind`` to the broker, which binds (and listens) a socket of its own in the host's
+    network namespace and swaps it in. ``MSG_FASTOPEN`` is refused, as with ``transparent_net``."""
 
     def __post_init__(self) -> None:
         # A plain set would make the spec unhashable and the cache fail far from the cause.
@@ -356,6 +360,7 @@ TRANSPARENT_NET_CALLS = ("connect",)
 LEARN_LOOKUP_CALLS = (
     "stat", "lstat", "access", "readlink", "newfstatat", "readlinkat", "faccessat", "statx", "faccessat2",
 )  # fmt: skip
+TRANSPARENT_BIND_CALLS = ("bind",)
 
 
 @functools.lru_cache(maxsize=64)
@@ -365,6 +370,7 @@ def transparent_numbers(spec: FilterSpec) -> frozenset[int]:
         (TRANSPARENT_FILE_CALLS if spec.transparent_files else ())
         + (TRANSPARENT_NET_CALLS if spec.transparent_net else ())
         + (LEARN_LOOKUP_CALLS if spec.learn_lookups else ())
+        + (TRANSPARENT_BIND_CALLS if spec.transparent_bind else ())
     )
     allowed = _resolve_allow(spec.allow)
     return frozenset(allowed[name] for name in names if name in allowed)
@@ -387,14 +393,16 @@ def _checks(allowed: dict[str, int], spec: FilterSpec) -> list[_Check]:
         checks.append((allowed["ioctl"], 1, "deny_values", (_TIOCSTI, _TIOCLINUX, _TIOCSCTTY), errno.EPERM))
     if "clone" in allowed:
         checks.append((allowed["clone"], 0, "deny_mask", (_CLONE_NEW_MASK,), errno.EPERM))
+    inet = spec.transparent_net or spec.transparent_bind
     if "socket" in allowed:
         # With transparent networking the child may make inet sockets: they live in its own
-        # empty network namespace, and only the broker's connect makes them reach anything.
-        families = (_AF_UNIX, _AF_INET, _AF_INET6) if spec.transparent_net else (_AF_UNIX,)
+        # empty network namespace, and only the broker's connect or bind (a socket of the
+        # broker's, swapped in) makes them reach anything.
+        families = (_AF_UNIX, _AF_INET, _AF_INET6) if inet else (_AF_UNIX,)
         checks.append((allowed["socket"], 0, "allow_values", families, errno.EAFNOSUPPORT))
     if "socketpair" in allowed:
         checks.append((allowed["socketpair"], 0, "allow_values", (_AF_UNIX,), errno.EAFNOSUPPORT))
-    if spec.transparent_net:
+    if inet:
         for name, flags_arg in (("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)):
             if name in allowed:
                 checks.append((allowed[name], flags_arg, "deny_mask", (_MSG_FASTOPEN,), errno.EPERM))

@@ -37,7 +37,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
 import prctl
@@ -48,9 +48,13 @@ from privsep.errors import ConfinementError, PrivsepError, RemoteProtocolError
 from privsep.policy.model import Policy
 from privsep.policy.syscalls import expand
 
-#: The fd number of the channel in the child (and the value of PRIVSEP_FD).
+#: The fd number of the channel in the child (and the value of PRIVSEP_FD) without
+#: socket activation; with it, the listening sockets take 3.. and the channel follows them.
 CHANNEL_FD = 3
-_CONTROL_FD = 4
+LISTEN_FDS_START = 3  # systemd's SD_LISTEN_FDS_START
+_LISTEN_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+# The sandbox processes' control socket: the fd after the channel, set by _arrange_fds.
+_control_fd = CHANNEL_FD + 1
 _NAMESPACES = (
     _linux.CLONE_NEWNS
     | _linux.CLONE_NEWPID
@@ -89,6 +93,13 @@ class SpawnPlan:
     in_process_call: bool = False
     """Forkserver only: after confinement, run ``privsep._callee`` in this (preloaded)
     interpreter instead of exec'ing ``argv``: a ``Sandbox.call`` in a few milliseconds."""
+    listen: tuple[str, ...] = ()
+    """Socket activation: the names (LISTEN_FDNAMES) of the listening sockets the broker
+    passes as fds 3.. (see :func:`with_listen`); the channel comes after them."""
+
+    @property
+    def channel_fd(self) -> int:
+        return LISTEN_FDS_START + len(self.listen)
 
     def to_json(self) -> bytes:
         """For the forkserver (a process of ours, not the child): plain JSON, no pickle."""
@@ -121,6 +132,7 @@ class SpawnPlan:
             "learn": self.learn,
             "transparent_calls": list(self.transparent_calls),
             "in_process_call": self.in_process_call,
+            "listen": list(self.listen),
         }
         return json.dumps(body).encode()
 
@@ -157,6 +169,7 @@ class SpawnPlan:
             learn=body["learn"],
             transparent_calls=tuple(body["transparent_calls"]),
             in_process_call=body["in_process_call"],
+            listen=tuple(body.get("listen", ())),
         )
 
     host_uid: int = field(default_factory=os.getuid)
@@ -192,6 +205,7 @@ def make_plan(
         transparent_files=policy.transparent.files and (bool(grants.broker_served) or learn),
         transparent_net=policy.transparent_net,
         learn_lookups=learn,
+        transparent_bind=policy.transparent_bind,
     )
     bpf = seccomp.compile_filter(spec)
     return SpawnPlan(
@@ -224,6 +238,24 @@ def _inherited_cwd(plan: view.ViewPlan) -> str:
             return here
     # A directory leading to a grant exists in the view too (as an empty one), as under bwrap.
     return here if here in plan.dirs else "/"
+
+
+def with_listen(plan: SpawnPlan, names: Sequence[str]) -> SpawnPlan:
+    """``plan`` with socket activation: ``len(names)`` listening sockets at fds 3.., named ``names``.
+
+    The sockets themselves are given to :func:`spawn`. The command gets
+    ``LISTEN_FDS``, ``LISTEN_FDNAMES`` and ``LISTEN_PID`` (its own pid, set
+    right before execve) as systemd sets them, and ``PRIVSEP_FD`` names the
+    channel, now the fd after the last socket.
+    """
+    for name in names:
+        if not name or len(name) > 255 or ":" in name or not (name.isascii() and name.isprintable()):
+            raise ConfinementError(
+                "listen", f"{name!r} is not a valid fd name (1-255 printable ASCII, no ':')"
+            )
+    listen = tuple(names)
+    env = {**plan.env, "PRIVSEP_FD": str(LISTEN_FDS_START + len(listen))}
+    return replace(plan, listen=listen, env=env)
 
 
 @dataclass
@@ -278,14 +310,20 @@ def decode_control(frame: channel.Frame) -> ControlMessage:
     return msg
 
 
-def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2)) -> Spawned:
-    """Fork the sandbox for ``plan``; the command's stdin/stdout/stderr are ``stdio``."""
+def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2), listen_fds: Sequence[int] = ()) -> Spawned:
+    """Fork the sandbox for ``plan``; the command's stdin/stdout/stderr are ``stdio``.
+
+    ``listen_fds``: the listening sockets of :func:`with_listen`, one per name
+    in ``plan.listen``; the command gets them at fds 3.. (the caller keeps its own).
+    """
+    if len(listen_fds) != len(plan.listen):
+        raise ConfinementError("listen", f"{len(plan.listen)} listen names but {len(listen_fds)} sockets")
     broker_chan, child_chan = channel.socketpair()
     broker_ctl, child_ctl = channel.socketpair()
     broker_pid = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the forked monitor, measured by the integration tests
-        monitor_main(plan, (*stdio, child_chan.fileno(), child_ctl.fileno()), broker_pid)
+        monitor_main(plan, (*stdio, *listen_fds, child_chan.fileno(), child_ctl.fileno()), broker_pid)
     child_chan.close()
     child_ctl.close()
     try:
@@ -302,7 +340,8 @@ def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2)) -> Spawned:
 
 
 def monitor_main(plan: SpawnPlan, sources: Sequence[int], parent_pid: int) -> NoReturn:
-    """The forked monitor's whole life: ``sources`` are stdin, stdout, stderr, channel, control.
+    """The forked monitor's whole life: ``sources`` are stdin, stdout, stderr, the listening
+    sockets of ``plan.listen`` (if any), channel, control.
 
     ``parent_pid`` is the process that forked it (the broker, or the
     forkserver): the monitor dies with it.
@@ -316,7 +355,7 @@ def monitor_main(plan: SpawnPlan, sources: Sequence[int], parent_pid: int) -> No
 
 
 def _report(kind: str, fds: Sequence[int] = (), **fields: object) -> None:
-    sock = socket.socket(fileno=_CONTROL_FD)
+    sock = socket.socket(fileno=_control_fd)
     try:
         channel.send(sock, json.dumps({"kind": kind, **fields}).encode(), fds)
     except (OSError, PrivsepError):
@@ -344,11 +383,14 @@ def _reset_process_state() -> None:
 
 
 def _arrange_fds(sources: Sequence[int]) -> None:
-    """stdio to 0-2, channel to 3 (inherited by the command), control to 4, close the rest."""
+    """stdio to 0-2, listening sockets to 3.., then the channel (all inherited by the
+    command), then control (close-on-exec); close the rest."""
+    global _control_fd
+    _control_fd = len(sources) - 1
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in sources]
     for target, fd in enumerate(high):
-        os.dup2(fd, target, inheritable=target != _CONTROL_FD)
-    _linux.close_range(_CONTROL_FD + 1)
+        os.dup2(fd, target, inheritable=target != _control_fd)
+    _linux.close_range(_control_fd + 1)
 
 
 def _monitor(plan: SpawnPlan, sources: Sequence[int], broker_pid: int) -> None:
@@ -375,8 +417,7 @@ def _monitor(plan: SpawnPlan, sources: Sequence[int], broker_pid: int) -> None:
             os.close(lifeline_w)
             os._exit(_init(plan, lifeline_r))
         os.close(lifeline_r)
-        for fd in (0, 1, 2, CHANNEL_FD, _CONTROL_FD):
-            os.close(fd)  # the monitor keeps only lifeline_w: its death closes it
+        os.closerange(0, _control_fd + 1)  # the monitor keeps only lifeline_w: its death closes it
     except BaseException as exc:
         os._exit(_fail(exc))
     prctl.set_dumpable(0)
@@ -434,8 +475,7 @@ def _init(plan: SpawnPlan, lifeline: int) -> int:
         pidfd = os.pidfd_open(command_pid)
         _report("command", [pidfd])
         os.close(pidfd)
-        for fd in (0, 1, 2, CHANNEL_FD):
-            os.close(fd)
+        os.closerange(0, _control_fd)  # stdio, listening sockets, channel: the command's
         identity.drop_identity(in_user_namespace=plan.user_namespace, parent_pid=0)
         if not _parent_alive(lifeline):
             return 125
@@ -480,8 +520,14 @@ def _command(plan: SpawnPlan) -> int:
         return _fail(exc)
     if plan.in_process_call:
         return _call_in_process(plan)
+    env = {k: v for k, v in plan.env.items() if k not in _LISTEN_ENV}
+    if plan.listen:
+        # LISTEN_PID must be the pid the program sees (this process's, in the sandbox's pid
+        # namespace), which execve keeps: so it is set here, not in the broker.
+        env.update(LISTEN_FDS=str(len(plan.listen)), LISTEN_PID=str(os.getpid()))
+        env["LISTEN_FDNAMES"] = ":".join(plan.listen)
     try:
-        os.execvpe(plan.argv[0], list(plan.argv), dict(plan.env))
+        os.execvpe(plan.argv[0], list(plan.argv), env)
     except OSError as exc:
         code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
         _report("exec_error", errno=exc.errno or 0, status=code)
@@ -497,7 +543,7 @@ def _call_in_process(plan: SpawnPlan) -> int:
     never the child's), ``sys.path`` given the plan's PYTHONPATH, the garbage
     collector back on.
     """
-    os.close(_CONTROL_FD)
+    os.close(_control_fd)
     os.environ.clear()
     os.environ.update(plan.env)
     # sys.path was computed when the forkserver started: apply the plan's PYTHONPATH as startup would.

@@ -14,8 +14,10 @@ opened or looked up.
 
 from __future__ import annotations
 
+import ipaddress
 import os.path
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -32,7 +34,7 @@ from privsep.policy.model import (
     SecretSource,
 )
 
-__all__ = ["READ_ACCESS", "WRITE_ACCESS", "grants_to_extra"]
+__all__ = ["READ_ACCESS", "WRITE_ACCESS", "Listen", "grants_to_extra", "parse_listen"]
 
 #: What ``--allow-read PATH`` grants on PATH and beneath it.
 READ_ACCESS = (Access.READ, Access.LIST)
@@ -149,6 +151,54 @@ def _secrets(values: Sequence[str]) -> dict[str, str]:
         except ValidationError as exc:
             raise PolicyError(f"{flag}: {value!r}: {_reasons(exc)}") from None
         out[name] = f"{kind}:{ref}"
+    return out
+
+
+@dataclass(frozen=True)
+class Listen:
+    """One ``--listen [NAME=][HOST:]PORT[/tcp]``: a socket the broker listens on before the command starts."""
+
+    name: str
+    host: str
+    port: int
+
+    def bind_grant(self) -> str:
+        """The ``--allow-bind`` value this listen implies (for the policy, audit and report)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+LISTEN_DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - what a bare port means, as for most servers
+LISTEN_DEFAULT_NAME = "listen"
+
+
+def parse_listen(values: Sequence[str]) -> list[Listen]:
+    """``--listen`` values: ``[NAME=][HOST:]PORT[/tcp]``; HOST defaults to 0.0.0.0, NAME to "listen".
+
+    NAME is the socket's entry in LISTEN_FDNAMES (no ':'). Raises PolicyError naming the fix.
+    """
+    flag = "--listen"
+    example = "80, 127.0.0.1:8080, [::]:443 or web=0.0.0.0:80"
+    out: list[Listen] = []
+    for value in values:
+        name, equals, spec = value.partition("=")
+        if not equals:
+            spec = value
+            name = LISTEN_DEFAULT_NAME
+        elif not name or len(name) > 255 or ":" in name or not (name.isascii() and name.isprintable()):
+            raise PolicyError(f"{flag}: {value!r}: the name must be 1-255 printable ASCII characters, no ':'")
+        if spec.endswith("/udp"):
+            raise PolicyError(f"{flag}: {value!r}: socket activation is TCP only; for UDP use --allow-bind")
+        spec = spec.removesuffix("/tcp")
+        if spec.isascii() and spec.isdigit():
+            spec = f"{LISTEN_DEFAULT_HOST}:{spec}"
+        host, port, _protocol = _host_port(flag, spec)
+        if not port.isascii() or not port.isdigit() or len(port) > 5 or not 0 < int(port) <= 65535:
+            raise PolicyError(f"{flag}: {value!r}: the port '{port}' is not 1..65535; write {example}")
+        _check(flag, value, BindRule, {"host": host, "port": int(port), "protocol": "tcp"})
+        listen = Listen(name, str(ipaddress.ip_address(host)), int(port))
+        if any((other.host, other.port) == (listen.host, listen.port) for other in out):
+            raise PolicyError(f"{flag}: {value!r} is given twice; give each address once")
+        out.append(listen)
     return out
 
 

@@ -478,10 +478,10 @@ class Transparent(_Strict):
     """Brokering for programs that do not speak privsep's protocol (``cat``, ``curl``, a Go binary).
 
     When on, the seccomp filter sends their ``open``/``openat`` (files) or
-    ``connect`` (net) to the broker, which decides them by the same rules as a
+    ``connect`` and ``bind`` (net) to the broker, which decides them by the same rules as a
     ``privsep.client`` request, performs them itself and hands the result into
     the child. Each kind is active only when the policy has rules of that kind
-    ([[files]]; [[connect]]): with nothing to broker, the filter stays as fast
+    ([[files]]; [[connect]] for connect, [[bind]] for bind): with nothing to broker, the filter stays as fast
     as without it. Turn a kind off when every program in the sandbox uses
     ``privsep.client``: each open then costs no round trip to the broker.
     """
@@ -520,6 +520,11 @@ class Policy(_Strict):
     def transparent_net(self) -> bool:
         """Whether unmodified programs' connects are brokered (there are [[connect]] rules)."""
         return self.transparent.net and any(not rule.deny for rule in self.connect)
+
+    @property
+    def transparent_bind(self) -> bool:
+        """Whether unmodified programs' binds are brokered (there are [[bind]] rules)."""
+        return self.transparent.net and bool(self.bind)
 
     @field_validator("secrets")
     @classmethod
