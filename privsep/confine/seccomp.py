@@ -351,6 +351,7 @@ TRANSPARENT_FILE_CALLS = ("open", "creat", "openat")
 #: its owner's rights for whoever executes it there (on an idmapped grant the owner is the
 #: grant's, root included); a nosuid mount inside the sandbox does nothing for the host.
 _SETID_BITS = 0o6000
+_FALLOC_SHIFTS = 0x08 | 0x20  # FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE
 #: (syscall, index of its mode argument): each refuses a mode with a set-id bit.
 _MODE_ARGS = (
     ("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2),
@@ -385,6 +386,10 @@ def _checks(allowed: dict[str, int], spec: FilterSpec) -> list[_Check]:
         # A notified open is checked by the broker on the registers it read (transparent.py).
         if name in allowed and allowed[name] not in notified:
             checks.append((allowed[name], mode_arg, "deny_mask", (_SETID_BITS,), errno.EPERM))
+    if "fallocate" in allowed:
+        # COLLAPSE_RANGE and INSERT_RANGE shift a file's contents: a grant without truncate
+        # could shrink a file with them. Programs fall back on EOPNOTSUPP.
+        checks.append((allowed["fallocate"], 1, "deny_mask", (_FALLOC_SHIFTS,), errno.EOPNOTSUPP))
     if "openat2" in allowed:
         # Its flags and mode live in the child's memory, where another thread can change them
         # after any check; glibc never calls it and programs that do fall back to openat.

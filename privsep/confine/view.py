@@ -21,6 +21,7 @@ import errno
 import os
 import posixpath
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from privsep import _linux
@@ -84,6 +85,10 @@ class ViewPlan:
     masks: tuple[Mask, ...] = ()
     files: tuple[tuple[str, str], ...] = ()
     """Small generated files (path, content): /etc/passwd and friends, when the view has none."""
+    frozen: tuple[str, ...] = ()
+    """Set-id or file-capability files inside a writable grant idmapped to root, bound read-only
+    onto themselves: as their owner the child could otherwise rewrite them (a write through
+    mmap keeps the set-id bit) and leave a privileged program on the host."""
 
 
 @dataclass(frozen=True)
@@ -242,11 +247,165 @@ def plan_grants(policy: Policy, *, root_broker: bool, sandbox_id: int) -> Grants
         )
         kernel.append(index)
     plan = planner.plan(policy.view.tmp_size_mb if policy.view.tmp else None, grants)
+    writable = [policy.files[i].path for i in kernel if writes(policy.files[i])]
+    writable += [b.path for b in plan.binds if b.writable]
+    _check_links(policy, writable)
     _check_nesting(policy, plan, kernel)
-    pins, masks = _masks(policy, plan.binds)
+    _check_broker_nesting(policy, plan, broker)
+    pins, masks = _masks(policy, plan.binds, writable)
+    found, frozen = _scan(plan.binds)
+    pins = tuple(sorted(set(pins) | set(_nested_pins(plan.binds))))
+    masks = tuple(sorted((*masks, *found), key=lambda m: m.path))
     files = _generated_files(plan, sandbox_id, home="/tmp" if policy.view.tmp else "/")
-    plan = dataclasses.replace(plan, pins=pins, masks=masks, files=files)
+    plan = dataclasses.replace(plan, pins=pins, masks=masks, files=files, frozen=frozen)
     return GrantsPlan(view=plan, kernel_served=tuple(kernel), broker_served=tuple(broker))
+
+
+def _link_inside(path: str, writable: list[str]) -> str | None:
+    """The first symlink on ``path`` that lies inside a writable grant (the child may have planted it)."""
+    at = "/"
+    for part in [p for p in path.split("/") if p]:
+        at = posixpath.join(at, part)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(at).st_mode)
+        except OSError:
+            return None
+        if is_link and any(_under(at, w) and at != w for w in writable):
+            return at
+    return None
+
+
+def _check_links(policy: Policy, writable: list[str]) -> None:
+    """Refuse a path that runs through a symlink inside a writable grant.
+
+    The sandbox writes there: a symlink it planted (say, a directory renamed
+    away and a link to /etc put in its place) would make the next run bind,
+    mask or read whatever the link names. Such a path must be written as its
+    real path.
+    """
+    named = [(rule.describe(i), rule.path) for i, rule in enumerate(policy.files)]
+    named += [(f"[view] read {p}", p) for p in (*policy.view.read, *policy.view.read_if_exists)]
+    for what, path in named:
+        link = _link_inside(path, writable)
+        if link is not None:
+            raise PolicyError(
+                f"{what}: its path runs through the symbolic link {link}, inside a writable grant, "
+                "where the sandbox could have planted it; write the real path "
+                f"({os.path.realpath(path)}) if that is what you mean"
+            )
+
+
+def _check_broker_nesting(policy: Policy, plan: ViewPlan, broker: list[tuple[int, str]]) -> None:
+    """A broker-served grant inside a writable kernel-served one would be served by the kernel.
+
+    The outer bind already lets the kernel write, link, rename and remove
+    everything beneath it; only opens of the exact inner path reach the broker.
+    An inner grant that means less than that (append-only, read-only...) is refused.
+    """
+    for index, _reason in broker:
+        rule = policy.files[index]
+        wanted = _granted_words(tuple(a.value for a in rule.access))
+        for b in plan.binds:
+            if b.writable and _under(rule.path, b.path) and rule.path != b.path:
+                extra = _granted_words(b.access) - wanted
+                if extra:
+                    raise PolicyError(
+                        f"{rule.describe(index)} is served by the broker ({_reason}) but lies inside the "
+                        f"writable grant of {b.path}, which the kernel serves and which gives "
+                        f"{', '.join(sorted(extra))} there too; move it out, or serve the enclosing grant "
+                        'with serve = "broker" as well'
+                    )
+
+
+def _nested_pins(binds: tuple[Bind, ...]) -> list[str]:
+    """Directories between a writable bind and a bind inside it, pinned (bound onto themselves).
+
+    Otherwise the child could rename an ancestor of the inner grant away and put
+    a directory of its own at the inner grant's host path.
+    """
+    bound = {b.path for b in binds}
+    pins: list[str] = []
+    for outer in (b for b in binds if b.writable and b.is_dir):
+        for inner in binds:
+            if inner.path == outer.path or not _under(inner.path, outer.path):
+                continue
+            at = posixpath.dirname(inner.path)
+            while _under(at, outer.path) and at != outer.path:
+                if at not in bound:
+                    pins.append(at)
+                at = posixpath.dirname(at)
+    return pins
+
+
+#: How many entries of the grants privsep checks at start before it gives up (fails closed).
+MAX_SCANNED = 200_000
+_SETID = stat.S_ISUID | stat.S_ISGID
+_EXEC = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+
+
+def _has_file_caps(path: str) -> bool:
+    try:
+        os.getxattr(path, "security.capability", follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
+def _walk(root: str) -> Iterator[tuple[str, int]]:
+    """(path, mode) of every entry below ``root`` on its own file system, links not followed."""
+    root_dev = os.lstat(root).st_dev
+    stack = [root]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue  # unreadable even to the broker: the child cannot reach inside either
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and st.st_dev == root_dev:
+                stack.append(entry.path)  # another file system below is not bound (no MS_REC)
+            yield entry.path, st.st_mode
+
+
+def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
+    """What a grant must not expose as it is: sockets, FIFOs, and privileged programs.
+
+    - A unix socket or a FIFO inside any grant is masked: neither a read-only
+      mount nor Landlock governs connecting to a socket, and an enclosing grant's
+      rights reach a FIFO below a read-only one. (Ones created on the host after
+      the start are not: SECURITY.md, known limits.)
+    - In a writable grant idmapped to root, a set-id or file-capability file is
+      bound read-only onto itself (``frozen``): as its owner the child could
+      rewrite it through mmap, which keeps the set-id bit.
+    """
+    masks: list[Mask] = []
+    frozen: list[str] = []
+    seen = 0
+    for b in binds:
+        if not b.access:
+            continue  # [view] reads: the policy author's own choice of system paths
+        privileged = b.writable and b.idmap is not None and 0 in b.idmap
+        entries = _walk(b.path) if b.is_dir else iter([(b.path, os.lstat(b.path).st_mode)])
+        for path, mode in entries:
+            seen += 1
+            if seen > MAX_SCANNED:
+                raise PolicyError(
+                    f"the grants hold more than {MAX_SCANNED} entries ({b.path} and the rest), and "
+                    "privsep checks each at start for sockets, FIFOs and set-id programs; grant "
+                    'narrower directories, or serve this one with serve = "broker"'
+                )
+            if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+                masks.append(Mask(path, is_dir=False))
+            elif (
+                privileged
+                and stat.S_ISREG(mode)
+                and (mode & _SETID or (mode & _EXEC and _has_file_caps(path)))
+            ):
+                frozen.append(path)
+    return masks, tuple(sorted(frozen))
 
 
 def _denied_at(policy: Policy, path: str) -> bool:
@@ -298,39 +457,46 @@ def _check_nesting(policy: Policy, plan: ViewPlan, kernel: list[int]) -> None:
             )
 
 
-def _masks(policy: Policy, binds: tuple[Bind, ...]) -> tuple[tuple[str, ...], tuple[Mask, ...]]:
+def _masks(
+    policy: Policy, binds: tuple[Bind, ...], writable: list[str]
+) -> tuple[tuple[str, ...], tuple[Mask, ...]]:
     pins: set[str] = set()
     masks: list[Mask] = []
     bound = {b.path for b in binds}
     for index, rule in enumerate(policy.files):
         if not rule.deny:
             continue
-        covering = [b for b in binds if b.is_dir and _under(rule.path, b.path)]
-        exact = [b for b in binds if b.path == rule.path]
+        # Binds are at real paths: a deny written through a symlink (outside every writable
+        # grant: _check_links refused the others) is masked at the path it names.
+        path = os.path.realpath(rule.path)
+        if path != rule.path and not os.path.lexists(rule.path):
+            path = rule.path
+        covering = [b for b in binds if b.is_dir and _under(path, b.path)]
+        exact = [b for b in binds if b.path == path]
         if not covering and not exact:
             continue  # not in the view: nothing to mask
         enclosing = max(covering, key=lambda b: len(b.path)) if covering else exact[0]
         where = rule.describe(index)
         try:
-            st = os.lstat(rule.path)
+            st = os.lstat(path)
         except FileNotFoundError:
             if any(b.writable for b in covering):
                 raise PolicyError(
                     f"{where} lies inside a writable grant but does not exist, and the kernel can "
-                    f"only mask an existing path: create it first (mkdir -p or touch {rule.path}), "
+                    f"only mask an existing path: create it first (mkdir -p or touch {path}), "
                     'or serve the enclosing grant with serve = "broker"'
                 ) from None
             continue  # a read-only view cannot grow it
         except OSError as exc:
             raise PolicyError(f"{where}: cannot inspect it: {exc.strerror}") from None
-        if os.path.realpath(rule.path) != rule.path:
+        if _link_inside(rule.path, writable) is not None:
             raise PolicyError(
-                f"{where}: the path runs through a symbolic link (it is {os.path.realpath(rule.path)}); "
-                "deny the real path"
+                f"{where}: the path runs through a symbolic link inside a writable grant (it is "
+                f"{os.path.realpath(rule.path)}); deny the real path"
             )
-        masks.append(Mask(rule.path, stat.S_ISDIR(st.st_mode)))
+        masks.append(Mask(path, stat.S_ISDIR(st.st_mode)))
         if enclosing.writable:
-            at = posixpath.dirname(rule.path)
+            at = posixpath.dirname(path)
             while _under(at, enclosing.path) and at != enclosing.path:
                 if at not in bound:
                     pins.add(at)
@@ -451,11 +617,17 @@ _MASK = _READ_ONLY | _linux.MOUNT_ATTR_NOEXEC
 _MASKS_AT = "/.privsep-masks"
 
 
+@dataclass(frozen=True)
+class _Frozen:
+    path: str
+
+
 def _mount_order(plan: ViewPlan) -> list[tuple[str, int, object]]:
     """Binds, pins and masks, outermost first: a mount inside another comes after it."""
     ops: list[tuple[str, int, object]] = [(b.path, 0, b) for b in plan.binds]
     ops += [(p, 1, p) for p in plan.pins]
     ops += [(m.path, 2, m) for m in plan.masks]
+    ops += [(f, 3, _Frozen(f)) for f in plan.frozen]
     return sorted(ops, key=lambda op: (op[0], op[1]))
 
 
@@ -470,7 +642,15 @@ def build_view(plan: ViewPlan, sandbox_id: int = 65534) -> None:
     namespaces: dict[tuple[int, int], int] = {}
     try:
         for b in plan.binds:
-            fd = os.open(b.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # The planned path is real: a symlink swapped in since (by a sandbox writing
+            # there) is refused, never followed.
+            fd = _linux.openat2(
+                _linux.AT_FDCWD,
+                b.path,
+                os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0,
+                _linux.RESOLVE_NO_SYMLINKS,
+            )
             sources[b.path] = fd
             if stat.S_ISDIR(os.fstat(fd).st_mode) != b.is_dir:
                 raise ConfinementError(step, f"{b.path} changed type since the policy was planned")
@@ -534,6 +714,9 @@ def build_view(plan: ViewPlan, sandbox_id: int = 65534) -> None:
                     _bind_idmapped(sources[path], root + path, attrs, namespaces[op.idmap])
                 else:
                     _bind(sources[path], root + path, attrs)
+            elif isinstance(op, _Frozen):
+                _linux.mount(root + path, root + path, None, _linux.MS_BIND)
+                _linux.mount_setattr_recursive(root + path, _READ_ONLY)
             elif isinstance(op, Mask):
                 _linux.mount(
                     root + _MASKS_AT + ("/d" if op.is_dir else "/f"), root + path, None, _linux.MS_BIND

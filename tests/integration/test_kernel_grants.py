@@ -436,3 +436,164 @@ def test_created_files_belong_to_the_invoking_user_without_root(shared_tmp: Path
     assert proc.returncode == 0, proc.stderr
     st = (out_dir / "f").stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NONROOT_ID, NONROOT_ID, 0o640)
+
+
+# --- what a fresh audit of kernel-served grants found (each failed before its fix) -----------------
+
+
+def test_a_symlink_planted_where_a_nested_grant_was_is_refused_next_run(
+    run_privsep: RunPrivsep, shared_tmp: Path, broker_user: str
+) -> None:
+    data, victim = shared_tmp / "data", shared_tmp / "victim"
+    (data / "b" / "out").mkdir(parents=True)
+    victim.mkdir()
+    (victim / "config").write_text("orig\n")
+    (victim / "config").chmod(0o600)
+    if broker_user == "nonroot":
+        for path in [data, *data.rglob("*")]:
+            os.chown(path, NONROOT_ID, NONROOT_ID)
+    grants = ("--allow-write", str(data), "--allow-read", str(data / "b" / "out"))
+    # Same run: the ancestor of the nested grant is pinned, so it cannot be moved away.
+    proc = run_privsep(*grants, "--", "/bin/mv", f"{data}/b", f"{data}/b2")
+    assert proc.returncode == 1 and "busy" in proc.stderr, proc.stderr
+    # Planted from outside this sandbox (another run, with other grants): the next run refuses it.
+    (data / "b").rename(data / "b2")
+    (data / "b").mkdir()
+    (data / "b" / "out").symlink_to(victim)
+    proc = run_privsep(*grants, "--", "/bin/cat", f"{data}/b/out/config")
+    assert proc.returncode == 125 and "symbolic link" in proc.stderr, proc.stderr
+    assert "orig" not in proc.stdout
+
+
+MMAP_SETUID = r"""
+import mmap
+f = ARGS["file"]
+try:
+    fd = os.open(f, os.O_RDWR)
+    m = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    m[:5] = b"PWNED"
+    m.flush()
+    out["mmap"] = "ok"
+except OSError as exc:
+    out["mmap"] = exc.errno
+"""
+
+
+def test_a_setuid_program_in_a_root_owned_write_grant_cannot_be_rewritten(
+    run_as_root: RunPrivsep, shared_tmp: Path
+) -> None:
+    grant = shared_tmp / "suid"
+    grant.mkdir(mode=0o755)
+    prog = grant / "prog"
+    prog.write_bytes(b"#!/bin/sh\necho original\n")
+    prog.chmod(0o4755)
+    proc = _run_child(
+        run_as_root,
+        shared_tmp,
+        MMAP_SETUID,
+        {"file": str(prog)},
+        "--policy",
+        "python",
+        "--allow-write",
+        str(grant),
+    )
+    out = json_output(proc)
+    assert out["mmap"] in (13, 30), out  # bound read-only onto itself: EROFS
+    assert prog.read_bytes() == b"#!/bin/sh\necho original\n"
+    assert stat.S_IMODE(prog.stat().st_mode) == 0o4755
+
+
+def test_sockets_and_fifos_in_a_grant_are_masked(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
+    import socket
+
+    grant = shared_tmp / "socks"
+    (grant / "ro").mkdir(parents=True)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(grant / "root.sock"))
+    os.chmod(grant / "root.sock", 0o600)
+    server.listen()
+    server.setblocking(False)
+    os.mkfifo(grant / "ro" / "cmd.fifo", 0o666)
+    for path in (shared_tmp, grant, grant / "ro"):
+        path.chmod(0o777)
+    script = (
+        f"import socket\ns = socket.socket(socket.AF_UNIX)\n"
+        f"try:\n    s.connect({str(grant / 'root.sock')!r}); print('connected')\n"
+        f"except OSError as e:\n    print('refused', e.errno)\n"
+        f"try:\n    open({str(grant / 'ro' / 'cmd.fifo')!r}, 'w').write('INJECT')\n"
+        "    print('fifo written')\n"
+        f"except OSError as e:\n    print('fifo refused', e.errno)\n"
+    )
+    try:
+        proc = run_privsep(
+            "--policy", "python", "--allow-write", str(grant), "--allow-read", str(grant / "ro"),
+            "--", str(PYTHON), "-c", script,
+        )  # fmt: skip
+        with pytest.raises(BlockingIOError):
+            server.accept()  # nobody connected
+    finally:
+        server.close()
+    assert "connected" not in proc.stdout and "refused" in proc.stdout, proc.stderr
+    assert "fifo written" not in proc.stdout
+
+
+def test_a_broker_served_grant_inside_a_writable_kernel_grant_is_refused(
+    run_privsep: RunPrivsep, shared_tmp: Path
+) -> None:
+    (shared_tmp / "ap").mkdir(mode=0o777)
+    (shared_tmp / "ap" / "audit.log").write_text("history\n")
+    policy = _policy(
+        shared_tmp,
+        "ap.toml",
+        'extends = "minimal"\n'
+        f'[[files]]\npath = "{shared_tmp}/ap"\naccess = ["read", "write", "create", "truncate", "list"]\n'
+        f'[[files]]\npath = "{shared_tmp}/ap/audit.log"\naccess = ["append"]\n',
+    )
+    proc = run_privsep(
+        "--policy", str(policy), "--", "/bin/sh", "-c", f"echo REWRITTEN > {shared_tmp}/ap/audit.log"
+    )
+    assert proc.returncode == 125 and "files[1]" in proc.stderr and "served by the broker" in proc.stderr
+    assert (shared_tmp / "ap" / "audit.log").read_text() == "history\n"
+
+
+def test_a_deny_written_through_a_symlinked_grant_is_still_a_mask(
+    run_privsep: RunPrivsep, shared_tmp: Path
+) -> None:
+    real = shared_tmp / "real"
+    real.mkdir(mode=0o755)
+    (real / "secret").write_text(SECRET)
+    (real / "secret").chmod(0o644)
+    (shared_tmp / "link").symlink_to(real)
+    policy = _policy(
+        shared_tmp,
+        "deny_link.toml",
+        'extends = "minimal"\n'
+        f'[[files]]\npath = "{shared_tmp}/link"\naccess = ["read", "list"]\n'
+        f'[[files]]\npath = "{shared_tmp}/link/secret"\ndeny = true\n',
+    )
+    proc = run_privsep(
+        "--policy", str(policy), "--", "/bin/cat", f"{shared_tmp}/link/secret", f"{real}/secret"
+    )
+    assert SECRET not in proc.stdout and proc.returncode == 1, proc.stdout
+
+
+def test_fallocate_cannot_shrink_a_file_without_truncate(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
+    grant = shared_tmp / "w"
+    grant.mkdir(mode=0o777)
+    target = grant / "f.bin"
+    target.write_bytes(b"x" * 65536)
+    target.chmod(0o666)
+    policy = _policy(
+        shared_tmp,
+        "w.toml",
+        f'extends = "python"\n[view]\ntmp = false\n'
+        f'[[files]]\npath = "{grant}"\naccess = ["read", "write", "list"]\n',
+    )
+    script = (
+        f"import ctypes, os\nfd = os.open({str(target)!r}, os.O_RDWR)\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "r = libc.fallocate(fd, 0x08, ctypes.c_long(0), ctypes.c_long(61440))\nprint(r, ctypes.get_errno())\n"
+    )
+    proc = run_privsep("--policy", str(policy), "--", str(PYTHON), "-c", script)
+    assert proc.stdout.split() == ["-1", "95"], proc.stderr  # EOPNOTSUPP
+    assert target.stat().st_size == 65536

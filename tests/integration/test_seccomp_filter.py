@@ -189,6 +189,8 @@ def model(spec: FilterSpec, nr: int, arch: int, args: tuple[int, ...]) -> int:  
             return RET_ERRNO(errno.EAFNOSUPPORT)
         if name in MODE_ARG and lo(MODE_ARG[name]) & 0o6000:
             return RET_ERRNO(errno.EPERM)  # never a setuid or setgid file on the host
+        if name == "fallocate" and lo(1) & 0x28:
+            return RET_ERRNO(errno.EOPNOTSUPP)  # COLLAPSE_RANGE, INSERT_RANGE: a truncate by other means
         if name == "openat2":
             return RET_ERRNO(errno.ENOSYS)  # its mode and flags live in memory: never checked
         return RET_ALLOW
