@@ -18,7 +18,13 @@ starts 3000 processes). Sections:
    /bin/true`` command against its floor (a Python that imports pydantic),
    firejail and bwrap.
 4. seccomp: a syscall-heavy loop, confined against unconfined.
-5. scale: one broker with 100 and 1000 idle sandboxes (``bench/scale.py``).
+5. kernel_open: an unmodified program (a C loop built with ``cc``, and a
+   Python ``os.open`` loop) opening a granted file, timed inside it, under
+   ``privsep run --allow-read`` (kernel-served), on the host, under bwrap, and
+   under ``privsep run`` with the grant ``serve = "broker"`` (``bench/kernel.py``).
+6. cli: the whole ``privsep run --allow-read IN --allow-write OUT -- cp IN/f
+   OUT/g`` against bwrap with the same binds and the bare ``cp``.
+7. scale: one broker with 100 and 1000 idle sandboxes (``bench/scale.py``).
 
 Benchmarks measure; they never fail on a missed target (the table says so).
 """
@@ -26,6 +32,7 @@ Benchmarks measure; they never fail on a missed target (the table says so).
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import datetime
 import json
@@ -43,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.kernel import bench_cli, bench_kernel_open, kernel_tree
 from bench.workloads import (
     BROKERED_OPEN,
     DIRECT_OPEN,
@@ -53,14 +61,19 @@ from bench.workloads import (
     SYSCALL_LOOP,
     THROUGHPUT,
     BenchError,
+    Stats,
     drive,
+    median_time,
     pin_cpu,
     pinned,
     python_argv,
+    ratios,
     release,
     run_confined,
     run_plain,
+    skipped,
     start_confined,
+    stats,
 )
 from privsep import __version__
 from privsep.broker.loop import Broker
@@ -77,8 +90,6 @@ FIREJAIL = ("firejail", "--quiet", "--noprofile", "/bin/true")
 PYDANTIC_FLOOR = (PYTHON, "-c", "from pydantic import BaseModel")
 PRIVSEP_RUN = (PRIVSEP, "run", "--", "/bin/true")
 
-Stats = dict[str, Any]
-
 
 @dataclass(frozen=True)
 class Config:
@@ -93,48 +104,16 @@ class Config:
     loop_n: int  # getppid calls per repeat (stat: a quarter of that)
     scale_counts: tuple[int, ...]
     scale_n: int
+    kernel_n: int  # timed opens per program run, kernel-served and host
+    kernel_broker_n: int  # the same, broker-served (each is a round trip to the broker)
 
 
 def config(args: argparse.Namespace) -> Config:
     if args.quick:
-        return Config(args.rounds or 2, True, 1000, 100, 0.3, 4, 3, 2, 200_000, (100,), 1000)
-    return Config(args.rounds or 5, False, 5000, 300, 1.0, 10, 5, 5, 1_000_000, (100, 1000), 5000)
-
-
-# -- statistics -----------------------------------------------------------------------------------------
-
-
-def stats(values: Sequence[float]) -> Stats:
-    """Median and min-max of one value per round."""
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "values": list(values),
-    }
-
-
-def ratios(top: Sequence[float], bottom: Sequence[float]) -> Stats:
-    return stats([a / b for a, b in zip(top, bottom, strict=True)])
-
-
-def skipped(why: str) -> Stats:
-    return {"skipped": why}
-
-
-def _median_time(argv: Sequence[str], n: int) -> float:
-    """Median wall time in ms of ``n`` runs of a whole command; raises BenchError if it fails."""
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        proc = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
-        )
-        times.append((time.perf_counter() - started) * 1e3)
-        if proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace").strip()[-300:]
-            raise BenchError(f"{' '.join(argv)} exited {proc.returncode}: {err}")
-    return statistics.median(times)
+        return Config(args.rounds or 2, True, 1000, 100, 0.3, 4, 3, 2, 200_000, (100,), 1000, 2000, 300)
+    return Config(
+        args.rounds or 5, False, 5000, 300, 1.0, 10, 5, 5, 1_000_000, (100, 1000), 5000, 20_000, 3000
+    )
 
 
 @contextlib.contextmanager
@@ -284,7 +263,7 @@ def _peer(name: str, argv: Sequence[str]) -> str | None:
     if shutil.which(argv[0]) is None:
         return f"{name} is not installed"
     try:
-        _median_time(argv, 1)
+        median_time(argv, 1)
     except BenchError as exc:
         return f"{name} does not run here: {exc}"
     return None
@@ -376,7 +355,7 @@ def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
                     one.append((time.perf_counter() - started) * 1e3)
                 times["forkserver_call"].append(statistics.median(one))
                 for name, argv in whole.items():
-                    times[name].append(_median_time(argv, cfg.command_n))
+                    times[name].append(median_time(argv, cfg.command_n))
     finally:
         broker.close()
         services.close()
@@ -422,7 +401,19 @@ def bench_seccomp(cfg: Config, grant: Path, log: Callable[[str], None]) -> dict[
     return out
 
 
-# -- 5. scale -------------------------------------------------------------------------------------------
+# -- 5. kernel_open and 6. cli: bench/kernel.py ---------------------------------------------------------
+
+
+def bench_kernel(cfg: Config, log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    with kernel_tree() as tree:
+        kernel_open = bench_kernel_open(
+            tree, log, rounds=cfg.rounds, n=cfg.kernel_n, n_broker=cfg.kernel_broker_n, warmup=cfg.warmup
+        )
+        cli = bench_cli(tree, log, rounds=cfg.rounds, per_round=cfg.command_n)
+    return kernel_open, cli
+
+
+# -- 7. scale -------------------------------------------------------------------------------------------
 
 
 def bench_scale(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
@@ -457,14 +448,17 @@ def _ratio(s: Stats | None) -> str:
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 7's targets, each with the measured value and whether it was met (None: not measured)."""
+    """The targets of issues 7, 12 and 16, each measured and met or not (None: not measured)."""
     out: list[dict[str, Any]] = []
 
-    def add(name: str, measured: float | None, limit: float, unit: str, note: str = "") -> None:
+    def add(
+        name: str, measured: float | None, limit: float, unit: str, note: str = "", *, issue: int = 7
+    ) -> None:
         met = None if measured is None else measured <= limit
         out.append(
-            {"target": name, "measured": measured, "limit": limit, "unit": unit, "met": met, "note": note}
-        )
+            {"target": name, "issue": issue, "measured": measured, "limit": limit, "unit": unit, "met": met,
+             "note": note}
+        )  # fmt: skip
 
     rt = res["roundtrip"]["pinned"]["open_vs_raw_p50"]["median"]
     add("brokered open p50 <= 1.6x raw floor (pinned)", rt, 1.6, "x")
@@ -486,6 +480,18 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         add("broker RSS with 1000 children <= 100 MB", levels[1000]["broker_rss_kb"] / 1024, 100.0, "MB")
     else:
         add("broker RSS with 1000 children <= 100 MB", None, 100.0, "MB", "not measured (--quick: 100 only)")
+    ko = res["kernel_open"]
+    for prog, label in (("c", "C loop"), ("python", "Python os.open loop")):
+        name = f"kernel-served open p50 <= 2x host ({label}, pinned)"
+        if "skipped" in ko[prog]:
+            add(name, None, 2.0, "x", ko[prog]["skipped"], issue=12)
+        else:
+            add(name, ko[prog]["kernel_vs_host_p50"]["median"], 2.0, "x", issue=12)
+    cli, name = res["cli"], "privsep run --allow-read --allow-write -- cp <= 10x bwrap, same binds"
+    if "vs_bwrap" in cli:
+        add(name, cli["vs_bwrap"]["median"], 10.0, "x", issue=16)
+    else:
+        add(name, None, 10.0, "x", cli["bwrap"]["skipped"], issue=16)
     return out
 
 
@@ -546,6 +552,7 @@ def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
              _fmt(sc[f"one_rule_{name}"], " ns"), _fmt(sc[f"plain_{name}"], " ns"),
              _ratio(sc[f"{name}_one_rule_ratio"])),
         ]  # fmt: skip
+    rows += _kernel_rows(res["kernel_open"]) + _cli_rows(res["cli"])
     scale = res["scale"]
     alone = scale["alone"]
     rows.append(
@@ -572,6 +579,56 @@ def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def _kernel_rows(ko: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    rows: list[tuple[str, str, str, str, str]] = []
+    for prog, label in (("c", "C loop"), ("python", "Python os.open loop")):
+        section, m = f"kernel open, {label}", ko[prog]
+        if "skipped" in m:
+            rows.append((section, "open+close of a granted file", _fmt(m), "", ""))
+            continue
+        kern, host, broker, unpinned = (
+            m[k] for k in ("privsep_kernel", "host", "privsep_broker", "privsep_broker_unpinned")
+        )
+        k50, h50, k99 = (
+            _fmt(kern["p50_us"], " us", 2),
+            _fmt(host["p50_us"], " us", 2),
+            _fmt(kern["p99_us"], " us", 2),
+        )
+        b50 = _fmt(broker["p50_us"], " us")
+        w50 = _fmt(m["bwrap"] if "skipped" in m["bwrap"] else m["bwrap"]["p50_us"], " us", 2)
+        rows += [
+            (section, "p50, privsep run --allow-read (kernel-served) vs host, pinned", k50, h50,
+             _ratio(m["kernel_vs_host_p50"])),
+            (section, "p50, privsep run --allow-read vs bwrap --ro-bind, pinned", k50, w50,
+             _ratio(m.get("kernel_vs_bwrap_p50"))),
+            (section, "p50, bwrap --ro-bind vs host, pinned", w50, h50, _ratio(m.get("bwrap_vs_host_p50"))),
+            (section, "p99, kernel-served vs host, pinned", k99, _fmt(host["p99_us"], " us", 2), ""),
+            (section, 'p50, broker-served (serve = "broker") vs host, pinned', b50, h50,
+             _ratio(m["broker_vs_host_p50"])),
+            (section, "p50, broker-served vs kernel-served, pinned", b50, k50,
+             _ratio(m["broker_vs_kernel_p50"])),
+            (section, "p99, broker-served, pinned", _fmt(broker["p99_us"], " us"), "", ""),
+            (section, "p50 / p99, broker-served, unpinned",
+             f"{_fmt(unpinned['p50_us'], ' us')} / {_fmt(unpinned['p99_us'], ' us')}", "", ""),
+        ]  # fmt: skip
+    return rows
+
+
+def _cli_rows(cli: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    section = "whole CLI run"
+    ours = _fmt(cli["privsep_run"], " ms")
+    bare = _fmt(cli["bare"], " ms", 2)
+    bwrap = _fmt(cli["bwrap"], " ms", 2)
+    return [
+        (section, "privsep run --allow-read IN --allow-write OUT -- cp IN/f OUT/g vs bwrap, same binds", ours,
+         bwrap, _ratio(cli.get("vs_bwrap"))),
+        (section, "the same privsep run vs bare cp", ours, bare, _ratio(cli["vs_bare"])),
+        (section, "the same privsep run vs privsep run -- /bin/true (same round)", ours,
+         _fmt(cli["privsep_run_true"], " ms"), _ratio(cli["vs_privsep_run_true"])),
+        (section, "bwrap, same binds, vs bare cp", bwrap, bare, _ratio(cli.get("bwrap_vs_bare"))),
+    ]  # fmt: skip
+
+
 def render(res: dict[str, Any]) -> str:
     """The Markdown tables: every measurement, then the targets."""
     meta = res["meta"]
@@ -585,12 +642,12 @@ def render(res: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(res)]
-    lines += ["", "| target (issue 7) | measured | met |", "|---|---|---|"]
+    lines += ["", "| target | issue | measured | met |", "|---|---|---|---|"]
     for t in res["targets"]:
         measured = "-" if t["measured"] is None else f"{t['measured']:.2f}{t['unit']}"
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
         note = f" ({t['note']})" if t["note"] else ""
-        lines.append(f"| {t['target']} | {measured} | {met}{note} |")
+        lines.append(f"| {t['target']} | {t['issue']} | {measured} | {met}{note} |")
     return "\n".join(lines) + "\n"
 
 
@@ -642,11 +699,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[{time.monotonic() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
     results: dict[str, Any] = {"meta": _meta(cfg, sys.argv[1:] if argv is None else argv)}
+    # privsep is installed editable: without its bytecode on disk (PYTHONDONTWRITEBYTECODE=1, as in CI
+    # and in every workload's environment) each `privsep run` would compile it from source, ~50 ms that
+    # an installed privsep never pays. Compile it once (a no-op when up to date).
+    results["meta"]["bytecode_compiled"] = compileall.compile_dir(
+        REPO / "privsep", quiet=1, workers=1, legacy=False
+    )
     with _grant_dir() as grant:
         results["roundtrip"] = bench_roundtrip(cfg, grant, log)
         results["throughput"] = bench_throughput(cfg, grant, log)
         results["spawn"] = bench_spawn(cfg, log)
         results["seccomp"] = bench_seccomp(cfg, grant, log)
+    results["kernel_open"], results["cli"] = bench_kernel(cfg, log)
     results["meta"]["loadavg_before_scale"] = os.getloadavg()[0]
     results["scale"] = bench_scale(cfg, log)
     results["targets"] = targets(results)

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,29 @@ PLAIN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": 
 
 class BenchError(RuntimeError):
     """A workload did not run as it should: the numbers would mean nothing."""
+
+
+# -- statistics -----------------------------------------------------------------------------------------
+
+Stats = dict[str, Any]
+
+
+def stats(values: Sequence[float]) -> Stats:
+    """Median and min-max of one value per round."""
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "values": list(values),
+    }
+
+
+def ratios(top: Sequence[float], bottom: Sequence[float]) -> Stats:
+    return stats([a / b for a, b in zip(top, bottom, strict=True)])
+
+
+def skipped(why: str) -> Stats:
+    return {"skipped": why}
 
 
 # -- the programs ---------------------------------------------------------------------------------------
@@ -154,6 +178,19 @@ print(json.dumps({"open": timed(op, ARGS["n"], ARGS["warmup"])}))
 """
 )
 
+#: An unmodified Python program: os.open + os.close of a file, no privsep import (the kernel_open section).
+OS_OPEN = (
+    _PRELUDE
+    + """
+path, flags = ARGS["path"], os.O_RDONLY | os.O_CLOEXEC
+
+def op():
+    os.close(os.open(path, flags))
+
+print(json.dumps(timed(op, ARGS["n"], ARGS["warmup"])))
+"""
+)
+
 #: Both ways: a syscall-heavy loop; the best of a few repeats, in ns per call.
 SYSCALL_LOOP = (
     _PRELUDE
@@ -206,6 +243,26 @@ print(json.dumps({"count": count, "start": start, "end": now}))
 
 def python_argv(code: str, args: dict[str, Any]) -> tuple[str, ...]:
     return (PYTHON, "-c", code, json.dumps(args))
+
+
+def median_time(argv: Sequence[str], n: int, *, env: dict[str, str] | None = None) -> float:
+    """Median wall time in ms of ``n`` runs of a whole command; raises BenchError if it fails."""
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        proc = subprocess.run(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+        times.append((time.perf_counter() - started) * 1e3)
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()[-300:]
+            raise BenchError(f"{' '.join(argv)} exited {proc.returncode}: {err}")
+    return statistics.median(times)
 
 
 def last_json(text: str, what: str) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["meta"]["quick"] is True
-    assert "| target (issue 7) |" in proc.stdout  # the table went to stdout too
+    assert "| target | issue |" in proc.stdout  # the table went to stdout too
 
     for mode in ("pinned", "unpinned"):
         rt = res["roundtrip"][mode]
@@ -68,11 +68,28 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     for key in ("getppid_ratio", "stat_ratio", "getppid_one_rule_ratio", "stat_one_rule_ratio"):
         assert _is_stats(seccomp[key]), key
 
+    kernel_open = res["kernel_open"]
+    for prog in ("c", "python"):
+        if "skipped" in kernel_open[prog]:  # no C compiler
+            assert prog == "c" and isinstance(kernel_open[prog]["skipped"], str)
+            continue
+        m = kernel_open[prog]
+        for key in ("privsep_kernel", "host", "privsep_broker", "privsep_broker_unpinned"):
+            assert _is_stats(m[key]["p50_us"]) and _is_stats(m[key]["p99_us"]), (prog, key)
+        assert _measured_or_skipped(m["bwrap"] if "skipped" in m["bwrap"] else m["bwrap"]["p50_us"])
+        for key in ("kernel_vs_host_p50", "broker_vs_host_p50", "broker_vs_kernel_p50"):
+            assert _is_stats(m[key]), (prog, key)
+
+    cli = res["cli"]
+    for key in ("privsep_run", "privsep_run_true", "bare", "vs_bare"):
+        assert _is_stats(cli[key]), key
+    assert _measured_or_skipped(cli["bwrap"])
+
     scale = res["scale"]
     assert [lvl["children"] for lvl in scale["levels"]] == [100]
     level = scale["levels"][0]
     assert level["broker_rss_kb"] > 0 and level["open"]["p50_us"] > 0
 
     names = [t["target"] for t in res["targets"]]
-    assert len(names) == 6
+    assert len(names) == 9
     assert all(t["met"] in (True, False, None) for t in res["targets"])
