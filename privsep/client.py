@@ -467,10 +467,22 @@ class Client:
     def listdir(self, path: StrPath) -> list[str]:
         """The names in a directory, without "." and "..", in no particular order."""
         target = _abspath(path)
-        result, _ = self._call(
-            _Ask(self._make(protocol.Listdir, path=target), f"listdir({target!r})", (target,), (target,))
-        )
-        return list(protocol.parse_result(protocol.ListdirResult, result).names)
+        names: list[str] = []
+        offset = 0
+        while True:  # a large directory comes in pages, each one reply frame
+            result, _ = self._call(
+                _Ask(
+                    self._make(protocol.Listdir, path=target, offset=offset),
+                    f"listdir({target!r})",
+                    (target,),
+                    (target,),
+                )
+            )
+            page = protocol.parse_result(protocol.ListdirResult, result)
+            names += page.names
+            if page.next is None or page.next <= offset:
+                return names
+            offset = page.next
 
     def mkdir(self, path: StrPath) -> None:
         """Create a directory (the broker creates it 0700)."""

@@ -22,7 +22,7 @@ import enum
 import ipaddress
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
@@ -41,9 +41,11 @@ from privsep.errors import BrokerError, DeniedError, LocalProtocolError, RemoteP
 
 __all__ = [
     "ALLOW_FLAGS",
+    "LISTING_PAGE_BYTES",
     "MAX_FDS",
     "MAX_FRAME",
     "MAX_LISTDIR",
+    "MAX_LISTING_OFFSET",
     "MAX_MESSAGE",
     "MAX_PATH",
     "OPS_WITH_FD",
@@ -77,9 +79,11 @@ __all__ = [
     "StatResult",
     "Unlink",
     "check_reply",
+    "cut_message",
     "decode_reply",
     "describe_violation",
     "encode_request",
+    "listing_page",
     "parse_result",
     "reply_denied",
     "reply_error",
@@ -129,6 +133,10 @@ class Ping(BaseModel):
 MAX_PATH = 4096
 #: Most names one ``listdir`` result may hold (a frame is full long before).
 MAX_LISTDIR = 100_000
+#: The furthest page a ``listdir`` may ask for (names, in sorted order).
+MAX_LISTING_OFFSET = 10_000_000
+#: Bytes of names one ``listdir`` page may carry: a reply frame with room for the rest of it.
+LISTING_PAGE_BYTES = 60_000
 
 #: An absolute path, by the broker's rules; here only its shape: 1..4096 characters
 #: and no NUL (a NUL is a violation: no system call can take it). Relative or
@@ -173,6 +181,8 @@ class Listdir(BaseModel):
     id: RequestId
     op: Literal["listdir"] = "listdir"
     path: WirePath
+    offset: Annotated[int, Field(ge=0, le=MAX_LISTING_OFFSET)] = 0
+    """Where this page starts in the sorted listing: the ``next`` of the previous page."""
 
 
 class Mkdir(BaseModel):
@@ -439,6 +449,25 @@ class ListdirResult(BaseModel):
     model_config = _STRICT
 
     names: Annotated[tuple[DirName, ...], Field(max_length=MAX_LISTDIR)]
+    next: Annotated[int, Field(ge=1, le=MAX_LISTING_OFFSET)] | None = None
+    """More names follow: ask again with this ``offset``. None: this page ends the listing."""
+
+
+def listing_page(names: Sequence[str], offset: int) -> tuple[list[str], int | None]:
+    """The page of sorted ``names`` starting at ``offset`` that fits a reply frame, and the next offset.
+
+    Sized by each name's encoded JSON (a control character costs six bytes), so a
+    page always fits; every page holds at least one name while any remain.
+    """
+    page: list[str] = []
+    used = 0
+    for index in range(offset, len(names)):
+        size = len(json.dumps(names[index], ensure_ascii=False).encode()) + 1
+        if page and (used + size > LISTING_PAGE_BYTES or len(page) >= MAX_LISTDIR):
+            return page, index
+        page.append(names[index])
+        used += size
+    return page, None
 
 
 class AddressResult(BaseModel):
@@ -635,10 +664,18 @@ def reply_ok(request: Request, result: Mapping[str, object] | BaseModel) -> byte
     return frame
 
 
+def cut_message(message: str) -> str:
+    """``message`` within MAX_MESSAGE characters: cut, with an ellipsis, never refused.
+
+    A denial names rules by their paths, which a policy may make long; a reply
+    that cannot be sent would take the whole run down with it.
+    """
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "\u2026"
+
+
 def reply_error(request_id: int | None, code: ErrorCode, message: str) -> bytes:
     """Encode an error reply; ``message`` must be a fixed text of the broker's, never peer input."""
-    if len(message) > MAX_MESSAGE:
-        raise LocalProtocolError(f"error message longer than {MAX_MESSAGE} characters")
+    message = cut_message(message)
     return _encode({"id": request_id, "ok": False, "error": {"code": code.value, "message": message}})
 
 
@@ -649,9 +686,7 @@ def reply_denied(request_id: int, message: str, allow_flag: str | None) -> bytes
     child's input (no path, no host); ``allow_flag`` is one of ``ALLOW_FLAGS``
     or None. The client adds the flag's value from what it asked.
     """
-    if len(message) > MAX_MESSAGE:
-        raise LocalProtocolError(f"error message longer than {MAX_MESSAGE} characters")
-    error: dict[str, object] = {"code": ErrorCode.DENIED.value, "message": message}
+    error: dict[str, object] = {"code": ErrorCode.DENIED.value, "message": cut_message(message)}
     if allow_flag is not None:
         if allow_flag not in ALLOW_FLAGS:
             raise LocalProtocolError(f"allow_flag must be one of {sorted(ALLOW_FLAGS)} or None")

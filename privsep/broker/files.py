@@ -31,10 +31,9 @@ from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.errors import PolicyError
 from privsep.policy.match import Access, FileDecision, check_path, decide_file
 from privsep.policy.model import Policy
-from privsep.protocol import ErrorCode
+from privsep.protocol import ErrorCode, listing_page
 
 _RESOLVE = _linux.RESOLVE_BENEATH | _linux.RESOLVE_NO_MAGICLINKS
-_MAX_LIST_BYTES = 60_000  # the names must fit one reply frame (64 KiB) with room to spare
 
 # mode -> (access needed, open flags). "w"/"a" also create the file when the grant has "create".
 _MODES: dict[str, tuple[frozenset[Access], int]] = {
@@ -209,20 +208,19 @@ class FileService:
         }  # fmt: skip
         return Answer(result, rule=_rule(decision))
 
-    def listdir(self, path: str) -> Answer:
+    def listdir(self, path: str, offset: int = 0) -> Answer:
+        """One page of the sorted names (see protocol.listing_page): any directory, any names."""
         decision = self._decide(path, frozenset({Access.LIST}))
         fd = self._open(decision, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
         try:
-            names = sorted(os.listdir(fd))
+            names = sorted(n for n in os.listdir(fd) if _is_utf8(n))  # the wire is JSON text
         finally:
             os.close(fd)
-        if sum(len(n.encode(errors="surrogateescape")) + 4 for n in names) > _MAX_LIST_BYTES:
-            raise failed(
-                "the directory has too many entries to list through the channel", rule=_rule(decision)
-            )
-        if any(not _is_utf8(n) for n in names):
-            names = [n for n in names if _is_utf8(n)]  # the wire is JSON text: skip undecodable names
-        return Answer({"names": names}, rule=_rule(decision))
+        page, following = listing_page(names, offset)
+        result: dict[str, object] = {"names": page}
+        if following is not None:
+            result["next"] = following
+        return Answer(result, rule=_rule(decision))
 
     def mkdir(self, path: str) -> Answer:
         decision = self._decide(path, frozenset({Access.CREATE}))

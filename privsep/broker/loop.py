@@ -25,8 +25,10 @@ import select
 import selectors
 import signal
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -367,7 +369,7 @@ class Broker:
         elif request.op in SLOW_OPS:
             self._submit(child, request, child.services)
         else:
-            self._finish(child, request, time.monotonic(), _perform(child.services, request))
+            self._finish(child, request, time.monotonic(), self._perform(child, child.services, request))
 
     def _on_call(self, child: Child, request: protocol.CallArgs | protocol.CallReturn) -> None:
         call = child.call
@@ -392,7 +394,7 @@ class Broker:
         start = time.monotonic()
 
         def job() -> None:
-            self._finished.put((child, request, start, _perform(services, request), True))
+            self._finished.put((child, request, start, self._perform(child, services, request), True))
 
         self._workers.submit(job)
 
@@ -665,20 +667,61 @@ class Broker:
         except OSError:
             # The listener itself failed (the sandbox is going away): nothing left to answer.
             return
+        except Exception as exc:
+            self._internal_error(child, f"syscall {note.nr}", exc)
+            with contextlib.suppress(OSError):
+                notify.refuse(child.listener, note, errno.EIO)
+            return
         if isinstance(served, Served):
             self._record(child, served.request, start, served.result)
         elif isinstance(served, Deferred):
             job = served.job
+
+            listener = child.listener
 
             def run() -> None:
                 try:
                     result = job()
                 except OSError:
                     return
+                except Exception as exc:
+                    self._internal_error(child, f"syscall {note.nr}", exc)
+                    with contextlib.suppress(OSError):
+                        notify.refuse(listener, note, errno.EIO)
+                    return
                 if result is not None:
                     self._finished.put((child, result.request, start, result.result, False))
 
             self._workers.submit(run)
+
+    def _perform(self, child: Child, services: Services, request: protocol.Request) -> Answer | Refusal:
+        """Run one request; every refusal becomes a value (it is a reply, not an error of ours).
+
+        Anything else is a bug of ours that the request reached: logged, and
+        answered as a failure (EIO), so the child, its siblings and the broker go on.
+        """
+        try:
+            return services.handle(request)
+        except Refusal as refusal:
+            return refusal
+        except Exception as exc:
+            self._internal_error(child, f"a {request.op} request", exc)
+            return Refusal(
+                protocol.ErrorCode.FAILED, "internal error in the broker (logged there)", errno=errno.EIO
+            )
+
+    def _internal_error(self, child: Child, what: str, exc: BaseException) -> None:
+        """A bug of ours met a child's input: log it whole, answer EIO, carry on (rule 6)."""
+        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        print(
+            f"privsep: internal error while serving {what} for the sandbox of pid {child.command_pid} "
+            f"(answered EIO; the broker and every other sandbox carry on); please report it:\n{detail}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if self._audit is not None:
+            with contextlib.suppress(OSError):
+                self._audit.write(Record(child.command_pid, "internal", type(exc).__name__, "error", what, 0))
 
     def _audit_syscall(self, child: Child, name: str, decision: str) -> None:
         if self._audit is not None:
@@ -753,14 +796,6 @@ class Broker:
                 os.close(fd)
         child.listener = child.init_pidfd = child.command_pidfd = None
         self._children.discard(child)
-
-
-def _perform(services: Services, request: protocol.Request) -> Answer | Refusal:
-    """Run one request; every refusal becomes a value (it is a reply, not an error of ours)."""
-    try:
-        return services.handle(request)
-    except Refusal as refusal:
-        return refusal
 
 
 def _pid_of(pidfd: int) -> int | None:

@@ -39,7 +39,7 @@ class Services:
             case protocol.Stat():
                 return self.files.stat(request.path)
             case protocol.Listdir():
-                return self.files.listdir(request.path)
+                return self.files.listdir(request.path, request.offset)
             case protocol.Mkdir():
                 return self.files.mkdir(request.path)
             case protocol.Unlink():

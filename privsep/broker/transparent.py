@@ -182,6 +182,16 @@ class Transparent:
             raise _Unserved(None)  # the kernel's own confinement decides
         if flags & ~_KNOWN_FLAGS:
             raise _Unserved(errno.EINVAL)  # unknown bits are refused, never passed on
+        if not _is_utf8(path):
+            # The broker's rules, requests and records are text: a name that is not UTF-8 is
+            # refused (EACCES) and reported with its bytes escaped, never passed on.
+            shown = path.encode(errors="surrogateescape").decode(errors="backslashreplace")
+            notify.refuse(listener, note, errno.EACCES)
+            request = protocol.Open(id=0, path=shown, mode=_mode(flags))
+            return Served(
+                request,
+                denied("the path is not valid UTF-8; the broker serves UTF-8 paths only", subject=shown),
+            )
         request = protocol.Open(id=0, path=path, mode=_mode(flags))
         unserved = _unserved_kind(flags)
         if unserved is not None:
@@ -570,6 +580,15 @@ def _same_object(pid: int, fd: int, sock: socket.socket) -> bool:
 def _s32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _is_utf8(text: str) -> bool:
+    """``text`` (decoded with surrogateescape) was valid UTF-8 as the child wrote it."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _create_mode(note: notify.Notification) -> int:

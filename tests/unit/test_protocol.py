@@ -44,6 +44,7 @@ from privsep.protocol import (
     check_reply,
     decode_reply,
     encode_request,
+    listing_page,
     reply_denied,
     reply_error,
     reply_ok,
@@ -273,9 +274,12 @@ def test_reply_encoding_refuses_what_a_strict_peer_would_refuse() -> None:
         reply_ok(ping, {"x": object()})
     with pytest.raises(LocalProtocolError):
         reply_ok(ping, {"x": "a" * MAX_FRAME})
-    with pytest.raises(LocalProtocolError):
-        reply_error(1, ErrorCode.FAILED, "m" * (MAX_MESSAGE + 1))
     assert decode_reply(reply_error(1, ErrorCode.FAILED, "m" * MAX_MESSAGE)).id == 1
+    # A longer message is cut to the limit, never refused: a reply that cannot be sent would
+    # take the run down (a denial naming a long grant path did, before).
+    long = decode_reply(reply_error(1, ErrorCode.FAILED, "m" * (MAX_MESSAGE + 500)))
+    assert isinstance(long, ErrorReply) and len(long.error.message) == MAX_MESSAGE
+    assert long.error.message.endswith("\u2026")
 
 
 json_results = st.dictionaries(
@@ -647,8 +651,34 @@ def test_reply_denied_refuses_what_the_client_would_refuse() -> None:
         reply_denied(1, "no", "--allow-everything")
     with pytest.raises(LocalProtocolError, match="allow_flag"):
         reply_denied(1, "no", "allow-read")
-    with pytest.raises(LocalProtocolError):
-        reply_denied(1, "m" * (MAX_MESSAGE + 1), None)
+    cut = decode_reply(reply_denied(1, "m" * (MAX_MESSAGE + 1), None))
+    assert isinstance(cut, ErrorReply) and len(cut.error.message) == MAX_MESSAGE
+
+
+@given(
+    st.lists(
+        st.text(min_size=1, max_size=255).filter(lambda n: "/" not in n and "\x00" not in n), max_size=400
+    )
+)
+def test_listing_pages_hold_every_name_once_and_each_fits_a_frame(names: list[str]) -> None:
+    names = sorted(set(names))
+    got: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        page, following = listing_page(names, offset)
+        frame = reply_ok(Listdir(id=1, path="/d", offset=offset), {"names": page, "next": following})
+        assert len(frame) <= MAX_FRAME
+        assert page or not names
+        assert following is None or following > offset
+        got += page
+        offset = following
+    assert got == names
+
+
+def test_a_listing_of_control_character_names_is_paged_not_refused() -> None:
+    names = sorted(chr(1) * 200 + str(i) for i in range(2000))  # each name costs ~1200 bytes in JSON
+    page, following = listing_page(names, 0)
+    assert following == len(page) and 0 < len(page) < len(names)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,150 @@
+"""Rule 6: no input from a child makes the broker raise; an internal error is logged and answered.
+
+Found by an audit: an unmodified program's ``open(b"/granted/\\xff")`` built a
+request model that rejected the lone surrogate, and the ValidationError
+stopped the broker (``privsep run`` died with a traceback; every sibling with it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from privsep import protocol
+from privsep.broker.answers import Answer
+from privsep.broker.loop import Broker
+from privsep.broker.services import Services
+from privsep.confine.spawn import make_plan
+from privsep.policy.load import load_policy
+from tests.conftest import PYTHON, RunPrivsep
+
+
+@pytest.fixture
+def granted(shared_tmp: Path) -> Path:
+    """A broker-served grant outside /tmp's private tmpfs reach: shared_tmp/g with a.txt."""
+    (shared_tmp / "g").mkdir(mode=0o755)
+    (shared_tmp / "g" / "a.txt").write_text("hi\n")
+    (shared_tmp / "g" / "a.txt").chmod(0o644)
+    policy = shared_tmp / "p.toml"
+    policy.write_text(
+        f'extends = "python"\n[view]\ntmp = false\n'
+        f'[[files]]\npath = "{shared_tmp}/g"\naccess = ["read", "list"]\nserve = "broker"\n'
+    )
+    policy.chmod(0o644)
+    return shared_tmp
+
+
+def test_a_non_utf8_path_is_refused_and_reported_not_a_crash(run_privsep: RunPrivsep, granted: Path) -> None:
+    bad = (str(granted) + "/g/").encode() + b"\xff"
+    code = (
+        "import json\nout = {}\n"
+        f"try:\n    open({bad!r})\nexcept OSError as e:\n"
+        "    out['bad'] = e.errno\n"
+        f"out['good'] = open({str(granted / 'g' / 'a.txt')!r}).read()\nprint(json.dumps(out))\n"
+    )
+    proc = run_privsep("--policy", str(granted / "p.toml"), "--", str(PYTHON), "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"bad": 13, "good": "hi\n"}
+    assert "Traceback" not in proc.stderr
+    assert f"denied open {granted}/g/\\xff: the path is not valid UTF-8" in proc.stderr
+
+
+class _Broken(Services):
+    """Services with a bug that a request reaches: the broker must survive it."""
+
+    def handle(self, request: protocol.Request) -> Answer:
+        if isinstance(request, protocol.Stat):
+            raise RuntimeError("a bug of ours")
+        return super().handle(request)
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    b = Broker()
+    yield b
+    b.close()
+
+
+def test_an_internal_error_is_logged_answered_eio_and_the_child_goes_on(
+    broker: Broker, capfd: pytest.CaptureFixture[str]
+) -> None:
+    policy = load_policy("python")
+    services = _Broken(policy)
+    code = (
+        "from privsep import client\nimport json\nout = {}\n"
+        "try:\n    client.stat('/usr')\nexcept Exception as e:\n"
+        "    out['stat'] = [type(e).__name__, getattr(e, 'errno', None), str(e)]\n"
+        "client.ping(); out['ping'] = 'ok'\nprint(json.dumps(out))\n"
+    )
+    with tempfile.TemporaryFile() as out:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            child = broker.start(
+                make_plan(policy, [str(PYTHON), "-c", code]),
+                services=services,
+                timeout=30,
+                stdio=(devnull, out.fileno(), out.fileno()),
+            )
+        finally:
+            os.close(devnull)
+        outcome = broker.wait(child)
+        out.seek(0)
+        raw = out.read()
+        assert raw.startswith(b"{"), (outcome, raw)
+        result = json.loads(raw)
+    services.close()
+    assert outcome.returncode == 0
+    assert result["ping"] == "ok", result  # the same child is still served afterwards
+    assert result["stat"][0] == "BrokerError" and "internal error in the broker" in result["stat"][2]
+    err = capfd.readouterr().err
+    assert (
+        "privsep: internal error while serving a stat request" in err and "RuntimeError: a bug of ours" in err
+    )
+
+
+def test_a_huge_listing_of_control_character_names_is_paged(run_privsep: RunPrivsep, granted: Path) -> None:
+    """Names made of control characters grow sixfold in JSON: the reply once outgrew its frame."""
+    big = granted / "g" / "big"
+    big.mkdir(mode=0o755)
+    names = {f"{chr(1) * 100}{i}" for i in range(3000)}
+    for name in names:
+        (big / name).touch()
+    code = (
+        "import json\nfrom privsep import client\n"
+        f"a = client.listdir({str(big)!r})\nb = client.listdir({str(big)!r})\n"
+        "print(json.dumps({'n': len(a), 'same': sorted(a) == sorted(b), 'names': sorted(a)}))\n"
+    )
+    proc = run_privsep("--policy", str(granted / "p.toml"), "--", str(PYTHON), "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["n"] == 3000 and out["same"] and set(out["names"]) == names
+
+
+def test_a_denial_naming_a_very_long_grant_is_cut_not_fatal(
+    run_privsep: RunPrivsep, shared_tmp: Path
+) -> None:
+    deep = shared_tmp.joinpath(*("d" * 250 for _ in range(6)))
+    deep.mkdir(parents=True)
+    for path in [shared_tmp, *shared_tmp.rglob("*")]:
+        path.chmod(0o755)
+    (deep / "f").write_text("x")
+    (deep / "f").chmod(0o644)
+    policy = shared_tmp / "long.toml"
+    policy.write_text(
+        f'extends = "python"\n[view]\ntmp = false\n'
+        f'[[files]]\npath = "{deep}"\naccess = ["read"]\nserve = "broker"\n'
+    )
+    policy.chmod(0o644)
+    code = (
+        "from privsep import client\n"
+        f"try:\n    client.open({str(deep / 'f')!r}, 'w')\nexcept PermissionError as e:\n"
+        "    print('denied', len(str(e)) > 100)\n"
+    )
+    proc = run_privsep("--policy", str(policy), "--", str(PYTHON), "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "denied True"
