@@ -83,6 +83,7 @@ __all__ = [
     "decode_reply",
     "describe_violation",
     "encode_request",
+    "is_utf8",
     "listing_page",
     "parse_result",
     "reply_denied",
@@ -451,6 +452,15 @@ class ListdirResult(BaseModel):
     names: Annotated[tuple[DirName, ...], Field(max_length=MAX_LISTDIR)]
     next: Annotated[int, Field(ge=1, le=MAX_LISTING_OFFSET)] | None = None
     """More names follow: ask again with this ``offset``. None: this page ends the listing."""
+
+
+def is_utf8(text: str) -> bool:
+    """``text`` (a path or name decoded with surrogateescape) was valid UTF-8: the wire is UTF-8 text."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def listing_page(names: Sequence[str], offset: int) -> tuple[list[str], int | None]:

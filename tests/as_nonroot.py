@@ -37,6 +37,7 @@ def _blocking_ancestor(path: str, uid: int) -> str | None:
 def _open_up(repo: str) -> None:
     """The checkout itself is 0700 (``mktemp -d``): a fresh 0755 directory in its place,
     holding each of its entries bound back at the same path."""
+    cwd = os.getcwd()
     entries = [
         (name, os.open(os.path.join(repo, name), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC))
         for name in os.listdir(repo)
@@ -54,6 +55,7 @@ def _open_up(repo: str) -> None:
                 os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
             _linux.mount(f"/proc/self/fd/{fd}", target, None, _linux.MS_BIND | _linux.MS_REC)
         os.close(fd)
+    os.chdir(cwd)  # the old working directory is the hidden 0700 one: look the path up again
 
 
 def main(argv: list[str]) -> int:

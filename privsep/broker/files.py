@@ -31,7 +31,7 @@ from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.errors import PolicyError
 from privsep.policy.match import Access, FileDecision, check_path, decide_file
 from privsep.policy.model import Policy
-from privsep.protocol import ErrorCode, listing_page
+from privsep.protocol import ErrorCode, is_utf8, listing_page
 
 _RESOLVE = _linux.RESOLVE_BENEATH | _linux.RESOLVE_NO_MAGICLINKS
 
@@ -213,7 +213,7 @@ class FileService:
         decision = self._decide(path, frozenset({Access.LIST}))
         fd = self._open(decision, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
         try:
-            names = sorted(n for n in os.listdir(fd) if _is_utf8(n))  # the wire is JSON text
+            names = sorted(n for n in os.listdir(fd) if is_utf8(n))  # the wire is JSON text
         finally:
             os.close(fd)
         page, following = listing_page(names, offset)
@@ -262,14 +262,6 @@ class FileService:
             os.close(fd)
             raise failed("not a unix socket", rule=_rule(decision))
         return decision, fd
-
-
-def _is_utf8(name: str) -> bool:
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _refusal(exc: OSError, decision: FileDecision) -> Refusal:

@@ -122,6 +122,10 @@ class Child:
     services: Services | None = None
     outbox: collections.deque[tuple[bytes, int | None]] = field(default_factory=collections.deque)
     pending: bool = False
+    deferred: collections.deque[tuple[Callable[[], None], Callable[[], None]]] = field(
+        default_factory=collections.deque
+    )  # transparent slow calls waiting for this sandbox's one worker slot: (run, drop)
+    deferred_running: bool = False
     denials: list[Denial] = field(default_factory=list)  # at most _MAX_DENIALS kept
     denials_dropped: int = 0  # beyond that: counted, not kept (a flood must not grow the broker)
     relays: dict[int, Relay] = field(default_factory=dict)  # by either of its fds
@@ -161,6 +165,7 @@ class Broker:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._wake_r, selectors.EVENT_READ, (None, "wakeup"))
         self._workers = _Workers(self._wake)
+        self._deferred_lock = threading.Lock()  # guards every Child.deferred and deferred_running
 
     def _wake(self) -> None:
         """From a worker thread: a result is waiting (a full pipe already says so)."""
@@ -676,7 +681,6 @@ class Broker:
             self._record(child, served.request, start, served.result)
         elif isinstance(served, Deferred):
             job = served.job
-
             listener = child.listener
 
             def run() -> None:
@@ -692,7 +696,41 @@ class Broker:
                 if result is not None:
                     self._finished.put((child, result.request, start, result.result, False))
 
-            self._workers.submit(run)
+            self._defer(child, run, served.drop)
+
+    def _defer(self, child: Child, run: Callable[[], None], drop: Callable[[], None]) -> None:
+        """One slow transparent call in flight per sandbox (guarantee 9); the rest wait their turn.
+
+        A sandbox with many threads connecting to a black hole then occupies one
+        worker, not all of them: its siblings' calls are never queued behind it.
+        The waiting calls stay unanswered (their threads blocked in the kernel);
+        once the sandbox has ended, they are dropped, never run.
+        """
+        with self._deferred_lock:
+            if child.deferred_running:
+                child.deferred.append((run, drop))
+                return
+            child.deferred_running = True
+        self._workers.submit(lambda: self._run_deferred(child, run))
+
+    def _run_deferred(self, child: Child, run: Callable[[], None]) -> None:
+        try:
+            run()
+        finally:
+            following: Callable[[], None] | None = None
+            with self._deferred_lock:
+                while child.deferred:
+                    nxt, drop = child.deferred.popleft()
+                    if child.outcome is None:
+                        following = nxt
+                        break
+                    with contextlib.suppress(OSError):
+                        drop()
+                if following is None:
+                    child.deferred_running = False
+            if following is not None:
+                chosen = following
+                self._workers.submit(lambda: self._run_deferred(child, chosen))
 
     def _perform(self, child: Child, services: Services, request: protocol.Request) -> Answer | Refusal:
         """Run one request; every refusal becomes a value (it is a reply, not an error of ours).

@@ -112,6 +112,8 @@ class Deferred:
     """A slow call (connect): run ``job`` on a worker; it answers the notification itself."""
 
     job: Callable[[], Served | None]
+    drop: Callable[[], None]
+    """Release what ``job`` would have (the call's sandbox is gone before its turn came)."""
 
 
 class _Unserved(Exception):
@@ -182,7 +184,7 @@ class Transparent:
             raise _Unserved(None)  # the kernel's own confinement decides
         if flags & ~_KNOWN_FLAGS:
             raise _Unserved(errno.EINVAL)  # unknown bits are refused, never passed on
-        if not _is_utf8(path):
+        if not protocol.is_utf8(path):
             # The broker's rules, requests and records are text: a name that is not UTF-8 is
             # refused (EACCES) and reported with its bytes escaped, never passed on.
             shown = path.encode(errors="surrogateescape").decode(errors="backslashreplace")
@@ -299,17 +301,10 @@ class Transparent:
     def _connect(
         self, listener: int, note: notify.Notification, services: Services
     ) -> Deferred | Served | None:
-        target = _s32(note.args[0])
-        addrlen = note.args[2] & 0xFFFFFFFF
-        copy = _their_fd(note.pid, target)
-        try:
-            sock = socket.socket(fileno=copy)
-        except OSError:
-            os.close(copy)
-            raise _Unserved(None) from None  # not a socket: the kernel says ENOTSOCK
+        target, sock = _their_socket(note)
         handed_over = False  # to the worker, which closes it; else closed here, whatever happens
         try:
-            address = _read_upto(note.pid, note.args[1], min(addrlen, _SOCKADDR_MAX))
+            address = _sockaddr_arg(note)
             cloexec = _fd_cloexec(note.pid, target)
             if not notify.is_live(listener, note):
                 return None
@@ -336,6 +331,11 @@ class Transparent:
             request = protocol.Connect(id=0, host=host, port=port, type="tcp", timeout_ms=_CONNECT_TIMEOUT_MS)
             mine = os.dup(listener)  # the loop may close the listener while the worker runs
             handed_over = True
+
+            def drop() -> None:
+                os.close(mine)
+                sock.close()
+
             return Deferred(
                 lambda: _finish_connect(
                     mine,
@@ -345,7 +345,8 @@ class Transparent:
                     theirs=sock,
                     target=target,
                     cloexec=cloexec,
-                )
+                ),
+                drop,
             )
         finally:
             if not handed_over:
@@ -434,16 +435,9 @@ def _bind(listener: int, note: notify.Notification, services: Services) -> Serve
     program's at its fd number only if that number still holds the socket the
     broker checked. Its later ``listen``/``accept``/``getsockname`` are native.
     """
-    target = _s32(note.args[0])
-    addrlen = note.args[2] & 0xFFFFFFFF
-    copy = _their_fd(note.pid, target)
+    target, theirs = _their_socket(note)
     try:
-        theirs = socket.socket(fileno=copy)
-    except OSError:
-        os.close(copy)
-        raise _Unserved(None) from None  # not a socket: the kernel says ENOTSOCK
-    try:
-        address = _read_upto(note.pid, note.args[1], min(addrlen, _SOCKADDR_MAX))
+        address = _sockaddr_arg(note)
         cloexec = _fd_cloexec(note.pid, target)
         if not notify.is_live(listener, note):
             return None
@@ -454,7 +448,7 @@ def _bind(listener: int, note: notify.Notification, services: Services) -> Serve
             raise _Unserved(None)
         if not _in_own_netns(theirs):
             raise _Unserved(errno.EINVAL)  # one the broker made: bound already, never re-bound
-        host, port, bind_to = _bind_sockaddr(address, theirs.family, addrlen)
+        host, port, bind_to = _bind_sockaddr(address, theirs.family, len(address))
         if theirs.type != socket.SOCK_STREAM:
             notify.refuse(listener, note, errno.EACCES)
             return Served(
@@ -531,11 +525,12 @@ def _bind_sockaddr(data: bytes, family: int, addrlen: int) -> tuple[str, int, Bi
     if struct.unpack_from("=H", data)[0] != socket.AF_INET6:
         raise _Unserved(errno.EAFNOSUPPORT)
     port = struct.unpack_from("!H", data, 2)[0]
-    flowinfo = struct.unpack_from("!I", data, 4)[0]
+    # sin6_flowinfo means nothing to bind() (the kernel ignores it); a value Python would
+    # refuse (over 20 bits) once raised out of the broker, so it is dropped, never passed on.
     v6 = ipaddress.IPv6Address(data[8:24])
     scope = struct.unpack_from("=I", data, 24)[0] if len(data) >= 28 else 0
     mapped = v6.ipv4_mapped
-    return str(mapped if mapped is not None else v6), port, (str(v6), port, flowinfo, scope)
+    return str(mapped if mapped is not None else v6), port, (str(v6), port, 0, scope)
 
 
 def _carry_server(theirs: socket.socket, ours: socket.socket) -> None:
@@ -577,18 +572,26 @@ def _same_object(pid: int, fd: int, sock: socket.socket) -> bool:
 # -- reading the caller ------------------------------------------------------------
 
 
+def _their_socket(note: notify.Notification) -> tuple[int, socket.socket]:
+    """The fd number in the call's first argument, and a copy of the socket it holds."""
+    target = _s32(note.args[0])
+    copy = _their_fd(note.pid, target)
+    try:
+        return target, socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)
+        raise _Unserved(None) from None  # not a socket: the kernel says ENOTSOCK
+
+
+def _sockaddr_arg(note: notify.Notification) -> bytes:
+    """The sockaddr of a connect or bind, read once (bounded by the size the kernel accepts)."""
+    addrlen = note.args[2] & 0xFFFFFFFF
+    return _read_upto(note.pid, note.args[1], min(addrlen, _SOCKADDR_MAX))
+
+
 def _s32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
-
-
-def _is_utf8(text: str) -> bool:
-    """``text`` (decoded with surrogateescape) was valid UTF-8 as the child wrote it."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _create_mode(note: notify.Notification) -> int:

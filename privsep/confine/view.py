@@ -86,9 +86,9 @@ class ViewPlan:
     files: tuple[tuple[str, str], ...] = ()
     """Small generated files (path, content): /etc/passwd and friends, when the view has none."""
     frozen: tuple[str, ...] = ()
-    """Set-id or file-capability files inside a writable grant idmapped to root, bound read-only
-    onto themselves: as their owner the child could otherwise rewrite them (a write through
-    mmap keeps the set-id bit) and leave a privileged program on the host."""
+    """Set-id or file-capability files inside a writable grant, bound read-only onto themselves:
+    as their owner the child could otherwise rewrite them (a write through mmap keeps the
+    set-id bit and the capabilities) and leave a privileged program on the host."""
 
 
 @dataclass(frozen=True)
@@ -340,7 +340,6 @@ def _nested_pins(binds: tuple[Bind, ...]) -> list[str]:
 #: How many entries of the grants privsep checks at start before it gives up (fails closed).
 MAX_SCANNED = 200_000
 _SETID = stat.S_ISUID | stat.S_ISGID
-_EXEC = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
 
 
 def _has_file_caps(path: str) -> bool:
@@ -356,10 +355,17 @@ def _walk(root: str) -> Iterator[tuple[str, int]]:
     root_dev = os.lstat(root).st_dev
     stack = [root]
     while stack:
+        directory = stack.pop()
         try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue  # unreadable even to the broker: the child cannot reach inside either
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            # A directory the broker cannot list may still be searchable by name (mode --x),
+            # and the child may be the broker's own uid: fail closed rather than leave it unseen.
+            raise PolicyError(
+                f"cannot list {directory} inside a grant ({exc.strerror}), so privsep cannot check it "
+                "for sockets, FIFOs and set-id programs; make it listable by the broker, or grant "
+                "narrower directories"
+            ) from None
         for entry in entries:
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -377,9 +383,10 @@ def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
       mount nor Landlock governs connecting to a socket, and an enclosing grant's
       rights reach a FIFO below a read-only one. (Ones created on the host after
       the start are not: SECURITY.md, known limits.)
-    - In a writable grant idmapped to root, a set-id or file-capability file is
-      bound read-only onto itself (``frozen``): as its owner the child could
-      rewrite it through mmap, which keeps the set-id bit.
+    - In any writable grant, a set-id file or one with file capabilities (executable
+      or not: its owner can chmod it) is bound read-only onto itself (``frozen``):
+      the child may be its owner there, and a write through a shared mmap keeps
+      the set-id bit and the capabilities.
     """
     masks: list[Mask] = []
     frozen: list[str] = []
@@ -387,7 +394,9 @@ def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
     for b in binds:
         if not b.access:
             continue  # [view] reads: the policy author's own choice of system paths
-        privileged = b.writable and b.idmap is not None and 0 in b.idmap
+        # The child owns what the grant's owner owns (idmapped, or the broker's own uid without
+        # root): in any writable grant it could rewrite a set-id or capability file in place.
+        privileged = b.writable
         entries = _walk(b.path) if b.is_dir else iter([(b.path, os.lstat(b.path).st_mode)])
         for path, mode in entries:
             seen += 1
@@ -399,11 +408,7 @@ def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
                 )
             if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
                 masks.append(Mask(path, is_dir=False))
-            elif (
-                privileged
-                and stat.S_ISREG(mode)
-                and (mode & _SETID or (mode & _EXEC and _has_file_caps(path)))
-            ):
+            elif privileged and stat.S_ISREG(mode) and (mode & _SETID or _has_file_caps(path)):
                 frozen.append(path)
     return masks, tuple(sorted(frozen))
 

@@ -148,3 +148,53 @@ def test_a_denial_naming_a_very_long_grant_is_cut_not_fatal(
     proc = run_privsep("--policy", str(policy), "--", str(PYTHON), "-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "denied True"
+
+
+def test_one_sandbox_connecting_to_a_black_hole_does_not_hold_up_its_siblings() -> None:
+    """Guarantee 9 for transparent connects: one in flight per sandbox, so a sandbox with many
+    threads stuck in connect() takes one worker, and a sibling's connect is served at once
+    (it waited behind all of them, ~90 s, before)."""
+    import asyncio
+    import socket
+
+    from privsep import Sandbox
+
+    tarpit = socket.create_server(("127.0.0.1", 0), backlog=0)  # never accepts: SYNs pile up
+    good = socket.create_server(("127.0.0.1", 0))
+    fillers = []
+    for _ in range(4):  # fill the tarpit's accept queue so that further connects hang
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(tarpit.getsockname())
+        fillers.append(filler)
+    hostile = (
+        "import socket, threading\n"
+        "def go():\n    s = socket.socket(); s.settimeout(60)\n"
+        f"    try:\n        s.connect(('127.0.0.1', {tarpit.getsockname()[1]}))\n"
+        "    except OSError:\n        pass\n"
+        "ts = [threading.Thread(target=go) for _ in range(12)]\n"
+        "[t.start() for t in ts]\n[t.join() for t in ts]\n"
+    )
+    sibling = (
+        "import socket, time\ntime.sleep(1.5)\nstart = time.monotonic()\n"
+        f"socket.create_connection(('127.0.0.1', {good.getsockname()[1]})).close()\n"
+        "print(round(time.monotonic() - start, 1))\n"
+    )
+    allow = [f"127.0.0.1:{tarpit.getsockname()[1]}", f"127.0.0.1:{good.getsockname()[1]}"]
+
+    async def both() -> tuple[float, str]:
+        with Sandbox("python", allow_connect=allow, timeout=120) as sb:
+            hostile_run = asyncio.ensure_future(sb.arun([str(PYTHON), "-c", hostile]))
+            result = await sb.arun([str(PYTHON), "-c", sibling])
+            still_stuck = not hostile_run.done()
+            hostile_run.cancel()
+            return float(result.stdout or b"-1") if result.returncode == 0 else -1.0, str(still_stuck)
+
+    try:
+        seconds, still_stuck = asyncio.run(both())
+    finally:
+        for sock in (*fillers, tarpit, good):
+            sock.close()
+    assert seconds >= 0, "the sibling's connect failed"
+    # Served while the hostile sandbox still had a dozen connects hanging (each up to 30 s).
+    assert still_stuck == "True" and seconds < 20, seconds

@@ -597,3 +597,54 @@ def test_fallocate_cannot_shrink_a_file_without_truncate(run_privsep: RunPrivsep
     proc = run_privsep("--policy", str(policy), "--", str(PYTHON), "-c", script)
     assert proc.stdout.split() == ["-1", "95"], proc.stderr  # EOPNOTSUPP
     assert target.stat().st_size == 65536
+
+
+# --- a second fresh audit -------------------------------------------------------------------------
+
+#: struct vfs_cap_data, revision 2, effective: CAP_SETUID (7) and CAP_SETGID (6) permitted.
+_CAPS = __import__("struct").pack("<IIIII", 0x02000001, (1 << 7) | (1 << 6), 0, 0, 0)
+
+
+@pytest.mark.parametrize("kind", ["caps-not-executable", "setuid-owned-by-the-grant-owner"])
+def test_no_writable_grant_lets_a_privileged_file_be_rewritten(
+    run_privsep: RunPrivsep, shared_tmp: Path, kind: str
+) -> None:
+    """Any owner, either broker mode: the child may own the file there, and mmap keeps the bits."""
+    grant = shared_tmp / "g"
+    grant.mkdir(mode=0o755)
+    prog = grant / "prog"
+    prog.write_bytes(b"#!/bin/sh\necho original\n")
+    os.chown(grant, NONROOT_ID, NONROOT_ID)
+    os.chown(prog, NONROOT_ID, NONROOT_ID)
+    if kind.startswith("caps"):
+        prog.chmod(0o644)  # its owner could chmod +x it later
+        os.setxattr(prog, "security.capability", _CAPS)
+    else:
+        prog.chmod(0o4755)
+    proc = _run_child(
+        run_privsep,
+        shared_tmp,
+        MMAP_SETUID,
+        {"file": str(prog)},
+        "--policy",
+        "python",
+        "--allow-write",
+        str(grant),
+    )
+    out = json_output(proc)
+    assert out["mmap"] in (13, 30), out
+    assert prog.read_bytes() == b"#!/bin/sh\necho original\n"
+
+
+def test_a_grant_holding_a_directory_the_broker_cannot_list_is_refused(shared_tmp: Path) -> None:
+    """Mode --x: searchable by name, not listable; a socket inside could not be found and masked."""
+    grant = shared_tmp / "s"
+    (grant / "d").mkdir(parents=True)
+    for path in (shared_tmp, grant):
+        path.chmod(0o755)
+    os.chown(grant / "d", NONROOT_ID, NONROOT_ID)
+    (grant / "d").chmod(0o311)
+    argv = [str(PRIVSEP), "run", "--allow-read", str(grant), "--", "/bin/true"]
+    proc = subprocess.run(as_nonroot(argv), cwd=REPO, capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 125
+    assert f"cannot list {grant}/d inside a grant" in proc.stderr

@@ -338,10 +338,13 @@ def test_protocol_violation_kills_the_child(run_privsep: RunPrivsep) -> None:
     )
     proc = run_privsep(*python_child(code), timeout=20)
     assert proc.returncode == 128 + signal.SIGKILL
-    reply = json.loads(proc.stdout.splitlines()[0])
-    assert reply["ok"] is False and reply["error"]["code"] == "invalid"
-    assert "hello" in reply["error"]["message"]
-    assert "broke the protocol" in proc.stderr
+    assert "broke the protocol" in proc.stderr and "hello" in proc.stderr
+    # The broker sends its reply and kills at once: whether the child lives to print the
+    # reply is a race it often loses (seen in CI). When it did, the reply explains.
+    if proc.stdout.strip():
+        reply = json.loads(proc.stdout.splitlines()[0])
+        assert reply["ok"] is False and reply["error"]["code"] == "invalid"
+        assert "hello" in reply["error"]["message"]
 
 
 def test_stdin_and_stdout_pass_through(run_privsep: RunPrivsep) -> None:
