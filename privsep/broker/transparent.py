@@ -374,6 +374,10 @@ def _finish_connect(
         ours = socket.socket(fileno=result.fd)
         try:
             _carry_over(theirs, ours)
+            if not _same_object(note.pid, target, theirs):
+                # Another thread put something else at that fd number since the broker
+                # checked it: never swap over an object nobody decided on (as for bind).
+                raise OSError(errno.EBADF, "the fd changed while the connect was decided")
             notify.replace_fd(listener, note, ours.fileno(), target, cloexec=cloexec)
         except OSError as exc:
             if exc.errno == errno.ENOENT:

@@ -466,7 +466,8 @@ _SYSTEM_SERVICE_PARTS = (
     "@resources",
     "@chown",
     "@setuid",
-    "@aio",
+    # Not @aio: every io_setup draws on the host-wide fs.aio-nr (65536 here), which one
+    # sandbox could exhaust for the whole host. A policy that needs it lists "@aio".
     "@sandbox",
 )
 _SYSTEM_SERVICE_EXTRA = frozenset({"ioctl"})

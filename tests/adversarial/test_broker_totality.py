@@ -198,3 +198,16 @@ def test_one_sandbox_connecting_to_a_black_hole_does_not_hold_up_its_siblings() 
     assert seconds >= 0, "the sibling's connect failed"
     # Served while the hostile sandbox still had a dozen connects hanging (each up to 30 s).
     assert still_stuck == "True" and seconds < 20, seconds
+
+
+def test_kernel_aio_is_off_by_default_so_the_host_wide_limit_stays_the_hosts(run_privsep: RunPrivsep) -> None:
+    """io_setup in a loop filled the host's fs.aio-nr (65536/65536): host programs' io_setup failed."""
+    code = (
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nctx = ctypes.c_ulong(0)\n"
+        "r = libc.syscall(206, 128, ctypes.byref(ctx))\nprint(r, ctypes.get_errno())\n"
+    )
+    before = int(Path("/proc/sys/fs/aio-nr").read_text())
+    proc = run_privsep("--policy", "python", "--", str(PYTHON), "-c", code)
+    assert proc.stdout.split() == ["-1", "1"], proc.stderr  # EPERM
+    assert "io_setup" in proc.stderr and "@aio" in proc.stderr  # the report names the group to add
+    assert int(Path("/proc/sys/fs/aio-nr").read_text()) <= before

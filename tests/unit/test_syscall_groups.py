@@ -54,9 +54,14 @@ def test_group_members_are_plain_syscall_names(group: str) -> None:
         assert _NAME.match(name), f"{group}: {name!r}"
 
 
-def test_system_service_contains_every_other_group() -> None:
+def test_system_service_contains_every_other_group_but_aio() -> None:
     service = GROUPS["@system-service"]
     for name, members in GROUPS.items():
+        if name == "@aio":
+            # Kernel AIO draws on the host-wide fs.aio-nr: one sandbox could exhaust it for
+            # every process on the host (an audit filled 65536/65536). Only on request.
+            assert not members & service, "@aio must not be in @system-service"
+            continue
         assert members <= service, f"{name} is not inside @system-service"
 
 
