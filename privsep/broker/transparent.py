@@ -374,22 +374,14 @@ def _finish_connect(
         ours = socket.socket(fileno=result.fd)
         try:
             _carry_over(theirs, ours)
-            if not _same_object(note.pid, target, theirs):
-                # Another thread put something else at that fd number since the broker
-                # checked it: never swap over an object nobody decided on (as for bind).
-                raise OSError(errno.EBADF, "the fd changed while the connect was decided")
-            notify.replace_fd(listener, note, ours.fileno(), target, cloexec=cloexec)
         except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return None
+            ours.close()
             notify.refuse(listener, note, exc.errno or errno.EIO)
             return Served(
-                request, Refusal(protocol.ErrorCode.FAILED, f"could not hand the socket over: {exc.strerror}")
+                request, Refusal(protocol.ErrorCode.FAILED, f"could not prepare the socket: {exc.strerror}")
             )
-        finally:
-            ours.close()
-        notify.succeed(listener, note, 0)
-        return Served(request, Answer(result.result, rule=result.rule))
+        ours.detach()  # result.fd is _swap_in's to close
+        return _swap_in(listener, note, request, result, target=target, theirs=theirs, cloexec=cloexec)
     finally:
         theirs.close()
         os.close(listener)
@@ -480,21 +472,24 @@ def _bind(listener: int, note: notify.Notification, services: Services) -> Serve
 def _swap_in(
     listener: int,
     note: notify.Notification,
-    request: protocol.Bind,
+    request: protocol.Bind | protocol.Connect,
     result: Answer,
     *,
     target: int,
     theirs: socket.socket,
     cloexec: bool,
 ) -> Served | None:
-    """Put the broker's bound socket at the program's fd number, if that still holds ``theirs``."""
+    """Put the broker's socket (bound, or connected) at the program's fd number, if that still
+    holds ``theirs``, the socket the broker checked; ``result.fd`` is closed here."""
     assert result.fd is not None
     try:
         if not _same_object(note.pid, target, theirs):
             # Another thread put something else at this number: swapping ours in would
             # replace an object nobody checked. Refuse; our socket (and port) goes away.
             notify.refuse(listener, note, errno.EBADF)
-            return Served(request, Refusal(protocol.ErrorCode.FAILED, "the socket changed during bind"))
+            return Served(
+                request, Refusal(protocol.ErrorCode.FAILED, f"the socket changed during {request.op}")
+            )
         notify.replace_fd(listener, note, result.fd, target, cloexec=cloexec)
     except OSError as exc:
         if exc.errno == errno.ENOENT:

@@ -479,6 +479,18 @@ except OSError as exc:
 """
 
 
+def _assert_not_rewritable(run: RunPrivsep, tmp: Path, grant: Path, prog: Path) -> None:
+    """A write through a shared mmap of ``prog`` (in the write grant ``grant``) fails, and it is unchanged."""
+    before = prog.read_bytes()
+    out = json_output(
+        _run_child(
+            run, tmp, MMAP_SETUID, {"file": str(prog)}, "--policy", "python", "--allow-write", str(grant)
+        )
+    )
+    assert out["mmap"] in (13, 30), out  # bound read-only onto itself: EROFS
+    assert prog.read_bytes() == before
+
+
 def test_a_setuid_program_in_a_root_owned_write_grant_cannot_be_rewritten(
     run_as_root: RunPrivsep, shared_tmp: Path
 ) -> None:
@@ -487,19 +499,7 @@ def test_a_setuid_program_in_a_root_owned_write_grant_cannot_be_rewritten(
     prog = grant / "prog"
     prog.write_bytes(b"#!/bin/sh\necho original\n")
     prog.chmod(0o4755)
-    proc = _run_child(
-        run_as_root,
-        shared_tmp,
-        MMAP_SETUID,
-        {"file": str(prog)},
-        "--policy",
-        "python",
-        "--allow-write",
-        str(grant),
-    )
-    out = json_output(proc)
-    assert out["mmap"] in (13, 30), out  # bound read-only onto itself: EROFS
-    assert prog.read_bytes() == b"#!/bin/sh\necho original\n"
+    _assert_not_rewritable(run_as_root, shared_tmp, grant, prog)
     assert stat.S_IMODE(prog.stat().st_mode) == 0o4755
 
 
@@ -621,19 +621,7 @@ def test_no_writable_grant_lets_a_privileged_file_be_rewritten(
         os.setxattr(prog, "security.capability", _CAPS)
     else:
         prog.chmod(0o4755)
-    proc = _run_child(
-        run_privsep,
-        shared_tmp,
-        MMAP_SETUID,
-        {"file": str(prog)},
-        "--policy",
-        "python",
-        "--allow-write",
-        str(grant),
-    )
-    out = json_output(proc)
-    assert out["mmap"] in (13, 30), out
-    assert prog.read_bytes() == b"#!/bin/sh\necho original\n"
+    _assert_not_rewritable(run_privsep, shared_tmp, grant, prog)
 
 
 def test_a_grant_holding_a_directory_the_broker_cannot_list_is_refused(shared_tmp: Path) -> None:
