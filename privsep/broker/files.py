@@ -28,9 +28,11 @@ from dataclasses import dataclass
 
 from privsep import _linux
 from privsep.broker.answers import Answer, Refusal, denied, failed
+from privsep.broker.readonly import readonly_clone
 from privsep.errors import PolicyError
 from privsep.policy.match import Access, FileDecision, check_path, decide_file
 from privsep.policy.model import Policy
+from privsep.policy.serving import writes
 from privsep.protocol import ErrorCode, is_utf8, listing_page
 
 _RESOLVE = _linux.RESOLVE_BENEATH | _linux.RESOLVE_NO_MAGICLINKS
@@ -70,7 +72,8 @@ class FileService:
         try:
             for index, rule in enumerate(policy.files):
                 if not rule.deny:
-                    self._pins[index] = self._pin(index, rule.path)
+                    pin = self._pin(index, rule.path)
+                    self._pins[index] = pin if writes(rule) else self._read_only(index, rule.path, pin)
         except BaseException:
             self.close()
             raise
@@ -96,6 +99,22 @@ class FileService:
                 f"files[{index}] ({path}): neither it nor its directory can be opened "
                 f"({exc.strerror}); create {parent} first, or fix the path"
             ) from None
+
+    @staticmethod
+    def _read_only(index: int, path: str, pin: _Pin) -> _Pin:
+        """``pin`` beneath a read-only view (readonly.py): fds handed out cannot change metadata."""
+        where = path if pin.name is None else os.path.dirname(path)
+        try:
+            fd = readonly_clone(where)
+        except OSError as exc:
+            os.close(pin.fd)
+            raise PolicyError(
+                f"files[{index}] ({path}): cannot make the read-only view the broker opens read grants "
+                f"through ({exc.strerror}); without it a handed-out fd could change the file's mode "
+                "or times (run `privsep doctor`)"
+            ) from None
+        os.close(pin.fd)
+        return _Pin(fd, pin.name)
 
     def close(self) -> None:
         for pin in self._pins.values():

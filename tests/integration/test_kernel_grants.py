@@ -636,3 +636,45 @@ def test_a_grant_holding_a_directory_the_broker_cannot_list_is_refused(shared_tm
     proc = subprocess.run(as_nonroot(argv), cwd=REPO, capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 125
     assert f"cannot list {grant}/d inside a grant" in proc.stderr
+
+
+HANDED = r"""
+from privsep import client
+f = client.open(ARGS["file"])
+out["read"] = f.read()
+attempt("fchmod", os.fchmod, f.fileno(), 0o777)
+attempt("futimens", os.utime, f.fileno(), (0, 0))
+attempt("fsetxattr", os.setxattr, f.fileno(), "user.pwned", b"1")
+"""
+
+
+def test_an_fd_the_broker_hands_out_for_a_read_grant_cannot_change_metadata(
+    run_privsep: RunPrivsep, shared_tmp: Path
+) -> None:
+    """The kernel checks the inode's owner, not the fd's mode: the child owns the file (the broker's
+    uid without root) and could fchmod it. Read grants are opened beneath a read-only clone."""
+    grant = shared_tmp / "ro"
+    grant.mkdir(mode=0o755)
+    target = grant / "f.txt"
+    target.write_text("host data\n")
+    target.chmod(0o666)
+    for path in (grant, target):
+        os.chown(path, NONROOT_ID, NONROOT_ID)
+    before = target.stat()
+    out = json_output(
+        _run_child(
+            run_privsep,
+            shared_tmp,
+            HANDED,
+            {"file": str(target)},
+            "--policy",
+            "python",
+            "--allow-read",
+            str(grant),
+        )
+    )
+    assert out["read"] == "host data\n"
+    assert out["fchmod"] == 30 and out["futimens"] == 30 and out["fsetxattr"] == 30, out  # EROFS
+    after = target.stat()
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    assert os.listxattr(target) == []
