@@ -274,9 +274,9 @@ def open_tree_clone(source_fd: int, *, recursive: bool = False) -> int:
     return int(_check(_syscall(NR_OPEN_TREE, ctypes.c_int(source_fd), b"", ctypes.c_uint(flags))))
 
 
-def mount_setattr_fd_recursive(mount_fd: int, attr_set: int) -> None:
-    """mount_setattr(2) with AT_RECURSIVE on a detached mount tree."""
-    attr = _MountAttr(attr_set, 0, 0, 0)
+def mount_setattr_fd_recursive(mount_fd: int, attr_set: int, userns_fd: int = 0) -> None:
+    """mount_setattr(2) with AT_RECURSIVE on a detached mount tree (``userns_fd``: its idmapping)."""
+    attr = _MountAttr(attr_set, 0, 0, userns_fd)
     _check(
         _syscall(
             NR_MOUNT_SETATTR,

@@ -31,12 +31,10 @@ _ATTRS = _linux.MOUNT_ATTR_RDONLY | _linux.MOUNT_ATTR_NOSUID | _linux.MOUNT_ATTR
 
 
 def _clone(dir_fd: int) -> int:
-    try:
-        tree = _linux.open_tree_clone(dir_fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # EINVAL: locked submounts below; only a whole copy is allowed
-            raise
-        tree = _linux.open_tree_clone(dir_fd, recursive=True)
+    # Recursive: the view must show what the host path shows. Without the mounts below it, a
+    # lookup would find what a mount covers on the host (a shadowed directory, the file under a
+    # bind-mounted file) instead of what is mounted there.
+    tree = _linux.open_tree_clone(dir_fd, recursive=True)
     try:
         _linux.mount_setattr_fd_recursive(tree, _ATTRS)
     except BaseException:

@@ -351,8 +351,7 @@ def _has_file_caps(path: str) -> bool:
 
 
 def _walk(root: str) -> Iterator[tuple[str, int]]:
-    """(path, mode) of every entry below ``root`` on its own file system, links not followed."""
-    root_dev = os.lstat(root).st_dev
+    """(path, mode) of every entry below ``root``, mounts below it included, links not followed."""
     stack = [root]
     while stack:
         directory = stack.pop()
@@ -371,8 +370,8 @@ def _walk(root: str) -> Iterator[tuple[str, int]]:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if stat.S_ISDIR(st.st_mode) and st.st_dev == root_dev:
-                stack.append(entry.path)  # another file system below is not bound (no MS_REC)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)  # mounts below are bound too (recursive binds)
             yield entry.path, st.st_mode
 
 
@@ -533,22 +532,16 @@ def _generated_files(plan: ViewPlan, sandbox_id: int, home: str) -> tuple[tuple[
 
 
 def _bind(fd: int, target: str, attrs: int) -> None:
-    """Bind ``fd``'s tree at ``target``, then restrict it and every mount below it.
+    """Bind ``fd``'s tree at ``target``, submounts included, then restrict every mount of it.
 
-    A plain bind is tried first (submounts stay hidden). In a user namespace
-    the kernel refuses that when the source has locked submounts, so the
-    bind is recursive there. Either way, ``mount_setattr(AT_RECURSIVE)``
-    makes every mount in the new tree read-only (and nosuid, nodev...), not
-    just the top one, and it keeps the atime flags a user namespace may not
-    change.
+    Recursive, as bwrap's binds are: the view shows what the host path shows.
+    A plain bind would leave out the mounts below the path and reveal what
+    they cover on the host (a directory a mount hides, the file under a
+    bind-mounted file). ``mount_setattr(AT_RECURSIVE)`` then makes every mount
+    in the new tree read-only (and nosuid, nodev...), not just the top one, and
+    it keeps the atime flags a user namespace may not change.
     """
-    source = f"/proc/self/fd/{fd}"
-    try:
-        _linux.mount(source, target, None, _linux.MS_BIND)
-    except OSError as exc:
-        if exc.errno != 22:  # EINVAL: the source hides locked mounts; only a recursive bind is allowed
-            raise
-        _linux.mount(source, target, None, _linux.MS_BIND | _linux.MS_REC)
+    _linux.mount(f"/proc/self/fd/{fd}", target, None, _linux.MS_BIND | _linux.MS_REC)
     _linux.mount_setattr_recursive(target, attrs)
 
 
@@ -602,16 +595,17 @@ def _idmap_userns(host_uid: int, host_gid: int, sandbox_id: int, *, proc: str) -
 
 
 def _bind_idmapped(fd: int, target: str, attrs: int, userns: int) -> None:
-    """Attach a clone of ``fd``'s mount at ``target``, idmapped and restricted before it is visible."""
-    tree = _linux.open_tree_clone(fd)
+    """Attach a clone of ``fd``'s tree (submounts included, see :func:`_bind`) at ``target``,
+    idmapped and restricted before it is visible."""
+    tree = _linux.open_tree_clone(fd, recursive=True)
     try:
         try:
-            _linux.mount_setattr_fd(tree, attrs | _linux.MOUNT_ATTR_IDMAP, userns)
+            _linux.mount_setattr_fd_recursive(tree, attrs | _linux.MOUNT_ATTR_IDMAP, userns)
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                 raise
-            # The file system cannot be idmapped: the host's ownership applies as it is.
-            _linux.mount_setattr_fd(tree, attrs)
+            # A file system in the tree cannot be idmapped: the host's ownership applies as it is.
+            _linux.mount_setattr_fd_recursive(tree, attrs)
         _linux.move_mount_to(tree, target)
     finally:
         os.close(tree)

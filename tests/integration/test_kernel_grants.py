@@ -678,3 +678,55 @@ def test_an_fd_the_broker_hands_out_for_a_read_grant_cannot_change_metadata(
     after = target.stat()
     assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
     assert os.listxattr(target) == []
+
+
+SHADOW = r"""
+from privsep import client
+d = ARGS["dir"]
+attempt("kernel_list", lambda: sorted(os.listdir(d + "/sub")))
+attempt("client_list", lambda: sorted(client.listdir(d + "/sub")))
+attempt("kernel_hidden", read, d + "/sub/secret")
+attempt("client_hidden", lambda: client.open(d + "/sub/secret").read())
+attempt("kernel_bound", read, d + "/conf")
+attempt("client_bound", lambda: client.open(d + "/conf").read())
+"""
+
+
+def test_a_grant_shows_what_the_host_path_shows_never_what_a_mount_covers(
+    run_privsep: RunPrivsep, shared_tmp: Path
+) -> None:
+    """A mount inside a grant (a tmpfs over a directory, a file bound over a file) covers what is
+    under it on the host; the kernel's view and the broker's fds both show the mount, as bwrap does."""
+    d = shared_tmp / "g"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "secret").write_text("HIDDEN UNDER THE MOUNT\n")
+    (d / "conf").write_text("UNDERNEATH\n")
+    (shared_tmp / "conf.src").write_text("BOUND\n")
+    for path in [shared_tmp, *shared_tmp.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(d / "sub")], check=True)
+    try:
+        (d / "sub" / "visible").write_text("v\n")
+        (d / "sub" / "visible").chmod(0o644)
+        subprocess.run(["mount", "--bind", str(shared_tmp / "conf.src"), str(d / "conf")], check=True)
+        try:
+            out = json_output(
+                _run_child(
+                    run_privsep,
+                    shared_tmp,
+                    SHADOW,
+                    {"dir": str(d)},
+                    "--policy",
+                    "python",
+                    "--allow-read",
+                    str(d),
+                )
+            )
+        finally:
+            subprocess.run(["umount", str(d / "conf")], check=True)
+    finally:
+        subprocess.run(["umount", str(d / "sub")], check=True)
+    assert out["kernel_list"] == ["visible"] and out["client_list"] == ["visible"], out
+    assert out["kernel_hidden"] == 2, out  # ENOENT: the host path shows the tmpfs, not what it covers
+    assert "HIDDEN" not in str(out["client_hidden"]), out
+    assert out["kernel_bound"] == "BOUND\n" and out["client_bound"] == "BOUND\n", out
