@@ -15,7 +15,9 @@ from privsep.broker.net import NetService
 from privsep.broker.secrets import SecretService
 from privsep.policy.model import Policy
 
-SLOW_OPS = frozenset({"connect", "connect_unix"})
+#: Run on a worker, one in flight per child: they wait on the network, or read a whole
+#: directory (a listing of a huge one must not stall every sibling on the event loop).
+SLOW_OPS = frozenset({"connect", "connect_unix", "listdir"})
 
 
 class Services:
