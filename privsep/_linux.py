@@ -263,14 +263,14 @@ OPEN_TREE_CLONE = 1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 
 
-def open_tree_clone(source_fd: int, *, recursive: bool = False) -> int:
-    """open_tree(2) with OPEN_TREE_CLONE: a detached copy of the mount at ``source_fd``
-    (its submounts too when ``recursive``).
+def open_tree_clone(source_fd: int) -> int:
+    """open_tree(2) with OPEN_TREE_CLONE | AT_RECURSIVE: a detached copy of the tree at
+    ``source_fd``, submounts included (without them a lookup would see what they cover).
 
     Unlike ``mount --bind``, the copy can be given attributes (an idmapping,
     read-only) before anyone can see it, then attached with :func:`move_mount_to`.
     """
-    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE
     return int(_check(_syscall(NR_OPEN_TREE, ctypes.c_int(source_fd), b"", ctypes.c_uint(flags))))
 
 
@@ -283,21 +283,6 @@ def mount_setattr_fd_recursive(mount_fd: int, attr_set: int, userns_fd: int = 0)
             ctypes.c_int(mount_fd),
             b"",
             ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE),
-            ctypes.byref(attr),
-            ctypes.c_size_t(ctypes.sizeof(attr)),
-        )
-    )
-
-
-def mount_setattr_fd(mount_fd: int, attr_set: int, userns_fd: int = 0) -> None:
-    """mount_setattr(2) on a detached mount; ``userns_fd`` with MOUNT_ATTR_IDMAP gives its idmapping."""
-    attr = _MountAttr(attr_set, 0, 0, userns_fd)
-    _check(
-        _syscall(
-            NR_MOUNT_SETATTR,
-            ctypes.c_int(mount_fd),
-            b"",
-            ctypes.c_uint(AT_EMPTY_PATH),
             ctypes.byref(attr),
             ctypes.c_size_t(ctypes.sizeof(attr)),
         )

@@ -34,7 +34,7 @@ def _clone(dir_fd: int) -> int:
     # Recursive: the view must show what the host path shows. Without the mounts below it, a
     # lookup would find what a mount covers on the host (a shadowed directory, the file under a
     # bind-mounted file) instead of what is mounted there.
-    tree = _linux.open_tree_clone(dir_fd, recursive=True)
+    tree = _linux.open_tree_clone(dir_fd)
     try:
         _linux.mount_setattr_fd_recursive(tree, _ATTRS)
     except BaseException:

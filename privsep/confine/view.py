@@ -597,7 +597,7 @@ def _idmap_userns(host_uid: int, host_gid: int, sandbox_id: int, *, proc: str) -
 def _bind_idmapped(fd: int, target: str, attrs: int, userns: int) -> None:
     """Attach a clone of ``fd``'s tree (submounts included, see :func:`_bind`) at ``target``,
     idmapped and restricted before it is visible."""
-    tree = _linux.open_tree_clone(fd, recursive=True)
+    tree = _linux.open_tree_clone(fd)
     try:
         try:
             _linux.mount_setattr_fd_recursive(tree, attrs | _linux.MOUNT_ATTR_IDMAP, userns)
