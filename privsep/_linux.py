@@ -218,6 +218,7 @@ RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
 
 
 class _OpenHow(ctypes.Structure):
@@ -375,3 +376,20 @@ def process_vm_read(pid: int, address: int, size: int) -> bytes:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return buf.raw[:got]
+
+
+_connect = _libc.connect
+_connect.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+_connect.restype = ctypes.c_int
+
+
+def connect_raw(fd: int, address: bytes) -> int:
+    """connect(2) with a sockaddr exactly as given (any family, any length); 0 or the errno.
+
+    Python's ``socket.connect`` builds the sockaddr from the socket's own family;
+    the broker must pass on what the child asked for, byte for byte (an
+    ``AF_UNSPEC`` disconnect, an abstract name with its trailing bytes).
+    """
+    if _connect(fd, address, len(address)) == 0:
+        return 0
+    return ctypes.get_errno()

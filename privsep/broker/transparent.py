@@ -55,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from privsep import _linux, protocol
-from privsep.broker import notify
+from privsep.broker import notify, unixconnect
 from privsep.broker.answers import Answer, Refusal, denied
 from privsep.broker.services import Services
 from privsep.policy.match import deciding_rule
@@ -152,10 +152,10 @@ class Transparent:
     ) -> Served | Deferred | None:
         """Answer ``note`` (or hand it to a worker); None when there is nothing to record."""
         try:
-            if services is None:
-                raise _Unserved(None)
             if note.nr == _NR_CONNECT:
                 return self._connect(listener, note, services)
+            if services is None:
+                raise _Unserved(None)
             if note.nr in _LOOKUP_PATH_ARG:
                 return self._learn_lookup(listener, note, services)
             if note.nr == _NR_BIND:
@@ -283,6 +283,15 @@ class Transparent:
             return True
         return not (path == "/" or any(_under(path, root) for root in self._roots))
 
+    def _rule_decides(self, services: Services, path: str) -> bool:
+        """A [[files]] rule the broker serves (or a deny) decides ``path``.
+
+        Elsewhere a unix connect is resolved in the child's view, where a path outside it
+        simply does not exist (ENOENT, no report: glibc probes nscd's socket on every lookup).
+        """
+        index = deciding_rule(services.policy, path)
+        return index is not None and (services.policy.files[index].deny or index not in self._kernel_served)
+
     def _tmp_host_path(self, path: str) -> bool:
         """Learning: a path below the private /tmp that names the host's, not the child's scratch.
 
@@ -299,8 +308,9 @@ class Transparent:
     # -- connect --------------------------------------------------------------
 
     def _connect(
-        self, listener: int, note: notify.Notification, services: Services
+        self, listener: int, note: notify.Notification, services: Services | None
     ) -> Deferred | Served | None:
+        """Every connect: performed by the broker on the socket it checked, or refused (rule 2)."""
         target, sock = _their_socket(note)
         handed_over = False  # to the worker, which closes it; else closed here, whatever happens
         try:
@@ -308,14 +318,21 @@ class Transparent:
             cloexec = _fd_cloexec(note.pid, target)
             if not notify.is_live(listener, note):
                 return None
+            if sock.family == socket.AF_UNIX:
+                handed_over = True
+                return self._connect_unix(listener, note, services, sock, address)
             if sock.family not in (socket.AF_INET, socket.AF_INET6):
-                raise _Unserved(None)  # a unix socket: as without transparent brokering
+                raise _Unserved(errno.EAFNOSUPPORT)  # the filter lets the child make no other kind
             if not _in_own_netns(sock):
-                # One the broker made (connected or listening): never re-aimed.
+                # One the broker made (connected or listening): never re-aimed, never disconnected.
                 raise _Unserved(errno.EISCONN)
             peer = _sockaddr(address, sock.family)
             if peer is None:
-                raise _Unserved(None)  # AF_UNSPEC or malformed, on the child's own socket: harmless
+                # AF_UNSPEC or malformed, on the child's own socket: done on that very socket.
+                _answer(listener, note, _linux.connect_raw(sock.fileno(), address))
+                return None
+            if services is None or not services.policy.transparent_net:
+                raise _Unserved(errno.ENETUNREACH)  # what its empty network namespace says
             host, port = peer
             if sock.type != socket.SOCK_STREAM:
                 request = protocol.Connect(id=0, host=host, port=max(port, 1), type="udp")
@@ -351,6 +368,108 @@ class Transparent:
         finally:
             if not handed_over:
                 sock.close()
+
+    def _connect_unix(
+        self,
+        listener: int,
+        note: notify.Notification,
+        services: Services | None,
+        sock: socket.socket,
+        address: bytes,
+    ) -> Deferred:
+        """A unix connect may wait (a full backlog): a worker performs it (see unixconnect.py)."""
+        path = unixconnect.sockaddr_path(address)
+        try:
+            if path is not None and not path.startswith("/"):
+                path = posixpath.join(_base(note.pid, _AT_FDCWD), path)
+            brokered = (
+                path is not None and services is not None and self._rule_decides(services, _normalise(path))
+            )
+        except BaseException:
+            sock.close()
+            raise
+        mine = os.dup(listener)
+
+        def job() -> Served | None:
+            try:
+                if path is None:
+                    _answer(mine, note, unixconnect.connect_bounded(sock, address))
+                    return None
+                if brokered:
+                    assert services is not None
+                    return _connect_granted(mine, note, services, sock, _normalise(path))
+                return _connect_in_view(mine, note, sock, path)
+            finally:
+                sock.close()
+                os.close(mine)
+
+        def drop() -> None:
+            os.close(mine)
+            sock.close()
+
+        return Deferred(job, drop)
+
+
+def _answer(listener: int, note: notify.Notification, err: int) -> None:
+    if err:
+        notify.refuse(listener, note, err)
+    else:
+        notify.succeed(listener, note, 0)
+
+
+def _connect_granted(
+    listener: int, note: notify.Notification, services: Services, sock: socket.socket, path: str
+) -> Served:
+    """A path the broker decides ([[files]] connect rule, or outside the view): as ``client.connect_unix``."""
+    request = protocol.ConnectUnix(id=0, path=path) if protocol.is_utf8(path) else None
+    if request is None:
+        shown = path.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        notify.refuse(listener, note, errno.EACCES)
+        return Served(
+            protocol.ConnectUnix(id=0, path=shown),
+            denied("the path is not valid UTF-8; the broker serves UTF-8 paths only", subject=shown),
+        )
+    try:
+        decision, pathfd = services.files.connect_unix(path)
+    except Refusal as refusal:
+        notify.refuse(listener, note, _errno_of(refusal))
+        return Served(request, refusal)
+    rule = f"files[{decision.rule}]"
+    try:
+        err = unixconnect.connect_through(sock, pathfd)
+    finally:
+        os.close(pathfd)
+    _answer(listener, note, err)
+    if err:
+        return Served(request, Refusal(protocol.ErrorCode.FAILED, f"connect: {os.strerror(err)}", rule=rule))
+    return Served(request, Answer(rule=rule))
+
+
+def _connect_in_view(
+    listener: int, note: notify.Notification, sock: socket.socket, path: str
+) -> Served | None:
+    """A socket in the child's own view (its /tmp, a writable grant): as the kernel would, on its socket."""
+    try:
+        pathfd = unixconnect.open_in_view(note.pid, path)
+    except unixconnect.HostSocket:
+        notify.refuse(listener, note, errno.EACCES)
+        shown = path.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        return Served(
+            protocol.ConnectUnix(id=0, path=shown),
+            denied(
+                "this unix socket lies in a read-only part of the view, so a host process made it, "
+                'not the sandbox; a [[files]] rule with access = ["connect"] for it lets the child reach it',
+                subject=shown,
+            ),
+        )
+    except OSError as exc:
+        notify.refuse(listener, note, exc.errno or errno.EIO)
+        return None
+    try:
+        _answer(listener, note, unixconnect.connect_through(sock, pathfd))
+    finally:
+        os.close(pathfd)
+    return None
 
 
 def _finish_connect(
@@ -579,7 +698,9 @@ def _their_socket(note: notify.Notification) -> tuple[int, socket.socket]:
         return target, socket.socket(fileno=copy)
     except OSError:
         os.close(copy)
-        raise _Unserved(None) from None  # not a socket: the kernel says ENOTSOCK
+        # Not a socket. Refused here, never handed back: by the time the kernel looked fd N
+        # up again, a thread could have put a socket of the broker's there.
+        raise _Unserved(errno.ENOTSOCK) from None
 
 
 def _sockaddr_arg(note: notify.Notification) -> bytes:
@@ -649,7 +770,7 @@ def _their_fd(pid: int, fd: int) -> int:
         return _linux.pidfd_getfd(pidfd, fd)
     except OSError as exc:
         if exc.errno == errno.EBADF:
-            raise _Unserved(None) from None  # the kernel answers EBADF itself
+            raise _Unserved(errno.EBADF) from None  # answered here: never a second lookup of fd N
         raise _Unserved(errno.ESRCH) from None
     finally:
         os.close(pidfd)

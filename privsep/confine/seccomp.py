@@ -15,9 +15,10 @@ What a compiled filter does, in order:
    ``ioctl`` refuses TIOCSTI/TIOCLINUX (typing into the terminal of whoever owns it);
    ``clone`` refuses any ``CLONE_NEW*`` flag; ``socket``/``socketpair`` accept only
    ``AF_UNIX`` (network access is the broker's); ``personality`` accepts only
-   ``PER_LINUX`` and the query. With transparent brokering, the open calls,
-   ``connect`` and ``bind`` go to the broker whatever their arguments, ``socket`` also accepts
-   ``AF_INET``/``AF_INET6`` and the send calls refuse ``MSG_FASTOPEN``. These run as a
+   ``PER_LINUX`` and the query; ``connect`` always goes to the broker, which performs it
+   on the socket it checked; the send calls refuse ``MSG_FASTOPEN`` (a connect hidden in
+   a send). With transparent brokering, the open calls and ``bind`` go to the broker
+   whatever their arguments, and ``socket`` also accepts ``AF_INET``/``AF_INET6``. These run as a
    short hand-written BPF prelude in front of libseccomp's program, because libseccomp
    cannot express "allow unless the masked argument equals X": an unconditional allow
    silently *swallows* conditional rules on the same syscall, and a mask of 0 is folded
@@ -159,13 +160,13 @@ class FilterSpec:
     """privsep learn: also send ``stat``/``access``/``readlink`` and their ``*at`` forms to the
     broker, which learns the path and hands the call back (LEARN_LOOKUP_CALLS)."""
     transparent_net: bool = False
-    """Let the child make TCP/UDP sockets in its own empty network namespace, and send every
-    ``connect`` to the broker, which connects a socket of its own and swaps it in.
-    ``MSG_FASTOPEN`` (a connect hidden in a send) is refused."""
+    """Let the child make TCP/UDP sockets in its own empty network namespace; the broker
+    serves their ``connect`` (sent to it in every filter) by connecting a socket of its own
+    and swapping it in."""
     transparent_bind: bool = False
     """Let the child make TCP/UDP sockets in its own empty network namespace, and send every
     ``bind`` to the broker, which binds (and listens) a socket of its own in the host's
-    network namespace and swaps it in. ``MSG_FASTOPEN`` is refused, as with ``transparent_net``."""
+    network namespace and swaps it in."""
 
     def __post_init__(self) -> None:
         # A plain set would make the spec unhashable and the cache fail far from the cause.
@@ -357,7 +358,10 @@ _MODE_ARGS = (
     ("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2),
     ("open", 2), ("openat", 3), ("creat", 1), ("mknod", 1), ("mknodat", 2),
 )  # fmt: skip
-TRANSPARENT_NET_CALLS = ("connect",)
+#: Always sent to the broker, which performs every connect itself on the socket it checked
+#: (DESIGN rule 2): a connect handed back to the kernel would look its fd up again, and the
+#: child may hold sockets of the host's network namespace (client.connect, bind, --listen).
+CONNECT_CALLS = ("connect",)
 LEARN_LOOKUP_CALLS = (
     "stat", "lstat", "access", "readlink", "newfstatat", "readlinkat", "faccessat", "statx", "faccessat2",
 )  # fmt: skip
@@ -369,7 +373,7 @@ def transparent_numbers(spec: FilterSpec) -> frozenset[int]:
     """The syscalls the filter sends to the broker for transparent brokering (allowed ones only)."""
     names = (
         (TRANSPARENT_FILE_CALLS if spec.transparent_files else ())
-        + (TRANSPARENT_NET_CALLS if spec.transparent_net else ())
+        + CONNECT_CALLS
         + (LEARN_LOOKUP_CALLS if spec.learn_lookups else ())
         + (TRANSPARENT_BIND_CALLS if spec.transparent_bind else ())
     )
@@ -407,10 +411,11 @@ def _checks(allowed: dict[str, int], spec: FilterSpec) -> list[_Check]:
         checks.append((allowed["socket"], 0, "allow_values", families, errno.EAFNOSUPPORT))
     if "socketpair" in allowed:
         checks.append((allowed["socketpair"], 0, "allow_values", (_AF_UNIX,), errno.EAFNOSUPPORT))
-    if inet:
-        for name, flags_arg in (("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)):
-            if name in allowed:
-                checks.append((allowed[name], flags_arg, "deny_mask", (_MSG_FASTOPEN,), errno.EPERM))
+    # A connect hidden in a send: refused always, since a socket of the host's network
+    # namespace the child holds (a listener it shut down) would otherwise connect anywhere.
+    for name, flags_arg in (("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)):
+        if name in allowed:
+            checks.append((allowed[name], flags_arg, "deny_mask", (_MSG_FASTOPEN,), errno.EPERM))
     checks.append((_must_resolve("personality"), 0, "allow_values", _PERSONALITY_OK, errno.EPERM))
     return checks
 

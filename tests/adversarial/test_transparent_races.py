@@ -21,6 +21,7 @@ would hand it over, because the kernel itself could open it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import shutil
 import socket
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import privsep_argv
+from tests.conftest import PYTHON, privsep_argv
 
 ITERATIONS = 3000
 SECRET = "SECRET: must never be read through the race\n"  # noqa: S105 - a marker, not a password
@@ -87,6 +88,55 @@ static void *flip_port(void *unused) {
     return NULL;
 }
 
+static int swap_fd = 100, unix_fd, host_fd;
+
+static void *swap_socket(void *unused) {
+    (void)unused;
+    while (!stop) {
+        dup2(unix_fd, swap_fd);
+        linger();
+        dup2(host_fd, swap_fd);
+        linger();
+        flips++;
+    }
+    return NULL;
+}
+
+/* connect(fd N) while another thread swaps N between the child's own unix socket and a
+ * socket the broker connected in the host's network namespace: AF_UNSPEC (which would
+ * disconnect the host socket) and the forbidden address alternate. */
+static int swap(int n) {
+    long ok = 0, refused = 0, leaked = 0;
+    struct sockaddr_in unspec = {0};
+    unspec.sin_family = AF_UNSPEC;
+    host_fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(host_fd, (struct sockaddr *)&addr, sizeof addr) != 0) { perror("connect"); return 3; }
+    struct sockaddr_in before, after;
+    socklen_t len = sizeof before;
+    if (getpeername(host_fd, (struct sockaddr *)&before, &len) != 0) return 4;
+    unix_fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_in forbidden = addr;
+    forbidden.sin_port = forbidden_port;
+    pthread_t thread;
+    pthread_create(&thread, NULL, swap_socket, NULL);
+    for (int i = 0; i < n; i++) {
+        struct sockaddr_in *to = i % 2 ? &forbidden : &unspec;
+        if (connect(swap_fd, (struct sockaddr *)to, sizeof *to) == 0) {
+            if (i % 2) leaked++; else ok++;
+        } else {
+            refused++;
+        }
+    }
+    stop = 1;
+    pthread_join(thread, NULL);
+    len = sizeof after;
+    int connected = getpeername(host_fd, (struct sockaddr *)&after, &len) == 0
+        && after.sin_port == before.sin_port;
+    printf("{\"ok\": %ld, \"refused\": %ld, \"leaked\": %ld, \"still_connected\": %d, \"flips\": %lu}\n",
+           ok, refused, leaked, connected, flips);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 5) return 2;
     int n = atoi(argv[4]);
@@ -107,6 +157,12 @@ int main(int argc, char **argv) {
             if (read(fd, buf, sizeof buf - 1) > 0 && strncmp(buf, "SECRET", 6) == 0) leaked++; else ok++;
             close(fd);
         }
+    } else if (strcmp(argv[1], "swap") == 0) {
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        addr.sin_port = htons((unsigned short)atoi(argv[2]));
+        forbidden_port = htons((unsigned short)atoi(argv[3]));
+        return swap(n);
     } else {
         addr.sin_family = AF_INET;
         addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -243,3 +299,81 @@ def test_flipping_the_address_never_connects_elsewhere(
     assert forbidden.accepted == 0, result
     assert result["ok"] > 0 and result["denied"] > 0, result
     assert allowed.accepted == result["ok"]
+
+
+def test_swapping_the_socket_never_lets_the_kernel_connect_the_hosts(
+    broker_user: str, arena: Path, servers: tuple[_Server, _Server]
+) -> None:
+    """Rule 2: the broker decides on its copy of fd N and connects that very copy.
+
+    A broker that checks the copy ("a unix socket: the kernel's business") and then
+    answers "continue" lets the kernel look fd N up again: a thread that swapped in the
+    socket the broker had connected in the host's network namespace got it disconnected
+    (AF_UNSPEC), and then connectable to any address of the host's (only Landlock's TCP
+    rule stopped that). Neither may happen, whatever the timing.
+    """
+    allowed, forbidden = servers
+    policy = arena / "race.toml"
+    policy.write_text(f'extends = "minimal"\n[view]\nread = ["{arena}/racer"]\n')
+    policy.chmod(0o644)
+    result = _race(
+        broker_user,
+        arena,
+        ["--policy", str(policy), "--allow-connect", f"127.0.0.1:{allowed.port}"],
+        "swap",
+        str(allowed.port),
+        str(forbidden.port),
+    )
+    assert result["still_connected"] == 1, f"the host socket was disconnected through the race: {result}"
+    assert result["leaked"] == 0 and forbidden.accepted == 0, result
+    assert result["flips"] > ITERATIONS // 10, result
+
+
+SHUT_LISTENER_CODE = """
+import json, socket, sys
+s = socket.socket(fileno=3)  # the --listen socket: the broker's, in the host's network namespace
+s.shutdown(socket.SHUT_RD)  # a TCP listener shut down for reading is closed, and connectable again
+out = {}
+for name, call in (
+    ("fastopen", lambda: s.sendto(b"x", socket.MSG_FASTOPEN, ("127.0.0.1", int(sys.argv[1])))),
+    ("connect", lambda: s.connect(("127.0.0.1", int(sys.argv[1])))),
+):
+    try:
+        call()
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = e.errno
+print(json.dumps(out))
+"""
+
+
+def test_a_host_socket_the_child_holds_is_never_connected_by_the_kernel(
+    broker_user: str, arena: Path, servers: tuple[_Server, _Server]
+) -> None:
+    """The broker refuses a connect on a socket of its own (EISCONN), it never leaves it to Landlock.
+
+    ``--listen`` hands the child a listening socket of the host's network namespace.
+    Shut down, it is closed and could be connected anywhere the host reaches.
+    """
+    _, forbidden = servers
+    (arena / "shut.py").write_text(SHUT_LISTENER_CODE)
+    (arena / "shut.py").chmod(0o644)
+    port = _free_port()
+    proc = subprocess.run(
+        privsep_argv(
+            broker_user,
+            ["--policy", "python", "--allow-read", str(arena / "shut.py"), "--listen", f"127.0.0.1:{port}",
+             "--", str(PYTHON), str(arena / "shut.py"), str(forbidden.port)],
+        ),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"fastopen": errno.EPERM, "connect": errno.EISCONN}, out
+    assert forbidden.accepted == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

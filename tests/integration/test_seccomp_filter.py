@@ -72,6 +72,7 @@ AUDIT_ARCH_I386 = 0x40000003
 RET_KILL_PROCESS = 0x80000000
 RET_USER_NOTIF = 0x7FC00000
 RET_ALLOW = 0x7FFF0000
+MSG_FASTOPEN = 0x20000000
 
 
 def RET_ERRNO(err: int) -> int:
@@ -181,6 +182,12 @@ def model(spec: FilterSpec, nr: int, arch: int, args: tuple[int, ...]) -> int:  
     if name == "personality":
         return RET_ALLOW if lo(0) in (0, 0xFFFFFFFF) else RET_ERRNO(errno.EPERM)
     if name in spec.allow:
+        if name == "connect":
+            return RET_USER_NOTIF  # the broker performs every connect on the socket it checked
+        if (name in ("sendto", "sendmmsg") and lo(3) & MSG_FASTOPEN) or (
+            name == "sendmsg" and lo(2) & MSG_FASTOPEN
+        ):
+            return RET_ERRNO(errno.EPERM)  # a connect hidden in a send
         if name == "ioctl" and lo(1) in (TIOCSTI, TIOCLINUX):
             return RET_ERRNO(errno.EPERM)
         if name == "clone" and lo(0) & NS_MASK:
