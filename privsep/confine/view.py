@@ -555,6 +555,44 @@ def _make_mountpoint(path: str, is_dir: bool) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444))
 
 
+def _hide_host_proc(root: str) -> None:
+    """Cover the host-wide files of the fresh /proc (see _PROC_HIDDEN) with stand-ins.
+
+    The stand-ins live on a small tmpfs that is detached once they are bound: each bind
+    keeps its file, nothing else of that tmpfs stays reachable.
+    """
+    at = root + _PROC_STAND_INS_AT
+    os.makedirs(at, mode=0o755)
+    _linux.mount("tmpfs", at, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755,size=64k")
+    try:
+        stand_ins = {"loadavg": _PROC_LOADAVG, "sys/kernel/random/boot_id": f"{_random_uuid()}\n"}
+        for name, text in stand_ins.items():
+            with open(f"{at}/{name.replace('/', '_')}", "x") as f:
+                f.write(text)
+            os.chmod(f"{at}/{name.replace('/', '_')}", 0o444)
+        os.close(os.open(at + "/hidden", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000))
+        covers = [(name, name.replace("/", "_")) for name in stand_ins]
+        covers += [(name, "hidden") for name in _PROC_HIDDEN]
+        for name, source in covers:
+            target = f"{root}/proc/{name}"
+            if not os.path.lexists(target):
+                continue  # this kernel has no such file
+            _linux.mount(f"{at}/{source}", target, None, _linux.MS_BIND)
+            _linux.mount_setattr_recursive(target, _MASK)
+    finally:
+        _linux.umount2(at, _linux.MNT_DETACH)
+        os.rmdir(at)
+
+
+def _random_uuid() -> str:
+    """A version-4 UUID, formatted as the kernel formats boot_id."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _idmap_userns(host_uid: int, host_gid: int, sandbox_id: int, *, proc: str) -> int:
     """A user namespace (as an fd) mapping ``host_uid``/``host_gid`` onto the sandbox's ids.
 
@@ -614,6 +652,18 @@ def _bind_idmapped(fd: int, target: str, attrs: int, userns: int) -> None:
 _WRITABLE = _linux.MOUNT_ATTR_NOSUID | _linux.MOUNT_ATTR_NODEV
 _MASK = _READ_ONLY | _linux.MOUNT_ATTR_NOEXEC
 _MASKS_AT = "/.privsep-masks"
+_PROC_STAND_INS_AT = "/.privsep-proc"
+#: Files of /proc that show the host as a whole, not the sandbox (its pid namespace already
+#: limits the process entries): each is covered by an empty file nobody may read.
+#: Kept, because programs need them: cpuinfo, meminfo, stat (glibc counts CPUs with it),
+#: uptime, mounts and the per-process entries.
+_PROC_HIDDEN = (
+    "keys", "key-users", "config.gz", "kallsyms", "modules", "timer_list", "sched_debug",
+    "latency_stats", "timer_stats", "kcore", "sysrq-trigger", "kpagecount", "kpageflags", "kpagecgroup",
+)  # fmt: skip
+#: Host facts that programs read, so the sandbox gets its own value instead: the host's
+#: boot id identifies the machine across sandboxes; its load average is a side channel.
+_PROC_LOADAVG = "0.00 0.00 0.00 1/1 1\n"
 
 
 @dataclass(frozen=True)
@@ -688,6 +738,8 @@ def build_view(plan: ViewPlan, sandbox_id: int = 65534) -> None:
             _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
             "hidepid=invisible",
         )
+        current = "the host-wide files of /proc"
+        _hide_host_proc(root)
         # The helpers that hold the idmaps live in our pid namespace: reach them through its /proc.
         for b in plan.binds:
             if b.idmap is not None and b.idmap not in namespaces:
