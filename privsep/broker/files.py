@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from privsep import _linux
+from privsep.broker import notruncate
 from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.broker.readonly import readonly_clone
 from privsep.errors import PolicyError
@@ -49,6 +50,7 @@ _MODES: dict[str, tuple[frozenset[Access], int]] = {
     "x+": (frozenset({Access.CREATE, Access.READ, Access.WRITE}), os.O_RDWR | os.O_CREAT | os.O_EXCL),
 }
 _MAY_CREATE = frozenset({"w", "w+", "a", "a+"})
+_TRUNCATE = frozenset({Access.TRUNCATE})
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,12 @@ class FileService:
             with_create = decide_file(self._policy, path, need | {Access.CREATE})
             if with_create.allowed:
                 decision, flags = with_create, flags | os.O_CREAT
-        fd = self._open(decision, flags | os.O_NOCTTY | os.O_NONBLOCK)
+        flags |= os.O_NOCTTY | os.O_NONBLOCK
+        if flags & os.O_ACCMODE != os.O_RDONLY and not decide_file(self._policy, path, _TRUNCATE).allowed:
+            # The fd itself must refuse ftruncate: opened inside a Landlock domain that denies it.
+            fd = notruncate.shared().run(lambda: self._open(decision, flags))
+        else:
+            fd = self._open(decision, flags)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise failed(

@@ -836,18 +836,10 @@ def test_abstract_unix_sockets_of_the_host_are_unreachable(run_privsep: RunPrivs
     assert result == {"host": errno.ECONNREFUSED, "own": "connected"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a read-only grant does not stop connect() to a unix socket inside it (read-only "
-        "mounts and Landlock ABI <= 8 do not govern it), so a child reaches the host daemon "
-        "listening there (ssh-agent, D-Bus, ...) across its network namespace: guarantee 5"
-    ),
-)
 def test_unix_sockets_inside_a_granted_directory_are_unreachable(
     run_privsep: RunPrivsep, shared_tmp: Path
 ) -> None:
-    """Escape class: a host daemon's pathname socket that happens to lie in the view."""
+    """Escape class: a host daemon's pathname socket that lies in the view when the sandbox starts."""
     granted = shared_tmp / "granted"
     granted.mkdir(mode=0o755)
     path = granted / "daemon.sock"
@@ -874,6 +866,135 @@ def test_unix_sockets_inside_a_granted_directory_are_unreachable(
         except BlockingIOError:
             reached = False
     assert not reached and proc.stdout.strip() != "connected", "the child connected to the host's socket"
+
+
+def test_a_host_socket_made_after_the_start_in_a_read_only_grant_is_unreachable(
+    broker_user: str, shared_tmp: Path
+) -> None:
+    """The start-time scan cannot mask a socket a daemon creates later: the broker, which performs
+    every connect, refuses a socket on a read-only mount (the child cannot have made it) and
+    names the rule that would allow it."""
+    granted = shared_tmp / "granted-late"
+    granted.mkdir(mode=0o755)
+    path = granted / "late.sock"
+    policy = write_policy(shared_tmp, "late.toml", grant_policy(granted))
+    code = (
+        "import socket, sys\nprint('ready', flush=True)\nsys.stdin.readline()\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"try:\n    s.connect({str(path)!r}); print('connected')\n"
+        "except OSError as e:\n    print(e.errno)\n"
+    )
+    proc = subprocess.Popen(
+        privsep_argv(broker_user, ["--policy", str(policy), "--", str(PYTHON), "-c", code]),
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "ready", proc.communicate(timeout=30)
+        server.bind(str(path))
+        path.chmod(0o777)
+        server.listen(8)
+        server.setblocking(False)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=30)
+        reached = True
+        try:
+            server.accept()[0].close()
+        except BlockingIOError:
+            reached = False
+    finally:
+        server.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert not reached and out.strip() == str(errno.EACCES), (out, err)
+    assert "read-only part of the view" in err and 'access = ["connect"]' in err, err
+
+
+_HOST_PROC_PROBE = r"""
+import json
+out = {}
+for name in ("sys/kernel/random/boot_id", "loadavg", "keys", "key-users", "config.gz", "kallsyms",
+             "timer_list", "cpuinfo", "meminfo", "stat"):
+    try:
+        with open("/proc/" + name, "rb") as f:
+            out[name] = f.read(4096).decode(errors="replace")
+    except OSError as e:
+        out[name] = e.errno
+print(json.dumps(out))
+"""
+
+
+def test_proc_shows_no_host_wide_state(run_privsep: RunPrivsep) -> None:
+    """The host's boot id, load, keyrings, kernel config and symbols stay outside (issue 13, item 7).
+
+    What programs need (cpuinfo, meminfo, stat) is still there.
+    """
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        host_boot_id = f.read()
+    first = json_output(run_privsep(*python_child(_HOST_PROC_PROBE)))
+    second = json_output(run_privsep(*python_child(_HOST_PROC_PROBE)))
+    for seen in (first, second):
+        boot_id = seen["sys/kernel/random/boot_id"]
+        assert isinstance(boot_id, str) and len(boot_id.strip()) == 36, seen
+        assert boot_id != host_boot_id, "the sandbox reads the host's boot id"
+        assert seen["loadavg"] == "0.00 0.00 0.00 1/1 1\n", seen
+        for name in ("keys", "key-users", "config.gz", "kallsyms", "timer_list"):
+            assert seen[name] in (errno.EACCES, errno.ENOENT, ""), (name, seen[name])
+        for name in ("cpuinfo", "meminfo", "stat"):
+            assert isinstance(seen[name], str) and seen[name], (name, seen[name])
+    assert first["sys/kernel/random/boot_id"] != second["sys/kernel/random/boot_id"], (
+        "one boot id for two sandboxes"
+    )
+
+
+_NO_TRUNCATE_PROBE = r"""
+import json, os, sys
+from privsep import client
+path = sys.argv[1]
+out = {}
+with client.open(path, "r+") as f:
+    try:
+        os.ftruncate(f.fileno(), 0)
+        out["client"] = "truncated"
+    except OSError as e:
+        out["client"] = e.errno
+fd = os.open(path, os.O_RDWR)  # an unmodified program's open, served by the broker
+try:
+    os.ftruncate(fd, 0)
+    out["transparent"] = "truncated"
+except OSError as e:
+    out["transparent"] = e.errno
+os.pwrite(fd, b"H", 0)  # writing is granted
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("serve", ["broker", "kernel"])
+def test_a_grant_without_truncate_hands_out_fds_that_cannot_truncate(
+    run_privsep: RunPrivsep, shared_tmp: Path, serve: str
+) -> None:
+    """Issue 13 item 4: read+write without truncate holds on the fd itself, not only at open."""
+    data = shared_tmp / "keep"
+    data.mkdir(mode=0o777)
+    target = data / "history.log"
+    target.write_text("history\n")
+    target.chmod(0o666)
+    probe = write_policy(shared_tmp, "probe.py", _NO_TRUNCATE_PROBE)
+    policy = write_policy(
+        shared_tmp,
+        "no-truncate.toml",
+        f'extends = "python"\n[view]\ntmp = false\nread = ["{probe}"]\n'
+        f'[[files]]\npath = "{target}"\naccess = ["read", "write"]\nserve = "{serve}"\n',
+    )
+    result = json_output(run_privsep("--policy", str(policy), "--", str(PYTHON), str(probe), str(target)))
+    assert result["client"] == errno.EACCES, result
+    if serve == "broker":  # a kernel-served grant's own opens are the kernel's (Landlock, at open)
+        assert result["transparent"] == errno.EACCES, result
+    assert target.read_text() == "History\n"
 
 
 # --------------------------------------------------------------------------- the filesystem
