@@ -30,6 +30,7 @@ from privsep import _linux
 from privsep.broker import notruncate
 from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.broker.readonly import readonly_clone
+from privsep.broker.relay import AppendRelay
 from privsep.errors import PolicyError
 from privsep.policy.match import Access, FileDecision, check_path, decide_file
 from privsep.policy.model import Policy
@@ -51,6 +52,7 @@ _MODES: dict[str, tuple[frozenset[Access], int]] = {
 }
 _MAY_CREATE = frozenset({"w", "w+", "a", "a+"})
 _TRUNCATE = frozenset({Access.TRUNCATE})
+_WRITE = frozenset({Access.WRITE})
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,14 @@ class FileService:
     def open(self, path: str, mode: str) -> Answer:
         need, flags = _MODES[mode]
         decision = self._decide(path, need)
+        append_only = Access.APPEND in need and not decide_file(self._policy, path, _WRITE).allowed
+        if append_only and mode == "a+":
+            raise denied(
+                "an append-only grant is served through a pipe the broker appends from, which "
+                'cannot be read back: open it with "a" to append and "r" to read',
+                rule=_rule(decision),
+                subject=path,
+            )
         if mode in _MAY_CREATE:
             with_create = decide_file(self._policy, path, need | {Access.CREATE})
             if with_create.allowed:
@@ -215,6 +225,10 @@ class FileService:
         except BaseException:
             os.close(fd)
             raise
+        if append_only:
+            # The fd stays here: the child gets a pipe, and the broker only ever appends (relay.py).
+            relay, inside = AppendRelay.open(fd, self._policy.limits.file_size_mb << 20, path)
+            return Answer(fd=inside, rule=_rule(decision), relay=relay)
         return Answer(fd=fd, rule=_rule(decision))
 
     def stat(self, path: str) -> Answer:

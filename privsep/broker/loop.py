@@ -44,7 +44,7 @@ from privsep.broker.outcome import (
     Outcome,
     from_wait_status,
 )
-from privsep.broker.relay import Relay, UdpServerRelay
+from privsep.broker.relay import AppendRelay, Relay, UdpServerRelay
 from privsep.broker.services import SLOW_OPS, Services, target
 from privsep.broker.transparent import Deferred, Served, Transparent, view_roots
 from privsep.confine.seccomp import dangerous_numbers, syscall_name
@@ -429,7 +429,10 @@ class Broker:
         if isinstance(answer, Answer) and (relay := answer.relay) is not None:
             if len(child.relays) >= 2 * _MAX_RELAYS:
                 _discard(answer)
-                answer = Refusal(protocol.ErrorCode.FAILED, f"too many UDP flows (at most {_MAX_RELAYS})")
+                answer = Refusal(
+                    protocol.ErrorCode.FAILED,
+                    f"too many relayed UDP flows and append-only files (at most {_MAX_RELAYS})",
+                )
             else:
                 self._add_relay(child, relay)
         self._record(child, request, start, answer)
@@ -511,9 +514,9 @@ class Broker:
             self._sel.modify(sock, events, (child, "channel"))
 
     def _add_relay(self, child: Child, relay: Relay) -> None:
-        for sock, role in ((relay.inside, "relay_child"), (relay.peer, "relay_peer")):
-            child.relays[sock.fileno()] = relay
-            self._sel.register(sock, selectors.EVENT_READ, (child, role))
+        for end, role in relay.watched():
+            child.relays[end.fileno()] = relay
+            self._sel.register(end, selectors.EVENT_READ, (child, role))
 
     def _on_relay(self, child: Child, role: str, fd: int) -> None:
         relay = child.relays.get(fd)
@@ -525,9 +528,12 @@ class Broker:
             self._close_relay(child, relay)
 
     def _close_relay(self, child: Child, relay: Relay) -> None:
-        for sock in (relay.inside, relay.peer):
-            child.relays.pop(sock.fileno(), None)
-            self._forget(sock)
+        for end, _ in relay.watched():
+            child.relays.pop(end.fileno(), None)
+            self._forget(end.fileno())
+        if isinstance(relay, AppendRelay) and relay.truncated:
+            reason = "an append-only file takes at most [limits] file_size_mb per open; the rest was dropped"
+            _note_denial(child, Denial("append", relay.path, None, reason, None))
         if isinstance(relay, UdpServerRelay):
             for host, port in relay.refused:
                 where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -678,6 +684,18 @@ class Broker:
                 notify.refuse(child.listener, note, errno.EIO)
             return
         if isinstance(served, Served):
+            if isinstance(served.result, Answer) and (relay := served.result.relay) is not None:
+                if len(child.relays) >= 2 * _MAX_RELAYS:
+                    relay.close()  # the child's pipe now fails with EPIPE; the report says why
+                    served = Served(
+                        served.request,
+                        Refusal(
+                            protocol.ErrorCode.FAILED,
+                            f"too many append-only files open (at most {_MAX_RELAYS})",
+                        ),
+                    )
+                else:
+                    self._add_relay(child, relay)
             self._record(child, served.request, start, served.result)
         elif isinstance(served, Deferred):
             job = served.job

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
+import os
 import socket
 
 from privsep.protocol import decode_datagram, encode_datagram
@@ -53,6 +55,9 @@ class _Relay:
             return None
         except OSError:
             return b""
+
+    def watched(self) -> tuple[tuple[socket.socket, str], ...]:
+        return ((self.inside, "relay_child"), (self.peer, "relay_peer"))
 
     def close(self) -> None:
         self.peer.close()
@@ -160,4 +165,95 @@ class UdpServerRelay(_Relay):
             self.inside.send(encode_datagram(source, payload))
 
 
-Relay = UdpRelay | UdpServerRelay
+class _PipeEnd:
+    """The broker's read end of an append relay's pipe, as the selector wants it."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class AppendRelay:
+    """An append-only grant kept by the broker: the child writes into a pipe, the broker appends.
+
+    An ``O_APPEND`` fd in the child's hands promises nothing: ``fcntl(F_SETFL)``
+    clears the flag, then ``pwrite`` at offset 0 rewrites the history. So the
+    file stays with the broker (opened ``O_APPEND``), and the child gets the
+    write end of a pipe: whatever it does to that, the broker's only
+    operation on the file is "append these bytes". The child's own file-size
+    limit no longer applies to a write the broker makes, so the relay stops
+    at ``limit`` bytes, after which the pipe is closed and the child's next
+    write fails with EPIPE.
+    """
+
+    CHUNK = 65536
+
+    def __init__(self, inside: int, file: int, limit: int, path: str) -> None:
+        self.path = path  # for the report
+        self.inside = _PipeEnd(inside)
+        self._file = file
+        self._left = limit
+        self.truncated = False  # the child wrote more than the limit
+
+    @classmethod
+    def open(cls, file: int, limit: int, path: str) -> tuple[AppendRelay, int]:
+        """A relay appending to ``file`` (taken over); returns it and the child's end (an fd)."""
+        try:
+            read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        except BaseException:
+            os.close(file)
+            raise
+        # The child's end behaves as an append-only file would: writes wait, O_APPEND shows.
+        fcntl.fcntl(write_end, fcntl.F_SETFL, os.O_APPEND)
+        return cls(read_end, file, limit, path), write_end
+
+    def watched(self) -> tuple[tuple[_PipeEnd, str], ...]:
+        return ((self.inside, "relay_child"),)
+
+    def from_child(self) -> bool:
+        """Append what the child wrote; False when it closed its end (or went over the limit)."""
+        try:
+            data = os.read(self.inside.fileno(), self.CHUNK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        try:
+            self._append(data)
+        except OSError:
+            return False
+        return not self.truncated
+
+    def _append(self, data: bytes) -> None:
+        if len(data) > self._left:
+            data, self.truncated = data[: self._left], True
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._file, view) :]
+        self._left -= len(data)
+
+    def from_peer(self) -> None:
+        """Nothing comes back from a file."""
+
+    def close(self) -> None:
+        """Append what is still in the pipe (the sandbox may have ended right after writing), then close."""
+        if self.inside.fileno() >= 0 and self._file >= 0:
+            with contextlib.suppress(OSError):
+                while self._left > 0 and (data := os.read(self.inside.fileno(), self.CHUNK)):
+                    self._append(data)
+        self.inside.close()
+        if self._file >= 0:
+            os.close(self._file)
+            self._file = -1
+
+
+Relay = UdpRelay | UdpServerRelay | AppendRelay

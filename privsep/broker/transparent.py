@@ -217,6 +217,8 @@ class Transparent:
         try:
             notify.inject_fd(listener, note, result.fd, cloexec=bool(flags & os.O_CLOEXEC))
         except OSError as exc:
+            if result.relay is not None:
+                result.relay.close()
             if exc.errno == errno.ENOENT:
                 return None  # the caller died meanwhile
             notify.refuse(listener, note, exc.errno or errno.EIO)  # EMFILE: the caller's table is full
@@ -225,7 +227,8 @@ class Transparent:
             )
         finally:
             os.close(result.fd)
-        return Served(request, Answer(result.result, rule=result.rule))
+        # An append-only file's relay (the fd was a pipe's end) is the loop's to serve from here.
+        return Served(request, Answer(result.result, rule=result.rule, relay=result.relay))
 
     @staticmethod
     def _learn_listing(listener: int, note: notify.Notification, services: Services, path: str) -> Served:

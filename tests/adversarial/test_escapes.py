@@ -997,6 +997,62 @@ def test_a_grant_without_truncate_hands_out_fds_that_cannot_truncate(
     assert target.read_text() == "History\n"
 
 
+_APPEND_ONLY_PROBE = r"""
+import fcntl, json, os, sys
+from privsep import client
+path = sys.argv[1]
+out = {}
+f = client.open(path, "a")
+f.write("client line\n")
+f.flush()
+fd = f.fileno()
+fcntl.fcntl(fd, fcntl.F_SETFL, 0)  # clear O_APPEND, as the audit did
+calls = (("pwrite", lambda: os.pwrite(fd, b"OVERWRITTEN", 0)), ("ftruncate", lambda: os.ftruncate(fd, 0)))
+for name, call in calls:
+    try:
+        call()
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = e.errno
+f.close()
+fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # an unmodified program's open
+fcntl.fcntl(fd, fcntl.F_SETFL, 0)
+try:
+    os.pwrite(fd, b"OVERWRITTEN", 0)
+    out["transparent pwrite"] = "ok"
+except OSError as e:
+    out["transparent pwrite"] = e.errno
+os.write(fd, b"".join(b"bulk %06d\n" % i for i in range(20000)))  # 240 kB, then exit at once
+print(json.dumps(out))
+"""
+
+
+def test_an_append_only_grant_only_ever_appends(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
+    """Issue 13 item 4: append-only holds whatever the child does to its fd, and nothing written is lost."""
+    data = shared_tmp / "logs"
+    data.mkdir(mode=0o777)
+    target = data / "audit.log"
+    target.write_text("history\n")
+    target.chmod(0o666)
+    probe = write_policy(shared_tmp, "append.py", _APPEND_ONLY_PROBE)
+    policy = write_policy(
+        shared_tmp,
+        "append.toml",
+        f'extends = "python"\n[view]\nread = ["{probe}"]\n'
+        f'[[files]]\npath = "{target}"\naccess = ["append"]\n',
+    )
+    result = json_output(run_privsep("--policy", str(policy), "--", str(PYTHON), str(probe), str(target)))
+    assert result == {
+        "pwrite": errno.ESPIPE,
+        "ftruncate": errno.EINVAL,
+        "transparent pwrite": errno.ESPIPE,
+    }, result
+    content = target.read_text()
+    assert content.startswith("history\nclient line\nbulk 000000\n"), content[:100]
+    assert "OVERWRITTEN" not in content
+    assert content.endswith("bulk 019999\n") and content.count("bulk ") == 20000
+
+
 # --------------------------------------------------------------------------- the filesystem
 
 _FS_PROBE = r"""
