@@ -32,7 +32,7 @@ from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.broker.readonly import readonly_clone
 from privsep.broker.relay import AppendRelay
 from privsep.errors import PolicyError
-from privsep.policy.match import Access, FileDecision, check_path, decide_file
+from privsep.policy.match import Access, FileDecision, check_path, decide_file, rules_within
 from privsep.policy.model import Policy
 from privsep.policy.serving import writes
 from privsep.protocol import ErrorCode, is_utf8, listing_page
@@ -284,6 +284,15 @@ class FileService:
         # Both decided before anything changes: a denial leaves the tree as it was.
         src_decision = self._decide(src, frozenset({Access.CREATE}))
         dst_decision = self._decide(dst, frozenset({Access.CREATE}))
+        for path, decision in ((src, src_decision), (dst, dst_decision)):
+            inner = rules_within(self._policy, path)
+            if inner:
+                raise denied(
+                    f"{self._policy.files[inner[0]].describe(inner[0])} lies beneath it, and a rename would "
+                    "carry what that rule decides out from under it; rename the entries inside instead",
+                    rule=_rule(decision),
+                    subject=path,
+                )
         with (
             self._parent(src_decision) as (src_dir, src_name),
             self._parent(dst_decision) as (dst_dir, dst_name),

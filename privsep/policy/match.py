@@ -53,6 +53,7 @@ __all__ = [
     "decide_file",
     "deciding_rule",
     "may_resolve",
+    "rules_within",
 ]
 
 MAX_PATH = 4096
@@ -138,6 +139,17 @@ def deciding_rule(policy: Policy, path: str) -> int | None:
         if closest is None or len(rule.path) > len(policy.files[closest].path):
             closest = index
     return closest
+
+
+def rules_within(policy: Policy, path: str) -> list[int]:
+    """Indexes of the ``[[files]]`` rules strictly beneath ``path``.
+
+    Moving ``path`` would move what they decide along with it, out from under
+    them: a rename of an ancestor of a deny rule would take the denied files
+    to a path the outer grant decides.
+    """
+    prefix = path.rstrip("/") + "/"
+    return [i for i, rule in enumerate(policy.files) if rule.path.startswith(prefix) and rule.path != path]
 
 
 def _file_flag(need: frozenset[Access]) -> str | None:

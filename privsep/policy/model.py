@@ -526,6 +526,26 @@ class Policy(_Strict):
         """Whether unmodified programs' binds are brokered (there are [[bind]] rules)."""
         return self.transparent.net and bool(self.bind)
 
+    @model_validator(mode="after")
+    def _links_do_not_lead_around_rules(self) -> Policy:
+        """A grant that follows symlinks may hold no other rule beneath it.
+
+        A link inside it could lead to the inner path under another name, which the
+        outer grant would decide: around a deny rule, or past a narrower grant.
+        """
+        for index, rule in enumerate(self.files):
+            if rule.deny or not rule.symlinks:
+                continue
+            prefix = rule.path.rstrip("/") + "/"
+            for inner, other in enumerate(self.files):
+                if other.path.startswith(prefix) and other.path != rule.path:
+                    raise ValueError(
+                        f"files[{index}] ({rule.path}) follows symlinks, and files[{inner}] ({other.path}) "
+                        "lies beneath it: a link could reach the inner path under another name, decided "
+                        "by the outer rule; remove symlinks = true, or move the inner rule out"
+                    )
+        return self
+
     @field_validator("secrets")
     @classmethod
     def _secrets_stay_secret(

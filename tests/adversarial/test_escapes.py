@@ -1053,6 +1053,49 @@ def test_an_append_only_grant_only_ever_appends(run_privsep: RunPrivsep, shared_
     assert content.endswith("bulk 019999\n") and content.count("bulk ") == 20000
 
 
+_RENAME_AROUND_DENY = r"""
+import json, sys
+from privsep import client
+top = sys.argv[1]
+out = {}
+try:
+    client.rename(top + "/x", top + "/y")
+    out["rename"] = "ok"
+except OSError as e:
+    out["rename"] = type(e).__name__
+for path in (top + "/y/private/secret.txt", top + "/x/private/secret.txt"):
+    try:
+        out[path[len(top):]] = client.open(path).read()
+    except OSError as e:
+        out[path[len(top):]] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+def test_renaming_an_ancestor_never_carries_a_deny_rule_away(
+    run_privsep: RunPrivsep, shared_tmp: Path
+) -> None:
+    """Issue 13 item 1, for broker-served grants: deny rules are paths, so moving an ancestor is refused."""
+    data = shared_tmp / "data"
+    (data / "x" / "private").mkdir(parents=True)
+    (data / "x" / "private" / "secret.txt").write_text("SECRET")
+    for path in (data, data / "x", data / "x" / "private"):
+        path.chmod(0o777)
+    (data / "x" / "private" / "secret.txt").chmod(0o666)
+    probe = write_policy(shared_tmp, "rename.py", _RENAME_AROUND_DENY)
+    policy = write_policy(
+        shared_tmp,
+        "rename.toml",
+        f'extends = "python"\n[view]\nread = ["{probe}"]\n'
+        f'[[files]]\npath = "{data}"\naccess = ["read", "write", "create", "list"]\nserve = "broker"\n'
+        f'[[files]]\npath = "{data}/x/private"\ndeny = true\n',
+    )
+    result = json_output(run_privsep("--policy", str(policy), "--", str(PYTHON), str(probe), str(data)))
+    assert result["rename"] == "DeniedError", result
+    assert "SECRET" not in str(result), result
+    assert (data / "x" / "private" / "secret.txt").exists()
+
+
 # --------------------------------------------------------------------------- the filesystem
 
 _FS_PROBE = r"""

@@ -196,6 +196,10 @@ FILES_ERRORS = [
     ('path = "/srv\\u0000"\naccess = ["read"]', ["files[0].path", "NUL"]),
     ('path = ""\naccess = ["read"]', ["files[0].path"]),
     ('path = "/srv"\naccess = ["read"]\nrecursiv = true', ["files[0].recursiv", "unknown key"]),
+    (
+        'path = "/srv"\naccess = ["read"]\nsymlinks = true\n[[files]]\npath = "/srv/keys"\ndeny = true',
+        ["files[0] (/srv) follows symlinks", "files[1] (/srv/keys)", "remove symlinks = true"],
+    ),
 ]
 
 
