@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from privsep.broker.answers import Answer
     from privsep.broker.loop import Broker, Child, Denial
     from privsep.broker.services import Services
+    from privsep.broker.terminal import Terminal
     from privsep.confine.spawn import SpawnPlan
     from privsep.policy.grants import Listen
     from privsep.policy.model import Policy
@@ -197,9 +198,10 @@ def _run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise PrivsepError(f"cannot open the audit log {args.audit_log}: {exc.strerror}") from None
             stack.callback(audit.close)
+        terminal = stack.enter_context(_terminal())
         broker = Broker(audit=audit)
         stack.callback(broker.close)
-        child = broker.start(plan, services=services, timeout=timeout, listen_fds=fds)
+        child = broker.start(plan, services=services, timeout=timeout, listen_fds=fds, terminal=terminal)
         listening.close()
         for request, answer in activated:
             broker.record(child, request, answer)
@@ -208,6 +210,20 @@ def _run(args: argparse.Namespace) -> int:
             _report_hidden_paths(command, plan)
         return status
     raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
+
+
+def _terminal() -> contextlib.AbstractContextManager[Terminal | None]:
+    """The child's own pty when privsep's stdio is a terminal (broker/terminal.py), else nothing.
+
+    Entered before the broker exists and left after it is closed: the user's
+    termios come back whatever ends the run.
+    """
+    if not any(os.isatty(fd) for fd in (0, 1, 2)):
+        return contextlib.nullcontext()  # not even the module's import to pay
+    from privsep.broker.terminal import Terminal
+
+    terminal = Terminal.for_stdio((0, 1, 2))
+    return terminal if terminal is not None else contextlib.nullcontext()
 
 
 def _report_hidden_paths(command: Sequence[str], plan: SpawnPlan) -> None:
@@ -276,9 +292,10 @@ def _learn(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         services = LearningServices(base)
         stack.callback(services.close)  # closes the grants current at exit (the learned ones)
+        terminal = stack.enter_context(_terminal())
         broker = Broker()
         stack.callback(broker.close)
-        child = broker.start(plan, services=services, timeout=_timeout(args, base))
+        child = broker.start(plan, services=services, timeout=_timeout(args, base), terminal=terminal)
         status = _serve(broker, child)
         # A file base is named absolutely: the new policy may live elsewhere.
         shipped = "/" not in args.policy and not args.policy.endswith(".toml")
@@ -303,8 +320,10 @@ def _serve(broker: Broker, child: Child) -> int:
     interrupts = 0
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        # The command is in its own session, so terminal signals do not reach it:
-        # pass them on. A second interrupt means "stop now".
+        # The command is not in privsep's session: what is sent to privsep (or typed
+        # into a terminal privsep does not relay) does not reach it: pass it on. A
+        # second interrupt means "stop now". (Typed into a terminal privsep relays,
+        # ^C is a byte on the child's own pty: its line discipline signals the job.)
         nonlocal interrupts
         interrupts += signum == signal.SIGINT
         if interrupts > 1:

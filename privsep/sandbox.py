@@ -9,6 +9,9 @@ arrival, and an exception in the child comes back as ``ChildError`` text.
 Children's stdout and stderr are captured through the broker's own loop
 (``Broker.watch``), capped at ``output_limit`` bytes each: past the cap
 the output is drained and dropped, so a chatty child never blocks.
+A child's stdin is a pipe too (``input``, or empty): a Sandbox never passes
+the host's terminal to a child, so it needs no pty of its own (unlike
+``privsep run``, see broker/terminal.py).
 """
 
 from __future__ import annotations

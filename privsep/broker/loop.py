@@ -8,16 +8,18 @@ A child that breaks the protocol is cut off and killed; its siblings carry on.
 Per child the loop watches five fds: the request channel, the private
 control socket (reports from the sandbox's own processes), the monitor's
 and init's pidfds (the sandbox ended) and the seccomp listener (a dangerous
-syscall). Slow operations (resolving, connecting) run on a few worker
-threads; while one is under way for a child, that child's channel is not
-read, so a child has at most one request in flight and cannot queue work
-without bound.
+syscall); with a terminal (``privsep run`` on a tty), also the sandbox's pty
+and the user's terminal, relayed by broker/terminal.py. Slow operations
+(resolving, connecting) run on a few worker threads; while one is under
+way for a child, that child's channel is not read, so a child has at most
+one request in flight and cannot queue work without bound.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import errno
 import os
 import queue
@@ -31,7 +33,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from privsep import __version__, channel, protocol
 from privsep.broker import notify
@@ -51,8 +53,20 @@ from privsep.confine.seccomp import dangerous_numbers, syscall_name
 from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, spawn
 from privsep.errors import ChannelError, RemoteProtocolError
 
+if TYPE_CHECKING:
+    from privsep.broker.terminal import Terminal  # only privsep run makes one
+
 _Role = Literal[
-    "channel", "control", "pidfd", "init", "listener", "wakeup", "relay_child", "relay_peer", "external"
+    "channel",
+    "control",
+    "pidfd",
+    "init",
+    "listener",
+    "wakeup",
+    "relay_child",
+    "relay_peer",
+    "external",
+    "terminal",
 ]
 _MAX_OUTBOX = 64  # replies queued for a child that does not read, before it is cut off
 _WORKERS = 4
@@ -144,6 +158,8 @@ class Child:
     init_exited: bool = False
     outcome: Outcome | None = None
     requests: int = 0
+    terminal: Terminal | None = None  # the sandbox's own pty, relayed to the user's terminal
+    terminal_events: dict[int, int] = field(default_factory=dict)  # its fds as registered now
 
     @property
     def pid(self) -> int:
@@ -184,13 +200,22 @@ class Broker:
         call: CallContext | None = None,
         spawner: Callable[..., Spawned] | None = None,
         listen_fds: tuple[int, ...] = (),
+        terminal: Terminal | None = None,
     ) -> Child:
         """Spawn a sandbox for ``plan``; it runs while the loop is driven (``wait``/``run_once``).
 
         ``services`` performs the brokered operations of the plan's policy
         (built once per policy); without it a child can only ``hello`` and ``ping``.
         ``listen_fds``: socket activation (``plan`` from ``with_listen``); the caller keeps them.
+        ``stdio`` is given to the child as it is. ``terminal`` (``Terminal.for_stdio``
+        of privsep's own stdio, entered): the child gets that pty instead of the
+        user's terminal (``stdio`` is then ignored), and the loop relays it.
         """
+        if terminal is not None:
+            if terminal.in_use:
+                raise ValueError("a Terminal serves one sandbox; make one per start")
+            plan = dataclasses.replace(plan, terminal=terminal.child_fd)
+            stdio = terminal.child_stdio
         if listen_fds:
             if spawner is not None:
                 raise ValueError("socket activation needs the plain spawn, not a forkserver")
@@ -208,6 +233,10 @@ class Broker:
             learning=plan.learn,
             call=call,
         )
+        if terminal is not None:
+            terminal.spawned()
+            child.terminal = terminal
+            self._sync_terminal(child)
         if plan.transparent_calls:
             v = plan.view
             roots = view_roots(
@@ -325,6 +354,10 @@ class Broker:
             self._on_control(child)
         elif role == "listener":
             self._on_listener(child)
+        elif role == "terminal":
+            assert child.terminal is not None
+            child.terminal.pump()
+            self._sync_terminal(child)
         elif role == "init":
             child.init_exited = True
             self._forget(child.init_pidfd if child.init_pidfd is not None else -1)
@@ -612,6 +645,25 @@ class Broker:
             child.exec_error = msg
         elif msg.kind == "exit":
             child.exit_status = msg.status
+        elif msg.kind == "stopped" and child.terminal is not None and child.outcome is None:
+            # The command stopped (^Z on its pty): privsep stops too, as a job of the
+            # user's shell, and continues the command when it is itself continued.
+            child.terminal.suspend()
+            self.send_signal(child, signal.SIGCONT)
+
+    def _sync_terminal(self, child: Child) -> None:
+        """Register the pty relay's fds for exactly what it can use now (never a busy loop)."""
+        assert child.terminal is not None
+        want = child.terminal.interest() if child.outcome is None else {}
+        for fd, events in want.items():
+            had = child.terminal_events.get(fd)
+            if had is None:
+                self._sel.register(fd, events, (child, "terminal"))
+            elif had != events:
+                self._sel.modify(fd, events, (child, "terminal"))
+        for fd in child.terminal_events.keys() - want.keys():
+            self._forget(fd)
+        child.terminal_events = want
 
     def _on_listener(self, child: Child) -> None:
         assert child.listener is not None
@@ -839,6 +891,9 @@ class Broker:
             self._sel.unregister(fileobj)
 
     def _release(self, child: Child) -> None:
+        if child.terminal is not None:
+            self._sync_terminal(child)  # outcome is set: unregisters every fd of the relay
+            child.terminal.finish()  # what the sandbox wrote last, then the user's termios back
         self._drop_outbox(child)
         for relay in set(child.relays.values()):
             self._close_relay(child, relay)

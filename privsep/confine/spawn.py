@@ -15,10 +15,19 @@ for, which breaks programs that signal themselves. No user code runs in a
 forked copy of the broker: the command execs a fresh program, and monitor and
 init run only this module.
 
+With a terminal (``SpawnPlan.terminal``: privsep's stdio was a terminal, and
+the broker gave the sandbox a pty of its own, see broker/terminal.py), init
+starts a session and makes the pty its controlling terminal, and the command
+leads the pty's foreground process group, as a job under a shell: the pty's
+^C, ^Z and ^\\ signal the command's group. Both happen before seccomp, which
+refuses ``TIOCSCTTY`` to the command. Init then also reports the command's
+stops, and sends SIGCONT to its group when the broker continues it.
+
 Init and (until its execve) the command report to the broker over a
 private SEQPACKET "control" socket: the pidfds of init and command, the
-seccomp listener fd, the first error of any step, and init's final wait
-status. The command's copy is close-on-exec, so the program never holds it.
+seccomp listener fd, the first error of any step, the command's stops (with
+a terminal) and init's final wait status. The command's copy is
+close-on-exec, so the program never holds it.
 Death propagates downwards: broker → monitor → init by the parent-death
 signal, init → everything in the namespace by the kernel.
 """
@@ -26,6 +35,7 @@ signal, init → everything in the namespace by the kernel.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import fcntl
 import gc
@@ -35,6 +45,7 @@ import select
 import signal
 import socket
 import sys
+import termios
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -97,6 +108,11 @@ class SpawnPlan:
     """Socket activation: the names (LISTEN_FDNAMES) of the listening sockets the broker
     passes as fds 3.. (see :func:`with_listen`); the channel comes after them."""
 
+    terminal: int | None = None
+    """The command's fd (0-2) that is the pty the broker made for this sandbox (never the
+    user's terminal): init makes it the controlling terminal of the sandbox's session and
+    the command leads its foreground process group. None: no terminal, no session change."""
+
     @property
     def channel_fd(self) -> int:
         return LISTEN_FDS_START + len(self.listen)
@@ -134,6 +150,7 @@ class SpawnPlan:
             "transparent_calls": list(self.transparent_calls),
             "in_process_call": self.in_process_call,
             "listen": list(self.listen),
+            "terminal": self.terminal,
         }
         return json.dumps(body).encode()
 
@@ -172,6 +189,7 @@ class SpawnPlan:
             transparent_calls=tuple(body["transparent_calls"]),
             in_process_call=body["in_process_call"],
             listen=tuple(body.get("listen", ())),
+            terminal=body.get("terminal"),
         )
 
     host_uid: int = field(default_factory=os.getuid)
@@ -283,7 +301,7 @@ class ControlMessage:
     errno: int = 0
 
 
-_KINDS = {"init", "command", "listener", "error", "exec_error", "exit"}
+_KINDS = {"init", "command", "listener", "error", "exec_error", "exit", "stopped"}
 
 
 def decode_control(frame: channel.Frame) -> ControlMessage:
@@ -470,6 +488,8 @@ def _init(plan: SpawnPlan, lifeline: int) -> int:
             socket.sethostname("privsep")
         except OSError as exc:
             raise ConfinementError("namespaces", f"sethostname: {exc.strerror}") from None
+        if plan.terminal is not None:
+            _take_terminal(plan.terminal)
         command_pid = os.fork()
         if command_pid == 0:
             os.close(lifeline)
@@ -485,21 +505,69 @@ def _init(plan: SpawnPlan, lifeline: int) -> int:
         return _fail(exc)
     # Reap everything (orphans are re-parented to us) until the command ends;
     # returning ends the namespace, which kills whatever the command left.
+    # With a terminal, also see the command stop and continue (job control).
+    flags = 0 if plan.terminal is None else os.WUNTRACED | os.WCONTINUED
     while True:
         try:
-            pid, status = os.waitpid(-1, 0)
+            pid, status = os.waitpid(-1, flags)
         except InterruptedError:
             continue
         except ChildProcessError:
             return 125
-        if pid == command_pid:
+        if pid != command_pid:
+            continue
+        if os.WIFSTOPPED(status):
+            # The broker stops privsep in turn (the user's shell takes the terminal back)
+            # and, once privsep is continued, continues the command.
+            _report("stopped", status=os.WSTOPSIG(status))
+        elif os.WIFCONTINUED(status):
+            # The broker continued the command; the rest of its job (a pipeline in its
+            # process group) was stopped with it: continue them too, as a shell's fg does.
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(command_pid), signal.SIGCONT)
+        else:
             _report("exit", status=status)
             return 0
+
+
+def _take_terminal(fd: int) -> None:
+    """Init leads a session of its own whose controlling terminal is the sandbox's pty.
+
+    Init, not the command: a session leader's own process group is orphaned (its
+    parent is in another session), and the kernel drops ^Z for an orphaned group. The
+    command's group, whose parent (init) is in the same session, is a proper job.
+    """
+    try:
+        os.setsid()
+        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+    except OSError as exc:
+        raise ConfinementError(
+            "terminal", f"making the pty the controlling terminal: {exc.strerror}"
+        ) from None
+
+
+def _lead_terminal(fd: int) -> None:
+    """The command leads a process group of its own, the foreground one of the pty.
+
+    SIGTTOU is blocked while it takes the foreground, as a shell's child does it:
+    otherwise the kernel would stop a background group for asking.
+    """
+    try:
+        os.setpgid(0, 0)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+        try:
+            os.tcsetpgrp(fd, os.getpid())
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    except OSError as exc:
+        raise ConfinementError("terminal", f"taking the pty's foreground: {exc.strerror}") from None
 
 
 def _command(plan: SpawnPlan) -> int:
     prctl.set_name("privsep-cmd")
     try:
+        if plan.terminal is not None:
+            _lead_terminal(plan.terminal)
         try:
             os.chdir(plan.cwd)
         except OSError as exc:

@@ -473,8 +473,11 @@ def test_terminal_injection_is_refused_on_a_real_pty(broker_user: str, helper_di
     assert "CONTROL 1" in output, output  # the probe does see an injected byte
 
 
-def _on_a_detached_pty(broker_user: str, args: Sequence[str]) -> tuple[subprocess.CompletedProcess[str], int]:
-    """Run privsep with stdin on a pty no session controls; return the run and the bytes queued after."""
+def _on_a_detached_pty(
+    broker_user: str, args: Sequence[str]
+) -> tuple[subprocess.CompletedProcess[str], int, int]:
+    """Run privsep with stdin on a pty no session controls; return the run, the bytes queued
+    after, and the pty's device number."""
     master, slave = os.openpty()
     try:
         tty.setraw(slave)
@@ -493,14 +496,20 @@ def _on_a_detached_pty(broker_user: str, args: Sequence[str]) -> tuple[subproces
         # Control: root may inject into any terminal; the count sees it.
         fcntl.ioctl(slave, termios.TIOCSTI, b"Z")
         assert struct.unpack("i", fcntl.ioctl(slave, termios.FIONREAD, b"\0" * 4))[0] == queued + 1
+        device = os.fstat(slave).st_rdev
     finally:
         os.close(slave)
         os.close(master)
-    return proc, queued
+    return proc, queued, device
 
 
 def _tty_nr(stat_line: str) -> int:
     return int(stat_line.rsplit(")", 1)[1].split()[4])
+
+
+def _tty_device(tty_nr: int) -> tuple[int, int]:
+    """/proc/PID/stat's tty_nr as (major, minor)."""
+    return (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
 
 
 _CTTY_CALLS = [f"{NR['setsid']}", f"16,0,{TIOCSCTTY:#x},0", "cat:/proc/self/stat"]
@@ -519,7 +528,7 @@ def test_terminal_injection_is_refused_even_by_the_terminals_owner(
     if os.geteuid() != 0:
         pytest.skip("the injection control needs CAP_SYS_ADMIN")
     args = ["--policy", str(helper_dir / "hostile.toml"), "--", str(helper_dir / "hostile"), GETPID]
-    proc, queued = _on_a_detached_pty(broker_user, [*args, *_CTTY_CALLS, *_TTY_ATTACKS])
+    proc, queued, _ = _on_a_detached_pty(broker_user, [*args, *_CTTY_CALLS, *_TTY_ATTACKS])
     assert proc.returncode == 0, proc.stderr
     assert_control_ran(proc)
     got = results(proc.stdout)
@@ -529,14 +538,24 @@ def test_terminal_injection_is_refused_even_by_the_terminals_owner(
 
 
 def test_command_cannot_acquire_a_controlling_terminal(broker_user: str, helper_dir: Path) -> None:
-    """Escape class: taking over a terminal (job control, hangup on exit, TIOCSTI as its owner)."""
+    """Escape class: taking over the user's terminal (job control, hangup on exit, TIOCSTI as its owner).
+
+    stdin is a terminal no session controls, which a command with its own session could
+    make its controlling terminal. The command gets a pty of its own instead
+    (broker/terminal.py), already the controlling terminal of the sandbox's session;
+    ``TIOCSCTTY`` is refused (``setsid`` fails too: the command leads its job's process
+    group), and its controlling terminal is that pty, never the user's.
+    """
     if os.geteuid() != 0:
         pytest.skip("the injection control needs CAP_SYS_ADMIN")
     args = ["--policy", str(helper_dir / "hostile.toml"), "--", str(helper_dir / "hostile"), GETPID]
-    proc, _ = _on_a_detached_pty(broker_user, [*args, *_CTTY_CALLS])
+    proc, _, users = _on_a_detached_pty(broker_user, [*args, *_CTTY_CALLS])
     assert proc.returncode == 0, proc.stderr
+    assert results(proc.stdout)[_CTTY_CALLS[1]] == (-1, errno.EPERM), proc.stdout
     stat_line = next(line for line in proc.stdout.splitlines() if line.startswith("2 ("))
-    assert _tty_nr(stat_line) == 0, f"the command acquired a controlling terminal: {results(proc.stdout)}"
+    major, minor = _tty_device(_tty_nr(stat_line))
+    assert (major, minor) != (os.major(users), os.minor(users)), "the command took the user's terminal"
+    assert 136 <= major <= 143, f"the command's controlling terminal is not a pty: {major}:{minor}"
 
 
 # --------------------------------------------------------------------------- other processes

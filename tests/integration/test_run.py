@@ -7,10 +7,12 @@ broker as an unprivileged user, where the sandbox rests on a user namespace.
 from __future__ import annotations
 
 import ast
+import fcntl
 import json
 import os
 import secrets
 import signal
+import struct
 import subprocess
 import tempfile
 import time
@@ -114,8 +116,9 @@ def test_new_session_and_namespaces(probe: dict[str, object]) -> None:
     assert devices == ["lo"]
 
 
-def test_no_controlling_terminal_when_run_from_a_terminal(broker_user: str) -> None:
-    """setsid: the child must not share the caller's terminal (TIOCSTI, TIOCLINUX)."""
+def test_run_from_a_terminal_the_child_controls_only_its_own_pty(broker_user: str) -> None:
+    """The child never shares the caller's terminal (TIOCSETD, termios, TIOCSTI, TIOCLINUX):
+    its controlling terminal is the pty privsep made for it (tests/adversarial/test_terminal.py)."""
     import pty
 
     code = 'print("tty_nr", open("/proc/self/stat").read().rsplit(")", 1)[1].split()[4])'
@@ -124,6 +127,7 @@ def test_no_controlling_terminal_when_run_from_a_terminal(broker_user: str) -> N
     if pid == 0:  # pragma: no cover - the forked test helper
         os.chdir(REPO)
         os.execv(argv[0], argv)
+    callers = struct.unpack("I", fcntl.ioctl(fd, _TIOCGPTN, b"\0" * 4))[0]  # /dev/pts/N
     output = b""
     while True:
         try:
@@ -136,7 +140,13 @@ def test_no_controlling_terminal_when_run_from_a_terminal(broker_user: str) -> N
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0, output
-    assert b"tty_nr 0" in output, output
+    tty_nr = int(output.split(b"tty_nr", 1)[1].split()[0])
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    assert 136 <= major <= 143, output  # a pty's slave side (Unix98 ptys: majors 136-143)
+    assert (major - 136) * 256 + minor != callers, "the child's controlling terminal is the caller's"
+
+
+_TIOCGPTN = 0x80045430  # the pts number of a pty master
 
 
 def test_only_the_view_is_visible(probe: dict[str, object]) -> None:
