@@ -260,14 +260,17 @@ class RelayedUdpSocket:
 
 
 class Client:
-    """A connection to the broker over an already-open channel socket."""
+    """A connection to the broker over an already-open channel socket.
+
+    The conversation's rules (ids, ``hello``, what each reply must carry, the
+    broken state) are ``protocol.ClientProtocol``'s; this class does the I/O,
+    turns errors into exceptions, and checks the descriptors it receives.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._lock = threading.Lock()
-        self._next_id = 0
-        self._hello: dict[str, Any] | None = None
-        self._broken: str | None = None
+        self._protocol = protocol.ClientProtocol()
 
     @classmethod
     def from_env(cls) -> Client:
@@ -287,29 +290,23 @@ class Client:
 
     # --- the round trip ----------------------------------------------------------------------------
 
-    def _call(self, ask: _Ask) -> tuple[dict[str, Any], int | None]:
-        """Send one request, return its result and its descriptor (ours to close), or raise."""
+    def _call(self, ask: _Ask, model: type[_R]) -> tuple[_R, int | None]:
+        """Send one request, return its typed result and its descriptor (ours to close), or raise."""
         with self._lock:
             self._ensure_hello()
-            return self._roundtrip(ask)
+            answered = self._roundtrip(ask)
+        assert isinstance(answered.result, model)  # ClientProtocol parsed it with the op's model
+        return answered.result, answered.fd
 
-    def _ensure_hello(self) -> dict[str, Any]:
-        if self._hello is None:
+    def _ensure_hello(self) -> protocol.HelloResult:
+        if self._protocol.hello is None:
             ask = _Ask(protocol.Hello(id=0, versions=protocol.SUPPORTED_VERSIONS), "hello()", ())
-            result = protocol.parse_result(protocol.HelloResult, self._roundtrip(ask)[0])  # checked there
-            if result.version not in protocol.SUPPORTED_VERSIONS:
-                # No second hello is allowed: the channel is unusable from here.
-                self._broken = "the broker chose a protocol version this client did not offer"
-                raise RemoteProtocolError(self._broken)
-            self._hello = result.model_dump()
-        return self._hello
+            self._roundtrip(ask)
+        assert self._protocol.hello is not None
+        return self._protocol.hello
 
-    def _roundtrip(self, ask: _Ask) -> tuple[dict[str, Any], int | None]:
-        if self._broken is not None:
-            raise ChannelError(f"the channel to the broker is unusable: {self._broken}")
-        self._next_id += 1
-        request_id = self._next_id
-        frame_out = protocol.encode_request(ask.request.model_copy(update={"id": request_id}))
+    def _roundtrip(self, ask: _Ask) -> protocol.Answered:
+        frame_out = self._protocol.send(ask.request)
         try:
             channel.send(self._sock, frame_out)
             frame = channel.recv(self._sock)
@@ -317,41 +314,20 @@ class Client:
                 raise ChannelError("the broker closed the channel")
         except BaseException as exc:
             # Interrupted or failed between request and reply: the next reply would be this one's.
-            self._broken = str(exc) or type(exc).__name__
+            self._protocol.lost(str(exc) or type(exc).__name__)
             raise
         try:
-            return self._answer(ask, request_id, frame)
-        except BaseException as exc:
+            outcome = self._protocol.receive(frame.data, frame.fds)
+        except BaseException:
             channel.close_fds(frame.fds)
-            if isinstance(exc, RemoteProtocolError):
-                self._broken = str(exc)
             raise
+        if isinstance(outcome, protocol.ErrorInfo):
+            raise self._error(ask, outcome)
+        return outcome
 
-    def _answer(self, ask: _Ask, request_id: int, frame: channel.Frame) -> tuple[dict[str, Any], int | None]:
-        reply = protocol.decode_reply(frame.data)
-        if reply.id is not None and reply.id != request_id:
-            raise RemoteProtocolError("the reply's id does not match the request's")
-        op = ask.request.op
-        if isinstance(reply, protocol.ErrorReply):
-            if frame.fds:
-                raise RemoteProtocolError("the broker attached file descriptors to an error reply")
-            raise self._error(ask, reply.error)
-        model = protocol.RESULT_MODELS[op]
-        protocol.parse_result(model, reply.result)
-        if op in protocol.OPS_WITH_FD:
-            if len(frame.fds) != 1:
-                raise RemoteProtocolError(
-                    f"the reply to {op!r} must carry exactly one file descriptor, it carried {len(frame.fds)}"
-                )
-            return reply.result, frame.fds[0]
-        if frame.fds:
-            raise RemoteProtocolError(f"the broker attached file descriptors to a reply to {op!r}")
-        return reply.result, None
-
-    def _error(self, ask: _Ask, error: protocol.ErrorInfo) -> BaseException:
+    @staticmethod
+    def _error(ask: _Ask, error: protocol.ErrorInfo) -> BaseException:
         code = error.code
-        if code is protocol.ErrorCode.INVALID:
-            self._broken = "the broker found a protocol violation and closed the channel"
         if code is protocol.ErrorCode.DENIED:
             return _denial(ask, error)
         if code is protocol.ErrorCode.NOT_FOUND and ask.request.op in _PATH_OPS:
@@ -361,9 +337,9 @@ class Client:
             return FileNotFoundError(errno.ENOENT, error.message, names[0])
         return BrokerError(code.value, _with_call(ask.call, error.message))
 
-    def _call_fd(self, ask: _Ask) -> tuple[dict[str, Any], int]:
-        result, fd = self._call(ask)
-        assert fd is not None  # _answer guarantees it for an op in OPS_WITH_FD
+    def _call_fd(self, ask: _Ask, model: type[_R]) -> tuple[_R, int]:
+        result, fd = self._call(ask, model)
+        assert fd is not None  # ClientProtocol guarantees it for an op in OPS_WITH_FD
         return result, fd
 
     @staticmethod
@@ -380,23 +356,22 @@ class Client:
 
     def call_args(self) -> protocol.CallArgsResult:
         """In a ``Sandbox.call`` child: the function to run and its JSON arguments."""
-        result, _ = self._call(_Ask(protocol.CallArgs(id=0), "call_args()", ()))
-        return protocol.CallArgsResult.model_validate(result)
+        return self._call(_Ask(protocol.CallArgs(id=0), "call_args()", ()), protocol.CallArgsResult)[0]
 
     def call_return(self, answer: protocol.CallReturn) -> None:
         """In a ``Sandbox.call`` child: hand back the function's value or its failure (once)."""
-        self._call(_Ask(answer, "call_return()", ()))
+        self._call(_Ask(answer, "call_return()", ()), protocol.EmptyResult)
 
     # --- the API -------------------------------------------------------------------------------------
 
     def hello(self) -> dict[str, Any]:
         """The broker's answer to ``hello`` (sent automatically before the first request)."""
         with self._lock:
-            return dict(self._ensure_hello())
+            return self._ensure_hello().model_dump()
 
     def ping(self) -> None:
         """A round trip that does nothing: proves the broker is there and answering."""
-        self._call(_Ask(protocol.Ping(id=0), "ping()", ()))
+        self._call(_Ask(protocol.Ping(id=0), "ping()", ()), protocol.EmptyResult)
 
     def open(  # noqa: PLR0917 - builtins.open's signature
         self,
@@ -421,7 +396,7 @@ class Client:
             (target,),
             (target,),
         )
-        _, fd = self._call_fd(ask)
+        _, fd = self._call_fd(ask, protocol.EmptyResult)
         handed = False
 
         def opener(_path: str, _flags: int) -> int:
@@ -436,16 +411,16 @@ class Client:
             if not handed:
                 channel.close_fds((fd,))
             if isinstance(exc, RemoteProtocolError):
-                self._broken = str(exc)
+                self._protocol.lost(str(exc))
             raise
 
     def stat(self, path: StrPath) -> os.stat_result:
         """``os.stat`` through the broker (st_blksize, st_blocks and st_rdev are None)."""
         target = _abspath(path)
-        result, _ = self._call(
-            _Ask(self._make(protocol.Stat, path=target), f"stat({target!r})", (target,), (target,))
+        st, _ = self._call(
+            _Ask(self._make(protocol.Stat, path=target), f"stat({target!r})", (target,), (target,)),
+            protocol.StatResult,
         )
-        st = protocol.parse_result(protocol.StatResult, result)
         times = [divmod(ns, 10**9) for ns in (st.atime_ns, st.mtime_ns, st.ctime_ns)]
         return os.stat_result(
             (
@@ -470,15 +445,15 @@ class Client:
         names: list[str] = []
         offset = 0
         while True:  # a large directory comes in pages, each one reply frame
-            result, _ = self._call(
+            page, _ = self._call(
                 _Ask(
                     self._make(protocol.Listdir, path=target, offset=offset),
                     f"listdir({target!r})",
                     (target,),
                     (target,),
-                )
+                ),
+                protocol.ListdirResult,
             )
-            page = protocol.parse_result(protocol.ListdirResult, result)
             names += page.names
             if page.next is None or page.next <= offset:
                 return names
@@ -487,13 +462,17 @@ class Client:
     def mkdir(self, path: StrPath) -> None:
         """Create a directory (the broker creates it 0700)."""
         target = _abspath(path)
-        self._call(_Ask(self._make(protocol.Mkdir, path=target), f"mkdir({target!r})", (target,), (target,)))
+        self._call(
+            _Ask(self._make(protocol.Mkdir, path=target), f"mkdir({target!r})", (target,), (target,)),
+            protocol.EmptyResult,
+        )
 
     def unlink(self, path: StrPath) -> None:
         """Remove a file."""
         target = _abspath(path)
         self._call(
-            _Ask(self._make(protocol.Unlink, path=target), f"unlink({target!r})", (target,), (target,))
+            _Ask(self._make(protocol.Unlink, path=target), f"unlink({target!r})", (target,), (target,)),
+            protocol.EmptyResult,
         )
 
     def rename(self, src: StrPath, dst: StrPath) -> None:
@@ -509,7 +488,8 @@ class Client:
                 f"rename({source!r}, {dest!r})",
                 grants,
                 (source, dest),
-            )
+            ),
+            protocol.EmptyResult,
         )
 
     def connect(self, host: str, port: int, *, type: str = "tcp", timeout: float = 10.0) -> socket.socket:
@@ -527,7 +507,8 @@ class Client:
             protocol.Connect, host=host, port=port, type=type, timeout_ms=max(1, round(timeout * 1000))
         )
         _, fd = self._call_fd(
-            _Ask(request, f"connect({host!r}, {port!r}, type={type!r})", (_hostport(host, port, type),))
+            _Ask(request, f"connect({host!r}, {port!r}, type={type!r})", (_hostport(host, port, type),)),
+            protocol.AddressResult,
         )
         if type == "udp":
             return self._wrap(fd, (socket.AF_UNIX,), socket.SOCK_SEQPACKET, "connect")
@@ -542,7 +523,8 @@ class Client:
                 f"connect_unix({target!r})",
                 (target,),
                 (target,),
-            )
+            ),
+            protocol.EmptyResult,
         )
         return self._wrap(fd, (socket.AF_UNIX,), None, "connect_unix")
 
@@ -563,25 +545,25 @@ class Client:
         """
         request = self._make(protocol.Bind, host=host, port=port, type=type, backlog=backlog)
         result, fd = self._call_fd(
-            _Ask(request, f"bind({host!r}, {port!r}, type={type!r})", (_hostport(host, port, type),))
+            _Ask(request, f"bind({host!r}, {port!r}, type={type!r})", (_hostport(host, port, type),)),
+            protocol.AddressResult,
         )
         if type == "udp":
             relay = self._wrap(fd, (socket.AF_UNIX,), socket.SOCK_SEQPACKET, "bind")
-            bound_host, bound_port = result["address"]
+            bound_host, bound_port = result.address
             return RelayedUdpSocket(relay, (str(bound_host), int(bound_port)))
         sock = self._wrap(fd, (socket.AF_INET, socket.AF_INET6), socket.SOCK_STREAM, "bind")
         if type == "tcp" and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             sock.close()
-            self._broken = "the broker answered bind with a TCP socket that is not listening"
-            raise RemoteProtocolError(self._broken)
+            raise self._protocol.violated("the broker answered bind with a TCP socket that is not listening")
         return sock
 
     def secret_fd(self, name: str) -> int:
         """The secret ``name`` as a sealed, read-only memfd; the caller owns (and closes) it."""
         ask = _Ask(self._make(protocol.Secret, name=name), f"secret({name!r})", (f"{name}=env:VAR",))
-        result, fd = self._call_fd(ask)
+        result, fd = self._call_fd(ask, protocol.SecretResult)
         try:
-            self._check_secret_fd(fd, protocol.parse_result(protocol.SecretResult, result).size)
+            self._check_secret_fd(fd, result.size)
         except BaseException:
             channel.close_fds((fd,))
             raise
@@ -611,7 +593,7 @@ class Client:
         try:
             return _socket_from_fd(fd, families, kind, what)
         except RemoteProtocolError as exc:
-            self._broken = str(exc)
+            self._protocol.lost(str(exc))
             raise
 
     def _check_secret_fd(self, fd: int, size: int) -> None:
@@ -632,7 +614,7 @@ class Client:
             ):
                 raise RemoteProtocolError("the broker answered secret with a memfd that is not sealed")
         except RemoteProtocolError as exc:
-            self._broken = str(exc)
+            self._protocol.lost(str(exc))
             raise
 
 

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
@@ -37,7 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-from privsep.errors import BrokerError, DeniedError, LocalProtocolError, RemoteProtocolError
+from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "ALLOW_FLAGS",
@@ -53,8 +54,10 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "AddressResult",
     "AllowFlag",
+    "Answered",
     "Bind",
     "BrokerProtocol",
+    "ClientProtocol",
     "Connect",
     "ConnectUnix",
     "EmptyResult",
@@ -78,7 +81,6 @@ __all__ = [
     "Stat",
     "StatResult",
     "Unlink",
-    "check_reply",
     "cut_message",
     "decode_reply",
     "describe_violation",
@@ -729,19 +731,105 @@ def parse_result(model: type[_M], result: Mapping[str, Any]) -> _M:
         raise RemoteProtocolError(f"invalid {model.__name__}: {describe_violation(exc)}") from None
 
 
-def check_reply(reply: Reply, expected_id: int) -> dict[str, Any]:
-    """Return the result of a successful reply to request ``expected_id``, or raise its error.
+@dataclass(frozen=True)
+class Answered:
+    """A successful reply: the op's result model, and the descriptor it carried (the caller's to close)."""
 
-    ``denied`` raises DeniedError (a PermissionError), any other code BrokerError.
+    result: BaseModel
+    fd: int | None
+
+
+class ClientProtocol:
+    """The child's side of one channel, without I/O: ids, ``hello``, typed results, the broken state.
+
+    Like h11's connection, every failure goes through one place: after a
+    reply that breaks the protocol (``receive`` raises RemoteProtocolError),
+    after a transport failure between a request and its reply (``lost``), or
+    after a descriptor of the wrong kind (``violated``), the channel is broken
+    for good and ``send`` refuses with the first reason. A request whose reply
+    was missed would otherwise be answered by the next one's.
     """
-    # A null id answers a frame whose id the broker would not trust (code "invalid").
-    if reply.id is not None and reply.id != expected_id:
-        raise RemoteProtocolError("the reply's id does not match the request's")
-    if isinstance(reply, OkReply):
-        return reply.result
-    if reply.error.code is ErrorCode.DENIED:
-        raise DeniedError(reply.error.message)
-    raise BrokerError(reply.error.code.value, reply.error.message)
+
+    def __init__(self) -> None:
+        self._next_id = 0
+        self._waiting: Request | None = None
+        self._broken: str | None = None
+        #: The negotiated protocol version, once ``hello`` was answered.
+        self.version: int | None = None
+        self.hello: HelloResult | None = None
+
+    @property
+    def broken(self) -> str | None:
+        """Why the channel is unusable, or None."""
+        return self._broken
+
+    def send(self, request: Request) -> bytes:
+        """The frame for ``request`` (its id assigned here); one request in flight at a time."""
+        if self._broken is not None:
+            raise ChannelError(f"the channel to the broker is unusable: {self._broken}")
+        if self._waiting is not None:
+            raise LocalProtocolError("a request is already waiting for its reply")
+        if (self.hello is None) != isinstance(request, Hello):
+            raise LocalProtocolError("'hello' first, and only once")
+        self._next_id += 1
+        request = request.model_copy(update={"id": self._next_id})
+        self._waiting = request
+        return encode_request(request)
+
+    def receive(self, frame: bytes, fds: Sequence[int]) -> Answered | ErrorInfo:
+        """What the reply to the waiting request means; its descriptors stay the caller's to close.
+
+        Raises RemoteProtocolError (and breaks the channel) when the reply breaks the protocol.
+        An ``invalid`` error also breaks it: the broker closes the channel after sending one.
+        """
+        request, self._waiting = self._waiting, None
+        if request is None:
+            raise LocalProtocolError("receive() without a request waiting")
+        try:
+            return self._interpret(request, frame, fds)
+        except RemoteProtocolError as exc:
+            self._broken = str(exc)
+            raise
+
+    def _interpret(self, request: Request, frame: bytes, fds: Sequence[int]) -> Answered | ErrorInfo:
+        reply = decode_reply(frame)
+        nfds = len(fds)
+        # A null id answers a frame whose id the broker would not trust (code "invalid").
+        if reply.id is not None and reply.id != request.id:
+            raise RemoteProtocolError("the reply's id does not match the request's")
+        if isinstance(reply, ErrorReply):
+            if nfds:
+                raise RemoteProtocolError("the broker attached file descriptors to an error reply")
+            if reply.error.code is ErrorCode.INVALID:
+                self._broken = "the broker found a protocol violation and closed the channel"
+            return reply.error
+        if reply.id is None:
+            raise RemoteProtocolError("a successful reply without an id")
+        op = request.op
+        result = parse_result(RESULT_MODELS[op], reply.result)
+        expected = 1 if op in OPS_WITH_FD else 0
+        if nfds != expected:
+            if expected:
+                raise RemoteProtocolError(
+                    f"the reply to {op!r} must carry exactly one file descriptor, it carried {nfds}"
+                )
+            raise RemoteProtocolError(f"the broker attached file descriptors to a reply to {op!r}")
+        if isinstance(result, HelloResult):
+            if result.version not in SUPPORTED_VERSIONS:
+                raise RemoteProtocolError("the broker chose a protocol version this client did not offer")
+            self.version, self.hello = result.version, result
+        return Answered(result, fds[0] if expected else None)
+
+    def lost(self, reason: str) -> None:
+        """The transport failed between a request and its reply: the channel cannot be trusted again."""
+        self._waiting = None
+        if self._broken is None:
+            self._broken = reason
+
+    def violated(self, reason: str) -> RemoteProtocolError:
+        """A reply whose descriptor is not what the op promises (checked by the caller): break, and say so."""
+        self.lost(reason)
+        return RemoteProtocolError(reason)
 
 
 # --------------------------------------------------------------------------- relayed UDP datagrams

@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from privsep import protocol
-from privsep.errors import BrokerError, DeniedError, LocalProtocolError, RemoteProtocolError
+from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
 from privsep.protocol import (
     MAX_FRAME,
     MAX_MESSAGE,
     AddressResult,
     Bind,
     BrokerProtocol,
+    ClientProtocol,
     Connect,
     ConnectUnix,
     EmptyResult,
@@ -41,7 +42,6 @@ from privsep.protocol import (
     Stat,
     StatResult,
     Unlink,
-    check_reply,
     decode_reply,
     encode_request,
     listing_page,
@@ -91,10 +91,91 @@ def test_negotiation_picks_the_highest_common_version(monkeypatch: pytest.Monkey
 
 def test_hello_result_validates_on_the_client_side() -> None:
     proto = ready()
-    result = check_reply(decode_reply(reply_ok(Hello(id=4, versions=(1,)), proto.hello_result())), 4)
-    assert HelloResult.model_validate(result) == HelloResult(
-        version=1, broker="privsep 9.9", max_frame=MAX_FRAME
+    client = ClientProtocol()
+    sent = client.send(Hello(id=0, versions=(1,)))
+    request = BrokerProtocol("9.9").receive(sent)
+    answer = client.receive(reply_ok(request, proto.hello_result()), ())
+    assert isinstance(answer, protocol.Answered) and answer.fd is None
+    assert answer.result == HelloResult(version=1, broker="privsep 9.9", max_frame=MAX_FRAME)
+    assert client.version == 1 and client.hello == answer.result
+
+
+def ready_client() -> ClientProtocol:
+    """A ClientProtocol past hello (its next request gets id 2)."""
+    client = ClientProtocol()
+    client.send(Hello(id=0, versions=(1,)))
+    client.receive(reply_ok(Hello(id=1, versions=(1,)), ready().hello_result()), ())
+    return client
+
+
+def test_the_client_sends_hello_first_and_one_request_at_a_time() -> None:
+    client = ClientProtocol()
+    with pytest.raises(LocalProtocolError):
+        client.send(Ping(id=0))
+    client = ready_client()
+    with pytest.raises(LocalProtocolError):
+        client.send(Hello(id=0, versions=(1,)))
+    assert json.loads(client.send(Ping(id=0)))["id"] == 2
+    with pytest.raises(LocalProtocolError):
+        client.send(Ping(id=0))
+    assert client.receive(b'{"id":2,"ok":true,"result":{}}', ()) == protocol.Answered(
+        protocol.EmptyResult(), None
     )
+    assert json.loads(client.send(Ping(id=0)))["id"] == 3
+
+
+@pytest.mark.parametrize(
+    ("request_", "frame", "nfds", "reason"),
+    [
+        (Ping(id=0), b'{"id":7,"ok":true,"result":{}}', 0, "id does not match"),
+        (Ping(id=0), b'{"id":2,"ok":true,"result":{"x":1}}', 0, "invalid EmptyResult"),
+        (Ping(id=0), b'{"id":2,"ok":true,"result":{}}', 1, "attached file descriptors"),
+        (
+            Open(id=0, path="/a", mode="r"),
+            b'{"id":2,"ok":true,"result":{}}',
+            0,
+            "exactly one file descriptor",
+        ),
+        (
+            Open(id=0, path="/a", mode="r"),
+            b'{"id":2,"ok":true,"result":{}}',
+            2,
+            "exactly one file descriptor",
+        ),
+        (Ping(id=0), b'{"id":2,"ok":false,"error":{"code":"failed","message":"x"}}', 1, "error reply"),
+        (Ping(id=0), b"not json", 0, "reply"),
+    ],
+)
+def test_a_reply_that_breaks_the_protocol_breaks_the_channel_for_good(
+    request_: Request, frame: bytes, nfds: int, reason: str
+) -> None:
+    client = ready_client()
+    client.send(request_)
+    with pytest.raises(RemoteProtocolError, match=reason):
+        client.receive(frame, list(range(100, 100 + nfds)))
+    assert client.broken is not None and reason.split(maxsplit=1)[0] in client.broken
+    with pytest.raises(ChannelError, match="unusable"):
+        client.send(Ping(id=0))
+
+
+def test_a_version_the_client_did_not_offer_breaks_the_channel() -> None:
+    client = ClientProtocol()
+    client.send(Hello(id=0, versions=(1,)))
+    with pytest.raises(RemoteProtocolError, match="did not offer"):
+        client.receive(b'{"id":1,"ok":true,"result":{"version":9,"broker":"b","max_frame":65536}}', ())
+    assert client.broken is not None
+
+
+def test_a_transport_failure_or_a_bad_descriptor_breaks_the_channel() -> None:
+    client = ready_client()
+    client.send(Ping(id=0))
+    client.lost("interrupted")
+    with pytest.raises(ChannelError, match="interrupted"):
+        client.send(Ping(id=0))
+    client = ready_client()
+    assert isinstance(client.violated("not a socket"), RemoteProtocolError)
+    with pytest.raises(ChannelError, match="not a socket"):
+        client.send(Ping(id=0))
 
 
 def test_hello_result_before_hello_is_our_bug() -> None:
@@ -299,7 +380,6 @@ def test_ok_reply_round_trip(request_id: int, result: dict[str, Any]) -> None:
     frame = json.dumps({"id": request_id, "ok": True, "result": result}).encode()
     reply = decode_reply(frame)
     assert reply == OkReply(id=request_id, ok=True, result=result)
-    assert check_reply(reply, request_id) == result
 
 
 @given(st.none() | ids, st.sampled_from(ErrorCode), st.text(max_size=MAX_MESSAGE))
@@ -309,35 +389,32 @@ def test_error_reply_round_trip(request_id: int | None, code: ErrorCode, message
     assert (reply.id, reply.error.code, reply.error.message) == (request_id, code, message)
 
 
-def test_check_reply_raises_denied_error() -> None:
-    reply = decode_reply(reply_error(5, ErrorCode.DENIED, "read of x denied by rule 3"))
-    with pytest.raises(DeniedError) as info:
-        check_reply(reply, 5)
-    assert isinstance(info.value, PermissionError)
-    assert (info.value.code, info.value.message) == ("denied", "read of x denied by rule 3")
+@pytest.mark.parametrize("code", list(ErrorCode))
+def test_the_client_protocol_returns_error_replies(code: ErrorCode) -> None:
+    client = ready_client()
+    client.send(Ping(id=0))
+    error = client.receive(reply_error(2, code, "no"), ())
+    assert isinstance(error, protocol.ErrorInfo) and (error.code, error.message) == (code, "no")
+    # Only "invalid" ends the channel (the broker closes it after sending one).
+    assert (client.broken is not None) == (code is ErrorCode.INVALID)
 
 
-@pytest.mark.parametrize("code", [c for c in ErrorCode if c is not ErrorCode.DENIED])
-def test_check_reply_raises_broker_error(code: ErrorCode) -> None:
-    with pytest.raises(BrokerError) as info:
-        check_reply(decode_reply(reply_error(5, code, "no")), 5)
-    assert not isinstance(info.value, DeniedError)
-    assert (info.value.code, info.value.message) == (code.value, "no")
-
-
-def test_check_reply_accepts_a_null_id_error() -> None:
-    with pytest.raises(BrokerError) as info:
-        check_reply(decode_reply(reply_error(None, ErrorCode.INVALID, "bad")), 5)
-    assert info.value.code == "invalid"
+def test_the_client_protocol_accepts_a_null_id_error() -> None:
+    client = ready_client()
+    client.send(Ping(id=0))
+    error = client.receive(reply_error(None, ErrorCode.INVALID, "bad"), ())
+    assert isinstance(error, protocol.ErrorInfo) and error.code is ErrorCode.INVALID
 
 
 @pytest.mark.parametrize(
     "frame",
     [b'{"id":6,"ok":true,"result":{}}', b'{"id":6,"ok":false,"error":{"code":"denied","message":""}}'],
 )
-def test_check_reply_refuses_a_mismatched_id(frame: bytes) -> None:
+def test_the_client_protocol_refuses_a_mismatched_id(frame: bytes) -> None:
+    client = ready_client()
+    client.send(Ping(id=0))  # id 2
     with pytest.raises(RemoteProtocolError):
-        check_reply(decode_reply(frame), 5)
+        client.receive(frame, ())
 
 
 @pytest.mark.parametrize(
@@ -545,9 +622,12 @@ STAT = {
 )
 def test_results_round_trip(request_: Request, result: dict[str, Any] | BaseModel) -> None:
     model = protocol.RESULT_MODELS[request_.op]
-    parsed = protocol.parse_result(model, check_reply(decode_reply(reply_ok(request_, result)), 1))
+    client = ready_client()
+    client.send(request_)
+    fds = [100] if request_.op in protocol.OPS_WITH_FD else []
+    answer = client.receive(reply_ok(request_.model_copy(update={"id": 2}), result), fds)
     expected = result if isinstance(result, BaseModel) else model.model_validate_json(json.dumps(result))
-    assert parsed == expected
+    assert answer == protocol.Answered(expected, fds[0] if fds else None)
 
 
 @pytest.mark.parametrize(
@@ -629,9 +709,7 @@ def test_the_allow_field_round_trips(flag: str) -> None:
         "files[0] grants read",
         flag,
     )
-    with pytest.raises(DeniedError) as info:
-        check_reply(reply, 3)
-    assert info.value.message == "files[0] grants read"
+    assert reply.error.message == "files[0] grants read"
 
 
 def test_a_denial_without_a_flag_has_no_allow_field() -> None:
