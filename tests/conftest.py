@@ -43,6 +43,12 @@ def privsep_argv(broker_user: str, args: Sequence[str]) -> list[str]:
     return as_nonroot(argv) if broker_user == "nonroot" else argv
 
 
+@pytest.fixture
+def broker_uid(broker_user: str) -> int:
+    """The host uid of the parametrized broker (root, or the non-root test user)."""
+    return 0 if broker_user == "root" else NONROOT_ID
+
+
 @pytest.fixture(scope="session")
 def nonroot_ready() -> None:
     if os.geteuid() != 0:

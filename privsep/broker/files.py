@@ -159,6 +159,35 @@ class FileService:
         except OSError as exc:
             raise _refusal(exc, decision) from None
 
+    def _open_writable(self, decision: FileDecision, flags: int) -> int:
+        """Open for writing, never a set-id or file-capability program (checked before any O_TRUNC).
+
+        The view binds such files read-only (guarantee 16); a broker open reaches the
+        host's tree, so the broker checks the inode itself: rewriting a setuid-root
+        program through a shared mapping keeps its bit.
+        """
+        try:
+            found = self._open(decision, os.O_PATH)
+        except Refusal as refusal:
+            if refusal.errno != errno.ENOENT or not flags & os.O_CREAT:
+                raise
+            fd = self._open(decision, flags)  # a new file: nothing privileged to protect yet
+            try:
+                _refuse_privileged(fd, decision)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+        try:
+            _refuse_privileged(found, decision)
+            try:
+                # The very inode checked, reopened through the broker's own fd: no second lookup.
+                return os.open(f"/proc/self/fd/{found}", (flags & ~os.O_CREAT) | os.O_CLOEXEC)
+            except OSError as exc:
+                raise _refusal(exc, decision) from None
+        finally:
+            os.close(found)
+
     @contextmanager
     def _parent(self, decision: FileDecision) -> Iterator[tuple[int, str]]:
         """The directory holding the target, opened beneath the grant, and the target's name."""
@@ -206,11 +235,13 @@ class FileService:
             if with_create.allowed:
                 decision, flags = with_create, flags | os.O_CREAT
         flags |= os.O_NOCTTY | os.O_NONBLOCK
-        if flags & os.O_ACCMODE != os.O_RDONLY and not decide_file(self._policy, path, _TRUNCATE).allowed:
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        open_it = self._open_writable if writable else self._open
+        if writable and not decide_file(self._policy, path, _TRUNCATE).allowed:
             # The fd itself must refuse ftruncate: opened inside a Landlock domain that denies it.
-            fd = notruncate.shared().run(lambda: self._open(decision, flags))
+            fd = notruncate.shared().run(lambda: open_it(decision, flags))
         else:
-            fd = self._open(decision, flags)
+            fd = open_it(decision, flags)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise failed(
@@ -311,6 +342,24 @@ class FileService:
             os.close(fd)
             raise failed("not a unix socket", rule=_rule(decision))
         return decision, fd
+
+
+def _refuse_privileged(fd: int, decision: FileDecision) -> None:
+    """Refuse a file whose contents run with privileges: set-id bits or file capabilities."""
+    st = os.fstat(fd)
+    privileged = bool(st.st_mode & (stat.S_ISUID | stat.S_ISGID))
+    if not privileged and stat.S_ISREG(st.st_mode):
+        try:
+            os.getxattr(f"/proc/self/fd/{fd}", "security.capability")
+            privileged = True
+        except OSError:
+            pass  # ENODATA: no capabilities (or no xattr support)
+    if privileged:
+        raise denied(
+            "the file is a setuid, setgid or file-capability program, which is never opened for writing "
+            "(whoever later ran it would run what the sandbox wrote, with its privileges)",
+            rule=_rule(decision),
+        )
 
 
 def _refusal(exc: OSError, decision: FileDecision) -> Refusal:

@@ -1115,6 +1115,53 @@ def test_renaming_an_ancestor_never_carries_a_deny_rule_away(
     assert (data / "x" / "private" / "secret.txt").exists()
 
 
+_PRIVILEGED_WRITE_PROBE = r"""
+import json, sys
+from privsep import client
+out = {}
+for path in sys.argv[1:]:
+    for mode in ("r+", "w", "a"):
+        try:
+            with client.open(path, mode) as f:
+                f.write("PWNED")
+            out[path + " " + mode] = "written"
+        except OSError as e:
+            out[path + " " + mode] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+def test_a_broker_open_never_writes_a_privileged_program(
+    run_privsep: RunPrivsep, shared_tmp: Path, broker_uid: int
+) -> None:
+    """Fresh-eyes audit: client.open reached the host's tree, where the view's read-only binds of
+    set-id and capability files do not exist; a shared-mapping write kept the setuid bit."""
+    grant = shared_tmp / "stage"
+    grant.mkdir(mode=0o777)
+    setuid, capable = grant / "suidprog", grant / "capprog"
+    for path in (setuid, capable):
+        path.write_bytes(b"\x7fELF original")
+        os.chown(path, broker_uid, broker_uid)  # the broker may write it: only the check stops it
+    setuid.chmod(0o4755)
+    capable.chmod(0o755)
+    # security.capability, VFS_CAP_REVISION_2 with the effective bit: cap_net_raw permitted.
+    os.setxattr(capable, "security.capability", struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0))
+    probe = write_policy(shared_tmp, "priv.py", _PRIVILEGED_WRITE_PROBE)
+    policy = write_policy(
+        shared_tmp,
+        "priv.toml",
+        f'extends = "python"\n[view]\nread = ["{probe}"]\n'
+        f'[[files]]\npath = "{grant}"\naccess = ["read", "write", "create", "append", "truncate", "list"]\n',
+    )
+    result = json_output(
+        run_privsep("--policy", str(policy), "--", str(PYTHON), str(probe), str(setuid), str(capable))
+    )
+    assert set(result.values()) == {"DeniedError"}, result
+    for path in (setuid, capable):
+        assert path.read_bytes() == b"\x7fELF original"
+    assert setuid.stat().st_mode & 0o7777 == 0o4755
+
+
 # --------------------------------------------------------------------------- the filesystem
 
 _FS_PROBE = r"""

@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import NONROOT_ID, PYTHON, REPO, RunPrivsep, json_output
+from tests.conftest import PYTHON, REPO, RunPrivsep, json_output
 
 # --- the child ------------------------------------------------------------------------------------
 
@@ -259,11 +259,6 @@ class Tree:
         return {"in/" + k: v for k, v in snapshot(self.inp).items()} | {
             "outside/" + k: v for k, v in snapshot(self.outside).items()
         }
-
-
-@pytest.fixture
-def broker_uid(broker_user: str) -> int:
-    return 0 if broker_user == "root" else NONROOT_ID
 
 
 @pytest.fixture

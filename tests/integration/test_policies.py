@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NONROOT_ID, PYTHON, RunPrivsep, json_output
+from tests.conftest import PYTHON, RunPrivsep, json_output
 
 # --- plugin --------------------------------------------------------------------------------------
 
@@ -75,11 +75,6 @@ print(json.dumps({"summary": summary, "brokered": brokered, "direct": direct, "v
 class Dirs:
     inp: Path
     out: Path
-
-
-@pytest.fixture
-def broker_uid(broker_user: str) -> int:
-    return 0 if broker_user == "root" else NONROOT_ID
 
 
 @pytest.fixture
