@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
+from privsep._printable import printable
 from privsep.errors import PrivsepError
 
 if TYPE_CHECKING:
@@ -235,7 +236,7 @@ def _report_hidden_paths(command: Sequence[str], plan: SpawnPlan) -> None:
     except OSError:
         return
     for line in outside_view_hints(command, cwd, plan.cwd, plan.view):
-        print(f"privsep: {_printable(line)}", file=sys.stderr)
+        print(f"privsep: {printable(line)}", file=sys.stderr)
 
 
 def _listen(listens: Sequence[Listen], services: Services) -> list[tuple[protocol.Bind, Answer]]:
@@ -357,11 +358,6 @@ def _serve(broker: Broker, child: Child) -> int:
 _MAX_REPORTED = 20
 
 
-def _printable(text: str) -> str:
-    """The child chose this text: escape whatever a terminal would interpret."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
 def _report_syscalls(denied: dict[str, int], default: str) -> None:
     """Once per syscall: its name, how many times, and the policy line that would allow it."""
     if not denied:
@@ -397,11 +393,11 @@ def _report_denials(denials: Sequence[Denial]) -> None:
             hints[(d.allow, value + "=env:VAR" if d.allow == "--secret" else value)] = None
     for (op, what, message), count in list(seen.items())[:_MAX_REPORTED]:
         times = f" ({count} times)" if count > 1 else ""
-        print(f"privsep: denied {op} {_printable(what)}{times}: {message}", file=sys.stderr)
+        print(f"privsep: denied {op} {printable(what)}{times}: {message}", file=sys.stderr)
     if len(seen) > _MAX_REPORTED:
         print(f"privsep: ... and {len(seen) - _MAX_REPORTED} more denials (see --audit-log)", file=sys.stderr)
     for flag, value in list(hints)[:_MAX_REPORTED]:
-        print(f"privsep: to allow it, re-run with {flag}={_printable(value)}", file=sys.stderr)
+        print(f"privsep: to allow it, re-run with {flag}={printable(value)}", file=sys.stderr)
 
 
 def _tooling(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from privsep._printable import printable
 from privsep.errors import ChildError, PrivsepError
 
 if TYPE_CHECKING:
@@ -268,7 +269,11 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
             report = box.call(RUNNER, str(path), module, qualname, params)
     except ChildError as exc:  # the runner itself failed, or the child died (timeout, seccomp kill)
         raise ConfinedTestFailure(
-            _printable(exc.type_name), _printable(exc.message), _printable(exc.traceback), path, first
+            printable(exc.type_name, lines=True),
+            printable(exc.message, lines=True),
+            printable(exc.traceback, lines=True),
+            path,
+            first,
         ) from None
     except PrivsepError as exc:  # privsep could not start the child: not the test's failure
         problem = str(exc)
@@ -276,14 +281,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         _finish(_checked(report), path, first)
         return True
     _fail_setup(f"privsep could not run {pyfuncitem.name} confined: {problem}")
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def _printable(text: str) -> str:
-    """Text from the child, safe for a terminal: control characters but newline and tab escaped."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _checked(report: object) -> dict[str, str]:
@@ -296,7 +293,7 @@ def _checked(report: object) -> dict[str, str]:
         raise ConfinedTestFailure(
             "RemoteProtocolError", "the confined test runner sent a report of the wrong shape", "", None
         )
-    return {key: _printable(value) for key, value in report.items()}
+    return {key: printable(value, lines=True) for key, value in report.items()}
 
 
 def _finish(report: dict[str, str], path: Path, lineno: int) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from privsep import __version__, channel, protocol
+from privsep._printable import printable
 from privsep.broker import notify
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.audit import AuditLog, Record
@@ -70,6 +71,8 @@ _Role = Literal[
 ]
 _MAX_OUTBOX = 64  # replies queued for a child that does not read, before it is cut off
 _WORKERS = 4
+_MAX_TRACEBACKS = 5  # printed in full per broker; later internal errors go to the audit log
+_MAX_TRACEBACK_CHARS = 8192
 _MAX_RELAYS = 32  # UDP flows per child: each costs the broker two fds
 _MAX_DENIALS = 256  # kept per child for the report; the audit log has every one
 
@@ -173,6 +176,7 @@ class Broker:
         self._sel = selectors.DefaultSelector()
         self._children: set[Child] = set()
         self._audit = audit
+        self._internal_errors = 0
         # (child, request, start, result, reply): reply False for a transparently brokered
         # call, which the worker has answered itself; the loop only records it.
         self._finished: queue.SimpleQueue[tuple[Child, protocol.Request, float, Answer | Refusal, bool]] = (
@@ -819,14 +823,27 @@ class Broker:
             )
 
     def _internal_error(self, child: Child, what: str, exc: BaseException) -> None:
-        """A bug of ours met a child's input: log it whole, answer EIO, carry on (rule 6)."""
-        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        print(
-            f"privsep: internal error while serving {what} for the sandbox of pid {child.command_pid} "
-            f"(answered EIO; the broker and every other sandbox carry on); please report it:\n{detail}",
-            file=sys.stderr,
-            flush=True,
-        )
+        """A bug of ours met a child's input: log it, answer EIO, carry on (rule 6).
+
+        The traceback may quote the child's input: it is escaped for the terminal, and
+        only the first _MAX_TRACEBACKS are printed (a child that found the bug could
+        otherwise fill the user's terminal); the audit log records every one.
+        """
+        self._internal_errors += 1
+        if self._internal_errors <= _MAX_TRACEBACKS:
+            detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            more = (
+                " (later ones are counted in the audit log only)"
+                if self._internal_errors == _MAX_TRACEBACKS
+                else ""
+            )
+            print(
+                f"privsep: internal error while serving {what} for the sandbox of pid {child.command_pid} "
+                f"(answered EIO; the broker and every other sandbox carry on); please report it{more}:\n"
+                f"{printable(detail[:_MAX_TRACEBACK_CHARS], lines=True)}",
+                file=sys.stderr,
+                flush=True,
+            )
         if self._audit is not None:
             with contextlib.suppress(OSError):
                 self._audit.write(Record(child.command_pid, "internal", type(exc).__name__, "error", what, 0))

@@ -89,6 +89,7 @@ _KNOWN_FLAGS = (
 _SIOCGSKNS = 0x894C  # the network namespace of a socket, as an fd
 _CONNECT_TIMEOUT_MS = 30_000
 _SOCKADDR_MAX = 128
+_SHOWN_MAX = 1024
 # Options a program commonly sets before connect(); carried over to the broker's socket.
 _CARRIED_OPTIONS = (
     (socket.IPPROTO_TCP, socket.TCP_NODELAY),
@@ -187,7 +188,7 @@ class Transparent:
         if not protocol.is_utf8(path):
             # The broker's rules, requests and records are text: a name that is not UTF-8 is
             # refused (EACCES) and reported with its bytes escaped, never passed on.
-            shown = path.encode(errors="surrogateescape").decode(errors="backslashreplace")
+            shown = _shown(path)
             notify.refuse(listener, note, errno.EACCES)
             request = protocol.Open(id=0, path=shown, mode=_mode(flags))
             return Served(
@@ -413,6 +414,15 @@ class Transparent:
         return Deferred(job, drop)
 
 
+def _shown(path: str) -> str:
+    """A path that is not UTF-8, as the report shows it: bytes escaped, at most _SHOWN_MAX characters.
+
+    Escaping can quadruple a path's length (``\\xff``), past what a request model holds.
+    """
+    shown = path.encode(errors="surrogateescape").decode(errors="backslashreplace")
+    return shown if len(shown) <= _SHOWN_MAX else shown[: _SHOWN_MAX - 1] + "\u2026"
+
+
 def _answer(listener: int, note: notify.Notification, err: int) -> None:
     if err:
         notify.refuse(listener, note, err)
@@ -426,7 +436,7 @@ def _connect_granted(
     """A path the broker decides ([[files]] connect rule, or outside the view): as ``client.connect_unix``."""
     request = protocol.ConnectUnix(id=0, path=path) if protocol.is_utf8(path) else None
     if request is None:
-        shown = path.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        shown = _shown(path)
         notify.refuse(listener, note, errno.EACCES)
         return Served(
             protocol.ConnectUnix(id=0, path=shown),
@@ -456,7 +466,7 @@ def _connect_in_view(
         pathfd = unixconnect.open_in_view(note.pid, path)
     except unixconnect.HostSocket:
         notify.refuse(listener, note, errno.EACCES)
-        shown = path.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        shown = _shown(path)
         return Served(
             protocol.ConnectUnix(id=0, path=shown),
             denied(

@@ -39,19 +39,23 @@ def granted(shared_tmp: Path) -> Path:
     return shared_tmp
 
 
-def test_a_non_utf8_path_is_refused_and_reported_not_a_crash(run_privsep: RunPrivsep, granted: Path) -> None:
-    bad = (str(granted) + "/g/").encode() + b"\xff"
+@pytest.mark.parametrize("length", [1, 1200])
+def test_a_non_utf8_path_is_refused_and_reported_not_a_crash(
+    run_privsep: RunPrivsep, granted: Path, length: int
+) -> None:
+    """1200 bytes of \\xff escape to 4800 characters: more than a request model holds (fresh-eyes audit)."""
+    bad = (str(granted) + "/g/").encode() + b"\xff" * length
     code = (
         "import json\nout = {}\n"
-        f"try:\n    open({bad!r})\nexcept OSError as e:\n"
-        "    out['bad'] = e.errno\n"
+        f"for _ in range(20):\n    try:\n        open({bad!r})\n    except OSError as e:\n"
+        "        out['bad'] = e.errno\n"
         f"out['good'] = open({str(granted / 'g' / 'a.txt')!r}).read()\nprint(json.dumps(out))\n"
     )
     proc = run_privsep("--policy", str(granted / "p.toml"), "--", str(PYTHON), "-c", code)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"bad": 13, "good": "hi\n"}
-    assert "Traceback" not in proc.stderr
-    assert f"denied open {granted}/g/\\xff: the path is not valid UTF-8" in proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert f"denied open {granted}/g/\\xff" in proc.stderr and "the path is not valid UTF-8" in proc.stderr
 
 
 class _Broken(Services):
@@ -59,7 +63,7 @@ class _Broken(Services):
 
     def handle(self, request: protocol.Request) -> Answer:
         if isinstance(request, protocol.Stat):
-            raise RuntimeError("a bug of ours")
+            raise RuntimeError("a bug of ours \x1b[2J")  # as if the child's input were quoted
         return super().handle(request)
 
 
@@ -77,8 +81,9 @@ def test_an_internal_error_is_logged_answered_eio_and_the_child_goes_on(
     services = _Broken(policy)
     code = (
         "from privsep import client\nimport json\nout = {}\n"
-        "try:\n    client.stat('/usr')\nexcept Exception as e:\n"
-        "    out['stat'] = [type(e).__name__, getattr(e, 'errno', None), str(e)]\n"
+        "for _ in range(20):\n"
+        "    try:\n        client.stat('/usr')\n    except Exception as e:\n"
+        "        out['stat'] = [type(e).__name__, getattr(e, 'errno', None), str(e)]\n"
         "client.ping(); out['ping'] = 'ok'\nprint(json.dumps(out))\n"
     )
     with tempfile.TemporaryFile() as out:
@@ -102,9 +107,10 @@ def test_an_internal_error_is_logged_answered_eio_and_the_child_goes_on(
     assert result["ping"] == "ok", result  # the same child is still served afterwards
     assert result["stat"][0] == "BrokerError" and "internal error in the broker" in result["stat"][2]
     err = capfd.readouterr().err
-    assert (
-        "privsep: internal error while serving a stat request" in err and "RuntimeError: a bug of ours" in err
-    )
+    assert "privsep: internal error while serving a stat request" in err
+    # Escaped for the terminal, and bounded: 20 errors, 5 tracebacks (the audit log counts the rest).
+    assert "\x1b" not in err and "RuntimeError: a bug of ours \\x1b[2J" in err
+    assert err.count("RuntimeError: a bug of ours") == 5
 
 
 def test_a_huge_listing_of_control_character_names_is_paged(run_privsep: RunPrivsep, granted: Path) -> None:
