@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from privsep import _linux
 from privsep.errors import ConfinementError, PolicyError
 from privsep.policy.match import deciding_rule
-from privsep.policy.model import Policy, View
+from privsep.policy.model import Access, Policy, View
 from privsep.policy.serving import broker_reason, writes
 
 #: Device nodes every child gets; none of them gives access to anything.
@@ -253,9 +253,10 @@ def plan_grants(policy: Policy, *, root_broker: bool, sandbox_id: int) -> Grants
     _check_nesting(policy, plan, kernel)
     _check_broker_nesting(policy, plan, broker)
     pins, masks = _masks(policy, plan.binds, writable)
+    served_pins, served_masks = _broker_served_masks(policy, plan.binds, broker)
     found, frozen = _scan(plan.binds)
-    pins = tuple(sorted(set(pins) | set(_nested_pins(plan.binds))))
-    masks = tuple(sorted((*masks, *found), key=lambda m: m.path))
+    pins = tuple(sorted(set(pins) | set(served_pins) | set(_nested_pins(plan.binds))))
+    masks = tuple(sorted({m.path: m for m in (*masks, *served_masks, *found)}.values(), key=lambda m: m.path))
     files = _generated_files(plan, sandbox_id, home="/tmp" if policy.view.tmp else "/")
     plan = dataclasses.replace(plan, pins=pins, masks=masks, files=files, frozen=frozen)
     return GrantsPlan(view=plan, kernel_served=tuple(kernel), broker_served=tuple(broker))
@@ -315,6 +316,50 @@ def _check_broker_nesting(policy: Policy, plan: ViewPlan, broker: list[tuple[int
                         f"{', '.join(sorted(extra))} there too; move it out, or serve the enclosing grant "
                         'with serve = "broker" as well'
                     )
+
+
+def _broker_served_masks(
+    policy: Policy, binds: tuple[Bind, ...], broker: list[tuple[int, str]]
+) -> tuple[list[str], list[Mask]]:
+    """Masks over broker-served grants that lie inside a kernel-served bind.
+
+    The bind shows the inner path too, so without a mask the kernel would serve it
+    under the outer grant's rights to any name that reaches it other than the exact
+    one the broker decides (``/proc/self/root/...``, a symlink in ``/tmp``): an
+    append-only log inside a read grant would be readable, and a ``serve = "broker"``
+    rule would lose its per-open audit. Masked, only the broker serves it. In a
+    writable bind the ancestors are pinned, as for a deny mask.
+    """
+    pins: list[str] = []
+    masks: list[Mask] = []
+    bound = {b.path for b in binds}
+    for index, _reason in broker:
+        rule = policy.files[index]
+        covering = [b for b in binds if b.is_dir and _under(rule.path, b.path) and rule.path != b.path]
+        if not covering:
+            continue
+        enclosing = max(covering, key=lambda b: len(b.path))
+        try:
+            st = os.lstat(rule.path)
+        except FileNotFoundError:
+            if "read" in enclosing.access and Access.READ not in rule.access:
+                raise PolicyError(
+                    f"{rule.describe(index)} is served by the broker inside the kernel-served grant of "
+                    f"{enclosing.path}, which gives read there; it does not exist yet, and only an "
+                    f"existing path can be masked: create it before the run (touch {rule.path}), "
+                    "or move it out of that grant"
+                ) from None
+            continue  # nothing there to serve under the outer rights
+        except OSError as exc:
+            raise PolicyError(f"{rule.describe(index)}: cannot inspect it: {exc.strerror}") from None
+        masks.append(Mask(rule.path, stat.S_ISDIR(st.st_mode)))
+        if enclosing.writable:
+            at = posixpath.dirname(rule.path)
+            while _under(at, enclosing.path) and at != enclosing.path:
+                if at not in bound:
+                    pins.append(at)
+                at = posixpath.dirname(at)
+    return pins, masks
 
 
 def _nested_pins(binds: tuple[Bind, ...]) -> list[str]:

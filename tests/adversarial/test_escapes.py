@@ -1162,6 +1162,47 @@ def test_a_broker_open_never_writes_a_privileged_program(
     assert setuid.stat().st_mode & 0o7777 == 0o4755
 
 
+_OTHER_NAMES_PROBE = r"""
+import json, os, sys
+log = sys.argv[1]
+os.symlink(log, "/tmp/link")
+out = {}
+for name in (log, "/proc/self/root" + log, "/tmp/link"):
+    try:
+        with open(name) as f:
+            out[name] = f.read()
+    except OSError as e:
+        out[name] = e.errno
+with open(log, "a") as f:  # the grant itself: appending works
+    f.write("appended\n")
+print(json.dumps(out))
+"""
+
+
+def test_a_broker_served_grant_inside_a_kernel_grant_is_reached_by_no_other_name(
+    run_privsep: RunPrivsep, shared_tmp: Path
+) -> None:
+    """Fresh-eyes audit, finding 3: an append-only log inside a read grant was readable through
+    /proc/self/root or a symlink, which the broker does not decide; it is masked in the view now."""
+    d = shared_tmp / "d"
+    d.mkdir(mode=0o755)
+    log = d / "log"
+    log.write_text("PRIVATE LOG LINE\n")
+    log.chmod(0o666)
+    probe = write_policy(shared_tmp, "names.py", _OTHER_NAMES_PROBE)
+    policy = write_policy(
+        shared_tmp,
+        "names.toml",
+        f'extends = "python"\n[view]\nread = ["{probe}"]\n'
+        f'[[files]]\npath = "{d}"\naccess = ["read", "list"]\n'
+        f'[[files]]\npath = "{log}"\naccess = ["append"]\n',
+    )
+    result = json_output(run_privsep("--policy", str(policy), "--", str(PYTHON), str(probe), str(log)))
+    assert "PRIVATE" not in str(result), result
+    assert set(result.values()) == {errno.EACCES}, result
+    assert log.read_text() == "PRIVATE LOG LINE\nappended\n"
+
+
 # --------------------------------------------------------------------------- the filesystem
 
 _FS_PROBE = r"""
