@@ -18,6 +18,7 @@ stalling the broker; it is cleared before the fd is handed over.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import os
@@ -61,6 +62,10 @@ class _Pin:
 
     fd: int
     name: str | None  # None: the grant is this directory; else the file's name in it
+    owner: tuple[int, int] = (-1, -1)
+    """A root broker acts beneath the grant as its owner would (uid, gid of the granted path, or of
+    its directory while it does not exist), as the idmapped bind of a kernel-served grant does:
+    what it creates is the owner's, and it opens only what the owner's permissions allow."""
 
 
 def _rule(decision: FileDecision) -> str | None:
@@ -77,6 +82,8 @@ class FileService:
             for index, rule in enumerate(policy.files):
                 if not rule.deny:
                     pin = self._pin(index, rule.path)
+                    if os.geteuid() == 0:
+                        pin = dataclasses.replace(pin, owner=_owner(rule.path))
                     self._pins[index] = pin if writes(rule) else self._read_only(index, rule.path, pin)
         except BaseException:
             self.close()
@@ -118,7 +125,7 @@ class FileService:
                 "or times (run `privsep doctor`)"
             ) from None
         os.close(pin.fd)
-        return _Pin(fd, pin.name)
+        return _Pin(fd, pin.name, pin.owner)
 
     def close(self) -> None:
         for pin in self._pins.values():
@@ -159,6 +166,26 @@ class FileService:
         except OSError as exc:
             raise _refusal(exc, decision) from None
 
+    def _as_owner(self, fd: int, decision: FileDecision, *, created: bool, read: bool, write: bool) -> None:
+        """A root broker: give what it created to the grant's owner, and refuse what the owner may not do."""
+        assert decision.rule is not None
+        uid, gid = self._pins[decision.rule].owner
+        if uid < 0:
+            return  # not root: the broker is the child's own uid, and the kernel checks as it
+        if created:
+            os.chown(f"/proc/self/fd/{fd}", uid, gid)
+            return
+        st = os.fstat(fd)
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+        bits = (st.st_mode >> shift) & 0o7
+        if (read and not bits & 0o4) or (write and not bits & 0o2):
+            raise denied(
+                f"the host's permissions on it ({stat.filemode(st.st_mode)}, uid {st.st_uid}, "
+                f"gid {st.st_gid}) do not let the grant's owner (uid {uid}) "
+                f"{'write' if write else 'read'} it",
+                rule=_rule(decision),
+            )
+
     def _open_writable(self, decision: FileDecision, flags: int) -> int:
         """Open for writing, never a set-id or file-capability program (checked before any O_TRUNC).
 
@@ -166,6 +193,8 @@ class FileService:
         host's tree, so the broker checks the inode itself: rewriting a setuid-root
         program through a shared mapping keeps its bit.
         """
+        if flags & os.O_EXCL:
+            return self._open(decision, flags)  # a new file or nothing: no privileged inode to meet
         try:
             found = self._open(decision, os.O_PATH)
         except Refusal as refusal:
@@ -236,12 +265,24 @@ class FileService:
                 decision, flags = with_create, flags | os.O_CREAT
         flags |= os.O_NOCTTY | os.O_NONBLOCK
         writable = flags & os.O_ACCMODE != os.O_RDONLY
-        open_it = self._open_writable if writable else self._open
+        open_one = self._open_writable if writable else self._open
+
+        def open_it() -> tuple[int, bool]:
+            """(fd, whether this open created the file): O_EXCL first, so the answer is exact."""
+            if not flags & os.O_CREAT or flags & os.O_EXCL:
+                return open_one(decision, flags), bool(flags & os.O_EXCL)
+            try:
+                return open_one(decision, flags | os.O_EXCL), True
+            except Refusal as refusal:
+                if refusal.errno != errno.EEXIST:
+                    raise
+            return open_one(decision, flags & ~os.O_CREAT), False
+
         if writable and not decide_file(self._policy, path, _TRUNCATE).allowed:
             # The fd itself must refuse ftruncate: opened inside a Landlock domain that denies it.
-            fd = notruncate.shared().run(lambda: open_it(decision, flags))
+            fd, created = notruncate.shared().run(open_it)
         else:
-            fd = open_it(decision, flags)
+            fd, created = open_it()
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise failed(
@@ -249,6 +290,9 @@ class FileService:
                     rule=_rule(decision),
                     errno=errno.EACCES,
                 )
+            self._as_owner(
+                fd, decision, created=created, read=flags & os.O_ACCMODE != os.O_WRONLY, write=writable
+            )
             # Hand over exactly what was granted: drop O_NONBLOCK, check the access mode.
             fcntl.fcntl(fd, fcntl.F_SETFL, flags & os.O_APPEND)
             if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != flags & os.O_ACCMODE:
@@ -298,8 +342,13 @@ class FileService:
         with self._parent(decision) as (dirfd, name):
             try:
                 os.mkdir(name, 0o700, dir_fd=dirfd)
+                made = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
             except OSError as exc:
                 raise _refusal(exc, decision) from None
+            try:
+                self._as_owner(made, decision, created=True, read=False, write=False)
+            finally:
+                os.close(made)
         return Answer(rule=_rule(decision))
 
     def unlink(self, path: str) -> Answer:
@@ -342,6 +391,19 @@ class FileService:
             os.close(fd)
             raise failed("not a unix socket", rule=_rule(decision))
         return decision, fd
+
+
+def _owner(path: str) -> tuple[int, int]:
+    """Who owns a granted path: itself, or the nearest directory above it that exists."""
+    at = path
+    while True:
+        try:
+            st = os.stat(at)
+            return st.st_uid, st.st_gid
+        except OSError:
+            if at == "/":
+                return 0, 0
+            at = os.path.dirname(at)
 
 
 def _refuse_privileged(fd: int, decision: FileDecision) -> None:

@@ -1203,6 +1203,45 @@ def test_a_broker_served_grant_inside_a_kernel_grant_is_reached_by_no_other_name
     assert log.read_text() == "PRIVATE LOG LINE\nappended\n"
 
 
+_OWNER_PROBE = r"""
+import json, sys
+from privsep import client
+top = sys.argv[1]
+out = {}
+with client.open(top + "/made.txt", "w") as f:
+    f.write("mine")
+client.mkdir(top + "/made-dir")
+try:
+    client.open(top + "/rootonly").read()
+    out["rootonly"] = "read"
+except OSError as e:
+    out["rootonly"] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+def test_a_root_broker_acts_in_a_grant_as_its_owner(run_as_root: RunPrivsep, shared_tmp: Path) -> None:
+    """Fresh-eyes audit, finding 5: client requests made root-owned files in a user's grant, and read
+    what the grant's owner could not; the kernel-served grant's idmap does neither."""
+    grant = shared_tmp / "home"
+    grant.mkdir(mode=0o755)
+    os.chown(grant, NONROOT_ID, NONROOT_ID)
+    secret = grant / "rootonly"
+    secret.write_text("root's")
+    secret.chmod(0o600)
+    probe = write_policy(shared_tmp, "owner.py", _OWNER_PROBE)
+    result = json_output(
+        run_as_root(
+            "--policy", "python", "--allow-read", str(probe), "--allow-write", str(grant),
+            "--", str(PYTHON), str(probe), str(grant),
+        )
+    )  # fmt: skip
+    assert result == {"rootonly": "DeniedError"}
+    for made in (grant / "made.txt", grant / "made-dir"):
+        st = made.stat()
+        assert (st.st_uid, st.st_gid) == (NONROOT_ID, NONROOT_ID), made
+
+
 # --------------------------------------------------------------------------- the filesystem
 
 _FS_PROBE = r"""
