@@ -71,6 +71,7 @@ _Role = Literal[
 ]
 _MAX_OUTBOX = 64  # replies queued for a child that does not read, before it is cut off
 _WORKERS = 4
+_IDLE_S = 30.0  # an idle worker beyond _WORKERS ends after this long
 _MAX_TRACEBACKS = 5  # printed in full per broker; later internal errors go to the audit log
 _MAX_TRACEBACK_CHARS = 8192
 _MAX_RELAYS = 32  # UDP flows per child: each costs the broker two fds
@@ -100,28 +101,46 @@ class Denial:
 
 
 class _Workers:
-    """A few daemon threads for slow operations.
+    """Daemon threads for slow operations: one for each operation in flight.
 
-    Not concurrent.futures: its threads are joined at interpreter exit, so
-    one connect stuck in its timeout would hold ``privsep run`` open.
+    A fixed pool let sandboxes whose operations hang (a connect to a black hole, a
+    listing of a huge directory) occupy every thread, and a sibling's request then
+    waited behind them. Each sandbox has at most two slow operations in flight (one
+    request, one transparent call), so it holds at most two threads, and a sibling's
+    operation always gets a thread at once. Up to _WORKERS idle threads are kept;
+    the others end after _IDLE_S. Not concurrent.futures: its threads are joined at
+    interpreter exit, so one connect stuck in its timeout would hold ``privsep run`` open.
     """
 
     def __init__(self, done: Callable[[], None]) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._done = done
-        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job, not yet promised to one
 
     def submit(self, job: Callable[[], None]) -> None:
-        if len(self._threads) < _WORKERS:
-            thread = threading.Thread(target=self._run, name="privsep-worker", daemon=True)
-            self._threads.append(thread)
-            thread.start()
+        with self._lock:
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1  # promised: some waiting thread takes this job
         self._jobs.put(job)
+        if start:
+            threading.Thread(target=self._run, name="privsep-worker", daemon=True).start()
 
     def _run(self) -> None:
         while True:
-            self._jobs.get()()
+            try:
+                job = self._jobs.get(timeout=_IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > _WORKERS:
+                        self._idle -= 1
+                        return
+                continue
+            job()
             self._done()
+            with self._lock:
+                self._idle += 1
 
 
 @dataclass(eq=False)

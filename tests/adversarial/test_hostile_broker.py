@@ -624,6 +624,36 @@ def test_a_connect_that_hangs_holds_up_only_its_own_child(arena: Arena) -> None:
     assert_recovered(arena, base)
 
 
+def test_many_hanging_sandboxes_never_make_a_siblings_slow_request_wait(arena: Arena) -> None:
+    """Fresh-eyes audit, finding 7: four sandboxes hanging one connect each held all four worker
+    threads, and a sibling's listdir waited for them. Each slow operation now gets a thread."""
+    hanging = [
+        arena.hostile(
+            f"s.send(frame(id=100, op='connect', host='127.0.0.1', port={arena.tarpit_port}, "
+            "timeout_ms=5000))\njson.loads(s.recv(65536))\n"
+        )
+        for _ in range(6)
+    ]
+    try:
+        deadline = time.monotonic() + 20
+        while not all(h.pending for h in hanging):
+            assert time.monotonic() < deadline, arena.child_stderr()
+            arena.broker.run_once(max_wait=0.01)
+        probe = arena.hostile(
+            f"s.send(frame(id=5, op='listdir', path={str(arena.grant)!r}))\n"
+            "reply = json.loads(s.recv(65536))\nassert reply['ok'], reply\n"
+        )
+        while probe.outcome is None:
+            assert time.monotonic() < deadline, arena.child_stderr()
+            arena.broker.run_once(max_wait=0.01)
+        assert (probe.outcome.how, probe.outcome.returncode) == ("exited", 0), arena.child_stderr()
+        # Answered while every hanging connect was still in flight: it waited for none of them.
+        assert all(h.pending for h in hanging), "the sibling's listdir waited for another sandbox's connect"
+    finally:
+        for h in hanging:
+            arena.wait(h)
+
+
 def test_listing_a_huge_directory_holds_up_only_its_own_child(arena: Arena) -> None:
     """listdir reads and sorts the whole directory (~0.5 s at 190k entries): it runs on a worker,
     one in flight per child, never on the loop (a third audit saw a sibling's ping wait 0.56 s)."""
