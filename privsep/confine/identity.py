@@ -50,8 +50,11 @@ def map_ids(uid: int, gid: int) -> None:
             ("uid_map", f"{SANDBOX_ID} {uid} 1\n"),
             ("gid_map", f"{SANDBOX_ID} {gid} 1\n"),
         ):
-            with open(f"/proc/self/{name}", "w") as f:
-                f.write(content)
+            fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, content.encode())
+            finally:
+                os.close(fd)
     except OSError as exc:
         raise ConfinementError("namespaces", f"writing the user namespace id maps: {exc.strerror}") from None
 
@@ -79,7 +82,8 @@ def enter_user_namespace(host_id: int) -> None:
         os.setresgid(host_id, host_id, host_id)
         prctl.set_keepcaps(True)
         os.setresuid(host_id, host_id, host_id)
-        prctl.cap_effective.sys_admin = True
+        admin = 1 << _linux.CAP_SYS_ADMIN
+        _linux.capset(effective=admin, permitted=admin)  # and nothing else
         # A change of credentials made us non-dumpable, which makes /proc/self/*_map root's.
         prctl.set_dumpable(True)
         _linux.unshare(_linux.CLONE_NEWUSER)
