@@ -130,11 +130,25 @@ class _CapData(ctypes.Structure):
     ]
 
 
-def capset_empty() -> None:
-    """Clear the effective, permitted and inheritable sets (all 64 bits)."""
+CAP_SYS_ADMIN = 21
+
+
+def capset(effective: int = 0, permitted: int = 0, inheritable: int = 0) -> None:
+    """Set this thread's effective, permitted and inheritable sets (64-bit masks)."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
+    for i in range(2):
+        shift = 32 * i
+        mask = 0xFFFFFFFF
+        data[i].effective = (effective >> shift) & mask
+        data[i].permitted = (permitted >> shift) & mask
+        data[i].inheritable = (inheritable >> shift) & mask
     _check(_syscall(NR_CAPSET, ctypes.byref(header), ctypes.byref(data)))
+
+
+def capset_empty() -> None:
+    """Clear the effective, permitted and inheritable sets (all 64 bits)."""
+    capset(0, 0, 0)
 
 
 def capget() -> tuple[int, int, int]:

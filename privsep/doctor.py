@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import json
 import os
+import pwd
 import signal
 import struct
 import time
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from privsep import _linux, _stdout
 from privsep.broker.loop import Broker
 from privsep.broker.services import Services
+from privsep.confine import hostids, identity
 from privsep.confine.landlock import MIN_ABI
 from privsep.confine.seccomp import load_filter
 from privsep.confine.spawn import make_plan
@@ -97,6 +99,16 @@ class Facts:
     pidfd: Probe = Probe()
     close_range: Probe = Probe()
     mount_setattr: Probe = Probe()
+    host_ids: Probe = Probe()
+    """Root: the range checked, an id claimed, a user namespace entered as it (in a child)."""
+    host_id_range: str = ""
+    """Root: the range and where it was configured, e.g. "2000000000-2000065535 (the default)"."""
+    host_ids_claimed: int = 0
+    """Root: ids of the range live sandboxes hold now."""
+    host_ids_stale: int = 0
+    """Root: lock files killed brokers left (free ids, reused when picked)."""
+    subordinate_ids: int = 0
+    """Not root: how many subordinate uids /etc/subuid grants this user (privsep does not use them)."""
     trial: Probe | None = None
     """A real sandbox ran /usr/bin/true; None when not tried."""
     trial_seconds: float = 0.0
@@ -252,6 +264,44 @@ def _cgroup() -> tuple[str, str]:
     return "none", "no cgroup file system is mounted"
 
 
+def _host_ids(facts: Facts) -> Facts:
+    """Root: the host id range and its claims; an id is claimed, then entered in a forked child."""
+    try:
+        ids = hostids.current_range()
+    except PrivsepError as exc:
+        return dataclasses.replace(facts, host_ids=Probe(_reason(exc)))
+    facts = dataclasses.replace(facts, host_id_range=f"{ids} ({ids.source})")
+    try:
+        held = hostids.claim(ids)
+    except PrivsepError as exc:
+        return dataclasses.replace(facts, host_ids=Probe(_reason(exc)))
+    try:
+        entered = _in_child(lambda: identity.enter_user_namespace(held.id))
+    finally:
+        held.release()
+    claimed, stale = hostids.census(ids)
+    return dataclasses.replace(facts, host_ids=entered, host_ids_claimed=claimed, host_ids_stale=stale)
+
+
+def _subordinate_ids(euid: int, path: str = "/etc/subuid") -> int:
+    """How many subordinate ids ``path`` grants ``euid`` (by name or number, as newuidmap reads it)."""
+    try:
+        names = {str(euid), pwd.getpwuid(euid).pw_name}
+    except KeyError:
+        names = {str(euid)}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    total = 0
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) == 3 and parts[0] in names and parts[2].isdigit():
+            total += int(parts[2])
+    return total
+
+
 def _trial() -> tuple[Probe, float]:
     """Start a real sandbox: the minimal policy running /usr/bin/true, stdio on /dev/null."""
     start = time.monotonic()
@@ -322,6 +372,10 @@ def probe(*, trial: bool = True) -> Facts:
         close_range=_in_process(_close_range),
         mount_setattr=_in_process(_mount_setattr),
     )
+    if euid == 0:
+        facts = _host_ids(facts)
+    else:
+        facts = dataclasses.replace(facts, subordinate_ids=_subordinate_ids(euid))
     if trial:
         result, seconds = _trial()
         facts = dataclasses.replace(facts, trial=result, trial_seconds=seconds)
@@ -370,7 +424,7 @@ def layers(facts: Facts) -> list[Layer]:
     if facts.namespaces.ok:
         ns_detail = f"{names}"
         if facts.euid == 0:
-            ns_detail += " (no user namespace: the broker is root, the child is the host's uid 65534)"
+            ns_detail += " (and a user namespace init makes later, as the sandbox's own host id: see 4)"
         else:
             ns_detail += f" (the child's uid 65534 maps to yours, {facts.euid})"
     else:
@@ -392,15 +446,7 @@ def layers(facts: Facts) -> list[Layer]:
             ),
         )
     )
-    rows.append(
-        Layer(
-            "4 identity",
-            facts.namespaces.ok,
-            "uid/gid 65534, no capabilities, securebits locked, no_new_privs"
-            if facts.namespaces.ok
-            else "needs the namespaces above",
-        )
-    )
+    rows += _identity_rows(facts)
     rows.append(Layer("5 resource limits", True, "setrlimit, and the broker's wall-clock timeout"))
     abi = facts.landlock_abi
     if abi >= MIN_ABI:
@@ -463,6 +509,56 @@ def layers(facts: Facts) -> list[Layer]:
     return rows
 
 
+def _identity_rows(facts: Facts) -> list[Layer]:
+    """Layer 4, and whether each sandbox has a host id of its own (root) or what is lost (not root)."""
+    dropped = "no capabilities, securebits locked, no_new_privs"
+    if not facts.namespaces.ok:
+        return [Layer("4 identity", False, "needs the namespaces above")]
+    if facts.euid != 0:
+        granted = (
+            f"/etc/subuid grants you {facts.subordinate_ids} subordinate ids, which privsep does not use"
+            if facts.subordinate_ids
+            else "/etc/subuid grants you no subordinate ids, and privsep would not use them"
+        )
+        return [
+            Layer(
+                "4 identity", True, f"uid/gid 65534, which is your uid {facts.euid} on the host; {dropped}"
+            ),
+            Layer(
+                "4b host id per sandbox",
+                False,
+                f"without root every sandbox runs as you (uid {facts.euid}): it acts as you on the files "
+                "its view shows (the grants decide which, read-only mounts and Landlock how), your own "
+                "processes may signal and trace it, and its per-user kernel counts (processes, inotify "
+                "instances, message queues) add up with yours and every other sandbox's; "
+                f"{granted}: a subordinate id would own none of your files, so your grants would stop "
+                "working, and you would still own its user namespace; run the broker as root for an id "
+                "of its own per sandbox",
+                required=False,
+            ),
+        ]
+    if not facts.host_ids.ok:
+        where = f" ({facts.host_id_range})" if facts.host_id_range else ""
+        return [
+            Layer("4 identity", False, f"no host id for a sandbox{where}: {facts.host_ids.error}"),
+            Layer("4b host id per sandbox", False, "needs 4 identity"),
+        ]
+    return [
+        Layer(
+            "4 identity",
+            True,
+            f"uid/gid 65534 in a user namespace of its own, mapped to the sandbox's own host id; {dropped}",
+        ),
+        Layer(
+            "4b host id per sandbox",
+            True,
+            f"from {facts.host_id_range}, no account or subordinate range in it; "
+            f"{facts.host_ids_claimed} claimed now"
+            + (f", {facts.host_ids_stale} left by killed brokers (free)" if facts.host_ids_stale else ""),
+        ),
+    ]
+
+
 def ready(rows: list[Layer]) -> bool:
     return all(row.applied or not row.required for row in rows)
 
@@ -491,6 +587,7 @@ def render_text(facts: Facts, rows: list[Layer]) -> str:
         f"                    actions_avail: {actions}",
         f"  user namespaces   {userns}",
         f"  namespaces        unshare as privsep run does: {yes(facts.namespaces)}",
+        f"  host ids          {_host_ids_line(facts)}",
         f"  cgroups           {facts.cgroup} ({facts.cgroup_detail}); privsep sets no cgroup limits yet",
         f"  openat2           {yes(facts.openat2)}",
         f"  pidfd             {yes(facts.pidfd)}",
@@ -509,6 +606,18 @@ def render_text(facts: Facts, rows: list[Layer]) -> str:
         missing = ", ".join(row.name for row in rows if row.required and not row.applied)
         lines.append(f"verdict: NOT ready; privsep run will refuse to start here (missing: {missing})")
     return "\n".join(lines) + "\n"
+
+
+def _host_ids_line(facts: Facts) -> str:
+    if facts.euid != 0:
+        granted = facts.subordinate_ids
+        return f"none of its own: every sandbox is your uid {facts.euid}; subordinate ids granted: {granted}"
+    if not facts.host_ids.ok:
+        return f"{facts.host_id_range or 'no usable range'}: {facts.host_ids.error}"
+    return (
+        f"{facts.host_id_range}: {facts.host_ids_claimed} claimed, {facts.host_ids_stale} stale "
+        f"(a sandbox's own uid and gid; {hostids.ENV_VAR}=FIRST:COUNT to change)"
+    )
 
 
 def render_json(facts: Facts, rows: list[Layer]) -> str:

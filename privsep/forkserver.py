@@ -29,7 +29,7 @@ import prctl
 # Imported here, once, for every child of the forkserver: _callee (and with it
 # the client) is what a Sandbox.call child runs without exec'ing anything.
 from privsep import _callee, channel  # noqa: F401 - preloaded for the children
-from privsep.confine.spawn import Spawned, SpawnPlan, monitor_main
+from privsep.confine.spawn import Spawned, SpawnPlan, claim_host_ids, monitor_main
 from privsep.errors import ConfinementError
 
 _READY = b'{"ready":true}'
@@ -59,22 +59,29 @@ class ForkServer:
             raise ConfinementError("forkserver", "the forkserver did not start (see its stderr)")
 
     def spawn(self, plan: SpawnPlan, *, stdio: tuple[int, int, int]) -> Spawned:
-        broker_chan, child_chan = channel.socketpair()
-        broker_ctl, child_ctl = channel.socketpair()
+        # The broker claims the host id and holds it: it is the one that sees the sandbox end.
+        plan, held = claim_host_ids(plan)
         try:
-            channel.send(self._sock, plan.to_json(), (*stdio, child_chan.fileno(), child_ctl.fileno()))
-        finally:
-            child_chan.close()
-            child_ctl.close()
-        frame = channel.recv(self._sock)
-        if frame is None or len(frame.fds) != 1:
-            if frame is not None:
-                channel.close_fds(frame.fds)
-            broker_chan.close()
-            broker_ctl.close()
-            raise ConfinementError("forkserver", "the forkserver did not start the child")
-        pid = int(json.loads(frame.data)["pid"])
-        return Spawned(pid=pid, pidfd=frame.fds[0], channel=broker_chan, control=broker_ctl)
+            broker_chan, child_chan = channel.socketpair()
+            broker_ctl, child_ctl = channel.socketpair()
+            try:
+                channel.send(self._sock, plan.to_json(), (*stdio, child_chan.fileno(), child_ctl.fileno()))
+            finally:
+                child_chan.close()
+                child_ctl.close()
+            frame = channel.recv(self._sock)
+            if frame is None or len(frame.fds) != 1:
+                if frame is not None:
+                    channel.close_fds(frame.fds)
+                broker_chan.close()
+                broker_ctl.close()
+                raise ConfinementError("forkserver", "the forkserver did not start the child")
+            pid = int(json.loads(frame.data)["pid"])
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+        return Spawned(pid=pid, pidfd=frame.fds[0], channel=broker_chan, control=broker_ctl, host_ids=held)
 
     def close(self) -> None:
         self._sock.close()

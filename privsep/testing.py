@@ -44,7 +44,8 @@ from privsep.client import ENV_VAR
 
 __all__ = ["CONFINED_GID", "CONFINED_UID", "assert_confined", "assert_denied", "assert_not_visible"]
 
-#: The identity every confined child runs as (``nobody``/``nogroup``).
+#: The identity every confined child runs as, as it sees itself: its user namespace maps it to
+#: the sandbox's own host id (root broker) or to the broker's uid (non-root broker).
 CONFINED_UID = 65534
 CONFINED_GID = 65534
 _CAPABILITY_SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")

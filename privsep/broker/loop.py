@@ -942,6 +942,7 @@ class Broker:
                 self._forget(fd)
                 os.close(fd)
         child.listener = child.init_pidfd = child.command_pidfd = None
+        sp.release_host_ids()  # every process of the sandbox has gone: its host id is free
         self._children.discard(child)
 
 

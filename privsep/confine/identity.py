@@ -1,4 +1,12 @@
-"""Dropping identity: groups, uid/gid, every capability set, securebits, no_new_privs.
+"""Identity: the host id a sandbox runs as, and dropping everything else (groups, every
+capability set, securebits, no_new_privs).
+
+Every sandbox runs as SANDBOX_ID (65534) inside a user namespace of its own
+that maps it to one host id. Without root, the monitor makes that namespace
+before anything else and maps the broker's own uid (:func:`map_ids`). With
+root, the id is one :mod:`hostids` claimed for this sandbox alone, and init
+enters the namespace only after it has built the view (:func:`enter_user_namespace`),
+so the mounts are made, and idmapped, with the host privilege they need.
 
 Order matters. The bounding set can only be dropped while CAP_SETPCAP is
 held, so it goes first; securebits are locked before the uid change so no
@@ -16,8 +24,8 @@ import prctl
 from privsep import _linux
 from privsep.errors import ConfinementError
 
-#: The unprivileged id the child runs as, in both modes: as root the real
-#: "nobody"; without root, the id the user namespace maps to the broker's uid.
+#: The unprivileged id the child runs as, in both modes, as its user namespace shows it: on the
+#: host it is the broker's uid (non-root broker) or the sandbox's own claimed id (root broker).
 SANDBOX_ID = 65534
 
 #: noroot, no_setuid_fixup (off), keep_caps (off), no_cap_ambient_raise: set and locked.
@@ -32,8 +40,69 @@ _SECUREBITS = (
 )
 
 
-def drop_identity(*, in_user_namespace: bool, parent_pid: int) -> None:
-    """Become SANDBOX_ID with no capabilities, for good; raise ConfinementError otherwise."""
+def map_ids(uid: int, gid: int) -> None:
+    """Map SANDBOX_ID to host ``uid``/``gid`` in this process's new user namespace; every other
+    id is unmapped. Needs no privilege: this process's own euid and egid are ``uid`` and ``gid``
+    (which also requires setgroups to be denied, so it is)."""
+    try:
+        for name, content in (
+            ("setgroups", "deny"),
+            ("uid_map", f"{SANDBOX_ID} {uid} 1\n"),
+            ("gid_map", f"{SANDBOX_ID} {gid} 1\n"),
+        ):
+            fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, content.encode())
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        raise ConfinementError("namespaces", f"writing the user namespace id maps: {exc.strerror}") from None
+
+
+def enter_user_namespace(host_id: int) -> None:
+    """Root broker, in init once the view is built: become ``host_id`` (uid and gid) on the host,
+    with no supplementary group, inside a new user namespace where it shows as SANDBOX_ID.
+
+    The namespace is created by ``host_id`` itself, not by root: the kernel
+    charges the per-user counters of everything inside a user namespace
+    (processes, inotify instances, message-queue bytes, pending signals) to
+    its owner as well. Owned by root, every sandbox would add up with root's
+    own processes and with each other again.
+
+    CAP_SYS_ADMIN is kept (effective) across the uid change only for the
+    creation itself: a privileged creation is not subject to the switches some
+    distributions put on unprivileged user namespaces. Inside, the process has
+    every capability of the new namespace, which owns nothing (the mount, pid
+    and other namespaces belong to the host's): :func:`drop_identity` then drops them.
+    """
+    if host_id in (0, SANDBOX_ID):
+        raise ConfinementError("identity", f"refusing to run a sandbox as host id {host_id}")
+    try:
+        os.setgroups([])
+        os.setresgid(host_id, host_id, host_id)
+        prctl.set_keepcaps(True)
+        os.setresuid(host_id, host_id, host_id)
+        admin = 1 << _linux.CAP_SYS_ADMIN
+        _linux.capset(effective=admin, permitted=admin)  # and nothing else
+        # A change of credentials made us non-dumpable, which makes /proc/self/*_map root's.
+        prctl.set_dumpable(True)
+        _linux.unshare(_linux.CLONE_NEWUSER)
+    except OSError as exc:
+        raise ConfinementError(
+            "identity", f"entering a user namespace as {host_id}: {exc.strerror}"
+        ) from None
+    map_ids(host_id, host_id)
+    # Not dumpable again before the command (the same uid now) exists.
+    prctl.set_dumpable(False)
+
+
+def drop_identity(*, parent_pid: int) -> None:
+    """Become SANDBOX_ID with no capabilities, for good; raise ConfinementError otherwise.
+
+    Runs inside the sandbox's user namespace, where setgroups is denied: a root
+    broker's init cleared the groups before entering it; a non-root broker's
+    own groups stay attached (SECURITY.md, known limits).
+    """
     step = "identity"
     try:
         last = _linux.cap_last_cap()
@@ -41,11 +110,6 @@ def drop_identity(*, in_user_namespace: bool, parent_pid: int) -> None:
             _linux.prctl(_linux.PR_CAPBSET_DROP, cap)
         _linux.prctl(_linux.PR_CAP_AMBIENT, _linux.PR_CAP_AMBIENT_CLEAR_ALL)
         _linux.prctl(_linux.PR_SET_SECUREBITS, _SECUREBITS)
-        if not in_user_namespace:
-            # In a user namespace setgroups is denied (we wrote "deny" to
-            # /proc/self/setgroups before mapping ids); the broker's own
-            # groups there show as the overflow gid and grant nothing new.
-            os.setgroups([])
         os.setresgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID)
         os.setresuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID)
         _linux.capset_empty()

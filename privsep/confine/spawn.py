@@ -3,11 +3,14 @@
 Three processes per sandbox, each with one job::
 
     broker
-     └── monitor   forked copy; setsid, closes every fd, unshares the namespaces, maps ids;
-         │         outside the new pid namespace, invisible to the child; waits for init
+     └── monitor   forked copy; setsid, closes every fd, unshares the namespaces (and, without
+         │         root, a user namespace mapping 65534 to the broker's uid); outside the new
+         │         pid namespace, invisible to the child; waits for init
          └── init  pid 1 of the new pid namespace: builds the filesystem view, mounts /proc,
-             │     then drops every privilege and only reaps; when it exits the kernel
-             │     kills every process left in the namespace (daemonised ones included)
+             │     enters the sandbox's cwd; as root, then becomes the sandbox's own host id
+             │     in a user namespace of its own (65534 inside); drops every privilege and
+             │     only reaps; when it exits the kernel kills every process left in the
+             │     namespace (daemonised ones included)
              └── command  drops identity, Landlock, rlimits, seccomp (loaded last), execve
 
 The command is not pid 1 because pid 1 ignores every signal it has no handler
@@ -30,6 +33,9 @@ a terminal) and init's final wait status. The command's copy is
 close-on-exec, so the program never holds it.
 Death propagates downwards: broker → monitor → init by the parent-death
 signal, init → everything in the namespace by the kernel.
+
+A root broker claims the sandbox's host id (:mod:`hostids`) before the fork
+and holds it in :class:`Spawned` until the sandbox has ended.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from typing import NoReturn
 import prctl
 
 from privsep import _linux, channel
-from privsep.confine import identity, landlock, limits, seccomp, view
+from privsep.confine import hostids, identity, landlock, limits, seccomp, view
 from privsep.errors import ConfinementError, PrivsepError, RemoteProtocolError
 from privsep.policy.model import Policy
 from privsep.policy.syscalls import expand
@@ -194,6 +200,8 @@ class SpawnPlan:
 
     host_uid: int = field(default_factory=os.getuid)
     host_gid: int = field(default_factory=os.getgid)
+    """The host ids the sandbox's 65534 maps to: the broker's own without root; with root,
+    the id claimed for this sandbox when it is spawned (:func:`claim_host_ids`)."""
 
 
 def make_plan(
@@ -287,6 +295,21 @@ class Spawned:
     pidfd: int
     channel: socket.socket
     control: socket.socket
+    host_ids: hostids.Claim | None = None
+    """A root broker's claim on the sandbox's host id: release it once the sandbox has ended."""
+
+    def release_host_ids(self) -> None:
+        if self.host_ids is not None:
+            self.host_ids.release()
+
+
+def claim_host_ids(plan: SpawnPlan) -> tuple[SpawnPlan, hostids.Claim | None]:
+    """A root broker's plan gets a host id of its own (the claim is the caller's to release);
+    a non-root broker's is returned as it is."""
+    if plan.user_namespace:
+        return plan, None
+    held = hostids.claim()
+    return replace(plan, host_uid=held.id, host_gid=held.id), held
 
 
 @dataclass(frozen=True)
@@ -338,21 +361,27 @@ def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2), listen_fds: Sequ
     """
     if len(listen_fds) != len(plan.listen):
         raise ConfinementError("listen", f"{len(plan.listen)} listen names but {len(listen_fds)} sockets")
-    broker_chan, child_chan = channel.socketpair()
-    broker_ctl, child_ctl = channel.socketpair()
-    broker_pid = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the forked monitor, measured by the integration tests
-        monitor_main(plan, (*stdio, *listen_fds, child_chan.fileno(), child_ctl.fileno()), broker_pid)
-    child_chan.close()
-    child_ctl.close()
+    plan, held = claim_host_ids(plan)
     try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        broker_chan, child_chan = channel.socketpair()
+        broker_ctl, child_ctl = channel.socketpair()
+        broker_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the forked monitor, measured by the integration tests
+            monitor_main(plan, (*stdio, *listen_fds, child_chan.fileno(), child_ctl.fileno()), broker_pid)
+        child_chan.close()
+        child_ctl.close()
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+    except BaseException:
+        if held is not None:
+            held.release()
         raise
-    return Spawned(pid=pid, pidfd=pidfd, channel=broker_chan, control=broker_ctl)
+    return Spawned(pid=pid, pidfd=pidfd, channel=broker_chan, control=broker_ctl, host_ids=held)
 
 
 # ---------------------------------------------------------------------------
@@ -427,7 +456,7 @@ def _monitor(plan: SpawnPlan, sources: Sequence[int], broker_pid: int) -> None:
         except OSError as exc:
             raise ConfinementError("namespaces", f"unshare: {exc.strerror}") from None
         if plan.user_namespace:
-            _map_ids(plan.host_uid, plan.host_gid)
+            identity.map_ids(plan.host_uid, plan.host_gid)
         prctl.set_pdeathsig(signal.SIGKILL)  # cleared by the credential change of unshare
         if os.getppid() != broker_pid:
             raise ConfinementError("monitor", "the broker exited during set-up")
@@ -451,20 +480,6 @@ def _monitor(plan: SpawnPlan, sources: Sequence[int], broker_pid: int) -> None:
             continue
 
 
-def _map_ids(uid: int, gid: int) -> None:
-    """Map only the sandbox id to the broker's own; every other id is unmapped."""
-    try:
-        for name, content in (
-            ("setgroups", "deny"),
-            ("uid_map", f"{identity.SANDBOX_ID} {uid} 1\n"),
-            ("gid_map", f"{identity.SANDBOX_ID} {gid} 1\n"),
-        ):
-            with open(f"/proc/self/{name}", "w") as f:
-                f.write(content)
-    except OSError as exc:
-        raise ConfinementError("namespaces", f"writing the user namespace id maps: {exc.strerror}") from None
-
-
 def _parent_alive(lifeline: int) -> bool:
     """Init cannot see its parent (it is outside the pid namespace): the pipe tells."""
     ready, _, _ = select.select([lifeline], [], [], 0)
@@ -483,13 +498,21 @@ def _init(plan: SpawnPlan, lifeline: int) -> int:
         own = os.pidfd_open(1)
         _report("init", [own])
         os.close(own)
-        view.build_view(plan.view, identity.SANDBOX_ID)
+        view.build_view(plan.view, host_id=plan.host_uid)
         try:
             socket.sethostname("privsep")
         except OSError as exc:
             raise ConfinementError("namespaces", f"sethostname: {exc.strerror}") from None
         if plan.terminal is not None:
             _take_terminal(plan.terminal)
+        # Here, before any change of identity: the command inherits it, and a cwd only the
+        # host's root could enter (the broker's, a 0700 directory) is entered as before.
+        _enter_cwd(plan)
+        if not plan.user_namespace:
+            identity.enter_user_namespace(plan.host_uid)
+            prctl.set_pdeathsig(signal.SIGKILL)  # cleared by the change of credentials
+            if not _parent_alive(lifeline):
+                return 125
         command_pid = os.fork()
         if command_pid == 0:
             os.close(lifeline)
@@ -498,7 +521,7 @@ def _init(plan: SpawnPlan, lifeline: int) -> int:
         _report("command", [pidfd])
         os.close(pidfd)
         os.closerange(0, _control_fd)  # stdio, listening sockets, channel: the command's
-        identity.drop_identity(in_user_namespace=plan.user_namespace, parent_pid=0)
+        identity.drop_identity(parent_pid=0)
         if not _parent_alive(lifeline):
             return 125
     except BaseException as exc:
@@ -563,22 +586,25 @@ def _lead_terminal(fd: int) -> None:
         raise ConfinementError("terminal", f"taking the pty's foreground: {exc.strerror}") from None
 
 
+def _enter_cwd(plan: SpawnPlan) -> None:
+    try:
+        os.chdir(plan.cwd)
+    except OSError as exc:
+        if plan.cwd_inherited:
+            os.chdir("/")
+        else:
+            raise ConfinementError(
+                "cwd",
+                f"{plan.cwd} is not a directory in the child's view ({exc.strerror}); change [env] cwd",
+            ) from None
+
+
 def _command(plan: SpawnPlan) -> int:
     prctl.set_name("privsep-cmd")
     try:
         if plan.terminal is not None:
             _lead_terminal(plan.terminal)
-        try:
-            os.chdir(plan.cwd)
-        except OSError as exc:
-            if plan.cwd_inherited:
-                os.chdir("/")
-            else:
-                raise ConfinementError(
-                    "cwd",
-                    f"{plan.cwd} is not a directory in the child's view ({exc.strerror}); change [env] cwd",
-                ) from None
-        identity.drop_identity(in_user_namespace=plan.user_namespace, parent_pid=1)
+        identity.drop_identity(parent_pid=1)
         landlock.apply_landlock(plan.landlock_rules, plan.landlock_abi)
         limits.apply_rlimits(dict(plan.rlimits))
         listener = seccomp.load_filter(plan.seccomp_bpf, listener=True)

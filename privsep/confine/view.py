@@ -59,8 +59,9 @@ class Bind:
     """Bound read-write (a grant that writes); every other bind is read-only."""
     idmap: tuple[int, int] | None = None
     """Root broker: the host (uid, gid) that own the grant, shown to the child as its own
-    through an idmapped mount, so it may do there what the grant says (and files it
-    creates land owned by them). None: a plain bind, the host's ownership as it is."""
+    through an idmapped mount (mapped onto the sandbox's host id), so it may do there what
+    the grant says, and files it creates land owned by them. None: a plain bind, the
+    host's ownership as it is."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,10 @@ def _granted_words(access: tuple[str, ...]) -> frozenset[str]:
 def plan_grants(policy: Policy, *, root_broker: bool, sandbox_id: int) -> GrantsPlan:
     """The view with every kernel-servable ``[[files]]`` grant bound in it and every deny masked.
 
+    ``sandbox_id`` is the id the child sees itself as (in the generated /etc/passwd).
+    With a root broker every grant is idmapped from its owner: the sandbox's host id is
+    claimed only when it is spawned, and belongs to no file's owner.
+
     Runs in the broker before fork; reads host metadata only. Raises
     PolicyError when a grant cannot mean what it says (see :func:`_check_nesting`)
     or a deny rule cannot be masked.
@@ -235,9 +240,7 @@ def plan_grants(policy: Policy, *, root_broker: bool, sandbox_id: int) -> Grants
         if resolved in grants:  # the same path granted twice: the first rule decides, as in match
             kernel.append(index)
             continue
-        idmap = None
-        if root_broker and (st.st_uid, st.st_gid) != (sandbox_id, sandbox_id):
-            idmap = (st.st_uid, st.st_gid)
+        idmap = (st.st_uid, st.st_gid) if root_broker else None
         grants[resolved] = Bind(
             resolved,
             stat.S_ISDIR(st.st_mode),
@@ -639,7 +642,8 @@ def _random_uuid() -> str:
 
 
 def _idmap_userns(host_uid: int, host_gid: int, sandbox_id: int, *, proc: str) -> int:
-    """A user namespace (as an fd) mapping ``host_uid``/``host_gid`` onto the sandbox's ids.
+    """A user namespace (as an fd) mapping ``host_uid``/``host_gid`` onto ``sandbox_id``, the
+    sandbox's host id (its uid and gid).
 
     Only its mapping matters: an idmapped mount made with it shows files the
     host ids own as the sandbox's, and files the sandbox creates land owned
@@ -725,8 +729,10 @@ def _mount_order(plan: ViewPlan) -> list[tuple[str, int, object]]:
     return sorted(ops, key=lambda op: (op[0], op[1]))
 
 
-def build_view(plan: ViewPlan, sandbox_id: int = 65534) -> None:
+def build_view(plan: ViewPlan, *, host_id: int) -> None:
     """Replace this process's root with the planned view (pid 1 of the sandbox).
+
+    ``host_id``: the sandbox's uid and gid on the host, onto which idmapped binds map their owner.
 
     Raises ConfinementError naming the path that could not be set up.
     """
@@ -789,7 +795,7 @@ def build_view(plan: ViewPlan, sandbox_id: int = 65534) -> None:
         for b in plan.binds:
             if b.idmap is not None and b.idmap not in namespaces:
                 current = f"the idmapped mount of {b.path}"
-                namespaces[b.idmap] = _idmap_userns(*b.idmap, sandbox_id, proc=root + "/proc")
+                namespaces[b.idmap] = _idmap_userns(*b.idmap, host_id, proc=root + "/proc")
         for d in plan.dirs:
             current = d
             os.makedirs(root + d, mode=0o755, exist_ok=True)

@@ -57,6 +57,7 @@ import pytest
 from privsep.broker.loop import Broker, Child
 from privsep.broker.outcome import Outcome
 from privsep.broker.services import Services
+from privsep.confine import hostids
 from privsep.confine.spawn import make_plan
 from privsep.policy.load import load_policy
 from privsep.policy.model import Policy
@@ -814,16 +815,32 @@ def test_killing_the_broker_ends_every_sandbox_within_a_second() -> None:
 # --------------------------------------------------------------------------- a thousand in a row
 
 
+def my_host_id_locks() -> list[str]:
+    """The host id lock files this process holds a flock on (/proc/locks names them by inode)."""
+    files = {}
+    for name in os.listdir(hostids.LOCK_DIR):
+        with contextlib.suppress(OSError):
+            st = os.stat(f"{hostids.LOCK_DIR}/{name}")
+            files[f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"] = name
+    locks = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    return [files[f[5]] for f in locks if f[1] == "FLOCK" and f[4] == str(os.getpid()) and f[5] in files]
+
+
 @pytest.mark.slow
 def test_a_thousand_sandboxes_in_a_row_leave_nothing_behind() -> None:
     broker = Broker()
     plan = make_plan(load_policy("minimal"), ["/bin/true"])
     devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
 
+    host_ids: set[int] = set()  # a root broker's: one claimed per sandbox
+
     def one() -> int:
         child = broker.start(plan, timeout=10, stdio=(devnull, devnull, devnull))
+        if child.spawned.host_ids is not None:
+            host_ids.add(child.spawned.host_ids.id)
         outcome = broker.wait(child)
         assert (outcome.how, outcome.returncode) == ("exited", 0), outcome
+        assert child.spawned.host_ids is None or not child.spawned.host_ids.held
         return child.pid
 
     try:
@@ -840,6 +857,13 @@ def test_a_thousand_sandboxes_in_a_row_leave_nothing_behind() -> None:
         assert not [pid for pid in monitors if alive(pid)]
         assert broker.children == frozenset()
         assert elapsed < 60, f"1000 sandboxes took {elapsed:.0f} s"
+        if os.geteuid() == 0:
+            assert len(host_ids) > 1, "each sandbox claims an id of its own"
+            # A claim is a flock'ed file (privsep/confine/hostids.py): none of these is still ours.
+            # (Only this process's locks count: another broker may claim one of these ids now; and
+            # only these ids: a module fixture's sandboxes may still hold theirs.)
+            left = set(my_host_id_locks()) & {str(i) for i in host_ids}
+            assert not left, f"host ids still claimed after their sandboxes ended: {left}"
     finally:
         broker.close()
         os.close(devnull)

@@ -234,8 +234,16 @@ def test_doctor_describes_this_machine_and_finds_every_layer(user: str) -> None:
         assert re.search(rf"^  {re.escape(layer)} +applied: ", out, re.M), layer
     assert re.search(r"^  trial: minimal, /usr/bin/true +ok: ", out, re.M)
     assert out.rstrip().endswith("verdict: ready; every layer privsep run needs is available here")
-    if user == "nonroot":
+    if user == "root":
+        assert re.search(r"^  4b host id per sandbox +applied: from \d+-\d+ \(", out, re.M)
+        assert re.search(r"^  host ids          \d+-\d+ \(.*\): \d+ claimed, \d+ stale", out, re.M)
+    else:
         assert "mount, pid, net, ipc, uts, cgroup, user (the child's uid 65534 maps to yours" in out
+        # What a non-root broker lacks is said, not hidden; it does not stop privsep run.
+        assert re.search(
+            r"^  4b host id per sandbox +absent: without root every sandbox runs as you", out, re.M
+        )
+        assert "subordinate id would own none of your files" in out
 
 
 def test_doctor_json_is_the_same_verdict_for_machines(user: str) -> None:
@@ -247,4 +255,10 @@ def test_doctor_json_is_the_same_verdict_for_machines(user: str) -> None:
     assert data["facts"]["euid"] == (0 if user == "root" else os.geteuid() if user == "self" else NONROOT_ID)
     assert "user_notif" in data["facts"]["seccomp_actions"]
     assert data["facts"]["cgroup"] == _cgroup_here()
-    assert {layer["status"] for layer in data["layers"]} == {"applied", "ok"}
+    statuses = {layer["name"]: layer["status"] for layer in data["layers"]}
+    assert statuses.pop("4b host id per sandbox") == ("applied" if user == "root" else "absent")
+    assert set(statuses.values()) == {"applied", "ok"}
+    if user == "root":
+        assert data["facts"]["host_id_range"] and data["facts"]["host_ids"] == {"error": None}
+    else:
+        assert data["facts"]["host_id_range"] == ""

@@ -7,6 +7,7 @@ here :func:`privsep.doctor.layers` gets facts no CI machine has.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,9 @@ GOOD = Facts(
     max_user_namespaces=1000,
     trial=Probe(),
 )
+GOOD_ROOT = dataclasses.replace(
+    GOOD, euid=0, host_id_range="2000000000-2000065535 (the default)", host_ids_claimed=3
+)
 
 
 def row(facts: Facts, prefix: str) -> Layer:
@@ -33,10 +37,45 @@ def row(facts: Facts, prefix: str) -> Layer:
 
 
 def test_a_machine_with_every_layer_is_ready() -> None:
-    rows = layers(GOOD)
+    rows = layers(GOOD_ROOT)
     assert ready(rows)
     assert all(r.applied for r in rows)
-    assert render_text(GOOD, rows).rstrip().endswith("every layer privsep run needs is available here")
+    assert render_text(GOOD_ROOT, rows).rstrip().endswith("every layer privsep run needs is available here")
+
+
+def test_a_root_broker_reports_its_host_id_range_and_claims() -> None:
+    found = row(GOOD_ROOT, "4b host id per sandbox")
+    assert found.applied
+    assert "from 2000000000-2000065535 (the default), no account or subordinate range in it" in found.detail
+    assert "3 claimed now" in found.detail
+    text = render_text(GOOD_ROOT, layers(GOOD_ROOT))
+    assert "host ids          2000000000-2000065535 (the default): 3 claimed, 0 stale" in text
+
+
+def test_a_root_broker_without_a_usable_range_is_not_ready() -> None:
+    why = "privsep's host id range 1000-1999 (PRIVSEP_IDS) must hold at least one id and lie within"
+    facts = dataclasses.replace(GOOD_ROOT, host_ids=Probe(why))
+    found = row(facts, "4 identity")
+    assert not found.applied and why in found.detail
+    assert not ready(layers(facts))
+
+
+@pytest.mark.parametrize("granted", [0, 65536])
+def test_a_non_root_broker_says_what_isolation_it_lacks(granted: int) -> None:
+    facts = dataclasses.replace(GOOD, subordinate_ids=granted)
+    assert ready(layers(facts))  # nothing privsep run needs is missing: it is a weaker mode
+    found = row(facts, "4b host id per sandbox")
+    assert (found.applied, found.required, found.status) == (False, False, "absent")
+    for lost in (
+        "runs as you (uid 1000)",
+        "acts as you on the files",
+        "signal and trace it",
+        "add up with yours",
+    ):
+        assert lost in found.detail
+    assert ("grants you 65536 subordinate ids, which privsep does not use" in found.detail) == bool(granted)
+    assert "run the broker as root for an id of its own per sandbox" in found.detail
+    assert "uid/gid 65534, which is your uid 1000 on the host" in row(facts, "4 identity").detail
 
 
 @pytest.mark.parametrize(
@@ -98,10 +137,13 @@ def test_older_landlock_is_applied_without_its_newer_features() -> None:
     assert "no TCP rules (ABI 4)" in found.detail and "no scopes (ABI 6)" in found.detail
 
 
-def test_a_root_broker_needs_no_user_namespace() -> None:
-    facts = dataclasses.replace(GOOD, euid=0, unprivileged_userns=Probe("EPERM (Operation not permitted)"))
+def test_a_root_broker_needs_no_unprivileged_user_namespace() -> None:
+    """Init creates the sandbox's user namespace with CAP_SYS_ADMIN (then as the host id it becomes)."""
+    facts = dataclasses.replace(GOOD_ROOT, unprivileged_userns=Probe("EPERM (Operation not permitted)"))
     assert ready(layers(facts))
-    assert "no user namespace: the broker is root" in row(facts, "3 namespaces").detail
+    assert (
+        "a user namespace init makes later, as the sandbox's own host id" in row(facts, "3 namespaces").detail
+    )
 
 
 def test_doctor_exits_1_when_a_layer_is_missing(
@@ -115,3 +157,11 @@ def test_doctor_exits_1_when_a_layer_is_missing(
     )
     assert doctor.doctor_command(as_json=True) == 1
     assert '"ready": false' in capsys.readouterr().out
+
+
+def test_subordinate_ids_are_found_by_uid_or_name(tmp_path: Path) -> None:
+    subuid = tmp_path / "subuid"
+    subuid.write_text("4242:100000:65536\nroot:200000:10\nbob:300000:5\nbroken line\n4242:400000:7\n")
+    assert doctor._subordinate_ids(4242, str(subuid)) == 65536 + 7
+    assert doctor._subordinate_ids(0, str(subuid)) == 10  # by name: root
+    assert doctor._subordinate_ids(4242, str(tmp_path / "missing")) == 0
