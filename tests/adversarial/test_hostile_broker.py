@@ -25,8 +25,8 @@ A connect that hangs holds up only its own child (one slow request in flight
 per child, on a worker thread). Hostile paths cannot forge audit records or
 reach the terminal through the exit report. The broker killed (SIGKILL, in a
 subprocess) takes every sandbox with it within a second, and a thousand
-sandboxes started and ended in a row on one broker leave no zombie, no fd and
-no memory behind.
+sandboxes started and ended in a row on one broker leave no zombie, no fd, no
+memory and no cgroup behind.
 
 Tests marked ``xfail(strict=True, reason="BUG: ...")`` assert the correct
 behaviour for a weakness that exists today; they fail loudly once it is fixed,
@@ -790,10 +790,14 @@ def test_a_thousand_sandboxes_in_a_row_leave_nothing_behind() -> None:
     plan = make_plan(load_policy("minimal"), ["/bin/true"])
     devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
 
+    cgroup_dirs: list[str] = []
+
     def one() -> int:
         child = broker.start(plan, timeout=10, stdio=(devnull, devnull, devnull))
         outcome = broker.wait(child)
         assert (outcome.how, outcome.returncode) == ("exited", 0), outcome
+        assert child.cgroup is not None
+        cgroup_dirs.extend(child.cgroup.dirs)
         return child.pid
 
     try:
@@ -809,6 +813,11 @@ def test_a_thousand_sandboxes_in_a_row_leave_nothing_behind() -> None:
         assert my_zombies() == []
         assert not [pid for pid in monitors if alive(pid)]
         assert broker.children == frozenset()
+        # Each sandbox had a cgroup of its own (memory and pids), removed as it ended.
+        left = [d for d in cgroup_dirs if os.path.exists(d)]
+        assert len(cgroup_dirs) == 2 * 1020 and left == [], (
+            f"{len(left)} sandbox cgroups left behind: {left[:3]}"
+        )
         assert elapsed < 60, f"1000 sandboxes took {elapsed:.0f} s"
     finally:
         broker.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ import pytest
 from privsep import cgroups
 from privsep.cgroups import Budget, Fs, V1Host, V2Cgroup, V2Host
 from privsep.cgroups._common import owned_by_the_dead, start_time
+from privsep.confine.spawn import in_cgroup, make_plan
 from privsep.errors import ConfinementError
+from privsep.policy.load import load_policy
 from privsep.policy.model import Limits
 
 _FILES = {
@@ -293,3 +296,17 @@ def test_the_budget_comes_from_the_policy_limits() -> None:
     assert (budget.memory_bytes, budget.pids_max, budget.cpu_percent) == (256 << 20, 12, 0)
     assert Budget(64, 1, cpu_percent=1).cpu_quota_us == 1000
     assert Budget(64, 1, cpu_percent=250).cpu_quota_us == 250_000
+
+
+def test_rlimit_nproc_bounds_only_a_sandbox_without_a_cgroup(fake: FakeCgroup2) -> None:
+    """With the pids cgroup, RLIMIT_NPROC (per uid, shared by sibling sandboxes) is not lowered."""
+    plan = make_plan(load_policy("cli-tool"), ["/bin/true"])
+    assert plan.rlimits[resource.RLIMIT_NPROC] == resource.RLIM_INFINITY
+    assert plan.budget == Budget(1024, 16)
+    cg = _delegated(fake).create(plan.budget)
+    inside = in_cgroup(plan, cg)
+    assert inside.cgroup_join == cg.join
+    assert inside.rlimits[resource.RLIMIT_NPROC] == resource.RLIM_INFINITY
+    without = in_cgroup(plan, None)
+    assert without.cgroup_join == ()
+    assert without.rlimits[resource.RLIMIT_NPROC] == 16
