@@ -17,6 +17,8 @@ starts 3000 processes). Sections:
    ``bwrap ... /bin/true`` as a whole process; the whole ``privsep run --
    /bin/true`` command against its floor (a Python that imports pydantic),
    firejail and bwrap.
+3b. cgroups: the same ``Broker.start+wait`` of ``/bin/true`` with the sandbox's
+   cgroup and without (``bench/cgroups.py``), alternately within a round.
 4. seccomp: a syscall-heavy loop, confined against unconfined.
 5. kernel_open: an unmodified program (a C loop built with ``cc``, and a
    Python ``os.open`` loop) opening a granted file, timed inside it, under
@@ -50,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.cgroups import bench_cgroups
 from bench.kernel import bench_cli, bench_kernel_open, kernel_tree
 from bench.workloads import (
     BROKERED_OPEN,
@@ -448,7 +451,7 @@ def _ratio(s: Stats | None) -> str:
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """The targets of issues 7, 12 and 16, each measured and met or not (None: not measured)."""
+    """The targets of issues 7, 12, 14 and 16, each measured and met or not (None: not measured)."""
     out: list[dict[str, Any]] = []
 
     def add(
@@ -474,6 +477,11 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         1.2,
         "x",
     )
+    cg, name = res.get("cgroups", skipped("not measured")), "a cgroup per sandbox adds <= 1 ms per spawn"
+    if "skipped" in cg:
+        add(name, None, 1.0, "ms", cg["skipped"], issue=14)
+    else:
+        add(name, cg["added_ms"]["median"], 1.0, "ms", issue=14)
     add("seccomp getppid loop <= 1.05x unconfined", res["seccomp"]["getppid_ratio"]["median"], 1.05, "x")
     levels = {lvl["children"]: lvl for lvl in res["scale"]["levels"]}
     if 1000 in levels:
@@ -543,6 +551,17 @@ def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         ("whole command", "/bin/true, no sandbox (process floor)", _fmt(sp["process_floor"], " ms", 2),
          "", ""),
     ]  # fmt: skip
+    cg = res.get("cgroups", skipped("not measured"))
+    if "skipped" in cg:
+        rows.append(("cgroups", "Broker.start+wait with the sandbox's cgroup vs without", _fmt(cg), "", ""))
+    else:
+        rows += [
+            ("cgroups", f"Broker.start+wait with its cgroup ({cg['version']}) vs cgroups off",
+             _fmt(cg["spawn_with_cgroup_ms"], " ms", 2), _fmt(cg["spawn_without_cgroup_ms"], " ms", 2),
+             _ratio(cg["with_vs_without"])),
+            ("cgroups", "added per spawn; make + remove one cgroup alone", _fmt(cg["added_ms"], " ms", 2),
+             _fmt(cg["make_and_remove_us"], " us", 0), ""),
+        ]  # fmt: skip
     sc = res["seccomp"]
     for name, label in (("getppid", "os.getppid()"), ("stat", "os.stat('/usr/bin/true')")):
         rows += [
@@ -709,6 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["roundtrip"] = bench_roundtrip(cfg, grant, log)
         results["throughput"] = bench_throughput(cfg, grant, log)
         results["spawn"] = bench_spawn(cfg, log)
+        results["cgroups"] = bench_cgroups(cfg.rounds, 2 * cfg.spawn_n, log)
         results["seccomp"] = bench_seccomp(cfg, grant, log)
     results["kernel_open"], results["cli"] = bench_kernel(cfg, log)
     results["meta"]["loadavg_before_scale"] = os.getloadavg()[0]

@@ -7,11 +7,10 @@ one JSON line.
 The idle sandboxes run ``/bin/sleep`` under ``minimal``; the busy one opens
 a granted file through the broker under ``python``, as in the round-trip
 section, pinned to one CPU with the broker. Each sandbox is three processes
-(monitor, init, command), two of them as the sandbox's uid. With a root
-broker each sandbox has a host uid of its own; without root they all are
-the user's, and the kernel counts RLIMIT_NPROC per uid across them, so this
-benchmark's policies raise ``processes`` above the 2000 processes of 1000
-sandboxes.
+(monitor, init, command) in a cgroup of its own, which counts its processes.
+With a root broker each sandbox also has a host uid of its own; the policies
+still raise ``processes``, as they had to when RLIMIT_NPROC, counted per uid,
+was the limit (and still is, for a sandbox without a cgroup).
 """
 
 from __future__ import annotations

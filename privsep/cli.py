@@ -112,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=env:VAR|file:PATH",
         help="a secret the child may ask for by NAME (as a sealed read-only memfd)",
     )
+    _limit_flags(run)
     run.add_argument(
         "--audit-log", metavar="FILE", help="append one JSON line per broker decision to FILE (created 0600)"
     )
@@ -166,6 +167,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limit_flags(run: argparse.ArgumentParser) -> None:
+    limits = run.add_argument_group(
+        "limits for this run (over the policy's [limits]; the sandbox's cgroup holds it to them as a whole)"
+    )
+    limits.add_argument(
+        "--memory-mb",
+        type=int,
+        metavar="MB",
+        help="memory of the whole sandbox, memfds, shm and /tmp included, no swap; past it the sandbox "
+        "is killed (exit 137)",
+    )
+    limits.add_argument(
+        "--processes", type=int, metavar="N", help="processes and threads of the whole sandbox at once"
+    )
+    limits.add_argument(
+        "--cpu-percent",
+        type=int,
+        metavar="P",
+        help="CPU time per wall-clock time, in %% of one CPU (200: two)",
+    )
+    limits.add_argument(
+        "--no-cgroups",
+        action="store_true",
+        help="run without the sandbox's cgroup (per-process setrlimit only; said on stderr at the start)",
+    )
+
+
+def _limits_extra(args: argparse.Namespace) -> dict[str, object]:
+    limits: dict[str, object] = {}
+    for key in ("memory_mb", "processes", "cpu_percent"):
+        if getattr(args, key) is not None:
+            limits[key] = getattr(args, key)
+    if args.no_cgroups:
+        limits["cgroups"] = "off"
+    return limits
+
+
 def _run(args: argparse.Namespace) -> int:
     from privsep.broker.audit import AuditLog
     from privsep.broker.loop import Broker
@@ -178,6 +216,9 @@ def _run(args: argparse.Namespace) -> int:
     listens = parse_listen(args.listen)
     binds = [*args.allow_bind, *(listen.bind_grant() for listen in listens)]
     extra = grants_to_extra(args.allow_read, args.allow_write, args.allow_connect, binds, args.secret)
+    limits = _limits_extra(args)
+    if limits:
+        extra["limits"] = limits
     policy = load_policy(args.policy, extra=extra)
     timeout = _timeout(args, policy)
     plan = make_plan(policy, command)
@@ -203,6 +244,10 @@ def _run(args: argparse.Namespace) -> int:
         broker = Broker(audit=audit)
         stack.callback(broker.close)
         child = broker.start(plan, services=services, timeout=timeout, listen_fds=fds, terminal=terminal)
+        if child.cgroup_missing is not None:
+            from privsep.cgroups import without
+
+            print(f"privsep: warning: {without(child.cgroup_missing)}", file=sys.stderr, flush=True)
         listening.close()
         for request, answer in activated:
             broker.record(child, request, answer)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from privsep import _linux, _stdout
+from privsep import _linux, _stdout, cgroups
 from privsep.broker.loop import Broker
 from privsep.broker.services import Services
 from privsep.confine import hostids, identity
@@ -94,7 +94,14 @@ class Facts:
     unprivileged_userns: Probe = Probe()
     """An unprivileged process (uid 65534 when probed as root) could create a user namespace."""
     cgroup: str = "none"
+    """The cgroup file systems mounted: v1, v2, hybrid or none."""
     cgroup_detail: str = ""
+    cgroup_version: str = ""
+    """The version privsep makes sandboxes' cgroups with here (v1 or v2); "" when it cannot."""
+    cgroup_use: Probe = Probe()
+    """Whether privsep can make a cgroup per sandbox here (beneath its own, writable)."""
+    cgroup_limits: str = ""
+    """Where and what a sandbox's cgroup limits, when it can."""
     openat2: Probe = Probe()
     pidfd: Probe = Probe()
     close_range: Probe = Probe()
@@ -302,6 +309,15 @@ def _subordinate_ids(euid: int, path: str = "/etc/subuid") -> int:
     return total
 
 
+def _cgroup_use() -> tuple[str, Probe, str]:
+    """The version privsep would use here, whether it can, and what it limits."""
+    try:
+        found = cgroups.host()
+    except ConfinementError as exc:
+        return "", Probe(exc.reason), ""
+    return found.version, Probe(), found.describe()
+
+
 def _trial() -> tuple[Probe, float]:
     """Start a real sandbox: the minimal policy running /usr/bin/true, stdio on /dev/null."""
     start = time.monotonic()
@@ -352,6 +368,7 @@ def probe(*, trial: bool = True) -> Facts:
         if value is not None:
             sysctls[name] = value
     cgroup, cgroup_detail = _cgroup()
+    cgroup_version, cgroup_use, cgroup_limits = _cgroup_use()
     facts = Facts(
         kernel=uname.release,
         machine=uname.machine,
@@ -367,6 +384,9 @@ def probe(*, trial: bool = True) -> Facts:
         unprivileged_userns=_in_child(_drop_then_unshare_user),
         cgroup=cgroup,
         cgroup_detail=cgroup_detail,
+        cgroup_version=cgroup_version,
+        cgroup_use=cgroup_use,
+        cgroup_limits=cgroup_limits,
         openat2=_in_process(_openat2),
         pidfd=_in_process(_pidfd),
         close_range=_in_process(_close_range),
@@ -411,14 +431,22 @@ def _missing(what: Probe, since: str) -> str:
 
 def layers(facts: Facts) -> list[Layer]:
     """Which layers ``privsep run`` applies on a machine with these facts (README's numbering)."""
+    if facts.cgroup_use.ok:
+        cgroup_detail = f"a cgroup per sandbox, {facts.cgroup_limits}"
+    else:
+        cgroup_detail = (
+            f"{facts.cgroup_use.error}. Without it, pass --no-cgroups or set [limits] cgroups = "
+            '"optional" (memory, processes and CPU are then bounded per process only)'
+        )
     rows = [
+        Layer("0 cgroup", facts.cgroup_use.ok, cgroup_detail),
         Layer(
             "1-2 session, fds, environment",
             facts.close_range.ok,
             "setsid, every inherited fd closed (close_range), environment rebuilt"
             if facts.close_range.ok
             else "close_range: " + _missing(facts.close_range, "5.9"),
-        )
+        ),
     ]
     names = ", ".join(name for name, _ in NAMESPACES) + (", user" if facts.euid != 0 else "")
     if facts.namespaces.ok:
@@ -447,7 +475,14 @@ def layers(facts: Facts) -> list[Layer]:
         )
     )
     rows += _identity_rows(facts)
-    rows.append(Layer("5 resource limits", True, "setrlimit, and the broker's wall-clock timeout"))
+    rows.append(
+        Layer(
+            "5 resource limits",
+            True,
+            "setrlimit per process (open files, address space, file size, CPU time), and the broker's "
+            "wall-clock timeout",
+        )
+    )
     abi = facts.landlock_abi
     if abi >= MIN_ABI:
         detail = f"ABI {abi}: the view read-only, the devices, /tmp when granted"
@@ -588,7 +623,12 @@ def render_text(facts: Facts, rows: list[Layer]) -> str:
         f"  user namespaces   {userns}",
         f"  namespaces        unshare as privsep run does: {yes(facts.namespaces)}",
         f"  host ids          {_host_ids_line(facts)}",
-        f"  cgroups           {facts.cgroup} ({facts.cgroup_detail}); privsep sets no cgroup limits yet",
+        f"  cgroups           {facts.cgroup} ({facts.cgroup_detail}); "
+        + (
+            f"privsep uses {facts.cgroup_version}"
+            if facts.cgroup_use.ok
+            else "privsep cannot make a cgroup per sandbox here (see 0 below)"
+        ),
         f"  openat2           {yes(facts.openat2)}",
         f"  pidfd             {yes(facts.pidfd)}",
         f"  close_range       {yes(facts.close_range)}",

@@ -24,15 +24,17 @@ import os
 import re
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from privsep import cgroups
 from privsep.broker.audit import AuditLog
 from privsep.broker.loop import Broker, CallContext, Child, Denial
 from privsep.broker.services import Services
 from privsep.confine.spawn import make_plan
-from privsep.errors import ChildError, PrivsepError
+from privsep.errors import ChildError, ConfinementError, PrivsepError
 from privsep.forkserver import ForkServer
 from privsep.policy.grants import grants_to_extra
 from privsep.policy.load import load_policy
@@ -53,7 +55,8 @@ class RunResult:
     stdout: bytes
     stderr: bytes
     how: str
-    """exited, signaled, timeout, seccomp, violation, setup_error, exec_error or lost."""
+    """exited, signaled, timeout, memory, seccomp, violation, setup_error, exec_error or lost.
+    ``memory``: the sandbox reached its memory limit and was killed (returncode 137)."""
     detail: str = ""
     signal: int | None = None
     syscall: str | None = None
@@ -173,10 +176,16 @@ class Sandbox:
         self._audit: AuditLog | None = None
         self._waiters: dict[_Pending, asyncio.Future[RunResult]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._warned = False
 
     # -- lifetime ---------------------------------------------------------
 
     def __enter__(self) -> Sandbox:
+        if self.policy.limits.cgroups != "off":
+            # cgroup v2 may move this process into a leaf of its own cgroup (see
+            # privsep.cgroups.v2): before the forkserver exists, so it goes along.
+            with contextlib.suppress(ConfinementError):
+                cgroups.host()
         if self.start_method == "forkserver":
             # First, before this Sandbox holds anything a child should not see.
             self._forkserver = ForkServer()
@@ -253,6 +262,9 @@ class Sandbox:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
         _feed(in_w, stdin_data)
+        if child.cgroup_missing is not None and not self._warned:
+            self._warned = True
+            warnings.warn(cgroups.without(child.cgroup_missing), RuntimeWarning, stacklevel=3)
         pending = _Pending(child, _Capture(out_r, self.output_limit), _Capture(err_r, self.output_limit))
         broker.watch(out_r, lambda _fd: pending.out.read(broker))
         broker.watch(err_r, lambda _fd: pending.err.read(broker))

@@ -1,6 +1,6 @@
 """Run a command as an unprivileged uid, even from a checkout that uid cannot reach.
 
-Usage (as root): ``python -m tests.as_nonroot UID REPO -- COMMAND [ARG...]``
+Usage (as root): ``python -m tests.as_nonroot UID REPO [--no-delegation] -- COMMAND [ARG...]``
 
 The non-root broker tests need the checkout (its ``.venv`` and the privsep
 package) to be readable by the test uid. A clone under a 0700 directory
@@ -9,8 +9,10 @@ test's business. Instead, in a private mount namespace, the first ancestor
 the uid cannot traverse is covered with an empty 0755 tmpfs, and the
 checkout is bound back at the same path; a checkout that is itself 0700
 becomes a 0755 tmpfs holding each of its entries bound back. Every path stays the same, and the
-host is untouched. Then the groups are dropped, the uid/gid are set, and
-COMMAND is exec'd.
+host is untouched. Then, as systemd's ``Delegate=`` would, the uid is given
+a cgroup of its own and this process moves into it (``tests/cgroup_delegation.py``;
+not with ``--no-delegation``, which shows a host that delegates nothing).
+Then the groups are dropped, the uid/gid are set, and COMMAND is exec'd.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import stat
 import sys
 
 from privsep import _linux
+from tests import cgroup_delegation
 
 
 def _blocking_ancestor(path: str, uid: int) -> str | None:
@@ -59,11 +62,15 @@ def _open_up(repo: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    uid, repo, sep, *command = argv
+    uid, repo, *rest = argv
+    delegation = rest[:1] != ["--no-delegation"]
+    sep, *command = rest if delegation else rest[1:]
     if sep != "--" or not command:
         print(__doc__, file=sys.stderr)
         return 2
     uid_n = int(uid)
+    if delegation:
+        cgroup_delegation.delegate(uid_n)
     blocked = _blocking_ancestor(repo, uid_n)
     if blocked is not None:
         _linux.unshare(_linux.CLONE_NEWNS)

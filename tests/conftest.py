@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from privsep import _linux
+from privsep import _linux, cgroups
+from privsep.errors import ConfinementError
+from tests import cgroup_delegation
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.prefix) / "bin"
@@ -27,14 +30,29 @@ NONROOT_ID = 4242
 RunPrivsep = Callable[..., subprocess.CompletedProcess[str]]
 
 
+def pytest_sessionfinish() -> None:
+    """No cgroup outlives the session: those handed to the non-root brokers
+    (tests/cgroup_delegation.py), and those of brokers the tests killed, which the next
+    broker to start would otherwise remove."""
+    if os.geteuid() == 0:
+        cgroup_delegation.remove_stale()
+    with contextlib.suppress(ConfinementError):
+        cgroups.host().reap_stale()
+
+
 def pytest_report_header() -> list[str]:
     abi = _linux.landlock_abi_version()
     return [f"privsep: kernel {os.uname().release}, Landlock ABI {abi}, euid {os.geteuid()}"]
 
 
-def as_nonroot(argv: Sequence[str]) -> list[str]:
-    """``argv`` run as NONROOT_ID with no groups (see tests/as_nonroot.py); start it as root, cwd REPO."""
-    return [str(PYTHON), "-m", "tests.as_nonroot", str(NONROOT_ID), str(REPO), "--", *argv]
+def as_nonroot(argv: Sequence[str], *, delegation: bool = True) -> list[str]:
+    """``argv`` run as NONROOT_ID with no groups (see tests/as_nonroot.py); start it as root, cwd REPO.
+
+    With ``delegation`` (the default), in a cgroup handed to NONROOT_ID, as systemd's Delegate=
+    would (tests/cgroup_delegation.py); without it, as on a host that delegates none.
+    """
+    flag = [] if delegation else ["--no-delegation"]
+    return [str(PYTHON), "-m", "tests.as_nonroot", str(NONROOT_ID), str(REPO), *flag, "--", *argv]
 
 
 def privsep_argv(broker_user: str, args: Sequence[str]) -> list[str]:

@@ -7,7 +7,7 @@ Every module ``NAME.py`` in the plugins directory is a plugin with a function
 the shipped ``plugin`` policy, in a fresh confined child of its own broker:
 it may read the shared input directory and write its own output directory,
 both through the broker (``privsep.client``), and nothing else: no network,
-no other file, 32 processes at most.
+no other file, 32 processes and 512 MB of memory at most, one CPU's worth.
 
 The host trusts nothing a plugin says. What a plugin was refused comes from
 the broker's audit log, not from the plugin; what it returns or writes is

@@ -9,10 +9,16 @@ Per child the loop watches five fds: the request channel, the private
 control socket (reports from the sandbox's own processes), the monitor's
 and init's pidfds (the sandbox ended) and the seccomp listener (a dangerous
 syscall); with a terminal (``privsep run`` on a tty), also the sandbox's pty
-and the user's terminal, relayed by broker/terminal.py. Slow operations
-(resolving, connecting) run on a few worker threads; while one is under
-way for a child, that child's channel is not read, so a child has at most
-one request in flight and cannot queue work without bound.
+and the user's terminal, relayed by broker/terminal.py; on cgroup v1, also
+the eventfd of its memory cgroup's OOM notification, which ends the whole
+sandbox (v2 does that in the kernel). Slow operations (resolving,
+connecting) run on worker threads; while one is under way for a child, that
+child's channel is not read, so a child has at most one request in flight
+and cannot queue work without bound.
+
+Each sandbox has a cgroup of its own (``privsep.cgroups``), made before the
+fork and removed once its processes are gone; one the kernel does not let
+go of yet (a process still dying) is retried at the next start and at close.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from privsep import __version__, channel, protocol
+from privsep import __version__, cgroups, channel, protocol
 from privsep._printable import printable
 from privsep.broker import notify
 from privsep.broker.answers import Answer, Refusal
@@ -46,13 +52,14 @@ from privsep.broker.outcome import (
     EXIT_TIMEOUT,
     Outcome,
     from_wait_status,
+    memory_limit,
 )
 from privsep.broker.relay import AppendRelay, Relay, UdpServerRelay
 from privsep.broker.services import SLOW_OPS, Services, target
 from privsep.broker.transparent import Deferred, Served, Transparent, view_roots
 from privsep.confine.seccomp import dangerous_numbers, syscall_name
-from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, spawn
-from privsep.errors import ChannelError, RemoteProtocolError
+from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, in_cgroup, spawn
+from privsep.errors import ChannelError, ConfinementError, RemoteProtocolError
 
 if TYPE_CHECKING:
     from privsep.broker.terminal import Terminal  # only privsep run makes one
@@ -63,6 +70,7 @@ _Role = Literal[
     "pidfd",
     "init",
     "listener",
+    "oom",
     "wakeup",
     "relay_child",
     "relay_peer",
@@ -182,6 +190,9 @@ class Child:
     requests: int = 0
     terminal: Terminal | None = None  # the sandbox's own pty, relayed to the user's terminal
     terminal_events: dict[int, int] = field(default_factory=dict)  # its fds as registered now
+    cgroup: cgroups.SandboxCgroup | None = None
+    cgroup_missing: str | None = None
+    """Why this sandbox runs without a cgroup (the policy allowed it); None when it has one."""
 
     @property
     def pid(self) -> int:
@@ -205,6 +216,7 @@ class Broker:
         self._sel.register(self._wake_r, selectors.EVENT_READ, (None, "wakeup"))
         self._workers = _Workers(self._wake)
         self._deferred_lock = threading.Lock()  # guards every Child.deferred and deferred_running
+        self._leftover: list[cgroups.SandboxCgroup] = []  # ended sandboxes' cgroups not removed yet
 
     def _wake(self) -> None:
         """From a worker thread: a result is waiting (a full pipe already says so)."""
@@ -239,12 +251,19 @@ class Broker:
                 raise ValueError("a Terminal serves one sandbox; make one per start")
             plan = dataclasses.replace(plan, terminal=terminal.child_fd)
             stdio = terminal.child_stdio
-        if listen_fds:
-            if spawner is not None:
-                raise ValueError("socket activation needs the plain spawn, not a forkserver")
-            spawned = spawn(plan, stdio=stdio, listen_fds=listen_fds)
-        else:
-            spawned = (spawner or spawn)(plan, stdio=stdio)
+        if listen_fds and spawner is not None:
+            raise ValueError("socket activation needs the plain spawn, not a forkserver")
+        cgroup, missing = self._cgroup_for(plan)
+        plan = in_cgroup(plan, cgroup)
+        try:
+            if listen_fds:
+                spawned = spawn(plan, stdio=stdio, listen_fds=listen_fds)
+            else:
+                spawned = (spawner or spawn)(plan, stdio=stdio)
+        except BaseException:
+            if cgroup is not None and not cgroup.remove():
+                self._leftover.append(cgroup)
+            raise
         deadline = time.monotonic() + timeout if timeout else None
         child = Child(
             argv0=plan.argv[0],
@@ -255,6 +274,8 @@ class Broker:
             syscall_default=plan.syscall_default,
             learning=plan.learn,
             call=call,
+            cgroup=cgroup,
+            cgroup_missing=missing,
         )
         if terminal is not None:
             terminal.spawned()
@@ -278,7 +299,26 @@ class Broker:
         self._sel.register(spawned.channel, selectors.EVENT_READ, (child, "channel"))
         self._sel.register(spawned.control, selectors.EVENT_READ, (child, "control"))
         self._sel.register(spawned.pidfd, selectors.EVENT_READ, (child, "pidfd"))
+        if cgroup is not None and cgroup.oom_fd is not None:
+            self._sel.register(cgroup.oom_fd, selectors.EVENT_READ, (child, "oom"))
         return child
+
+    def _cgroup_for(self, plan: SpawnPlan) -> tuple[cgroups.SandboxCgroup | None, str | None]:
+        """The new sandbox's cgroup, or why it runs without one (only if its policy allows that)."""
+        if plan.cgroups == "off":
+            return None, '--no-cgroups, or [limits] cgroups = "off"'
+        if self._leftover:
+            self._leftover = cgroups.remove_all(self._leftover)
+        try:
+            return cgroups.host().create(plan.budget), None
+        except ConfinementError as exc:
+            if plan.cgroups == "optional":
+                return None, f'{exc.reason} ([limits] cgroups = "optional")'
+            raise ConfinementError(
+                "cgroups",
+                f"{exc.reason}. To run without per-sandbox memory, process and CPU limits instead (only "
+                'setrlimit per process), pass --no-cgroups or set [limits] cgroups = "optional"',
+            ) from None
 
     def wait(self, child: Child) -> Outcome:
         """Serve every child until ``child`` has ended; return how it ended."""
@@ -345,11 +385,16 @@ class Broker:
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
     def close(self) -> None:
-        """Kill every sandbox still running and wait for them; release every fd."""
+        """Kill every sandbox still running and wait for them; release every fd and cgroup."""
         for child in list(self._children):
             self.kill(child, Outcome("lost", EXIT_PRIVSEP, detail="the broker was closed"))
         while self._children:
             self.run_once()
+        deadline = time.monotonic() + 2
+        while self._leftover and time.monotonic() < deadline:
+            self._leftover = cgroups.remove_all(self._leftover)
+            if self._leftover:
+                time.sleep(0.01)
         self._sel.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -381,6 +426,8 @@ class Broker:
             assert child.terminal is not None
             child.terminal.pump()
             self._sync_terminal(child)
+        elif role == "oom":
+            self._on_oom(child)
         elif role == "init":
             child.init_exited = True
             self._forget(child.init_pidfd if child.init_pidfd is not None else -1)
@@ -871,6 +918,13 @@ class Broker:
         if self._audit is not None:
             self._audit.write(Record(child.command_pid, "syscall", name, decision, "syscalls", 0))
 
+    def _on_oom(self, child: Child) -> None:
+        """cgroup v1: the kernel ran the sandbox out of memory. Its OOM killer ends one process;
+        the sandbox ends as a whole (v2's memory.oom.group does the same in the kernel)."""
+        cgroup = child.cgroup
+        if cgroup is not None and cgroup.oom_pending():
+            self.kill(child, memory_limit(cgroup.budget.memory_mb))
+
     def _on_monitor_exit(self, child: Child) -> None:
         try:
             pid, _ = os.waitpid(child.pid, os.WNOHANG)
@@ -891,12 +945,41 @@ class Broker:
     def _maybe_finish(self, child: Child) -> None:
         """The sandbox has ended when its monitor is reaped and its init (if any) is gone."""
         if child.monitor_reaped and (child.init_pidfd is None or child.init_exited):
+            self._note_limits(child)
             child.outcome = self._outcome(child)
             self._release(child)
+
+    def _note_limits(self, child: Child) -> None:
+        """Forks the process limit refused: reported at exit like the policy's denials."""
+        if child.cgroup is None:
+            return
+        refused = child.cgroup.pids_refused()
+        if not refused:
+            return
+        limit = child.cgroup.budget.processes
+        times = "once" if refused == 1 else f"{refused} times"
+        denial = Denial(
+            "fork",
+            times,
+            "limits.processes",
+            f"the sandbox reached its process limit ([limits] processes = {limit}: processes and threads "
+            "together), so fork, clone or a new thread failed with EAGAIN",
+            "--processes",
+            subject=str(limit * 2),
+        )
+        _note_denial(child, denial)
+        if self._audit is not None:
+            why = denial.message
+            with contextlib.suppress(OSError):
+                self._audit.write(
+                    Record(child.command_pid, "fork", times, "deny", "limits.processes", 0, message=why)
+                )
 
     def _outcome(self, child: Child) -> Outcome:
         if child.kill_reason is not None:
             return child.kill_reason
+        if child.cgroup is not None and child.cgroup.memory_limit_hit():
+            return memory_limit(child.cgroup.budget.memory_mb)  # whatever else broke, this is why
         if child.setup_error is not None:
             err = child.setup_error
             return Outcome(
@@ -943,6 +1026,14 @@ class Broker:
                 os.close(fd)
         child.listener = child.init_pidfd = child.command_pidfd = None
         sp.release_host_ids()  # every process of the sandbox has gone: its host id is free
+        cgroup = child.cgroup
+        if cgroup is not None:
+            if cgroup.oom_fd is not None:
+                self._forget(cgroup.oom_fd)
+                os.close(cgroup.oom_fd)
+                cgroup.oom_fd = None
+            if not cgroup.remove():
+                self._leftover.append(cgroup)
         self._children.discard(child)
 
 

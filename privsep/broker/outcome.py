@@ -6,7 +6,9 @@ import signal
 from dataclasses import dataclass
 from typing import Literal
 
-How = Literal["exited", "signaled", "timeout", "seccomp", "violation", "setup_error", "exec_error", "lost"]
+How = Literal[
+    "exited", "signaled", "timeout", "memory", "seccomp", "violation", "setup_error", "exec_error", "lost"
+]
 
 EXIT_TIMEOUT = 124
 EXIT_PRIVSEP = 125
@@ -43,6 +45,16 @@ class Outcome:
             )
             return f"the command was killed by {_signame(self.signal)}{extra}"
         return self.detail
+
+
+def memory_limit(memory_mb: int) -> Outcome:
+    """The sandbox's cgroup ran out of memory and the whole sandbox was killed (SIGKILL)."""
+    return Outcome(
+        "memory",
+        128 + signal.SIGKILL,
+        detail=f"the sandbox reached its memory limit ({memory_mb} MB) and was killed",
+        signal=signal.SIGKILL,
+    )
 
 
 def from_wait_status(status: int) -> Outcome:

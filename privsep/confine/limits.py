@@ -1,4 +1,11 @@
-"""Resource limits, so one child cannot exhaust the machine for everyone else."""
+"""Per-process resource limits (setrlimit), so one child cannot exhaust the machine for everyone else.
+
+The sandbox as a whole (memory, processes, CPU) is held by its cgroup
+(``privsep.cgroups``). RLIMIT_NPROC is unlimited here (as far as the hard
+limit allows): the kernel counts it per uid, shared by every sandbox of a
+root broker, so it is set to ``processes`` only for a sandbox without a
+cgroup (``spawn.in_cgroup``).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +18,15 @@ _MB = 1 << 20
 
 
 def rlimits(limits: Limits) -> dict[int, int]:
-    """The (soft = hard) limits for a policy; computed in the broker, applied in the child."""
+    """The (soft = hard) limits for a policy; computed in the broker, applied in the child.
+
+    RLIMIT_AS stays with the cgroup's memory limit: it turns one huge
+    allocation into an error the program can handle, where the cgroup would
+    kill the whole sandbox.
+    """
     return {
         resource.RLIMIT_NOFILE: limits.open_files,
-        resource.RLIMIT_NPROC: limits.processes,
+        resource.RLIMIT_NPROC: resource.RLIM_INFINITY,
         resource.RLIMIT_AS: limits.address_space_mb * _MB,
         resource.RLIMIT_FSIZE: limits.file_size_mb * _MB,
         resource.RLIMIT_CPU: limits.cpu_seconds,
@@ -32,7 +44,7 @@ def apply_rlimits(values: dict[int, int]) -> None:
     for which, value in values.items():
         try:
             hard = resource.getrlimit(which)[1]
-            if hard != resource.RLIM_INFINITY and value > hard:
+            if hard != resource.RLIM_INFINITY and (value > hard or value == resource.RLIM_INFINITY):
                 value = hard  # noqa: PLW2901 - lowering is always allowed; raising needs a privilege
             resource.setrlimit(which, (value, value))
         except (OSError, ValueError) as exc:

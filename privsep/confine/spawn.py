@@ -13,6 +13,10 @@ Three processes per sandbox, each with one job::
              │     namespace (daemonised ones included)
              └── command  drops identity, Landlock, rlimits, seccomp (loaded last), execve
 
+Before the fork the broker makes the sandbox's cgroup (``privsep.cgroups``);
+the monitor's first act is to join it, so init, the command and everything
+they start are born inside it and counted against its limits.
+
 The command is not pid 1 because pid 1 ignores every signal it has no handler
 for, which breaks programs that signal themselves. No user code runs in a
 forked copy of the broker: the command execs a fresh program, and monitor and
@@ -47,6 +51,7 @@ import fcntl
 import gc
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -60,9 +65,10 @@ from typing import NoReturn
 import prctl
 
 from privsep import _linux, channel
+from privsep.cgroups import Budget, SandboxCgroup
 from privsep.confine import hostids, identity, landlock, limits, seccomp, view
 from privsep.errors import ConfinementError, PrivsepError, RemoteProtocolError
-from privsep.policy.model import Policy
+from privsep.policy.model import Limits, Policy
 from privsep.policy.syscalls import expand
 
 #: The fd number of the channel in the child (and the value of PRIVSEP_FD) without
@@ -113,6 +119,13 @@ class SpawnPlan:
     listen: tuple[str, ...] = ()
     """Socket activation: the names (LISTEN_FDNAMES) of the listening sockets the broker
     passes as fds 3.. (see :func:`with_listen`); the channel comes after them."""
+    budget: Budget = field(default_factory=lambda: Budget.of(Limits()))
+    """What the sandbox's cgroup holds it to (the policy's [limits]); the broker makes the cgroup."""
+    cgroups: str = "required"
+    """The policy's [limits] cgroups: required, optional or off (the broker's decision)."""
+    cgroup_join: tuple[str, ...] = ()
+    """The files of this sandbox's cgroup (cgroup.procs; tasks on v1) the monitor writes "0" to,
+    joining it, before anything else (see :func:`in_cgroup`); empty when it runs without one."""
 
     terminal: int | None = None
     """The command's fd (0-2) that is the pty the broker made for this sandbox (never the
@@ -157,6 +170,9 @@ class SpawnPlan:
             "in_process_call": self.in_process_call,
             "listen": list(self.listen),
             "terminal": self.terminal,
+            "budget": [self.budget.memory_mb, self.budget.processes, self.budget.cpu_percent],
+            "cgroups": self.cgroups,
+            "cgroup_join": list(self.cgroup_join),
         }
         return json.dumps(body).encode()
 
@@ -196,6 +212,9 @@ class SpawnPlan:
             in_process_call=body["in_process_call"],
             listen=tuple(body.get("listen", ())),
             terminal=body.get("terminal"),
+            budget=Budget(*body["budget"]),
+            cgroups=body["cgroups"],
+            cgroup_join=tuple(body["cgroup_join"]),
         )
 
     host_uid: int = field(default_factory=os.getuid)
@@ -251,7 +270,25 @@ def make_plan(
         learn=learn,
         transparent_calls=tuple(sorted(seccomp.transparent_numbers(spec))),
         kernel_served=grants.kernel_served,
+        budget=Budget.of(policy.limits),
+        cgroups=policy.limits.cgroups,
     )
+
+
+def in_cgroup(plan: SpawnPlan, cgroup: SandboxCgroup | None) -> SpawnPlan:
+    """``plan`` for one sandbox: in ``cgroup``, or, without one, held by RLIMIT_NPROC instead.
+
+    With the pids cgroup the sandbox's process count is its own, so
+    RLIMIT_NPROC is not lowered (``limits.rlimits`` sets it as high as the
+    hard limit lets): the kernel counts that one per uid, across every
+    sandbox of a root broker (all uid 65534), and a low value would let one
+    sandbox at its limit stop its siblings' forks. Without a cgroup it is
+    the only bound on a fork bomb, shared or not.
+    """
+    if cgroup is not None:
+        return replace(plan, cgroup_join=cgroup.join)
+    rlimits = {**plan.rlimits, resource.RLIMIT_NPROC: plan.budget.processes}
+    return replace(plan, cgroup_join=(), rlimits=rlimits)
 
 
 def _inherited_cwd(plan: view.ViewPlan) -> str:
@@ -442,12 +479,31 @@ def _arrange_fds(sources: Sequence[int]) -> None:
     _linux.close_range(_control_fd + 1)
 
 
+def _join_cgroup(paths: Sequence[str]) -> ConfinementError | None:
+    """Move this process into the sandbox's cgroup: init and the command, forked later, are born there."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            return ConfinementError("cgroups", f"joining the sandbox's cgroup ({path}): {exc.strerror}")
+    return None
+
+
 def _monitor(plan: SpawnPlan, sources: Sequence[int], broker_pid: int) -> None:
+    # First of all: nothing of the sandbox may exist outside its cgroup. Reported once the
+    # control socket is in place; nothing is forked if it failed.
+    joined = _join_cgroup(plan.cgroup_join)
     _reset_process_state()
     prctl.set_name("privsep-monitor")
     try:
         os.setsid()
         _arrange_fds(sources)
+        if joined is not None:
+            raise joined
         prctl.set_pdeathsig(signal.SIGKILL)
         if os.getppid() != broker_pid:
             raise ConfinementError("monitor", "the broker exited during set-up")

@@ -73,10 +73,23 @@ class Syscalls(_Strict):
 
 
 class Limits(_Strict):
-    """Resource limits (setrlimit) and the broker-enforced wall-clock timeout."""
+    """Resource limits: the sandbox's cgroup (memory, processes, CPU of the whole sandbox),
+    setrlimit (per process) and the broker-enforced wall-clock timeout."""
 
     open_files: Annotated[int, Field(ge=8, le=1_048_576)] = 256
     processes: Annotated[int, Field(ge=1, le=65536)] = 128
+    """Processes and threads of the whole sandbox at once (its pids cgroup; without a cgroup,
+    RLIMIT_NPROC, which the kernel counts per uid)."""
+    memory_mb: Annotated[int, Field(ge=32, le=1 << 30)] = 1024
+    """Memory of the whole sandbox (its memory cgroup): anonymous memory, memfds, shm, /tmp,
+    page cache and kernel memory its processes are charged for; no swap. Past it, the
+    whole sandbox is killed (exit status 137)."""
+    cpu_percent: Annotated[int, Field(ge=0, le=100_000)] = 0
+    """CPU time of the whole sandbox per wall-clock time, in percent of one CPU (200: two
+    CPUs' worth); 0, the default: no quota (RLIMIT_CPU still caps each process's total)."""
+    cgroups: Literal["required", "optional", "off"] = "required"
+    """"required": no sandbox starts without its cgroup. "optional": without one where this host
+    cannot give it (said at every start). "off": never (said at every start too)."""
     address_space_mb: Annotated[int, Field(ge=16, le=1 << 30)] = 8192
     file_size_mb: Annotated[int, Field(ge=0, le=1 << 30)] = 1024
     cpu_seconds: Annotated[int, Field(ge=1, le=1 << 30)] = 3600

@@ -1396,28 +1396,54 @@ def test_a_huge_allocation_fails_and_the_child_survives(run_privsep: RunPrivsep)
     assert json_output(run_privsep(*python_child(code))) == {"got": "MemoryError", "alive": 1 << 20}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: RLIMIT_AS counts mappings, not shared memory a process holds through an fd: memfds "
-        "(and SysV shm, tmpfs inodes) let one process use open_files x file_size_mb of RAM; "
-        "needs a memory cgroup (memory.max) per sandbox"
+#: Ways to hold memory a process's RLIMIT_AS does not see (or sees once per process): each
+#: holds one more CHUNK per step and prints the running total. ``{i}`` is the step.
+_HOLDERS = {
+    "memfd": "fd = os.memfd_create('hold'); os.posix_fallocate(fd, 0, CHUNK)",
+    "sysv-shm": (
+        "seg = libc.shmget(0, CHUNK, 0o1600); addr = libc.shmat(seg, None, 0)\n"
+        "    ctypes.memset(addr, 1, CHUNK); libc.shmdt(ctypes.c_void_p(addr))"
     ),
-)
-def test_memory_held_in_memfds_is_bounded_by_the_address_space_limit(
-    run_privsep: RunPrivsep, shared_tmp: Path
+    "tmpfs": "open(f'/tmp/hold{i}', 'wb').write(b'x' * CHUNK)",
+    "forked-tree": (
+        "r, w = os.pipe()\n"
+        "    if os.fork() == 0:\n"
+        "        kept = b'x' * CHUNK; os.write(w, b'.'); time.sleep(60); os._exit(0)\n"
+        "    os.read(r, 1)"
+    ),
+}
+
+
+@pytest.mark.parametrize("holder", list(_HOLDERS))
+def test_memory_held_past_rlimit_as_is_bounded_by_the_sandbox_memory_limit(
+    run_privsep: RunPrivsep, shared_tmp: Path, holder: str
 ) -> None:
-    """Escape class: exhausting memory past RLIMIT_AS without mapping it."""
-    policy = write_policy(shared_tmp, "mem.toml", 'extends = "python"\n[limits]\naddress_space_mb = 256\n')
+    """Escape class: exhausting memory past RLIMIT_AS, which counts one process's mappings only.
+
+    memfds and SysV shm (attached, filled, detached) hold memory through an fd or an id,
+    files on /tmp through the tmpfs, and a tree of processes each under its own RLIMIT_AS:
+    none of it is the address space of the process that holds it. The sandbox's memory
+    cgroup counts all of it: at memory_mb the whole sandbox is killed, and privsep says so.
+    """
+    policy = write_policy(
+        shared_tmp,
+        "mem.toml",
+        'extends = "python"\n[view]\ntmp = true\ntmp_size_mb = 1024\n'
+        "[limits]\naddress_space_mb = 256\nmemory_mb = 64\n",
+    )
     code = (
-        "import os\nheld = 0\nfor _ in range(2):\n"
-        "    fd = os.memfd_create('fill')\n"
-        "    os.posix_fallocate(fd, 0, 384 << 20)\n    held += 384\n    print('held', held, flush=True)\n"
+        "import ctypes, os, time\n"
+        "libc = ctypes.CDLL(None, use_errno=True); libc.shmat.restype = ctypes.c_void_p\n"
+        "CHUNK = 16 << 20\n"
+        "for i in range(12):\n"
+        f"    {_HOLDERS[holder]}\n"
+        "    print('held', 16 * (i + 1), flush=True)\n"
     )
     proc = run_privsep("--policy", str(policy), "--", str(PYTHON), "-c", code)
-    # An error (ENOMEM, ENOSPC) or an OOM kill both count as bounded: only what was held matters.
     held = max([int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("held ")] or [0])
-    assert held <= 256, f"one process holds {held} MiB of memfds with address_space_mb = 256"
+    assert held < 64, f"the sandbox held {held} MiB ({holder}) with memory_mb = 64"
+    assert proc.returncode == 137, (proc.returncode, proc.stderr)
+    assert "privsep: the sandbox reached its memory limit (64 MB) and was killed" in proc.stderr.splitlines()
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,8 @@ A connect that hangs holds up only its own child (one slow request in flight
 per child, on a worker thread). Hostile paths cannot forge audit records or
 reach the terminal through the exit report. The broker killed (SIGKILL, in a
 subprocess) takes every sandbox with it within a second, and a thousand
-sandboxes started and ended in a row on one broker leave no zombie, no fd and
-no memory behind.
+sandboxes started and ended in a row on one broker leave no zombie, no fd, no
+memory and no cgroup behind.
 
 Tests marked ``xfail(strict=True, reason="BUG: ...")`` assert the correct
 behaviour for a weakness that exists today; they fail loudly once it is fixed,
@@ -833,6 +833,7 @@ def test_a_thousand_sandboxes_in_a_row_leave_nothing_behind() -> None:
     devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
 
     host_ids: set[int] = set()  # a root broker's: one claimed per sandbox
+    cgroup_dirs: list[str] = []
 
     def one() -> int:
         child = broker.start(plan, timeout=10, stdio=(devnull, devnull, devnull))
@@ -841,6 +842,8 @@ def test_a_thousand_sandboxes_in_a_row_leave_nothing_behind() -> None:
         outcome = broker.wait(child)
         assert (outcome.how, outcome.returncode) == ("exited", 0), outcome
         assert child.spawned.host_ids is None or not child.spawned.host_ids.held
+        assert child.cgroup is not None
+        cgroup_dirs.extend(child.cgroup.dirs)
         return child.pid
 
     try:
@@ -856,14 +859,19 @@ def test_a_thousand_sandboxes_in_a_row_leave_nothing_behind() -> None:
         assert my_zombies() == []
         assert not [pid for pid in monitors if alive(pid)]
         assert broker.children == frozenset()
+        # Each sandbox had a cgroup of its own (memory and pids), removed as it ended.
+        left = [d for d in cgroup_dirs if os.path.exists(d)]
+        assert len(cgroup_dirs) == 2 * 1020 and left == [], (
+            f"{len(left)} sandbox cgroups left behind: {left[:3]}"
+        )
         assert elapsed < 60, f"1000 sandboxes took {elapsed:.0f} s"
         if os.geteuid() == 0:
             assert len(host_ids) > 1, "each sandbox claims an id of its own"
             # A claim is a flock'ed file (privsep/confine/hostids.py): none of these is still ours.
             # (Only this process's locks count: another broker may claim one of these ids now; and
             # only these ids: a module fixture's sandboxes may still hold theirs.)
-            left = set(my_host_id_locks()) & {str(i) for i in host_ids}
-            assert not left, f"host ids still claimed after their sandboxes ended: {left}"
+            claimed = set(my_host_id_locks()) & {str(i) for i in host_ids}
+            assert not claimed, f"host ids still claimed after their sandboxes ended: {claimed}"
     finally:
         broker.close()
         os.close(devnull)

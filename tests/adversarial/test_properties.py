@@ -243,6 +243,9 @@ POLICY_KEYS: dict[str, list[str]] = {
     "limits": [
         "open_files",
         "processes",
+        "memory_mb",
+        "cpu_percent",
+        "cgroups",
         "address_space_mb",
         "file_size_mb",
         "cpu_seconds",

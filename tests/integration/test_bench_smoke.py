@@ -64,6 +64,16 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         assert _measured_or_skipped(spawn[peer]), peer
     assert _is_stats(spawn["forkserver_call"])  # the forkserver start method is measured
 
+    cgroups = res["cgroups"]  # a cgroup per sandbox against none, within each round
+    if "skipped" not in cgroups:
+        for key in (
+            "spawn_with_cgroup_ms",
+            "spawn_without_cgroup_ms",
+            "with_vs_without",
+            "make_and_remove_us",
+        ):
+            assert _is_stats(cgroups[key]), key
+
     seccomp = res["seccomp"]
     for key in ("getppid_ratio", "stat_ratio", "getppid_one_rule_ratio", "stat_one_rule_ratio"):
         assert _is_stats(seccomp[key]), key
@@ -91,5 +101,5 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert level["broker_rss_kb"] > 0 and level["open"]["p50_us"] > 0
 
     names = [t["target"] for t in res["targets"]]
-    assert len(names) == 9
+    assert len(names) == 10  # issues 7, 12, 14 and 16
     assert all(t["met"] in (True, False, None) for t in res["targets"])

@@ -38,7 +38,7 @@ from tests.conftest import PYTHON, RunPrivsep, json_output
 
 #: A plugin: summarise every file of IN into OUT/summary.json, and try the network twice.
 PLUGIN = r"""
-import errno, json, os, socket, sys
+import errno, json, os, socket, sys, time
 from privsep import client
 
 inp, out, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -65,9 +65,18 @@ except OSError as exc:
     view = exc.errno
 with open("/tmp/scratch", "w") as f:
     f.write("scratch")
-limits = {l[:26].strip(): l[26:].split()[0] for l in open("/proc/self/limits").read().splitlines()[1:]}
+kids = 0
+while True:  # up to the sandbox's process limit (its pids cgroup)
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    kids += 1
 print(json.dumps({"summary": summary, "brokered": brokered, "direct": direct, "view": view,
-                  "processes": limits["Max processes"]}))
+                  "processes": 1 + kids}))
 """
 
 
@@ -118,7 +127,7 @@ def test_plugin_reads_its_input_writes_its_output_and_has_no_network(
     assert "no [[connect]] rule allows this address" in str(result["brokered"])
     assert result["direct"] == 97  # EAFNOSUPPORT: seccomp allows AF_UNIX sockets only
     assert result["view"] == "read"  # not in the view: a plain open() is brokered by the same rule
-    assert result["processes"] == "32"  # the plugin policy's own limit
+    assert result["processes"] == 32  # the plugin policy's own limit: itself and 31 children
     assert f"privsep: denied connect 127.0.0.1:{port}" in proc.stderr
     with pytest.raises(BlockingIOError):
         listener.accept()
@@ -354,7 +363,13 @@ def test_cli_tool_has_a_scratch_tmp_and_cannot_write_elsewhere(
 
 
 def test_cli_tool_processes_are_limited(run_privsep: RunPrivsep) -> None:
-    proc = run_privsep("--policy", "cli-tool", "--", "/usr/bin/cat", "/proc/self/limits")
+    """16 processes for the whole sandbox (its pids cgroup): the command and 15 children."""
+    fork_all = (
+        "import os, time\nkids = 0\nwhile True:\n    try:\n        pid = os.fork()\n"
+        "    except OSError as e:\n        print(kids, e.errno); break\n"
+        "    if pid == 0:\n        time.sleep(60); os._exit(0)\n    kids += 1\n"
+    )
+    proc = run_privsep("--policy", "cli-tool", "--", "/usr/bin/python3", "-c", fork_all)
     assert proc.returncode == 0, proc.stderr
-    limits = {line[:26].strip(): line[26:].split()[0] for line in proc.stdout.splitlines()[1:]}
-    assert limits["Max processes"] == "16"
+    assert proc.stdout.split() == ["15", "11"]  # EAGAIN
+    assert "re-run with --processes=32" in proc.stderr

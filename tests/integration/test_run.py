@@ -10,6 +10,7 @@ import ast
 import fcntl
 import json
 import os
+import resource
 import secrets
 import signal
 import struct
@@ -353,7 +354,7 @@ def test_fork_bomb_is_bounded(run_privsep: RunPrivsep, shared_tmp: Path) -> None
     )
     proc = run_privsep("--policy", str(policy), "--", str(PYTHON), "-c", code)
     result = json_output(proc)
-    assert result["err"] == 11  # EAGAIN from RLIMIT_NPROC
+    assert result["err"] == 11  # EAGAIN from the sandbox's pids cgroup
     assert isinstance(result["kids"], int) and result["kids"] < 20
 
 
@@ -404,9 +405,12 @@ def test_resource_limits_are_set_not_inherited(run_privsep: RunPrivsep) -> None:
         "print(json.dumps({n: r.getrlimit(getattr(r, 'RLIMIT_' + n)) for n in names}))\n"
     )
     limits = json_output(run_privsep(*python_child(code)))
+    # The sandbox's pids cgroup counts its processes; RLIMIT_NPROC (per uid, shared by every
+    # sandbox of the uid) is as high as the hard limit lets privsep set it.
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
     assert limits == {
         "NOFILE": [256, 256],
-        "NPROC": [128, 128],
+        "NPROC": [nproc, nproc],
         "AS": [8192 << 20] * 2,
         "FSIZE": [1024 << 20] * 2,
         "CPU": [3600, 3600],

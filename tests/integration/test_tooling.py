@@ -230,7 +230,16 @@ def test_doctor_describes_this_machine_and_finds_every_layer(user: str) -> None:
     assert f"Landlock          ABI {abi}: filesystem, refer, truncate" in out
     assert "user notification: yes" in out
     assert f"cgroups           {_cgroup_here()} (" in out
-    for layer in ("3 namespaces", "3b filesystem view", "6 Landlock", "7 seccomp", "broker: files (openat2)"):
+    assert re.search(r"^  0 cgroup +applied: a cgroup per sandbox, v[12] beneath ", out, re.M)
+    layers = (
+        "3 namespaces",
+        "3b filesystem view",
+        "0 cgroup",
+        "6 Landlock",
+        "7 seccomp",
+        "broker: files (openat2)",
+    )
+    for layer in layers:
         assert re.search(rf"^  {re.escape(layer)} +applied: ", out, re.M), layer
     assert re.search(r"^  trial: minimal, /usr/bin/true +ok: ", out, re.M)
     assert out.rstrip().endswith("verdict: ready; every layer privsep run needs is available here")

@@ -99,6 +99,11 @@ def test_a_non_root_broker_says_what_isolation_it_lacks(granted: int) -> None:
         ({"close_range": Probe("ENOSYS (Function not implemented)")}, "1-2 session", "Linux 5.9 or later"),
         ({"mount_setattr": Probe("ENOSYS (Function not implemented)")}, "3b filesystem", "Linux 5.12"),
         ({"trial": Probe("confinement step 'filesystem' failed: x")}, "trial", "step 'filesystem'"),
+        (
+            {"cgroup_use": Probe("uid 1000 cannot make cgroups in /sys/fs/cgroup/user.slice")},
+            "0 cgroup",
+            'pass --no-cgroups or set [limits] cgroups = "optional"',
+        ),
     ],
 )
 def test_a_missing_layer_is_named_with_its_fix_and_fails_the_verdict(

@@ -316,6 +316,37 @@ def test_rule_counts_are_bounded(tmp_path: Path) -> None:
     assert "secrets" in error(tmp_path, secrets)
 
 
+def test_the_sandbox_limits_load_with_defaults_and_bounds(tmp_path: Path) -> None:
+    """[limits] memory_mb, cpu_percent and cgroups: what the sandbox's cgroup holds it to."""
+    policy = load(tmp_path, "")
+    assert (policy.limits.memory_mb, policy.limits.cpu_percent, policy.limits.cgroups) == (
+        1024,
+        0,
+        "required",
+    )
+    policy = load(tmp_path, '[limits]\nmemory_mb = 64\ncpu_percent = 250\ncgroups = "optional"\n')
+    assert (policy.limits.memory_mb, policy.limits.cpu_percent, policy.limits.cgroups) == (
+        64,
+        250,
+        "optional",
+    )
+    assert "limits.memory_mb: Input should be greater than or equal to 32" in error(
+        tmp_path, "[limits]\nmemory_mb = 8\n"
+    )
+    assert "limits.cgroups: Input should be 'required', 'optional' or 'off'" in error(
+        tmp_path, '[limits]\ncgroups = "maybe"\n'
+    )
+    assert "limits.cpu_percent" in error(tmp_path, "[limits]\ncpu_percent = -1\n")
+    # The command line's --memory-mb/--processes/--cpu-percent/--no-cgroups arrive as an extra.
+    extra = {"limits": {"memory_mb": 96, "cgroups": "off"}}
+    assert load(tmp_path, "[limits]\nmemory_mb = 64\nprocesses = 9\n", extra).limits.model_dump() == {
+        **load(tmp_path, "").limits.model_dump(),
+        "memory_mb": 96,
+        "processes": 9,
+        "cgroups": "off",
+    }
+
+
 def test_errors_from_command_line_grants_say_so(tmp_path: Path) -> None:
     message = error(tmp_path, "", {"secrets": {"t": "env:LANG"}})
     assert "with the command-line grants" in message

@@ -52,7 +52,7 @@ def _fork_bomb(loot: list[str]) -> None:
     while True:
         try:
             pid = os.fork()
-        except OSError as exc:  # EAGAIN: the policy's [limits] processes (RLIMIT_NPROC)
+        except OSError as exc:  # EAGAIN: the policy's [limits] processes (the pids cgroup)
             loot.append(f"fork bomb: stopped after {forks} forks: {_outcome(exc)}")
             return
         if pid == 0:
