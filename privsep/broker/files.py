@@ -354,6 +354,7 @@ class FileService:
     def unlink(self, path: str) -> Answer:
         decision = self._decide(path, frozenset({Access.CREATE}))
         with self._parent(decision) as (dirfd, name):
+            _refuse_endpoint(dirfd, name, decision)
             try:
                 os.unlink(name, dir_fd=dirfd)
             except OSError as exc:
@@ -377,6 +378,8 @@ class FileService:
             self._parent(src_decision) as (src_dir, src_name),
             self._parent(dst_decision) as (dst_dir, dst_name),
         ):
+            _refuse_endpoint(src_dir, src_name, src_decision)
+            _refuse_endpoint(dst_dir, dst_name, dst_decision)
             try:
                 os.rename(src_name, dst_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
             except OSError as exc:
@@ -391,6 +394,24 @@ class FileService:
             os.close(fd)
             raise failed("not a unix socket", rule=_rule(decision))
         return decision, fd
+
+
+def _refuse_endpoint(dirfd: int, name: str, decision: FileDecision) -> None:
+    """Never remove, move or replace a unix socket or a FIFO: it may be a host daemon's.
+
+    The view masks them in kernel-served grants (a mount point cannot be unlinked);
+    the broker works on the host's tree, where no mask is.
+    """
+    try:
+        mode = os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode
+    except OSError:
+        return  # nothing there (or unreadable): the operation itself answers
+    if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+        raise denied(
+            "it is a unix socket or a FIFO, which the broker never removes, moves or replaces "
+            "(a host process may be listening on it)",
+            rule=_rule(decision),
+        )
 
 
 def _owner(path: str) -> tuple[int, int]:

@@ -39,6 +39,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import tempfile
@@ -1240,6 +1241,49 @@ def test_a_root_broker_acts_in_a_grant_as_its_owner(run_as_root: RunPrivsep, sha
     for made in (grant / "made.txt", grant / "made-dir"):
         st = made.stat()
         assert (st.st_uid, st.st_gid) == (NONROOT_ID, NONROOT_ID), made
+
+
+_ENDPOINT_PROBE = r"""
+import json, sys
+from privsep import client
+top = sys.argv[1]
+out = {}
+for name, call in (
+    ("unlink", lambda: client.unlink(top + "/daemon.sock")),
+    ("rename", lambda: client.rename(top + "/daemon.sock", top + "/moved")),
+    ("replace", lambda: client.rename(top + "/mine", top + "/daemon.sock")),
+):
+    try:
+        call()
+        out[name] = "done"
+    except OSError as e:
+        out[name] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+def test_the_broker_never_removes_or_replaces_a_hosts_socket(
+    run_privsep: RunPrivsep, shared_tmp: Path
+) -> None:
+    """Fresh-eyes audit: the view masks a host daemon's socket in a writable grant, but
+    client.unlink and client.rename worked on the host's tree, where no mask is."""
+    grant = shared_tmp / "run"
+    grant.mkdir()
+    grant.chmod(0o777)  # the broker may remove anything here: only the check stops it
+    (grant / "mine").write_text("x")
+    (grant / "mine").chmod(0o666)
+    probe = write_policy(shared_tmp, "endpoint.py", _ENDPOINT_PROBE)
+    with socket.socket(socket.AF_UNIX) as daemon:
+        daemon.bind(str(grant / "daemon.sock"))
+        daemon.listen()
+        result = json_output(
+            run_privsep(
+                "--policy", "python", "--allow-read", str(probe), "--allow-write", str(grant),
+                "--", str(PYTHON), str(probe), str(grant),
+            )
+        )  # fmt: skip
+        assert result == {"unlink": "DeniedError", "rename": "DeniedError", "replace": "DeniedError"}
+        assert stat.S_ISSOCK(os.lstat(grant / "daemon.sock").st_mode)
 
 
 # --------------------------------------------------------------------------- the filesystem
