@@ -971,6 +971,25 @@ def test_proc_shows_no_host_wide_state(run_privsep: RunPrivsep) -> None:
     )
 
 
+def _run_on_one_file(
+    run_privsep: RunPrivsep, target: Path, probe_code: str, rule: str, *, tmp: bool = True
+) -> dict[str, object]:
+    """``probe_code TARGET`` confined, with one [[files]] rule (``rule``: its access and serve lines)
+    for TARGET, a file holding "history" in a directory anyone may write."""
+    target.parent.mkdir()
+    target.parent.chmod(0o777)
+    target.write_text("history\n")
+    target.chmod(0o666)
+    probe = write_policy(target.parent.parent, f"{target.stem}-probe.py", probe_code)
+    policy = write_policy(
+        target.parent.parent,
+        f"{target.stem}.toml",
+        f'extends = "python"\n[view]\n{"" if tmp else "tmp = false"}\nread = ["{probe}"]\n'
+        f'[[files]]\npath = "{target}"\n{rule}\n',
+    )
+    return json_output(run_privsep("--policy", str(policy), "--", str(PYTHON), str(probe), str(target)))
+
+
 _NO_TRUNCATE_PROBE = r"""
 import json, os, sys
 from privsep import client
@@ -998,19 +1017,10 @@ def test_a_grant_without_truncate_hands_out_fds_that_cannot_truncate(
     run_privsep: RunPrivsep, shared_tmp: Path, serve: str
 ) -> None:
     """Issue 13 item 4: read+write without truncate holds on the fd itself, not only at open."""
-    data = shared_tmp / "keep"
-    data.mkdir(mode=0o777)
-    target = data / "history.log"
-    target.write_text("history\n")
-    target.chmod(0o666)
-    probe = write_policy(shared_tmp, "probe.py", _NO_TRUNCATE_PROBE)
-    policy = write_policy(
-        shared_tmp,
-        "no-truncate.toml",
-        f'extends = "python"\n[view]\ntmp = false\nread = ["{probe}"]\n'
-        f'[[files]]\npath = "{target}"\naccess = ["read", "write"]\nserve = "{serve}"\n',
+    target = shared_tmp / "keep" / "history.log"
+    result = _run_on_one_file(
+        run_privsep, target, _NO_TRUNCATE_PROBE, f'access = ["read", "write"]\nserve = "{serve}"', tmp=False
     )
-    result = json_output(run_privsep("--policy", str(policy), "--", str(PYTHON), str(probe), str(target)))
     assert result["client"] == errno.EACCES, result
     if serve == "broker":  # a kernel-served grant's own opens are the kernel's (Landlock, at open)
         assert result["transparent"] == errno.EACCES, result
@@ -1049,19 +1059,8 @@ print(json.dumps(out))
 
 def test_an_append_only_grant_only_ever_appends(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
     """Issue 13 item 4: append-only holds whatever the child does to its fd, and nothing written is lost."""
-    data = shared_tmp / "logs"
-    data.mkdir(mode=0o777)
-    target = data / "audit.log"
-    target.write_text("history\n")
-    target.chmod(0o666)
-    probe = write_policy(shared_tmp, "append.py", _APPEND_ONLY_PROBE)
-    policy = write_policy(
-        shared_tmp,
-        "append.toml",
-        f'extends = "python"\n[view]\nread = ["{probe}"]\n'
-        f'[[files]]\npath = "{target}"\naccess = ["append"]\n',
-    )
-    result = json_output(run_privsep("--policy", str(policy), "--", str(PYTHON), str(probe), str(target)))
+    target = shared_tmp / "logs" / "audit.log"
+    result = _run_on_one_file(run_privsep, target, _APPEND_ONLY_PROBE, 'access = ["append"]')
     assert result == {
         "pwrite": errno.ESPIPE,
         "ftruncate": errno.EINVAL,

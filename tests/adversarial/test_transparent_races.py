@@ -280,21 +280,22 @@ def servers() -> Iterator[tuple[_Server, _Server]]:
     forbidden.close()
 
 
+def _race_connect(
+    broker_user: str, arena: Path, mode: str, allowed: _Server, forbidden: _Server
+) -> dict[str, int]:
+    """The racer's ``mode`` against the two servers, with a connect rule for the allowed one only."""
+    policy = arena / "race.toml"
+    policy.write_text(f'extends = "minimal"\n[view]\nread = ["{arena}/racer"]\n')
+    policy.chmod(0o644)
+    rule = ["--policy", str(policy), "--allow-connect", f"127.0.0.1:{allowed.port}"]
+    return _race(broker_user, arena, rule, mode, str(allowed.port), str(forbidden.port))
+
+
 def test_flipping_the_address_never_connects_elsewhere(
     broker_user: str, arena: Path, servers: tuple[_Server, _Server]
 ) -> None:
     allowed, forbidden = servers
-    policy = arena / "race.toml"
-    policy.write_text(f'extends = "minimal"\n[view]\nread = ["{arena}/racer"]\n')
-    policy.chmod(0o644)
-    result = _race(
-        broker_user,
-        arena,
-        ["--policy", str(policy), "--allow-connect", f"127.0.0.1:{allowed.port}"],
-        "connect",
-        str(allowed.port),
-        str(forbidden.port),
-    )
+    result = _race_connect(broker_user, arena, "connect", allowed, forbidden)
     assert result["leaked"] == 0, result
     assert forbidden.accepted == 0, result
     assert result["ok"] > 0 and result["denied"] > 0, result
@@ -313,17 +314,7 @@ def test_swapping_the_socket_never_lets_the_kernel_connect_the_hosts(
     rule stopped that). Neither may happen, whatever the timing.
     """
     allowed, forbidden = servers
-    policy = arena / "race.toml"
-    policy.write_text(f'extends = "minimal"\n[view]\nread = ["{arena}/racer"]\n')
-    policy.chmod(0o644)
-    result = _race(
-        broker_user,
-        arena,
-        ["--policy", str(policy), "--allow-connect", f"127.0.0.1:{allowed.port}"],
-        "swap",
-        str(allowed.port),
-        str(forbidden.port),
-    )
+    result = _race_connect(broker_user, arena, "swap", allowed, forbidden)
     assert result["still_connected"] == 1, f"the host socket was disconnected through the race: {result}"
     assert result["leaked"] == 0 and forbidden.accepted == 0, result
     assert result["flips"] > ITERATIONS // 10, result
