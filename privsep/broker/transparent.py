@@ -380,17 +380,32 @@ class Transparent:
         services: Services | None,
         sock: socket.socket,
         address: bytes,
-    ) -> Deferred:
-        """A unix connect may wait (a full backlog): a worker performs it (see unixconnect.py)."""
+    ) -> Deferred | None:
+        """A unix connect may wait (a full backlog): a worker performs it (see unixconnect.py).
+
+        Whatever the worker needs of the caller (its root, its ids, its working directory)
+        is taken here, and the notification checked live after it: the worker may run much
+        later, when the caller's thread id may name a host process.
+        """
         path = unixconnect.sockaddr_path(address)
+        caller: unixconnect.Caller | None = None
         try:
             if path is not None and not path.startswith("/"):
                 path = posixpath.join(_base(note.pid, _AT_FDCWD), path)
             brokered = (
                 path is not None and services is not None and self._rule_decides(services, _normalise(path))
             )
+            if path is not None and not brokered:
+                try:
+                    caller = unixconnect.capture(note.pid)
+                except OSError:
+                    raise _Unserved(errno.ESRCH) from None
+            if not notify.is_live(listener, note):
+                raise _Unserved(errno.ESRCH)  # answered to nobody: what we took may not be the caller's
         except BaseException:
             sock.close()
+            if caller is not None:
+                caller.close()
             raise
         mine = os.dup(listener)
 
@@ -402,14 +417,19 @@ class Transparent:
                 if brokered:
                     assert services is not None
                     return _connect_granted(mine, note, services, sock, _normalise(path))
-                return _connect_in_view(mine, note, sock, path)
+                assert caller is not None
+                return _connect_in_view(mine, note, sock, caller, path)
             finally:
                 sock.close()
                 os.close(mine)
+                if caller is not None:
+                    caller.close()
 
         def drop() -> None:
             os.close(mine)
             sock.close()
+            if caller is not None:
+                caller.close()
 
         return Deferred(job, drop)
 
@@ -459,11 +479,11 @@ def _connect_granted(
 
 
 def _connect_in_view(
-    listener: int, note: notify.Notification, sock: socket.socket, path: str
+    listener: int, note: notify.Notification, sock: socket.socket, caller: unixconnect.Caller, path: str
 ) -> Served | None:
     """A socket in the child's own view (its /tmp, a writable grant): as the kernel would, on its socket."""
     try:
-        pathfd = unixconnect.open_in_view(note.pid, path)
+        pathfd = unixconnect.open_in_view(caller, path)
     except unixconnect.HostSocket:
         notify.refuse(listener, note, errno.EACCES)
         shown = _shown(path)

@@ -33,6 +33,7 @@ import os
 import socket
 import stat
 import struct
+from dataclasses import dataclass
 
 from privsep import _linux
 
@@ -45,26 +46,51 @@ class HostSocket(Exception):
     """The path names a socket the child did not make (on a read-only mount)."""
 
 
-def open_in_view(tid: int, path: str) -> int:
-    """An O_PATH fd of the socket at ``path`` as thread ``tid`` sees it; raises OSError or HostSocket."""
+@dataclass
+class Caller:
+    """The caller's root and file-system ids, taken while its notification proved it alive.
+
+    Taken at once, never later on a worker: by then the caller may be gone and its
+    thread id reused by a host process, whose root is the host's ``/``.
+    """
+
+    root: int  # an O_PATH fd of the caller's root directory
+    uid: int
+    gid: int
+
+    def close(self) -> None:
+        if self.root >= 0:
+            os.close(self.root)
+            self.root = -1
+
+
+def capture(tid: int) -> Caller:
+    """The caller's root and ids; check the notification is still live *after* this (see Caller)."""
     root = os.open(f"/proc/{tid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = _linux.openat2(
-            root,
-            path,
-            os.O_PATH | os.O_CLOEXEC,
-            0,
-            _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS,
-        )
-    finally:
+        uid, gid = _fs_ids(tid)
+    except BaseException:
         os.close(root)
+        raise
+    return Caller(root, uid, gid)
+
+
+def open_in_view(caller: Caller, path: str) -> int:
+    """An O_PATH fd of the socket at ``path`` as the caller sees it; raises OSError or HostSocket."""
+    fd = _linux.openat2(
+        caller.root,
+        path,
+        os.O_PATH | os.O_CLOEXEC,
+        0,
+        _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS,
+    )
     try:
         st = os.fstat(fd)
         if not stat.S_ISSOCK(st.st_mode):
             raise OSError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
         if os.fstatvfs(fd).f_flag & os.ST_RDONLY:
             raise HostSocket(path)
-        if not _writable(st, *_fs_ids(tid)):
+        if not _writable(st, caller.uid, caller.gid):
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
     except BaseException:
         os.close(fd)

@@ -27,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -368,3 +369,99 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+STALE_TID_CHILD = r"""
+import os, socket, sys, threading, time, signal
+shared, target = sys.argv[1], sys.argv[2]
+srv = socket.socket(socket.AF_UNIX); srv.bind("/tmp/l"); srv.listen(0)
+first = socket.socket(socket.AF_UNIX); first.connect("/tmp/l")  # the backlog is full now
+def slow():  # holds this sandbox's one slow-call slot until the listener accepts
+    socket.socket(socket.AF_UNIX).connect("/tmp/l")
+threading.Thread(target=slow, daemon=True).start()
+time.sleep(0.5)
+s = socket.socket(socket.AF_UNIX)  # shared with the forked caller
+pid = os.fork()
+if pid == 0:
+    try:
+        s.connect(target)  # outside the view: queued behind the slow connect
+    except OSError:
+        pass
+    os._exit(0)
+open(shared + "/caller", "w").write(str(pid))
+time.sleep(0.5)
+os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)
+while not os.path.exists(shared + "/go"):
+    time.sleep(0.05)
+srv.accept()  # the slow connect ends: the queued one runs now
+time.sleep(1)
+try:
+    print("connected to", s.getpeername())
+except OSError as e:
+    print("not connected", e.errno)
+"""
+
+
+def _host_pid_of(nspid: str) -> int:
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                fields = line.split()
+                if fields[:1] == ["NSpid:"] and len(fields) == 3 and fields[2] == nspid:
+                    return int(fields[1])
+    raise AssertionError(f"no process with pid {nspid} in a sandbox")
+
+
+def test_a_queued_unix_connect_never_resolves_in_another_processs_root(shared_tmp: Path) -> None:
+    """Second fresh-eyes audit: a unix connect queued behind a slow one read /proc/TID/root when
+    its turn came; the caller was dead by then, and a host process had its pid, so the path was
+    resolved in the host's root and the child's socket reached a root-only host daemon."""
+    shared = shared_tmp / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "child.py").write_text(STALE_TID_CHILD)
+    target = shared_tmp / "daemon.sock"
+    daemon = socket.socket(socket.AF_UNIX)
+    daemon.bind(str(target))
+    target.chmod(0o777)
+    daemon.listen(5)
+    daemon.settimeout(0.1)
+    child = subprocess.Popen(
+        [str(PYTHON.parent / "privsep"), "run", "--policy", "python", "--allow-write", str(shared),
+         "--", str(PYTHON), str(shared / "child.py"), str(shared), str(target)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    victim = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (shared / "caller").exists():
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.1)
+        host_pid = _host_pid_of((shared / "caller").read_text().strip())
+        while Path(f"/proc/{host_pid}").exists():
+            time.sleep(0.02)
+        for _ in range(50):  # a host process takes the dead caller's pid (natural churn, hurried)
+            Path("/proc/sys/kernel/ns_last_pid").write_text(str(host_pid - 1))
+            victim = subprocess.Popen(["sleep", "60"])
+            if victim.pid == host_pid:
+                break
+            victim.kill()
+            victim.wait()
+        assert victim is not None and victim.pid == host_pid, "could not reuse the caller's pid"
+        (shared / "go").touch()
+        out, _ = child.communicate(timeout=60)
+        reached = True
+        try:
+            daemon.accept()[0].close()
+        except TimeoutError:
+            reached = False
+        assert not reached and "not connected" in out, out
+    finally:
+        daemon.close()
+        if victim is not None:
+            victim.kill()
+            victim.wait()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
