@@ -24,11 +24,12 @@ import fcntl
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from privsep import _linux
 from privsep.broker import notruncate
+from privsep.broker.actas import acting_as, current_uid
 from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.broker.readonly import readonly_clone
 from privsep.broker.relay import AppendRelay
@@ -166,25 +167,10 @@ class FileService:
         except OSError as exc:
             raise _refusal(exc, decision) from None
 
-    def _as_owner(self, fd: int, decision: FileDecision, *, created: bool, read: bool, write: bool) -> None:
-        """A root broker: give what it created to the grant's owner, and refuse what the owner may not do."""
+    def _as_owner(self, decision: FileDecision) -> AbstractContextManager[None]:
+        """A root broker acts beneath the grant as its owner (actas.py); any other broker as itself."""
         assert decision.rule is not None
-        uid, gid = self._pins[decision.rule].owner
-        if uid < 0:
-            return  # not root: the broker is the child's own uid, and the kernel checks as it
-        if created:
-            os.chown(f"/proc/self/fd/{fd}", uid, gid)
-            return
-        st = os.fstat(fd)
-        shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
-        bits = (st.st_mode >> shift) & 0o7
-        if (read and not bits & 0o4) or (write and not bits & 0o2):
-            raise denied(
-                f"the host's permissions on it ({stat.filemode(st.st_mode)}, uid {st.st_uid}, "
-                f"gid {st.st_gid}) do not let the grant's owner (uid {uid}) "
-                f"{'write' if write else 'read'} it",
-                rule=_rule(decision),
-            )
+        return acting_as(*self._pins[decision.rule].owner)
 
     def _open_writable(self, decision: FileDecision, flags: int) -> int:
         """Open for writing, never a set-id or file-capability program (checked before any O_TRUNC).
@@ -267,22 +253,15 @@ class FileService:
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         open_one = self._open_writable if writable else self._open
 
-        def open_it() -> tuple[int, bool]:
-            """(fd, whether this open created the file): O_EXCL first, so the answer is exact."""
-            if not flags & os.O_CREAT or flags & os.O_EXCL:
-                return open_one(decision, flags), bool(flags & os.O_EXCL)
-            try:
-                return open_one(decision, flags | os.O_EXCL), True
-            except Refusal as refusal:
-                if refusal.errno != errno.EEXIST:
-                    raise
-            return open_one(decision, flags & ~os.O_CREAT), False
+        def open_it() -> int:
+            with self._as_owner(decision):  # on the thread that opens
+                return open_one(decision, flags)
 
         if writable and not decide_file(self._policy, path, _TRUNCATE).allowed:
             # The fd itself must refuse ftruncate: opened inside a Landlock domain that denies it.
-            fd, created = notruncate.shared().run(open_it)
+            fd = notruncate.shared().run(open_it)
         else:
-            fd, created = open_it()
+            fd = open_it()
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise failed(
@@ -290,9 +269,6 @@ class FileService:
                     rule=_rule(decision),
                     errno=errno.EACCES,
                 )
-            self._as_owner(
-                fd, decision, created=created, read=flags & os.O_ACCMODE != os.O_WRONLY, write=writable
-            )
             # Hand over exactly what was granted: drop O_NONBLOCK, check the access mode.
             fcntl.fcntl(fd, fcntl.F_SETFL, flags & os.O_APPEND)
             if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != flags & os.O_ACCMODE:
@@ -311,7 +287,8 @@ class FileService:
             decision = self._decide(path, frozenset({Access.READ}))
         except Refusal:
             decision = self._decide(path, frozenset({Access.LIST}))
-        fd = self._open(decision, os.O_PATH)
+        with self._as_owner(decision):
+            fd = self._open(decision, os.O_PATH)
         try:
             st = os.fstat(fd)
         finally:
@@ -326,7 +303,8 @@ class FileService:
     def listdir(self, path: str, offset: int = 0) -> Answer:
         """One page of the sorted names (see protocol.listing_page): any directory, any names."""
         decision = self._decide(path, frozenset({Access.LIST}))
-        fd = self._open(decision, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
+        with self._as_owner(decision):
+            fd = self._open(decision, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
         try:
             names = sorted(n for n in os.listdir(fd) if is_utf8(n))  # the wire is JSON text
         finally:
@@ -339,21 +317,16 @@ class FileService:
 
     def mkdir(self, path: str) -> Answer:
         decision = self._decide(path, frozenset({Access.CREATE}))
-        with self._parent(decision) as (dirfd, name):
+        with self._as_owner(decision), self._parent(decision) as (dirfd, name):
             try:
                 os.mkdir(name, 0o700, dir_fd=dirfd)
-                made = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
             except OSError as exc:
                 raise _refusal(exc, decision) from None
-            try:
-                self._as_owner(made, decision, created=True, read=False, write=False)
-            finally:
-                os.close(made)
         return Answer(rule=_rule(decision))
 
     def unlink(self, path: str) -> Answer:
         decision = self._decide(path, frozenset({Access.CREATE}))
-        with self._parent(decision) as (dirfd, name):
+        with self._as_owner(decision), self._parent(decision) as (dirfd, name):
             _refuse_endpoint(dirfd, name, decision)
             try:
                 os.unlink(name, dir_fd=dirfd)
@@ -375,6 +348,7 @@ class FileService:
                     subject=path,
                 )
         with (
+            self._as_owner(src_decision),
             self._parent(src_decision) as (src_dir, src_name),
             self._parent(dst_decision) as (dst_dir, dst_name),
         ):
@@ -389,7 +363,8 @@ class FileService:
     def connect_unix(self, path: str) -> tuple[FileDecision, int]:
         """Resolve a unix socket beneath its grant; returns an O_PATH fd to connect through."""
         decision = self._decide(path, frozenset({Access.CONNECT}))
-        fd = self._open(decision, os.O_PATH)
+        with self._as_owner(decision):
+            fd = self._open(decision, os.O_PATH)
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
             os.close(fd)
             raise failed("not a unix socket", rule=_rule(decision))
@@ -458,7 +433,9 @@ def _refusal(exc: OSError, decision: FileDecision) -> Refusal:
     if code == errno.ELOOP:
         return denied(f"a symbolic link is in the way, and {rule} does not allow symlinks", rule=rule)
     if code in (errno.EACCES, errno.EPERM):
-        return denied(f"the host's file permissions refuse it to the broker (uid {os.geteuid()})", rule=rule)
+        uid = current_uid()
+        who = "the broker" if uid == os.geteuid() else "the grant's owner, as whom the broker acts there"
+        return denied(f"the host's file permissions refuse it to {who} (uid {uid})", rule=rule)
     if code == errno.ENOTDIR:
         return failed("a component of the path is not a directory", rule=rule, errno=code)
     name = errno.errorcode.get(code or 0, "error")

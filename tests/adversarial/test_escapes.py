@@ -1211,11 +1211,18 @@ out = {}
 with client.open(top + "/made.txt", "w") as f:
     f.write("mine")
 client.mkdir(top + "/made-dir")
-try:
-    client.open(top + "/rootonly").read()
-    out["rootonly"] = "read"
-except OSError as e:
-    out["rootonly"] = type(e).__name__
+for name, call in (
+    ("rootonly", lambda: client.open(top + "/rootonly").read()),
+    ("through another's 0700 dir", lambda: client.open(top + "/bob/readable").read()),
+    ("unlink in root's dir", lambda: client.unlink(top + "/rootdir/precious")),
+    ("rename over root's file", lambda: client.rename(top + "/made.txt", top + "/rootdir/precious")),
+    ("mkdir in root's dir", lambda: client.mkdir(top + "/rootdir/planted")),
+):
+    try:
+        call()
+        out[name] = "done"
+    except OSError as e:
+        out[name] = type(e).__name__
 print(json.dumps(out))
 """
 
@@ -1229,6 +1236,15 @@ def test_a_root_broker_acts_in_a_grant_as_its_owner(run_as_root: RunPrivsep, sha
     secret = grant / "rootonly"
     secret.write_text("root's")
     secret.chmod(0o600)
+    # Second fresh-eyes audit: directories the owner may not write or search.
+    (grant / "rootdir").mkdir(mode=0o755)
+    (grant / "rootdir" / "precious").write_text("root's")
+    bob = grant / "bob"
+    bob.mkdir()
+    (bob / "readable").write_text("bob's")
+    (bob / "readable").chmod(0o644)
+    os.chown(bob, NONROOT_ID + 1, NONROOT_ID + 1)
+    bob.chmod(0o700)
     probe = write_policy(shared_tmp, "owner.py", _OWNER_PROBE)
     result = json_output(
         run_as_root(
@@ -1236,7 +1252,9 @@ def test_a_root_broker_acts_in_a_grant_as_its_owner(run_as_root: RunPrivsep, sha
             "--", str(PYTHON), str(probe), str(grant),
         )
     )  # fmt: skip
-    assert result == {"rootonly": "DeniedError"}
+    assert set(result.values()) == {"DeniedError"} and len(result) == 5, result
+    assert (grant / "rootdir" / "precious").read_text() == "root's"
+    assert not (grant / "rootdir" / "planted").exists()
     for made in (grant / "made.txt", grant / "made-dir"):
         st = made.stat()
         assert (st.st_uid, st.st_gid) == (NONROOT_ID, NONROOT_ID), made
