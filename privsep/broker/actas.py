@@ -21,11 +21,13 @@ import ctypes
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from privsep.errors import ConfinementError
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_NR_SETGROUPS, _NR_SETFSUID, _NR_SETFSGID = 116, 122, 123
+_NR_SETGROUPS, _NR_SETRESUID, _NR_SETRESGID, _NR_SETFSUID, _NR_SETFSGID = 116, 117, 119, 122, 123
+_KEEP = 0xFFFFFFFF  # setresuid/setresgid: leave this one as it is
 _UNCHANGED = 0xFFFFFFFF  # an id the call refuses: it then only returns the current one
 
 
@@ -64,3 +66,46 @@ def acting_as(uid: int, gid: int) -> Iterator[None]:
 def current_uid() -> int:
     """The uid this thread's file operations run as now (the grant's owner inside ``acting_as``)."""
     return _fs(_NR_SETFSUID, _UNCHANGED)
+
+
+#: The host uid and gid of the sandbox a broker request is served for, when they are not the
+#: broker's (a root broker's sandbox runs as an id of its own); set around each request.
+sandbox_ids: ContextVar[tuple[int, int] | None] = ContextVar("sandbox_ids", default=None)
+
+
+def _res(nr: int, effective: int) -> None:
+    if _libc.syscall(nr, ctypes.c_uint(_KEEP), ctypes.c_uint(effective), ctypes.c_uint(_KEEP)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextmanager
+def seen_as(ids: tuple[int, int] | None) -> Iterator[None]:
+    """Within the block, this thread's credentials as a peer sees them (``SO_PEERCRED``) are ``ids``.
+
+    A unix connect the broker makes for a sandbox records the connecting thread's
+    effective ids: a root broker would hand a daemon that trusts its peer's uid (D-Bus,
+    polkit, ``auth_socket``) a root peer. Only the effective ids change, on this thread
+    (raw ``setresuid``/``setresgid``); the file-system uid goes back to 0 at once, so the
+    path is still resolved with the broker's rights (the policy granted it).
+    """
+    if ids is None or os.geteuid() != 0:
+        yield
+        return
+    uid, gid = ids
+    groups = os.getgroups()
+    _setgroups([])
+    _res(_NR_SETRESGID, gid)
+    try:
+        _res(_NR_SETRESUID, uid)
+        try:
+            _fs(_NR_SETFSUID, 0)  # the file capabilities come back with it
+            _fs(_NR_SETFSGID, 0)
+            yield
+        finally:
+            _res(_NR_SETRESUID, 0)
+            _fs(_NR_SETFSUID, 0)
+    finally:
+        _res(_NR_SETRESGID, 0)
+        _fs(_NR_SETFSGID, 0)
+        _setgroups(groups)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Literal
 from privsep import __version__, cgroups, channel, protocol
 from privsep._printable import printable
 from privsep.broker import notify
+from privsep.broker.actas import sandbox_ids
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.audit import AuditLog, Record
 from privsep.broker.outcome import (
@@ -878,6 +879,8 @@ class Broker:
         Anything else is a bug of ours that the request reached: logged, and
         answered as a failure (EIO), so the child, its siblings and the broker go on.
         """
+        held = child.spawned.host_ids
+        token = sandbox_ids.set(None if held is None else (held.id, held.id))
         try:
             return services.handle(request)
         except Refusal as refusal:
@@ -887,6 +890,8 @@ class Broker:
             return Refusal(
                 protocol.ErrorCode.FAILED, "internal error in the broker (logged there)", errno=errno.EIO
             )
+        finally:
+            sandbox_ids.reset(token)
 
     def _internal_error(self, child: Child, what: str, exc: BaseException) -> None:
         """A bug of ours met a child's input: log it, answer EIO, carry on (rule 6).

@@ -25,6 +25,7 @@ import os
 import socket
 from collections.abc import Callable
 
+from privsep.broker.actas import sandbox_ids, seen_as
 from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.broker.files import FileService
 from privsep.broker.relay import UdpRelay, UdpServerRelay
@@ -165,7 +166,8 @@ class NetService:
                 sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
                 try:
                     sock.settimeout(5)
-                    sock.connect(f"/proc/self/fd/{pathfd}")
+                    with seen_as(sandbox_ids.get()):  # the daemon's peer is the sandbox, not root
+                        sock.connect(f"/proc/self/fd/{pathfd}")
                     sock.setblocking(True)
                     return Answer(fd=sock.detach(), rule=rule)
                 except OSError as exc:

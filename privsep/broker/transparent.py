@@ -395,7 +395,7 @@ class Transparent:
             brokered = (
                 path is not None and services is not None and self._rule_decides(services, _normalise(path))
             )
-            if path is not None and not brokered:
+            if path is not None:
                 try:
                     caller = unixconnect.capture(note.pid)
                 except OSError:
@@ -414,10 +414,10 @@ class Transparent:
                 if path is None:
                     _answer(mine, note, unixconnect.connect_bounded(sock, address))
                     return None
+                assert caller is not None
                 if brokered:
                     assert services is not None
-                    return _connect_granted(mine, note, services, sock, _normalise(path))
-                assert caller is not None
+                    return _connect_granted(mine, note, services, sock, caller, _normalise(path))
                 return _connect_in_view(mine, note, sock, caller, path)
             finally:
                 sock.close()
@@ -450,8 +450,13 @@ def _answer(listener: int, note: notify.Notification, err: int) -> None:
         notify.succeed(listener, note, 0)
 
 
-def _connect_granted(
-    listener: int, note: notify.Notification, services: Services, sock: socket.socket, path: str
+def _connect_granted(  # noqa: PLR0917 - the call, its socket, its caller and its path
+    listener: int,
+    note: notify.Notification,
+    services: Services,
+    sock: socket.socket,
+    caller: unixconnect.Caller,
+    path: str,
 ) -> Served:
     """A path the broker decides ([[files]] connect rule, or outside the view): as ``client.connect_unix``."""
     request = protocol.ConnectUnix(id=0, path=path) if protocol.is_utf8(path) else None
@@ -469,7 +474,7 @@ def _connect_granted(
         return Served(request, refusal)
     rule = f"files[{decision.rule}]"
     try:
-        err = unixconnect.connect_through(sock, pathfd)
+        err = unixconnect.connect_through(sock, pathfd, (caller.uid, caller.gid))
     finally:
         os.close(pathfd)
     _answer(listener, note, err)

@@ -36,6 +36,7 @@ import struct
 from dataclasses import dataclass
 
 from privsep import _linux
+from privsep.broker.actas import seen_as
 
 #: How long a connect to a socket whose backlog is full may hold a worker.
 _TIMEOUT_S = 30
@@ -125,9 +126,14 @@ def _writable(st: os.stat_result, uid: int, gid: int) -> bool:
     return bool(st.st_mode & stat.S_IWOTH)
 
 
-def connect_through(sock: socket.socket, pathfd: int) -> int:
-    """Connect ``sock`` to the socket inode behind ``pathfd``; 0 or the errno."""
-    return connect_bounded(sock, _sockaddr_un(f"/proc/self/fd/{pathfd}"))
+def connect_through(sock: socket.socket, pathfd: int, ids: tuple[int, int] | None = None) -> int:
+    """Connect ``sock`` to the socket inode behind ``pathfd``; 0 or the errno.
+
+    ``ids``: the sandbox's host uid and gid, which the listening daemon sees as its peer
+    (``SO_PEERCRED``) instead of a root broker's (actas.seen_as).
+    """
+    with seen_as(ids):
+        return connect_bounded(sock, _sockaddr_un(f"/proc/self/fd/{pathfd}"))
 
 
 def connect_bounded(sock: socket.socket, address: bytes) -> int:

@@ -44,6 +44,7 @@ import struct
 import subprocess
 import tempfile
 import termios
+import threading
 import time
 import tty
 from collections.abc import Iterator, Sequence
@@ -1301,6 +1302,59 @@ def test_the_broker_never_removes_or_replaces_a_hosts_socket(
         )  # fmt: skip
         assert result == {"unlink": "DeniedError", "rename": "DeniedError", "replace": "DeniedError"}
         assert stat.S_ISSOCK(os.lstat(grant / "daemon.sock").st_mode)
+
+
+_PEER_PROBE = r"""
+import json, socket, sys
+from privsep import client
+path = sys.argv[1]
+native = socket.socket(socket.AF_UNIX)
+native.connect(path)  # an unmodified program's connect, served by the broker
+via_client = client.connect_unix(path)
+print(json.dumps([native.recv(100).decode(), via_client.recv(100).decode()]))
+"""
+
+
+def test_a_daemon_behind_a_connect_grant_sees_the_sandbox_not_root(
+    run_as_root: RunPrivsep, shared_tmp: Path
+) -> None:
+    """Second fresh-eyes audit: the broker connected as itself, so a daemon that trusts its peer's
+    uid (D-Bus, polkit, auth_socket) saw root; it sees the sandbox's own host id now."""
+    run = shared_tmp / "run"
+    run.mkdir(mode=0o755)
+    path = run / "daemon.sock"
+    daemon = socket.socket(socket.AF_UNIX)
+    daemon.bind(str(path))
+    path.chmod(0o666)
+    daemon.listen(2)
+    daemon.settimeout(30)
+    seen: list[tuple[int, int]] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = daemon.accept()
+            with conn:
+                _, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+                seen.append((uid, gid))
+                conn.sendall(f"{uid}".encode())
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    probe = write_policy(shared_tmp, "peer.py", _PEER_PROBE)
+    policy = write_policy(
+        shared_tmp,
+        "peer.toml",
+        f'extends = "python"\n[view]\nread = ["{probe}"]\n[[files]]\npath = "{path}"\naccess = ["connect"]\n',
+    )
+    try:
+        proc = run_as_root("--policy", str(policy), "--", str(PYTHON), str(probe), str(path))
+        assert proc.returncode == 0, proc.stderr
+        server.join(10)
+    finally:
+        daemon.close()
+    assert len(seen) == 2, (seen, proc.stdout)
+    for uid, gid in seen:
+        assert uid not in (0, 65534) and gid not in (0, 65534), seen
 
 
 # --------------------------------------------------------------------------- the filesystem
