@@ -719,7 +719,10 @@ class Broker:
         elif msg.kind == "stopped" and child.terminal is not None and child.outcome is None:
             # The command stopped (^Z on its pty): privsep stops too, as a job of the
             # user's shell, and continues the command when it is itself continued.
-            child.terminal.suspend()
+            # Not with a timeout: a stopped privsep enforces nothing, and the command could
+            # stop itself to outlive it (second fresh-eyes audit). The command goes on.
+            if child.deadline is None:
+                child.terminal.suspend()
             self.send_signal(child, signal.SIGCONT)
 
     def _sync_terminal(self, child: Child) -> None:

@@ -178,6 +178,44 @@ def test_the_users_terminal_is_restored_however_the_run_ends(
         assert _state(term.slave) == before
 
 
+# A job-control shell that runs privsep as its foreground job and says how the job ended
+# or whether it stopped (a stopped privsep would leave its sandbox to run on unwatched).
+_ONE_JOB_SHELL = r"""
+import os, signal, sys
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)
+    os.tcsetpgrp(0, os.getpid())
+    signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+    os.execv(sys.argv[1], sys.argv[1:])
+try:
+    os.setpgid(pid, pid)
+except OSError:
+    pass
+os.tcsetpgrp(0, pid)
+_, status = os.waitpid(pid, os.WUNTRACED)
+os.tcsetpgrp(0, os.getpgrp())
+if os.WIFSTOPPED(status):
+    print("SHELL stopped", flush=True)
+    os.killpg(pid, signal.SIGKILL)
+else:
+    print(f"SHELL exit={os.waitstatus_to_exitcode(status)}", flush=True)
+"""
+
+
+def test_a_command_that_stops_itself_cannot_outlive_the_timeout(broker_user: str) -> None:
+    """Second fresh-eyes audit: the command's stop made privsep stop itself, and a stopped
+    privsep enforced no timeout. With a timeout, the command is continued instead."""
+    script = "echo ready; kill -STOP $$; exec sleep 60"
+    job = privsep_argv(broker_user, ["--timeout", "3", "--", "/bin/sh", "-c", script])
+    with user_terminal([str(PYTHON), "-c", _ONE_JOB_SHELL, *job]) as term:
+        term.expect(b"ready")
+        term.expect(b"SHELL ")
+        assert term.wait(timeout=30) == 0, term.output
+        assert b"SHELL exit=124" in term.output, term.output
+
+
 def test_a_line_typed_by_the_user_reaches_the_child(broker_user: str) -> None:
     code = 'import os; print("tty", os.isatty(0)); print("got", repr(input("name? ")))'
     with user_terminal(_python(broker_user, code)) as term:
