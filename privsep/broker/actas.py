@@ -46,8 +46,8 @@ def _setgroups(groups: list[int]) -> None:
 @contextmanager
 def acting_as(uid: int, gid: int) -> Iterator[None]:
     """Within the block, this thread's file operations are the given owner's (uid < 0: unchanged)."""
-    if uid < 0:
-        yield
+    if uid < 0 or (uid, gid) == (0, 0):
+        yield  # not a root broker, or a grant root owns: the broker already acts as its owner
         return
     groups = os.getgroups()
     _setgroups([])
