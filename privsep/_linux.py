@@ -20,6 +20,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
+#: The audit architecture of native x86_64 system calls (seccomp_data.arch): the filter admits
+#: only these, and the broker treats every other notification as foreign.
+AUDIT_ARCH_X86_64 = 0xC000003E
+
 # x86_64 syscall numbers.
 NR_PIVOT_ROOT = 155
 NR_CAPGET = 125

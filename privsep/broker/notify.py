@@ -37,6 +37,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+from privsep import _linux
+
 # struct seccomp_notif { u64 id; u32 pid; u32 flags;
 #                        struct seccomp_data { s32 nr; u32 arch; u64 ip; u64 args[6]; } }
 _NOTIF = struct.Struct("=QIIiIQ6Q")
@@ -51,7 +53,7 @@ _IOC_ADDFD = 0x40182103  # SECCOMP_IOCTL_NOTIF_ADDFD
 _ADDFD = struct.Struct("=QIIII")
 _ADDFD_FLAG_SETFD = 1  # put the fd at newfd (replacing what is there), as dup2 would
 _ADDFD_FLAG_SEND = 2  # and answer the call with the new fd number, atomically
-AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_X86_64 = _linux.AUDIT_ARCH_X86_64  # one home: _linux, the x86_64 ABI
 
 
 @dataclass(frozen=True)

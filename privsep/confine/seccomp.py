@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
+from privsep import _linux
 from privsep.errors import ConfinementError, PolicyError
 from privsep.policy.syscalls import DANGEROUS, SPECIAL, refuse_dangerous
 
@@ -62,7 +63,7 @@ __all__ = [
 DefaultAction = Literal["eperm", "enosys", "kill"]
 DangerousAction = Literal["notify", "kill"]
 
-AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_X86_64 = _linux.AUDIT_ARCH_X86_64  # one home: _linux, the x86_64 ABI
 
 # seccomp return values (linux/seccomp.h).
 _RET_KILL_PROCESS = 0x80000000
