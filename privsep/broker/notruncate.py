@@ -37,7 +37,7 @@ class NoTruncateOpener:
     """A thread that runs opens inside a Landlock domain denying truncation (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._serve, args=(ready,), name="privsep-notruncate", daemon=True
@@ -70,8 +70,8 @@ class NoTruncateOpener:
             ready.put(exc)
             return
         ready.put(None)
-        while (job := self._jobs.get()) is not None:
-            fn, reply = job
+        while True:  # a daemon thread: it lives as long as the broker
+            fn, reply = self._jobs.get()
             try:
                 reply.put((True, fn()))
             except BaseException as exc:
@@ -86,10 +86,6 @@ class NoTruncateOpener:
             assert isinstance(value, BaseException)
             raise value
         return value  # type: ignore[return-value]
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join()
 
 
 _shared: NoTruncateOpener | None = None
