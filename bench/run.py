@@ -78,7 +78,7 @@ from bench.workloads import (
     start_confined,
     stats,
 )
-from privsep import __version__
+from privsep._version import __version__
 from privsep.broker.loop import Broker
 from privsep.broker.services import Services
 from privsep.confine.spawn import SpawnPlan, make_plan
@@ -169,7 +169,7 @@ def _brokered_roundtrip(
         if time.monotonic() > deadline:
             raise BenchError("the round-trip child is still running after 300 s")
         broker.run_once(max_wait=1.0)
-        while wanted and proc.child.requests >= wanted[0]:
+        while wanted and proc.child.serving.requests >= wanted[0]:
             cpu_at[wanted.pop(0)] = _thread_cpu_s()
     result = proc.result()
     for op, (first, last) in marks.items():
@@ -234,7 +234,7 @@ def _throughput_once(
     ]
     try:
         deadline = time.monotonic() + 120
-        while not all(c.child.requests >= 2 or c.child.outcome is not None for c in children):
+        while not all(c.child.serving.requests >= 2 or c.child.outcome is not None for c in children):
             if time.monotonic() > deadline:
                 raise BenchError("throughput children did not say hello within 120 s")
             broker.run_once(max_wait=1.0)
@@ -289,9 +289,9 @@ def _spawn_phases(broker: Broker, plan: SpawnPlan, services: Services, devnull: 
         wakeups += 1
         now = (time.perf_counter() - started) * 1e3
         for phase, fd in (
-            ("init", child.init_pidfd),
-            ("command", child.command_pidfd),
-            ("exec", child.listener),
+            ("init", child.procs.init_pidfd),
+            ("command", child.procs.command_pidfd),
+            ("exec", child.procs.listener),
         ):
             if fd is not None and phase not in seen:
                 seen[phase] = now

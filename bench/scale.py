@@ -52,7 +52,7 @@ def _policy_file(directory: Path, base: str) -> str:
 def _settle(broker: Broker, idle: list[Child], limit: float) -> None:
     """Serve until every idle sandbox's command has exec'd (its last report is the seccomp listener)."""
     deadline = time.monotonic() + limit
-    while any(c.listener is None for c in idle):
+    while any(c.procs.listener is None for c in idle):
         ended = [c for c in idle if c.outcome is not None]
         if ended:
             raise BenchError(f"an idle sandbox ended: {ended[0].outcome}")

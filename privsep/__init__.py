@@ -26,7 +26,7 @@ from privsep.errors import (
 if TYPE_CHECKING:
     from privsep.sandbox import RunResult, Sandbox
 
-__version__ = "0.1.0"
+from privsep._version import __version__
 
 
 def __getattr__(name: str) -> Any:

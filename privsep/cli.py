@@ -20,7 +20,8 @@ from privsep.errors import PrivsepError
 if TYPE_CHECKING:
     from privsep import protocol
     from privsep.broker.answers import Answer
-    from privsep.broker.loop import Broker, Child, Denial
+    from privsep.broker.loop import Broker, Child
+    from privsep.broker.report import Denial
     from privsep.broker.services import Services
     from privsep.broker.terminal import Terminal
     from privsep.confine.spawn import SpawnPlan
@@ -346,7 +347,7 @@ def _learn(args: argparse.Namespace) -> int:
         # A file base is named absolutely: the new policy may live elsewhere.
         shipped = "/" not in args.policy and not args.policy.endswith(".toml")
         spec = args.policy if shipped else os.path.abspath(args.policy)
-        text = render(spec, base, services.policy, child.syscalls_used, services.secrets_asked)
+        text = render(spec, base, services.policy, child.report.syscalls_used, services.secrets_asked)
     try:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)
@@ -354,7 +355,7 @@ def _learn(args: argparse.Namespace) -> int:
         raise PrivsepError(f"cannot write {args.output}: {exc.strerror}") from None
     new, old = services.policy, base
     counts = (
-        f"{len(child.syscalls_used)} syscalls, {len(new.files) - len(old.files)} file rules, "
+        f"{len(child.report.syscalls_used)} syscalls, {len(new.files) - len(old.files)} file rules, "
         f"{len(new.connect) - len(old.connect)} connect rules, {len(new.bind) - len(old.bind)} bind rules"
     )
     print(f"privsep: wrote {args.output}: {counts} beyond {args.policy!r}", file=sys.stderr)
@@ -390,10 +391,11 @@ def _serve(broker: Broker, child: Child) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)
     outcome = broker.wait(child)
-    _report_syscalls(child.syscall_denials, child.syscall_default)
-    _report_denials(child.denials)
-    if child.denials_dropped:
-        print(f"privsep: ... and {child.denials_dropped} more denials (see --audit-log)", file=sys.stderr)
+    _report_syscalls(child.report.syscall_denials, child.syscalls.default)
+    report = child.report
+    _report_denials(report.denials)
+    if report.denials_dropped:
+        print(f"privsep: ... and {report.denials_dropped} more denials (see --audit-log)", file=sys.stderr)
     message = outcome.describe()
     if message:
         print(f"privsep: {message}", file=sys.stderr)

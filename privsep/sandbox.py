@@ -31,7 +31,8 @@ from typing import Any, Literal
 
 from privsep import cgroups
 from privsep.broker.audit import AuditLog
-from privsep.broker.loop import Broker, CallContext, Child, Denial
+from privsep.broker.loop import Broker, CallContext, Child
+from privsep.broker.report import Denial
 from privsep.broker.services import Services
 from privsep.confine.spawn import make_plan
 from privsep.errors import ChildError, ConfinementError, PrivsepError
@@ -120,8 +121,8 @@ class _Pending:
             detail=outcome.describe(),
             signal=outcome.signal,
             syscall=outcome.syscall,
-            denials=tuple(self.child.denials),
-            syscall_denials=dict(self.child.syscall_denials),
+            denials=tuple(self.child.report.denials),
+            syscall_denials=dict(self.child.report.syscall_denials),
             stdout_truncated=self.out.truncated,
             stderr_truncated=self.err.truncated,
         )

@@ -23,8 +23,11 @@ import contextlib
 import fcntl
 import os
 import socket
+from typing import Literal
 
 from privsep.protocol import decode_datagram, encode_datagram
+
+Side = Literal["relay_child", "relay_peer"]  # which end of a relay: the sandbox's, or the outside's
 
 _MAX_DATAGRAM = 65535
 
@@ -56,7 +59,7 @@ class _Relay:
         except OSError:
             return b""
 
-    def watched(self) -> tuple[tuple[socket.socket, str], ...]:
+    def watched(self) -> tuple[tuple[socket.socket, Side], ...]:
         return ((self.inside, "relay_child"), (self.peer, "relay_peer"))
 
     def close(self) -> None:
@@ -214,7 +217,7 @@ class AppendRelay:
         fcntl.fcntl(write_end, fcntl.F_SETFL, os.O_APPEND)
         return cls(read_end, file, limit, path), write_end
 
-    def watched(self) -> tuple[tuple[_PipeEnd, str], ...]:
+    def watched(self) -> tuple[tuple[_PipeEnd, Side], ...]:
         return ((self.inside, "relay_child"),)
 
     def from_child(self) -> bool:

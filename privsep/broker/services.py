@@ -9,6 +9,7 @@ worker threads; everything else is answered inline by the event loop.
 from __future__ import annotations
 
 from privsep import protocol
+from privsep.broker.actas import sandbox_ids
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.files import FileService
 from privsep.broker.net import NetService
@@ -71,3 +72,19 @@ def target(request: protocol.Request) -> str:
             return request.name
     path = getattr(request, "path", None)
     return path if isinstance(path, str) else ""
+
+
+def perform(services: Services, request: protocol.Request, ids: tuple[int, int] | None) -> Answer | Refusal:
+    """Perform one request for a sandbox whose host uid and gid are ``ids``: the one way in for
+    requests from the client and for transparently brokered calls alike.
+
+    Every refusal becomes a value (it is a reply, not an error of ours). Anything
+    else that escapes is a bug of ours: the caller logs it and answers EIO (rule 6).
+    """
+    token = sandbox_ids.set(ids)
+    try:
+        return services.handle(request)
+    except Refusal as refusal:
+        return refusal
+    finally:
+        sandbox_ids.reset(token)

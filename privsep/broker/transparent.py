@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from privsep import _linux, protocol
 from privsep.broker import notify, unixconnect
 from privsep.broker.answers import Answer, Refusal, denied
-from privsep.broker.services import Services
+from privsep.broker.services import Services, perform
 from privsep.policy.match import deciding_rule
 
 _NR_OPEN, _NR_CREAT, _NR_OPENAT, _NR_CONNECT = 2, 85, 257, 42
@@ -141,8 +141,10 @@ class Transparent:
         *,
         view_dirs: frozenset[str] = frozenset(),
         learning: bool = False,
+        ids: tuple[int, int] | None = None,
     ) -> None:
         self.calls = calls
+        self._ids = ids  # the sandbox's host uid and gid, for perform()
         self._roots = roots
         self._view_dirs = view_dirs
         self._kernel_served = kernel_served
@@ -205,12 +207,11 @@ class Transparent:
             return Served(request, refusal)
         return self._hand_over(listener, note, services, request, flags)
 
-    @staticmethod
     def _hand_over(
-        listener: int, note: notify.Notification, services: Services, request: protocol.Open, flags: int
+        self, listener: int, note: notify.Notification, services: Services, request: protocol.Open, flags: int
     ) -> Served | None:
         """Open as a client request would, then inject the fd into the caller."""
-        request, result = _perform_open(services, request, flags)
+        request, result = _perform_open(services, request, flags, self._ids)
         if isinstance(result, Refusal):
             notify.refuse(listener, note, _errno_of(result))
             return Served(request, result)
@@ -236,10 +237,9 @@ class Transparent:
         """privsep learn: a directory the program opened is a listing it needed. The learning
         services grow the policy from the request; the fd is still refused (never a dirfd)."""
         listing = protocol.Listdir(id=0, path=path)
-        try:
-            result: Answer | Refusal = Answer(rule=services.handle(listing).rule)
-        except Refusal as refusal:
-            result = refusal
+        result = perform(services, listing, None)
+        if isinstance(result, Answer):
+            result = Answer(rule=result.rule)
         notify.refuse(listener, note, errno.EACCES)
         return Served(listing, result)
 
@@ -268,10 +268,9 @@ class Transparent:
         request: protocol.Request = (
             protocol.Listdir(id=0, path=path) if os.path.isdir(path) else protocol.Stat(id=0, path=path)
         )
-        try:
-            result: Answer | Refusal = Answer(rule=services.handle(request).rule)
-        except Refusal as refusal:
-            result = refusal
+        result = perform(services, request, None)
+        if isinstance(result, Answer):
+            result = Answer(rule=result.rule)
         notify.hand_back(listener, note)
         return Served(request, result)
 
@@ -362,6 +361,7 @@ class Transparent:
                     mine,
                     note,
                     services=services,
+                    ids=self._ids,
                     request=request,
                     theirs=sock,
                     target=target,
@@ -515,6 +515,7 @@ def _finish_connect(
     note: notify.Notification,
     *,
     services: Services,
+    ids: tuple[int, int] | None,
     request: protocol.Connect,
     theirs: socket.socket,
     target: int,
@@ -522,11 +523,10 @@ def _finish_connect(
 ) -> Served | None:
     """On a worker: connect the broker's own socket, then swap it in for the child's."""
     try:
-        try:
-            result = services.handle(request)
-        except Refusal as refusal:
-            notify.refuse(listener, note, _errno_of(refusal))
-            return Served(request, refusal)
+        result = perform(services, request, ids)
+        if isinstance(result, Refusal):
+            notify.refuse(listener, note, _errno_of(result))
+            return Served(request, result)
         assert result.fd is not None
         ours = socket.socket(fileno=result.fd)
         try:
@@ -900,27 +900,20 @@ def _mode(flags: int) -> protocol.OpenMode:
 
 
 def _perform_open(
-    services: Services, request: protocol.Open, flags: int
+    services: Services, request: protocol.Open, flags: int, ids: tuple[int, int] | None
 ) -> tuple[protocol.Open, Answer | Refusal]:
     """Open as the flags say; "open or create" without O_TRUNC is "r+", else "x+" when missing."""
-    result = _handle(services, request)
+    result = perform(services, request, ids)
     missing = isinstance(result, Refusal) and result.code is protocol.ErrorCode.NOT_FOUND
     if missing and flags & os.O_CREAT and request.mode == "r+":
         create = protocol.Open(
             id=0, path=request.path, mode="x" if flags & os.O_ACCMODE == os.O_WRONLY else "x+"
         )
-        created = _handle(services, create)
+        created = perform(services, create, ids)
         if not (isinstance(created, Refusal) and created.errno == errno.EEXIST):
             return create, created
-        result = _handle(services, request)  # created by someone else meanwhile: open that
+        result = perform(services, request, ids)  # created by someone else meanwhile: open that
     return request, result
-
-
-def _handle(services: Services, request: protocol.Request) -> Answer | Refusal:
-    try:
-        return services.handle(request)
-    except Refusal as refusal:
-        return refusal
 
 
 def _errno_of(refusal: Refusal) -> int:

@@ -487,7 +487,7 @@ def test_an_empty_frame_is_a_violation(arena: Arena) -> None:
 def serve_until(arena: Arena, child: Child, requests: int, limit: float = 20) -> None:
     """Drive the broker until ``child`` has sent more than ``requests`` requests (the attack is on)."""
     deadline = time.monotonic() + limit
-    while child.requests <= requests:
+    while child.serving.requests <= requests:
         assert child.outcome is None, (child.outcome, arena.child_stderr())
         assert time.monotonic() < deadline, arena.child_stderr()
         arena.broker.run_once(max_wait=0.01)
@@ -505,14 +505,14 @@ def test_a_flood_of_requests_only_costs_the_flooder(arena: Arena) -> None:
         "print(n, file=sys.stderr)\n"
     )
     serve_until(arena, hostile, 500)
-    before = hostile.requests
+    before = hostile.serving.requests
     assert_responsive(arena, base, "during the flood")
-    assert hostile.outcome is None and hostile.requests > before, (
+    assert hostile.outcome is None and hostile.serving.requests > before, (
         "the flood had ended: not measured during it"
     )
     outcome = arena.wait(hostile)
     assert (outcome.how, outcome.returncode) == ("exited", 0), arena.child_stderr()
-    assert hostile.requests > 1000
+    assert hostile.serving.requests > 1000
     del hostile
     assert_recovered(arena, base)
 
@@ -571,10 +571,10 @@ def test_a_thousand_denied_paths_are_answered_and_forgotten(arena: Arena) -> Non
     assert_responsive(arena, base, "during the denied requests")
     outcome = arena.wait(hostile)
     assert (outcome.how, outcome.returncode) == ("exited", 0), (outcome, arena.child_stderr())
-    assert hostile.requests == 1 + 4000 + 1  # a denied request is an answer, not a violation
+    assert hostile.serving.requests == 1 + 4000 + 1  # a denied request is an answer, not a violation
     # Every denial counted; at most 256 kept for the report (the audit log has them all).
-    assert len(hostile.denials) + hostile.denials_dropped == 4000
-    assert len(hostile.denials) == 256
+    assert len(hostile.report.denials) + hostile.report.denials_dropped == 4000
+    assert len(hostile.report.denials) == 256
     del hostile
     assert_recovered(arena, base)
 
@@ -585,7 +585,7 @@ def test_denied_requests_do_not_grow_the_broker_while_the_child_lives(arena: Are
     peak = before
     while hostile.outcome is None:
         arena.broker.run_once(max_wait=0.05)
-        if hostile.requests % 500 == 0:
+        if hostile.serving.requests % 500 == 0:
             peak = max(peak, rss_kib())
     peak = max(peak, rss_kib())
     try:
@@ -618,7 +618,8 @@ def test_a_connect_that_hangs_holds_up_only_its_own_child(arena: Arena) -> None:
     median, slowest = arena.sibling.rtt_stats(300)
     assert slowest < 0.5, f"a sibling's ping waited {slowest:.2f} s while a connect hung"
     assert median <= base.limit(), f"the sibling's pings took {median * 1e3:.2f} ms while a connect hung"
-    assert hostile.pending and hostile.requests == 2, "the broker read past the request in flight"
+    serving = hostile.serving
+    assert serving.pending and serving.requests == 2, "the broker read past the request in flight"
     outcome = arena.wait(hostile)
     assert (outcome.how, outcome.returncode) == ("exited", 0), (outcome, arena.child_stderr())
     del hostile
@@ -637,7 +638,7 @@ def test_many_hanging_sandboxes_never_make_a_siblings_slow_request_wait(arena: A
     ]
     try:
         deadline = time.monotonic() + 20
-        while not all(h.pending for h in hanging):
+        while not all(h.serving.pending for h in hanging):
             assert time.monotonic() < deadline, arena.child_stderr()
             arena.broker.run_once(max_wait=0.01)
         probe = arena.hostile(
@@ -649,7 +650,8 @@ def test_many_hanging_sandboxes_never_make_a_siblings_slow_request_wait(arena: A
             arena.broker.run_once(max_wait=0.01)
         assert (probe.outcome.how, probe.outcome.returncode) == ("exited", 0), arena.child_stderr()
         # Answered while every hanging connect was still in flight: it waited for none of them.
-        assert all(h.pending for h in hanging), "the sibling's listdir waited for another sandbox's connect"
+        waited = "the sibling's listdir waited for another sandbox's connect"
+        assert all(h.serving.pending for h in hanging), waited
     finally:
         for h in hanging:
             arena.wait(h)
@@ -738,7 +740,7 @@ children = [broker.start(shell, stdio=(devnull, devnull, devnull)) for _ in rang
 children.append(broker.start(python, stdio=(devnull, devnull, devnull)))
 while any(c.command_pid is None for c in children):
     broker.run_once(0.1)
-print(json.dumps([[c.pid, c.command_pid] for c in children]), flush=True)
+print(json.dumps([[c.monitor_pid, c.command_pid] for c in children]), flush=True)
 while True:
     broker.run_once(1)
 """
@@ -844,7 +846,7 @@ def test_a_thousand_sandboxes_in_a_row_leave_nothing_behind() -> None:
         assert child.spawned.host_ids is None or not child.spawned.host_ids.held
         assert child.cgroup is not None
         cgroup_dirs.extend(child.cgroup.dirs)
-        return child.pid
+        return child.monitor_pid
 
     try:
         for _ in range(20):  # warm up: the first sandboxes fill caches, not leaks

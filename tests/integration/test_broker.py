@@ -54,7 +54,7 @@ def test_many_children_are_served_at_once(broker: Broker) -> None:
     outcomes = wait_all(broker, children)
     assert [o.how for o in outcomes] == ["exited"] * 8
     assert [o.returncode for o in outcomes] == list(range(8))
-    assert all(c.requests == 51 for c in children)  # hello + 50 pings each
+    assert all(c.serving.requests == 51 for c in children)  # hello + 50 pings each
 
 
 @pytest.mark.parametrize(
@@ -84,7 +84,7 @@ def test_a_violator_is_cut_off_and_its_sibling_carries_on(broker: Broker, attack
     assert why in bad.detail
     assert bad.returncode == 128 + signal.SIGKILL
     assert (good.how, good.returncode) == ("exited", 0)
-    assert sibling.requests == 21
+    assert sibling.serving.requests == 21
 
 
 def test_a_child_that_never_reads_replies_does_not_stall_others(broker: Broker) -> None:

@@ -170,14 +170,14 @@ def test_a_sandbox_that_cannot_join_its_cgroup_does_not_start(
     root_only: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fail closed: the monitor's join fails (here: a cgroup that is not there), nothing is forked."""
-    import privsep.broker.loop
+    import privsep.broker.lifecycle
 
     def gone(plan: SpawnPlan, cgroup: cgroups.SandboxCgroup | None) -> SpawnPlan:
         return dataclasses.replace(
             in_cgroup(plan, cgroup), cgroup_join=("/sys/fs/cgroup/pids/privsep-gone/tasks",)
         )
 
-    monkeypatch.setattr(privsep.broker.loop, "in_cgroup", gone)
+    monkeypatch.setattr(privsep.broker.lifecycle, "in_cgroup", gone)
     broker = Broker()
     try:
         child = broker.start(make_plan(load_policy("minimal"), ["/bin/true"]), timeout=30, stdio=(0, 1, 2))

@@ -166,7 +166,7 @@ def test_a_host_process_running_as_nobody_cannot_signal_or_trace_a_sandboxed_com
         make_plan(load_policy("minimal"), ["/bin/sleep", "60"]), timeout=60, stdio=(devnull,) * 3
     )
     try:
-        serve_until(broker, lambda: child.listener is not None, "the command to start")
+        serve_until(broker, lambda: child.procs.listener is not None, "the command to start")
         assert child.command_pid is not None
         serve_until(
             broker, lambda: Path(f"/proc/{child.command_pid}/exe").resolve().name == "sleep", "execve"
@@ -252,7 +252,7 @@ from privsep.policy.load import load_policy
 broker = Broker()
 devnull = os.open("/dev/null", os.O_RDWR)
 child = broker.start(make_plan(load_policy("minimal"), ["/bin/sleep", "600"]), stdio=(devnull,) * 3)
-while child.listener is None:
+while child.procs.listener is None:
     broker.run_once(0.1)
 print(child.spawned.host_ids.id, child.command_pid, flush=True)
 while True:

@@ -1,0 +1,103 @@
+"""The broker's record of one sandbox, in parts: each part is owned by the module that changes it.
+
+- ``Processes``: what the sandbox's own processes reported and how it is ending (lifecycle.py);
+- ``Serving``: the request channel's protocol state, replies and relays (requests.py);
+- ``Report``: denials and syscall counts for the report at exit (report.py);
+- the rest is fixed when the sandbox starts (loop.py), except ``outcome``, set once when it has ended.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from privsep import cgroups, protocol
+from privsep._version import __version__
+from privsep.broker.outcome import Outcome
+from privsep.broker.relay import Relay
+from privsep.broker.report import Report
+from privsep.broker.services import Services
+from privsep.broker.transparent import Transparent
+from privsep.broker.verdicts import SyscallRules
+from privsep.broker.workers import Lane
+from privsep.confine.spawn import ControlMessage, Spawned
+
+if TYPE_CHECKING:
+    from privsep.broker.terminal import Terminal  # only privsep run makes one
+
+
+@dataclass
+class CallContext:
+    """One ``Sandbox.call``: what the child may ask for, and what it answered (JSON values only)."""
+
+    function: str
+    args: list[object]
+    kwargs: dict[str, object]
+    returned: protocol.CallReturn | None = None
+
+
+@dataclass(eq=False)
+class Processes:
+    """What the sandbox's own processes reported over the control socket, and why it is ending."""
+
+    init_pidfd: int | None = None
+    command_pidfd: int | None = None
+    listener: int | None = None  # the seccomp listener of the command's filter
+    command_pid: int | None = None  # as the host sees it (for the audit log)
+    setup_error: ControlMessage | None = None
+    exec_error: ControlMessage | None = None
+    exit_status: int | None = None
+    monitor_reaped: bool = False
+    init_exited: bool = False
+    kill_reason: Outcome | None = None
+
+
+@dataclass(eq=False)
+class Serving:
+    """The request channel: protocol state, replies not yet sent, and what is being relayed."""
+
+    proto: protocol.BrokerProtocol = field(default_factory=lambda: protocol.BrokerProtocol(__version__))
+    outbox: collections.deque[tuple[bytes, int | None]] = field(default_factory=collections.deque)
+    pending: bool = False  # a slow request is on a worker: the channel is not read meanwhile
+    requests: int = 0
+    relays: dict[int, Relay] = field(default_factory=dict)  # by either of its fds
+
+
+@dataclass(eq=False)
+class Child:
+    """The broker's record of one sandbox."""
+
+    argv0: str
+    spawned: Spawned
+    deadline: float | None
+    timeout: float | None
+    syscalls: SyscallRules
+    lane: Lane  # its slow transparent calls, one at a time
+    services: Services | None = None
+    call: CallContext | None = None  # Sandbox.call: the function's arguments and its answer
+    transparent: Transparent | None = None  # serves open/connect of programs without the client
+    terminal: Terminal | None = None  # the sandbox's own pty, relayed to the user's terminal
+    terminal_events: dict[int, int] = field(default_factory=dict)  # its fds as registered now
+    cgroup: cgroups.SandboxCgroup | None = None
+    cgroup_missing: str | None = None
+    """Why this sandbox runs without a cgroup (the policy allowed it); None when it has one."""
+    procs: Processes = field(default_factory=Processes)
+    serving: Serving = field(default_factory=Serving)
+    report: Report = field(default_factory=Report)
+    outcome: Outcome | None = None
+
+    @property
+    def monitor_pid(self) -> int:
+        """The sandbox's first process (the monitor: it reaps init and reports the exit status)."""
+        return self.spawned.pid
+
+    @property
+    def command_pid(self) -> int | None:
+        return self.procs.command_pid
+
+    @property
+    def ids(self) -> tuple[int, int] | None:
+        """The sandbox's own host uid and gid (a root broker's), or None when it runs as the broker's."""
+        held = self.spawned.host_ids
+        return None if held is None else (held.id, held.id)

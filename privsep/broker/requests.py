@@ -1,0 +1,283 @@
+"""Serving a sandbox's request channel: read a request, decide and perform it, reply.
+
+Every socket is non-blocking. A child that does not read its replies only
+stops having its requests read (back-pressure: replies queue in its outbox,
+and past _MAX_OUTBOX it is cut off), so nothing one child sends can stall
+another. A slow request (resolving, connecting, a large listing) runs on a
+worker; while it does, that child's channel is not read, so a child has at
+most one request in flight and cannot queue work without bound. A child that
+breaks the protocol is cut off and killed; its siblings carry on.
+
+Relays (an append-only file's pipe, a UDP flow) are the data paths some
+answers leave behind; they are served here too, and bounded per child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+import socket
+import time
+
+from privsep import channel, protocol
+from privsep.broker.answers import Answer, Refusal
+from privsep.broker.child import Child
+from privsep.broker.events import READ, WRITE, Events
+from privsep.broker.lifecycle import Lifecycle
+from privsep.broker.outcome import Outcome
+from privsep.broker.relay import AppendRelay, Relay, UdpServerRelay
+from privsep.broker.report import Denial, Recorder
+from privsep.broker.services import SLOW_OPS, Services, perform
+from privsep.broker.workers import Handback, Workers
+from privsep.errors import ChannelError, RemoteProtocolError
+
+_MAX_OUTBOX = 64  # replies queued for a child that does not read, before it is cut off
+MAX_RELAYS = 32  # UDP flows and append-only files per child: each costs the broker two fds
+
+
+class RequestServer:
+    def __init__(
+        self, events: Events, recorder: Recorder, lifecycle: Lifecycle, workers: Workers, handback: Handback
+    ) -> None:
+        self._events = events
+        self._recorder = recorder
+        self._lifecycle = lifecycle
+        self._workers = workers
+        self._handback = handback
+
+    def watch(self, child: Child) -> None:
+        child.spawned.channel.setblocking(False)
+        self._events.watch(child.spawned.channel, "channel", child)
+
+    def on_channel(self, child: Child) -> None:
+        sock = child.spawned.channel
+        if child.serving.outbox:
+            self._flush(child)
+            return
+        try:
+            frame = channel.recv_no_fds(sock)
+        except BlockingIOError:
+            return
+        except RemoteProtocolError as exc:
+            self._violation(child, str(exc))
+            return
+        except (ChannelError, OSError):
+            frame = None
+        if frame is None:
+            if hung_up(sock):  # every process of the sandbox closed its end
+                self._events.forget(sock)
+            else:  # an empty frame reads like end of stream, but the peer is still there
+                self._violation(child, "the child sent an empty frame")
+            return
+        child.serving.requests += 1
+        try:
+            request = child.serving.proto.receive(frame)
+        except RemoteProtocolError as exc:
+            self._violation(child, str(exc))
+            return
+        self._serve(child, request)
+
+    def _serve(self, child: Child, request: protocol.Request) -> None:
+        """Decide → perform → reply; a slow operation is performed on a worker."""
+        if isinstance(request, protocol.Hello):
+            self._queue(child, protocol.reply_ok(request, child.serving.proto.hello_result()))
+        elif isinstance(request, protocol.Ping):
+            self._queue(child, protocol.reply_ok(request, {}))
+        elif isinstance(request, protocol.CallArgs | protocol.CallReturn):
+            self._on_call(child, request)
+        elif child.services is None:
+            refusal = Refusal(protocol.ErrorCode.UNSUPPORTED, "this sandbox has no brokered operations")
+            self.answer(child, request, time.monotonic(), refusal)
+        elif request.op in SLOW_OPS:
+            self._submit(child, request, child.services)
+        else:
+            self.answer(child, request, time.monotonic(), self.perform(child, child.services, request))
+
+    def _on_call(self, child: Child, request: protocol.CallArgs | protocol.CallReturn) -> None:
+        call = child.call
+        if call is None:
+            refusal = Refusal(protocol.ErrorCode.UNSUPPORTED, "this child was not started by Sandbox.call")
+            self.answer(child, request, time.monotonic(), refusal)
+        elif isinstance(request, protocol.CallArgs):
+            result = {"function": call.function, "args": call.args, "kwargs": call.kwargs}
+            self._queue(child, protocol.reply_ok(request, result))
+        elif call.returned is not None:
+            self.answer(
+                child, request, time.monotonic(), Refusal(protocol.ErrorCode.FAILED, "already returned")
+            )
+        else:
+            call.returned = request
+            self._queue(child, protocol.reply_ok(request, {}))
+
+    def perform(self, child: Child, services: Services, request: protocol.Request) -> Answer | Refusal:
+        """``services.perform``; a bug of ours the request reached is logged and answered EIO (rule 6)."""
+        try:
+            return perform(services, request, child.ids)
+        except Exception as exc:
+            self._recorder.internal_error(child, f"a {request.op} request", exc)
+            return Refusal(
+                protocol.ErrorCode.FAILED, "internal error in the broker (logged there)", errno=errno.EIO
+            )
+
+    def _submit(self, child: Child, request: protocol.Request, services: Services) -> None:
+        """Run a slow request on a worker; stop reading this child until it is answered."""
+        child.serving.pending = True
+        self._want(child)
+        start = time.monotonic()
+
+        def job() -> None:
+            answer = self.perform(child, services, request)
+            self._handback.put(lambda: self._performed(child, request, start, answer))
+
+        self._workers.submit(job)
+
+    def _performed(
+        self, child: Child, request: protocol.Request, start: float, answer: Answer | Refusal
+    ) -> None:
+        """On the loop: a slow request's answer is back from its worker."""
+        child.serving.pending = False
+        if child.outcome is not None or child.spawned.channel.fileno() < 0:
+            discard(answer)  # nobody left to receive it
+            return
+        self.answer(child, request, start, answer)
+
+    def answer(self, child: Child, request: protocol.Request, start: float, answer: Answer | Refusal) -> None:
+        """Audit one decision and queue its reply (with its fd, if any)."""
+        if (
+            isinstance(answer, Answer)
+            and answer.relay is not None
+            and not self.add_relay(child, answer.relay)
+        ):
+            discard(answer)
+            answer = Refusal(
+                protocol.ErrorCode.FAILED,
+                f"too many relayed UDP flows and append-only files (at most {MAX_RELAYS})",
+            )
+        self._recorder.decision(child, request, start, answer)
+        if isinstance(answer, Answer):
+            reply, fd = protocol.reply_ok(request, answer.result), answer.fd
+        elif answer.code is protocol.ErrorCode.DENIED:
+            reply, fd = protocol.reply_denied(request.id, answer.message, answer.allow), None
+        else:
+            reply, fd = protocol.reply_error(request.id, answer.code, answer.message), None
+        self._queue(child, reply, fd)
+
+    # -- replies and back-pressure ----------------------------------------
+
+    def _queue(self, child: Child, reply: bytes, fd: int | None = None) -> None:
+        child.serving.outbox.append((reply, fd))
+        self._flush(child)
+
+    def _flush(self, child: Child) -> None:
+        sock, outbox = child.spawned.channel, child.serving.outbox
+        while outbox:
+            reply, fd = outbox[0]
+            try:
+                channel.send(sock, reply, () if fd is None else (fd,))
+            except BlockingIOError:
+                break
+            except (ChannelError, OSError):
+                _drop_outbox(child)
+                break
+            outbox.popleft()
+            if fd is not None:
+                os.close(fd)  # the child has its own copy now
+        if len(outbox) > _MAX_OUTBOX:
+            self._violation(child, "the child does not read its replies")
+            return
+        self._want(child)
+
+    def _want(self, child: Child) -> None:
+        """Replies queued: wait for writability (no new requests are read).
+        A slow request in flight: nothing. Otherwise: the next request."""
+        sock = child.spawned.channel
+        if sock.fileno() >= 0:
+            serving = child.serving
+            self._events.want(
+                sock, WRITE if serving.outbox else 0 if serving.pending else READ, "channel", child
+            )
+
+    def _violation(self, child: Child, reason: str) -> None:
+        sock = child.spawned.channel
+        # The reason is built by protocol/channel from our own words only (never peer bytes).
+        reply = protocol.reply_error(None, protocol.ErrorCode.INVALID, f"protocol violation: {reason}"[:1000])
+        with contextlib.suppress(ChannelError, OSError):
+            channel.send(sock, reply)
+        _drop_outbox(child)
+        self._events.forget(sock)
+        sock.close()
+        detail = f"the child broke the protocol ({reason}); it was disconnected and killed"
+        self._lifecycle.kill(child, Outcome("violation", 128 + signal.SIGKILL, detail=detail))
+
+    # -- relays -------------------------------------------------------------
+
+    def add_relay(self, child: Child, relay: Relay) -> bool:
+        """Serve ``relay`` for ``child``; False (and nothing done) when it has as many as it may."""
+        relays = child.serving.relays
+        if len(relays) >= 2 * MAX_RELAYS:
+            return False
+        for end, role in relay.watched():
+            relays[end.fileno()] = relay
+            self._events.watch(end, role, child)
+        return True
+
+    def on_relay(self, child: Child, role: str, fd: int) -> None:
+        relay = child.serving.relays.get(fd)
+        if relay is None:
+            return
+        if role == "relay_peer":
+            relay.from_peer()
+        elif not relay.from_child():
+            self._close_relay(child, relay)
+
+    def _close_relay(self, child: Child, relay: Relay) -> None:
+        for end, _ in relay.watched():
+            child.serving.relays.pop(end.fileno(), None)
+            self._events.forget(end.fileno())
+        if isinstance(relay, AppendRelay) and relay.truncated:
+            reason = "an append-only file takes at most [limits] file_size_mb per open; the rest was dropped"
+            child.report.deny(Denial("append", relay.path, None, reason, None))
+        if isinstance(relay, UdpServerRelay):
+            for host, port in relay.refused:
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                reason = "not a peer that wrote to the bound UDP socket; it may only answer"
+                child.report.deny(Denial("sendto", f"{where}/udp", None, reason, None))
+        relay.close()
+
+    def release(self, child: Child) -> None:
+        """The sandbox has ended: drop unsent replies, end its relays, close its channel."""
+        _drop_outbox(child)
+        for relay in set(child.serving.relays.values()):
+            self._close_relay(child, relay)
+        self._events.forget(child.spawned.channel)
+        child.spawned.channel.close()
+
+
+def discard(answer: Answer | Refusal) -> None:
+    """An answer nobody will receive: release what it holds."""
+    if isinstance(answer, Answer):
+        if answer.fd is not None:
+            os.close(answer.fd)
+        if answer.relay is not None:
+            answer.relay.close()
+
+
+def _drop_outbox(child: Child) -> None:
+    for _, fd in child.serving.outbox:
+        if fd is not None:
+            os.close(fd)
+    child.serving.outbox.clear()
+
+
+def hung_up(fd: socket.socket | int) -> bool:
+    """Whether poll reports hang-up: a closed peer, or a seccomp listener with no process left.
+
+    On SEQPACKET an empty message and end of stream both read as b"", so
+    the broker asks poll rather than guessing from the read.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLRDHUP | select.POLLHUP)
+    return any(events & (select.POLLRDHUP | select.POLLHUP) for _, events in poller.poll(0))

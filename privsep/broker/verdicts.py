@@ -1,0 +1,70 @@
+"""What the broker answers to a syscall the filter sent it: one pure decision per notification.
+
+The filter notifies the broker of three kinds of call: those it serves
+transparently (open, connect, bind... of programs that do not use the client),
+the dangerous set privsep never allows, and, in learn mode or with a
+``[syscalls] default`` that is not a plain errno, every call outside the
+allowlist. Deciding is kept apart from answering (notify.py) and from the
+sandbox's lifecycle (a kill), so every branch is a unit test.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from privsep._linux import AUDIT_ARCH_X86_64
+
+
+@dataclass(frozen=True)
+class SyscallRules:
+    """What one sandbox's plan says about syscalls the filter hands to the broker."""
+
+    transparent: frozenset[int]  # served by broker/transparent.py
+    dangerous: frozenset[int]  # never allowed, whatever the mode
+    default: str  # the policy's answer outside the allowlist: "eperm", "enosys" or "kill"
+    learning: bool  # privsep learn: allow and record instead of denying
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``serve``: transparent.py answers. ``allow``: learn mode lets it run. ``refuse``: fails with
+    ``errno``. ``kill``: the sandbox ends, and the call is never answered (an answer, even an
+    error, would let it run on until the kill lands)."""
+
+    action: Literal["serve", "allow", "refuse", "kill"]
+    name: str  # the call as reports and the audit log name it
+    errno: int = 0
+    why: str = ""  # for a kill: the end of "killed by seccomp: the command called NAME, ..."
+
+    @property
+    def audited(self) -> str | None:
+        """The audit log's decision for it; None when transparent.py records it itself."""
+        return {"serve": None, "allow": "allow"}.get(self.action, "deny")
+
+
+def decide_syscall(nr: int, arch: int, rules: SyscallRules, name_of: Callable[[int], str]) -> Verdict:
+    """The answer to syscall ``nr`` of architecture ``arch`` under ``rules``.
+
+    A foreign architecture is dangerous by definition: the filter lets only
+    x86_64 calls through, so one arriving here is an attempt around it.
+    """
+    native = arch == AUDIT_ARCH_X86_64
+    if native and nr in rules.transparent:
+        return Verdict("serve", "")
+    name = name_of(nr) if native else f"syscall {nr} (arch {arch:#x})"
+    dangerous = not native or nr in rules.dangerous
+    if rules.learning:
+        # Permissive by definition (see notify.py): allowed and recorded, except the dangerous set.
+        return Verdict("refuse", name, errno.EPERM) if dangerous else Verdict("allow", name)
+    if dangerous:
+        return Verdict("kill", name, why="which privsep never allows")
+    if rules.default == "kill":
+        why = (
+            f'which the policy does not allow (its [syscalls] default is "kill"); '
+            f'to allow it, add "{name}" to [syscalls] allow'
+        )
+        return Verdict("kill", name, why=why)
+    return Verdict("refuse", name, errno.ENOSYS if rules.default == "enosys" else errno.EPERM)

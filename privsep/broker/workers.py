@@ -1,0 +1,138 @@
+"""Threads for the broker's slow operations, and the lane each sandbox's slow calls wait in.
+
+The loop thread never blocks: resolving and connecting run here. A worker
+hands its result back by putting a callable into the loop's queue and waking
+it (``done``); the loop runs it on its own thread, so only the loop ever
+touches a sandbox's channel, selector entries and report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+
+_KEPT = 4  # idle threads kept for the next slow operation
+_IDLE_S = 30.0  # an idle thread beyond _KEPT ends after this long
+
+
+class Workers:
+    """Daemon threads for slow operations: one for each operation in flight.
+
+    A fixed pool let sandboxes whose operations hang (a connect to a black hole, a
+    listing of a huge directory) occupy every thread, and a sibling's request then
+    waited behind them. Each sandbox has at most two slow operations in flight (one
+    request, one transparent call), so it holds at most two threads, and a sibling's
+    operation always gets a thread at once. Up to _KEPT idle threads are kept; the
+    others end after _IDLE_S. Not concurrent.futures: its threads are joined at
+    interpreter exit, so one connect stuck in its timeout would hold ``privsep run`` open.
+    """
+
+    def __init__(self, done: Callable[[], None]) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._done = done
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job, not yet promised to one
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1  # promised: some waiting thread takes this job
+        self._jobs.put(job)
+        if start:
+            threading.Thread(target=self._run, name="privsep-worker", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=_IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > _KEPT:
+                        self._idle -= 1
+                        return
+                continue
+            job()
+            self._done()
+            with self._lock:
+                self._idle += 1
+
+
+class Lane:
+    """One sandbox's slow transparent calls, one in flight at a time (guarantee 9).
+
+    A sandbox with many threads connecting to a black hole then occupies one
+    worker, not all of them: its siblings' calls are never queued behind it.
+    The waiting calls stay unanswered (their threads blocked in the kernel);
+    once the sandbox has ended (``alive`` is false), they are dropped, never run.
+    """
+
+    def __init__(self, workers: Workers, alive: Callable[[], bool]) -> None:
+        self._workers = workers
+        self._alive = alive
+        self._lock = threading.Lock()
+        self._waiting: deque[tuple[Callable[[], None], Callable[[], None]]] = deque()  # (run, drop)
+        self._running = False
+
+    def submit(self, run: Callable[[], None], drop: Callable[[], None]) -> None:
+        with self._lock:
+            if self._running:
+                self._waiting.append((run, drop))
+                return
+            self._running = True
+        self._workers.submit(lambda: self._run(run))
+
+    def _run(self, run: Callable[[], None]) -> None:
+        try:
+            run()
+        finally:
+            following: Callable[[], None] | None = None
+            with self._lock:
+                while self._waiting:
+                    nxt, drop = self._waiting.popleft()
+                    if self._alive():
+                        following = nxt
+                        break
+                    with contextlib.suppress(OSError):
+                        drop()
+                if following is None:
+                    self._running = False
+            if following is not None:
+                chosen = following
+                self._workers.submit(lambda: self._run(chosen))
+
+
+class Handback:
+    """What workers finished, for the loop to run on its own thread: a queue and a wake-up pipe."""
+
+    def __init__(self) -> None:
+        self._done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def put(self, then: Callable[[], None]) -> None:
+        """From a worker: run ``then`` on the loop (the loop is woken when the job returns)."""
+        self._done.put(then)
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # a full pipe already says so
+            os.write(self._wake_w, b".")
+
+    def run(self) -> None:
+        """On the loop: run everything handed back so far."""
+        with contextlib.suppress(OSError):
+            while os.read(self.wake_fd, 4096):
+                pass
+        while True:
+            try:
+                then = self._done.get_nowait()
+            except queue.Empty:
+                return
+            then()
+
+    def close(self) -> None:
+        os.close(self.wake_fd)
+        os.close(self._wake_w)
