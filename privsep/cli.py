@@ -6,7 +6,6 @@ Imports are lazy so that ``privsep run`` pays only for what it uses.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -18,14 +17,9 @@ from privsep._printable import printable
 from privsep.errors import PrivsepError
 
 if TYPE_CHECKING:
-    from privsep import protocol
-    from privsep.broker.answers import Answer
+    from privsep._assemble import SpawnPlan
     from privsep.broker.loop import Broker, Child
     from privsep.broker.report import Denial
-    from privsep.broker.services import Services
-    from privsep.broker.terminal import Terminal
-    from privsep.confine.spawn import SpawnPlan
-    from privsep.policy.grants import Listen
     from privsep.policy.model import Policy
 
 EXIT_USAGE = 125
@@ -206,10 +200,7 @@ def _limits_extra(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from privsep.broker.audit import AuditLog
-    from privsep.broker.loop import Broker
-    from privsep.broker.services import Services
-    from privsep.confine.spawn import make_plan, with_listen
+    from privsep._assemble import assemble, plan_for
     from privsep.policy.grants import grants_to_extra, parse_listen
     from privsep.policy.load import load_policy
 
@@ -222,55 +213,18 @@ def _run(args: argparse.Namespace) -> int:
         extra["limits"] = limits
     policy = load_policy(args.policy, extra=extra)
     timeout = _timeout(args, policy)
-    plan = make_plan(policy, command)
-    with contextlib.ExitStack() as stack:
-        services = Services(policy)
-        stack.callback(services.close)
-        activated = _listen(listens, services)
-        fds = tuple(answer.fd for _request, answer in activated if answer.fd is not None)
-        listening = contextlib.ExitStack()  # the broker's copies: closed once the sandbox has its own
-        stack.enter_context(listening)
-        for fd in fds:
-            listening.callback(os.close, fd)
-        if activated:
-            plan = with_listen(plan, [listen.name for listen in listens])
-        audit = None
-        if args.audit_log:
-            try:
-                audit = AuditLog(args.audit_log)
-            except OSError as exc:
-                raise PrivsepError(f"cannot open the audit log {args.audit_log}: {exc.strerror}") from None
-            stack.callback(audit.close)
-        terminal = stack.enter_context(_terminal())
-        broker = Broker(audit=audit)
-        stack.callback(broker.close)
-        child = broker.start(plan, services=services, timeout=timeout, listen_fds=fds, terminal=terminal)
+    plan = plan_for(policy, command)
+    with assemble(policy, audit_log=args.audit_log, listen=listens, terminal=True) as parts:
+        child = parts.start(plan, timeout=timeout)
         if child.cgroup_missing is not None:
             from privsep.cgroups import without
 
             print(f"privsep: warning: {without(child.cgroup_missing)}", file=sys.stderr, flush=True)
-        listening.close()
-        for request, answer in activated:
-            broker.record(child, request, answer)
-        status = _serve(broker, child)
+        status = _serve(parts.broker, child)
         if status != 0:
             _report_hidden_paths(command, plan)
         return status
-    raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
-
-
-def _terminal() -> contextlib.AbstractContextManager[Terminal | None]:
-    """The child's own pty when privsep's stdio is a terminal (broker/terminal.py), else nothing.
-
-    Entered before the broker exists and left after it is closed: the user's
-    termios come back whatever ends the run.
-    """
-    if not any(os.isatty(fd) for fd in (0, 1, 2)):
-        return contextlib.nullcontext()  # not even the module's import to pay
-    from privsep.broker.terminal import Terminal
-
-    terminal = Terminal.for_stdio((0, 1, 2))
-    return terminal if terminal is not None else contextlib.nullcontext()
+    raise AssertionError("unreachable")  # pragma: no cover - mypy: a context manager may swallow
 
 
 def _report_hidden_paths(command: Sequence[str], plan: SpawnPlan) -> None:
@@ -283,30 +237,6 @@ def _report_hidden_paths(command: Sequence[str], plan: SpawnPlan) -> None:
         return
     for line in outside_view_hints(command, cwd, plan.cwd, plan.view):
         print(f"privsep: {printable(line)}", file=sys.stderr)
-
-
-def _listen(listens: Sequence[Listen], services: Services) -> list[tuple[protocol.Bind, Answer]]:
-    """``--listen``: the broker binds and listens on each address, as ``client.bind`` would."""
-    from privsep import protocol
-    from privsep.broker.answers import Refusal
-
-    activated: list[tuple[protocol.Bind, Answer]] = []
-    try:
-        for listen in listens:
-            request = protocol.Bind(id=0, host=listen.host, port=listen.port, type="tcp", backlog=_BACKLOG)
-            try:
-                activated.append((request, services.handle(request)))
-            except Refusal as refusal:
-                raise PrivsepError(f"--listen {listen.bind_grant()}: {refusal.message}") from None
-    except BaseException:
-        for _request, answer in activated:
-            if answer.fd is not None:
-                os.close(answer.fd)
-        raise
-    return activated
-
-
-_BACKLOG = 4096  # a server can lower it with its own listen()
 
 
 def _command(args: argparse.Namespace) -> list[str]:
@@ -328,22 +258,18 @@ def _timeout(args: argparse.Namespace, policy: Policy) -> float | None:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    from privsep.broker.loop import Broker
-    from privsep.confine.spawn import make_plan
+    from privsep._assemble import assemble, plan_for
     from privsep.learn import LearningServices, render
     from privsep.policy.load import load_policy
 
     command = _command(args)
     base = load_policy(args.policy)
-    plan = make_plan(base, command, learn=True)
-    with contextlib.ExitStack() as stack:
-        services = LearningServices(base)
-        stack.callback(services.close)  # closes the grants current at exit (the learned ones)
-        terminal = stack.enter_context(_terminal())
-        broker = Broker()
-        stack.callback(broker.close)
-        child = broker.start(plan, services=services, timeout=_timeout(args, base), terminal=terminal)
-        status = _serve(broker, child)
+    plan = plan_for(base, command, learn=True)
+    with assemble(base, learn=True, terminal=True) as parts:
+        services = parts.services
+        assert isinstance(services, LearningServices)  # what learn=True assembles
+        child = parts.start(plan, timeout=_timeout(args, base))
+        status = _serve(parts.broker, child)
         # A file base is named absolutely: the new policy may live elsewhere.
         shipped = "/" not in args.policy and not args.policy.endswith(".toml")
         spec = args.policy if shipped else os.path.abspath(args.policy)

@@ -27,12 +27,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from privsep import _linux, _stdout, cgroups
-from privsep.broker.loop import Broker
-from privsep.broker.services import Services
+from privsep._assemble import assemble, plan_for
 from privsep.confine import hostids, identity
 from privsep.confine.landlock import MIN_ABI
 from privsep.confine.seccomp import load_filter
-from privsep.confine.spawn import make_plan
 from privsep.errors import ConfinementError, PrivsepError
 from privsep.policy.load import load_policy
 
@@ -327,14 +325,9 @@ def _trial() -> tuple[Probe, float]:
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
         policy = load_policy("minimal")
-        plan = make_plan(policy, [true])
-        services = Services(policy)
-        broker = Broker()
-        try:
-            outcome = broker.wait(broker.start(plan, services=services, timeout=30, stdio=(devnull,) * 3))
-        finally:
-            broker.close()
-            services.close()
+        plan = plan_for(policy, [true])
+        with assemble(policy) as parts:
+            outcome = parts.broker.wait(parts.start(plan, timeout=30, stdio=(devnull,) * 3))
     except PrivsepError as exc:
         return Probe(str(exc)), time.monotonic() - start
     finally:

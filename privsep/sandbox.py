@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -30,13 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from privsep import cgroups
-from privsep.broker.audit import AuditLog
+from privsep._assemble import Assembly, assemble, plan_for
 from privsep.broker.loop import Broker, CallContext, Child
 from privsep.broker.report import Denial
-from privsep.broker.services import Services
-from privsep.confine.spawn import make_plan
 from privsep.errors import ChildError, ConfinementError, PrivsepError
-from privsep.forkserver import ForkServer
 from privsep.policy.grants import grants_to_extra
 from privsep.policy.load import load_policy
 from privsep.policy.model import Policy
@@ -171,10 +167,8 @@ class Sandbox:
         if start_method not in ("exec", "forkserver"):
             raise ValueError(f"start_method must be 'exec' or 'forkserver', not {start_method!r}")
         self.start_method = start_method
-        self._forkserver: ForkServer | None = None
-        self._broker: Broker | None = None
-        self._services: Services | None = None
-        self._audit: AuditLog | None = None
+        self._parts: Assembly | None = None
+        self._release = contextlib.ExitStack()
         self._waiters: dict[_Pending, asyncio.Future[RunResult]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warned = False
@@ -187,12 +181,10 @@ class Sandbox:
             # privsep.cgroups.v2): before the forkserver exists, so it goes along.
             with contextlib.suppress(ConfinementError):
                 cgroups.host()
-        if self.start_method == "forkserver":
-            # First, before this Sandbox holds anything a child should not see.
-            self._forkserver = ForkServer()
-        self._services = Services(self.policy)
-        self._audit = AuditLog(self._audit_path) if self._audit_path else None
-        self._broker = Broker(audit=self._audit)
+        # On a failure assemble has released what it opened (the forkserver first of all).
+        self._parts = self._release.enter_context(
+            assemble(self.policy, audit_log=self._audit_path, forkserver=self.start_method == "forkserver")
+        )
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -205,28 +197,21 @@ class Sandbox:
         self.close()
 
     def close(self) -> None:
-        """Kill every child still running and release the broker, the grants and the log."""
-        if self._loop is not None and self._broker is not None:
+        """Kill every child still running and release the broker, the grants, the log and the forkserver."""
+        if self._loop is not None and self._parts is not None:
             with contextlib.suppress(Exception):
-                self._loop.remove_reader(self._broker.fileno())
+                self._loop.remove_reader(self._parts.broker.fileno())
             self._loop = None
-        if self._broker is not None:
-            self._broker.close()
-            self._broker = None
-        if self._services is not None:
-            self._services.close()
-            self._services = None
-        if self._audit is not None:
-            self._audit.close()
-            self._audit = None
-        if self._forkserver is not None:
-            self._forkserver.close()
-            self._forkserver = None
+        self._parts = None
+        self._release.close()
+
+    def _need_parts(self) -> Assembly:
+        if self._parts is None:
+            raise PrivsepError("the Sandbox is not open: use it as `with Sandbox(...) as sb:`")
+        return self._parts
 
     def _need_broker(self) -> Broker:
-        if self._broker is None:
-            raise PrivsepError("the Sandbox is not open: use it as `with Sandbox(...) as sb:`")
-        return self._broker
+        return self._need_parts().broker
 
     # -- run --------------------------------------------------------------
 
@@ -237,23 +222,20 @@ class Sandbox:
         timeout: float | None,
         call: CallContext | None,
     ) -> _Pending:
-        broker = self._need_broker()
-        plan = make_plan(self.policy, argv)
-        if call is not None and self._forkserver is not None:
-            plan = dataclasses.replace(plan, in_process_call=True)
+        parts = self._need_parts()
+        broker = parts.broker
+        plan = plan_for(self.policy, argv)
         out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         os.set_blocking(out_w, True)
         os.set_blocking(err_w, True)
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         try:
-            child = broker.start(
+            child = parts.start(
                 plan,
-                services=self._services,
                 timeout=timeout if timeout is not None else self.timeout,
                 stdio=(in_r, out_w, err_w),
                 call=call,
-                spawner=self._forkserver.spawn if self._forkserver is not None else None,
             )
         except BaseException:
             for fd in (out_r, err_r, in_w):
@@ -312,9 +294,9 @@ class Sandbox:
         return await future
 
     def _drive(self) -> None:
-        if self._broker is None:
+        if self._parts is None:
             return
-        self._broker.run_once(max_wait=0)
+        self._parts.broker.run_once(max_wait=0)
         for pending, future in list(self._waiters.items()):
             if pending.done:
                 del self._waiters[pending]

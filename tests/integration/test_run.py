@@ -237,6 +237,15 @@ def test_privsep_errors_exit_125(run_privsep: RunPrivsep, shared_tmp: Path) -> N
     assert run_privsep().returncode == 125
 
 
+def test_an_audit_log_that_cannot_be_opened_is_named_and_exits_125(run_privsep: RunPrivsep) -> None:
+    proc = run_privsep("--audit-log", "/nonexistent/dir/x.log", "--", "/bin/true")
+    assert proc.returncode == 125
+    assert proc.stderr == (
+        "privsep: error: cannot open the audit log /nonexistent/dir/x.log: No such file or directory; "
+        "create /nonexistent/dir first, or give another path\n"
+    )
+
+
 def test_timeout_kills_with_124(run_privsep: RunPrivsep) -> None:
     start = time.monotonic()
     proc = run_privsep("--timeout", "1", "--", "/bin/sh", "-c", "sleep 60")

@@ -182,8 +182,34 @@ def test_call_children_are_confined_and_see_no_host_environment(
 def test_the_forkserver_dies_with_the_sandbox() -> None:
     sandbox = Sandbox("python", start_method="forkserver")
     with sandbox:
-        assert sandbox._forkserver is not None
-        pid = sandbox._forkserver._proc.pid
+        forkserver = sandbox._need_parts().forkserver
+        assert forkserver is not None
+        pid = forkserver._proc.pid
         assert sandbox.call("os:getpid") == 2
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("method", ["exec", "forkserver"])
+def test_an_audit_log_that_cannot_be_opened_is_a_privsep_error_and_leaks_nothing(
+    tmp_path: Path, method: Literal["exec", "forkserver"]
+) -> None:
+    """What was opened before the log (pinned grants, a forkserver) is released, and the error says why."""
+    path = tmp_path / "missing" / "audit.log"
+    before = open_fds()
+    sandbox = Sandbox(
+        "python",
+        allow_read=["/etc"],
+        allow_write=[str(tmp_path)],  # with the read grant, two pinned directory fds
+        audit_log=str(path),
+        start_method=method,
+    )
+    with pytest.raises(privsep.PrivsepError) as caught:
+        sandbox.__enter__()
+    assert not isinstance(caught.value, OSError)
+    assert str(path) in str(caught.value) and "No such file or directory" in str(caught.value)
+    assert open_fds() == before
+    with pytest.raises(ChildProcessError):  # no forkserver left behind
+        os.waitpid(-1, os.WNOHANG)
+    with pytest.raises(privsep.PrivsepError, match="not open"):
+        sandbox.run(["/bin/true"])

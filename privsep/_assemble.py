@@ -1,0 +1,235 @@
+"""One way to put a broker together: for ``privsep run``, ``privsep learn``, the doctor and ``Sandbox``.
+
+A working broker is several resources opened in order, each of which must
+be released if a later one fails. Four callers used to open them by hand,
+and each got the unwinding a little differently (``Sandbox`` with an audit
+log it could not open left its pinned grants open). :func:`assemble` is the
+one sequence; the callers say only what differs between them::
+
+    forkserver     Sandbox(start_method="forkserver"): first, before this process holds
+                   a pinned grant, a listening socket or a log a forked child should not see
+    services       the policy's pinned grants (LearningServices under learn)
+    --listen       socket activation: the broker binds as client.bind would, by the policy
+    audit log      created 0600
+    terminal       privsep's own stdio is a tty: raw mode taken only once nothing above can
+                   fail, given back only after the broker has closed (termios come back
+                   whatever ends the run)
+    broker         the loop; closed first, so nothing it serves outlives what it serves with
+
+On a failure everything already opened is released, newest first, and the
+error is a ``PrivsepError`` that names the step and the operating system's
+reason: an ``OSError`` never escapes bare.
+
+The module sits above ``broker/`` (it uses ``privsep.learn`` and the
+forkserver, which sit on top of the broker) and below the faces. It is also
+the faces' one door to the spawn plan: ``plan_for`` and ``SpawnPlan`` are
+imported from here, not from where the plan is made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from privsep import protocol
+from privsep.broker.answers import Answer, Refusal
+from privsep.broker.audit import AuditLog
+from privsep.broker.loop import Broker, CallContext, Child
+from privsep.broker.services import Services
+from privsep.confine.spawn import SpawnPlan, make_plan, with_listen
+from privsep.errors import PrivsepError
+from privsep.policy.grants import Listen
+from privsep.policy.model import Policy
+
+if TYPE_CHECKING:
+    from privsep.broker.terminal import Terminal
+    from privsep.forkserver import ForkServer
+
+__all__ = ["Assembly", "SpawnPlan", "assemble", "plan_for"]
+
+_LISTEN_BACKLOG = 4096  # ``--listen``'s; a server can lower it with its own listen()
+
+
+def plan_for(policy: Policy, argv: Sequence[str], *, learn: bool = False) -> SpawnPlan:
+    """The plan of one sandbox running ``argv`` under ``policy``; opens nothing.
+
+    Callers make it before :func:`assemble`, so that a policy or command the
+    plan refuses is reported before anything was opened that would need undoing.
+    """
+    return make_plan(policy, argv, learn=learn)
+
+
+@dataclass(eq=False)
+class Assembly:
+    """The parts :func:`assemble` opened; they live until its ``with`` block ends."""
+
+    services: Services
+    """The policy's grants; under learn a ``LearningServices``, grown by what the command asked."""
+    broker: Broker
+    learn: bool
+    terminal: Terminal | None
+    forkserver: ForkServer | None
+    _activated: list[tuple[protocol.Bind, Answer]] = field(repr=False)
+    _listen_names: tuple[str, ...] = field(repr=False)
+    _listening: contextlib.ExitStack = field(repr=False)
+    """Closes the broker's copies of the listening sockets; the sandbox holds its own once started."""
+
+    def start(
+        self,
+        plan: SpawnPlan,
+        *,
+        timeout: float | None = None,
+        stdio: tuple[int, int, int] = (0, 1, 2),
+        call: CallContext | None = None,
+    ) -> Child:
+        """Start a sandbox for ``plan`` (from :func:`plan_for`) with the assembled parts.
+
+        It gets the services, the forkserver if there is one (``call`` then
+        runs in the forked process, without an exec), and the listening sockets
+        and the terminal, which serve one sandbox only.
+        """
+        if plan.learn != self.learn:
+            raise ValueError("the plan and the assembly disagree on learn: make both with the same value")
+        fds = tuple(answer.fd for _request, answer in self._activated if answer.fd is not None)
+        if self._listen_names:
+            if not self._activated:
+                raise ValueError("the --listen sockets serve one sandbox, and it has started")
+            plan = with_listen(plan, self._listen_names)
+        if call is not None and self.forkserver is not None:
+            plan = dataclasses.replace(plan, in_process_call=True)
+        child = self.broker.start(
+            plan,
+            services=self.services,
+            timeout=timeout,
+            stdio=stdio,
+            call=call,
+            spawner=self.forkserver.spawn if self.forkserver is not None else None,
+            listen_fds=fds,
+            terminal=self.terminal,
+        )
+        if self._activated:
+            self._listening.close()
+            for request, answer in self._activated:
+                self.broker.record(child, request, answer)
+            self._activated = []
+        return child
+
+
+@contextlib.contextmanager
+def assemble(
+    policy: Policy,
+    *,
+    audit_log: str | None = None,
+    learn: bool = False,
+    listen: Sequence[Listen] = (),
+    terminal: bool = False,
+    forkserver: bool = False,
+) -> Iterator[Assembly]:
+    """Open a broker's parts for ``policy`` in order; release them all when the block ends or a step fails.
+
+    ``audit_log``: a file to append the broker's decisions to. ``learn``:
+    the services grow the policy instead of denying (``privsep learn``).
+    ``listen``: sockets to listen on before the command starts (``--listen``).
+    ``terminal``: give the sandbox a pty of its own if privsep's stdio is a
+    terminal (``privsep run``). ``forkserver``: start children from a
+    forkserver (``Sandbox(start_method="forkserver")``).
+    """
+    with contextlib.ExitStack() as stack:
+        server = None
+        if forkserver:
+            from privsep.forkserver import ForkServer  # noqa: PLC0415 - only a Sandbox that asks pays for it
+
+            with _naming("cannot start the forkserver"):
+                server = ForkServer()
+            stack.callback(server.close)
+        with _naming("cannot open the policy's grants"):
+            services = _services(policy, learn)
+        stack.callback(services.close)  # closes the grants current at exit (the learned ones, under learn)
+        activated = _activate(listen, services)
+        listening = stack.enter_context(contextlib.ExitStack())
+        for _request, answer in activated:
+            if answer.fd is not None:
+                listening.callback(os.close, answer.fd)
+        audit = None
+        if audit_log:
+            audit = _open_audit_log(audit_log)
+            stack.callback(audit.close)
+        with _naming("cannot give the sandbox a terminal of its own"):
+            tty = stack.enter_context(_terminal()) if terminal else None
+        with _naming("cannot start the broker"):
+            broker = Broker(audit=audit)
+        stack.callback(broker.close)
+        yield Assembly(
+            services=services,
+            broker=broker,
+            learn=learn,
+            terminal=tty,
+            forkserver=server,
+            _activated=activated,
+            _listen_names=tuple(one.name for one in listen),
+            _listening=listening,
+        )
+
+
+@contextlib.contextmanager
+def _naming(what: str) -> Iterator[None]:
+    """An OSError from the block becomes a PrivsepError saying which step failed and why."""
+    try:
+        yield
+    except OSError as exc:
+        raise PrivsepError(f"{what}: {exc.strerror or exc}") from exc
+
+
+def _services(policy: Policy, learn: bool) -> Services:
+    if not learn:
+        return Services(policy)
+    from privsep.learn import LearningServices  # noqa: PLC0415 - privsep learn's alone
+
+    return LearningServices(policy)
+
+
+def _activate(listens: Sequence[Listen], services: Services) -> list[tuple[protocol.Bind, Answer]]:
+    """``--listen``: the broker binds and listens on each address, as ``client.bind`` would."""
+    activated: list[tuple[protocol.Bind, Answer]] = []
+    try:
+        for listen in listens:
+            request = protocol.Bind(
+                id=0, host=listen.host, port=listen.port, type="tcp", backlog=_LISTEN_BACKLOG
+            )
+            try:
+                activated.append((request, services.handle(request)))
+            except Refusal as refusal:
+                raise PrivsepError(f"--listen {listen.bind_grant()}: {refusal.message}") from None
+    except BaseException:
+        for _request, answer in activated:
+            if answer.fd is not None:
+                os.close(answer.fd)
+        raise
+    return activated
+
+
+def _open_audit_log(path: str) -> AuditLog:
+    try:
+        return AuditLog(path)
+    except OSError as exc:
+        fix = (
+            f"; create {os.path.dirname(path) or '.'} first, or give another path"
+            if exc.errno == errno.ENOENT
+            else ""
+        )
+        raise PrivsepError(f"cannot open the audit log {path}: {exc.strerror or exc}{fix}") from None
+
+
+def _terminal() -> contextlib.AbstractContextManager[Terminal | None]:
+    """The sandbox's own pty when privsep's stdio is a terminal (broker/terminal.py), else nothing."""
+    if not any(os.isatty(fd) for fd in (0, 1, 2)):
+        return contextlib.nullcontext()  # not even the module's import to pay
+    from privsep.broker.terminal import Terminal  # noqa: PLC0415 - only with a terminal
+
+    found = Terminal.for_stdio((0, 1, 2))
+    return found if found is not None else contextlib.nullcontext()
