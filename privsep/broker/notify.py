@@ -128,12 +128,12 @@ def inject_fd(listener: int, notification: Notification, fd: int, *, cloexec: bo
     return int(fcntl.ioctl(listener, _IOC_ADDFD, req, True))
 
 
-def replace_fd(listener: int, notification: Notification, fd: int, target: int, *, cloexec: bool) -> None:
-    """Put ``fd`` at the caller's fd number ``target`` (the old file there is closed); no answer yet."""
+def replace_fd(listener: int, notification: Notification, fd: int, at_fd: int, *, cloexec: bool) -> None:
+    """Put ``fd`` at the caller's fd number ``at_fd`` (the old file there is closed); no answer yet."""
     flags = os.O_CLOEXEC if cloexec else 0
     fcntl.ioctl(
         listener,
         _IOC_ADDFD,
-        bytearray(_ADDFD.pack(notification.id, _ADDFD_FLAG_SETFD, fd, target, flags)),
+        bytearray(_ADDFD.pack(notification.id, _ADDFD_FLAG_SETFD, fd, at_fd, flags)),
         True,
     )

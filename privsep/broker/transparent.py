@@ -314,11 +314,11 @@ class Transparent:
         self, listener: int, note: notify.Notification, services: Services | None
     ) -> Deferred | Served | None:
         """Every connect: performed by the broker on the socket it checked, or refused (rule 2)."""
-        target, sock = _their_socket(note)
+        their_fd, sock = _their_socket(note)
         handed_over = False  # to the worker, which closes it; else closed here, whatever happens
         try:
             address = _sockaddr_arg(note)
-            cloexec = _fd_cloexec(note.pid, target)
+            cloexec = _fd_cloexec(note.pid, their_fd)
             if not notify.is_live(listener, note):
                 return None
             if sock.family == socket.AF_UNIX:
@@ -364,7 +364,7 @@ class Transparent:
                     ids=self._ids,
                     request=request,
                     theirs=sock,
-                    target=target,
+                    their_fd=their_fd,
                     cloexec=cloexec,
                 ),
                 drop,
@@ -518,7 +518,7 @@ def _finish_connect(
     ids: tuple[int, int] | None,
     request: protocol.Connect,
     theirs: socket.socket,
-    target: int,
+    their_fd: int,
     cloexec: bool,
 ) -> Served | None:
     """On a worker: connect the broker's own socket, then swap it in for the child's."""
@@ -538,7 +538,7 @@ def _finish_connect(
                 request, Refusal(protocol.ErrorCode.FAILED, f"could not prepare the socket: {exc.strerror}")
             )
         ours.detach()  # result.fd is _swap_in's to close
-        return _swap_in(listener, note, request, result, target=target, theirs=theirs, cloexec=cloexec)
+        return _swap_in(listener, note, request, result, their_fd=their_fd, theirs=theirs, cloexec=cloexec)
     finally:
         theirs.close()
         os.close(listener)
@@ -588,10 +588,10 @@ def _bind(listener: int, note: notify.Notification, services: Services) -> Serve
     program's at its fd number only if that number still holds the socket the
     broker checked. Its later ``listen``/``accept``/``getsockname`` are native.
     """
-    target, theirs = _their_socket(note)
+    their_fd, theirs = _their_socket(note)
     try:
         address = _sockaddr_arg(note)
-        cloexec = _fd_cloexec(note.pid, target)
+        cloexec = _fd_cloexec(note.pid, their_fd)
         if not notify.is_live(listener, note):
             return None
         if theirs.family not in (socket.AF_INET, socket.AF_INET6):
@@ -621,7 +621,7 @@ def _bind(listener: int, note: notify.Notification, services: Services) -> Serve
         except Refusal as refusal:
             notify.refuse(listener, note, _errno_of(refusal))
             return Served(request, refusal)
-        return _swap_in(listener, note, request, result, target=target, theirs=theirs, cloexec=cloexec)
+        return _swap_in(listener, note, request, result, their_fd=their_fd, theirs=theirs, cloexec=cloexec)
     finally:
         theirs.close()
 
@@ -632,7 +632,7 @@ def _swap_in(
     request: protocol.Bind | protocol.Connect,
     result: Answer,
     *,
-    target: int,
+    their_fd: int,
     theirs: socket.socket,
     cloexec: bool,
 ) -> Served | None:
@@ -640,14 +640,14 @@ def _swap_in(
     holds ``theirs``, the socket the broker checked; ``result.fd`` is closed here."""
     assert result.fd is not None
     try:
-        if not _same_object(note.pid, target, theirs):
+        if not _same_object(note.pid, their_fd, theirs):
             # Another thread put something else at this number: swapping ours in would
             # replace an object nobody checked. Refuse; our socket (and port) goes away.
             notify.refuse(listener, note, errno.EBADF)
             return Served(
                 request, Refusal(protocol.ErrorCode.FAILED, f"the socket changed during {request.op}")
             )
-        notify.replace_fd(listener, note, result.fd, target, cloexec=cloexec)
+        notify.replace_fd(listener, note, result.fd, their_fd, cloexec=cloexec)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return None
@@ -730,10 +730,10 @@ def _same_object(pid: int, fd: int, sock: socket.socket) -> bool:
 
 def _their_socket(note: notify.Notification) -> tuple[int, socket.socket]:
     """The fd number in the call's first argument, and a copy of the socket it holds."""
-    target = _s32(note.args[0])
-    copy = _their_fd(note.pid, target)
+    their_fd = _s32(note.args[0])
+    copy = _their_fd(note.pid, their_fd)
     try:
-        return target, socket.socket(fileno=copy)
+        return their_fd, socket.socket(fileno=copy)
     except OSError:
         os.close(copy)
         # Not a socket. Refused here, never handed back: by the time the kernel looked fd N

@@ -301,12 +301,12 @@ def _name_rule(policy: Policy, name: str, port: int, proto: str) -> int | NetDec
 
 def _rebinding(address: IPAddress, name: str) -> str | None:
     """The kind of address a name may not lead to, or None."""
-    target = _canonical(address)
+    reached = _canonical(address)
     for kind, bad in (
-        ("loopback", target.is_loopback and name != "localhost"),
-        ("link-local", target.is_link_local),
-        ("unspecified", target.is_unspecified),
-        ("multicast", target.is_multicast),
+        ("loopback", reached.is_loopback and name != "localhost"),
+        ("link-local", reached.is_link_local),
+        ("unspecified", reached.is_unspecified),
+        ("multicast", reached.is_multicast),
     ):
         if bad:
             return kind
