@@ -11,7 +11,7 @@ and the field (``syscalls.allow[2]``), as an editor needs it. Warnings are
 things that load but will not work yet on this machine: a grant or a
 secret's file that does not exist, a low port a non-root broker cannot bind.
 
-This module is a face over policy, confine and broker (like ``cli``), not
+This module is a face over policy, plan and broker (like ``cli``), not
 part of the pure ``policy`` package: checking means touching libseccomp and
 the file system.
 """
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 from privsep import _stdout
 from privsep.broker.files import FileService
-from privsep.confine import seccomp
-from privsep.confine.identity import SANDBOX_ID
-from privsep.confine.view import plan_grants, plan_view
 from privsep.errors import ConfinementError, PolicyError
+from privsep.plan import filter as seccomp
+from privsep.plan.spawnplan import SANDBOX_ID
+from privsep.plan.view import plan_grants, plan_view
 from privsep.policy.load import load_policy
 from privsep.policy.model import Policy, View
 from privsep.policy.show import Link, chain, render_json, render_toml

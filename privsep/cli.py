@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from privsep.broker.loop import Broker, Child, Denial
     from privsep.broker.services import Services
     from privsep.broker.terminal import Terminal
-    from privsep.confine.spawn import SpawnPlan
+    from privsep.plan.spawnplan import SpawnPlan
     from privsep.policy.grants import Listen
     from privsep.policy.model import Policy
 
@@ -208,7 +208,7 @@ def _run(args: argparse.Namespace) -> int:
     from privsep.broker.audit import AuditLog
     from privsep.broker.loop import Broker
     from privsep.broker.services import Services
-    from privsep.confine.spawn import make_plan, with_listen
+    from privsep.plan.spawnplan import make_plan, with_listen
     from privsep.policy.grants import grants_to_extra, parse_listen
     from privsep.policy.load import load_policy
 
@@ -328,8 +328,8 @@ def _timeout(args: argparse.Namespace, policy: Policy) -> float | None:
 
 def _learn(args: argparse.Namespace) -> int:
     from privsep.broker.loop import Broker
-    from privsep.confine.spawn import make_plan
     from privsep.learn import LearningServices, render
+    from privsep.plan.spawnplan import make_plan
     from privsep.policy.load import load_policy
 
     command = _command(args)

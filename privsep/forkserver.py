@@ -29,8 +29,9 @@ import prctl
 # Imported here, once, for every child of the forkserver: _callee (and with it
 # the client) is what a Sandbox.call child runs without exec'ing anything.
 from privsep import _callee, channel  # noqa: F401 - preloaded for the children
-from privsep.confine.spawn import Spawned, SpawnPlan, claim_host_ids, monitor_main
+from privsep.confine.spawn import monitor_main
 from privsep.errors import ConfinementError
+from privsep.plan.spawnplan import Spawned, SpawnPlan, claim_host_ids
 
 _READY = b'{"ready":true}'
 

@@ -33,9 +33,9 @@ from privsep import cgroups
 from privsep.broker.audit import AuditLog
 from privsep.broker.loop import Broker, CallContext, Child, Denial
 from privsep.broker.services import Services
-from privsep.confine.spawn import make_plan
 from privsep.errors import ChildError, ConfinementError, PrivsepError
 from privsep.forkserver import ForkServer
+from privsep.plan.spawnplan import make_plan
 from privsep.policy.grants import grants_to_extra
 from privsep.policy.load import load_policy
 from privsep.policy.model import Policy

@@ -58,9 +58,11 @@ from privsep.broker.outcome import (
 from privsep.broker.relay import AppendRelay, Relay, UdpServerRelay
 from privsep.broker.services import SLOW_OPS, Services, target
 from privsep.broker.transparent import Deferred, Served, Transparent, view_roots
-from privsep.confine.seccomp import dangerous_numbers, syscall_name
-from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, in_cgroup, spawn
+from privsep.confine.spawn import spawn
 from privsep.errors import ChannelError, ConfinementError, RemoteProtocolError
+from privsep.plan.control import ControlMessage, decode_control
+from privsep.plan.filter import dangerous_numbers, syscall_name
+from privsep.plan.spawnplan import Spawned, SpawnPlan, in_cgroup
 
 if TYPE_CHECKING:
     from privsep.broker.terminal import Terminal  # only privsep run makes one

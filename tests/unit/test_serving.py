@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from privsep import _linux as L
-from privsep.confine import landlock, view
-from privsep.confine.spawn import SpawnPlan, make_plan
 from privsep.errors import PolicyError
 from privsep.hints import outside_view_hints
+from privsep.plan import landlock, view
+from privsep.plan.spawnplan import SpawnPlan, make_plan
 from privsep.policy.model import FileRule, Policy
 from privsep.policy.serving import broker_reason
 
