@@ -12,6 +12,7 @@ name in ``confine/`` applies in the sandbox's own processes.
   only loads the bytes); the syscall names and numbers the broker reports.
 - ``hostids``: a root broker's claim on a host uid of the sandbox's own.
 - ``control``: the reports the sandbox's processes send the broker (both ends).
+- ``wire``: a plan as bytes for the forkserver, derived from the dataclasses.
 
 Nothing here imports ``privsep.confine`` or ``privsep.broker``: both
 build on this package.

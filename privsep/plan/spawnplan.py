@@ -14,8 +14,6 @@ the fork; the sandbox's processes only read the plan.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import resource
 import socket
@@ -29,7 +27,7 @@ from privsep.plan.filter import FilterSpec, compile_filter, transparent_numbers
 from privsep.plan.hostids import Claim, claim
 from privsep.plan.landlock import Rule, rules_for
 from privsep.plan.limits import rlimits
-from privsep.plan.view import DEVICES, Bind, Mask, ViewPlan, plan_grants
+from privsep.plan.view import DEVICES, ViewPlan, plan_grants
 from privsep.policy.model import Limits, Policy
 from privsep.policy.syscalls import expand
 
@@ -47,7 +45,8 @@ _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 class SpawnPlan:
     """Everything the child needs, computed in the broker before fork.
 
-    Data only: the forked monitor reads it as it is, and the forkserver gets it as JSON.
+    Data only: the forked monitor reads it as it is, and the forkserver gets it
+    through :mod:`privsep.plan.wire`, which derives its format from these fields.
     """
 
     argv: tuple[str, ...]
@@ -96,87 +95,6 @@ class SpawnPlan:
     @property
     def channel_fd(self) -> int:
         return LISTEN_FDS_START + len(self.listen)
-
-    def to_json(self) -> bytes:
-        """For the forkserver (a process of ours, not the child): plain JSON, no pickle."""
-        body = {
-            "argv": list(self.argv),
-            "env": dict(self.env),
-            "cwd": self.cwd,
-            "view": {
-                "dirs": list(self.view.dirs),
-                "symlinks": [list(s) for s in self.view.symlinks],
-                "binds": [
-                    [b.path, b.is_dir, list(b.access), b.writable, None if b.idmap is None else list(b.idmap)]
-                    for b in self.view.binds
-                ],
-                "tmp_size_mb": self.view.tmp_size_mb,
-                "pins": list(self.view.pins),
-                "masks": [[m.path, m.is_dir] for m in self.view.masks],
-                "files": [list(f) for f in self.view.files],
-                "frozen": list(self.view.frozen),
-            },
-            "kernel_served": list(self.kernel_served),
-            "cwd_inherited": self.cwd_inherited,
-            "landlock_rules": [[r.path, r.access] for r in self.landlock_rules],
-            "landlock_abi": self.landlock_abi,
-            "rlimits": {str(k): v for k, v in self.rlimits.items()},
-            "seccomp_bpf": base64.b64encode(self.seccomp_bpf).decode(),
-            "user_namespace": self.user_namespace,
-            "host_uid": self.host_uid,
-            "host_gid": self.host_gid,
-            "syscall_default": self.syscall_default,
-            "learn": self.learn,
-            "transparent_calls": list(self.transparent_calls),
-            "in_process_call": self.in_process_call,
-            "listen": list(self.listen),
-            "terminal": self.terminal,
-            "budget": [self.budget.memory_mb, self.budget.processes, self.budget.cpu_percent],
-            "cgroups": self.cgroups,
-            "cgroup_join": list(self.cgroup_join),
-        }
-        return json.dumps(body).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> SpawnPlan:
-        body = json.loads(data)
-        v = body["view"]
-        return cls(
-            argv=tuple(body["argv"]),
-            env=dict(body["env"]),
-            cwd=body["cwd"],
-            view=ViewPlan(
-                dirs=tuple(v["dirs"]),
-                symlinks=tuple((a, b) for a, b in v["symlinks"]),
-                binds=tuple(
-                    Bind(p, d, tuple(a), w, None if m is None else (m[0], m[1]))
-                    for p, d, a, w, m in v["binds"]
-                ),
-                tmp_size_mb=v["tmp_size_mb"],
-                pins=tuple(v["pins"]),
-                masks=tuple(Mask(p, d) for p, d in v["masks"]),
-                files=tuple((p, t) for p, t in v["files"]),
-                frozen=tuple(v["frozen"]),
-            ),
-            kernel_served=tuple(body["kernel_served"]),
-            cwd_inherited=body["cwd_inherited"],
-            landlock_rules=tuple(Rule(p, a) for p, a in body["landlock_rules"]),
-            landlock_abi=body["landlock_abi"],
-            rlimits={int(k): v for k, v in body["rlimits"].items()},
-            seccomp_bpf=base64.b64decode(body["seccomp_bpf"]),
-            user_namespace=body["user_namespace"],
-            host_uid=body["host_uid"],
-            host_gid=body["host_gid"],
-            syscall_default=body["syscall_default"],
-            learn=body["learn"],
-            transparent_calls=tuple(body["transparent_calls"]),
-            in_process_call=body["in_process_call"],
-            listen=tuple(body.get("listen", ())),
-            terminal=body.get("terminal"),
-            budget=Budget(*body["budget"]),
-            cgroups=body["cgroups"],
-            cgroup_join=tuple(body["cgroup_join"]),
-        )
 
 
 def make_plan(
