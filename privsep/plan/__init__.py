@@ -14,6 +14,6 @@ name in ``confine/`` applies in the sandbox's own processes.
 - ``control``: the reports the sandbox's processes send the broker (both ends).
 - ``wire``: a plan as bytes for the forkserver, derived from the dataclasses.
 
-Nothing here imports ``privsep.confine`` or ``privsep.broker``: both
-build on this package.
+Nothing here imports ``privsep.confine`` or ``privsep.broker``
+(``tests/unit/test_dependencies.py``): both build on this package.
 """
