@@ -27,8 +27,8 @@ from typing import Any
 from bench.workloads import BenchError, ratios, stats
 from privsep import cgroups
 from privsep.broker.loop import Broker
-from privsep.confine.spawn import SpawnPlan, make_plan
 from privsep.errors import ConfinementError
+from privsep.plan.spawnplan import SpawnPlan, make_plan
 from privsep.policy.load import load_policy
 
 

@@ -81,7 +81,7 @@ from bench.workloads import (
 from privsep._version import __version__
 from privsep.broker.loop import Broker
 from privsep.broker.services import Services
-from privsep.confine.spawn import SpawnPlan, make_plan
+from privsep.plan.spawnplan import SpawnPlan, make_plan
 from privsep.policy.grants import grants_to_extra
 from privsep.policy.load import load_policy
 from privsep.sandbox import Sandbox

@@ -36,7 +36,7 @@ from bench.workloads import (
 )
 from privsep.broker.loop import Broker, Child
 from privsep.broker.services import Services
-from privsep.confine.spawn import make_plan
+from privsep.plan.spawnplan import make_plan
 from privsep.policy.grants import grants_to_extra
 from privsep.policy.load import load_policy
 

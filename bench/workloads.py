@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from privsep.broker.loop import Broker, Child
 from privsep.broker.services import Services
-from privsep.confine.spawn import SpawnPlan
+from privsep.plan.spawnplan import SpawnPlan
 
 VENV_BIN = Path(sys.prefix) / "bin"
 PYTHON = str(VENV_BIN / "python")

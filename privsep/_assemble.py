@@ -41,8 +41,8 @@ from privsep.broker.answers import Answer, Refusal
 from privsep.broker.audit import AuditLog
 from privsep.broker.loop import Broker, CallContext, Child
 from privsep.broker.services import Services
-from privsep.confine.spawn import SpawnPlan, make_plan, with_listen
 from privsep.errors import PrivsepError
+from privsep.plan.spawnplan import SpawnPlan, make_plan, with_listen
 from privsep.policy.grants import Listen
 from privsep.policy.model import Policy
 

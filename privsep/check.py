@@ -4,14 +4,16 @@
 starts a child, and reports every problem at once instead of the first:
 loading (TOML, keys, types, ``extends``, variables), expanding the syscall
 groups and resolving every syscall name against libseccomp (an unknown name
-is an error, never ignored), compiling the seccomp filter, planning the view
-on this machine (paths that do not exist), and pinning the ``[[files]]``
-grants as the broker does. Each problem names the file that wrote the entry
-and the field (``syscalls.allow[2]``), as an editor needs it. Warnings are
+is an error, never ignored), planning the view on this machine (paths that
+do not exist), pinning the ``[[files]]`` grants as the broker does, and
+compiling the very seccomp filter ``run`` would load
+(:func:`privsep.plan.spawnplan.filter_spec`, from the same grants). Each
+problem names the file that wrote the entry and the field
+(``syscalls.allow[2]``), as an editor needs it. Warnings are
 things that load but will not work yet on this machine: a grant or a
 secret's file that does not exist, a low port a non-root broker cannot bind.
 
-This module is a face over policy, confine and broker (like ``cli``), not
+This module is a face over policy, plan and broker (like ``cli``), not
 part of the pure ``policy`` package: checking means touching libseccomp and
 the file system.
 """
@@ -27,10 +29,10 @@ from dataclasses import dataclass, field
 
 from privsep import _stdout
 from privsep.broker.files import FileService
-from privsep.confine import seccomp
-from privsep.confine.identity import SANDBOX_ID
-from privsep.confine.view import plan_grants, plan_view
 from privsep.errors import ConfinementError, PolicyError
+from privsep.plan.filter import compile_filter, syscall_number
+from privsep.plan.spawnplan import SANDBOX_ID, filter_spec
+from privsep.plan.view import GrantsPlan, plan_grants, plan_view
 from privsep.policy.load import load_policy
 from privsep.policy.model import Policy, View
 from privsep.policy.show import Link, chain, render_json, render_toml
@@ -117,13 +119,15 @@ def _known_syscalls() -> list[str]:
     return sorted(frozenset().union(*GROUPS.values()))
 
 
-def _syscalls(policy: Policy, links: Sequence[Link], result: CheckResult) -> None:
+def _syscalls(policy: Policy, links: Sequence[Link], result: CheckResult) -> bool:
+    """Each entry of ``[syscalls] allow`` on its own; False if any is wrong (the filter is then
+    not compiled: it would only repeat the error)."""
     before = len(result.errors)
     for entry in policy.syscalls.allow:
         origin, where = _where(links, "syscalls", "allow", entry)
         try:
             expand([entry])
-            known = entry.startswith("@") or seccomp.syscall_number(entry) is not None
+            known = entry.startswith("@") or syscall_number(entry) is not None
         except (PolicyError, ConfinementError) as exc:
             result.errors.append(Problem(origin, where, str(exc)))
             continue
@@ -138,12 +142,18 @@ def _syscalls(policy: Policy, links: Sequence[Link], result: CheckResult) -> Non
                     f"privsep{hint} (groups and their syscalls: `privsep policy show minimal`)",
                 )
             )
-    if len(result.errors) > before:
-        return
+    return len(result.errors) == before
+
+
+def _filter(policy: Policy, links: Sequence[Link], result: CheckResult, grants: GrantsPlan | None) -> None:
+    """Compile the filter ``privsep run`` loads for this policy here (as a plain run, not learn).
+
+    Without ``grants`` (the view or a grant did not plan, and ``run`` would stop there) the
+    broker is taken to serve a grant: of the two filters a policy can have, the longer one.
+    """
+    broker_served = True if grants is None else bool(grants.broker_served)
     try:
-        seccomp.compile_filter(
-            seccomp.FilterSpec(allow=expand(policy.syscalls.allow), default_action=policy.syscalls.default)
-        )
+        compile_filter(filter_spec(policy, broker_served=broker_served))
     except (PolicyError, ConfinementError) as exc:
         result.errors.append(Problem(links[0].origin if links else result.spec, "syscalls", str(exc)))
 
@@ -164,7 +174,8 @@ def _view(policy: Policy, links: Sequence[Link], result: CheckResult) -> None:
             result.errors.append(Problem(links[0].origin if links else result.spec, "view", str(exc)))
 
 
-def _files(policy: Policy, links: Sequence[Link], result: CheckResult) -> None:
+def _files(policy: Policy, links: Sequence[Link], result: CheckResult) -> GrantsPlan | None:
+    """The grants one by one, then planned together as ``run`` plans them (None if they do not)."""
     for index, rule in enumerate(policy.files):
         if rule.deny:
             continue
@@ -190,11 +201,12 @@ def _files(policy: Policy, links: Sequence[Link], result: CheckResult) -> None:
     # How the grants will be served here: nested grants that cannot mean what they say,
     # deny rules the kernel cannot mask (only once the view itself plans: no error twice).
     if result.errors:
-        return
+        return None
     try:
-        plan_grants(policy, root_broker=os.geteuid() == 0, sandbox_id=SANDBOX_ID)
+        return plan_grants(policy, root_broker=os.geteuid() == 0, sandbox_id=SANDBOX_ID)
     except PolicyError as exc:
         result.errors.append(Problem(links[0].origin if links else result.spec, "files", str(exc)))
+        return None
 
 
 def _secrets(policy: Policy, links: Sequence[Link], result: CheckResult) -> None:
@@ -257,9 +269,11 @@ def check_policy(spec: str) -> CheckResult:
         links = chain(spec)
     except (PolicyError, OSError, ValueError):  # pragma: no cover - it just loaded
         links = []
-    _syscalls(policy, links, result)
+    names_ok = _syscalls(policy, links, result)
     _view(policy, links, result)
-    _files(policy, links, result)
+    grants = _files(policy, links, result)
+    if names_ok:
+        _filter(policy, links, result, grants)
     _secrets(policy, links, result)
     _binds(policy, links, result)
     return result

@@ -28,10 +28,11 @@ from dataclasses import asdict, dataclass, field
 
 from privsep import _linux, _stdout, cgroups
 from privsep._assemble import assemble, plan_for
-from privsep.confine import hostids, identity
+from privsep.confine import identity
 from privsep.confine.landlock import MIN_ABI
 from privsep.confine.seccomp import load_filter
 from privsep.errors import ConfinementError, PrivsepError
+from privsep.plan import hostids
 from privsep.policy.load import load_policy
 
 __all__ = ["Facts", "Layer", "doctor_command", "layers", "probe", "render_text"]

@@ -6,8 +6,9 @@ interpreter costs ~10 ms plus ~90 ms of pydantic import. So, as in
 helper when it opens: a fresh interpreter (``python -m privsep.forkserver``)
 with an environment of its own (never the host's: no secret in it), which
 imports what children need, then waits. For each child the broker sends it
-the plan (JSON) and the child's five fds (SCM_RIGHTS). It forks, and the
-fork runs the same confinement chain as ``spawn``, from the monitor on.
+the plan (JSON, :mod:`privsep.plan.wire`) and the child's five fds
+(SCM_RIGHTS). It forks, and the fork runs the same confinement chain as
+``spawn``, from the monitor on.
 For a ``Sandbox.call`` the confined process then runs the function in that
 preloaded interpreter instead of exec'ing a new one.
 
@@ -29,8 +30,10 @@ import prctl
 # Imported here, once, for every child of the forkserver: _callee (and with it
 # the client) is what a Sandbox.call child runs without exec'ing anything.
 from privsep import _callee, channel  # noqa: F401 - preloaded for the children
-from privsep.confine.spawn import Spawned, SpawnPlan, claim_host_ids, monitor_main
+from privsep.confine.spawn import monitor_main
 from privsep.errors import ConfinementError
+from privsep.plan import wire
+from privsep.plan.spawnplan import Spawned, SpawnPlan, claim_host_ids
 
 _READY = b'{"ready":true}'
 
@@ -65,7 +68,7 @@ class ForkServer:
             broker_chan, child_chan = channel.socketpair()
             broker_ctl, child_ctl = channel.socketpair()
             try:
-                channel.send(self._sock, plan.to_json(), (*stdio, child_chan.fileno(), child_ctl.fileno()))
+                channel.send(self._sock, wire.encode(plan), (*stdio, child_chan.fileno(), child_ctl.fileno()))
             finally:
                 child_chan.close()
                 child_ctl.close()
@@ -110,7 +113,7 @@ def _serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the f
             continue
         if frame is None:
             return 0
-        plan = SpawnPlan.from_json(frame.data)
+        plan = wire.decode(SpawnPlan, frame.data)
         pid = os.fork()
         if pid == 0:
             sock.detach()

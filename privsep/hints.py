@@ -19,7 +19,7 @@ import os
 import posixpath
 from collections.abc import Sequence
 
-from privsep.confine.view import ViewPlan
+from privsep.plan.view import ViewPlan
 
 __all__ = ["outside_view_hints"]
 

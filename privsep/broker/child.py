@@ -21,7 +21,8 @@ from privsep.broker.services import Services
 from privsep.broker.transparent import Transparent
 from privsep.broker.verdicts import SyscallRules
 from privsep.broker.workers import Lane
-from privsep.confine.spawn import ControlMessage, Spawned
+from privsep.plan.control import ControlMessage
+from privsep.plan.spawnplan import Spawned
 
 if TYPE_CHECKING:
     from privsep.broker.terminal import Terminal  # only privsep run makes one

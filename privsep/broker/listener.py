@@ -25,7 +25,7 @@ from privsep.broker.requests import MAX_RELAYS, RequestServer, hung_up
 from privsep.broker.transparent import Deferred, Served, Transparent
 from privsep.broker.verdicts import decide_syscall
 from privsep.broker.workers import Handback
-from privsep.confine.seccomp import syscall_name
+from privsep.plan.filter import syscall_name
 
 
 class ListenerServer:

@@ -34,8 +34,8 @@ from privsep.broker.services import Services
 from privsep.broker.transparent import Transparent, view_roots
 from privsep.broker.verdicts import SyscallRules
 from privsep.broker.workers import Handback, Lane, Workers
-from privsep.confine.seccomp import dangerous_numbers
-from privsep.confine.spawn import SpawnPlan
+from privsep.plan.filter import dangerous_numbers
+from privsep.plan.spawnplan import SpawnPlan
 
 if TYPE_CHECKING:
     from privsep.broker.terminal import Terminal  # only privsep run makes one

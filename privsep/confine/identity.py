@@ -4,7 +4,7 @@ capability set, securebits, no_new_privs).
 Every sandbox runs as SANDBOX_ID (65534) inside a user namespace of its own
 that maps it to one host id. Without root, the monitor makes that namespace
 before anything else and maps the broker's own uid (:func:`map_ids`). With
-root, the id is one :mod:`hostids` claimed for this sandbox alone, and init
+root, the id is one :mod:`privsep.plan.hostids` claimed for this sandbox alone, and init
 enters the namespace only after it has built the view (:func:`enter_user_namespace`),
 so the mounts are made, and idmapped, with the host privilege they need.
 
@@ -23,10 +23,7 @@ import prctl
 
 from privsep import _linux
 from privsep.errors import ConfinementError
-
-#: The unprivileged id the child runs as, in both modes, as its user namespace shows it: on the
-#: host it is the broker's uid (non-root broker) or the sandbox's own claimed id (root broker).
-SANDBOX_ID = 65534
+from privsep.plan.spawnplan import SANDBOX_ID
 
 #: noroot, no_setuid_fixup (off), keep_caps (off), no_cap_ambient_raise: set and locked.
 #: Raw bits: python-prctl predates the ambient ones and refuses them.

@@ -1,4 +1,8 @@
-"""Start one confined child: the only way the broker reaches ``confine``.
+"""Start one confined child: :func:`spawn`, the only way the broker reaches ``confine``.
+
+The broker has computed everything beforehand (:mod:`privsep.plan`: the
+plan, the compiled filter, the view to build); from the fork on, this module
+and the layers it calls only apply it.
 
 Three processes per sandbox, each with one job::
 
@@ -33,48 +37,40 @@ stops, and sends SIGCONT to its group when the broker continues it.
 Init and (until its execve) the command report to the broker over a
 private SEQPACKET "control" socket: the pidfds of init and command, the
 seccomp listener fd, the first error of any step, the command's stops (with
-a terminal) and init's final wait status. The command's copy is
-close-on-exec, so the program never holds it.
+a terminal) and init's final wait status (the format: :mod:`privsep.plan.control`).
+The command's copy is close-on-exec, so the program never holds it.
 Death propagates downwards: broker → monitor → init by the parent-death
 signal, init → everything in the namespace by the kernel.
 
-A root broker claims the sandbox's host id (:mod:`hostids`) before the fork
-and holds it in :class:`Spawned` until the sandbox has ended.
+A root broker claims the sandbox's host id (:mod:`privsep.plan.hostids`) before
+the fork and holds it in :class:`~privsep.plan.spawnplan.Spawned` until the
+sandbox has ended.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import fcntl
 import gc
-import json
 import os
-import resource
 import select
 import signal
 import socket
 import sys
 import termios
 import traceback
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
 from typing import NoReturn
 
 import prctl
 
 from privsep import _linux, channel
-from privsep.cgroups import Budget, SandboxCgroup
-from privsep.confine import hostids, identity, landlock, limits, seccomp, view
-from privsep.errors import ConfinementError, PrivsepError, RemoteProtocolError
-from privsep.policy.model import Limits, Policy
-from privsep.policy.syscalls import expand
+from privsep.confine import identity, landlock, limits, seccomp, view
+from privsep.errors import ConfinementError, PrivsepError
+from privsep.plan.control import encode_control
+from privsep.plan.spawnplan import CHANNEL_FD, Spawned, SpawnPlan, claim_host_ids
 
-#: The fd number of the channel in the child (and the value of PRIVSEP_FD) without
-#: socket activation; with it, the listening sockets take 3.. and the channel follows them.
-CHANNEL_FD = 3
-LISTEN_FDS_START = 3  # systemd's SD_LISTEN_FDS_START
 _LISTEN_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 # The sandbox processes' control socket: the fd after the channel, set by _arrange_fds.
 _control_fd = CHANNEL_FD + 1
@@ -86,314 +82,12 @@ _NAMESPACES = (
     | _linux.CLONE_NEWUTS
     | _linux.CLONE_NEWCGROUP
 )
-_MAX_CONTROL_FRAME = 4096
-_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-@dataclass(frozen=True)
-class SpawnPlan:
-    """Everything the child needs, computed in the broker before fork."""
-
-    argv: tuple[str, ...]
-    env: Mapping[str, str]
-    cwd: str
-    view: view.ViewPlan
-    landlock_rules: tuple[landlock.Rule, ...]
-    landlock_abi: int
-    rlimits: Mapping[int, int]
-    seccomp_bpf: bytes
-    user_namespace: bool
-    syscall_default: str = "eperm"
-    """How the broker answers a syscall outside the allowlist: eperm, enosys or kill."""
-    learn: bool = False
-    """privsep learn: the broker allows and records such syscalls instead."""
-    transparent_calls: tuple[int, ...] = ()
-    """The syscalls the filter sends to the broker for transparent brokering (transparent.py)."""
-    cwd_inherited: bool = False
-    """``cwd`` is where the user was, not a policy's choice: "/" if the child cannot enter it."""
-    kernel_served: tuple[int, ...] = ()
-    """Indices of the policy's [[files]] grants bound into the view: the kernel serves them."""
-    in_process_call: bool = False
-    """Forkserver only: after confinement, run ``privsep._callee`` in this (preloaded)
-    interpreter instead of exec'ing ``argv``: a ``Sandbox.call`` in a few milliseconds."""
-    listen: tuple[str, ...] = ()
-    """Socket activation: the names (LISTEN_FDNAMES) of the listening sockets the broker
-    passes as fds 3.. (see :func:`with_listen`); the channel comes after them."""
-    budget: Budget = field(default_factory=lambda: Budget.of(Limits()))
-    """What the sandbox's cgroup holds it to (the policy's [limits]); the broker makes the cgroup."""
-    cgroups: str = "required"
-    """The policy's [limits] cgroups: required, optional or off (the broker's decision)."""
-    cgroup_join: tuple[str, ...] = ()
-    """The files of this sandbox's cgroup (cgroup.procs; tasks on v1) the monitor writes "0" to,
-    joining it, before anything else (see :func:`in_cgroup`); empty when it runs without one."""
-
-    terminal: int | None = None
-    """The command's fd (0-2) that is the pty the broker made for this sandbox (never the
-    user's terminal): init makes it the controlling terminal of the sandbox's session and
-    the command leads its foreground process group. None: no terminal, no session change."""
-
-    @property
-    def channel_fd(self) -> int:
-        return LISTEN_FDS_START + len(self.listen)
-
-    def to_json(self) -> bytes:
-        """For the forkserver (a process of ours, not the child): plain JSON, no pickle."""
-        body = {
-            "argv": list(self.argv),
-            "env": dict(self.env),
-            "cwd": self.cwd,
-            "view": {
-                "dirs": list(self.view.dirs),
-                "symlinks": [list(s) for s in self.view.symlinks],
-                "binds": [
-                    [b.path, b.is_dir, list(b.access), b.writable, None if b.idmap is None else list(b.idmap)]
-                    for b in self.view.binds
-                ],
-                "tmp_size_mb": self.view.tmp_size_mb,
-                "pins": list(self.view.pins),
-                "masks": [[m.path, m.is_dir] for m in self.view.masks],
-                "files": [list(f) for f in self.view.files],
-                "frozen": list(self.view.frozen),
-            },
-            "kernel_served": list(self.kernel_served),
-            "cwd_inherited": self.cwd_inherited,
-            "landlock_rules": [[r.path, r.access] for r in self.landlock_rules],
-            "landlock_abi": self.landlock_abi,
-            "rlimits": {str(k): v for k, v in self.rlimits.items()},
-            "seccomp_bpf": base64.b64encode(self.seccomp_bpf).decode(),
-            "user_namespace": self.user_namespace,
-            "host_uid": self.host_uid,
-            "host_gid": self.host_gid,
-            "syscall_default": self.syscall_default,
-            "learn": self.learn,
-            "transparent_calls": list(self.transparent_calls),
-            "in_process_call": self.in_process_call,
-            "listen": list(self.listen),
-            "terminal": self.terminal,
-            "budget": [self.budget.memory_mb, self.budget.processes, self.budget.cpu_percent],
-            "cgroups": self.cgroups,
-            "cgroup_join": list(self.cgroup_join),
-        }
-        return json.dumps(body).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> SpawnPlan:
-        body = json.loads(data)
-        v = body["view"]
-        return cls(
-            argv=tuple(body["argv"]),
-            env=dict(body["env"]),
-            cwd=body["cwd"],
-            view=view.ViewPlan(
-                dirs=tuple(v["dirs"]),
-                symlinks=tuple((a, b) for a, b in v["symlinks"]),
-                binds=tuple(
-                    view.Bind(p, d, tuple(a), w, None if m is None else (m[0], m[1]))
-                    for p, d, a, w, m in v["binds"]
-                ),
-                tmp_size_mb=v["tmp_size_mb"],
-                pins=tuple(v["pins"]),
-                masks=tuple(view.Mask(p, d) for p, d in v["masks"]),
-                files=tuple((p, t) for p, t in v["files"]),
-                frozen=tuple(v["frozen"]),
-            ),
-            kernel_served=tuple(body["kernel_served"]),
-            cwd_inherited=body["cwd_inherited"],
-            landlock_rules=tuple(landlock.Rule(p, a) for p, a in body["landlock_rules"]),
-            landlock_abi=body["landlock_abi"],
-            rlimits={int(k): v for k, v in body["rlimits"].items()},
-            seccomp_bpf=base64.b64decode(body["seccomp_bpf"]),
-            user_namespace=body["user_namespace"],
-            host_uid=body["host_uid"],
-            host_gid=body["host_gid"],
-            syscall_default=body["syscall_default"],
-            learn=body["learn"],
-            transparent_calls=tuple(body["transparent_calls"]),
-            in_process_call=body["in_process_call"],
-            listen=tuple(body.get("listen", ())),
-            terminal=body.get("terminal"),
-            budget=Budget(*body["budget"]),
-            cgroups=body["cgroups"],
-            cgroup_join=tuple(body["cgroup_join"]),
-        )
-
-    host_uid: int = field(default_factory=os.getuid)
-    host_gid: int = field(default_factory=os.getgid)
-    """The host ids the sandbox's 65534 maps to: the broker's own without root; with root,
-    the id claimed for this sandbox when it is spawned (:func:`claim_host_ids`)."""
-
-
-def make_plan(
-    policy: Policy, argv: Sequence[str], *, environ: Mapping[str, str] | None = None, learn: bool = False
-) -> SpawnPlan:
-    """Turn a policy and a command into a plan; raises PolicyError or ConfinementError early."""
-    if not argv:
-        raise ConfinementError("command", "no command given")
-    environ = os.environ if environ is None else environ
-    env = {"PATH": _DEFAULT_PATH, "HOME": "/tmp" if policy.view.tmp else "/"}
-    env.update({k: environ[k] for k in policy.env.pass_through if k in environ})
-    env.update(policy.env.set)
-    env["PRIVSEP_FD"] = str(CHANNEL_FD)
-    # A relative command path means "relative to where the user is", as it
-    # would without privsep; the child's cwd is somewhere else.
-    command = argv[0]
-    if "/" in command:
-        command = os.path.abspath(command)
-    grants = view.plan_grants(policy, root_broker=os.geteuid() == 0, sandbox_id=identity.SANDBOX_ID)
-    plan = grants.view
-    binds = [(b.path, b.is_dir, b.access) for b in plan.binds]
-    binds += [(path, False, ()) for path, _ in plan.files]  # generated, read-only like a [view] read
-    spec = seccomp.FilterSpec(
-        allow=expand(policy.syscalls.allow),
-        default_action=policy.syscalls.default,
-        notify_denials=True,
-        # Only grants the broker serves need the child's opens: the kernel serves the rest.
-        # Learning needs them all: an open outside the view is what it learns from.
-        transparent_files=policy.transparent.files and (bool(grants.broker_served) or learn),
-        transparent_net=policy.transparent_net,
-        learn_lookups=learn,
-        transparent_bind=policy.transparent_bind,
-    )
-    bpf = seccomp.compile_filter(spec)
-    return SpawnPlan(
-        argv=(command, *argv[1:]),
-        env=env,
-        cwd=policy.env.cwd or _inherited_cwd(plan),
-        cwd_inherited=policy.env.cwd is None,
-        view=plan,
-        landlock_rules=landlock.rules_for(binds, list(view.DEVICES), policy.view.tmp),
-        landlock_abi=_linux.landlock_abi_version(),
-        rlimits=limits.rlimits(policy.limits),
-        seccomp_bpf=bpf,
-        user_namespace=os.geteuid() != 0,
-        syscall_default=policy.syscalls.default,
-        learn=learn,
-        transparent_calls=tuple(sorted(seccomp.transparent_numbers(spec))),
-        kernel_served=grants.kernel_served,
-        budget=Budget.of(policy.limits),
-        cgroups=policy.limits.cgroups,
-    )
-
-
-def in_cgroup(plan: SpawnPlan, cgroup: SandboxCgroup | None) -> SpawnPlan:
-    """``plan`` for one sandbox: in ``cgroup``, or, without one, held by RLIMIT_NPROC instead.
-
-    With the pids cgroup the sandbox's process count is its own, so
-    RLIMIT_NPROC is not lowered (``limits.rlimits`` sets it as high as the
-    hard limit lets): the kernel counts that one per uid, across every
-    sandbox of a root broker (all uid 65534), and a low value would let one
-    sandbox at its limit stop its siblings' forks. Without a cgroup it is
-    the only bound on a fork bomb, shared or not.
-    """
-    if cgroup is not None:
-        return replace(plan, cgroup_join=cgroup.join)
-    rlimits = {**plan.rlimits, resource.RLIMIT_NPROC: plan.budget.processes}
-    return replace(plan, cgroup_join=(), rlimits=rlimits)
-
-
-def _inherited_cwd(plan: view.ViewPlan) -> str:
-    """Where the user is, when the child can see it there (relative paths then mean what they
-    meant outside); otherwise "/"."""
-    try:
-        here = os.getcwd()
-    except OSError:
-        return "/"
-    for b in plan.binds:
-        if b.is_dir and (here == b.path or here.startswith(b.path.rstrip("/") + "/")):
-            return here
-    # A directory leading to a grant exists in the view too (as an empty one), as under bwrap.
-    return here if here in plan.dirs else "/"
-
-
-def with_listen(plan: SpawnPlan, names: Sequence[str]) -> SpawnPlan:
-    """``plan`` with socket activation: ``len(names)`` listening sockets at fds 3.., named ``names``.
-
-    The sockets themselves are given to :func:`spawn`. The command gets
-    ``LISTEN_FDS``, ``LISTEN_FDNAMES`` and ``LISTEN_PID`` (its own pid, set
-    right before execve) as systemd sets them, and ``PRIVSEP_FD`` names the
-    channel, now the fd after the last socket.
-    """
-    for name in names:
-        if not name or len(name) > 255 or ":" in name or not (name.isascii() and name.isprintable()):
-            raise ConfinementError(
-                "listen", f"{name!r} is not a valid fd name (1-255 printable ASCII, no ':')"
-            )
-    listen = tuple(names)
-    env = {**plan.env, "PRIVSEP_FD": str(LISTEN_FDS_START + len(listen))}
-    return replace(plan, listen=listen, env=env)
-
-
-@dataclass
-class Spawned:
-    """The broker's handles on a started sandbox."""
-
-    pid: int
-    """The monitor: the broker's direct child, reaped with waitpid."""
-    pidfd: int
-    channel: socket.socket
-    control: socket.socket
-    host_ids: hostids.Claim | None = None
-    """A root broker's claim on the sandbox's host id: release it once the sandbox has ended."""
-
-    def release_host_ids(self) -> None:
-        if self.host_ids is not None:
-            self.host_ids.release()
-
-
-def claim_host_ids(plan: SpawnPlan) -> tuple[SpawnPlan, hostids.Claim | None]:
-    """A root broker's plan gets a host id of its own (the claim is the caller's to release);
-    a non-root broker's is returned as it is."""
-    if plan.user_namespace:
-        return plan, None
-    held = hostids.claim()
-    return replace(plan, host_uid=held.id, host_gid=held.id), held
-
-
-@dataclass(frozen=True)
-class ControlMessage:
-    """One report from the sandbox's own processes (never from the user's program)."""
-
-    kind: str
-    fd: int | None = None
-    step: str = ""
-    reason: str = ""
-    status: int = 0
-    errno: int = 0
-
-
-_KINDS = {"init", "command", "listener", "error", "exec_error", "exit", "stopped"}
-
-
-def decode_control(frame: channel.Frame) -> ControlMessage:
-    """Parse one control frame; anything unexpected is a RemoteProtocolError (fds closed)."""
-    try:
-        if len(frame.data) > _MAX_CONTROL_FRAME:
-            raise ValueError("frame too large")
-        obj = json.loads(frame.data)
-        if not isinstance(obj, dict) or obj.get("kind") not in _KINDS:
-            raise ValueError("unknown kind")
-        kind = obj["kind"]
-        wants_fd = kind in ("init", "command", "listener")
-        if len(frame.fds) != (1 if wants_fd else 0):
-            raise ValueError("wrong number of fds")
-        msg = ControlMessage(
-            kind=kind,
-            fd=frame.fds[0] if wants_fd else None,
-            step=str(obj.get("step", ""))[:64],
-            reason=str(obj.get("reason", ""))[:1024],
-            status=int(obj.get("status", 0)),
-            errno=int(obj.get("errno", 0)),
-        )
-    except (ValueError, TypeError, OverflowError) as exc:
-        channel.close_fds(frame.fds)
-        raise RemoteProtocolError(f"bad control message from the sandbox: {exc}") from None
-    return msg
 
 
 def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2), listen_fds: Sequence[int] = ()) -> Spawned:
     """Fork the sandbox for ``plan``; the command's stdin/stdout/stderr are ``stdio``.
 
-    ``listen_fds``: the listening sockets of :func:`with_listen`, one per name
+    ``listen_fds``: the listening sockets of :func:`~privsep.plan.spawnplan.with_listen`, one per name
     in ``plan.listen``; the command gets them at fds 3.. (the caller keeps its own).
     """
     if len(listen_fds) != len(plan.listen):
@@ -440,10 +134,13 @@ def monitor_main(plan: SpawnPlan, sources: Sequence[int], parent_pid: int) -> No
         os._exit(status)
 
 
-def _report(kind: str, fds: Sequence[int] = (), **fields: object) -> None:
+def _report(
+    kind: str, fds: Sequence[int] = (), *, step: str = "", reason: str = "", status: int = 0, errno: int = 0
+) -> None:
     sock = socket.socket(fileno=_control_fd)
     try:
-        channel.send(sock, json.dumps({"kind": kind, **fields}).encode(), fds)
+        frame = encode_control(kind, step=step, reason=reason, status=status, errno=errno)
+        channel.send(sock, frame, fds)
     except (OSError, PrivsepError):
         pass  # the broker is gone; the parent-death signal finishes us
     finally:

@@ -16,7 +16,7 @@ The broker keeps what needs a decision the kernel cannot make:
 
 This module is pure: it answers from the rule alone. Whether the path exists
 on this host (a missing path cannot be bound) is decided when the view is
-planned (:mod:`privsep.confine.view`), which falls back to the broker then.
+planned (:mod:`privsep.plan.view`), which falls back to the broker then.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one table of named system-call groups, in the spirit of systemd's ``SystemCallFilter=``.
 
 A policy names groups (``"@file-system"``) or single calls (``"getcpu"``); :func:`expand`
-turns them into a set of names that ``privsep.confine.seccomp`` compiles into a filter.
+turns them into a set of names that ``privsep.plan.filter`` compiles into a filter.
 The table is x86_64's: every name in a group exists on x86_64 (a test holds it to that),
 so ``@system-service`` compiles without "unknown syscall" noise.
 

@@ -19,7 +19,7 @@ from privsep import protocol
 from privsep.broker.answers import Answer
 from privsep.broker.loop import Broker
 from privsep.broker.services import Services
-from privsep.confine.spawn import make_plan
+from privsep.plan.spawnplan import make_plan
 from privsep.policy.load import load_policy
 from tests.conftest import PYTHON, RunPrivsep
 

@@ -57,8 +57,8 @@ import pytest
 from privsep.broker.loop import Broker, Child
 from privsep.broker.outcome import Outcome
 from privsep.broker.services import Services
-from privsep.confine import hostids
-from privsep.confine.spawn import make_plan
+from privsep.plan import hostids
+from privsep.plan.spawnplan import make_plan
 from privsep.policy.load import load_policy
 from privsep.policy.model import Policy
 from privsep.protocol import MAX_FDS, MAX_FRAME
@@ -728,7 +728,7 @@ def test_hostile_paths_cannot_forge_log_lines_or_reach_the_terminal(tmp_path: Pa
 KILL_SCRIPT = r"""
 import json, os, sys
 from privsep.broker.loop import Broker
-from privsep.confine.spawn import make_plan
+from privsep.plan.spawnplan import make_plan
 from privsep.policy.load import load_policy
 
 broker = Broker()
@@ -869,7 +869,7 @@ def test_a_thousand_sandboxes_in_a_row_leave_nothing_behind() -> None:
         assert elapsed < 60, f"1000 sandboxes took {elapsed:.0f} s"
         if os.geteuid() == 0:
             assert len(host_ids) > 1, "each sandbox claims an id of its own"
-            # A claim is a flock'ed file (privsep/confine/hostids.py): none of these is still ours.
+            # A claim is a flock'ed file (privsep/plan/hostids.py): none of these is still ours.
             # (Only this process's locks count: another broker may claim one of these ids now; and
             # only these ids: a module fixture's sandboxes may still hold theirs.)
             claimed = set(my_host_id_locks()) & {str(i) for i in host_ids}

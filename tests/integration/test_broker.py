@@ -11,7 +11,7 @@ import pytest
 
 from privsep.broker.loop import Broker, Child
 from privsep.broker.outcome import Outcome
-from privsep.confine.spawn import make_plan
+from privsep.plan.spawnplan import make_plan
 from privsep.policy.load import load_policy
 from tests.conftest import PYTHON, open_fds
 

@@ -24,7 +24,7 @@ import pytest
 
 from privsep import cgroups
 from privsep.broker.loop import Broker
-from privsep.confine.spawn import SpawnPlan, in_cgroup, make_plan
+from privsep.plan.spawnplan import SpawnPlan, in_cgroup, make_plan
 from privsep.policy.load import load_policy
 from privsep.sandbox import Sandbox
 from tests.conftest import PYTHON, REPO, RunPrivsep, as_nonroot, json_output, privsep_argv, python_child

@@ -24,9 +24,9 @@ import pytest
 
 from privsep.broker.loop import Broker, Child
 from privsep.broker.outcome import Outcome
-from privsep.confine import hostids
-from privsep.confine.hostids import IdRange, census
-from privsep.confine.spawn import make_plan
+from privsep.plan import hostids
+from privsep.plan.hostids import IdRange, census
+from privsep.plan.spawnplan import make_plan
 from privsep.policy.grants import grants_to_extra
 from privsep.policy.load import load_policy
 from tests.conftest import PRIVSEP, PYTHON, REPO
@@ -246,7 +246,7 @@ def test_one_sandbox_at_its_process_limit_leaves_a_siblings_forks_untouched(
 KILLED_BROKER = r"""
 import os
 from privsep.broker.loop import Broker
-from privsep.confine.spawn import make_plan
+from privsep.plan.spawnplan import make_plan
 from privsep.policy.load import load_policy
 
 broker = Broker()

@@ -33,16 +33,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privsep.confine import seccomp as seccomp_mod
-from privsep.confine.seccomp import (
+from privsep.confine.seccomp import load_filter
+from privsep.errors import ConfinementError, PolicyError
+from privsep.plan import filter as seccomp_mod
+from privsep.plan.filter import (
     AUDIT_ARCH_X86_64,
     FilterSpec,
     compile_filter,
-    load_filter,
     syscall_name,
     syscall_number,
 )
-from privsep.errors import ConfinementError, PolicyError
 from privsep.policy.syscalls import DANGEROUS, GROUPS, expand
 
 pytestmark = pytest.mark.skipif(
@@ -297,7 +297,7 @@ def _libseccomp_filter_pfc(rules: Callable[[Any], None]) -> str:
 
 
 def test_libseccomp_still_swallows_conditional_rules_next_to_an_unconditional_allow() -> None:
-    """Why the argument checks live in our own prelude (see privsep.confine.seccomp).
+    """Why the argument checks live in our own prelude (see privsep.plan.filter).
 
     If a libseccomp upgrade stops doing this, the prelude is still correct, but this test
     tells whoever reads it that the simpler all-libseccomp design became possible.
@@ -385,7 +385,8 @@ def test_syscall_names_for_reports() -> None:
 
 def test_pyseccomp_is_imported_lazily() -> None:
     code = (
-        "import sys, privsep.confine.seccomp;print('pyseccomp' in sys.modules, 'subprocess' in sys.modules)"
+        "import sys, privsep.confine.seccomp, privsep.plan.filter;"
+        "print('pyseccomp' in sys.modules, 'subprocess' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
@@ -402,7 +403,7 @@ def test_import_does_not_spawn_find_library_subprocesses(tmp_path: Path) -> None
         script.write_text(f"#!/bin/sh\necho {tool} >> {marker}\nexit 1\n")
         script.chmod(0o755)
     code = (
-        "from privsep.confine.seccomp import compile_filter, FilterSpec;"
+        "from privsep.plan.filter import compile_filter, FilterSpec;"
         "compile_filter(FilterSpec(frozenset({'read'})))"
     )
     env = {**os.environ, "PATH": str(tripwire)}

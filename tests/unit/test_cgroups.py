@@ -21,8 +21,8 @@ import pytest
 from privsep import cgroups
 from privsep.cgroups import Budget, Fs, V1Host, V2Cgroup, V2Host
 from privsep.cgroups._common import owned_by_the_dead, start_time
-from privsep.confine.spawn import in_cgroup, make_plan
 from privsep.errors import ConfinementError
+from privsep.plan.spawnplan import in_cgroup, make_plan
 from privsep.policy.load import load_policy
 from privsep.policy.model import Limits
 

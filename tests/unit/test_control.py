@@ -7,8 +7,43 @@ import os
 import pytest
 
 from privsep.channel import Frame
-from privsep.confine.spawn import decode_control
 from privsep.errors import RemoteProtocolError
+from privsep.plan.control import (
+    FD_KINDS,
+    KINDS,
+    MAX_CONTROL_FRAME,
+    ControlMessage,
+    decode_control,
+    encode_control,
+)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_what_the_sandbox_encodes_the_broker_decodes(kind: str) -> None:
+    fds: tuple[int, ...] = ()
+    if kind in FD_KINDS:
+        r, w = os.pipe()
+        os.close(w)
+        fds = (r,)
+    try:
+        frame = encode_control(kind, step="landlock", reason="no ABI 3", status=125, errno=2)
+        msg = decode_control(Frame(frame, fds))
+    finally:
+        for fd in fds:
+            os.close(fd)
+    sent = fds[0] if fds else None
+    assert msg == ControlMessage(kind, fd=sent, step="landlock", reason="no ABI 3", status=125, errno=2)
+
+
+def test_a_long_error_is_cut_to_what_the_broker_keeps_not_refused() -> None:
+    frame = encode_control("error", step="s" * 1000, reason="\u00e9" * MAX_CONTROL_FRAME, status=125)
+    msg = decode_control(Frame(frame, ()))
+    assert (msg.kind, len(msg.step), msg.reason[:3], msg.status) == ("error", 64, "\u00e9" * 3, 125)
+
+
+def test_an_unknown_kind_is_never_sent() -> None:
+    with pytest.raises(ValueError, match="unknown control message kind"):
+        encode_control("nonsense")
 
 
 def test_an_exit_report_is_decoded() -> None:

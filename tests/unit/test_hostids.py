@@ -1,4 +1,4 @@
-"""The host id range of root brokers and the claims on it (``privsep/confine/hostids.py``).
+"""The host id range of root brokers and the claims on it (``privsep/plan/hostids.py``).
 
 The account databases are injected (a made-up ``/etc`` in a temporary
 directory) and claims are made in a temporary lock directory, so these tests
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from privsep.confine import hostids
-from privsep.confine.hostids import IdRange, census, check_range, claim, configured_range
 from privsep.errors import ConfinementError
+from privsep.plan import hostids
+from privsep.plan.hostids import IdRange, census, check_range, claim, configured_range
 
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"  # noqa: S105
 GROUP = "root:x:0:\nnogroup:x:65534:\n"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from privsep import _linux as L
-from privsep.confine import landlock, view
-from privsep.confine.spawn import SpawnPlan, make_plan
 from privsep.errors import PolicyError
 from privsep.hints import outside_view_hints
+from privsep.plan import landlock, view, wire
+from privsep.plan.spawnplan import SpawnPlan, make_plan
 from privsep.policy.model import FileRule, Policy
 from privsep.policy.serving import broker_reason
 
@@ -142,14 +142,14 @@ def test_a_deny_that_cannot_be_masked_is_refused(tree: Path) -> None:
         )
 
 
-def test_the_plan_round_trips_through_json(tree: Path) -> None:
+def test_a_real_plan_round_trips_through_the_wire(tree: Path) -> None:
     files: list[dict[str, object]] = [
         {"path": f"{tree}/rw", "access": ["read", "write", "create", "truncate", "list"]},
         {"path": f"{tree}/rw/x/private", "deny": True},
     ]
     policy = _policy(tree, files)
     plan = make_plan(policy, ["/bin/true"])
-    assert SpawnPlan.from_json(plan.to_json()) == plan
+    assert wire.decode(SpawnPlan, wire.encode(plan)) == plan
     assert plan.kernel_served == (0,)
 
 

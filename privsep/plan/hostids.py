@@ -7,7 +7,9 @@ signal or trace a sandboxed command, and the per-uid kernel counters
 every sandbox and the host's nobody. So a root broker claims one id H per
 sandbox, used as both its uid and its gid on the host, and releases it when
 the sandbox has ended. Inside, the sandbox still sees 65534 (its own user
-namespace maps 65534 to H: ``identity.enter_user_namespace``).
+namespace maps 65534 to H: ``privsep.confine.identity.enter_user_namespace``).
+The claim is the broker's, made before the fork
+(:func:`privsep.plan.spawnplan.claim_host_ids`) and held in ``Spawned``.
 
 The range is reserved for privsep, in this order of precedence:
 

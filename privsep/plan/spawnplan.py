@@ -1,0 +1,232 @@
+"""What the broker computes before it forks a sandbox: the :class:`SpawnPlan`.
+
+A policy and a command become a plan here (:func:`make_plan`): the view
+resolved against this host, the Landlock rules, the rlimits, the seccomp
+filter compiled, the environment. Planning reads the host and may fail
+(PolicyError, ConfinementError) while nothing has been forked. Each start
+then finishes its copy of the plan: its cgroup (:func:`in_cgroup`), its
+listening sockets (:func:`with_listen`), its host id (:func:`claim_host_ids`).
+
+``privsep.confine.spawn.spawn`` forks with the finished plan and returns the
+broker's handles on the sandbox (:class:`Spawned`). Nothing here runs after
+the fork; the sandbox's processes only read the plan.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from privsep import _linux
+from privsep.cgroups import Budget, SandboxCgroup
+from privsep.errors import ConfinementError
+from privsep.plan.filter import FilterSpec, compile_filter, transparent_numbers
+from privsep.plan.hostids import Claim, claim
+from privsep.plan.landlock import Rule, rules_for
+from privsep.plan.limits import rlimits
+from privsep.plan.view import DEVICES, ViewPlan, plan_grants
+from privsep.policy.model import Limits, Policy
+from privsep.policy.syscalls import expand
+
+#: The fd number of the channel in the child (and the value of PRIVSEP_FD) without
+#: socket activation; with it, the listening sockets take 3.. and the channel follows them.
+CHANNEL_FD = 3
+LISTEN_FDS_START = 3  # systemd's SD_LISTEN_FDS_START
+#: The unprivileged id the child runs as, in both modes, as its user namespace shows it: on the
+#: host it is the broker's uid (non-root broker) or the sandbox's own claimed id (root broker).
+SANDBOX_ID = 65534
+_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class SpawnPlan:
+    """Everything the child needs, computed in the broker before fork.
+
+    Data only: the forked monitor reads it as it is, and the forkserver gets it
+    through :mod:`privsep.plan.wire`, which derives its format from these fields.
+    """
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str
+    view: ViewPlan
+    landlock_rules: tuple[Rule, ...]
+    landlock_abi: int
+    rlimits: Mapping[int, int]
+    seccomp_bpf: bytes
+    user_namespace: bool
+    syscall_default: str = "eperm"
+    """How the broker answers a syscall outside the allowlist: eperm, enosys or kill."""
+    learn: bool = False
+    """privsep learn: the broker allows and records such syscalls instead."""
+    transparent_calls: tuple[int, ...] = ()
+    """The syscalls the filter sends to the broker for transparent brokering (transparent.py)."""
+    cwd_inherited: bool = False
+    """``cwd`` is where the user was, not a policy's choice: "/" if the child cannot enter it."""
+    kernel_served: tuple[int, ...] = ()
+    """Indices of the policy's [[files]] grants bound into the view: the kernel serves them."""
+    in_process_call: bool = False
+    """Forkserver only: after confinement, run ``privsep._callee`` in this (preloaded)
+    interpreter instead of exec'ing ``argv``: a ``Sandbox.call`` in a few milliseconds."""
+    listen: tuple[str, ...] = ()
+    """Socket activation: the names (LISTEN_FDNAMES) of the listening sockets the broker
+    passes as fds 3.. (see :func:`with_listen`); the channel comes after them."""
+    budget: Budget = field(default_factory=lambda: Budget.of(Limits()))
+    """What the sandbox's cgroup holds it to (the policy's [limits]); the broker makes the cgroup."""
+    cgroups: str = "required"
+    """The policy's [limits] cgroups: required, optional or off (the broker's decision)."""
+    cgroup_join: tuple[str, ...] = ()
+    """The files of this sandbox's cgroup (cgroup.procs; tasks on v1) the monitor writes "0" to,
+    joining it, before anything else (see :func:`in_cgroup`); empty when it runs without one."""
+
+    terminal: int | None = None
+    """The command's fd (0-2) that is the pty the broker made for this sandbox (never the
+    user's terminal): init makes it the controlling terminal of the sandbox's session and
+    the command leads its foreground process group. None: no terminal, no session change."""
+
+    host_uid: int = field(default_factory=os.getuid)
+    host_gid: int = field(default_factory=os.getgid)
+    """The host ids the sandbox's 65534 maps to: the broker's own without root; with root,
+    the id claimed for this sandbox when it is spawned (:func:`claim_host_ids`)."""
+
+    @property
+    def channel_fd(self) -> int:
+        return LISTEN_FDS_START + len(self.listen)
+
+
+def make_plan(
+    policy: Policy, argv: Sequence[str], *, environ: Mapping[str, str] | None = None, learn: bool = False
+) -> SpawnPlan:
+    """Turn a policy and a command into a plan; raises PolicyError or ConfinementError early."""
+    if not argv:
+        raise ConfinementError("command", "no command given")
+    environ = os.environ if environ is None else environ
+    env = {"PATH": _DEFAULT_PATH, "HOME": "/tmp" if policy.view.tmp else "/"}
+    env.update({k: environ[k] for k in policy.env.pass_through if k in environ})
+    env.update(policy.env.set)
+    env["PRIVSEP_FD"] = str(CHANNEL_FD)
+    # A relative command path means "relative to where the user is", as it
+    # would without privsep; the child's cwd is somewhere else.
+    command = argv[0]
+    if "/" in command:
+        command = os.path.abspath(command)
+    grants = plan_grants(policy, root_broker=os.geteuid() == 0, sandbox_id=SANDBOX_ID)
+    plan = grants.view
+    binds = [(b.path, b.is_dir, b.access) for b in plan.binds]
+    binds += [(path, False, ()) for path, _ in plan.files]  # generated, read-only like a [view] read
+    spec = filter_spec(policy, broker_served=bool(grants.broker_served), learn=learn)
+    bpf = compile_filter(spec)
+    return SpawnPlan(
+        argv=(command, *argv[1:]),
+        env=env,
+        cwd=policy.env.cwd or _inherited_cwd(plan),
+        cwd_inherited=policy.env.cwd is None,
+        view=plan,
+        landlock_rules=rules_for(binds, list(DEVICES), policy.view.tmp),
+        landlock_abi=_linux.landlock_abi_version(),
+        rlimits=rlimits(policy.limits),
+        seccomp_bpf=bpf,
+        user_namespace=os.geteuid() != 0,
+        syscall_default=policy.syscalls.default,
+        learn=learn,
+        transparent_calls=tuple(sorted(transparent_numbers(spec))),
+        kernel_served=grants.kernel_served,
+        budget=Budget.of(policy.limits),
+        cgroups=policy.limits.cgroups,
+    )
+
+
+def filter_spec(policy: Policy, *, broker_served: bool, learn: bool = False) -> FilterSpec:
+    """The seccomp filter a sandbox of ``policy`` loads; ``privsep policy check`` compiles the same.
+
+    ``broker_served``: some ``[[files]]`` grant is served by the broker (the
+    kernel cannot), so the child's opens must reach it.
+    """
+    return FilterSpec(
+        allow=expand(policy.syscalls.allow),
+        default_action=policy.syscalls.default,
+        notify_denials=True,
+        # Only grants the broker serves need the child's opens: the kernel serves the rest.
+        # Learning needs them all: an open outside the view is what it learns from.
+        transparent_files=policy.transparent.files and (broker_served or learn),
+        transparent_net=policy.transparent_net,
+        learn_lookups=learn,
+        transparent_bind=policy.transparent_bind,
+    )
+
+
+def in_cgroup(plan: SpawnPlan, cgroup: SandboxCgroup | None) -> SpawnPlan:
+    """``plan`` for one sandbox: in ``cgroup``, or, without one, held by RLIMIT_NPROC instead.
+
+    With the pids cgroup the sandbox's process count is its own, so
+    RLIMIT_NPROC is not lowered (:func:`~privsep.plan.limits.rlimits` sets it as high as the
+    hard limit lets): the kernel counts that one per uid, across every
+    sandbox of a root broker (all uid 65534), and a low value would let one
+    sandbox at its limit stop its siblings' forks. Without a cgroup it is
+    the only bound on a fork bomb, shared or not.
+    """
+    if cgroup is not None:
+        return replace(plan, cgroup_join=cgroup.join)
+    values = {**plan.rlimits, resource.RLIMIT_NPROC: plan.budget.processes}
+    return replace(plan, cgroup_join=(), rlimits=values)
+
+
+def _inherited_cwd(plan: ViewPlan) -> str:
+    """Where the user is, when the child can see it there (relative paths then mean what they
+    meant outside); otherwise "/"."""
+    try:
+        here = os.getcwd()
+    except OSError:
+        return "/"
+    for b in plan.binds:
+        if b.is_dir and (here == b.path or here.startswith(b.path.rstrip("/") + "/")):
+            return here
+    # A directory leading to a grant exists in the view too (as an empty one), as under bwrap.
+    return here if here in plan.dirs else "/"
+
+
+def with_listen(plan: SpawnPlan, names: Sequence[str]) -> SpawnPlan:
+    """``plan`` with socket activation: ``len(names)`` listening sockets at fds 3.., named ``names``.
+
+    The sockets themselves are given to :func:`privsep.confine.spawn.spawn`. The command gets
+    ``LISTEN_FDS``, ``LISTEN_FDNAMES`` and ``LISTEN_PID`` (its own pid, set
+    right before execve) as systemd sets them, and ``PRIVSEP_FD`` names the
+    channel, now the fd after the last socket.
+    """
+    for name in names:
+        if not name or len(name) > 255 or ":" in name or not (name.isascii() and name.isprintable()):
+            raise ConfinementError(
+                "listen", f"{name!r} is not a valid fd name (1-255 printable ASCII, no ':')"
+            )
+    listen = tuple(names)
+    env = {**plan.env, "PRIVSEP_FD": str(LISTEN_FDS_START + len(listen))}
+    return replace(plan, listen=listen, env=env)
+
+
+@dataclass
+class Spawned:
+    """The broker's handles on a started sandbox."""
+
+    pid: int
+    """The monitor: the broker's direct child, reaped with waitpid."""
+    pidfd: int
+    channel: socket.socket
+    control: socket.socket
+    host_ids: Claim | None = None
+    """A root broker's claim on the sandbox's host id: release it once the sandbox has ended."""
+
+    def release_host_ids(self) -> None:
+        if self.host_ids is not None:
+            self.host_ids.release()
+
+
+def claim_host_ids(plan: SpawnPlan) -> tuple[SpawnPlan, Claim | None]:
+    """A root broker's plan gets a host id of its own (the claim is the caller's to release);
+    a non-root broker's is returned as it is."""
+    if plan.user_namespace:
+        return plan, None
+    held = claim()
+    return replace(plan, host_uid=held.id, host_gid=held.id), held

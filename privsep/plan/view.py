@@ -1,0 +1,566 @@
+"""The child's own filesystem, planned: what the sandbox's pid 1 will build (confine/view.py).
+
+The child does not see the host's tree with some parts forbidden; it sees a
+new, read-only tmpfs root holding only what the policy grants, bound at the
+same paths. That is why the interpreter can live under /root (mode 0700):
+the directories leading to a granted path are fresh 0755 directories of the
+view, not the host's.
+
+Planning reads host metadata (lstat, readlink) in the broker, before any
+fork, so a missing path is reported early and the fork path stays small.
+Symlinks on the way to a grant are mirrored as symlinks (``/lib`` ->
+``usr/lib`` on merged-/usr systems) and their targets granted too. The plan
+is data only; building it (:func:`privsep.confine.view.build_view`) runs in
+the sandbox's pid 1, the only process that can mount a ``/proc`` for the new
+pid namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from privsep.errors import PolicyError
+from privsep.policy.match import deciding_rule
+from privsep.policy.model import Access, Policy, View
+from privsep.policy.serving import broker_reason, writes
+
+#: Device nodes every child gets; none of them gives access to anything.
+DEVICES = ("null", "zero", "full", "random", "urandom")
+_MAX_LINKS = 40
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path bound at the same path in the view."""
+
+    path: str
+    is_dir: bool
+    access: tuple[str, ...] = ()
+    """The granted access words of a kernel-served ``[[files]]`` grant; () for a ``[view]`` read."""
+    writable: bool = False
+    """Bound read-write (a grant that writes); every other bind is read-only."""
+    idmap: tuple[int, int] | None = None
+    """Root broker: the host (uid, gid) that own the grant, shown to the child as its own
+    through an idmapped mount (mapped onto the sandbox's host id), so it may do there what
+    the grant says, and files it creates land owned by them. None: a plain bind, the
+    host's ownership as it is."""
+
+
+@dataclass(frozen=True)
+class Mask:
+    """A deny rule inside a bind: an empty, read-only, mode-0 file or directory mounted over it."""
+
+    path: str
+    is_dir: bool
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """What to build; paths are absolute, the same inside and outside."""
+
+    dirs: tuple[str, ...]
+    symlinks: tuple[tuple[str, str], ...]
+    binds: tuple[Bind, ...]
+    tmp_size_mb: int | None
+    pins: tuple[str, ...] = ()
+    """Directories inside a writable grant bound onto themselves: the ancestors of a mask,
+    which then cannot be renamed or exchanged away (EBUSY), so the mask keeps its path."""
+    masks: tuple[Mask, ...] = ()
+    files: tuple[tuple[str, str], ...] = ()
+    """Small generated files (path, content): /etc/passwd and friends, when the view has none."""
+    frozen: tuple[str, ...] = ()
+    """Set-id or file-capability files inside a writable grant, bound read-only onto themselves:
+    as their owner the child could otherwise rewrite them (a write through mmap keeps the
+    set-id bit and the capabilities) and leave a privileged program on the host."""
+
+
+@dataclass(frozen=True)
+class GrantsPlan:
+    """A policy's view and ``[[files]]`` grants, resolved against this host."""
+
+    view: ViewPlan
+    kernel_served: tuple[int, ...]
+    """Indices into ``policy.files`` of the grants the kernel serves (bound into the view)."""
+    broker_served: tuple[tuple[int, str], ...]
+    """The other grants, each with why the broker serves it."""
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+class _Planner:
+    def __init__(self) -> None:
+        self.dirs: set[str] = set()
+        self.symlinks: dict[str, str] = {}
+        self.binds: dict[str, bool] = {}
+
+    def add(self, path: str, *, required: bool, links: int = 0) -> str | None:
+        """Plan ``path`` into the view; the resolved path bound, or None when it is missing."""
+        if links > _MAX_LINKS:
+            raise PolicyError(f"view path {path}: too many levels of symbolic links")
+        path = posixpath.normpath(path)
+        parts = [p for p in path.split("/") if p]
+        current = "/"
+        for i, part in enumerate(parts):
+            nxt = posixpath.join(current, part)
+            try:
+                st = os.lstat(nxt)
+            except FileNotFoundError:
+                if required:
+                    raise PolicyError(
+                        f"view path {path} does not exist on this machine ({nxt} is missing); "
+                        "remove it from [view] read, or move it to read_if_exists"
+                    ) from None
+                return None
+            except OSError as exc:
+                raise PolicyError(f"view path {path}: cannot inspect {nxt}: {exc.strerror}") from None
+            rest = parts[i + 1 :]
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(nxt)
+                self.symlinks[nxt] = target
+                resolved = posixpath.normpath(posixpath.join(current, target))
+                return self.add(posixpath.join(resolved, *rest), required=required, links=links + 1)
+            if not rest:
+                if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                    raise PolicyError(f"view path {path} is neither a directory nor a regular file")
+                self.binds[nxt] = stat.S_ISDIR(st.st_mode)
+                return nxt
+            if not stat.S_ISDIR(st.st_mode):
+                raise PolicyError(f"view path {path}: {nxt} is not a directory")
+            self.dirs.add(nxt)
+            current = nxt
+        return "/"
+
+    def plan(self, tmp_size_mb: int | None, grants: dict[str, Bind]) -> ViewPlan:
+        # A [view] read inside another [view] read is already visible through it;
+        # a grant is always bound, since its access differs from what encloses it.
+        view_dirs = [p for p, is_dir in self.binds.items() if is_dir and p not in grants]
+        all_dirs = [p for p, is_dir in self.binds.items() if is_dir]
+
+        def inside(path: str, dirs: list[str]) -> bool:
+            return any(_under(path, d) and path != d for d in dirs)
+
+        binds = tuple(
+            grants.get(p, Bind(p, is_dir))
+            for p, is_dir in sorted(self.binds.items())
+            if p in grants or not inside(p, view_dirs)
+        )
+        for b in binds:
+            if b.path == "/":
+                raise PolicyError("the view cannot bind / itself: grant the directories the program needs")
+            for r in ("/proc", "/dev"):
+                if _under(b.path, r) or _under(r, b.path):
+                    raise PolicyError(
+                        f"view path {b.path} overlaps {r}, which privsep builds itself; remove it from [view]"
+                    )
+            # A grant below /tmp (a venv there, say) is bound inside the private
+            # /tmp; only "/" could contain /tmp, and it contains /proc too.
+        bound = {b.path for b in binds}
+        # Nothing is ever created inside a bind: it would land on the host.
+        dirs = tuple(sorted(d for d in self.dirs if not inside(d, all_dirs) and d not in bound))
+        symlinks = tuple(sorted((p, t) for p, t in self.symlinks.items() if not inside(p, all_dirs)))
+        return ViewPlan(dirs=dirs, symlinks=symlinks, binds=binds, tmp_size_mb=tmp_size_mb)
+
+
+def plan_view(view: View) -> ViewPlan:
+    """Resolve the policy's view against this host (in the broker, before fork)."""
+    planner = _Planner()
+    for path in view.read:
+        planner.add(path, required=True)
+    for path in view.read_if_exists:
+        planner.add(path, required=False)
+    return planner.plan(view.tmp_size_mb if view.tmp else None, {})
+
+
+def _granted_words(access: tuple[str, ...]) -> frozenset[str]:
+    words = frozenset(access)
+    return words | {"append"} if "write" in words else words
+
+
+def plan_grants(policy: Policy, *, root_broker: bool, sandbox_id: int) -> GrantsPlan:
+    """The view with every kernel-servable ``[[files]]`` grant bound in it and every deny masked.
+
+    ``sandbox_id`` is the id the child sees itself as (in the generated /etc/passwd).
+    With a root broker every grant is idmapped from its owner: the sandbox's host id is
+    claimed only when it is spawned, and belongs to no file's owner.
+
+    Runs in the broker before fork; reads host metadata only. Raises
+    PolicyError when a grant cannot mean what it says (see :func:`_check_nesting`)
+    or a deny rule cannot be masked.
+    """
+    planner = _Planner()
+    for path in policy.view.read:
+        planner.add(path, required=True)
+    for path in policy.view.read_if_exists:
+        planner.add(path, required=False)
+    grants: dict[str, Bind] = {}
+    kernel: list[int] = []
+    broker: list[tuple[int, str]] = []
+    for index, rule in enumerate(policy.files):
+        if rule.deny:
+            continue
+        if deciding_rule(policy, rule.path) != index and _denied_at(policy, rule.path):
+            broker.append((index, "a deny rule covers it"))
+            continue
+        try:
+            st = os.stat(rule.path)
+        except OSError:
+            broker.append((index, "the path does not exist yet, and only an existing path can be bound"))
+            continue
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            broker.append((index, "it is neither a directory nor a regular file"))
+            continue
+        reason = broker_reason(rule, is_dir=stat.S_ISDIR(st.st_mode))
+        if reason is not None:
+            broker.append((index, reason))
+            continue
+        resolved = planner.add(rule.path, required=False)
+        if resolved is None:
+            broker.append((index, "the path does not exist yet, and only an existing path can be bound"))
+            continue
+        if resolved in grants:  # the same path granted twice: the first rule decides, as in match
+            kernel.append(index)
+            continue
+        idmap = (st.st_uid, st.st_gid) if root_broker else None
+        grants[resolved] = Bind(
+            resolved,
+            stat.S_ISDIR(st.st_mode),
+            access=tuple(a.value for a in rule.access),
+            writable=writes(rule),
+            idmap=idmap,
+        )
+        kernel.append(index)
+    plan = planner.plan(policy.view.tmp_size_mb if policy.view.tmp else None, grants)
+    writable = [policy.files[i].path for i in kernel if writes(policy.files[i])]
+    writable += [b.path for b in plan.binds if b.writable]
+    _check_links(policy, writable)
+    _check_nesting(policy, plan, kernel)
+    _check_broker_nesting(policy, plan, broker)
+    pins, masks = _masks(policy, plan.binds, writable)
+    served_pins, served_masks = _broker_served_masks(policy, plan.binds, broker)
+    found, frozen = _scan(plan.binds)
+    pins = tuple(sorted(set(pins) | set(served_pins) | set(_nested_pins(plan.binds))))
+    masks = tuple(sorted({m.path: m for m in (*masks, *served_masks, *found)}.values(), key=lambda m: m.path))
+    files = _generated_files(plan, sandbox_id, home="/tmp" if policy.view.tmp else "/")
+    plan = dataclasses.replace(plan, pins=pins, masks=masks, files=files, frozen=frozen)
+    return GrantsPlan(view=plan, kernel_served=tuple(kernel), broker_served=tuple(broker))
+
+
+def _link_inside(path: str, writable: list[str]) -> str | None:
+    """The first symlink on ``path`` that lies inside a writable grant (the child may have planted it)."""
+    at = "/"
+    for part in [p for p in path.split("/") if p]:
+        at = posixpath.join(at, part)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(at).st_mode)
+        except OSError:
+            return None
+        if is_link and any(_under(at, w) and at != w for w in writable):
+            return at
+    return None
+
+
+def _check_links(policy: Policy, writable: list[str]) -> None:
+    """Refuse a path that runs through a symlink inside a writable grant.
+
+    The sandbox writes there: a symlink it planted (say, a directory renamed
+    away and a link to /etc put in its place) would make the next run bind,
+    mask or read whatever the link names. Such a path must be written as its
+    real path.
+    """
+    named = [(rule.describe(i), rule.path) for i, rule in enumerate(policy.files)]
+    named += [(f"[view] read {p}", p) for p in (*policy.view.read, *policy.view.read_if_exists)]
+    for what, path in named:
+        link = _link_inside(path, writable)
+        if link is not None:
+            raise PolicyError(
+                f"{what}: its path runs through the symbolic link {link}, inside a writable grant, "
+                "where the sandbox could have planted it; write the real path "
+                f"({os.path.realpath(path)}) if that is what you mean"
+            )
+
+
+def _check_broker_nesting(policy: Policy, plan: ViewPlan, broker: list[tuple[int, str]]) -> None:
+    """A broker-served grant inside a writable kernel-served one would be served by the kernel.
+
+    The outer bind already lets the kernel write, link, rename and remove
+    everything beneath it; only opens of the exact inner path reach the broker.
+    An inner grant that means less than that (append-only, read-only...) is refused.
+    """
+    for index, _reason in broker:
+        rule = policy.files[index]
+        wanted = _granted_words(tuple(a.value for a in rule.access))
+        for b in plan.binds:
+            if b.writable and _under(rule.path, b.path) and rule.path != b.path:
+                extra = _granted_words(b.access) - wanted
+                if extra:
+                    raise PolicyError(
+                        f"{rule.describe(index)} is served by the broker ({_reason}) but lies inside the "
+                        f"writable grant of {b.path}, which the kernel serves and which gives "
+                        f"{', '.join(sorted(extra))} there too; move it out, or serve the enclosing grant "
+                        'with serve = "broker" as well'
+                    )
+
+
+def _broker_served_masks(
+    policy: Policy, binds: tuple[Bind, ...], broker: list[tuple[int, str]]
+) -> tuple[list[str], list[Mask]]:
+    """Masks over broker-served grants that lie inside a kernel-served bind.
+
+    The bind shows the inner path too, so without a mask the kernel would serve it
+    under the outer grant's rights to any name that reaches it other than the exact
+    one the broker decides (``/proc/self/root/...``, a symlink in ``/tmp``): an
+    append-only log inside a read grant would be readable, and a ``serve = "broker"``
+    rule would lose its per-open audit. Masked, only the broker serves it. In a
+    writable bind the ancestors are pinned, as for a deny mask.
+    """
+    pins: list[str] = []
+    masks: list[Mask] = []
+    bound = {b.path for b in binds}
+    for index, _reason in broker:
+        rule = policy.files[index]
+        covering = [b for b in binds if b.is_dir and _under(rule.path, b.path) and rule.path != b.path]
+        if not covering:
+            continue
+        enclosing = max(covering, key=lambda b: len(b.path))
+        try:
+            st = os.lstat(rule.path)
+        except FileNotFoundError:
+            if "read" in enclosing.access and Access.READ not in rule.access:
+                raise PolicyError(
+                    f"{rule.describe(index)} is served by the broker inside the kernel-served grant of "
+                    f"{enclosing.path}, which gives read there; it does not exist yet, and only an "
+                    f"existing path can be masked: create it before the run (touch {rule.path}), "
+                    "or move it out of that grant"
+                ) from None
+            continue  # nothing there to serve under the outer rights
+        except OSError as exc:
+            raise PolicyError(f"{rule.describe(index)}: cannot inspect it: {exc.strerror}") from None
+        masks.append(Mask(rule.path, stat.S_ISDIR(st.st_mode)))
+        if enclosing.writable:
+            at = posixpath.dirname(rule.path)
+            while _under(at, enclosing.path) and at != enclosing.path:
+                if at not in bound:
+                    pins.append(at)
+                at = posixpath.dirname(at)
+    return pins, masks
+
+
+def _nested_pins(binds: tuple[Bind, ...]) -> list[str]:
+    """Directories between a writable bind and a bind inside it, pinned (bound onto themselves).
+
+    Otherwise the child could rename an ancestor of the inner grant away and put
+    a directory of its own at the inner grant's host path.
+    """
+    bound = {b.path for b in binds}
+    pins: list[str] = []
+    for outer in (b for b in binds if b.writable and b.is_dir):
+        for inner in binds:
+            if inner.path == outer.path or not _under(inner.path, outer.path):
+                continue
+            at = posixpath.dirname(inner.path)
+            while _under(at, outer.path) and at != outer.path:
+                if at not in bound:
+                    pins.append(at)
+                at = posixpath.dirname(at)
+    return pins
+
+
+#: How many entries of the grants privsep checks at start before it gives up (fails closed).
+MAX_SCANNED = 200_000
+_SETID = stat.S_ISUID | stat.S_ISGID
+
+
+def _has_file_caps(path: str) -> bool:
+    try:
+        os.getxattr(path, "security.capability", follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
+def _walk(root: str) -> Iterator[tuple[str, int]]:
+    """(path, mode) of every entry below ``root``, mounts below it included, links not followed."""
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            # A directory the broker cannot list may still be searchable by name (mode --x),
+            # and the child may be the broker's own uid: fail closed rather than leave it unseen.
+            raise PolicyError(
+                f"cannot list {directory} inside a grant ({exc.strerror}), so privsep cannot check it "
+                "for sockets, FIFOs and set-id programs; make it listable by the broker, or grant "
+                "narrower directories"
+            ) from None
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)  # mounts below are bound too (recursive binds)
+            yield entry.path, st.st_mode
+
+
+def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
+    """What a grant must not expose as it is: sockets, FIFOs, and privileged programs.
+
+    - A unix socket or a FIFO inside any grant is masked: neither a read-only
+      mount nor Landlock governs connecting to a socket, and an enclosing grant's
+      rights reach a FIFO below a read-only one. (Ones created on the host after
+      the start are not: SECURITY.md, known limits.)
+    - In any writable grant, a set-id file or one with file capabilities (executable
+      or not: its owner can chmod it) is bound read-only onto itself (``frozen``):
+      the child may be its owner there, and a write through a shared mmap keeps
+      the set-id bit and the capabilities.
+    """
+    masks: list[Mask] = []
+    frozen: list[str] = []
+    seen = 0
+    for b in binds:
+        if not b.access:
+            continue  # [view] reads: the policy author's own choice of system paths
+        # The child owns what the grant's owner owns (idmapped, or the broker's own uid without
+        # root): in any writable grant it could rewrite a set-id or capability file in place.
+        privileged = b.writable
+        entries = _walk(b.path) if b.is_dir else iter([(b.path, os.lstat(b.path).st_mode)])
+        for path, mode in entries:
+            seen += 1
+            if seen > MAX_SCANNED:
+                raise PolicyError(
+                    f"the grants hold more than {MAX_SCANNED} entries ({b.path} and the rest), and "
+                    "privsep checks each at start for sockets, FIFOs and set-id programs; grant "
+                    'narrower directories, or serve this one with serve = "broker"'
+                )
+            if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+                masks.append(Mask(path, is_dir=False))
+            elif privileged and stat.S_ISREG(mode) and (mode & _SETID or _has_file_caps(path)):
+                frozen.append(path)
+    return masks, tuple(sorted(frozen))
+
+
+def _denied_at(policy: Policy, path: str) -> bool:
+    index = deciding_rule(policy, path)
+    return index is not None and policy.files[index].deny
+
+
+_ALL_WORDS = frozenset({"read", "list", "write", "create", "truncate", "append"})
+
+
+def _check_nesting(policy: Policy, plan: ViewPlan, kernel: list[int]) -> None:
+    """A grant inside another must not gain access through it.
+
+    Landlock's rights add up down a hierarchy, and only a read-only mount takes
+    away: an inner grant that writes less than what encloses it cannot be
+    expressed by the kernel. What encloses a grant: another grant, a ``[view]``
+    read (read, list), the private /tmp (everything). Refuse, naming the fix,
+    rather than silently granting more than the inner rule says.
+    """
+    enclosing: list[tuple[str, frozenset[str], str]] = []
+    for b in plan.binds:
+        words = _granted_words(b.access) if b.access else frozenset({"read", "list"})
+        enclosing.append((b.path, words, "an enclosing grant" if b.access else "a [view] read"))
+    if plan.tmp_size_mb is not None:
+        enclosing.append(("/tmp", _ALL_WORDS, "the private /tmp"))
+    for inner in (b for b in plan.binds if b.access):
+        wanted = _granted_words(inner.access)
+        effective: set[str] = set(wanted)
+        sources: list[str] = []
+        for path, words, what in enclosing:
+            if _under(inner.path, path) and path != inner.path and words - wanted:
+                effective |= words
+                sources.append(what)
+        if not inner.writable:
+            effective -= {"write", "create", "truncate", "append"}
+        if not inner.is_dir:
+            effective -= {"list", "create"}  # directory rights mean nothing on a file
+        extra = effective - wanted
+        if extra:
+            names = [policy.files[i].describe(i) for i in kernel if policy.files[i].path == inner.path]
+            fix = 'make the inner grant read-only, give it the same access, or set serve = "broker" on it' + (
+                " and on the enclosing grant" if "an enclosing grant" in sources else ""
+            )
+            if "the private /tmp" in sources:
+                fix += " (or turn the private /tmp off: [view] tmp = false)"
+            raise PolicyError(
+                f"{names[0] if names else inner.path} lies inside {sources[0]}, which also gives "
+                f"{', '.join(sorted(extra))}, and the kernel cannot take that away beneath it; {fix}"
+            )
+
+
+def _masks(
+    policy: Policy, binds: tuple[Bind, ...], writable: list[str]
+) -> tuple[tuple[str, ...], tuple[Mask, ...]]:
+    pins: set[str] = set()
+    masks: list[Mask] = []
+    bound = {b.path for b in binds}
+    for index, rule in enumerate(policy.files):
+        if not rule.deny:
+            continue
+        # Binds are at real paths: a deny written through a symlink (outside every writable
+        # grant: _check_links refused the others) is masked at the path it names.
+        path = os.path.realpath(rule.path)
+        if path != rule.path and not os.path.lexists(rule.path):
+            path = rule.path
+        covering = [b for b in binds if b.is_dir and _under(path, b.path)]
+        exact = [b for b in binds if b.path == path]
+        if not covering and not exact:
+            continue  # not in the view: nothing to mask
+        enclosing = max(covering, key=lambda b: len(b.path)) if covering else exact[0]
+        where = rule.describe(index)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if any(b.writable for b in covering):
+                raise PolicyError(
+                    f"{where} lies inside a writable grant but does not exist, and the kernel can "
+                    f"only mask an existing path: create it first (mkdir -p or touch {path}), "
+                    'or serve the enclosing grant with serve = "broker"'
+                ) from None
+            continue  # a read-only view cannot grow it
+        except OSError as exc:
+            raise PolicyError(f"{where}: cannot inspect it: {exc.strerror}") from None
+        if _link_inside(rule.path, writable) is not None:
+            raise PolicyError(
+                f"{where}: the path runs through a symbolic link inside a writable grant (it is "
+                f"{os.path.realpath(rule.path)}); deny the real path"
+            )
+        masks.append(Mask(path, stat.S_ISDIR(st.st_mode)))
+        if enclosing.writable:
+            at = posixpath.dirname(path)
+            while _under(at, enclosing.path) and at != enclosing.path:
+                if at not in bound:
+                    pins.add(at)
+                at = posixpath.dirname(at)
+    return tuple(sorted(pins)), tuple(sorted(masks, key=lambda m: m.path))
+
+
+def _generated_files(plan: ViewPlan, sandbox_id: int, home: str) -> tuple[tuple[str, str], ...]:
+    """/etc/passwd, group, nsswitch.conf and hosts when nothing in the view provides them.
+
+    Programs look themselves up (``id``, ``whoami``, git, ssh, Python's
+    ``getpass``) and resolve "localhost"; without these files they fail or
+    print errors that have nothing to do with what they were asked to do.
+    """
+
+    def visible(path: str) -> bool:
+        return any(_under(path, b.path) for b in plan.binds)
+
+    shell = "/usr/sbin/nologin"
+    me = f"sandbox:x:{sandbox_id}:{sandbox_id}:privsep sandbox:{home}:{shell}"
+    databases = ("passwd", "group", "shadow", "hosts", "services", "protocols")
+    content = {
+        "/etc/passwd": f"root:x:0:0:root:/root:{shell}\n{me}\n",
+        "/etc/group": f"root:x:0:\nsandbox:x:{sandbox_id}:\n",
+        "/etc/nsswitch.conf": "".join(f"{name}: files\n" for name in databases),
+        "/etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    }
+    return tuple((path, text) for path, text in content.items() if not visible(path))

@@ -1,0 +1,154 @@
+"""The plan's trip to the forkserver: every field of every dataclass in it arrives as it left."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from privsep.cgroups import Budget
+from privsep.plan import wire
+from privsep.plan.landlock import Rule
+from privsep.plan.spawnplan import SpawnPlan
+from privsep.plan.view import Bind, Mask, ViewPlan
+
+
+def full_plan() -> SpawnPlan:
+    """A plan in which no field has its default, no container is empty and nothing is None.
+
+    Adding a field to SpawnPlan (or to a dataclass inside it) fails
+    :func:`test_the_sample_plan_sets_every_field` until it is set here, and then the
+    round trip proves it travels.
+    """
+    return SpawnPlan(
+        argv=("/usr/bin/env", "caf\u00e9", ""),
+        env={"PATH": "/bin", "UNDECODABLE": "a\udcffb", "EMPTY": ""},
+        cwd="/srv/work",
+        view=ViewPlan(
+            dirs=("/srv", "/srv/work"),
+            symlinks=(("/lib", "usr/lib"), ("/bin", "usr/bin")),
+            binds=(
+                Bind("/usr/lib/python3", True, ("read", "list"), writable=True, idmap=(0, 0)),
+                Bind("/srv/work", True, ("read", "write"), writable=True, idmap=(1000, 1001)),
+            ),
+            tmp_size_mb=64,
+            pins=("/srv/work/a",),
+            masks=(Mask("/srv/work/a/secret", True), Mask("/srv/work/fifo", False)),
+            files=(("/etc/passwd", "root:x:0:0:root:/root:/usr/sbin/nologin\n"),),
+            frozen=("/srv/work/suid",),
+        ),
+        landlock_rules=(Rule("/", 8), Rule("/srv/work", 0x7FFF)),
+        landlock_abi=6,
+        rlimits={7: 1024, 6: -1, 4: 0},
+        seccomp_bpf=bytes(range(256)) * 3,
+        user_namespace=True,
+        syscall_default="kill",
+        learn=True,
+        transparent_calls=(2, 42, 257),
+        cwd_inherited=True,
+        kernel_served=(0, 3),
+        in_process_call=True,
+        listen=("http", "https"),
+        budget=Budget(memory_mb=256, processes=32, cpu_percent=50),
+        cgroups="optional",
+        cgroup_join=("/sys/fs/cgroup/privsep-1/cgroup.procs",),
+        terminal=1,
+        host_uid=2_000_000_001,
+        host_gid=2_000_000_002,
+    )
+
+
+def _default(f: dataclasses.Field[Any]) -> object:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _unset(obj: Any, where: str) -> list[str]:
+    """The fields of ``obj``, and of the dataclasses inside it, that a round trip would not test."""
+    found: list[str] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        at = f"{where}.{f.name}"
+        empty = isinstance(value, tuple | Mapping | bytes | str) and not value
+        if value is None or empty or value == _default(f):
+            found.append(at)
+        items = (
+            value.values() if isinstance(value, Mapping) else value if isinstance(value, tuple) else (value,)
+        )
+        for i, item in enumerate(items):
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                found += _unset(item, at if item is value else f"{at}[{i}]")
+    return found
+
+
+def test_the_sample_plan_sets_every_field() -> None:
+    assert _unset(full_plan(), "SpawnPlan") == []
+
+
+def test_every_field_survives_the_round_trip() -> None:
+    plan = full_plan()
+    back = wire.decode(SpawnPlan, wire.encode(plan))
+    assert back == plan
+    # Equality would let a list pass for a tuple in a dict value or the like: compare the types too.
+    assert repr(back) == repr(plan)
+
+
+def test_the_wire_is_json_without_any_field_name() -> None:
+    # The format is the dataclasses' field order: nothing here or in wire.py spells a field.
+    body = json.loads(wire.encode(full_plan()))
+    assert isinstance(body, list)
+    assert len(body) == len(dataclasses.fields(SpawnPlan))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unsupported:
+    name: str
+    ratio: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    inner: tuple[_Unsupported, ...]
+
+
+def test_a_field_the_wire_cannot_carry_is_named_at_the_first_encode() -> None:
+    with pytest.raises(
+        TypeError, match=r"_Outer\.inner: _Unsupported\.ratio: .*cannot carry <class 'float'>"
+    ):
+        wire.encode(_Outer((_Unsupported("x", 0.5),)))
+
+
+def _with(body: list[Any], name: str, value: object) -> list[Any]:
+    index = [f.name for f in dataclasses.fields(SpawnPlan)].index(name)
+    return [*body[:index], value, *body[index + 1 :]]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda body: body[:-1], "expected a list of"),  # a field missing
+        (lambda body: [*body, 1], "expected a list of"),  # one too many
+        (lambda body: _with(body, "env", 7), "expected a list"),
+        (lambda body: _with(body, "env", [["PATH"]]), "expected a list of 2"),
+        (lambda body: _with(body, "seccomp_bpf", True), "expected base64 text"),
+        (lambda body: _with(body, "seccomp_bpf", "not base64!"), "bad base64"),
+        (lambda body: _with(body, "landlock_abi", True), "expected int, got bool"),
+        (lambda body: _with(body, "argv", ["/bin/true", 1]), "expected a list of str"),
+        (lambda body: _with(body, "terminal", "1"), "expected int, got str"),
+    ],
+)
+def test_decoding_is_strict(mutate: Any, message: str) -> None:
+    body = json.loads(wire.encode(full_plan()))
+    with pytest.raises(ValueError, match=message):
+        wire.decode(SpawnPlan, json.dumps(mutate(body)).encode())
+
+
+def test_garbage_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="not a SpawnPlan"):
+        wire.decode(SpawnPlan, b"\xff not json")
