@@ -405,7 +405,7 @@ def _owner(path: str) -> tuple[int, int]:
 def _refuse_privileged(fd: int, decision: FileDecision) -> None:
     """Refuse a file whose contents run with privileges: set-id bits or file capabilities."""
     st = os.fstat(fd)
-    privileged = bool(st.st_mode & (stat.S_ISUID | stat.S_ISGID))
+    privileged = bool(st.st_mode & _linux.SETID_BITS)
     if not privileged and stat.S_ISREG(st.st_mode):
         try:
             os.getxattr(f"/proc/self/fd/{fd}", "security.capability")

@@ -40,7 +40,7 @@ import errno
 import functools
 import os
 import re
-import struct
+import socket
 import threading
 from dataclasses import dataclass
 from types import ModuleType
@@ -65,26 +65,19 @@ DangerousAction = Literal["notify", "kill"]
 
 AUDIT_ARCH_X86_64 = _linux.AUDIT_ARCH_X86_64  # one home: _linux, the x86_64 ABI
 
-# seccomp return values (linux/seccomp.h).
-_RET_KILL_PROCESS = 0x80000000
-_RET_ERRNO = 0x00050000
-_RET_USER_NOTIF = 0x7FC00000
-_RET_ALLOW = 0x7FFF0000
-
-# seccomp(2) and prctl(2) constants.
-_NR_SECCOMP = 317  # x86_64
-_SECCOMP_SET_MODE_FILTER = 1
-_SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
-_PR_GET_NO_NEW_PRIVS = 39
-_BPF_MAXINSNS = 4096
-_SOCK_FILTER = struct.Struct("<HBBI")  # struct sock_filter: code, jt, jf, k
-
-# Classic BPF opcodes used by the prelude.
-_LD_W_ABS = 0x20
-_JMP_JA = 0x05
-_JMP_JEQ_K = 0x15
-_JMP_JSET_K = 0x45
-_RET_K = 0x06
+# seccomp return values, the BPF instruction format and the opcodes the prelude uses: their
+# one home is _linux (the x86_64 ABI), which doctor's probe filter also takes them from.
+_RET_KILL_PROCESS = _linux.SECCOMP_RET_KILL_PROCESS
+_RET_ERRNO = _linux.SECCOMP_RET_ERRNO
+_RET_USER_NOTIF = _linux.SECCOMP_RET_USER_NOTIF
+_RET_ALLOW = _linux.SECCOMP_RET_ALLOW
+_BPF_MAXINSNS = _linux.BPF_MAXINSNS
+_SOCK_FILTER = _linux.SOCK_FILTER
+_LD_W_ABS = _linux.BPF_LD_W_ABS
+_JMP_JA = _linux.BPF_JMP_JA
+_JMP_JEQ_K = _linux.BPF_JMP_JEQ_K
+_JMP_JSET_K = _linux.BPF_JMP_JSET_K
+_RET_K = _linux.BPF_RET_K
 
 # struct seccomp_data offsets: nr, arch, instruction_pointer, args[6] (little endian, so
 # the low 32 bits of args[i] are at 16 + 8 * i).
@@ -99,19 +92,18 @@ def _arg_lo(i: int) -> int:
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
 _TIOCSCTTY = 0x540E  # taking a controlling terminal: the first step to TIOCSTI-like tricks
-_AF_UNIX = 1
 # CLONE_NEWTIME (0x80) lies in clone()'s exit-signal byte, so clone() itself cannot make a
 # time namespace; refusing the bit only refuses "exit signals" 128-255, which are not
 # signals at all, and keeps the mask the same as for unshare/clone3 should they ever pass.
 _CLONE_NEW_MASK = (
-    0x00000080  # CLONE_NEWTIME
-    | 0x00020000  # CLONE_NEWNS
-    | 0x02000000  # CLONE_NEWCGROUP
-    | 0x04000000  # CLONE_NEWUTS
-    | 0x08000000  # CLONE_NEWIPC
-    | 0x10000000  # CLONE_NEWUSER
-    | 0x20000000  # CLONE_NEWPID
-    | 0x40000000  # CLONE_NEWNET
+    _linux.CLONE_NEWTIME
+    | _linux.CLONE_NEWNS
+    | _linux.CLONE_NEWCGROUP
+    | _linux.CLONE_NEWUTS
+    | _linux.CLONE_NEWIPC
+    | _linux.CLONE_NEWUSER
+    | _linux.CLONE_NEWPID
+    | _linux.CLONE_NEWNET
 )
 _PERSONALITY_OK = (0x00000000, 0xFFFFFFFF)  # PER_LINUX, query
 
@@ -280,9 +272,6 @@ def compile_filter(spec: FilterSpec) -> bytes:
             f"the seccomp filter has {count} instructions, more than the kernel's "
             f"{_BPF_MAXINSNS}; allow fewer syscalls"
         )
-    # Resolve the loader's libc handles here, in the broker: forked children inherit them
-    # instead of each paying ~0.2 ms for dlopen/dlsym on the start path.
-    _c()
     return program
 
 
@@ -345,14 +334,12 @@ def _export_bpf(filt: Any) -> bytes:
 _Check = tuple[int, int, str, tuple[int, ...], int]
 
 
-_AF_INET = 2
-_AF_INET6 = 10
 _MSG_FASTOPEN = 0x20000000
 TRANSPARENT_FILE_CALLS = ("open", "creat", "openat")
-#: S_ISUID | S_ISGID. A file the child leaves setuid or setgid on the host would run with
-#: its owner's rights for whoever executes it there (on an idmapped grant the owner is the
-#: grant's, root included); a nosuid mount inside the sandbox does nothing for the host.
-_SETID_BITS = 0o6000
+#: A file the child leaves setuid or setgid on the host would run with its owner's rights
+#: for whoever executes it there (on an idmapped grant the owner is the grant's, root
+#: included); a nosuid mount inside the sandbox does nothing for the host.
+_SETID_BITS = _linux.SETID_BITS
 _FALLOC_SHIFTS = 0x08 | 0x20  # FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE
 #: (syscall, index of its mode argument): each refuses a mode with a set-id bit.
 _MODE_ARGS = (
@@ -408,10 +395,10 @@ def _checks(allowed: dict[str, int], spec: FilterSpec) -> list[_Check]:
         # With transparent networking the child may make inet sockets: they live in its own
         # empty network namespace, and only the broker's connect or bind (a socket of the
         # broker's, swapped in) makes them reach anything.
-        families = (_AF_UNIX, _AF_INET, _AF_INET6) if inet else (_AF_UNIX,)
+        families = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6) if inet else (socket.AF_UNIX,)
         checks.append((allowed["socket"], 0, "allow_values", families, errno.EAFNOSUPPORT))
     if "socketpair" in allowed:
-        checks.append((allowed["socketpair"], 0, "allow_values", (_AF_UNIX,), errno.EAFNOSUPPORT))
+        checks.append((allowed["socketpair"], 0, "allow_values", (socket.AF_UNIX,), errno.EAFNOSUPPORT))
     # A connect hidden in a send: refused always, since a socket of the host's network
     # namespace the child holds (a listener it shut down) would otherwise connect anywhere.
     for name, flags_arg in (("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)):
@@ -480,24 +467,6 @@ def _prelude(allowed: dict[str, int], spec: FilterSpec) -> bytes:
 # --------------------------------------------------------------------------- the loader
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
-
-
-_libc: ctypes.CDLL | None = None
-
-
-def _c() -> ctypes.CDLL:
-    # dlopen(NULL) finds the libc already mapped into the process: no path search at all.
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.syscall.restype = ctypes.c_long
-        lib.prctl.restype = ctypes.c_int
-        _libc = lib
-    return _libc
-
-
 def load_filter(bpf: bytes, *, listener: bool) -> int | None:
     """Attach ``bpf`` to the calling thread (the child is single-threaded); irreversible.
 
@@ -509,38 +478,23 @@ def load_filter(bpf: bytes, *, listener: bool) -> int | None:
     count = len(bpf) // _SOCK_FILTER.size
     if count > _BPF_MAXINSNS:
         raise ConfinementError("seccomp", f"filter has {count} instructions, over {_BPF_MAXINSNS}")
-    libc = _c()
-    nnp = libc.prctl(
-        ctypes.c_int(_PR_GET_NO_NEW_PRIVS),
-        ctypes.c_ulong(0),
-        ctypes.c_ulong(0),
-        ctypes.c_ulong(0),
-        ctypes.c_ulong(0),
-    )
-    if nnp != 1:
+    if _linux.prctl(_linux.PR_GET_NO_NEW_PRIVS) != 1:
         # Root could load a filter without it, but then a setuid exec could shed the
         # rest of the confinement: we never rely on privilege to skip this.
         raise ConfinementError(
             "seccomp",
             "no_new_privs is not set; call prctl(PR_SET_NO_NEW_PRIVS, 1) before loading the filter",
         )
-    buf = ctypes.create_string_buffer(bpf, len(bpf))
-    prog = _SockFprog(count, ctypes.addressof(buf))
-    flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0
-    ctypes.set_errno(0)
-    rc = libc.syscall(
-        ctypes.c_long(_NR_SECCOMP),
-        ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
-        ctypes.c_ulong(flags),
-        ctypes.byref(prog),
-    )
-    if rc < 0:
-        err = ctypes.get_errno()
+    flags = _linux.SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0
+    try:
+        fd = _linux.seccomp_set_mode_filter(bpf, flags)
+    except OSError as exc:
+        err = exc.errno or 0
         name = errno.errorcode.get(err, str(err))
         raise ConfinementError(
             "seccomp", f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {name} ({os.strerror(err)})"
-        )
-    return int(rc) if listener else None
+        ) from None
+    return fd if listener else None
 
 
 @functools.cache
