@@ -144,23 +144,12 @@ def _check_text_args(
         codecs.lookup(encoding)  # LookupError, as builtins.open raises
 
 
-# What F_GETFL must show for each wire mode: (access mode, O_APPEND set).
-_OPEN_FLAGS: dict[str, tuple[int, bool]] = {
-    "r": (os.O_RDONLY, False),
-    "w": (os.O_WRONLY, False),
-    "a": (os.O_WRONLY, True),
-    "x": (os.O_WRONLY, False),
-    "r+": (os.O_RDWR, False),
-    "w+": (os.O_RDWR, False),
-    "a+": (os.O_RDWR, True),
-    "x+": (os.O_RDWR, False),
-}
-
-
 def _check_open_fd(fd: int, mode: protocol.OpenMode) -> None:
+    """F_GETFL keeps the access mode and O_APPEND of the flags the broker opened with."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    access, append = _OPEN_FLAGS[mode]
-    if flags & os.O_PATH or flags & os.O_ACCMODE != access or bool(flags & os.O_APPEND) != append:
+    wanted = protocol.OPEN_FLAGS[mode]
+    kept = os.O_ACCMODE | os.O_APPEND
+    if flags & os.O_PATH or flags & kept != wanted & kept:
         raise RemoteProtocolError(f"the broker sent a descriptor whose flags do not match open mode {mode!r}")
     if stat_module.S_ISDIR(os.fstat(fd).st_mode):
         raise RemoteProtocolError("the broker answered open with a directory")

@@ -21,6 +21,8 @@ from __future__ import annotations
 import enum
 import ipaddress
 import json
+import os
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,8 +51,10 @@ __all__ = [
     "MAX_LISTING_OFFSET",
     "MAX_MESSAGE",
     "MAX_PATH",
+    "OPEN_FLAGS",
     "OPS_WITH_FD",
     "RESULT_MODELS",
+    "SECRET_NAME",
     "SUPPORTED_VERSIONS",
     "AddressResult",
     "AllowFlag",
@@ -147,11 +151,25 @@ LISTING_PAGE_BYTES = 60_000
 WirePath = Annotated[str, Field(min_length=1, max_length=MAX_PATH, pattern=r"^[^\x00]*$")]
 #: A host name or IP address literal, 1..253 characters (a DNS name's limit), no NUL.
 Host = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^\x00]*$")]
-#: A secret's name, as the policy's ``[secrets]`` table spells it.
-SecretName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+#: A secret's name, on the wire and in a policy's ``[secrets]`` table (one pattern for both;
+#: match it with ``fullmatch``: ``$`` alone would let a trailing newline through).
+SECRET_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SecretName = Annotated[str, Field(min_length=1, max_length=64, pattern=SECRET_NAME.pattern)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 #: Python's open() modes without "b"/"t": text or binary is the client's business.
 OpenMode = Literal["r", "w", "a", "x", "r+", "w+", "a+", "x+"]
+#: The flags the broker opens a file with, by mode (docs/PROTOCOL.md, ``open``); "w" and "a"
+#: add O_CREAT when the grant has ``create`` too. The client checks the descriptor against them.
+OPEN_FLAGS: Mapping[str, int] = {
+    "r": os.O_RDONLY,
+    "r+": os.O_RDWR,
+    "w": os.O_WRONLY | os.O_TRUNC,
+    "w+": os.O_RDWR | os.O_TRUNC,
+    "a": os.O_WRONLY | os.O_APPEND,
+    "a+": os.O_RDWR | os.O_APPEND,
+    "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+    "x+": os.O_RDWR | os.O_CREAT | os.O_EXCL,
+}
 SocketType = Literal["tcp", "udp"]
 
 
