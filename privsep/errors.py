@@ -41,11 +41,19 @@ __all__ = [
 ]
 
 
+#: The exit statuses that are privsep's own (``privsep run``, ``RunResult.returncode``); any other
+#: is the command's, or 128+N for signal N. Defined here, the one module every side imports.
+EXIT_TIMEOUT = 124
+EXIT_PRIVSEP = 125
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+
+
 class PrivsepError(Exception):
     """Root of every error privsep raises deliberately."""
 
     #: The exit status ``privsep run`` uses when this error ends a run.
-    exit_status: int = 125
+    exit_status: int = EXIT_PRIVSEP
 
 
 class PolicyError(PrivsepError):
@@ -68,13 +76,13 @@ class CommandError(PrivsepError):
 class CommandNotFoundError(CommandError):
     """The command does not exist in the child's view of the filesystem."""
 
-    exit_status = 127
+    exit_status = EXIT_NOT_FOUND
 
 
 class CommandNotExecutableError(CommandError):
     """The command exists in the child's view but cannot be executed."""
 
-    exit_status = 126
+    exit_status = EXIT_NOT_EXECUTABLE
 
 
 class ChannelError(PrivsepError):

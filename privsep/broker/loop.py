@@ -47,20 +47,20 @@ from privsep.broker import notify
 from privsep.broker.actas import sandbox_ids
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.audit import AuditLog, Record
-from privsep.broker.outcome import (
-    EXIT_NOT_FOUND,
-    EXIT_PRIVSEP,
-    EXIT_TIMEOUT,
-    Outcome,
-    from_wait_status,
-    memory_limit,
-)
+from privsep.broker.outcome import Outcome, from_wait_status, memory_limit
 from privsep.broker.relay import AppendRelay, Relay, UdpServerRelay
 from privsep.broker.services import SLOW_OPS, Services, target
 from privsep.broker.transparent import Deferred, Served, Transparent, view_roots
 from privsep.confine.seccomp import dangerous_numbers, syscall_name
 from privsep.confine.spawn import ControlMessage, Spawned, SpawnPlan, decode_control, in_cgroup, spawn
-from privsep.errors import ChannelError, ConfinementError, RemoteProtocolError
+from privsep.errors import (
+    EXIT_NOT_FOUND,
+    EXIT_PRIVSEP,
+    EXIT_TIMEOUT,
+    ChannelError,
+    ConfinementError,
+    RemoteProtocolError,
+)
 
 if TYPE_CHECKING:
     from privsep.broker.terminal import Terminal  # only privsep run makes one
