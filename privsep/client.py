@@ -221,9 +221,9 @@ class RelayedUdpSocket:
         """The address the broker bound."""
         return self._address
 
-    def recvfrom(self, bufsize: int = 65535) -> tuple[bytes, tuple[str, int]]:
+    def recvfrom(self, bufsize: int = protocol.MAX_DATAGRAM) -> tuple[bytes, tuple[str, int]]:
         while True:
-            decoded = protocol.decode_datagram(self._sock.recv(bufsize + 32))
+            decoded = protocol.decode_datagram(self._sock.recv(bufsize + protocol.DATAGRAM_FRAMING))
             if decoded is not None:
                 address, payload = decoded
                 return payload[:bufsize], address

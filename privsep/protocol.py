@@ -44,7 +44,12 @@ from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "ALLOW_FLAGS",
+    "DATAGRAM_FRAMING",
     "LISTING_PAGE_BYTES",
+    "MAX_CALL_MESSAGE",
+    "MAX_CALL_TRACEBACK",
+    "MAX_CALL_TYPE",
+    "MAX_DATAGRAM",
     "MAX_FDS",
     "MAX_FRAME",
     "MAX_LISTDIR",
@@ -292,14 +297,18 @@ class CallArgs(BaseModel):
     op: Literal["call_args"] = "call_args"
 
 
+#: The longest exception type name, message and traceback a ``Sandbox.call`` child reports.
+MAX_CALL_TYPE, MAX_CALL_MESSAGE, MAX_CALL_TRACEBACK = 200, 4000, 32000
+
+
 class CallFailure(BaseModel):
     """An exception raised by the called function, as text (never a pickled object)."""
 
     model_config = _STRICT
 
-    type: Annotated[str, Field(min_length=1, max_length=200)]
-    message: Annotated[str, Field(max_length=4000)]
-    traceback: Annotated[str, Field(max_length=32000)]
+    type: Annotated[str, Field(min_length=1, max_length=MAX_CALL_TYPE)]
+    message: Annotated[str, Field(max_length=MAX_CALL_MESSAGE)]
+    traceback: Annotated[str, Field(max_length=MAX_CALL_TRACEBACK)]
 
 
 class CallReturn(BaseModel):
@@ -860,6 +869,10 @@ class ClientProtocol:
 
 _DATAGRAM_HEAD = struct.Struct("!BH")
 _ADDRESS_LEN = {4: 4, 6: 16}
+#: The largest UDP payload either side relays (the IP length field's limit).
+MAX_DATAGRAM = 65535
+#: Room read beyond a payload for the address in front of it (at most 19 bytes).
+DATAGRAM_FRAMING = 32
 
 
 def encode_datagram(address: tuple[str, int], payload: bytes) -> bytes:

@@ -556,11 +556,7 @@ def _carry_over(theirs: socket.socket, ours: socket.socket) -> None:
 _SERVER_OPTIONS = (
     (socket.SOL_SOCKET, socket.SO_REUSEADDR),
     (socket.SOL_SOCKET, socket.SO_REUSEPORT),
-    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    *_CARRIED_OPTIONS,  # what a client sets too (independent options: their order is free)
     (socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT),
     (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
     (socket.IPPROTO_TCP, socket.TCP_FASTOPEN),
