@@ -6,9 +6,6 @@ that one name, or a branch of it, and never have to parse messages::
     PrivsepError
     ├── PolicyError             a policy file or grant is invalid (names file, field, fix)
     ├── ConfinementError        a confinement layer could not be applied (names the step)
-    ├── CommandError            the command could not be started inside the sandbox
-    │   ├── CommandNotFoundError    exit status 127
-    │   └── CommandNotExecutableError  exit status 126
     ├── ChannelError            the socketpair broke (peer gone, frame too large, ...)
     ├── ProtocolError           a message broke the wire protocol
     │   ├── LocalProtocolError      we were about to send something invalid (our bug)
@@ -16,6 +13,10 @@ that one name, or a branch of it, and never have to parse messages::
     ├── BrokerError             the broker answered a request with an error
     │   └── DeniedError         the policy denied it (also a PermissionError)
     └── ChildError              a function run by Sandbox.call raised (type, message, traceback as text)
+
+A command that cannot be started inside the sandbox is not an exception: it is
+how that run ended (``RunResult.how == "exec_error"``, returncode 126 or 127, as
+``privsep run`` exits), since it fails in the child, after confinement.
 
 Messages say what happened and what to do; they never contain secret values,
 tracebacks of the other side, or bytes echoed from an untrusted peer.
@@ -28,9 +29,6 @@ __all__ = [
     "BrokerError",
     "ChannelError",
     "ChildError",
-    "CommandError",
-    "CommandNotExecutableError",
-    "CommandNotFoundError",
     "ConfinementError",
     "DeniedError",
     "LocalProtocolError",
@@ -67,22 +65,6 @@ class ConfinementError(PrivsepError):
         super().__init__(f"confinement step '{step}' failed: {reason}")
         self.step = step
         self.reason = reason
-
-
-class CommandError(PrivsepError):
-    """The command could not be started inside the sandbox."""
-
-
-class CommandNotFoundError(CommandError):
-    """The command does not exist in the child's view of the filesystem."""
-
-    exit_status = EXIT_NOT_FOUND
-
-
-class CommandNotExecutableError(CommandError):
-    """The command exists in the child's view but cannot be executed."""
-
-    exit_status = EXIT_NOT_EXECUTABLE
 
 
 class ChannelError(PrivsepError):
