@@ -21,7 +21,7 @@ from privsep.errors import (
 )
 
 if TYPE_CHECKING:
-    from privsep.sandbox import RunResult, Sandbox
+    from privsep.sandbox import Denial, RunResult, Sandbox
 
 __version__ = "0.1.0"
 
@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     # Lazy: a confined child imports privsep for its client and must not pay
     # for (or hold) the broker's code.
-    if name in ("Sandbox", "RunResult"):
+    if name in ("Denial", "RunResult", "Sandbox"):
         from privsep import sandbox  # noqa: PLC0415 - lazy on purpose (see above)
 
         return getattr(sandbox, name)
@@ -41,6 +41,7 @@ __all__ = [
     "ChannelError",
     "ChildError",
     "ConfinementError",
+    "Denial",
     "DeniedError",
     "LocalProtocolError",
     "PolicyError",

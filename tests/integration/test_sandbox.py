@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import Awaitable, Iterator
@@ -59,6 +60,11 @@ def test_run_returns_the_denials_it_met(tmp_path: Path) -> None:
         )
     assert result.stdout == b"denied\n"
     assert [(d.op, d.target, d.allow) for d in result.denials] == [("open", "/etc/shadow", "--allow-read")]
+    denial = result.denials[0]
+    assert type(denial) is privsep.Denial  # the public record, not the broker's
+    assert (denial.rule, denial.subject) == (None, "/etc/shadow") and denial.message
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        denial.op = "stat"  # type: ignore[misc]
 
 
 def test_call_moves_json_values_both_ways(sb: Sandbox) -> None:
