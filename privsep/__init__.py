@@ -21,6 +21,8 @@ from privsep.errors import (
 )
 
 if TYPE_CHECKING:
+    from privsep.policy.load import load_policy
+    from privsep.policy.model import Policy
     from privsep.sandbox import Denial, RunResult, Sandbox
 
 __version__ = "0.1.0"
@@ -33,6 +35,14 @@ def __getattr__(name: str) -> Any:
         from privsep import sandbox  # noqa: PLC0415 - lazy on purpose (see above)
 
         return getattr(sandbox, name)
+    if name == "Policy":
+        from privsep.policy.model import Policy  # noqa: PLC0415 - lazy on purpose (see above)
+
+        return Policy
+    if name == "load_policy":
+        from privsep.policy.load import load_policy  # noqa: PLC0415 - lazy on purpose (see above)
+
+        return load_policy
     raise AttributeError(f"module 'privsep' has no attribute {name!r}")
 
 
@@ -44,6 +54,7 @@ __all__ = [
     "Denial",
     "DeniedError",
     "LocalProtocolError",
+    "Policy",
     "PolicyError",
     "PrivsepError",
     "ProtocolError",
@@ -51,4 +62,5 @@ __all__ = [
     "RunResult",
     "Sandbox",
     "__version__",
+    "load_policy",
 ]

@@ -15,7 +15,7 @@ from privsep import client, protocol
 
 def main() -> int:
     link = client.default()
-    spec = link.call_args()
+    spec = link._call_args()
     try:
         module_name, _, function_name = spec.function.partition(":")
         function = getattr(importlib.import_module(module_name), function_name)
@@ -28,7 +28,7 @@ def main() -> int:
             traceback=traceback.format_exc()[-protocol.MAX_CALL_TRACEBACK :],
         )
         answer = protocol.CallReturn(id=0, error=failure)
-    link.call_return(answer)
+    link._call_return(answer)
     return 0
 
 

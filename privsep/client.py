@@ -62,6 +62,7 @@ from privsep.errors import BrokerError, ChannelError, DeniedError, RemoteProtoco
 __all__ = [
     "ENV_VAR",
     "Client",
+    "RelayedUdpSocket",
     "bind",
     "connect",
     "connect_unix",
@@ -343,12 +344,12 @@ class Client:
 
     # --- Sandbox.call (used by privsep._callee) --------------------------------------------------------
 
-    def call_args(self) -> protocol.CallArgsResult:
-        """In a ``Sandbox.call`` child: the function to run and its JSON arguments."""
+    def _call_args(self) -> protocol.CallArgsResult:
+        """In a ``Sandbox.call`` child (privsep._callee): the function to run and its JSON arguments."""
         return self._call(_Ask(protocol.CallArgs(id=0), "call_args()", ()), protocol.CallArgsResult)[0]
 
-    def call_return(self, answer: protocol.CallReturn) -> None:
-        """In a ``Sandbox.call`` child: hand back the function's value or its failure (once)."""
+    def _call_return(self, answer: protocol.CallReturn) -> None:
+        """In a ``Sandbox.call`` child (privsep._callee): hand back the value or the failure (once)."""
         self._call(_Ask(answer, "call_return()", ()), protocol.EmptyResult)
 
     # --- the API -------------------------------------------------------------------------------------
