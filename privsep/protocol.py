@@ -18,13 +18,14 @@ reply never carries any.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import json
 import os
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -772,7 +773,7 @@ class ClientProtocol:
     Like h11's connection, every failure goes through one place: after a
     reply that breaks the protocol (``receive`` raises RemoteProtocolError),
     after a transport failure between a request and its reply (``lost``), or
-    after a descriptor of the wrong kind (``violated``), the channel is broken
+    after a descriptor of the wrong kind (``checking``), the channel is broken
     for good and ``send`` refuses with the first reason. A request whose reply
     was missed would otherwise be answered by the next one's.
     """
@@ -853,10 +854,15 @@ class ClientProtocol:
         if self._broken is None:
             self._broken = reason
 
-    def violated(self, reason: str) -> RemoteProtocolError:
-        """A reply whose descriptor is not what the op promises (checked by the caller): break, and say so."""
-        self.lost(reason)
-        return RemoteProtocolError(reason)
+    @contextlib.contextmanager
+    def checking(self) -> Iterator[None]:
+        """Around the caller's checks of a received descriptor (the kind an op promises): a
+        RemoteProtocolError raised there breaks the channel, as one from ``receive`` does."""
+        try:
+            yield
+        except RemoteProtocolError as exc:
+            self.lost(str(exc))
+            raise
 
 
 # --------------------------------------------------------------------------- relayed UDP datagrams
