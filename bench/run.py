@@ -27,6 +27,9 @@ starts 3000 processes). Sections:
 6. cli: the whole ``privsep run --allow-read IN --allow-write OUT -- cp IN/f
    OUT/g`` against bwrap with the same binds and the bare ``cp``.
 7. scale: one broker with 100 and 1000 idle sandboxes (``bench/scale.py``).
+8. isolation: a sibling's ping round trip while another sandbox floods, hangs connects or
+   lists a large directory, against alone; three ``Sandbox.arun`` at once against one
+   (``bench/isolation.py``; alone: ``python -m bench.isolation [--quick]``).
 
 Benchmarks measure; they never fail on a missed target (the table says so).
 """
@@ -53,6 +56,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.cgroups import bench_cgroups
+from bench.isolation import bench_isolation
+from bench.isolation import rows as isolation_rows
 from bench.kernel import bench_cli, bench_kernel_open, kernel_tree
 from bench.workloads import (
     BROKERED_OPEN,
@@ -109,14 +114,19 @@ class Config:
     scale_n: int
     kernel_n: int  # timed opens per program run, kernel-served and host
     kernel_broker_n: int  # the same, broker-served (each is a round trip to the broker)
+    isolation_pings: int  # a sibling's timed pings, alone and under each load
+    isolation_files: int  # entries of the directory the listing load lists
 
 
 def config(args: argparse.Namespace) -> Config:
     if args.quick:
-        return Config(args.rounds or 2, True, 1000, 100, 0.3, 4, 3, 2, 200_000, (100,), 1000, 2000, 300)
+        return Config(
+            args.rounds or 2, True, 1000, 100, 0.3, 4, 3, 2, 200_000, (100,), 1000, 2000, 300, 300, 20_000
+        )
     return Config(
-        args.rounds or 5, False, 5000, 300, 1.0, 10, 5, 5, 1_000_000, (100, 1000), 5000, 20_000, 3000
-    )
+        args.rounds or 5, False, 5000, 300, 1.0, 10, 5, 5, 1_000_000, (100, 1000), 5000, 20_000, 3000, 2000,
+        100_000,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -572,6 +582,7 @@ def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
              _ratio(sc[f"{name}_one_rule_ratio"])),
         ]  # fmt: skip
     rows += _kernel_rows(res["kernel_open"]) + _cli_rows(res["cli"])
+    rows += isolation_rows(res["isolation"], _fmt, _ratio)
     scale = res["scale"]
     alone = scale["alone"]
     rows.append(
@@ -730,6 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["spawn"] = bench_spawn(cfg, log)
         results["cgroups"] = bench_cgroups(cfg.rounds, 2 * cfg.spawn_n, log)
         results["seccomp"] = bench_seccomp(cfg, grant, log)
+    results["isolation"] = bench_isolation(cfg.rounds, cfg.isolation_pings, cfg.isolation_files, log)
     results["kernel_open"], results["cli"] = bench_kernel(cfg, log)
     results["meta"]["loadavg_before_scale"] = os.getloadavg()[0]
     results["scale"] = bench_scale(cfg, log)

@@ -11,9 +11,6 @@ from privsep.errors import (
     BrokerError,
     ChannelError,
     ChildError,
-    CommandError,
-    CommandNotExecutableError,
-    CommandNotFoundError,
     ConfinementError,
     DeniedError,
     LocalProtocolError,
@@ -24,7 +21,9 @@ from privsep.errors import (
 )
 
 if TYPE_CHECKING:
-    from privsep.sandbox import RunResult, Sandbox
+    from privsep.policy.load import load_policy
+    from privsep.policy.model import Policy
+    from privsep.sandbox import Denial, RunResult, Sandbox
 
 from privsep._version import __version__
 
@@ -32,10 +31,18 @@ from privsep._version import __version__
 def __getattr__(name: str) -> Any:
     # Lazy: a confined child imports privsep for its client and must not pay
     # for (or hold) the broker's code.
-    if name in ("Sandbox", "RunResult"):
+    if name in ("Denial", "RunResult", "Sandbox"):
         from privsep import sandbox  # noqa: PLC0415 - lazy on purpose (see above)
 
         return getattr(sandbox, name)
+    if name == "Policy":
+        from privsep.policy.model import Policy  # noqa: PLC0415 - lazy on purpose (see above)
+
+        return Policy
+    if name == "load_policy":
+        from privsep.policy.load import load_policy  # noqa: PLC0415 - lazy on purpose (see above)
+
+        return load_policy
     raise AttributeError(f"module 'privsep' has no attribute {name!r}")
 
 
@@ -43,12 +50,11 @@ __all__ = [
     "BrokerError",
     "ChannelError",
     "ChildError",
-    "CommandError",
-    "CommandNotExecutableError",
-    "CommandNotFoundError",
     "ConfinementError",
+    "Denial",
     "DeniedError",
     "LocalProtocolError",
+    "Policy",
     "PolicyError",
     "PrivsepError",
     "ProtocolError",
@@ -56,4 +62,5 @@ __all__ = [
     "RunResult",
     "Sandbox",
     "__version__",
+    "load_policy",
 ]

@@ -15,7 +15,7 @@ from privsep import client, protocol
 
 def main() -> int:
     link = client.default()
-    spec = link.call_args()
+    spec = link._call_args()
     try:
         module_name, _, function_name = spec.function.partition(":")
         function = getattr(importlib.import_module(module_name), function_name)
@@ -23,12 +23,12 @@ def main() -> int:
         answer = protocol.CallReturn(id=0, value=value)  # validates: JSON values only
     except BaseException as exc:  # every failure of the function is reported, as text
         failure = protocol.CallFailure(
-            type=type(exc).__qualname__[:200],
-            message=str(exc)[:4000],
-            traceback=traceback.format_exc()[-32000:],
+            type=type(exc).__qualname__[: protocol.MAX_CALL_TYPE],
+            message=str(exc)[: protocol.MAX_CALL_MESSAGE],
+            traceback=traceback.format_exc()[-protocol.MAX_CALL_TRACEBACK :],
         )
         answer = protocol.CallReturn(id=0, error=failure)
-    link.call_return(answer)
+    link._call_return(answer)
     return 0
 
 

@@ -12,19 +12,49 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import stat
+import struct
 
 if platform.machine() != "x86_64":  # pragma: no cover - refuse, never guess syscall numbers
     raise ImportError(f"privsep supports x86_64 only, not {platform.machine()}")
 
+#: The one libc handle of privsep. Functions are looked up here, at import, in the broker: a
+#: forked child inherits them resolved instead of paying dlsym on its start path.
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+_prctl = _libc.prctl
+_prctl.restype = ctypes.c_int
 
 #: The audit architecture of native x86_64 system calls (seccomp_data.arch): the filter admits
 #: only these, and the broker treats every other notification as foreign.
 AUDIT_ARCH_X86_64 = 0xC000003E
 
-# x86_64 syscall numbers.
+# x86_64 syscall numbers privsep calls or reads by number (arch/x86/entry/syscalls/syscall_64.tbl);
+# tests/unit/test_linux_abi.py checks each against libseccomp. (The seccomp filter names its calls
+# and libseccomp numbers them.)
+# The file calls transparent brokering and ``privsep learn`` read from seccomp notifications:
+NR_OPEN = 2
+NR_STAT = 4
+NR_LSTAT = 6
+NR_ACCESS = 21
+NR_CONNECT = 42
+NR_BIND = 49
+NR_CREAT = 85
+NR_READLINK = 89
+NR_OPENAT = 257
+NR_NEWFSTATAT = 262
+NR_READLINKAT = 267
+NR_FACCESSAT = 269
+NR_STATX = 332
+NR_FACCESSAT2 = 439
+# Per-thread credentials, as raw calls (glibc's wrappers change every thread):
+NR_SETGROUPS = 116
+NR_SETRESUID = 117
+NR_SETRESGID = 119
+NR_SETFSUID = 122
+NR_SETFSGID = 123
+# What Python 3.11 has no wrapper for:
 NR_PIVOT_ROOT = 155
 NR_CAPGET = 125
 NR_CAPSET = 126
@@ -34,7 +64,13 @@ NR_LANDLOCK_ADD_RULE = 445
 NR_LANDLOCK_RESTRICT_SELF = 446
 NR_CLOSE_RANGE = 436
 
+#: The kernel's longest path, in bytes with its NUL (include/uapi/linux/limits.h).
+PATH_MAX = 4096
+#: S_ISUID | S_ISGID: a file left set-id on the host runs with its owner's rights there.
+SETID_BITS = stat.S_ISUID | stat.S_ISGID
+
 # unshare(2) / clone(2) namespace flags.
+CLONE_NEWTIME = 0x00000080
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -58,7 +94,10 @@ MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 0x2
 
-# prctl(2) options python-prctl does not cover for every capability.
+# prctl(2) options python-prctl does not cover for every capability, and no_new_privs for
+# the places that must not import python-prctl (the seccomp loader, doctor's probes).
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
 PR_GET_SECUREBITS = 27
 PR_SET_SECUREBITS = 28
 PR_CAPBSET_READ = 23
@@ -106,7 +145,7 @@ def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(
-        _libc.prctl(
+        _prctl(
             ctypes.c_int(option),
             ctypes.c_ulong(arg2),
             ctypes.c_ulong(arg3),
@@ -114,6 +153,32 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
             ctypes.c_ulong(arg5),
         )
     )
+
+
+def setfsuid(uid: int) -> int:
+    """setfsuid(2) for the calling thread only; the previous id (the call reports no error)."""
+    return int(_syscall(NR_SETFSUID, ctypes.c_uint(uid)))
+
+
+def setfsgid(gid: int) -> int:
+    """setfsgid(2) for the calling thread only; the previous id (the call reports no error)."""
+    return int(_syscall(NR_SETFSGID, ctypes.c_uint(gid)))
+
+
+def thread_setgroups(groups: list[int]) -> None:
+    """setgroups(2) for the calling thread only (glibc's ``os.setgroups`` changes every thread)."""
+    array = (ctypes.c_uint * max(len(groups), 1))(*groups)
+    _check(_syscall(NR_SETGROUPS, ctypes.c_size_t(len(groups)), array))
+
+
+def thread_setresuid(ruid: int, euid: int, suid: int) -> None:
+    """setresuid(2) for the calling thread only; 0xFFFFFFFF leaves that id as it is."""
+    _check(_syscall(NR_SETRESUID, ctypes.c_uint(ruid), ctypes.c_uint(euid), ctypes.c_uint(suid)))
+
+
+def thread_setresgid(rgid: int, egid: int, sgid: int) -> None:
+    """setresgid(2) for the calling thread only; 0xFFFFFFFF leaves that id as it is."""
+    _check(_syscall(NR_SETRESGID, ctypes.c_uint(rgid), ctypes.c_uint(egid), ctypes.c_uint(sgid)))
 
 
 def cap_last_cap() -> int:
@@ -411,3 +476,41 @@ def connect_raw(fd: int, address: bytes) -> int:
     if _connect(fd, address, len(address)) == 0:
         return 0
     return ctypes.get_errno()
+
+
+# seccomp(2) and the classic BPF it loads (include/uapi/linux/seccomp.h, filter.h, bpf_common.h).
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+SECCOMP_RET_ERRNO = 0x00050000
+SECCOMP_RET_USER_NOTIF = 0x7FC00000
+SECCOMP_RET_ALLOW = 0x7FFF0000
+BPF_MAXINSNS = 4096
+#: struct sock_filter: code, jt, jf, k.
+SOCK_FILTER = struct.Struct("<HBBI")
+BPF_LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
+BPF_JMP_JA = 0x05  # BPF_JMP | BPF_JA
+BPF_JMP_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+BPF_JMP_JSET_K = 0x45  # BPF_JMP | BPF_JSET | BPF_K
+BPF_RET_K = 0x06  # BPF_RET | BPF_K
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def seccomp_set_mode_filter(bpf: bytes, flags: int) -> int:
+    """seccomp(SECCOMP_SET_MODE_FILTER) with ``bpf`` (whole sock_filter entries): the
+    notification fd with SECCOMP_FILTER_FLAG_NEW_LISTENER, else 0."""
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(len(bpf) // SOCK_FILTER.size, ctypes.addressof(buf))
+    return int(
+        _check(
+            _syscall(
+                ctypes.c_long(NR_SECCOMP),
+                ctypes.c_ulong(SECCOMP_SET_MODE_FILTER),
+                ctypes.c_ulong(flags),
+                ctypes.byref(prog),
+            )
+        )
+    )

@@ -14,7 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
 from privsep._printable import printable
-from privsep.errors import PrivsepError
+from privsep.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_PRIVSEP, EXIT_TIMEOUT, PrivsepError
 
 if TYPE_CHECKING:
     from privsep._assemble import SpawnPlan
@@ -22,15 +22,13 @@ if TYPE_CHECKING:
     from privsep.broker.report import Denial
     from privsep.policy.model import Policy
 
-EXIT_USAGE = 125
-
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors exit 125 like every other privsep error (2 could be the command's own)."""
+    """Usage errors exit EXIT_PRIVSEP like every other privsep error (2 could be the command's own)."""
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"privsep: error: {message}\n")
+        self.exit(EXIT_PRIVSEP, f"privsep: error: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run a command in a sandbox",
         description=(
             "Run COMMAND as an unprivileged, seccomp-filtered child whose only link out is a socketpair to "
-            "this process. Exit status: the command's own; 128+N if it died of signal N; 124 on timeout; "
-            "125 for privsep's own error; 126 not executable; 127 not found."
+            "this process. Exit status: the command's own; 128+N if it died of signal N; "
+            f"{EXIT_TIMEOUT} on timeout; {EXIT_PRIVSEP} for privsep's own error; "
+            f"{EXIT_NOT_EXECUTABLE} not executable; {EXIT_NOT_FOUND} not found."
         ),
     )
     run.add_argument(
@@ -59,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="kill the sandbox after this many seconds (exit 124)",
+        help=f"kill the sandbox after this many seconds (exit {EXIT_TIMEOUT})",
     )
     grants = run.add_argument_group(
         "grants for this run (repeatable; merged over the policy; the broker performs them for the child)"
@@ -408,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrivsepError as exc:
         print(f"privsep: error: {exc}", file=sys.stderr)
         return exc.exit_status
-    return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
+    return EXIT_PRIVSEP  # pragma: no cover - argparse rejects unknown commands
 
 
 if __name__ == "__main__":  # pragma: no cover

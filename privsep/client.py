@@ -62,6 +62,7 @@ from privsep.errors import BrokerError, ChannelError, DeniedError, RemoteProtoco
 __all__ = [
     "ENV_VAR",
     "Client",
+    "RelayedUdpSocket",
     "bind",
     "connect",
     "connect_unix",
@@ -88,6 +89,9 @@ _NEEDED_SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK
 _PATH_OPS = frozenset({"open", "stat", "listdir", "mkdir", "unlink", "rename", "connect_unix"})
 _NEWLINES = (None, "", "\n", "\r", "\r\n")
 _R = TypeVar("_R", bound=BaseModel)
+_PathRequest = (
+    protocol.Open | protocol.Stat | protocol.Listdir | protocol.Mkdir | protocol.Unlink | protocol.ConnectUnix
+)
 
 
 @dataclass(frozen=True)
@@ -144,23 +148,12 @@ def _check_text_args(
         codecs.lookup(encoding)  # LookupError, as builtins.open raises
 
 
-# What F_GETFL must show for each wire mode: (access mode, O_APPEND set).
-_OPEN_FLAGS: dict[str, tuple[int, bool]] = {
-    "r": (os.O_RDONLY, False),
-    "w": (os.O_WRONLY, False),
-    "a": (os.O_WRONLY, True),
-    "x": (os.O_WRONLY, False),
-    "r+": (os.O_RDWR, False),
-    "w+": (os.O_RDWR, False),
-    "a+": (os.O_RDWR, True),
-    "x+": (os.O_RDWR, False),
-}
-
-
 def _check_open_fd(fd: int, mode: protocol.OpenMode) -> None:
+    """F_GETFL keeps the access mode and O_APPEND of the flags the broker opened with."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    access, append = _OPEN_FLAGS[mode]
-    if flags & os.O_PATH or flags & os.O_ACCMODE != access or bool(flags & os.O_APPEND) != append:
+    wanted = protocol.OPEN_FLAGS[mode]
+    kept = os.O_ACCMODE | os.O_APPEND
+    if flags & os.O_PATH or flags & kept != wanted & kept:
         raise RemoteProtocolError(f"the broker sent a descriptor whose flags do not match open mode {mode!r}")
     if stat_module.S_ISDIR(os.fstat(fd).st_mode):
         raise RemoteProtocolError("the broker answered open with a directory")
@@ -214,6 +207,94 @@ def _socket_from_fd(fd: int, families: tuple[int, ...], kind: int | None, what: 
         raise
 
 
+def _error(ask: _Ask, error: protocol.ErrorInfo) -> BaseException:
+    """The exception an error reply becomes: DeniedError, FileNotFoundError or BrokerError."""
+    code = error.code
+    if code is protocol.ErrorCode.DENIED:
+        return _denial(ask, error)
+    if code is protocol.ErrorCode.NOT_FOUND and ask.request.op in _PATH_OPS:
+        names = ask.filenames
+        if len(names) == 2:
+            return FileNotFoundError(errno.ENOENT, error.message, names[0], None, names[1])
+        return FileNotFoundError(errno.ENOENT, error.message, names[0])
+    return BrokerError(code.value, _with_call(ask.call, error.message))
+
+
+def _request(model: type[_R], **fields: Any) -> _R:
+    """Build a request (id set later); bad arguments are a ValueError naming the field."""
+    try:
+        return model(id=0, **fields)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        raise ValueError(f"invalid {model.model_fields['op'].default} request: {detail}") from None
+
+
+def _on_path(model: type[_PathRequest], name: str, target: str, **fields: Any) -> _Ask:
+    """A request on one path: the hint grants that path and FileNotFoundError names it."""
+    return _Ask(_request(model, path=target, **fields), f"{name}({target!r})", (target,), (target,))
+
+
+def _timeout_ms(timeout: float) -> int:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError("timeout must be a number of seconds")
+    if not 0 < timeout <= 600:
+        raise ValueError("timeout must be more than 0 and at most 600 seconds")
+    return max(1, round(timeout * 1000))
+
+
+def _stat_result(st: protocol.StatResult) -> os.stat_result:
+    times = [divmod(ns, 10**9) for ns in (st.atime_ns, st.mtime_ns, st.ctime_ns)]
+    return os.stat_result(
+        (
+            st.mode,
+            st.ino,
+            st.dev,
+            st.nlink,
+            st.uid,
+            st.gid,
+            st.size,
+            *(sec for sec, _ in times),  # the integer times of stat_result[7:10]
+            *(sec + nsec * 1e-9 for sec, nsec in times),  # st_atime..., as CPython computes them
+            st.atime_ns,
+            st.mtime_ns,
+            st.ctime_ns,
+        )
+    )
+
+
+def _check_listening(sock: socket.socket) -> None:
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise RemoteProtocolError("the broker answered bind with a TCP socket that is not listening")
+
+
+def _check_secret_fd(fd: int, size: int) -> None:
+    info = os.fstat(fd)
+    if not stat_module.S_ISREG(info.st_mode) or info.st_size != size:
+        raise RemoteProtocolError("the broker answered secret with a descriptor that does not fit")
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
+        raise RemoteProtocolError("the broker answered secret with a descriptor that is not read-only")
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        seals = 0  # EINVAL: not a memfd
+    if seals & _NEEDED_SEALS != _NEEDED_SEALS or not seals & (fcntl.F_SEAL_WRITE | _F_SEAL_FUTURE_WRITE):
+        raise RemoteProtocolError("the broker answered secret with a memfd that is not sealed")
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
 class RelayedUdpSocket:
     """A UDP socket bound by the broker, used through a relay.
 
@@ -232,9 +313,9 @@ class RelayedUdpSocket:
         """The address the broker bound."""
         return self._address
 
-    def recvfrom(self, bufsize: int = 65535) -> tuple[bytes, tuple[str, int]]:
+    def recvfrom(self, bufsize: int = protocol.MAX_DATAGRAM) -> tuple[bytes, tuple[str, int]]:
         while True:
-            decoded = protocol.decode_datagram(self._sock.recv(bufsize + 32))
+            decoded = protocol.decode_datagram(self._sock.recv(bufsize + protocol.DATAGRAM_FRAMING))
             if decoded is not None:
                 address, payload = decoded
                 return payload[:bufsize], address
@@ -263,8 +344,9 @@ class Client:
     """A connection to the broker over an already-open channel socket.
 
     The conversation's rules (ids, ``hello``, what each reply must carry, the
-    broken state) are ``protocol.ClientProtocol``'s; this class does the I/O,
-    turns errors into exceptions, and checks the descriptors it receives.
+    broken state) are ``protocol.ClientProtocol``'s, and building requests,
+    explaining errors and checking what came back are this module's functions;
+    this class does the I/O and hands each step to them.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -298,6 +380,11 @@ class Client:
         assert isinstance(answered.result, model)  # ClientProtocol parsed it with the op's model
         return answered.result, answered.fd
 
+    def _call_fd(self, ask: _Ask, model: type[_R]) -> tuple[_R, int]:
+        result, fd = self._call(ask, model)
+        assert fd is not None  # ClientProtocol guarantees it for an op in OPS_WITH_FD
+        return result, fd
+
     def _ensure_hello(self) -> protocol.HelloResult:
         if self._protocol.hello is None:
             ask = _Ask(protocol.Hello(id=0, versions=protocol.SUPPORTED_VERSIONS), "hello()", ())
@@ -322,44 +409,21 @@ class Client:
             channel.close_fds(frame.fds)
             raise
         if isinstance(outcome, protocol.ErrorInfo):
-            raise self._error(ask, outcome)
+            raise _error(ask, outcome)
         return outcome
 
-    @staticmethod
-    def _error(ask: _Ask, error: protocol.ErrorInfo) -> BaseException:
-        code = error.code
-        if code is protocol.ErrorCode.DENIED:
-            return _denial(ask, error)
-        if code is protocol.ErrorCode.NOT_FOUND and ask.request.op in _PATH_OPS:
-            names = ask.filenames
-            if len(names) == 2:
-                return FileNotFoundError(errno.ENOENT, error.message, names[0], None, names[1])
-            return FileNotFoundError(errno.ENOENT, error.message, names[0])
-        return BrokerError(code.value, _with_call(ask.call, error.message))
-
-    def _call_fd(self, ask: _Ask, model: type[_R]) -> tuple[_R, int]:
-        result, fd = self._call(ask, model)
-        assert fd is not None  # ClientProtocol guarantees it for an op in OPS_WITH_FD
-        return result, fd
-
-    @staticmethod
-    def _make(model: type[_R], **fields: Any) -> _R:
-        """Build a request (id set later); bad arguments are a ValueError naming the field."""
-        try:
-            return model(id=0, **fields)
-        except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_context=False, include_input=False)
-            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-            raise ValueError(f"invalid {model.model_fields['op'].default} request: {detail}") from None
+    def _socket(self, fd: int, families: tuple[int, ...], kind: int | None, what: str) -> socket.socket:
+        with self._protocol.checking():  # a descriptor of the wrong kind breaks the channel
+            return _socket_from_fd(fd, families, kind, what)
 
     # --- Sandbox.call (used by privsep._callee) --------------------------------------------------------
 
-    def call_args(self) -> protocol.CallArgsResult:
-        """In a ``Sandbox.call`` child: the function to run and its JSON arguments."""
+    def _call_args(self) -> protocol.CallArgsResult:
+        """In a ``Sandbox.call`` child (privsep._callee): the function to run and its JSON arguments."""
         return self._call(_Ask(protocol.CallArgs(id=0), "call_args()", ()), protocol.CallArgsResult)[0]
 
-    def call_return(self, answer: protocol.CallReturn) -> None:
-        """In a ``Sandbox.call`` child: hand back the function's value or its failure (once)."""
+    def _call_return(self, answer: protocol.CallReturn) -> None:
+        """In a ``Sandbox.call`` child (privsep._callee): hand back the value or the failure (once)."""
         self._call(_Ask(answer, "call_return()", ()), protocol.EmptyResult)
 
     # --- the API -------------------------------------------------------------------------------------
@@ -390,12 +454,8 @@ class Client:
         parsed = _parse_mode(mode)
         _check_text_args(parsed, buffering, encoding, errors, newline)
         target = _abspath(path)
-        ask = _Ask(
-            self._make(protocol.Open, path=target, mode=parsed.wire),
-            f"open({target!r}, {mode!r})",
-            (target,),
-            (target,),
-        )
+        request = _request(protocol.Open, path=target, mode=parsed.wire)
+        ask = _Ask(request, f"open({target!r}, {mode!r})", (target,), (target,))
         _, fd = self._call_fd(ask, protocol.EmptyResult)
         handed = False
 
@@ -405,39 +465,18 @@ class Client:
             return fd
 
         try:
-            _check_open_fd(fd, parsed.wire)
+            with self._protocol.checking():
+                _check_open_fd(fd, parsed.wire)
             return builtins.open(target, parsed.local, buffering, encoding, errors, newline, opener=opener)
-        except BaseException as exc:
+        except BaseException:
             if not handed:
                 channel.close_fds((fd,))
-            if isinstance(exc, RemoteProtocolError):
-                self._protocol.lost(str(exc))
             raise
 
     def stat(self, path: StrPath) -> os.stat_result:
         """``os.stat`` through the broker (st_blksize, st_blocks and st_rdev are None)."""
         target = _abspath(path)
-        st, _ = self._call(
-            _Ask(self._make(protocol.Stat, path=target), f"stat({target!r})", (target,), (target,)),
-            protocol.StatResult,
-        )
-        times = [divmod(ns, 10**9) for ns in (st.atime_ns, st.mtime_ns, st.ctime_ns)]
-        return os.stat_result(
-            (
-                st.mode,
-                st.ino,
-                st.dev,
-                st.nlink,
-                st.uid,
-                st.gid,
-                st.size,
-                *(sec for sec, _ in times),  # the integer times of stat_result[7:10]
-                *(sec + nsec * 1e-9 for sec, nsec in times),  # st_atime..., as CPython computes them
-                st.atime_ns,
-                st.mtime_ns,
-                st.ctime_ns,
-            )
-        )
+        return _stat_result(self._call(_on_path(protocol.Stat, "stat", target), protocol.StatResult)[0])
 
     def listdir(self, path: StrPath) -> list[str]:
         """The names in a directory, without "." and "..", in no particular order."""
@@ -445,15 +484,8 @@ class Client:
         names: list[str] = []
         offset = 0
         while True:  # a large directory comes in pages, each one reply frame
-            page, _ = self._call(
-                _Ask(
-                    self._make(protocol.Listdir, path=target, offset=offset),
-                    f"listdir({target!r})",
-                    (target,),
-                    (target,),
-                ),
-                protocol.ListdirResult,
-            )
+            ask = _on_path(protocol.Listdir, "listdir", target, offset=offset)
+            page, _ = self._call(ask, protocol.ListdirResult)
             names += page.names
             if page.next is None or page.next <= offset:
                 return names
@@ -461,19 +493,11 @@ class Client:
 
     def mkdir(self, path: StrPath) -> None:
         """Create a directory (the broker creates it 0700)."""
-        target = _abspath(path)
-        self._call(
-            _Ask(self._make(protocol.Mkdir, path=target), f"mkdir({target!r})", (target,), (target,)),
-            protocol.EmptyResult,
-        )
+        self._call(_on_path(protocol.Mkdir, "mkdir", _abspath(path)), protocol.EmptyResult)
 
     def unlink(self, path: StrPath) -> None:
         """Remove a file."""
-        target = _abspath(path)
-        self._call(
-            _Ask(self._make(protocol.Unlink, path=target), f"unlink({target!r})", (target,), (target,)),
-            protocol.EmptyResult,
-        )
+        self._call(_on_path(protocol.Unlink, "unlink", _abspath(path)), protocol.EmptyResult)
 
     def rename(self, src: StrPath, dst: StrPath) -> None:
         """Rename ``src`` to ``dst`` (replacing ``dst``, like os.rename).
@@ -482,15 +506,9 @@ class Client:
         """
         source, dest = _abspath(src, "src"), _abspath(dst, "dst")
         grants = (source,) if source == dest else (source, dest)
-        self._call(
-            _Ask(
-                self._make(protocol.Rename, src=source, dst=dest),
-                f"rename({source!r}, {dest!r})",
-                grants,
-                (source, dest),
-            ),
-            protocol.EmptyResult,
-        )
+        request = _request(protocol.Rename, src=source, dst=dest)
+        ask = _Ask(request, f"rename({source!r}, {dest!r})", grants, (source, dest))
+        self._call(ask, protocol.EmptyResult)
 
     def connect(self, host: str, port: int, *, type: str = "tcp", timeout: float = 10.0) -> socket.socket:
         """A socket connected by the broker to ``host:port`` (``timeout``: seconds the broker waits).
@@ -499,34 +517,18 @@ class Client:
         broker to that one peer: ``send``/``recv`` carry datagrams as with a
         connected UDP socket, and nothing else can be reached through it.
         """
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise TypeError("timeout must be a number of seconds")
-        if not 0 < timeout <= 600:
-            raise ValueError("timeout must be more than 0 and at most 600 seconds")
-        request = self._make(
-            protocol.Connect, host=host, port=port, type=type, timeout_ms=max(1, round(timeout * 1000))
-        )
-        _, fd = self._call_fd(
-            _Ask(request, f"connect({host!r}, {port!r}, type={type!r})", (_hostport(host, port, type),)),
-            protocol.AddressResult,
-        )
+        request = _request(protocol.Connect, host=host, port=port, type=type, timeout_ms=_timeout_ms(timeout))
+        ask = _Ask(request, f"connect({host!r}, {port!r}, type={type!r})", (_hostport(host, port, type),))
+        _, fd = self._call_fd(ask, protocol.AddressResult)
         if type == "udp":
-            return self._wrap(fd, (socket.AF_UNIX,), socket.SOCK_SEQPACKET, "connect")
-        return self._wrap(fd, (socket.AF_INET, socket.AF_INET6), socket.SOCK_STREAM, "connect")
+            return self._socket(fd, (socket.AF_UNIX,), socket.SOCK_SEQPACKET, "connect")
+        return self._socket(fd, (socket.AF_INET, socket.AF_INET6), socket.SOCK_STREAM, "connect")
 
     def connect_unix(self, path: StrPath) -> socket.socket:
         """A unix socket connected by the broker to the socket at ``path``."""
-        target = _abspath(path)
-        _, fd = self._call_fd(
-            _Ask(
-                self._make(protocol.ConnectUnix, path=target),
-                f"connect_unix({target!r})",
-                (target,),
-                (target,),
-            ),
-            protocol.EmptyResult,
-        )
-        return self._wrap(fd, (socket.AF_UNIX,), None, "connect_unix")
+        ask = _on_path(protocol.ConnectUnix, "connect_unix", _abspath(path))
+        _, fd = self._call_fd(ask, protocol.EmptyResult)
+        return self._socket(fd, (socket.AF_UNIX,), None, "connect_unix")
 
     @overload
     def bind(
@@ -543,27 +545,29 @@ class Client:
         the broker keeps the bound socket and relays datagrams, and replies go
         only to peers that wrote first.
         """
-        request = self._make(protocol.Bind, host=host, port=port, type=type, backlog=backlog)
-        result, fd = self._call_fd(
-            _Ask(request, f"bind({host!r}, {port!r}, type={type!r})", (_hostport(host, port, type),)),
-            protocol.AddressResult,
-        )
+        request = _request(protocol.Bind, host=host, port=port, type=type, backlog=backlog)
+        ask = _Ask(request, f"bind({host!r}, {port!r}, type={type!r})", (_hostport(host, port, type),))
+        result, fd = self._call_fd(ask, protocol.AddressResult)
         if type == "udp":
-            relay = self._wrap(fd, (socket.AF_UNIX,), socket.SOCK_SEQPACKET, "bind")
+            relay = self._socket(fd, (socket.AF_UNIX,), socket.SOCK_SEQPACKET, "bind")
             bound_host, bound_port = result.address
             return RelayedUdpSocket(relay, (str(bound_host), int(bound_port)))
-        sock = self._wrap(fd, (socket.AF_INET, socket.AF_INET6), socket.SOCK_STREAM, "bind")
-        if type == "tcp" and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock = self._socket(fd, (socket.AF_INET, socket.AF_INET6), socket.SOCK_STREAM, "bind")
+        try:
+            with self._protocol.checking():
+                _check_listening(sock)
+        except BaseException:
             sock.close()
-            raise self._protocol.violated("the broker answered bind with a TCP socket that is not listening")
+            raise
         return sock
 
     def secret_fd(self, name: str) -> int:
         """The secret ``name`` as a sealed, read-only memfd; the caller owns (and closes) it."""
-        ask = _Ask(self._make(protocol.Secret, name=name), f"secret({name!r})", (f"{name}=env:VAR",))
+        ask = _Ask(_request(protocol.Secret, name=name), f"secret({name!r})", (f"{name}=env:VAR",))
         result, fd = self._call_fd(ask, protocol.SecretResult)
         try:
-            self._check_secret_fd(fd, result.size)
+            with self._protocol.checking():
+                _check_secret_fd(fd, result.size)
         except BaseException:
             channel.close_fds((fd,))
             raise
@@ -573,49 +577,9 @@ class Client:
         """The secret ``name``'s bytes (read from its memfd, which is closed at once)."""
         fd = self.secret_fd(name)
         try:
-            size = os.fstat(fd).st_size
-            chunks = []
-            offset = 0
-            while offset < size:
-                chunk = os.pread(fd, size - offset, offset)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                offset += len(chunk)
-            return b"".join(chunks)
+            return _read_all(fd)
         finally:
             os.close(fd)
-
-    # --- checks on what came back ----------------------------------------------------------------------
-
-    def _wrap(self, fd: int, families: tuple[int, ...], kind: int | None, what: str) -> socket.socket:
-        """A socket of the fd (closed if it is not the one asked for: the channel is then broken)."""
-        try:
-            return _socket_from_fd(fd, families, kind, what)
-        except RemoteProtocolError as exc:
-            self._protocol.lost(str(exc))
-            raise
-
-    def _check_secret_fd(self, fd: int, size: int) -> None:
-        try:
-            info = os.fstat(fd)
-            if not stat_module.S_ISREG(info.st_mode) or info.st_size != size:
-                raise RemoteProtocolError("the broker answered secret with a descriptor that does not fit")
-            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
-                raise RemoteProtocolError(
-                    "the broker answered secret with a descriptor that is not read-only"
-                )
-            try:
-                seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-            except OSError:
-                seals = 0  # EINVAL: not a memfd
-            if seals & _NEEDED_SEALS != _NEEDED_SEALS or not seals & (
-                fcntl.F_SEAL_WRITE | _F_SEAL_FUTURE_WRITE
-            ):
-                raise RemoteProtocolError("the broker answered secret with a memfd that is not sealed")
-        except RemoteProtocolError as exc:
-            self._protocol.lost(str(exc))
-            raise
 
 
 _default: Client | None = None

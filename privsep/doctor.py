@@ -21,7 +21,6 @@ import json
 import os
 import pwd
 import signal
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ from privsep.confine import identity
 from privsep.confine.landlock import MIN_ABI
 from privsep.confine.seccomp import load_filter
 from privsep.errors import ConfinementError, PrivsepError
-from privsep.plan import hostids
+from privsep.plan import hostids, spawnplan
 from privsep.policy.load import load_policy
 
 __all__ = ["Facts", "Layer", "doctor_command", "layers", "probe", "render_text"]
@@ -55,9 +54,7 @@ NAMESPACES = (
     ("uts", _linux.CLONE_NEWUTS),
     ("cgroup", _linux.CLONE_NEWCGROUP),
 )
-_SANDBOX_ID = 65534
-_PR_SET_NO_NEW_PRIVS = 38
-_ALLOW_ALL_BPF = struct.pack("<HBBI", 0x06, 0, 0, 0x7FFF0000)  # BPF_RET | BPF_K, SECCOMP_RET_ALLOW
+_ALLOW_ALL_BPF = _linux.SOCK_FILTER.pack(_linux.BPF_RET_K, 0, 0, _linux.SECCOMP_RET_ALLOW)
 
 
 @dataclass(frozen=True)
@@ -206,14 +203,14 @@ def _unshare(flags: int) -> Callable[[], None]:
 def _drop_then_unshare_user() -> None:
     if os.geteuid() == 0:
         os.setgroups([])
-        os.setresgid(_SANDBOX_ID, _SANDBOX_ID, _SANDBOX_ID)
-        os.setresuid(_SANDBOX_ID, _SANDBOX_ID, _SANDBOX_ID)
+        os.setresgid(spawnplan.SANDBOX_ID, spawnplan.SANDBOX_ID, spawnplan.SANDBOX_ID)
+        os.setresuid(spawnplan.SANDBOX_ID, spawnplan.SANDBOX_ID, spawnplan.SANDBOX_ID)
     _linux.unshare(_linux.CLONE_NEWUSER)
 
 
 def _seccomp(listener: bool) -> Callable[[], None]:
     def load() -> None:
-        _linux.prctl(_PR_SET_NO_NEW_PRIVS, 1)
+        _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
         fd = load_filter(_ALLOW_ALL_BPF, listener=listener)
         if listener and fd is None:
             raise OSError(errno.EINVAL, "no listener fd")

@@ -6,9 +6,6 @@ that one name, or a branch of it, and never have to parse messages::
     PrivsepError
     ├── PolicyError             a policy file or grant is invalid (names file, field, fix)
     ├── ConfinementError        a confinement layer could not be applied (names the step)
-    ├── CommandError            the command could not be started inside the sandbox
-    │   ├── CommandNotFoundError    exit status 127
-    │   └── CommandNotExecutableError  exit status 126
     ├── ChannelError            the socketpair broke (peer gone, frame too large, ...)
     ├── ProtocolError           a message broke the wire protocol
     │   ├── LocalProtocolError      we were about to send something invalid (our bug)
@@ -16,6 +13,10 @@ that one name, or a branch of it, and never have to parse messages::
     ├── BrokerError             the broker answered a request with an error
     │   └── DeniedError         the policy denied it (also a PermissionError)
     └── ChildError              a function run by Sandbox.call raised (type, message, traceback as text)
+
+A command that cannot be started inside the sandbox is not an exception: it is
+how that run ended (``RunResult.how == "exec_error"``, returncode 126 or 127, as
+``privsep run`` exits), since it fails in the child, after confinement.
 
 Messages say what happened and what to do; they never contain secret values,
 tracebacks of the other side, or bytes echoed from an untrusted peer.
@@ -28,9 +29,6 @@ __all__ = [
     "BrokerError",
     "ChannelError",
     "ChildError",
-    "CommandError",
-    "CommandNotExecutableError",
-    "CommandNotFoundError",
     "ConfinementError",
     "DeniedError",
     "LocalProtocolError",
@@ -41,11 +39,19 @@ __all__ = [
 ]
 
 
+#: The exit statuses that are privsep's own (``privsep run``, ``RunResult.returncode``); any other
+#: is the command's, or 128+N for signal N. Defined here, the one module every side imports.
+EXIT_TIMEOUT = 124
+EXIT_PRIVSEP = 125
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+
+
 class PrivsepError(Exception):
     """Root of every error privsep raises deliberately."""
 
     #: The exit status ``privsep run`` uses when this error ends a run.
-    exit_status: int = 125
+    exit_status: int = EXIT_PRIVSEP
 
 
 class PolicyError(PrivsepError):
@@ -59,22 +65,6 @@ class ConfinementError(PrivsepError):
         super().__init__(f"confinement step '{step}' failed: {reason}")
         self.step = step
         self.reason = reason
-
-
-class CommandError(PrivsepError):
-    """The command could not be started inside the sandbox."""
-
-
-class CommandNotFoundError(CommandError):
-    """The command does not exist in the child's view of the filesystem."""
-
-    exit_status = 127
-
-
-class CommandNotExecutableError(CommandError):
-    """The command exists in the child's view but cannot be executed."""
-
-    exit_status = 126
 
 
 class ChannelError(PrivsepError):

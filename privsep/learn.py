@@ -35,19 +35,8 @@ from privsep import protocol
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.services import Services
 from privsep.errors import PolicyError
-from privsep.policy.match import Access, check_path
+from privsep.policy.match import CREATES_IF_MISSING, OPEN_NEEDS, Access, check_path
 from privsep.policy.model import BindRule, ConnectRule, FileRule, Policy
-
-_OPEN_NEEDS: dict[str, tuple[Access, ...]] = {
-    "r": (Access.READ,),
-    "r+": (Access.READ, Access.WRITE),
-    "w": (Access.WRITE, Access.TRUNCATE),
-    "w+": (Access.READ, Access.WRITE, Access.TRUNCATE),
-    "a": (Access.APPEND,),
-    "a+": (Access.READ, Access.APPEND),
-    "x": (Access.CREATE, Access.WRITE),
-    "x+": (Access.CREATE, Access.READ, Access.WRITE),
-}
 
 
 class LearningServices(Services):
@@ -86,9 +75,9 @@ class LearningServices(Services):
             case protocol.Open():
                 if check_path(request.path) is not None:
                     return None  # checked before the host's file system is asked anything
-                needs = list(_OPEN_NEEDS[request.mode])
+                needs = list(OPEN_NEEDS[request.mode])
                 exists = os.path.lexists(request.path)
-                if request.mode in ("w", "w+", "a", "a+") and not exists:
+                if request.mode in CREATES_IF_MISSING and not exists:
                     needs.append(Access.CREATE)
                 if not exists and Access.CREATE not in needs:
                     return None  # a probe for a file the host lacks: a rule would only be noise

@@ -18,11 +18,14 @@ reply never carries any.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import json
+import os
+import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -42,15 +45,22 @@ from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "ALLOW_FLAGS",
+    "DATAGRAM_FRAMING",
     "LISTING_PAGE_BYTES",
+    "MAX_CALL_MESSAGE",
+    "MAX_CALL_TRACEBACK",
+    "MAX_CALL_TYPE",
+    "MAX_DATAGRAM",
     "MAX_FDS",
     "MAX_FRAME",
     "MAX_LISTDIR",
     "MAX_LISTING_OFFSET",
     "MAX_MESSAGE",
     "MAX_PATH",
+    "OPEN_FLAGS",
     "OPS_WITH_FD",
     "RESULT_MODELS",
+    "SECRET_NAME",
     "SUPPORTED_VERSIONS",
     "AddressResult",
     "AllowFlag",
@@ -147,11 +157,25 @@ LISTING_PAGE_BYTES = 60_000
 WirePath = Annotated[str, Field(min_length=1, max_length=MAX_PATH, pattern=r"^[^\x00]*$")]
 #: A host name or IP address literal, 1..253 characters (a DNS name's limit), no NUL.
 Host = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^\x00]*$")]
-#: A secret's name, as the policy's ``[secrets]`` table spells it.
-SecretName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+#: A secret's name, on the wire and in a policy's ``[secrets]`` table (one pattern for both;
+#: match it with ``fullmatch``: ``$`` alone would let a trailing newline through).
+SECRET_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SecretName = Annotated[str, Field(min_length=1, max_length=64, pattern=SECRET_NAME.pattern)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 #: Python's open() modes without "b"/"t": text or binary is the client's business.
 OpenMode = Literal["r", "w", "a", "x", "r+", "w+", "a+", "x+"]
+#: The flags the broker opens a file with, by mode (docs/PROTOCOL.md, ``open``); "w" and "a"
+#: add O_CREAT when the grant has ``create`` too. The client checks the descriptor against them.
+OPEN_FLAGS: Mapping[str, int] = {
+    "r": os.O_RDONLY,
+    "r+": os.O_RDWR,
+    "w": os.O_WRONLY | os.O_TRUNC,
+    "w+": os.O_RDWR | os.O_TRUNC,
+    "a": os.O_WRONLY | os.O_APPEND,
+    "a+": os.O_RDWR | os.O_APPEND,
+    "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+    "x+": os.O_RDWR | os.O_CREAT | os.O_EXCL,
+}
 SocketType = Literal["tcp", "udp"]
 
 
@@ -274,14 +298,18 @@ class CallArgs(BaseModel):
     op: Literal["call_args"] = "call_args"
 
 
+#: The longest exception type name, message and traceback a ``Sandbox.call`` child reports.
+MAX_CALL_TYPE, MAX_CALL_MESSAGE, MAX_CALL_TRACEBACK = 200, 4000, 32000
+
+
 class CallFailure(BaseModel):
     """An exception raised by the called function, as text (never a pickled object)."""
 
     model_config = _STRICT
 
-    type: Annotated[str, Field(min_length=1, max_length=200)]
-    message: Annotated[str, Field(max_length=4000)]
-    traceback: Annotated[str, Field(max_length=32000)]
+    type: Annotated[str, Field(min_length=1, max_length=MAX_CALL_TYPE)]
+    message: Annotated[str, Field(max_length=MAX_CALL_MESSAGE)]
+    traceback: Annotated[str, Field(max_length=MAX_CALL_TRACEBACK)]
 
 
 class CallReturn(BaseModel):
@@ -745,7 +773,7 @@ class ClientProtocol:
     Like h11's connection, every failure goes through one place: after a
     reply that breaks the protocol (``receive`` raises RemoteProtocolError),
     after a transport failure between a request and its reply (``lost``), or
-    after a descriptor of the wrong kind (``violated``), the channel is broken
+    after a descriptor of the wrong kind (``checking``), the channel is broken
     for good and ``send`` refuses with the first reason. A request whose reply
     was missed would otherwise be answered by the next one's.
     """
@@ -826,10 +854,15 @@ class ClientProtocol:
         if self._broken is None:
             self._broken = reason
 
-    def violated(self, reason: str) -> RemoteProtocolError:
-        """A reply whose descriptor is not what the op promises (checked by the caller): break, and say so."""
-        self.lost(reason)
-        return RemoteProtocolError(reason)
+    @contextlib.contextmanager
+    def checking(self) -> Iterator[None]:
+        """Around the caller's checks of a received descriptor (the kind an op promises): a
+        RemoteProtocolError raised there breaks the channel, as one from ``receive`` does."""
+        try:
+            yield
+        except RemoteProtocolError as exc:
+            self.lost(str(exc))
+            raise
 
 
 # --------------------------------------------------------------------------- relayed UDP datagrams
@@ -842,6 +875,10 @@ class ClientProtocol:
 
 _DATAGRAM_HEAD = struct.Struct("!BH")
 _ADDRESS_LEN = {4: 4, 6: 16}
+#: The largest UDP payload either side relays (the IP length field's limit).
+MAX_DATAGRAM = 65535
+#: Room read beyond a payload for the address in front of it (at most 19 bytes).
+DATAGRAM_FRAMING = 32
 
 
 def encode_datagram(address: tuple[str, int], payload: bytes) -> bytes:

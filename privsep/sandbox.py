@@ -31,16 +31,42 @@ from typing import Any, Literal
 from privsep import cgroups
 from privsep._assemble import Assembly, assemble, plan_for
 from privsep.broker.loop import Broker, CallContext, Child
-from privsep.broker.report import Denial
+from privsep.broker.report import Denial as BrokerDenial
 from privsep.errors import ChildError, ConfinementError, PrivsepError
 from privsep.policy.grants import grants_to_extra
 from privsep.policy.load import load_policy
 from privsep.policy.model import Policy
 
-__all__ = ["RunResult", "Sandbox"]
+__all__ = ["Denial", "RunResult", "Sandbox"]
 
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class Denial:
+    """One request the policy refused during a run, as the report at exit names it.
+
+    Its own type, not the broker's record: the broker may keep what it likes
+    internally, and this stays what users read.
+    """
+
+    op: str
+    """The operation refused: ``open``, ``stat``, ``connect``, ``bind``, ``secret``..."""
+    target: str
+    """What it was aimed at: a path, ``HOST:PORT``, a secret's name."""
+    rule: str | None
+    """The policy rule that decided (``files[0]``), or None when no rule covers the target."""
+    message: str
+    """The broker's reason, as the child was told it."""
+    allow: str | None
+    """The command-line flag that would allow it (``--allow-read``), or None."""
+    subject: str | None = None
+    """Exactly what was refused: the path, or the one path of a rename that was (None: ``target``)."""
+
+
+def _denial(record: BrokerDenial) -> Denial:
+    return Denial(record.op, record.target, record.rule, record.message, record.allow, record.subject)
 
 
 @dataclass(frozen=True)
@@ -117,7 +143,7 @@ class _Pending:
             detail=outcome.describe(),
             signal=outcome.signal,
             syscall=outcome.syscall,
-            denials=tuple(self.child.report.denials),
+            denials=tuple(_denial(d) for d in self.child.report.denials),
             syscall_denials=dict(self.child.report.syscall_denials),
             stdout_truncated=self.out.truncated,
             stderr_truncated=self.err.truncated,

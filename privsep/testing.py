@@ -41,13 +41,14 @@ from collections.abc import Callable
 from typing import Any
 
 from privsep.client import ENV_VAR
+from privsep.plan.spawnplan import SANDBOX_ID
 
 __all__ = ["CONFINED_GID", "CONFINED_UID", "assert_confined", "assert_denied", "assert_not_visible"]
 
 #: The identity every confined child runs as, as it sees itself: its user namespace maps it to
 #: the sandbox's own host id (root broker) or to the broker's uid (non-root broker).
-CONFINED_UID = 65534
-CONFINED_GID = 65534
+CONFINED_UID = SANDBOX_ID
+CONFINED_GID = SANDBOX_ID
 _CAPABILITY_SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
 

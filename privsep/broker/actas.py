@@ -17,30 +17,16 @@ Back to 0, they return.
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from privsep._linux import setfsgid, setfsuid, thread_setgroups, thread_setresgid, thread_setresuid
 from privsep.errors import ConfinementError
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_NR_SETGROUPS, _NR_SETRESUID, _NR_SETRESGID, _NR_SETFSUID, _NR_SETFSGID = 116, 117, 119, 122, 123
 _KEEP = 0xFFFFFFFF  # setresuid/setresgid: leave this one as it is
 _UNCHANGED = 0xFFFFFFFF  # an id the call refuses: it then only returns the current one
-
-
-def _fs(nr: int, value: int) -> int:
-    """setfsuid/setfsgid: returns the previous id (the calls report no error)."""
-    return int(_libc.syscall(nr, ctypes.c_uint(value)))
-
-
-def _setgroups(groups: list[int]) -> None:
-    array = (ctypes.c_uint * max(len(groups), 1))(*groups)
-    if _libc.syscall(_NR_SETGROUPS, ctypes.c_size_t(len(groups)), array) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 @contextmanager
@@ -50,33 +36,27 @@ def acting_as(uid: int, gid: int) -> Iterator[None]:
         yield  # not a root broker, or a grant root owns: the broker already acts as its owner
         return
     groups = os.getgroups()
-    _setgroups([])
-    _fs(_NR_SETFSGID, gid)
-    _fs(_NR_SETFSUID, uid)
+    thread_setgroups([])
+    setfsgid(gid)
+    setfsuid(uid)
     try:
-        if _fs(_NR_SETFSUID, _UNCHANGED) != uid or _fs(_NR_SETFSGID, _UNCHANGED) != gid:
+        if setfsuid(_UNCHANGED) != uid or setfsgid(_UNCHANGED) != gid:
             raise ConfinementError("identity", f"could not act as uid {uid} gid {gid} for a file operation")
         yield
     finally:
-        _fs(_NR_SETFSUID, 0)
-        _fs(_NR_SETFSGID, 0)
-        _setgroups(groups)
+        setfsuid(0)
+        setfsgid(0)
+        thread_setgroups(groups)
 
 
 def current_uid() -> int:
     """The uid this thread's file operations run as now (the grant's owner inside ``acting_as``)."""
-    return _fs(_NR_SETFSUID, _UNCHANGED)
+    return setfsuid(_UNCHANGED)
 
 
 #: The host uid and gid of the sandbox a broker request is served for, when they are not the
 #: broker's (a root broker's sandbox runs as an id of its own); set around each request.
 sandbox_ids: ContextVar[tuple[int, int] | None] = ContextVar("sandbox_ids", default=None)
-
-
-def _res(nr: int, effective: int) -> None:
-    if _libc.syscall(nr, ctypes.c_uint(_KEEP), ctypes.c_uint(effective), ctypes.c_uint(_KEEP)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 @contextmanager
@@ -94,18 +74,18 @@ def seen_as(ids: tuple[int, int] | None) -> Iterator[None]:
         return
     uid, gid = ids
     groups = os.getgroups()
-    _setgroups([])
-    _res(_NR_SETRESGID, gid)
+    thread_setgroups([])
+    thread_setresgid(_KEEP, gid, _KEEP)
     try:
-        _res(_NR_SETRESUID, uid)
+        thread_setresuid(_KEEP, uid, _KEEP)
         try:
-            _fs(_NR_SETFSUID, 0)  # the file capabilities come back with it
-            _fs(_NR_SETFSGID, 0)
+            setfsuid(0)  # the file capabilities come back with it
+            setfsgid(0)
             yield
         finally:
-            _res(_NR_SETRESUID, 0)
-            _fs(_NR_SETFSUID, 0)
+            thread_setresuid(_KEEP, 0, _KEEP)
+            setfsuid(0)
     finally:
-        _res(_NR_SETRESGID, 0)
-        _fs(_NR_SETFSGID, 0)
-        _setgroups(groups)
+        thread_setresgid(_KEEP, 0, _KEEP)
+        setfsgid(0)
+        thread_setgroups(groups)

@@ -34,25 +34,21 @@ from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.broker.readonly import readonly_clone
 from privsep.broker.relay import AppendRelay
 from privsep.errors import PolicyError
-from privsep.policy.match import Access, FileDecision, check_path, decide_file, rules_within
+from privsep.policy.match import (
+    CREATES_IF_MISSING,
+    OPEN_NEEDS,
+    Access,
+    FileDecision,
+    check_path,
+    decide_file,
+    rules_within,
+)
 from privsep.policy.model import Policy
 from privsep.policy.serving import writes
-from privsep.protocol import ErrorCode, is_utf8, listing_page
+from privsep.protocol import OPEN_FLAGS, ErrorCode, is_utf8, listing_page
 
 _RESOLVE = _linux.RESOLVE_BENEATH | _linux.RESOLVE_NO_MAGICLINKS
 
-# mode -> (access needed, open flags). "w"/"a" also create the file when the grant has "create".
-_MODES: dict[str, tuple[frozenset[Access], int]] = {
-    "r": (frozenset({Access.READ}), os.O_RDONLY),
-    "r+": (frozenset({Access.READ, Access.WRITE}), os.O_RDWR),
-    "w": (frozenset({Access.WRITE, Access.TRUNCATE}), os.O_WRONLY | os.O_TRUNC),
-    "w+": (frozenset({Access.READ, Access.WRITE, Access.TRUNCATE}), os.O_RDWR | os.O_TRUNC),
-    "a": (frozenset({Access.APPEND}), os.O_WRONLY | os.O_APPEND),
-    "a+": (frozenset({Access.READ, Access.APPEND}), os.O_RDWR | os.O_APPEND),
-    "x": (frozenset({Access.CREATE, Access.WRITE}), os.O_WRONLY | os.O_CREAT | os.O_EXCL),
-    "x+": (frozenset({Access.CREATE, Access.READ, Access.WRITE}), os.O_RDWR | os.O_CREAT | os.O_EXCL),
-}
-_MAY_CREATE = frozenset({"w", "w+", "a", "a+"})
 _TRUNCATE = frozenset({Access.TRUNCATE})
 _WRITE = frozenset({Access.WRITE})
 
@@ -235,7 +231,7 @@ class FileService:
     # -- operations -------------------------------------------------------
 
     def open(self, path: str, mode: str) -> Answer:
-        need, flags = _MODES[mode]
+        need, flags = OPEN_NEEDS[mode], OPEN_FLAGS[mode]
         decision = self._decide(path, need)
         append_only = Access.APPEND in need and not decide_file(self._policy, path, _WRITE).allowed
         if append_only and mode == "a+":
@@ -245,7 +241,7 @@ class FileService:
                 rule=_rule(decision),
                 subject=path,
             )
-        if mode in _MAY_CREATE:
+        if mode in CREATES_IF_MISSING:
             with_create = decide_file(self._policy, path, need | {Access.CREATE})
             if with_create.allowed:
                 decision, flags = with_create, flags | os.O_CREAT
@@ -405,7 +401,7 @@ def _owner(path: str) -> tuple[int, int]:
 def _refuse_privileged(fd: int, decision: FileDecision) -> None:
     """Refuse a file whose contents run with privileges: set-id bits or file capabilities."""
     st = os.fstat(fd)
-    privileged = bool(st.st_mode & (stat.S_ISUID | stat.S_ISGID))
+    privileged = bool(st.st_mode & _linux.SETID_BITS)
     if not privileged and stat.S_ISREG(st.st_mode):
         try:
             os.getxattr(f"/proc/self/fd/{fd}", "security.capability")

@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from privsep import cgroups, channel
 from privsep.broker.child import Child
 from privsep.broker.events import Events
-from privsep.broker.outcome import EXIT_NOT_FOUND, EXIT_PRIVSEP, Outcome, from_wait_status, memory_limit
+from privsep.broker.outcome import Outcome, from_wait_status, memory_limit
 from privsep.broker.report import Denial, Recorder
 from privsep.confine.spawn import spawn
-from privsep.errors import ChannelError, ConfinementError, RemoteProtocolError
+from privsep.errors import EXIT_NOT_FOUND, EXIT_PRIVSEP, ChannelError, ConfinementError, RemoteProtocolError
 from privsep.plan.control import ControlMessage, decode_control
 from privsep.plan.spawnplan import Spawned, SpawnPlan, in_cgroup
 

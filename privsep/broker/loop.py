@@ -27,13 +27,14 @@ from privsep.broker.child import CallContext, Child
 from privsep.broker.events import Events, Role
 from privsep.broker.lifecycle import Lifecycle, Spawner
 from privsep.broker.listener import ListenerServer
-from privsep.broker.outcome import EXIT_PRIVSEP, EXIT_TIMEOUT, Outcome
+from privsep.broker.outcome import Outcome
 from privsep.broker.report import Recorder
 from privsep.broker.requests import RequestServer
 from privsep.broker.services import Services
 from privsep.broker.transparent import Transparent, view_roots
 from privsep.broker.verdicts import SyscallRules
 from privsep.broker.workers import Handback, Lane, Workers
+from privsep.errors import EXIT_PRIVSEP, EXIT_TIMEOUT
 from privsep.plan.filter import dangerous_numbers
 from privsep.plan.spawnplan import SpawnPlan
 

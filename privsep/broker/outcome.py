@@ -10,10 +10,6 @@ How = Literal[
     "exited", "signaled", "timeout", "memory", "seccomp", "violation", "setup_error", "exec_error", "lost"
 ]
 
-EXIT_TIMEOUT = 124
-EXIT_PRIVSEP = 125
-EXIT_NOT_FOUND = 127
-
 
 def _signame(num: int) -> str:
     try:

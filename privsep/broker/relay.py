@@ -25,11 +25,9 @@ import os
 import socket
 from typing import Literal
 
-from privsep.protocol import decode_datagram, encode_datagram
+from privsep.protocol import DATAGRAM_FRAMING, MAX_DATAGRAM, decode_datagram, encode_datagram
 
 Side = Literal["relay_child", "relay_peer"]  # which end of a relay: the sandbox's, or the outside's
-
-_MAX_DATAGRAM = 65535
 
 
 class _Relay:
@@ -86,7 +84,7 @@ class UdpRelay(_Relay):
 
     def from_child(self) -> bool:
         """Forward what the child sent; False when the child closed its end."""
-        data = self._from_inside(_MAX_DATAGRAM)
+        data = self._from_inside(MAX_DATAGRAM)
         if data is None:
             return True
         if not data:
@@ -98,7 +96,7 @@ class UdpRelay(_Relay):
     def from_peer(self) -> None:
         """Forward what the peer sent (the kernel already dropped other senders)."""
         try:
-            data = self.peer.recv(_MAX_DATAGRAM)
+            data = self.peer.recv(MAX_DATAGRAM)
         except OSError:  # ECONNREFUSED from an earlier send, or nothing there
             return
         if data:
@@ -137,7 +135,7 @@ class UdpServerRelay(_Relay):
         return cls(peer, inside), fd
 
     def from_child(self) -> bool:
-        frame = self._from_inside(_MAX_DATAGRAM + 32)
+        frame = self._from_inside(MAX_DATAGRAM + DATAGRAM_FRAMING)
         if frame is None:
             return True
         if not frame:
@@ -156,7 +154,7 @@ class UdpServerRelay(_Relay):
 
     def from_peer(self) -> None:
         try:
-            payload, sender = self.peer.recvfrom(_MAX_DATAGRAM)
+            payload, sender = self.peer.recvfrom(MAX_DATAGRAM)
         except OSError:
             return
         source = (str(sender[0]).split("%")[0], int(sender[1]))

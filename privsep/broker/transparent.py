@@ -60,31 +60,25 @@ from privsep.broker.answers import Answer, Refusal, denied
 from privsep.broker.services import Services, perform
 from privsep.policy.match import deciding_rule
 
-_NR_OPEN, _NR_CREAT, _NR_OPENAT, _NR_CONNECT = 2, 85, 257, 42
 #: Host state a lookup never teaches a grant of (a program's probes of the machine).
 _NEVER_LEARNED = ("/proc", "/sys", "/dev", "/run")
 #: privsep learn: the path lookups it learns from, syscall number -> (dirfd arg or None, path arg).
 _LOOKUP_PATH_ARG: dict[int, tuple[int | None, int]] = {
-    4: (None, 0),  # stat
-    6: (None, 0),  # lstat
-    21: (None, 0),  # access
-    89: (None, 0),  # readlink
-    262: (0, 1),  # newfstatat
-    267: (0, 1),  # readlinkat
-    269: (0, 1),  # faccessat
-    332: (0, 1),  # statx
-    439: (0, 1),  # faccessat2
+    _linux.NR_STAT: (None, 0),
+    _linux.NR_LSTAT: (None, 0),
+    _linux.NR_ACCESS: (None, 0),
+    _linux.NR_READLINK: (None, 0),
+    _linux.NR_NEWFSTATAT: (0, 1),
+    _linux.NR_READLINKAT: (0, 1),
+    _linux.NR_FACCESSAT: (0, 1),
+    _linux.NR_STATX: (0, 1),
+    _linux.NR_FACCESSAT2: (0, 1),
 }
-_NR_BIND = 49
-_AT_FDCWD = -100
-_PATH_MAX = 4096
 _O_LARGEFILE = 0o100000  # the kernel's value; Python's os.O_LARGEFILE is 0 on x86_64
-_O_TMPFILE = 0o20000000 | os.O_DIRECTORY
-_SETID_BITS = 0o6000
 _KNOWN_FLAGS = (
     os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_NONBLOCK
     | os.O_DSYNC | os.O_SYNC | os.O_DIRECT | _O_LARGEFILE | os.O_DIRECTORY | os.O_NOFOLLOW
-    | os.O_NOATIME | os.O_CLOEXEC | os.O_PATH | _O_TMPFILE | os.O_ASYNC
+    | os.O_NOATIME | os.O_CLOEXEC | os.O_PATH | os.O_TMPFILE | os.O_ASYNC
 )  # fmt: skip
 _SIOCGSKNS = 0x894C  # the network namespace of a socket, as an fd
 _CONNECT_TIMEOUT_MS = 30_000
@@ -155,13 +149,13 @@ class Transparent:
     ) -> Served | Deferred | None:
         """Answer ``note`` (or hand it to a worker); None when there is nothing to record."""
         try:
-            if note.nr == _NR_CONNECT:
+            if note.nr == _linux.NR_CONNECT:
                 return self._connect(listener, note, services)
             if services is None:
                 raise _Unserved(None)
             if note.nr in _LOOKUP_PATH_ARG:
                 return self._learn_lookup(listener, note, services)
-            if note.nr == _NR_BIND:
+            if note.nr == _linux.NR_BIND:
                 return _bind(listener, note, services)
             return self._open(listener, note, services)
         except _Unserved as unserved:
@@ -182,7 +176,7 @@ class Transparent:
             return None  # the caller is gone: what we read may not have been its memory
         path = _normalise(path)
         if not self._brokered(services, path):
-            if flags & (os.O_CREAT | _O_TMPFILE) and _create_mode(note) & _SETID_BITS:
+            if flags & (os.O_CREAT | os.O_TMPFILE) and _create_mode(note) & _linux.SETID_BITS:
                 raise _Unserved(errno.EPERM)  # never a set-id file on the host (seccomp.py says why)
             raise _Unserved(None)  # the kernel's own confinement decides
         if flags & ~_KNOWN_FLAGS:
@@ -251,7 +245,7 @@ class Transparent:
         if not self._learning:
             raise _Unserved(None)
         dirfd_arg, path_arg = _LOOKUP_PATH_ARG[note.nr]
-        dirfd = _AT_FDCWD if dirfd_arg is None else _s32(note.args[dirfd_arg])
+        dirfd = _linux.AT_FDCWD if dirfd_arg is None else _s32(note.args[dirfd_arg])
         try:
             # An empty path (AT_EMPTY_PATH on an fd), an unreadable one: nothing by name to
             # learn; the kernel answers the call as it would have.
@@ -391,7 +385,7 @@ class Transparent:
         caller: unixconnect.Caller | None = None
         try:
             if path is not None and not path.startswith("/"):
-                path = posixpath.join(_base(note.pid, _AT_FDCWD), path)
+                path = posixpath.join(_base(note.pid, _linux.AT_FDCWD), path)
             brokered = (
                 path is not None and services is not None and self._rule_decides(services, _normalise(path))
             )
@@ -562,11 +556,7 @@ def _carry_over(theirs: socket.socket, ours: socket.socket) -> None:
 _SERVER_OPTIONS = (
     (socket.SOL_SOCKET, socket.SO_REUSEADDR),
     (socket.SOL_SOCKET, socket.SO_REUSEPORT),
-    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    *_CARRIED_OPTIONS,  # what a client sets too (independent options: their order is free)
     (socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT),
     (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
     (socket.IPPROTO_TCP, socket.TCP_FASTOPEN),
@@ -754,17 +744,17 @@ def _s32(value: int) -> int:
 
 def _create_mode(note: notify.Notification) -> int:
     """The mode argument of an open-family call (registers: the child cannot change them later)."""
-    index = {_NR_OPEN: 2, _NR_CREAT: 1}.get(note.nr, 3)
+    index = {_linux.NR_OPEN: 2, _linux.NR_CREAT: 1}.get(note.nr, 3)
     return note.args[index] & 0xFFFFFFFF
 
 
 def _open_args(note: notify.Notification) -> tuple[int, int, int]:
     """(dirfd, path address, flags) of an open-family call."""
     args = note.args
-    if note.nr == _NR_OPEN:
-        return _AT_FDCWD, args[0], args[1] & 0xFFFFFFFF
-    if note.nr == _NR_CREAT:
-        return _AT_FDCWD, args[0], os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+    if note.nr == _linux.NR_OPEN:
+        return _linux.AT_FDCWD, args[0], args[1] & 0xFFFFFFFF
+    if note.nr == _linux.NR_CREAT:
+        return _linux.AT_FDCWD, args[0], os.O_CREAT | os.O_WRONLY | os.O_TRUNC
     return _s32(args[0]), args[1], args[2] & 0xFFFFFFFF
 
 
@@ -778,10 +768,10 @@ def _read_upto(pid: int, address: int, size: int) -> bytes:
 
 
 def _read_path(pid: int, address: int) -> str:
-    raw = _read_upto(pid, address, _PATH_MAX)
+    raw = _read_upto(pid, address, _linux.PATH_MAX)
     end = raw.find(b"\0")
     if end < 0:
-        raise _Unserved(errno.ENAMETOOLONG if len(raw) == _PATH_MAX else errno.EFAULT)
+        raise _Unserved(errno.ENAMETOOLONG if len(raw) == _linux.PATH_MAX else errno.EFAULT)
     if end == 0:
         raise _Unserved(errno.ENOENT)
     return os.fsdecode(raw[:end])
@@ -789,7 +779,7 @@ def _read_path(pid: int, address: int) -> str:
 
 def _base(pid: int, dirfd: int) -> str:
     """The directory a relative path starts from, as the child sees it."""
-    link = f"/proc/{pid}/cwd" if dirfd == _AT_FDCWD else f"/proc/{pid}/fd/{dirfd}"
+    link = f"/proc/{pid}/cwd" if dirfd == _linux.AT_FDCWD else f"/proc/{pid}/fd/{dirfd}"
     try:
         base = os.readlink(link)
     except OSError:
@@ -864,7 +854,7 @@ def _under(path: str, root: str) -> bool:
 
 def _normalise(path: str) -> str:
     """Lexically, as the broker's rules are written; the open itself is beneath the grant anyway."""
-    if len(path) > _PATH_MAX:
+    if len(path) > protocol.MAX_PATH:  # the request could not carry it
         raise _Unserved(errno.ENAMETOOLONG)
     norm = posixpath.normpath(path)
     return "/" + norm.lstrip("/")
@@ -872,7 +862,7 @@ def _normalise(path: str) -> str:
 
 def _unserved_kind(flags: int) -> str | None:
     """What the broker never hands out, named for the refusal (rule 3: no O_PATH, no O_TMPFILE)."""
-    if flags & _O_TMPFILE == _O_TMPFILE:
+    if flags & os.O_TMPFILE == os.O_TMPFILE:
         return "O_TMPFILE opens"
     if flags & os.O_PATH:
         return "O_PATH opens"

@@ -67,7 +67,7 @@ import prctl
 
 from privsep import _linux, channel
 from privsep.confine import identity, landlock, limits, seccomp, view
-from privsep.errors import ConfinementError, PrivsepError
+from privsep.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_PRIVSEP, ConfinementError, PrivsepError
 from privsep.plan.control import encode_control
 from privsep.plan.spawnplan import CHANNEL_FD, Spawned, SpawnPlan, claim_host_ids
 
@@ -126,7 +126,7 @@ def monitor_main(plan: SpawnPlan, sources: Sequence[int], parent_pid: int) -> No
     ``parent_pid`` is the process that forked it (the broker, or the
     forkserver): the monitor dies with it.
     """
-    status = 125
+    status = EXIT_PRIVSEP
     try:
         _monitor(plan, sources, parent_pid)
         status = 0
@@ -149,11 +149,11 @@ def _report(
 
 def _fail(exc: BaseException) -> int:
     if isinstance(exc, ConfinementError):
-        _report("error", step=exc.step, reason=exc.reason, status=125)
+        _report("error", step=exc.step, reason=exc.reason, status=EXIT_PRIVSEP)
     else:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:900]
-        _report("error", step="internal", reason=detail, status=125)
-    return 125
+        _report("error", step="internal", reason=detail, status=EXIT_PRIVSEP)
+    return EXIT_PRIVSEP
 
 
 def _reset_process_state() -> None:
@@ -244,7 +244,7 @@ def _init(plan: SpawnPlan, lifeline: int) -> int:
     try:
         prctl.set_pdeathsig(signal.SIGKILL)
         if not _parent_alive(lifeline):
-            return 125
+            return EXIT_PRIVSEP
         # Report ourselves (pid 1 of our namespace) before the command exists: on
         # the one control socket this orders "init" before anything the command
         # sends, so the broker can always kill through init once a command runs.
@@ -265,7 +265,7 @@ def _init(plan: SpawnPlan, lifeline: int) -> int:
             identity.enter_user_namespace(plan.host_uid)
             prctl.set_pdeathsig(signal.SIGKILL)  # cleared by the change of credentials
             if not _parent_alive(lifeline):
-                return 125
+                return EXIT_PRIVSEP
         command_pid = os.fork()
         if command_pid == 0:
             os.close(lifeline)
@@ -276,7 +276,7 @@ def _init(plan: SpawnPlan, lifeline: int) -> int:
         os.closerange(0, _control_fd)  # stdio, listening sockets, channel: the command's
         identity.drop_identity(parent_pid=0)
         if not _parent_alive(lifeline):
-            return 125
+            return EXIT_PRIVSEP
     except BaseException as exc:
         return _fail(exc)
     # Reap everything (orphans are re-parented to us) until the command ends;
@@ -289,7 +289,7 @@ def _init(plan: SpawnPlan, lifeline: int) -> int:
         except InterruptedError:
             continue
         except ChildProcessError:
-            return 125
+            return EXIT_PRIVSEP
         if pid != command_pid:
             continue
         if os.WIFSTOPPED(status):
@@ -378,10 +378,10 @@ def _command(plan: SpawnPlan) -> int:
     try:
         os.execvpe(plan.argv[0], list(plan.argv), env)
     except OSError as exc:
-        code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+        code = EXIT_NOT_FOUND if exc.errno in (errno.ENOENT, errno.ENOTDIR) else EXIT_NOT_EXECUTABLE
         _report("exec_error", errno=exc.errno or 0, status=code)
         return code
-    return 125  # pragma: no cover - execvpe does not return
+    return EXIT_PRIVSEP  # pragma: no cover - execvpe does not return
 
 
 def _call_in_process(plan: SpawnPlan) -> int:

@@ -42,7 +42,7 @@ import errno
 import functools
 import os
 import re
-import struct
+import socket
 import threading
 from dataclasses import dataclass
 from types import ModuleType
@@ -69,23 +69,19 @@ DangerousAction = Literal["notify", "kill"]
 
 AUDIT_ARCH_X86_64 = _linux.AUDIT_ARCH_X86_64  # one home: _linux, the x86_64 ABI
 
-# seccomp return values (linux/seccomp.h).
-_RET_KILL_PROCESS = 0x80000000
-_RET_ERRNO = 0x00050000
-_RET_USER_NOTIF = 0x7FC00000
-_RET_ALLOW = 0x7FFF0000
-
-#: The kernel's limit on a filter's length (BPF_MAXINSNS), checked here and by the loader.
-BPF_MAXINSNS = 4096
-#: struct sock_filter: code, jt, jf, k. A compiled filter is a sequence of these.
-SOCK_FILTER = struct.Struct("<HBBI")
-
-# Classic BPF opcodes used by the prelude.
-_LD_W_ABS = 0x20
-_JMP_JA = 0x05
-_JMP_JEQ_K = 0x15
-_JMP_JSET_K = 0x45
-_RET_K = 0x06
+# seccomp return values, the BPF instruction format and the opcodes the prelude uses: their
+# one home is _linux (the x86_64 ABI), which the loader and doctor's probe filter also use.
+_RET_KILL_PROCESS = _linux.SECCOMP_RET_KILL_PROCESS
+_RET_ERRNO = _linux.SECCOMP_RET_ERRNO
+_RET_USER_NOTIF = _linux.SECCOMP_RET_USER_NOTIF
+_RET_ALLOW = _linux.SECCOMP_RET_ALLOW
+BPF_MAXINSNS = _linux.BPF_MAXINSNS
+SOCK_FILTER = _linux.SOCK_FILTER
+_LD_W_ABS = _linux.BPF_LD_W_ABS
+_JMP_JA = _linux.BPF_JMP_JA
+_JMP_JEQ_K = _linux.BPF_JMP_JEQ_K
+_JMP_JSET_K = _linux.BPF_JMP_JSET_K
+_RET_K = _linux.BPF_RET_K
 
 # struct seccomp_data offsets: nr, arch, instruction_pointer, args[6] (little endian, so
 # the low 32 bits of args[i] are at 16 + 8 * i).
@@ -100,19 +96,18 @@ def _arg_lo(i: int) -> int:
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
 _TIOCSCTTY = 0x540E  # taking a controlling terminal: the first step to TIOCSTI-like tricks
-_AF_UNIX = 1
 # CLONE_NEWTIME (0x80) lies in clone()'s exit-signal byte, so clone() itself cannot make a
 # time namespace; refusing the bit only refuses "exit signals" 128-255, which are not
 # signals at all, and keeps the mask the same as for unshare/clone3 should they ever pass.
 _CLONE_NEW_MASK = (
-    0x00000080  # CLONE_NEWTIME
-    | 0x00020000  # CLONE_NEWNS
-    | 0x02000000  # CLONE_NEWCGROUP
-    | 0x04000000  # CLONE_NEWUTS
-    | 0x08000000  # CLONE_NEWIPC
-    | 0x10000000  # CLONE_NEWUSER
-    | 0x20000000  # CLONE_NEWPID
-    | 0x40000000  # CLONE_NEWNET
+    _linux.CLONE_NEWTIME
+    | _linux.CLONE_NEWNS
+    | _linux.CLONE_NEWCGROUP
+    | _linux.CLONE_NEWUTS
+    | _linux.CLONE_NEWIPC
+    | _linux.CLONE_NEWUSER
+    | _linux.CLONE_NEWPID
+    | _linux.CLONE_NEWNET
 )
 _PERSONALITY_OK = (0x00000000, 0xFFFFFFFF)  # PER_LINUX, query
 
@@ -343,14 +338,12 @@ def _export_bpf(filt: Any) -> bytes:
 _Check = tuple[int, int, str, tuple[int, ...], int]
 
 
-_AF_INET = 2
-_AF_INET6 = 10
 _MSG_FASTOPEN = 0x20000000
 TRANSPARENT_FILE_CALLS = ("open", "creat", "openat")
 #: S_ISUID | S_ISGID. A file the child leaves setuid or setgid on the host would run with
 #: its owner's rights for whoever executes it there (on an idmapped grant the owner is the
 #: grant's, root included); a nosuid mount inside the sandbox does nothing for the host.
-_SETID_BITS = 0o6000
+_SETID_BITS = _linux.SETID_BITS
 _FALLOC_SHIFTS = 0x08 | 0x20  # FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE
 #: (syscall, index of its mode argument): each refuses a mode with a set-id bit.
 _MODE_ARGS = (
@@ -406,10 +399,10 @@ def _checks(allowed: dict[str, int], spec: FilterSpec) -> list[_Check]:
         # With transparent networking the child may make inet sockets: they live in its own
         # empty network namespace, and only the broker's connect or bind (a socket of the
         # broker's, swapped in) makes them reach anything.
-        families = (_AF_UNIX, _AF_INET, _AF_INET6) if inet else (_AF_UNIX,)
+        families = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6) if inet else (socket.AF_UNIX,)
         checks.append((allowed["socket"], 0, "allow_values", families, errno.EAFNOSUPPORT))
     if "socketpair" in allowed:
-        checks.append((allowed["socketpair"], 0, "allow_values", (_AF_UNIX,), errno.EAFNOSUPPORT))
+        checks.append((allowed["socketpair"], 0, "allow_values", (socket.AF_UNIX,), errno.EAFNOSUPPORT))
     # A connect hidden in a send: refused always, since a socket of the host's network
     # namespace the child holds (a listener it shut down) would otherwise connect anywhere.
     for name, flags_arg in (("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)):

@@ -24,6 +24,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from privsep import _linux
 from privsep.errors import PolicyError
 from privsep.policy.match import deciding_rule
 from privsep.policy.model import Access, Policy, View
@@ -374,7 +375,6 @@ def _nested_pins(binds: tuple[Bind, ...]) -> list[str]:
 
 #: How many entries of the grants privsep checks at start before it gives up (fails closed).
 MAX_SCANNED = 200_000
-_SETID = stat.S_ISUID | stat.S_ISGID
 
 
 def _has_file_caps(path: str) -> bool:
@@ -442,7 +442,7 @@ def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
                 )
             if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
                 masks.append(Mask(path, is_dir=False))
-            elif privileged and stat.S_ISREG(mode) and (mode & _SETID or _has_file_caps(path)):
+            elif privileged and stat.S_ISREG(mode) and (mode & _linux.SETID_BITS or _has_file_caps(path)):
                 frozen.append(path)
     return masks, tuple(sorted(frozen))
 

@@ -26,12 +26,12 @@ from privsep.errors import PolicyError
 from privsep.policy.model import (
     MAX_RULES,
     MAX_SECRETS,
-    SECRET_NAME,
     Access,
     BindRule,
     ConnectRule,
     FileRule,
     SecretSource,
+    check_secret_name,
 )
 
 __all__ = ["READ_ACCESS", "WRITE_ACCESS", "Listen", "grants_to_extra", "parse_listen"]
@@ -135,10 +135,10 @@ def _secrets(values: Sequence[str]) -> dict[str, str]:
         name, equals, source = value.partition("=")
         if not equals:
             raise PolicyError(f"{flag}: {value!r} is not NAME=SOURCE; write {example}")
-        if not SECRET_NAME.match(name):
-            raise PolicyError(
-                f"{flag}: {name!r} is not a valid secret name; use 1-64 letters, digits, '_', '.' or '-'"
-            )
+        try:
+            check_secret_name(name)
+        except ValueError as exc:
+            raise PolicyError(f"{flag}: {exc}") from None
         if name in out:
             raise PolicyError(f"{flag}: the secret '{name}' is given twice; give each name once")
         kind, colon, ref = source.partition(":")

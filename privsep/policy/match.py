@@ -29,6 +29,7 @@ and the client composes the "re-run with --allow-read=..." hint from
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from privsep.policy.model import (
@@ -40,9 +41,12 @@ from privsep.policy.model import (
     host_name,
     ip_literal,
 )
+from privsep.protocol import MAX_PATH
 
 __all__ = [
+    "CREATES_IF_MISSING",
     "MAX_PATH",
+    "OPEN_NEEDS",
     "Access",
     "FileDecision",
     "NetDecision",
@@ -56,8 +60,21 @@ __all__ = [
     "rules_within",
 ]
 
-MAX_PATH = 4096
 _WRITE_LIKE = frozenset({Access.WRITE, Access.CREATE, Access.APPEND, Access.TRUNCATE})
+
+#: What the deciding rule must grant for an open, by mode (docs/PROTOCOL.md, ``open``).
+OPEN_NEEDS: Mapping[str, frozenset[Access]] = {
+    "r": frozenset({Access.READ}),
+    "r+": frozenset({Access.READ, Access.WRITE}),
+    "w": frozenset({Access.WRITE, Access.TRUNCATE}),
+    "w+": frozenset({Access.READ, Access.WRITE, Access.TRUNCATE}),
+    "a": frozenset({Access.APPEND}),
+    "a+": frozenset({Access.READ, Access.APPEND}),
+    "x": frozenset({Access.CREATE, Access.WRITE}),
+    "x+": frozenset({Access.CREATE, Access.READ, Access.WRITE}),
+}
+#: The modes that also create a missing file when the rule grants ``create`` as well.
+CREATES_IF_MISSING = frozenset({"w", "w+", "a", "a+"})
 
 
 # --- files ---------------------------------------------------------------------------------------

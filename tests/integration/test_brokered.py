@@ -1056,8 +1056,9 @@ def test_dns_name_rules_resolve_only_granted_names(
     denied(port, "names this host, but not this port", f"--allow-connect=localhost:{other.port}")
     denied(literal, NO_CONNECT_RULE, f"--allow-connect=127.0.0.1:{server.port}")
     no_name = re.escape("no [[connect]] rule names this host") + ".*the name is not resolved"
+    # Decided from the policy alone, without asking DNS: a lookup of a .invalid name would have
+    # failed as not_found ("the name does not resolve"), not been denied as unresolved.
     denied(unnamed, no_name, f"--allow-connect=unlisted.invalid:{server.port}")
-    assert unnamed["seconds"] < 0.5, unnamed  # decided from the policy alone, without asking DNS
     reported(proc, "connect", f"unlisted.invalid:{server.port}/tcp")
     assert server.received == [b"ping"] and other.received == []
 

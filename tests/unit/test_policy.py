@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from privsep import protocol
 from privsep.errors import PolicyError
 from privsep.policy.grants import grants_to_extra
 from privsep.policy.load import load_policy, shipped_names
@@ -490,6 +492,26 @@ def test_secret_grant_errors_name_the_flag_and_the_fix(value: str, expected: str
     with pytest.raises(PolicyError) as info:
         grants_to_extra([], [], [], [], [value])
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name", ["token", "a.b-c_1", "n" * 64, "", "n" * 65, "a b", "a/b", "token\n", "\ntoken"]
+)
+def test_a_policy_names_a_secret_exactly_as_the_wire_can(name: str) -> None:
+    """One pattern for both: a policy secret the client could never ask for is refused at load."""
+    try:
+        protocol.Secret(id=1, name=name)
+    except ValidationError:
+        on_the_wire = False
+    else:
+        on_the_wire = True
+    try:
+        Policy.model_validate({"name": "p", "secrets": {name: "env:X"}})
+    except ValidationError:
+        in_a_policy = False
+    else:
+        in_a_policy = True
+    assert in_a_policy == on_the_wire
 
 
 def test_a_secret_name_given_twice_is_an_error() -> None:

@@ -173,9 +173,14 @@ def test_a_transport_failure_or_a_bad_descriptor_breaks_the_channel() -> None:
     with pytest.raises(ChannelError, match="interrupted"):
         client.send(Ping(id=0))
     client = ready_client()
-    assert isinstance(client.violated("not a socket"), RemoteProtocolError)
+    with pytest.raises(RemoteProtocolError, match="not a socket"), client.checking():
+        raise RemoteProtocolError("not a socket")
     with pytest.raises(ChannelError, match="not a socket"):
         client.send(Ping(id=0))
+    client = ready_client()
+    with pytest.raises(OSError), client.checking():
+        raise OSError("EBADF: not the broker's fault")  # only a protocol violation breaks it
+    client.send(Ping(id=0))
 
 
 def test_hello_result_before_hello_is_our_bug() -> None:
