@@ -35,7 +35,7 @@ from privsep import protocol
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.services import Services
 from privsep.errors import PolicyError
-from privsep.policy.match import CREATES_IF_MISSING, OPEN_NEEDS, Access, check_path
+from privsep.policy.decide import CREATES_IF_MISSING, OPEN_NEEDS, Access, check_path
 from privsep.policy.model import BindRule, ConnectRule, FileRule, Policy
 
 

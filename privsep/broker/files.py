@@ -34,7 +34,7 @@ from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.broker.readonly import readonly_clone
 from privsep.broker.relay import AppendRelay
 from privsep.errors import PolicyError
-from privsep.policy.match import (
+from privsep.policy.decide import (
     CREATES_IF_MISSING,
     OPEN_NEEDS,
     Access,

@@ -29,7 +29,7 @@ from privsep.broker.actas import sandbox_ids, seen_as
 from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.broker.files import FileService
 from privsep.broker.relay import UdpRelay, UdpServerRelay
-from privsep.policy.match import decide_bind, decide_connect, may_resolve
+from privsep.policy.decide import decide_bind, decide_connect, may_resolve
 from privsep.policy.model import Policy
 from privsep.protocol import ErrorCode
 

@@ -58,7 +58,7 @@ from privsep import _linux, protocol
 from privsep.broker import notify, unixconnect
 from privsep.broker.answers import Answer, Refusal, denied
 from privsep.broker.services import Services, perform
-from privsep.policy.match import deciding_rule
+from privsep.policy.decide import deciding_rule
 
 #: Host state a lookup never teaches a grant of (a program's probes of the machine).
 _NEVER_LEARNED = ("/proc", "/sys", "/dev", "/run")

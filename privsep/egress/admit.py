@@ -16,7 +16,7 @@ Either way the address is admitted if
    rebinding), e.g. a pinned ``api.test = 127.0.0.1`` with ``127.0.0.1:8080``
    allowed; or
 2. a rule allows the name on this port and protocol reaching this address
-   (:func:`privsep.policy.match.decide_connect`: ports, deny rules and the
+   (:func:`privsep.policy.decide.decide_connect`: ports, deny rules and the
    rebinding check exactly as for ``client.connect``), and, on the
    transparent path, privsep's resolver answered the address for that name in
    this sandbox and the answer is still live.
@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from privsep.egress.answered import AnswerBook
-from privsep.policy.match import NetDecision, decide_connect
+from privsep.policy.decide import NetDecision, decide_connect
 from privsep.policy.model import IPAddress, Policy
 
 __all__ = ["decide_answered_connect", "decide_named_connect"]
@@ -57,7 +57,7 @@ def _decide(
 def decide_named_connect(policy: Policy, name: str, address: IPAddress, port: int, proto: str) -> NetDecision:
     """Decide a connect to ``address``, which the broker itself resolved ``name`` to (the proxy's case).
 
-    Resolve only names :func:`privsep.policy.match.may_resolve` allows on this
+    Resolve only names :func:`privsep.policy.decide.may_resolve` allows on this
     port and protocol, then call this once per address: an IP rule then
     admits an address the name alone may not lead to, and nothing else does.
     """

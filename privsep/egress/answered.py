@@ -21,7 +21,7 @@ Bounded, and never at the price of a live answer:
   The refusal is visible instead, in the answer, the audit and the report.
 
 IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) are kept and looked up as the
-IPv4 address they reach, as :mod:`privsep.policy.match` judges them.
+IPv4 address they reach, as :mod:`privsep.policy.decide` judges them.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ host (exfiltration through lookups of ``secret.attacker.example``):
   ".example.com", at any depth ("a.b.example.com" too), but **never the apex**
   "example.com" itself: a wildcard says "what lies under", so allowing the apex
   takes its own rule (``--allow-connect example.com:443``). This is the
-  meaning :mod:`privsep.policy.match` gives connect rules, and a test keeps the
+  meaning :mod:`privsep.policy.decide` gives connect rules, and a test keeps the
   two in step;
 - case and one trailing dot do not matter; a name that is not an RFC 1123
   host name (octets outside letters, digits and '-', a numeric last label,

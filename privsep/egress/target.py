@@ -1,7 +1,7 @@
 """What a proxy client asks to reach: a host name or an IP literal, and a port.
 
 Shared by the HTTP and SOCKS5 proxies so both read a host the same way, and
-the way :mod:`privsep.policy.match` will judge it:
+the way :mod:`privsep.policy.decide` will judge it:
 
 - a host name is canonical (:func:`privsep.policy.model.host_name`: lower
   case, no trailing dot, RFC 1123 labels, a numeric last label refused, so

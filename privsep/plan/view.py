@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from privsep import _linux
 from privsep.errors import PolicyError
-from privsep.policy.match import deciding_rule
+from privsep.policy.decide import deciding_rule
 from privsep.policy.model import Access, Policy, View
 from privsep.policy.serving import broker_reason, writes
 

@@ -6,7 +6,7 @@ by Landlock), which syscalls it may make, its resource limits and environment;
 and what the broker does for it on request: open files (``files``), connect
 (``connect``), bind (``bind``) and hand out secrets (``secrets``). Every model
 forbids unknown keys, so a typo is an error, never a silent no-op. Decisions
-over these rules live in :mod:`privsep.policy.match`.
+over these rules live in :mod:`privsep.policy.decide`.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ Three targets, each against a property that must hold for every input:
   ``Refusal``, or an fd / stat / listing of something beneath the deciding
   grant, never the outside canary; a refusal changes nothing and an answer
   changes nothing outside its grant; ``decide_file`` equals the reference
-  model of ``tests/unit/test_match.py``.
+  model of ``tests/unit/test_decide.py``.
 
-``tests/unit/test_protocol.py`` and ``tests/unit/test_match.py`` hold the
+``tests/unit/test_protocol.py`` and ``tests/unit/test_decide.py`` hold the
 example-based tests and the first properties; this file pushes further.
 """
 
@@ -48,12 +48,12 @@ from privsep import protocol
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.files import FileService
 from privsep.errors import PolicyError, RemoteProtocolError
+from privsep.policy.decide import Access, decide_file
 from privsep.policy.load import load_policy
-from privsep.policy.match import Access, decide_file
 from privsep.policy.model import Policy
 from privsep.protocol import MAX_FRAME, BrokerProtocol, Request, encode_request
-from tests.unit.test_match import Rule, reference
-from tests.unit.test_match import policy as make_policy
+from tests.unit.test_decide import Rule, reference
+from tests.unit.test_decide import policy as make_policy
 from tests.unit.test_protocol import requests as valid_requests
 
 MARKER = "QZMARK"

@@ -17,7 +17,7 @@ from privsep.egress.names import (
     decide_question,
     name_matches,
 )
-from privsep.policy.match import may_resolve
+from privsep.policy.decide import may_resolve
 from privsep.policy.model import ConnectRule, Policy
 
 NO_PINS = PinnedHosts()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from privsep.policy.match import (
+from privsep.policy.decide import (
     Access,
     FileDecision,
     check_path,
