@@ -98,6 +98,49 @@ def _is_terminal(fd: int) -> bool:
         return False
 
 
+class _Modes:
+    """The user's terminal as privsep found it: raw mode while the sandbox has it, and back.
+
+    ``shared``: descriptions privsep shares with others (fds it could not reopen), with
+    the file status flags they had; they are non-blocking only while privsep holds them.
+    """
+
+    def __init__(self) -> None:
+        self.input: int | None = None  # the user's terminal that privsep reads: raw mode goes there
+        self.shared: dict[int, int] = {}
+        self._saved: list[Any] | None = None  # the input terminal's termios before raw mode
+        self._raw = False
+
+    def take(self) -> None:
+        """Raw mode on the input terminal (saving its termios once); shared fds non-blocking."""
+        for fd, flags in self.shared.items():
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        if self.input is None or self._raw:
+            return
+        try:
+            if self._saved is None:
+                self._saved = termios.tcgetattr(self.input)
+            termios.tcsetattr(self.input, termios.TCSANOW, _raw(self._saved))
+        except termios.error:
+            return  # hung up: nothing to relay from, nothing to restore
+        self._raw = True
+
+    def give_back(self) -> None:
+        """The user's termios as they were; shared descriptions blocking again, as we found them.
+
+        ``TCSAFLUSH``: input still queued was typed for the child (or is a terminal's answer
+        to what the child printed), never for the user's shell.
+        """
+        if self._raw and self.input is not None and self._saved is not None:
+            self._raw = False
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(self.input, termios.TCSAFLUSH, self._saved)
+        for fd, flags in self.shared.items():
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+
 class Terminal:
     """A pty for one sandbox, and the relay between it and the user's terminal.
 
@@ -110,12 +153,10 @@ class Terminal:
     """
 
     def __init__(self, stdio: Sequence[int], ttys: Sequence[bool]) -> None:
-        self._restore_flags: dict[int, int] = {}  # shared descriptions we made non-blocking
+        self._modes = _Modes()
         self._fds: list[int] = []  # every fd of ours, closed by close()
         self._input: int | None = None  # the user's terminal, read for the child's input
         self._output: int | None = None  # the user's terminal, written with the child's output
-        self._saved: list[Any] | None = None  # the input terminal's termios before raw mode
-        self._raw = False
         self._handlers: dict[int, _Handler] = {}
         self._finished = False
         self._to_child = bytearray()
@@ -139,7 +180,7 @@ class Terminal:
             os.set_inheritable(slave, False)
             os.set_blocking(self.master, False)
             if ttys[0]:
-                self._input = self._own(stdio[0])
+                self._input = self._modes.input = self._own(stdio[0])
             out = stdio[next(i for i in (1, 2, 0) if ttys[i])]  # the child's output goes there
             if self._input is not None and _same_terminal(out, stdio[0]):
                 self._output = self._input
@@ -173,10 +214,10 @@ class Terminal:
             own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             # Not ours to open (owned by another user): share the description, and give
-            # O_NONBLOCK back whenever the terminal goes back to the user (_give_back).
+            # O_NONBLOCK back whenever the terminal goes back to the user (_Modes.give_back).
             own = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
             self._fds.append(own)
-            self._restore_flags[own] = fcntl.fcntl(own, fcntl.F_GETFL)
+            self._modes.shared[own] = fcntl.fcntl(own, fcntl.F_GETFL)
             return own
         if not os.isatty(own):  # pragma: no cover - /proc/self/fd/N of a terminal is that terminal
             os.close(own)
@@ -187,7 +228,7 @@ class Terminal:
     # -- the user's terminal -------------------------------------------------
 
     def __enter__(self) -> Terminal:
-        self._take()
+        self._modes.take()
         if threading.current_thread() is threading.main_thread():
             self._handle(signal.SIGWINCH, self._on_winch)
             self._handle(signal.SIGCONT, self._on_winch)  # resized while stopped: look again
@@ -200,35 +241,6 @@ class Terminal:
 
     def _handle(self, sig: int, handler: Callable[[int, FrameType | None], None]) -> None:
         self._handlers[sig] = signal.signal(sig, handler)
-
-    def _take(self) -> None:
-        """Raw mode on the input terminal (saving its termios once); our fds non-blocking."""
-        for fd, flags in self._restore_flags.items():
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        if self._input is None or self._raw:
-            return
-        try:
-            if self._saved is None:
-                self._saved = termios.tcgetattr(self._input)
-            termios.tcsetattr(self._input, termios.TCSANOW, _raw(self._saved))
-        except termios.error:
-            return  # hung up: nothing to relay from, nothing to restore
-        self._raw = True
-
-    def _give_back(self) -> None:
-        """The user's termios as they were; shared descriptions blocking again, as we found them.
-
-        ``TCSAFLUSH``: input still queued was typed for the child (or is a terminal's answer
-        to what the child printed), never for the user's shell.
-        """
-        if self._raw and self._input is not None and self._saved is not None:
-            self._raw = False
-            with contextlib.suppress(termios.error, OSError):
-                termios.tcsetattr(self._input, termios.TCSAFLUSH, self._saved)
-        for fd, flags in self._restore_flags.items():
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
     def _on_winch(self, _signum: int, _frame: FrameType | None) -> None:
         self._copy_window_size()
@@ -249,7 +261,7 @@ class Terminal:
         SIGTSTP handler when privsep itself is told to stop. In an orphaned process group
         the kernel discards the stop, and this returns at once.
         """
-        self._give_back()
+        self._modes.give_back()
         if threading.current_thread() is threading.main_thread():
             ours = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
             try:
@@ -257,7 +269,7 @@ class Terminal:
             finally:
                 signal.signal(signal.SIGTSTP, ours)
         if not self._finished:
-            self._take()
+            self._modes.take()
             self._copy_window_size()
 
     # -- the relay, driven by the broker's loop --------------------------------
@@ -409,7 +421,7 @@ class Terminal:
         self._restore()
 
     def _restore(self) -> None:
-        self._give_back()
+        self._modes.give_back()
         for sig, handler in self._handlers.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, handler)
