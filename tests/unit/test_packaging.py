@@ -20,3 +20,19 @@ def test_the_distribution_holds_every_package_of_privsep() -> None:
         include = config.get("packages", {}).get("find", {}).get("include", ["*"])
         shipped = {name for name in on_disk if any(fnmatchcase(name, pattern) for pattern in include)}
     assert on_disk - shipped == set(), "packages a wheel would lack (a non-editable install breaks)"
+
+
+def test_no_data_directory_becomes_a_namespace_package() -> None:
+    """privsep/policies holds data, not code. As a namespace package (setuptools' find with
+    namespaces on, its default in pyproject.toml) the editable install puts an import-hook
+    placeholder on sys.path, which every sandboxed Python then tries to open: a denial in
+    each report of ``privsep learn``."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    find = config.get("packages", {}).get("find") if isinstance(config.get("packages"), dict) else None
+    data_dirs = [
+        d
+        for d in (REPO / "privsep").rglob("*")
+        if d.is_dir() and not (d / "__init__.py").exists() and d.name != "__pycache__"
+    ]
+    if find is not None and data_dirs:
+        assert find.get("namespaces") is False, f"{data_dirs} would ship as namespace packages"
