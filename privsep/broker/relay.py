@@ -23,6 +23,8 @@ import contextlib
 import fcntl
 import os
 import socket
+import struct
+import termios
 from typing import Literal
 
 from privsep.protocol import DATAGRAM_FRAMING, MAX_DATAGRAM, decode_datagram, encode_datagram
@@ -246,11 +248,20 @@ class AppendRelay:
         """Nothing comes back from a file."""
 
     def close(self) -> None:
-        """Append what is still in the pipe (the sandbox may have ended right after writing), then close."""
-        if self.inside.fileno() >= 0 and self._file >= 0:
+        """Append what is in the pipe now (the sandbox may have ended right after writing), then close.
+
+        Only what is queued at this moment, at most a pipe's capacity: the write end may
+        still have writers (a relay refused past the bound is closed while the child holds
+        its fd), and reading until the pipe is empty kept the loop appending as long as
+        they wrote.
+        """
+        fd = self.inside.fileno()
+        if fd >= 0 and self._file >= 0:
             with contextlib.suppress(OSError):
-                while self._left > 0 and (data := os.read(self.inside.fileno(), self.CHUNK)):
+                queued = struct.unpack("=i", fcntl.ioctl(fd, termios.FIONREAD, bytes(4)))[0]
+                while queued > 0 and self._left > 0 and (data := os.read(fd, min(self.CHUNK, queued))):
                     self._append(data)
+                    queued -= len(data)
         self.inside.close()
         if self._file >= 0:
             os.close(self._file)

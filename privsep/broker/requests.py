@@ -217,7 +217,8 @@ class RequestServer:
     def add_relay(self, child: Child, relay: Relay) -> bool:
         """Serve ``relay`` for ``child``; False (and nothing done) when it has as many as it may."""
         relays = child.serving.relays
-        if len(relays) >= 2 * MAX_RELAYS:
+        # Keyed by each watched end: a UDP flow has two, an append-only file one. Count relays.
+        if len(set(relays.values())) >= MAX_RELAYS:
             return False
         for end, role in relay.watched():
             relays[end.fileno()] = relay

@@ -107,19 +107,27 @@ class Lane:
 
 
 class Handback:
-    """What workers finished, for the loop to run on its own thread: a queue and a wake-up pipe."""
+    """What workers finished, for the loop to run on its own thread: a queue and a wake-up pipe.
+
+    A worker may finish after the broker closed (``Broker.close`` does not wait for a
+    connect the child gave 600 s): the pipe's numbers are then the host's again, so a
+    wake-up after ``close`` writes nothing (under the lock that ``close`` takes).
+    """
 
     def __init__(self) -> None:
         self._done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._closed = False
 
     def put(self, then: Callable[[], None]) -> None:
         """From a worker: run ``then`` on the loop (the loop is woken when the job returns)."""
         self._done.put(then)
 
     def wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):  # a full pipe already says so
-            os.write(self._wake_w, b".")
+        with self._lock, contextlib.suppress(BlockingIOError, OSError):  # a full pipe already says so
+            if not self._closed:
+                os.write(self._wake_w, b".")
 
     def run(self) -> None:
         """On the loop: run everything handed back so far."""
@@ -134,5 +142,7 @@ class Handback:
             then()
 
     def close(self) -> None:
-        os.close(self.wake_fd)
-        os.close(self._wake_w)
+        with self._lock:
+            self._closed = True
+            os.close(self.wake_fd)
+            os.close(self._wake_w)
