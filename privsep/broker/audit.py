@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -44,6 +46,11 @@ class AuditLog:
       one line says how many were folded (``"repeated": N``);
     - past ``max_bytes`` nothing more is written but a final line, at close,
       saying how many records were dropped (``"dropped": N``).
+
+    A write that fails (the disk is full, perhaps filled by a sandbox through a
+    write grant) never stops the broker: the decisions are enforced as before, the
+    record is counted as dropped, and the first failure is said once on stderr.
+    Worker threads write too (a bug of ours they met), so writes take a lock.
     """
 
     def __init__(self, path: str, *, max_bytes: int = MAX_AUDIT_BYTES) -> None:
@@ -54,15 +61,18 @@ class AuditLog:
         self._last: tuple[object, ...] | None = None
         self._last_record: Record | None = None
         self._repeats = 0
+        self._failed: str | None = None  # why writing failed, once it has
+        self._lock = threading.Lock()
 
     def write(self, record: Record) -> None:
         key = (record.pid, record.op, record.target, record.decision, record.rule, record.code)
-        if key == self._last:
-            self._repeats += 1
-            return
-        self._flush_repeats()
-        self._last, self._last_record = key, record
-        self._emit(record.__dict__)
+        with self._lock:
+            if key == self._last:
+                self._repeats += 1
+                return
+            self._flush_repeats()
+            self._last, self._last_record = key, record
+            self._emit(record.__dict__)
 
     def _flush_repeats(self) -> None:
         if self._repeats and self._last_record is not None:
@@ -82,7 +92,19 @@ class AuditLog:
             repeated = fields.get("repeated")
             self._dropped += 1 + (repeated if isinstance(repeated, int) else 0)
             return
-        os.write(self._fd, line)
+        try:
+            os.write(self._fd, line)
+        except OSError as exc:
+            self._dropped += 1
+            if self._failed is None:
+                self._failed = exc.strerror or str(exc)
+                print(
+                    f"privsep: cannot write the audit log ({self._failed}); later records are counted, "
+                    "not written. Every decision is still enforced.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return
         self._written += len(line)
 
     def close(self) -> None:
@@ -90,7 +112,11 @@ class AuditLog:
             try:
                 self._flush_repeats()
                 if self._dropped:
-                    note = f"the audit log reached its cap of {self._max} bytes; later records were dropped"
+                    note = (
+                        f"writing the audit log failed ({self._failed}); records were dropped"
+                        if self._failed is not None
+                        else f"the audit log reached its cap of {self._max} bytes; later records were dropped"
+                    )
                     self._emit({"op": "audit", "dropped": self._dropped, "message": note}, final=True)
             finally:
                 os.close(self._fd)

@@ -246,6 +246,22 @@ def test_an_audit_log_that_cannot_be_opened_is_named_and_exits_125(run_privsep: 
     )
 
 
+def test_an_audit_log_that_fails_to_write_never_stops_the_sandbox_or_its_decisions(
+    run_privsep: RunPrivsep,
+) -> None:
+    # /dev/full: every write fails with ENOSPC, as on a disk a sandbox filled through a write
+    # grant. The command runs to its end, its denial is still a denial, and privsep says
+    # once that records are being lost (the audit failure took the whole broker down before).
+    code = (
+        "import sys\nfrom privsep import DeniedError, client\n"
+        "try:\n    client.open('/etc/shadow')\nexcept DeniedError:\n    sys.exit(3)\n"
+    )
+    proc = run_privsep("--policy", "python", "--audit-log", "/dev/full", "--", str(PYTHON), "-c", code)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.count("privsep: cannot write the audit log (No space left on device)") == 1
+    assert "Traceback" not in proc.stderr
+
+
 def test_timeout_kills_with_124(run_privsep: RunPrivsep) -> None:
     # The command would outlive the test: only the --timeout kill ends it. The subprocess
     # timeout is a hang guard (TimeoutExpired fails the test), not a claim about speed.
