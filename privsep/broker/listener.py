@@ -107,7 +107,11 @@ class ListenerServer:
                 except OSError:
                     return
                 except Exception as exc:
-                    self._bug(child, listener, note, exc)
+                    # The job answered EIO on its own copy of the listener; the loop logs it.
+                    failure = exc
+                    self._handback.put(
+                        lambda: self._recorder.internal_error(child, f"syscall {note.nr}", failure)
+                    )
                     return
                 if result is not None:
                     done = result

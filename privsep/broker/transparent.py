@@ -44,6 +44,7 @@ socket the broker checked (see :func:`_bind`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -51,7 +52,7 @@ import os
 import posixpath
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from privsep import _linux, protocol
@@ -405,19 +406,23 @@ class Transparent:
 
         def job() -> Served | None:
             try:
-                if path is None:
-                    _answer(mine, note, unixconnect.connect_bounded(sock, address))
-                    return None
-                assert caller is not None
-                if brokered:
-                    assert services is not None
-                    return _connect_granted(mine, note, services, sock, caller, _normalise(path))
-                return _connect_in_view(mine, note, sock, caller, path)
+                with _eio_on_failure(mine, note):
+                    return unix_connect()
             finally:
                 sock.close()
                 os.close(mine)
                 if caller is not None:
                     caller.close()
+
+        def unix_connect() -> Served | None:
+            if path is None:
+                _answer(mine, note, unixconnect.connect_bounded(sock, address))
+                return None
+            assert caller is not None
+            if brokered:
+                assert services is not None
+                return _connect_granted(mine, note, services, sock, caller, _normalise(path))
+            return _connect_in_view(mine, note, sock, caller, path)
 
         def drop() -> None:
             os.close(mine)
@@ -517,25 +522,42 @@ def _finish_connect(
 ) -> Served | None:
     """On a worker: connect the broker's own socket, then swap it in for the child's."""
     try:
-        result = perform(services, request, ids)
-        if isinstance(result, Refusal):
-            notify.refuse(listener, note, _errno_of(result))
-            return Served(request, result)
-        assert result.fd is not None
-        ours = socket.socket(fileno=result.fd)
-        try:
-            _carry_over(theirs, ours)
-        except OSError as exc:
-            ours.close()
-            notify.refuse(listener, note, exc.errno or errno.EIO)
-            return Served(
-                request, Refusal(protocol.ErrorCode.FAILED, f"could not prepare the socket: {exc.strerror}")
+        with _eio_on_failure(listener, note):
+            result = perform(services, request, ids)
+            if isinstance(result, Refusal):
+                notify.refuse(listener, note, _errno_of(result))
+                return Served(request, result)
+            assert result.fd is not None
+            ours = socket.socket(fileno=result.fd)
+            try:
+                _carry_over(theirs, ours)
+            except OSError as exc:
+                ours.close()
+                notify.refuse(listener, note, exc.errno or errno.EIO)
+                return Served(
+                    request,
+                    Refusal(protocol.ErrorCode.FAILED, f"could not prepare the socket: {exc.strerror}"),
+                )
+            ours.detach()  # result.fd is _swap_in's to close
+            return _swap_in(
+                listener, note, request, result, their_fd=their_fd, theirs=theirs, cloexec=cloexec
             )
-        ours.detach()  # result.fd is _swap_in's to close
-        return _swap_in(listener, note, request, result, their_fd=their_fd, theirs=theirs, cloexec=cloexec)
     finally:
         theirs.close()
         os.close(listener)
+
+
+@contextlib.contextmanager
+def _eio_on_failure(listener: int, note: notify.Notification) -> Iterator[None]:
+    """A slow call that fails on a worker is still answered (EIO), on the worker's own copy of
+    the listener (rule 6): the loop's may be closed, or another fd's number, by then. The
+    error goes on up, for the loop to log."""
+    try:
+        yield
+    except Exception:
+        with contextlib.suppress(OSError):  # answered already, or the caller has gone
+            notify.refuse(listener, note, errno.EIO)
+        raise
 
 
 def _carry_over(theirs: socket.socket, ours: socket.socket) -> None:

@@ -217,3 +217,46 @@ def test_kernel_aio_is_off_by_default_so_the_host_wide_limit_stays_the_hosts(run
     assert proc.stdout.split() == ["-1", "1"], proc.stderr  # EPERM
     assert "io_setup" in proc.stderr and "@aio" in proc.stderr  # the report names the group to add
     assert int(Path("/proc/sys/fs/aio-nr").read_text()) <= before
+
+
+class _BrokenConnect(Services):
+    """A bug that a transparently brokered connect reaches, on a worker thread."""
+
+    def handle(self, request: protocol.Request) -> Answer:
+        if isinstance(request, protocol.Connect):
+            raise RuntimeError("a bug of ours in a slow call")
+        return super().handle(request)
+
+
+def test_an_internal_error_in_a_slow_transparent_call_is_answered_eio_and_logged(
+    broker: Broker, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The worker answers the call itself, on its own copy of the listener (the loop's may be
+    closed by then), and hands the log line back to the loop: the call never hangs."""
+    policy = load_policy("python", extra={"connect": [{"host": "127.0.0.1", "ports": [9]}]})
+    services = _BrokenConnect(policy)
+    code = (
+        "import socket, json\nfrom privsep import client\nout = []\n"
+        "for _ in range(3):\n"
+        "    try:\n        socket.create_connection(('127.0.0.1', 9), timeout=20)\n"
+        "    except OSError as e:\n        out.append(e.errno)\n"
+        "client.ping(); print(json.dumps(out))\n"
+    )
+    with tempfile.TemporaryFile() as out:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            child = broker.start(
+                make_plan(policy, [str(PYTHON), "-c", code]),
+                services=services,
+                timeout=60,
+                stdio=(devnull, out.fileno(), out.fileno()),
+            )
+        finally:
+            os.close(devnull)
+        outcome = broker.wait(child)
+        out.seek(0)
+        raw = out.read()
+    services.close()
+    assert outcome.returncode == 0, (outcome, raw)
+    assert json.loads(raw) == [5, 5, 5]  # EIO, each time; the same child is served afterwards
+    assert capfd.readouterr().err.count("privsep: internal error while serving syscall 42") == 3
