@@ -95,11 +95,16 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         assert _is_stats(cli[key]), key
     assert _measured_or_skipped(cli["bwrap"])
 
+    marked = res["marked"]  # a file of marked tests against the same file unmarked, per test
+    for key in ("marked", "unmarked", "per_test"):
+        assert _is_stats(marked[key]), key
+    assert _measured_or_skipped(marked["bwrap"])
+
     scale = res["scale"]
     assert [lvl["children"] for lvl in scale["levels"]] == [100]
     level = scale["levels"][0]
     assert level["broker_rss_kb"] > 0 and level["open"]["p50_us"] > 0
 
     names = [t["target"] for t in res["targets"]]
-    assert len(names) == 10  # issues 7, 12, 14 and 16
+    assert len(names) == 11  # issues 7, 12, 14 and 16
     assert all(t["met"] in (True, False, None) for t in res["targets"])
