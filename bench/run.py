@@ -30,6 +30,9 @@ starts 3000 processes). Sections:
 8. isolation: a sibling's ping round trip while another sandbox floods, hangs connects or
    lists a large directory, against alone; three ``Sandbox.arun`` at once against one
    (``bench/isolation.py``; alone: ``python -m bench.isolation [--quick]``).
+9. marked: a file of 20 trivial ``@pytest.mark.privsep`` tests against the
+   same file unmarked, each a whole ``python -m pytest``, per test, against
+   bwrap's ``/bin/true`` (``bench/marked.py``).
 
 Benchmarks measure; they never fail on a missed target (the table says so).
 """
@@ -59,6 +62,7 @@ from bench.cgroups import bench_cgroups
 from bench.isolation import bench_isolation
 from bench.isolation import rows as isolation_rows
 from bench.kernel import bench_cli, bench_kernel_open, kernel_tree
+from bench.marked import bench_marked
 from bench.workloads import (
     BROKERED_OPEN,
     DIRECT_OPEN,
@@ -510,6 +514,11 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         add(name, cli["vs_bwrap"]["median"], 10.0, "x", issue=16)
     else:
         add(name, None, 10.0, "x", cli["bwrap"]["skipped"], issue=16)
+    marked, name = res["marked"], "one @pytest.mark.privsep test, per test, <= 10x bwrap /bin/true"
+    if "per_test_vs_bwrap" in marked:
+        add(name, marked["per_test_vs_bwrap"]["median"], 10.0, "x", issue=16)
+    else:
+        add(name, None, 10.0, "x", marked["bwrap"]["skipped"], issue=16)
     return out
 
 
@@ -581,7 +590,7 @@ def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
              _fmt(sc[f"one_rule_{name}"], " ns"), _fmt(sc[f"plain_{name}"], " ns"),
              _ratio(sc[f"{name}_one_rule_ratio"])),
         ]  # fmt: skip
-    rows += _kernel_rows(res["kernel_open"]) + _cli_rows(res["cli"])
+    rows += _kernel_rows(res["kernel_open"]) + _cli_rows(res["cli"]) + _marked_rows(res["marked"])
     rows += isolation_rows(res["isolation"], _fmt, _ratio)
     scale = res["scale"]
     alone = scale["alone"]
@@ -656,6 +665,16 @@ def _cli_rows(cli: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         (section, "the same privsep run vs privsep run -- /bin/true (same round)", ours,
          _fmt(cli["privsep_run_true"], " ms"), _ratio(cli["vs_privsep_run_true"])),
         (section, "bwrap, same binds, vs bare cp", bwrap, bare, _ratio(cli.get("bwrap_vs_bare"))),
+    ]  # fmt: skip
+
+
+def _marked_rows(m: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    section, n = "pytest plugin", m["tests"]
+    return [
+        (section, "one @pytest.mark.privsep test, per test, vs bwrap /bin/true", _fmt(m["per_test"], " ms"),
+         _fmt(m["bwrap"], " ms", 2), _ratio(m.get("per_test_vs_bwrap"))),
+        (section, f"python -m pytest, a file of {n} trivial tests, marked vs unmarked",
+         _fmt(m["marked"], " ms"), _fmt(m["unmarked"], " ms"), ""),
     ]  # fmt: skip
 
 
@@ -743,6 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["seccomp"] = bench_seccomp(cfg, grant, log)
     results["isolation"] = bench_isolation(cfg.rounds, cfg.isolation_pings, cfg.isolation_files, log)
     results["kernel_open"], results["cli"] = bench_kernel(cfg, log)
+    results["marked"] = bench_marked(cfg.rounds, log, bwrap=BWRAP, no_bwrap=_peer("bwrap", BWRAP))
     results["meta"]["loadavg_before_scale"] = os.getloadavg()[0]
     results["scale"] = bench_scale(cfg, log)
     results["targets"] = targets(results)

@@ -1,11 +1,16 @@
 """The confined side of ``@pytest.mark.privsep``: import one test module, run one test, report.
 
 ``privsep.pytest_plugin`` runs ``run_test`` through ``Sandbox.call`` in a
-fresh confined Python child. The child imports the test module from its
-file (with pytest's assertion rewriting when pytest is importable, so a
-failing ``assert`` explains itself as it would on the host), calls the test
-with its JSON parameters, and returns a JSON report (never raises for the
-test's own failures):
+fresh confined Python child, forked from the plugin's forkserver. Before
+the first test of a module, ``preload`` runs in that forkserver (unconfined,
+see the plugin's docstring): it imports pytest and the test module there,
+so each child finds them already imported. A child whose forkserver could
+not preload the module (or that was started with a fresh interpreter)
+imports it from its file itself. Either way the module is compiled with
+pytest's assertion rewriting when pytest is importable, so a failing
+``assert`` explains itself as it would on the host. The child calls the
+test with its JSON parameters and returns a JSON report (never raises for
+the test's own failures):
 
     {"outcome": "passed" | "failed" | "skipped" | "xfailed",
      "type": str, "message": str, "traceback": str,   # for "failed"; message also for skip/xfail
@@ -25,12 +30,14 @@ import importlib.util
 import inspect
 import io
 import json
+import os
 import sys
 import traceback
+from collections.abc import Iterator, Sequence
 from types import ModuleType, TracebackType
 from typing import Any
 
-__all__ = ["MAX_REPORT", "run_test"]
+__all__ = ["MAX_REPORT", "preload", "run_test"]
 
 #: Largest report, in bytes of ASCII JSON: well inside the channel's 64 KiB frame.
 MAX_REPORT = 48_000
@@ -50,8 +57,9 @@ def _compile(source: bytes, path: str) -> Any:
 
 def _load(path: str, name: str) -> ModuleType:
     """Import the test module ``name`` from ``path`` (its parent packages through ``sys.path``)."""
-    if name in sys.modules:
-        return sys.modules[name]
+    existing = sys.modules.get(name)
+    if existing is not None and _same_file(getattr(existing, "__file__", None), path):
+        return existing  # preloaded by the forkserver (or imported by a module before it)
     parent = name.rpartition(".")[0]
     if parent:
         importlib.import_module(parent)
@@ -68,6 +76,58 @@ def _load(path: str, name: str) -> ModuleType:
         del sys.modules[name]
         raise
     return module
+
+
+def _same_file(found: str | None, path: str) -> bool:
+    """A module of the same name from another file (``--import-mode=importlib``) is not this one."""
+    if found is None:
+        return False
+    if found == path:
+        return True
+    try:
+        return os.path.samefile(found, path)
+    except OSError:
+        return False
+
+
+def preload(path: str, module: str, paths: Sequence[str]) -> None:
+    """In the plugin's forkserver, once per test module: import pytest and the module there.
+
+    Every child forked afterwards starts with both imported, and its test
+    runs in milliseconds instead of paying for their import. This runs in
+    the forkserver, unconfined: the module-level code of the test file (and
+    of what it imports), which pytest's collection has already run on the
+    host. ``paths`` (the children's PYTHONPATH) go on ``sys.path`` for its
+    parent packages. What the module prints at import is dropped; if it
+    raises, the forkserver reports why and each child imports the module
+    itself, confined.
+    """
+    for entry in reversed(paths):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    import pytest  # noqa: F401, PLC0415 - the outcome exceptions, for every child
+
+    with _silenced():
+        _load(path, module)
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """Nothing printed at import reaches the forkserver's fds 1 and 2 (the host's, or pytest's capture)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
 
 
 def _resolve(module: ModuleType, qualname: str) -> Any:

@@ -12,18 +12,29 @@ the plan (JSON, :mod:`privsep.plan.wire`) and the child's five fds
 For a ``Sandbox.call`` the confined process then runs the function in that
 preloaded interpreter instead of exec'ing a new one.
 
+The broker may also ask the forkserver to :meth:`~ForkServer.prepare`:
+run a ``module:function`` of its own choosing in the forkserver itself,
+once, so that every child forked afterwards starts with what it imported
+(the pytest plugin preloads pytest and a test module this way). That code
+runs unconfined, as the broker would run it: only the broker, which holds
+the forkserver's one socket, can name it. A prepare frame carries no fds; a
+plan frame always does.
+
 The forkserver trusts only the broker, whose socketpair is its fd 3. It
 dies with the broker (parent-death signal), and the sandboxes die with it.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import traceback
+from typing import Any
 
 import prctl
 
@@ -36,6 +47,8 @@ from privsep.plan import wire
 from privsep.plan.spawnplan import Spawned, SpawnPlan, claim_host_ids
 
 _READY = b'{"ready":true}'
+_PREPARED = b'{"prepared":true}'
+_MAX_REASON = 2000
 
 
 class ForkServer:
@@ -86,6 +99,24 @@ class ForkServer:
             raise
         return Spawned(pid=pid, pidfd=frame.fds[0], channel=broker_chan, control=broker_ctl, host_ids=held)
 
+    def prepare(self, target: str, *args: Any) -> str | None:
+        """Run ``package.module:function(*args)`` in the forkserver, unconfined, before the next fork.
+
+        What it imports (or leaves in memory) is in every child forked after
+        it. ``args`` are JSON values. Returns None, or why it failed: the
+        forkserver carries on, its children then do without.
+        """
+        channel.send(self._sock, json.dumps({"prepare": target, "args": list(args)}).encode())
+        frame = channel.recv(self._sock)
+        if frame is None or frame.fds:
+            if frame is not None:
+                channel.close_fds(frame.fds)
+            raise ConfinementError("forkserver", "the forkserver did not answer a prepare request")
+        if frame.data == _PREPARED:
+            return None
+        reason = json.loads(frame.data).get("error")
+        return str(reason) if reason else "the forkserver gave no reason"
+
     def close(self) -> None:
         self._sock.close()
         self._proc.kill()
@@ -113,6 +144,9 @@ def _serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the f
             continue
         if frame is None:
             return 0
+        if not frame.fds:
+            channel.send(sock, _prepare(frame.data))
+            continue
         plan = wire.decode(SpawnPlan, frame.data)
         pid = os.fork()
         if pid == 0:
@@ -124,6 +158,19 @@ def _serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the f
             channel.send(sock, json.dumps({"pid": pid}).encode(), [pidfd])
         finally:
             os.close(pidfd)
+
+
+def _prepare(data: bytes) -> bytes:  # pragma: no cover - runs in the forkserver process
+    try:
+        body = json.loads(data)
+        module, _, function = body["prepare"].partition(":")
+        getattr(importlib.import_module(module), function)(*body["args"])
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit, pytest's Skipped...: the children do without it
+        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return json.dumps({"error": reason[:_MAX_REASON]}).encode()
+    return _PREPARED
 
 
 if __name__ == "__main__":  # pragma: no cover

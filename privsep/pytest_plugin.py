@@ -4,12 +4,12 @@
   allow_connect=[...], allow_bind=[...], secrets=[...], python_path=[...],
   timeout=...)`` on a test (or a class, or ``pytestmark``) runs the test body
   itself in a fresh confined child, through ``Sandbox.call`` of
-  ``privsep._pytest_child:run_test``. The child imports the test module from
-  its file; the directory it is imported from (the file's directory, or the
-  root of its package) joins the child's view and ``PYTHONPATH``, read-only.
-  Its failures come back as text and are reported as normal failures, with
-  the child's traceback; what it printed through ``sys.stdout``/``stderr``
-  is shown as captured output; ``pytest.skip``/``pytest.xfail`` work.
+  ``privsep._pytest_child:run_test``. The directory the test module is
+  imported from (the file's directory, or the root of its package) joins
+  the child's view and ``PYTHONPATH``, read-only. Its failures come back as
+  text and are reported as normal failures, with the child's traceback;
+  what it printed through ``sys.stdout``/``stderr`` is shown as captured
+  output; ``pytest.skip``/``pytest.xfail`` work.
 - The ``sandbox`` fixture: an open ``privsep.Sandbox`` from the same marker's
   options (or ``--privsep-policy``), closed after the test. A test that takes
   ``sandbox`` runs on the host (it drives the sandbox); the marker then only
@@ -24,6 +24,36 @@ directory is the policy's (``/``).
 
 Tests without the marker or the fixture are left alone: the plugin costs
 them one marker lookup. The broker is imported only when a sandbox is made.
+
+How a confined test runs, and what runs unconfined
+---------------------------------------------------
+A fresh interpreter per test would cost each one about half a second
+(pydantic, pytest and the test module imported again). Instead the plugin
+keeps a ``Sandbox(start_method="forkserver")`` open for the session, one
+per set of marker options (the last few used), and before the first test
+of a module asks its forkserver to import pytest and the test module
+(``_pytest_child.preload``). Each test is then one fork of that forkserver,
+which goes through every confinement layer, in order, failing closed
+(namespaces, identity, Landlock, rlimits, seccomp), and runs the test
+function in the confined fork: a child per test, so nothing a test does
+(globals, files in its ``/tmp``, threads) is seen by the next. A kept
+sandbox is opened anew when a directory its grants hold open has been
+replaced (a fixture that makes a granted directory anew for each test), as
+a sandbox per test would have seen the new one.
+
+The forkserver never runs a test, but it does run the test file's
+module-level code (and the imports it makes), unconfined, with a clean
+environment of its own. That is accepted: it is the user's own code, which
+pytest's collection has already run, unconfined, in the host process that
+drives the tests. What it means for a test: the module-level code is not
+what is under test (import what is, or call it, inside the test body to
+test it confined), and the module's globals are computed outside the
+sandbox (a module-level ``open`` of a file the policy denies succeeds, and
+the test sees its content). If the module cannot be imported in the
+forkserver, each test's child imports it itself, confined, as it always
+did. If the forkserver cannot start, the tests run as before, each in a
+fresh confined interpreter, and a warning says why; a test never runs
+unconfined.
 """
 
 from __future__ import annotations
@@ -32,11 +62,13 @@ import dataclasses
 import json
 import os
 import re
+import stat
 import sys
+import warnings
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import pytest
 
@@ -46,12 +78,14 @@ from privsep.errors import ChildError, PrivsepError
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
 
+    from privsep.forkserver import ForkServer
     from privsep.sandbox import Sandbox
 
 __all__ = ["ConfinedTestFailure", "sandbox"]
 
 MARKER = "privsep"
 RUNNER = "privsep._pytest_child:run_test"
+PRELOAD = "privsep._pytest_child:preload"
 _LIST_OPTIONS = ("allow_read", "allow_write", "allow_connect", "allow_bind", "secrets", "python_path")
 _PATH_OPTIONS = ("allow_read", "allow_write", "python_path")
 _OPTIONS = ("policy", *_LIST_OPTIONS, "timeout")
@@ -76,6 +110,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "secrets=(), python_path=(), timeout=None): run the test body in a confined child under this "
         "policy and grants (or configure the `sandbox` fixture, for a test that takes it)",
     )
+    config.stash[_RUNNERS] = _Runners()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    runners = config.stash.get(_RUNNERS, None)
+    if runners is not None:
+        runners.close()
 
 
 # -- options --------------------------------------------------------------
@@ -94,7 +135,7 @@ class _Options:
     extra_path: tuple[str, ...] = ()
     """Directories the runner needs on top of ``python_path`` (where the test module is)."""
 
-    def sandbox(self) -> Sandbox:
+    def sandbox(self, start_method: Literal["exec", "forkserver"] = "exec") -> Sandbox:
         from privsep.sandbox import Sandbox  # noqa: PLC0415 - the broker only when a test needs it
 
         return Sandbox(
@@ -106,6 +147,7 @@ class _Options:
             secrets=self.secrets,
             python_path=self.python_path + self.extra_path,
             timeout=self.timeout,
+            start_method=start_method,
         )
 
 
@@ -168,6 +210,175 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
         _fail_setup(f"sandbox fixture: {problem}")
     with made:
         yield made
+
+
+# -- the sandboxes confined tests run in -------------------------------------------
+
+
+@dataclass(eq=False)
+class _Runner:
+    """An open Sandbox for the confined tests of one set of options, and what its forkserver holds."""
+
+    box: Sandbox
+    forkserver: ForkServer | None
+    """None: the exec start method, each test a fresh interpreter (the forkserver could not start)."""
+    pinned: tuple[_Identity, ...]
+    """What the broker's file grants held open when the sandbox opened (see :func:`_pinned`)."""
+    preloaded: dict[str, bool] = dataclasses.field(default_factory=dict)
+    """Test files the forkserver was asked to import, and whether it could."""
+
+    def stale(self) -> bool:
+        """A granted directory was replaced since (a fixture made it anew): the pins are of the old one."""
+        return _pinned(self.box) != self.pinned
+
+    def run(self, test: _Test) -> object:
+        """The test's report, from a fresh confined child (ChildError if the child died)."""
+        self._preload(test)
+        return self.box.call(RUNNER, str(test.path), test.module, test.qualname, test.params)
+
+    def _preload(self, test: _Test) -> None:
+        """Import pytest and the test module in the forkserver, once: every test's child inherits them."""
+        if self.forkserver is None or str(test.path) in self.preloaded:
+            return
+        paths = [os.path.abspath(p) for p in test.paths]
+        failed = self.forkserver.prepare(PRELOAD, str(test.path), test.module, paths)
+        # On a failure the forkserver carries on; each child then imports the module itself, confined.
+        self.preloaded[str(test.path)] = failed is None
+
+
+_Identity = tuple[str, int, int] | None
+
+
+def _pinned(box: Sandbox) -> tuple[_Identity, ...]:
+    """The identity of each directory the broker pins for the policy's file grants, as it pins them.
+
+    The broker opens each granted directory (an exact file grant: its
+    directory) once, when the Sandbox opens, and serves the grant beneath
+    that fd. A fresh Sandbox per test would pin what is there now; a kept
+    one must be replaced when that is no longer what it pinned.
+    """
+    found: list[_Identity] = []
+    for rule in box.policy.files:
+        if rule.deny:
+            continue
+        for which, path in (("dir", rule.path), ("parent", os.path.dirname(rule.path))):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if which == "parent" or stat.S_ISDIR(st.st_mode):
+                found.append((which, st.st_dev, st.st_ino))
+                break
+        else:
+            found.append(None)
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class _Test:
+    """One confined test, as the child's runner takes it."""
+
+    path: Path
+    module: str
+    qualname: str
+    params: dict[str, Any]
+    paths: tuple[str, ...]
+    """The child's PYTHONPATH: the marker's python_path and where the module is imported from."""
+
+
+class _Runners:
+    """The session's open sandboxes for confined tests, one per set of options, the last few used.
+
+    Each holds a broker and a forkserver (a Python process with pytest and
+    the test modules imported): kept open, they spare every test but the
+    first of a set of options the start of both; bounded, so that a suite
+    with many different markers does not keep a forkserver for each.
+    """
+
+    KEPT = 4
+
+    def __init__(self) -> None:
+        self._open: dict[_Options, _Runner] = {}
+        self._warned = False
+
+    def kept(self, options: _Options) -> bool:
+        return options in self._open
+
+    def run(self, options: _Options, made: Sandbox | None, test: _Test) -> object:
+        """Run ``test`` in the sandbox kept for ``options``, or in ``made`` (one of ``options``), opened.
+
+        A kept sandbox whose pins are stale, or that cannot start the child
+        (its forkserver has died), is dropped, and the test, which has not
+        started, goes to a new one. A new one that cannot start it raises:
+        that is the error to report.
+        """
+        runner = self._open.pop(options, None)
+        if runner is not None and runner.stale():
+            runner.box.close()
+            runner = None
+        if runner is not None:
+            self._open[options] = runner  # the most recently used last
+            try:
+                return runner.run(test)
+            except ChildError:
+                raise
+            except PrivsepError:
+                self.drop(options)
+        runner = self.open(options, made or options.sandbox(start_method="forkserver"))
+        try:
+            return runner.run(test)
+        except ChildError:
+            raise
+        except PrivsepError:
+            self.drop(options)
+            raise
+
+    def open(self, options: _Options, made: Sandbox) -> _Runner:
+        """Open ``made`` (a forkserver Sandbox of ``options``) and keep it; if it cannot open, one that execs.
+
+        A Sandbox that cannot open either way raises: the error is not the
+        forkserver's, and the test reports it.
+        """
+        pinned = _pinned(made)  # before: what changes while it opens shows at the next test
+        try:
+            made.__enter__()
+        except PrivsepError as exc:
+            why = str(exc)
+        else:
+            return self._keep(options, _Runner(made, made._need_parts().forkserver, pinned))
+        fallback = options.sandbox(start_method="exec")
+        pinned = _pinned(fallback)
+        fallback.__enter__()
+        runner = self._keep(options, _Runner(fallback, None, pinned))
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                pytest.PytestWarning(
+                    f"privsep: the forkserver for @pytest.mark.{MARKER} tests could not start ({why}); "
+                    "they run confined as before, each in a fresh interpreter (about half a second a test)"
+                ),
+                stacklevel=1,
+            )
+        return runner
+
+    def _keep(self, options: _Options, runner: _Runner) -> _Runner:
+        self._open[options] = runner
+        while len(self._open) > self.KEPT:
+            self.drop(next(iter(self._open)))
+        return runner
+
+    def drop(self, options: _Options) -> None:
+        """Close the sandbox kept for ``options``, if any (the next test of those options opens one)."""
+        runner = self._open.pop(options, None)
+        if runner is not None:
+            runner.box.close()
+
+    def close(self) -> None:
+        while self._open:
+            self.drop(next(iter(self._open)))
+
+
+_RUNNERS = pytest.StashKey[_Runners]()
 
 
 # -- confined tests ---------------------------------------------------------
@@ -254,10 +465,11 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     qualname = pyfuncitem.originalname
     if pyfuncitem.cls is not None:
         qualname = f"{pyfuncitem.cls.__qualname__}.{qualname}"
+    runners = pyfuncitem.config.stash[_RUNNERS]
     try:
-        options = _options(pyfuncitem)
-        params = _params(pyfuncitem)
-        box = dataclasses.replace(options, extra_path=(str(root),)).sandbox()
+        options = dataclasses.replace(_options(pyfuncitem), extra_path=(str(root),))
+        test = _Test(path, module, qualname, _params(pyfuncitem), options.python_path + options.extra_path)
+        made = None if runners.kept(options) else options.sandbox(start_method="forkserver")
     except (_MarkerError, PrivsepError) as exc:
         problem = str(exc)
     else:
@@ -265,8 +477,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if problem:
         _fail_setup(f"cannot run {pyfuncitem.name} confined: {problem}")
     try:
-        with box:
-            report = box.call(RUNNER, str(path), module, qualname, params)
+        report = runners.run(options, made, test)
     except ChildError as exc:  # the runner itself failed, or the child died (timeout, seccomp kill)
         raise ConfinedTestFailure(
             printable(exc.type_name, lines=True),

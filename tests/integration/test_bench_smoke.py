@@ -100,6 +100,10 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     for load in ("flood", "hung_connect", "listing"):
         assert _is_stats(isolation[load]["p50_us"]) and _is_stats(isolation[load]["p50_vs_alone"]), load
     assert _is_stats(isolation["concurrent_runs"]["three_vs_one"])
+    marked = res["marked"]  # a file of marked tests against the same file unmarked, per test
+    for key in ("marked", "unmarked", "per_test"):
+        assert _is_stats(marked[key]), key
+    assert _measured_or_skipped(marked["bwrap"])
 
     scale = res["scale"]
     assert [lvl["children"] for lvl in scale["levels"]] == [100]
@@ -107,5 +111,5 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert level["broker_rss_kb"] > 0 and level["open"]["p50_us"] > 0
 
     names = [t["target"] for t in res["targets"]]
-    assert len(names) == 10  # issues 7, 12, 14 and 16
+    assert len(names) == 11  # issues 7, 12, 14 and 16
     assert all(t["met"] in (True, False, None) for t in res["targets"])

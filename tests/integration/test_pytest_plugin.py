@@ -308,6 +308,209 @@ def test_what_cannot_cross_into_the_child_is_a_clear_error(project: Path, run_py
     assert "cannot run test_an_unknown_policy confined:" in out
 
 
+# -- the process model: one forkserver per set of options, a fresh fork per test ----------
+
+
+def test_each_test_is_a_fresh_fork_of_a_forkserver_that_imported_the_module_unconfined(
+    project: Path, run_pytest: RunPytest, broker_user: str
+) -> None:
+    write(
+        project,
+        "test_fresh.py",
+        """
+        # Module-level code runs in the forkserver, unconfined (see the plugin's docstring).
+        IMPORTED_CONFINED = "PRIVSEP_FD" in os.environ
+        SEEN = []
+
+        @pytest.mark.privsep
+        @pytest.mark.parametrize("n", [1, 2, 3])
+        def test_nothing_of_an_earlier_test_is_left(n):
+            assert_confined()
+            assert not IMPORTED_CONFINED
+            assert SEEN == [] and not os.path.exists("/tmp/left-behind")
+            SEEN.append(n)
+            open("/tmp/left-behind", "w").close()
+            print(f"test {n} ran")
+
+        @pytest.mark.privsep(allow_read=["data"])
+        def test_other_options_another_sandbox():
+            assert_confined()
+            assert not IMPORTED_CONFINED and SEEN == []
+            with client.open(os.path.join(HERE, "data", "greeting.txt")) as f:
+                assert f.read() == "hello from the host\\n"
+
+        @pytest.mark.privsep
+        def test_a_rewritten_assert_in_a_preloaded_module():
+            assert SEEN == [4]
+        """,
+    )
+    proc = run_pytest(user=broker_user)
+    assert outcomes(proc) == {
+        "test_nothing_of_an_earlier_test_is_left[1]": "PASSED",
+        "test_nothing_of_an_earlier_test_is_left[2]": "PASSED",
+        "test_nothing_of_an_earlier_test_is_left[3]": "PASSED",
+        "test_other_options_another_sandbox": "PASSED",
+        "test_a_rewritten_assert_in_a_preloaded_module": "FAILED",
+    }, proc.stdout + proc.stderr
+    assert all(f"test {n} ran" in proc.stdout for n in (1, 2, 3))
+    assert re.search(r"AssertionError: assert \[\] == \[4\]", proc.stdout)
+
+
+def test_a_granted_directory_made_anew_for_each_test_is_the_one_each_test_is_served(
+    project: Path, run_pytest: RunPytest
+) -> None:
+    write(
+        project,
+        "test_made_anew.py",
+        """
+        import shutil
+
+        FRESH = os.path.join(HERE, "fresh")
+
+        @pytest.fixture(autouse=True)
+        def made_anew(request):
+            shutil.rmtree(FRESH, ignore_errors=True)
+            os.mkdir(FRESH)
+            os.chmod(FRESH, 0o755)
+            with open(os.path.join(FRESH, "name.txt"), "w") as f:
+                f.write(request.node.name)
+            os.chmod(os.path.join(FRESH, "name.txt"), 0o644)
+
+        @pytest.mark.privsep(allow_read=["fresh"])
+        @pytest.mark.parametrize("n", [1, 2])
+        def test_served_this_tests_directory(n):
+            with client.open(os.path.join(FRESH, "name.txt")) as f:  # the broker serves it
+                assert f.read() == f"test_served_this_tests_directory[{n}]"
+        """,
+    )
+    proc = run_pytest()
+    assert outcomes(proc) == {
+        "test_served_this_tests_directory[1]": "PASSED",
+        "test_served_this_tests_directory[2]": "PASSED",
+    }, proc.stdout + proc.stderr
+
+
+def test_a_module_the_forkserver_cannot_import_is_imported_by_each_child(
+    project: Path, run_pytest: RunPytest
+) -> None:
+    write(
+        project,
+        "test_unpreloadable.py",
+        """
+        # Only the forkserver has neither: pytest's process has COLUMNS (run_pytest), the child PRIVSEP_FD.
+        if "COLUMNS" not in os.environ and "PRIVSEP_FD" not in os.environ:
+            raise RuntimeError("not importable in the forkserver")
+        IMPORTED_CONFINED = "PRIVSEP_FD" in os.environ
+
+        @pytest.mark.privsep
+        @pytest.mark.parametrize("n", [1, 2])
+        def test_imported_by_the_child(n):
+            assert_confined()
+            assert IMPORTED_CONFINED
+        """,
+    )
+    proc = run_pytest()
+    assert outcomes(proc) == {
+        "test_imported_by_the_child[1]": "PASSED",
+        "test_imported_by_the_child[2]": "PASSED",
+    }, proc.stdout + proc.stderr
+    assert "not importable in the forkserver" not in proc.stdout + proc.stderr
+
+
+def test_without_a_forkserver_tests_run_confined_as_before_and_a_warning_says_why(
+    project: Path, run_pytest: RunPytest
+) -> None:
+    conftest = project / "conftest.py"
+    conftest.write_text(
+        textwrap.dedent(
+            """
+            import errno
+            import subprocess
+            import types
+
+            import privsep.forkserver
+
+            def refuse(*args, **kwargs):
+                raise OSError(errno.EAGAIN, "refused by this project's conftest")
+
+            # The forkserver's Popen fails, and no one else's.
+            privsep.forkserver.subprocess = types.SimpleNamespace(Popen=refuse, DEVNULL=subprocess.DEVNULL)
+            """
+        )
+    )
+    conftest.chmod(0o644)
+    write(
+        project,
+        "test_fallback.py",
+        """
+        IMPORTED_CONFINED = "PRIVSEP_FD" in os.environ
+
+        @pytest.mark.privsep
+        @pytest.mark.parametrize("n", [1, 2])
+        def test_runs_confined(n):
+            assert_confined()
+            assert IMPORTED_CONFINED  # a fresh interpreter, which imported the module itself
+        """,
+    )
+    proc = run_pytest()
+    assert outcomes(proc) == {"test_runs_confined[1]": "PASSED", "test_runs_confined[2]": "PASSED"}, (
+        proc.stdout + proc.stderr
+    )
+    assert (
+        "privsep: the forkserver for @pytest.mark.privsep tests could not start (cannot start the "
+        "forkserver: refused by this project's conftest); they run confined as before" in proc.stdout
+    )
+    assert proc.stdout.count("could not start") == 1
+
+
+def test_a_forkserver_that_died_is_replaced_before_the_next_test(
+    project: Path, run_pytest: RunPytest
+) -> None:
+    write(
+        project,
+        "test_dies.py",
+        """
+        import signal
+        import time
+
+        @pytest.mark.privsep
+        def test_1_before():
+            assert_confined()
+
+        def test_2_kill_the_forkserver():
+            killed = []
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        comm, rest = f.read().rsplit(")", 1)
+                except OSError:
+                    continue
+                if comm.endswith("(privsep-forksrv") and int(rest.split()[1]) == os.getpid():
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(pid)
+            assert len(killed) == 1
+            for _ in range(500):
+                try:
+                    with open(f"/proc/{killed[0]}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                            break
+                except FileNotFoundError:
+                    break
+                time.sleep(0.01)
+
+        @pytest.mark.privsep
+        def test_3_after():
+            assert_confined()
+        """,
+    )
+    proc = run_pytest()
+    assert outcomes(proc) == {
+        "test_1_before": "PASSED",
+        "test_2_kill_the_forkserver": "PASSED",
+        "test_3_after": "PASSED",
+    }, proc.stdout + proc.stderr
+
+
 # -- privsep.testing on the host: every check fails, and says which ----------
 
 
