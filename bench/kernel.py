@@ -14,6 +14,14 @@ Two sections of ``python -m bench``:
   pinned, with everything it starts, to one CPU: for (d) the broker and the
   program then share it (a cross-CPU wake-up costs ~40 us on a VM). (d) runs
   unpinned too, as a user would run it.
+- **connect**: an unmodified program (a C loop) connects a TCP socket to a
+  listener on 127.0.0.1 ``n`` times and times each ``connect()`` itself, on
+  the host and under ``privsep run --allow-connect 127.0.0.1:PORT``, where
+  each connect is a seccomp notification: the broker connects a socket of its
+  own (on a worker thread) and swaps it in for the program's. Pinned like
+  kernel_open, and unpinned. The listener is a thread of the bench process
+  that accepts and closes; the loop closes each socket with ``SO_LINGER`` 0
+  (no TIME_WAIT left behind).
 - **cli**: the wall time of a whole command with a read and a write grant,
   ``privsep run --allow-read IN --allow-write OUT -- cp IN/f OUT/g``, against
   ``bwrap`` with the binds ``minimal`` gives plus the same two, against the
@@ -26,9 +34,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +117,76 @@ int main(int argc, char **argv) {
 """
 
 
+#: The transparent-connect loop: connect a fresh TCP socket to HOST:PORT N times after WARMUP
+#: untimed ones, timing connect() alone; each socket is closed with SO_LINGER 0 (no TIME_WAIT).
+CONNECTLOOP_C = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static int cmp(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+static long long once(const struct sockaddr_in *to) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) {
+        perror("socket");
+        return -1;
+    }
+    long long t0 = now_ns();
+    if (connect(s, (const struct sockaddr *)to, sizeof *to) != 0) {
+        perror("connect");
+        return -1;
+    }
+    long long took = now_ns() - t0;
+    struct linger off = {1, 0};
+    setsockopt(s, SOL_SOCKET, SO_LINGER, &off, sizeof off);
+    close(s);
+    return took;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5) {
+        fprintf(stderr, "usage: %s HOST PORT N WARMUP\n", argv[0]);
+        return 2;
+    }
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[2]))};
+    if (inet_pton(AF_INET, argv[1], &to.sin_addr) != 1)
+        return 2;
+    long n = atol(argv[3]), warmup = atol(argv[4]);
+    long long *s = malloc(sizeof *s * (size_t)(n > 0 ? n : 1)), sum = 0;
+    if (s == NULL || n < 1)
+        return 2;
+    for (long i = 0; i < warmup; i++)
+        if (once(&to) < 0)
+            return 1;
+    for (long i = 0; i < n; i++) {
+        s[i] = once(&to);
+        if (s[i] < 0)
+            return 1;
+        sum += s[i];
+    }
+    qsort(s, (size_t)n, sizeof *s, cmp);
+    printf("{\"n\": %ld, \"p50_us\": %.3f, \"p99_us\": %.3f, \"mean_us\": %.3f}\n", n,
+           s[(n - 1) / 2] / 1e3, s[(long)(0.99 * (n - 1))] / 1e3, sum / (double)n / 1e3);
+    return 0;
+}
+"""
+
+
 @dataclass(frozen=True)
 class Tree:
     """The files both sections use, in one temporary directory (mode 0755: the child runs as 65534)."""
@@ -118,6 +198,7 @@ class Tree:
     in_dir: Path  # cli: read grant, holds f
     out_dir: Path  # cli: write grant
     openloop: Path | None  # None: no C compiler (why in ``no_c``)
+    connectloop: Path | None  # the same
     no_c: str | None
     broker_policy: Path  # data served by the broker, for the C loop (extends minimal)
     broker_policy_py: Path  # the same, for the Python loop (extends python)
@@ -136,13 +217,13 @@ def _broker_policy(base: str, bin_dir: Path, data: Path) -> str:
     )
 
 
-def _compile(src_dir: Path, out: Path) -> str | None:
-    """Build the C loop; why it could not be built, or None."""
+def _compile(src_dir: Path, out: Path, source: str) -> str | None:
+    """Build a C loop; why it could not be built, or None."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return "no C compiler (cc) on PATH"
-    src = src_dir / "openloop.c"
-    src.write_text(OPENLOOP_C, encoding="ascii")
+    src = src_dir / f"{out.name}.c"
+    src.write_text(source, encoding="ascii")
     proc = subprocess.run(
         [cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-o", str(out), str(src)],
         capture_output=True,
@@ -169,15 +250,18 @@ def kernel_tree() -> Iterator[Tree]:
         for f in (target, paths["in"] / "f"):
             f.chmod(0o644)
         openloop: Path | None = paths["bin"] / "openloop"
-        assert openloop is not None
-        no_c = _compile(paths["src"], openloop)
+        connectloop: Path | None = paths["bin"] / "connectloop"
+        assert openloop is not None and connectloop is not None
+        no_c = _compile(paths["src"], openloop, OPENLOOP_C) or _compile(
+            paths["src"], connectloop, CONNECTLOOP_C
+        )
         if no_c is not None:
-            openloop = None
+            openloop = connectloop = None
         broker_policy, broker_policy_py = root / "broker.toml", root / "broker-python.toml"
         broker_policy.write_text(_broker_policy("minimal", paths["bin"], paths["data"]), encoding="utf-8")
         broker_policy_py.write_text(_broker_policy("python", paths["bin"], paths["data"]), encoding="utf-8")
         yield Tree(
-            root, paths["bin"], paths["data"], target, paths["in"], paths["out"], openloop, no_c,
+            root, paths["bin"], paths["data"], target, paths["in"], paths["out"], openloop, connectloop, no_c,
             broker_policy, broker_policy_py,
         )  # fmt: skip
     finally:
@@ -306,6 +390,74 @@ def bench_kernel_open(
             sec["kernel_vs_bwrap_p50"] = ratios(p50["privsep_kernel"], p50["bwrap"])
             sec["bwrap_vs_host_p50"] = ratios(p50["bwrap"], p50["host"])
         out[prog] = sec
+    return out
+
+
+# -- connect --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _tcp_listener() -> Iterator[int]:
+    """A listener on 127.0.0.1 whose connections a thread accepts and closes; yields its port."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(socket.SOMAXCONN)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed: the section is over
+            conn.close()
+
+    thread = threading.Thread(target=serve, name="bench-connect-listener", daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        server.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        server.close()
+        thread.join(timeout=10)
+
+
+#: (key, pinned) for every way the connect loop runs, in the order they run within a round.
+CONNECT_VARIANTS = (("host", True), ("privsep_broker", True), ("privsep_broker_unpinned", False))
+
+
+def bench_connect(
+    tree: Tree, log: Callable[[str], None], *, rounds: int, n: int, n_broker: int, warmup: int
+) -> dict[str, Any]:
+    if tree.connectloop is None:
+        assert tree.no_c is not None
+        return skipped(tree.no_c)
+    cpu = pin_cpu()
+    samples: dict[str, dict[str, list[float]]] = {
+        k: {"p50_us": [], "p99_us": []} for k, _ in CONNECT_VARIANTS
+    }
+    with _tcp_listener() as port:
+        loop = [str(tree.connectloop), "127.0.0.1", str(port)]
+        broker = [
+            PRIVSEP, "run", "--allow-read", str(tree.bin_dir), "--allow-connect", f"127.0.0.1:{port}", "--",
+            *loop, str(n_broker), str(warmup),
+        ]  # fmt: skip
+        argvs = {
+            "host": [*loop, str(n), str(warmup)],
+            "privsep_broker": broker,
+            "privsep_broker_unpinned": broker,
+        }
+        for r in range(rounds):
+            log(f"connect: round {r + 1}/{rounds}")
+            for key, pin in CONNECT_VARIANTS:
+                with pinned(cpu if pin else None):
+                    got = _run_json(argvs[key], f"connect {key}")
+                for p in ("p50_us", "p99_us"):
+                    samples[key][p].append(float(got[p]))
+    out: dict[str, Any] = {"cpu": cpu, "connects": n, "broker_connects": n_broker, "warmup": warmup}
+    out.update({k: {p: stats(v) for p, v in ps.items()} for k, ps in samples.items()})
+    out["broker_vs_host_p50"] = ratios(samples["privsep_broker"]["p50_us"], samples["host"]["p50_us"])
     return out
 
 

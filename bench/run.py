@@ -24,6 +24,8 @@ starts 3000 processes). Sections:
    Python ``os.open`` loop) opening a granted file, timed inside it, under
    ``privsep run --allow-read`` (kernel-served), on the host, under bwrap, and
    under ``privsep run`` with the grant ``serve = "broker"`` (``bench/kernel.py``).
+5b. connect: an unmodified program's TCP connect to a loopback listener, on the
+   host and under ``privsep run --allow-connect`` (each connect brokered).
 6. cli: the whole ``privsep run --allow-read IN --allow-write OUT -- cp IN/f
    OUT/g`` against bwrap with the same binds and the bare ``cp``.
 7. scale: one broker with 100 and 1000 idle sandboxes (``bench/scale.py``).
@@ -34,6 +36,7 @@ starts 3000 processes). Sections:
    same file unmarked, each a whole ``python -m pytest``, per test, against
    bwrap's ``/bin/true`` (``bench/marked.py``).
 
+``--only SECTION,...`` runs some of them (e.g. ``--only kernel_open,connect``).
 Benchmarks measure; they never fail on a missed target (the table says so).
 """
 
@@ -61,7 +64,7 @@ from typing import Any
 from bench.cgroups import bench_cgroups
 from bench.isolation import bench_isolation
 from bench.isolation import rows as isolation_rows
-from bench.kernel import bench_cli, bench_kernel_open, kernel_tree
+from bench.kernel import bench_cli, bench_connect, bench_kernel_open, kernel_tree
 from bench.marked import bench_marked
 from bench.workloads import (
     BROKERED_OPEN,
@@ -421,13 +424,23 @@ def bench_seccomp(cfg: Config, grant: Path, log: Callable[[str], None]) -> dict[
 # -- 5. kernel_open and 6. cli: bench/kernel.py ---------------------------------------------------------
 
 
-def bench_kernel(cfg: Config, log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+def bench_kernel(cfg: Config, log: Callable[[str], None], wanted: set[str]) -> dict[str, Any]:
+    """The sections of bench/kernel.py that are ``wanted``, by name."""
+    out: dict[str, Any] = {}
+    if not wanted & {"kernel_open", "connect", "cli"}:
+        return out
     with kernel_tree() as tree:
-        kernel_open = bench_kernel_open(
-            tree, log, rounds=cfg.rounds, n=cfg.kernel_n, n_broker=cfg.kernel_broker_n, warmup=cfg.warmup
-        )
-        cli = bench_cli(tree, log, rounds=cfg.rounds, per_round=cfg.command_n)
-    return kernel_open, cli
+        if "kernel_open" in wanted:
+            out["kernel_open"] = bench_kernel_open(
+                tree, log, rounds=cfg.rounds, n=cfg.kernel_n, n_broker=cfg.kernel_broker_n, warmup=cfg.warmup
+            )
+        if "connect" in wanted:
+            out["connect"] = bench_connect(
+                tree, log, rounds=cfg.rounds, n=cfg.kernel_n, n_broker=cfg.kernel_broker_n, warmup=cfg.warmup
+            )
+        if "cli" in wanted:
+            out["cli"] = bench_cli(tree, log, rounds=cfg.rounds, per_round=cfg.command_n)
+    return out
 
 
 # -- 7. scale -------------------------------------------------------------------------------------------
@@ -477,56 +490,82 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
              "note": note}
         )  # fmt: skip
 
-    rt = res["roundtrip"]["pinned"]["open_vs_raw_p50"]["median"]
-    add("brokered open p50 <= 1.6x raw floor (pinned)", rt, 1.6, "x")
-    spawn = res["spawn"]
-    if "sandbox_run_vs_bwrap" in spawn:
-        add("Sandbox.run(['/bin/true']) <= bwrap", spawn["sandbox_run_vs_bwrap"]["median"], 1.0, "x")
-    else:
-        add("Sandbox.run(['/bin/true']) <= bwrap", None, 1.0, "x", spawn["bwrap"]["skipped"])
-    add("forkserver Sandbox.call < 10 ms", spawn["forkserver_call"]["median"], 10.0, "ms")
-    add(
-        "privsep run -- /bin/true <= 1.2x pydantic-import floor",
-        spawn["privsep_run_vs_pydantic_floor"]["median"],
-        1.2,
-        "x",
-    )
-    cg, name = res.get("cgroups", skipped("not measured")), "a cgroup per sandbox adds <= 1 ms per spawn"
-    if "skipped" in cg:
-        add(name, None, 1.0, "ms", cg["skipped"], issue=14)
-    else:
-        add(name, cg["added_ms"]["median"], 1.0, "ms", issue=14)
-    add("seccomp getppid loop <= 1.05x unconfined", res["seccomp"]["getppid_ratio"]["median"], 1.05, "x")
-    levels = {lvl["children"]: lvl for lvl in res["scale"]["levels"]}
-    if 1000 in levels:
-        add("broker RSS with 1000 children <= 100 MB", levels[1000]["broker_rss_kb"] / 1024, 100.0, "MB")
-    else:
-        add("broker RSS with 1000 children <= 100 MB", None, 100.0, "MB", "not measured (--quick: 100 only)")
-    ko = res["kernel_open"]
-    for prog, label in (("c", "C loop"), ("python", "Python os.open loop")):
-        name = f"kernel-served open p50 <= 2x host ({label}, pinned)"
-        if "skipped" in ko[prog]:
-            add(name, None, 2.0, "x", ko[prog]["skipped"], issue=12)
+    if "roundtrip" in res:
+        rt = res["roundtrip"]["pinned"]["open_vs_raw_p50"]["median"]
+        add("brokered open p50 <= 1.6x raw floor (pinned)", rt, 1.6, "x")
+    if "spawn" in res:
+        spawn = res["spawn"]
+        if "sandbox_run_vs_bwrap" in spawn:
+            add("Sandbox.run(['/bin/true']) <= bwrap", spawn["sandbox_run_vs_bwrap"]["median"], 1.0, "x")
         else:
-            add(name, ko[prog]["kernel_vs_host_p50"]["median"], 2.0, "x", issue=12)
-    cli, name = res["cli"], "privsep run --allow-read --allow-write -- cp <= 10x bwrap, same binds"
-    if "vs_bwrap" in cli:
-        add(name, cli["vs_bwrap"]["median"], 10.0, "x", issue=16)
-    else:
-        add(name, None, 10.0, "x", cli["bwrap"]["skipped"], issue=16)
-    marked, name = res["marked"], "one @pytest.mark.privsep test, per test, <= 10x bwrap /bin/true"
-    if "per_test_vs_bwrap" in marked:
-        add(name, marked["per_test_vs_bwrap"]["median"], 10.0, "x", issue=16)
-    else:
-        add(name, None, 10.0, "x", marked["bwrap"]["skipped"], issue=16)
+            add("Sandbox.run(['/bin/true']) <= bwrap", None, 1.0, "x", spawn["bwrap"]["skipped"])
+        add("forkserver Sandbox.call < 10 ms", spawn["forkserver_call"]["median"], 10.0, "ms")
+        add(
+            "privsep run -- /bin/true <= 1.2x pydantic-import floor",
+            spawn["privsep_run_vs_pydantic_floor"]["median"],
+            1.2,
+            "x",
+        )
+    if "cgroups" in res:
+        cg, name = res["cgroups"], "a cgroup per sandbox adds <= 1 ms per spawn"
+        if "skipped" in cg:
+            add(name, None, 1.0, "ms", cg["skipped"], issue=14)
+        else:
+            add(name, cg["added_ms"]["median"], 1.0, "ms", issue=14)
+    if "seccomp" in res:
+        add("seccomp getppid loop <= 1.05x unconfined", res["seccomp"]["getppid_ratio"]["median"], 1.05, "x")
+    if "scale" in res:
+        levels = {lvl["children"]: lvl for lvl in res["scale"]["levels"]}
+        name = "broker RSS with 1000 children <= 100 MB"
+        if 1000 in levels:
+            add(name, levels[1000]["broker_rss_kb"] / 1024, 100.0, "MB")
+        else:
+            add(name, None, 100.0, "MB", "not measured (--quick: 100 only)")
+    if "kernel_open" in res:
+        ko = res["kernel_open"]
+        for prog, label in (("c", "C loop"), ("python", "Python os.open loop")):
+            name = f"kernel-served open p50 <= 2x host ({label}, pinned)"
+            if "skipped" in ko[prog]:
+                add(name, None, 2.0, "x", ko[prog]["skipped"], issue=12)
+            else:
+                add(name, ko[prog]["kernel_vs_host_p50"]["median"], 2.0, "x", issue=12)
+        for prog, label in (("c", "C loop"), ("python", "Python os.open loop")):
+            name = f'broker-served (serve = "broker") open p50 <= 2x host ({label}, pinned)'
+            if "skipped" in ko[prog]:
+                add(name, None, 2.0, "x", ko[prog]["skipped"], issue=16)
+            else:
+                add(name, ko[prog]["broker_vs_host_p50"]["median"], 2.0, "x", issue=16)
+    if "cli" in res:
+        cli, name = res["cli"], "privsep run --allow-read --allow-write -- cp <= 10x bwrap, same binds"
+        if "vs_bwrap" in cli:
+            add(name, cli["vs_bwrap"]["median"], 10.0, "x", issue=16)
+        else:
+            add(name, None, 10.0, "x", cli["bwrap"]["skipped"], issue=16)
+    if "marked" in res:
+        marked, name = res["marked"], "one @pytest.mark.privsep test, per test, <= 10x bwrap /bin/true"
+        if "per_test_vs_bwrap" in marked:
+            add(name, marked["per_test_vs_bwrap"]["median"], 10.0, "x", issue=16)
+        else:
+            add(name, None, 10.0, "x", marked["bwrap"]["skipped"], issue=16)
     return out
 
 
-def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    """(section, measure, privsep, floor or peer, ratio) for every line of the table."""
-    rows: list[tuple[str, str, str, str, str]] = []
+Row = tuple[str, str, str, str, str]
+
+
+def _rows(res: dict[str, Any]) -> list[Row]:
+    """(section, measure, privsep, floor or peer, ratio) for every line of the table (sections run only)."""
+    rows: list[Row] = []
+    for key, section_rows in _SECTION_ROWS:
+        if key in res:
+            rows += section_rows(res[key])
+    return rows
+
+
+def _roundtrip_rows(rt: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     for mode in ("pinned", "unpinned"):
-        m, section = res["roundtrip"][mode], f"open round trip, {mode}"
+        m, section = rt[mode], f"open round trip, {mode}"
         ours = _fmt(m["brokered_open"]["p50_us"], " us")
         rows += [
             (section, "client.open p50 vs raw floor", ours, _fmt(m["raw_open"]["p50_us"], " us"),
@@ -545,13 +584,21 @@ def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                  f"{_fmt(ours['cpu_us'], ' us')} + {_fmt(ours['broker_cpu_us'], ' us')}",
                  f"{_fmt(raw['cpu_us'], ' us')} + {_fmt(raw['broker_cpu_us'], ' us')}", "")
             )  # fmt: skip
-    for k, s in res["throughput"]["children"].items():
-        rows.append(("throughput", f"opens/s, {k} children, one broker", _fmt(s, "", 0), "", ""))
-    sp = res["spawn"]
+    return rows
+
+
+def _throughput_rows(tp: dict[str, Any]) -> list[Row]:
+    return [
+        ("throughput", f"opens/s, {k} children, one broker", _fmt(s, "", 0), "", "")
+        for k, s in tp["children"].items()
+    ]
+
+
+def _spawn_rows(sp: dict[str, Any]) -> list[Row]:
     bwrap = _fmt(sp.get("bwrap", skipped("bwrap is not installed")), " ms", 2)
     firejail = _fmt(sp.get("firejail", skipped("firejail is not installed")), " ms")
     run = _fmt(sp["privsep_run"], " ms")
-    rows += [
+    return [
         ("spawn", "Sandbox.run(['/bin/true']) vs bwrap process", _fmt(sp["sandbox_run"], " ms", 2), bwrap,
          _ratio(sp.get("sandbox_run_vs_bwrap"))),
         ("spawn", "Broker.start+wait, plan prebuilt, vs bwrap", _fmt(sp["broker_start_wait"], " ms", 2),
@@ -570,18 +617,22 @@ def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         ("whole command", "/bin/true, no sandbox (process floor)", _fmt(sp["process_floor"], " ms", 2),
          "", ""),
     ]  # fmt: skip
-    cg = res.get("cgroups", skipped("not measured"))
+
+
+def _cgroups_rows(cg: dict[str, Any]) -> list[Row]:
     if "skipped" in cg:
-        rows.append(("cgroups", "Broker.start+wait with the sandbox's cgroup vs without", _fmt(cg), "", ""))
-    else:
-        rows += [
-            ("cgroups", f"Broker.start+wait with its cgroup ({cg['version']}) vs cgroups off",
-             _fmt(cg["spawn_with_cgroup_ms"], " ms", 2), _fmt(cg["spawn_without_cgroup_ms"], " ms", 2),
-             _ratio(cg["with_vs_without"])),
-            ("cgroups", "added per spawn; make + remove one cgroup alone", _fmt(cg["added_ms"], " ms", 2),
-             _fmt(cg["make_and_remove_us"], " us", 0), ""),
-        ]  # fmt: skip
-    sc = res["seccomp"]
+        return [("cgroups", "Broker.start+wait with the sandbox's cgroup vs without", _fmt(cg), "", "")]
+    return [
+        ("cgroups", f"Broker.start+wait with its cgroup ({cg['version']}) vs cgroups off",
+         _fmt(cg["spawn_with_cgroup_ms"], " ms", 2), _fmt(cg["spawn_without_cgroup_ms"], " ms", 2),
+         _ratio(cg["with_vs_without"])),
+        ("cgroups", "added per spawn; make + remove one cgroup alone", _fmt(cg["added_ms"], " ms", 2),
+         _fmt(cg["make_and_remove_us"], " us", 0), ""),
+    ]  # fmt: skip
+
+
+def _seccomp_rows(sc: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     for name, label in (("getppid", "os.getppid()"), ("stat", "os.stat('/usr/bin/true')")):
         rows += [
             ("seccomp", f"{label} loop, confined vs unconfined", _fmt(sc[f"confined_{name}"], " ns"),
@@ -590,11 +641,16 @@ def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
              _fmt(sc[f"one_rule_{name}"], " ns"), _fmt(sc[f"plain_{name}"], " ns"),
              _ratio(sc[f"{name}_one_rule_ratio"])),
         ]  # fmt: skip
-    rows += _kernel_rows(res["kernel_open"]) + _cli_rows(res["cli"]) + _marked_rows(res["marked"])
-    rows += isolation_rows(res["isolation"], _fmt, _ratio)
-    scale = res["scale"]
+    return rows
+
+
+def _isolation_rows(iso: dict[str, Any]) -> list[Row]:
+    return isolation_rows(iso, _fmt, _ratio)
+
+
+def _scale_rows(scale: dict[str, Any]) -> list[Row]:
     alone = scale["alone"]
-    rows.append(
+    rows: list[Row] = [
         (
             "scale (1 round)",
             "open p50 / p99, alone",
@@ -602,7 +658,7 @@ def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             "",
             "",
         )
-    )
+    ]
     for lvl in scale["levels"]:
         n, opened = lvl["children"], lvl["open"]
         rows += [
@@ -618,8 +674,8 @@ def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def _kernel_rows(ko: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    rows: list[tuple[str, str, str, str, str]] = []
+def _kernel_rows(ko: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     for prog, label in (("c", "C loop"), ("python", "Python os.open loop")):
         section, m = f"kernel open, {label}", ko[prog]
         if "skipped" in m:
@@ -653,7 +709,22 @@ def _kernel_rows(ko: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def _cli_rows(cli: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+def _connect_rows(co: dict[str, Any]) -> list[Row]:
+    section = "transparent connect, C loop"
+    if "skipped" in co:
+        return [(section, "connect() to a listener on 127.0.0.1", _fmt(co), "", "")]
+    host, broker, unpinned = (co[k] for k in ("host", "privsep_broker", "privsep_broker_unpinned"))
+    return [
+        (section, "p50, privsep run --allow-connect (broker-served) vs host, pinned",
+         _fmt(broker["p50_us"], " us"), _fmt(host["p50_us"], " us", 2), _ratio(co["broker_vs_host_p50"])),
+        (section, "p99, broker-served vs host, pinned", _fmt(broker["p99_us"], " us"),
+         _fmt(host["p99_us"], " us", 2), ""),
+        (section, "p50 / p99, broker-served, unpinned",
+         f"{_fmt(unpinned['p50_us'], ' us')} / {_fmt(unpinned['p99_us'], ' us')}", "", ""),
+    ]  # fmt: skip
+
+
+def _cli_rows(cli: dict[str, Any]) -> list[Row]:
     section = "whole CLI run"
     ours = _fmt(cli["privsep_run"], " ms")
     bare = _fmt(cli["bare"], " ms", 2)
@@ -668,7 +739,7 @@ def _cli_rows(cli: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     ]  # fmt: skip
 
 
-def _marked_rows(m: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+def _marked_rows(m: dict[str, Any]) -> list[Row]:
     section, n = "pytest plugin", m["tests"]
     return [
         (section, "one @pytest.mark.privsep test, per test, vs bwrap /bin/true", _fmt(m["per_test"], " ms"),
@@ -678,14 +749,37 @@ def _marked_rows(m: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     ]  # fmt: skip
 
 
+#: Every section, in the order of the table, with the rows it adds to it.
+_SECTION_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
+    ("roundtrip", _roundtrip_rows),
+    ("throughput", _throughput_rows),
+    ("spawn", _spawn_rows),
+    ("cgroups", _cgroups_rows),
+    ("seccomp", _seccomp_rows),
+    ("kernel_open", _kernel_rows),
+    ("connect", _connect_rows),
+    ("cli", _cli_rows),
+    ("marked", _marked_rows),
+    ("isolation", _isolation_rows),
+    ("scale", _scale_rows),
+)
+SECTIONS = tuple(key for key, _ in _SECTION_ROWS)
+
+
 def render(res: dict[str, Any]) -> str:
     """The Markdown tables: every measurement, then the targets."""
     meta = res["meta"]
     lines = [
         f"privsep {meta['privsep']} ({meta['commit']}), {meta['rounds']} rounds: "
         f"median (min-max of the rounds); kernel {meta['kernel']}, {meta['cpus']} CPUs, "
-        f"load average {meta['loadavg_start']:.1f} at start, {meta['loadavg_before_scale']:.1f} before "
-        "the scale section (other work on the machine inflates every number)",
+        f"load average {meta['loadavg_start']:.1f} at start"
+        + (
+            f", {meta['loadavg_before_scale']:.1f} before the scale section"
+            if "loadavg_before_scale" in meta
+            else ""
+        )
+        + " (other work on the machine inflates every number)"
+        + (f"; sections run: {', '.join(meta['only'])}" if meta.get("only") else ""),
         "",
         "| section | measure | privsep | floor / peer | ratio |",
         "|---|---|---|---|---|",
@@ -734,12 +828,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="rounds per section (default 5; --quick: 2)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: fewer rounds and iterations")
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"the JSON file (default {DEFAULT_OUT})"
+        "--out", type=Path, default=None, help=f"the JSON file (default {DEFAULT_OUT}; none with --only)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--only",
+        metavar="SECTION[,SECTION...]",
+        type=lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
+        default=(),
+        help=f"run only these sections, of: {', '.join(SECTIONS)}",
+    )
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    unknown = [name for name in args.only if name not in SECTIONS]
+    if unknown:
+        parser.error(f"--only: no section named {', '.join(unknown)} (sections: {', '.join(SECTIONS)})")
+    wanted = set(args.only or SECTIONS)
+    out_path: Path | None = args.out or (None if args.only else DEFAULT_OUT)
     cfg = config(args)
     started = time.monotonic()
 
@@ -748,6 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[{time.monotonic() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
     results: dict[str, Any] = {"meta": _meta(cfg, sys.argv[1:] if argv is None else argv)}
+    results["meta"]["only"] = list(args.only)
     # privsep is installed editable: without its bytecode on disk (PYTHONDONTWRITEBYTECODE=1, as in CI
     # and in every workload's environment) each `privsep run` would compile it from source, ~50 ms that
     # an installed privsep never pays. Compile it once (a no-op when up to date).
@@ -755,22 +862,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         REPO / "privsep", quiet=1, workers=1, legacy=False
     )
     with _grant_dir() as grant:
-        results["roundtrip"] = bench_roundtrip(cfg, grant, log)
-        results["throughput"] = bench_throughput(cfg, grant, log)
-        results["spawn"] = bench_spawn(cfg, log)
-        results["cgroups"] = bench_cgroups(cfg.rounds, 2 * cfg.spawn_n, log)
-        results["seccomp"] = bench_seccomp(cfg, grant, log)
-    results["isolation"] = bench_isolation(cfg.rounds, cfg.isolation_pings, cfg.isolation_files, log)
-    results["kernel_open"], results["cli"] = bench_kernel(cfg, log)
-    results["marked"] = bench_marked(cfg.rounds, log, bwrap=BWRAP, no_bwrap=_peer("bwrap", BWRAP))
-    results["meta"]["loadavg_before_scale"] = os.getloadavg()[0]
-    results["scale"] = bench_scale(cfg, log)
+        if "roundtrip" in wanted:
+            results["roundtrip"] = bench_roundtrip(cfg, grant, log)
+        if "throughput" in wanted:
+            results["throughput"] = bench_throughput(cfg, grant, log)
+        if "spawn" in wanted:
+            results["spawn"] = bench_spawn(cfg, log)
+        if "cgroups" in wanted:
+            results["cgroups"] = bench_cgroups(cfg.rounds, 2 * cfg.spawn_n, log)
+        if "seccomp" in wanted:
+            results["seccomp"] = bench_seccomp(cfg, grant, log)
+    if "isolation" in wanted:
+        results["isolation"] = bench_isolation(cfg.rounds, cfg.isolation_pings, cfg.isolation_files, log)
+    results.update(bench_kernel(cfg, log, wanted))
+    if "marked" in wanted:
+        results["marked"] = bench_marked(cfg.rounds, log, bwrap=BWRAP, no_bwrap=_peer("bwrap", BWRAP))
+    if "scale" in wanted:
+        results["meta"]["loadavg_before_scale"] = os.getloadavg()[0]
+        results["scale"] = bench_scale(cfg, log)
     results["targets"] = targets(results)
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
     table = render(results)
     results["table"] = table
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(table, end="")
-    log(f"wrote {args.out}")
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        log(f"wrote {out_path}")
     return 0
