@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 from privsep import _linux, _stdout, cgroups
 from privsep._assemble import assemble, plan_for
+from privsep.broker import notify
 from privsep.confine import identity
 from privsep.confine.landlock import MIN_ABI
 from privsep.confine.seccomp import load_filter
@@ -83,6 +84,8 @@ class Facts:
     seccomp_filter: Probe
     seccomp_listener: Probe
     max_user_namespaces: int | None
+    seccomp_sync_wakeup: Probe = Probe()
+    """SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP on a listener (Linux 6.6): optional, a speed-up."""
     userns_sysctls: dict[str, int] = field(default_factory=dict)
     """Distribution switches that restrict unprivileged user namespaces, when present."""
     namespaces: Probe = Probe()
@@ -216,6 +219,15 @@ def _seccomp(listener: bool) -> Callable[[], None]:
             raise OSError(errno.EINVAL, "no listener fd")
 
     return load
+
+
+def _seccomp_sync_wakeup() -> None:
+    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+    fd = load_filter(_ALLOW_ALL_BPF, listener=True)
+    if fd is None:
+        raise OSError(errno.EINVAL, "no listener fd")
+    if not notify.set_sync_wakeup(fd):  # what the broker does with each sandbox's listener
+        raise OSError(errno.ENOSYS, "SECCOMP_IOCTL_NOTIF_SET_FLAGS refused")
 
 
 def _openat2() -> None:
@@ -369,6 +381,7 @@ def probe(*, trial: bool = True) -> Facts:
         seccomp_actions=None if actions is None else tuple(actions.split()),
         seccomp_filter=_in_child(_seccomp(listener=False)),
         seccomp_listener=_in_child(_seccomp(listener=True)),
+        seccomp_sync_wakeup=_in_child(_seccomp_sync_wakeup),
         max_user_namespaces=_read_int("/proc/sys/user/max_user_namespaces"),
         userns_sysctls=sysctls,
         namespaces=_in_child(_unshare(flags)),
@@ -505,6 +518,20 @@ def layers(facts: Facts) -> list[Layer]:
             "it needs Linux 5.0 or later"
         )
     rows.append(Layer("7 seccomp", seccomp_ok, seccomp_detail))
+    sync = facts.seccomp_sync_wakeup
+    rows.append(
+        Layer(
+            "broker: synchronous wake-up",
+            seccomp_ok and sync.ok,
+            "the kernel wakes the broker, and a call it answers, on the waker's CPU "
+            "(SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)"
+            if sync.ok
+            else "SECCOMP_IOCTL_NOTIF_SET_FLAGS: "
+            + _missing(sync, "6.6")
+            + "; optional: brokered calls then pay a cross-CPU wake-up, slower but confined the same",
+            required=False,
+        )
+    )
     rows.append(
         Layer(
             "broker: children (pidfd)",
@@ -609,7 +636,8 @@ def render_text(facts: Facts, rows: list[Layer]) -> str:
         f"  kernel            Linux {facts.kernel} {facts.machine}",
         f"  running as        euid {facts.euid} ({role})",
         f"  Landlock          {landlock}",
-        f"  seccomp           filter: {yes(facts.seccomp_filter)}; user notification: {notif}",
+        f"  seccomp           filter: {yes(facts.seccomp_filter)}; user notification: {notif}; "
+        f"synchronous wake-up: {yes(facts.seccomp_sync_wakeup)}",
         f"                    actions_avail: {actions}",
         f"  user namespaces   {userns}",
         f"  namespaces        unshare as privsep run does: {yes(facts.namespaces)}",

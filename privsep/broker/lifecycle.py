@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from privsep import cgroups, channel
+from privsep.broker import notify
 from privsep.broker.child import Child
 from privsep.broker.events import Events
 from privsep.broker.outcome import Outcome, from_wait_status, memory_limit
@@ -124,6 +125,7 @@ class Lifecycle:
                 if procs.kill_reason is not None:
                     self.kill(child, procs.kill_reason)  # killed before init was known: make sure
             elif msg.kind == "listener":
+                notify.set_sync_wakeup(msg.fd)  # where the kernel has it (privsep doctor says)
                 self._events.watch(msg.fd, "listener", child)
             else:
                 procs.command_pid = _pid_of(msg.fd)

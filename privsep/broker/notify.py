@@ -53,6 +53,8 @@ _IOC_ADDFD = 0x40182103  # SECCOMP_IOCTL_NOTIF_ADDFD
 _ADDFD = struct.Struct("=QIIII")
 _ADDFD_FLAG_SETFD = 1  # put the fd at newfd (replacing what is there), as dup2 would
 _ADDFD_FLAG_SEND = 2  # and answer the call with the new fd number, atomically
+_IOC_SET_FLAGS = 0x40082104  # SECCOMP_IOCTL_NOTIF_SET_FLAGS (Linux 6.6); its argument is the value
+_FD_SYNC_WAKE_UP = 1  # SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
 AUDIT_ARCH_X86_64 = _linux.AUDIT_ARCH_X86_64  # one home: _linux, the x86_64 ABI
 
 
@@ -63,6 +65,25 @@ class Notification:
     nr: int
     arch: int
     args: tuple[int, ...]
+
+
+def set_sync_wakeup(listener: int) -> bool:
+    """Ask for synchronous wake-ups on ``listener``; False when this kernel has none (before 6.6).
+
+    With SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP the kernel wakes the broker on the
+    CPU of the notifying thread, and the caller on the CPU of the broker when
+    it answers (SECCOMP_IOCTL_NOTIF_SEND: a refusal, a hand-back, a swapped-in
+    socket), instead of waking each on a CPU of its own: the two take turns,
+    and a cross-CPU wake-up costs tens of microseconds on a VM. An answer by
+    ADDFD_FLAG_SEND (an opened file) is woken as before: the kernel applies the
+    flag to NOTIF_SEND only. A speed-up, never a confinement matter: without
+    it every answer is the same, only slower.
+    """
+    try:
+        fcntl.ioctl(listener, _IOC_SET_FLAGS, _FD_SYNC_WAKE_UP)
+    except OSError:
+        return False  # ENOTTY, EINVAL: an older kernel (no such ioctl, no such flag); EINTR: next time
+    return True
 
 
 def receive(listener: int) -> Notification | None:

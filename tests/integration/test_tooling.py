@@ -221,6 +221,12 @@ def _cgroup_here() -> str:
     return "hybrid" if v1 and v2 else "v2" if v2 else "v1" if v1 else "none"
 
 
+def _sync_wakeup_here() -> bool:
+    """SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP came with Linux 6.6."""
+    major, minor = (int(part) for part in re.findall(r"\d+", os.uname().release)[:2])
+    return (major, minor) >= (6, 6)
+
+
 def test_doctor_describes_this_machine_and_finds_every_layer(user: str) -> None:
     proc = privsep("doctor", user=user)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -242,6 +248,8 @@ def test_doctor_describes_this_machine_and_finds_every_layer(user: str) -> None:
     for layer in layers:
         assert re.search(rf"^  {re.escape(layer)} +applied: ", out, re.M), layer
     assert re.search(r"^  trial: minimal, /usr/bin/true +ok: ", out, re.M)
+    sync = "applied" if _sync_wakeup_here() else "absent"
+    assert re.search(rf"^  broker: synchronous wake-up +{sync}: ", out, re.M)
     assert out.rstrip().endswith("verdict: ready; every layer privsep run needs is available here")
     if user == "root":
         assert re.search(r"^  4b host id per sandbox +applied: from \d+-\d+ \(", out, re.M)
@@ -266,6 +274,7 @@ def test_doctor_json_is_the_same_verdict_for_machines(user: str) -> None:
     assert data["facts"]["cgroup"] == _cgroup_here()
     statuses = {layer["name"]: layer["status"] for layer in data["layers"]}
     assert statuses.pop("4b host id per sandbox") == ("applied" if user == "root" else "absent")
+    assert statuses.pop("broker: synchronous wake-up") == ("applied" if _sync_wakeup_here() else "absent")
     assert set(statuses.values()) == {"applied", "ok"}
     if user == "root":
         assert data["facts"]["host_id_range"] and data["facts"]["host_ids"] == {"error": None}

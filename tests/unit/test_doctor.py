@@ -7,11 +7,13 @@ here :func:`privsep.doctor.layers` gets facts no CI machine has.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 
 from privsep import doctor
+from privsep.broker import notify
 from privsep.doctor import Facts, Layer, Probe, layers, ready, render_text
 
 GOOD = Facts(
@@ -120,6 +122,28 @@ def test_a_missing_layer_is_named_with_its_fix_and_fails_the_verdict(
         f"verdict: NOT ready; privsep run will refuse to start here (missing: {found.name})"
         in render_text(facts, rows)
     )
+
+
+def test_no_synchronous_wake_up_is_said_and_does_not_fail_the_verdict() -> None:
+    """A kernel before 6.6: brokered calls are slower there, never less confined."""
+    facts = dataclasses.replace(GOOD, seccomp_sync_wakeup=Probe("ENOSYS (Function not implemented)"))
+    found = row(facts, "broker: synchronous wake-up")
+    assert not found.applied and not found.required and found.status == "absent"
+    assert "it needs Linux 6.6 or later" in found.detail and "confined the same" in found.detail
+    rows = layers(facts)
+    assert ready(rows)
+    assert "synchronous wake-up: no (ENOSYS (Function not implemented))" in render_text(facts, rows)
+    assert row(GOOD, "broker: synchronous wake-up").applied
+
+
+def test_synchronous_wake_up_on_what_is_not_a_listener_is_refused_quietly() -> None:
+    """The broker asks it of every listener; an fd the ioctl does not fit is not an error."""
+    r, w = os.pipe()
+    try:
+        assert notify.set_sync_wakeup(r) is False
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def test_no_user_namespaces_for_a_non_root_broker_says_how_to_enable_them() -> None:
