@@ -13,7 +13,9 @@ Two sections of ``python -m bench``:
   notification that the ``privsep run`` process answers. Every command is
   pinned, with everything it starts, to one CPU: for (d) the broker and the
   program then share it (a cross-CPU wake-up costs ~40 us on a VM). (d) runs
-  unpinned too, as a user would run it.
+  unpinned too, as a user would run it. The C loop runs (e) under the floor of
+  (d): the same seccomp-notify round trip answered by a plain Python server
+  with the same system calls and no policy (``RAW_NOTIFY``).
 - **connect**: an unmodified program (a C loop) connects a TCP socket to a
   listener on 127.0.0.1 ``n`` times and times each ``connect()`` itself, on
   the host and under ``privsep run --allow-connect 127.0.0.1:PORT``, where
@@ -187,6 +189,91 @@ int main(int argc, char **argv) {
 """
 
 
+#: The floor of a broker-served open: the same seccomp-notify round trip in plain Python, no policy.
+#: A Python server starts ARGV with a filter that sends open/openat to it, and answers each as
+#: privsep's broker does, with the same system calls (epoll_wait, NOTIF_RECV, process_vm_readv,
+#: NOTIF_ID_VALID, openat, NOTIF_ADDFD with FLAG_SEND, close) and nothing else: no policy, no
+#: pinned grants, no audit, no model. Prints what the program printed.
+RAW_NOTIFY = r"""
+import ctypes, errno, fcntl, json, os, select, socket, struct, subprocess, sys
+ARGS = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+filt = lambda code, k, jt=0, jf=0: struct.pack("=HBBI", code, jt, jf, k)
+ALLOW, NOTIFY = 0x7FFF0000, 0x7FC00000
+prog = b"".join([
+    filt(0x20, 4), filt(0x15, 0xC000003E, 1, 0), filt(0x06, ALLOW),  # another arch: allowed
+    filt(0x20, 0), filt(0x15, 257, 2, 0), filt(0x15, 2, 1, 0), filt(0x06, ALLOW), filt(0x06, NOTIFY),
+])
+buf = ctypes.create_string_buffer(prog, len(prog))
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
+ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+def confine():  # in the child, before execve: nothing here may open a file
+    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    fd = libc.syscall(317, 1, 8, ctypes.byref(fprog))  # SECCOMP_SET_MODE_FILTER, NEW_LISTENER
+    theirs.sendmsg([b"l"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+
+proc = subprocess.Popen(ARGS["argv"], preexec_fn=confine, close_fds=False, stdout=subprocess.PIPE)
+_, anc, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(4))
+listener = struct.unpack("i", anc[0][2][:4])[0]
+NOTIF = struct.Struct("=QIIiIQ6Q")
+ADDFD, ID, RESP = struct.Struct("=QIIII"), struct.Struct("=Q"), struct.Struct("=QqiI")
+vm_readv = libc.process_vm_readv
+vm_readv.restype = ctypes.c_ssize_t
+vm_readv.argtypes = (
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong
+)
+class Iov(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+def read_path(pid, at):
+    size = 4096 - at % 4096
+    out = ctypes.create_string_buffer(size)
+    local, remote = Iov(ctypes.addressof(out), size), Iov(at, size)
+    got = vm_readv(pid, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)
+    raw = out.raw[:max(got, 0)]
+    if b"\0" not in raw:
+        raise OSError(errno.ENAMETOOLONG, "a floor serves short paths only")
+    return raw[:raw.index(b"\0")]
+
+ep = select.epoll()
+ep.register(listener, select.EPOLLIN)
+pidfd = os.pidfd_open(proc.pid)
+ep.register(pidfd, select.EPOLLIN)
+while True:
+    if any(fd == pidfd for fd, _ in ep.poll()):
+        break
+    req = bytearray(NOTIF.size)
+    try:
+        fcntl.ioctl(listener, 0xC0502100, req, True)  # NOTIF_RECV
+    except OSError:
+        continue
+    nid, pid, _, nr, _, _, *args = NOTIF.unpack(req)
+    path_at, flags, mode = (args[0], args[1], args[2]) if nr == 2 else (args[1], args[2], args[3])
+    try:
+        path = read_path(pid, path_at)
+        fcntl.ioctl(listener, 0x40082102, bytearray(ID.pack(nid)), True)  # NOTIF_ID_VALID
+        fd = os.open(path, (flags & 0xFFFFFFFF) | os.O_CLOEXEC, mode & 0o7777)
+    except OSError as exc:
+        fcntl.ioctl(listener, 0xC0182101, bytearray(RESP.pack(nid, 0, -(exc.errno or errno.EIO), 0)), True)
+        continue
+    try:
+        cloexec = os.O_CLOEXEC if flags & os.O_CLOEXEC else 0
+        fcntl.ioctl(listener, 0x40182103, bytearray(ADDFD.pack(nid, 2, fd, 0, cloexec)), True)  # ADDFD, SEND
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+out, _ = proc.communicate()
+if proc.returncode:
+    sys.exit(f"the program exited {proc.returncode}")
+sys.stdout.write(out.decode())
+"""
+
+
 @dataclass(frozen=True)
 class Tree:
     """The files both sections use, in one temporary directory (mode 0755: the child runs as 65534)."""
@@ -324,6 +411,7 @@ VARIANTS = (
     ("bwrap", True),
     ("privsep_broker", True),
     ("privsep_broker_unpinned", False),
+    ("raw_notify", True),  # the C loop only: the floor of the broker-served open (RAW_NOTIFY)
 )
 
 
@@ -343,13 +431,16 @@ def _loop_argvs(tree: Tree, program: str, n: int, nb: int, warmup: int) -> dict[
         if not sys.base_prefix.startswith("/usr"):
             binds.append(sys.base_prefix)
     broker = [PRIVSEP, "run", *policy_b, "--", *loop_b]
-    return {
+    argvs = {
         "privsep_kernel": [PRIVSEP, "run", *policy, "--allow-read", str(tree.data), "--", *loop],
         "host": loop,
         "bwrap": bwrap_argv(binds, [], loop),
         "privsep_broker": broker,
         "privsep_broker_unpinned": broker,
     }
+    if program == "c":
+        argvs["raw_notify"] = list(python_argv(RAW_NOTIFY, {"argv": loop_b}))
+    return argvs
 
 
 def bench_kernel_open(
@@ -360,7 +451,9 @@ def bench_kernel_open(
     programs = {"c": tree.no_c, "python": None}
     keys = [k for k, _ in VARIANTS if not (k == "bwrap" and no_bwrap)]
     samples = {
-        prog: {k: {"p50_us": [], "p99_us": []} for k in keys} for prog, why in programs.items() if why is None
+        prog: {k: {"p50_us": [], "p99_us": []} for k in keys if k != "raw_notify" or prog == "c"}
+        for prog, why in programs.items()
+        if why is None
     }  # type: dict[str, dict[str, dict[str, list[float]]]]
     for r in range(rounds):
         log(f"kernel_open: round {r + 1}/{rounds}")
@@ -384,6 +477,9 @@ def bench_kernel_open(
         sec["kernel_vs_host_p50"] = ratios(p50["privsep_kernel"], p50["host"])
         sec["broker_vs_host_p50"] = ratios(p50["privsep_broker"], p50["host"])
         sec["broker_vs_kernel_p50"] = ratios(p50["privsep_broker"], p50["privsep_kernel"])
+        if "raw_notify" in p50:
+            sec["raw_notify_vs_host_p50"] = ratios(p50["raw_notify"], p50["host"])
+            sec["broker_vs_raw_notify_p50"] = ratios(p50["privsep_broker"], p50["raw_notify"])
         if no_bwrap:
             sec["bwrap"] = skipped(no_bwrap)
         else:

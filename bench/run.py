@@ -703,10 +703,24 @@ def _kernel_rows(ko: dict[str, Any]) -> list[Row]:
             (section, "p50, broker-served vs kernel-served, pinned", b50, k50,
              _ratio(m["broker_vs_kernel_p50"])),
             (section, "p99, broker-served, pinned", _fmt(broker["p99_us"], " us"), "", ""),
+            *_raw_notify_rows(section, m),
             (section, "p50 / p99, broker-served, unpinned",
              f"{_fmt(unpinned['p50_us'], ' us')} / {_fmt(unpinned['p99_us'], ' us')}", "", ""),
         ]  # fmt: skip
     return rows
+
+
+def _raw_notify_rows(section: str, m: dict[str, Any]) -> list[Row]:
+    """The floor of a broker-served open (the C loop's section only)."""
+    if "raw_notify" not in m:
+        return []
+    raw, ours = _fmt(m["raw_notify"]["p50_us"], " us"), _fmt(m["privsep_broker"]["p50_us"], " us")
+    return [
+        (section, "p50, raw seccomp-notify floor (plain Python server, same syscalls, no policy) vs host, "
+         "pinned", raw, _fmt(m["host"]["p50_us"], " us", 2), _ratio(m["raw_notify_vs_host_p50"])),
+        (section, "p50, broker-served vs the raw seccomp-notify floor, pinned", ours, raw,
+         _ratio(m["broker_vs_raw_notify_p50"])),
+    ]  # fmt: skip
 
 
 def _connect_rows(co: dict[str, Any]) -> list[Row]:
