@@ -66,6 +66,7 @@ NR_CLOSE_RANGE = 436
 
 #: The kernel's longest path, in bytes with its NUL (include/uapi/linux/limits.h).
 PATH_MAX = 4096
+PAGE_SIZE = 4096  # x86_64's: process_vm_read and the broker read the caller's memory page by page
 #: S_ISUID | S_ISGID: a file left set-id on the host runs with its owner's rights there.
 SETID_BITS = stat.S_ISUID | stat.S_ISGID
 
@@ -308,12 +309,13 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+_OPEN_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
+
+
 def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     """openat2(2); raises OSError (with ``filename``) like ``os.open``."""
     how = _OpenHow(flags, mode, resolve)
-    fd = _syscall(
-        NR_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))
-    )
+    fd = _syscall(NR_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), _OPEN_HOW_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
@@ -427,6 +429,10 @@ class _IOVec(ctypes.Structure):
 
 _process_vm_readv = _libc.process_vm_readv
 _process_vm_readv.restype = ctypes.c_ssize_t
+# Declared once: ctypes then converts plain ints itself, with no c_int()/c_ulong() built per call.
+_process_vm_readv.argtypes = (
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong
+)  # fmt: skip
 
 
 def process_vm_read(pid: int, address: int, size: int) -> bytes:
@@ -435,26 +441,22 @@ def process_vm_read(pid: int, address: int, size: int) -> bytes:
     One remote iovec per page: the kernel stops at the first iovec it cannot
     read in full, so a string that ends just before an unmapped page is still
     read whole. Raises OSError (EFAULT) when not even the first byte is readable.
+    Called once per brokered call, so it builds no more ctypes objects than it must.
     """
     if size <= 0:
         return b""
     buf = ctypes.create_string_buffer(size)
-    local = _IOVec(ctypes.addressof(buf), size)
-    pieces: list[tuple[int, int]] = []
-    at, end = address, address + size
-    while at < end:
-        step = min(end - at, 4096 - at % 4096)
-        pieces.append((at, step))
+    first = min(size, PAGE_SIZE - address % PAGE_SIZE)
+    count = 1 + -(-(size - first) // PAGE_SIZE)
+    remote = (_IOVec * count)()
+    remote[0].base, remote[0].len = address, first
+    at, end = address + first, address + size
+    for i in range(1, count):
+        step = min(end - at, PAGE_SIZE)
+        remote[i].base, remote[i].len = at, step
         at += step
-    remote = (_IOVec * len(pieces))(*(_IOVec(base, length) for base, length in pieces))
-    got = _process_vm_readv(
-        ctypes.c_int(pid),
-        ctypes.byref(local),
-        ctypes.c_ulong(1),
-        remote,
-        ctypes.c_ulong(len(pieces)),
-        ctypes.c_ulong(0),
-    )
+    local = _IOVec(ctypes.addressof(buf), size)
+    got = _process_vm_readv(pid, ctypes.addressof(local), 1, ctypes.addressof(remote), count, 0)
     if got < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 
 from privsep._linux import setfsgid, setfsuid, thread_setgroups, thread_setresgid, thread_setresuid
@@ -29,12 +29,19 @@ _KEEP = 0xFFFFFFFF  # setresuid/setresgid: leave this one as it is
 _UNCHANGED = 0xFFFFFFFF  # an id the call refuses: it then only returns the current one
 
 
-@contextmanager
-def acting_as(uid: int, gid: int) -> Iterator[None]:
+#: What ``acting_as`` returns when there is nothing to switch (reusable: it holds no state).
+_AS_ITSELF = nullcontext()
+
+
+def acting_as(uid: int, gid: int) -> AbstractContextManager[None]:
     """Within the block, this thread's file operations are the given owner's (uid < 0: unchanged)."""
     if uid < 0 or (uid, gid) == (0, 0):
-        yield  # not a root broker, or a grant root owns: the broker already acts as its owner
-        return
+        return _AS_ITSELF  # not a root broker, or a grant root owns: the broker already acts as its owner
+    return _switched(uid, gid)
+
+
+@contextmanager
+def _switched(uid: int, gid: int) -> Iterator[None]:
     groups = os.getgroups()
     thread_setgroups([])
     setfsgid(gid)

@@ -61,6 +61,15 @@ class Broker:
         self._listener = ListenerServer(
             self._events, self._recorder, self._lifecycle, self._requests, self._handback
         )
+        self._handlers: dict[Role, Callable[[Child], Any]] = {
+            "channel": self._requests.on_channel,
+            "control": self._lifecycle.on_control,
+            "listener": self._listener.on_listener,
+            "terminal": self._on_terminal,
+            "oom": self._lifecycle.on_oom,
+            "init": self._lifecycle.on_init_exit,
+            "monitor": self._lifecycle.on_monitor_exit,
+        }
 
     # -- public -----------------------------------------------------------
 
@@ -204,16 +213,7 @@ class Broker:
         return until if max_wait is None else min(max_wait, until)
 
     def _dispatch(self, child: Child, role: Role) -> None:
-        handlers: dict[Role, Callable[[Child], Any]] = {
-            "channel": self._requests.on_channel,
-            "control": self._lifecycle.on_control,
-            "listener": self._listener.on_listener,
-            "terminal": self._on_terminal,
-            "oom": self._lifecycle.on_oom,
-            "init": self._lifecycle.on_init_exit,
-            "monitor": self._lifecycle.on_monitor_exit,
-        }
-        handlers[role](child)
+        self._handlers[role](child)  # built once: this runs for every event
 
     def _on_terminal(self, child: Child) -> None:
         assert child.terminal is not None

@@ -75,13 +75,18 @@ class Recorder:
     def decision(
         self, child: Reported, request: protocol.Request, start: float, answer: Answer | Refusal
     ) -> None:
-        """A request or a transparently brokered call, decided and performed."""
-        what = target(request)
+        """A request or a transparently brokered call, decided and performed.
+
+        An allowed one without an audit log leaves nothing behind: no record is built for it.
+        """
         if isinstance(answer, Answer):
             if self._audit is not None:
                 latency = int((time.monotonic() - start) * 1e6)
-                self._audit.write(Record(child.command_pid, request.op, what, "allow", answer.rule, latency))
+                self._audit.write(
+                    Record(child.command_pid, request.op, target(request), "allow", answer.rule, latency)
+                )
             return
+        what = target(request)
         denied = answer.code is protocol.ErrorCode.DENIED
         if denied:
             child.report.deny(

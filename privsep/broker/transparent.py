@@ -790,7 +790,21 @@ def _read_upto(pid: int, address: int, size: int) -> bytes:
 
 
 def _read_path(pid: int, address: int) -> str:
-    raw = _read_upto(pid, address, _linux.PATH_MAX)
+    """The NUL-terminated path at ``address``, up to PATH_MAX bytes, read before anything is decided.
+
+    Read up to the end of its page first: nearly every path ends there, and a
+    second page costs the kernel another page to pin. Only a path running on
+    past it is read on, up to PATH_MAX bytes in all (what cannot be read
+    there ends it, as it would end a single read).
+    """
+    first = min(_linux.PATH_MAX, _linux.PAGE_SIZE - address % _linux.PAGE_SIZE)
+    raw = _read_upto(pid, address, first)
+    if len(raw) == first < _linux.PATH_MAX and b"\0" not in raw:
+        try:
+            raw += _linux.process_vm_read(pid, address + first, _linux.PATH_MAX - first)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise _Unserved(errno.ESRCH) from None
     end = raw.find(b"\0")
     if end < 0:
         raise _Unserved(errno.ENAMETOOLONG if len(raw) == _linux.PATH_MAX else errno.EFAULT)

@@ -45,6 +45,10 @@ class Verdict:
         return {"serve": None, "allow": "allow"}.get(self.action, "deny")
 
 
+#: The verdict on every transparently brokered call: one value, not one per notification.
+_SERVE = Verdict("serve", "")
+
+
 def decide_syscall(nr: int, arch: int, rules: SyscallRules, name_of: Callable[[int], str]) -> Verdict:
     """The answer to syscall ``nr`` of architecture ``arch`` under ``rules``.
 
@@ -53,7 +57,7 @@ def decide_syscall(nr: int, arch: int, rules: SyscallRules, name_of: Callable[[i
     """
     native = arch == AUDIT_ARCH_X86_64
     if native and nr in rules.transparent:
-        return Verdict("serve", "")
+        return _SERVE
     name = name_of(nr) if native else f"syscall {nr} (arch {arch:#x})"
     dangerous = not native or nr in rules.dangerous
     if rules.learning:

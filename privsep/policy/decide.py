@@ -113,12 +113,17 @@ def check_path(path: str) -> str | None:
             "the path is not absolute; the broker resolves absolute paths only "
             "(make it absolute in the child, e.g. with os.path.abspath)"
         )
-    if path != "/" and any(part in ("", ".", "..") for part in path[1:].split("/")):
+    if path != "/" and _unnormal(path[1:].split("/")):
         return (
             "the path is not normalised (an empty, '.' or '..' component, or a trailing '/'); "
             "the broker never interprets '..' itself: normalise it in the child"
         )
     return None
+
+
+def _unnormal(parts: list[str]) -> bool:
+    """An empty, '.' or '..' component (each a C-level scan: this runs on every brokered call)."""
+    return "" in parts or "." in parts or ".." in parts
 
 
 def covers(rule: FileRule, path: str) -> bool:
@@ -135,8 +140,15 @@ def _granted(rule: FileRule) -> frozenset[Access]:
     return granted | {Access.APPEND} if Access.WRITE in granted else granted
 
 
+#: Each set of accesses as a message names it; at most one entry per subset of Access.
+_WORDS: dict[frozenset[Access], str] = {}
+
+
 def _words(accesses: frozenset[Access]) -> str:
-    return ", ".join(a.value for a in Access if a in accesses) or "nothing"
+    words = _WORDS.get(accesses)
+    if words is None:  # once per set: iterating the enum costs more than the rest of a decision
+        words = _WORDS[accesses] = ", ".join(a.value for a in Access if a in accesses) or "nothing"
+    return words
 
 
 def deciding_rule(policy: Policy, path: str) -> int | None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import mmap
 import os
 import socket
 import struct
+from collections.abc import Iterator
 
 import pytest
 
@@ -97,3 +101,73 @@ def test_the_view_is_handed_back_and_everything_else_is_brokered() -> None:
         assert serve._brokered(s, outside), outside  # type: ignore[arg-type]
     # A rule inside the view wins: the broker serves it (and its deny rules are enforced there).
     assert serve._brokered(s, "/usr/share/doc/x")  # type: ignore[arg-type]
+
+
+_PAGE = 4096
+
+
+@pytest.fixture
+def two_pages() -> Iterator[int]:
+    """Two pages of this process's memory, the second unmapped again once a test asks (``munmap``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    )
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    base = libc.mmap(
+        None, 2 * _PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0
+    )
+    assert base not in (None, ctypes.c_void_p(-1).value)
+    try:
+        yield base
+    finally:
+        libc.munmap(base, 2 * _PAGE)  # the second page may be gone already: munmap ignores that
+
+
+def _put(address: int, data: bytes) -> None:
+    ctypes.memmove(address, data, len(data))
+
+
+def _unmap_second(base: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    assert libc.munmap(base + _PAGE, _PAGE) == 0
+
+
+def _refused(address: int) -> int | None:
+    with pytest.raises(t._Unserved) as caught:
+        t._read_path(os.getpid(), address)
+    return caught.value.err
+
+
+def test_a_path_is_read_whole_wherever_it_lies_in_its_pages(two_pages: int) -> None:
+    """Up to the end of its page first, then on into the next one when no NUL came (_read_path)."""
+    pid = os.getpid()
+    _put(two_pages, b"/at/the/start\0")
+    assert t._read_path(pid, two_pages) == "/at/the/start"
+    across = two_pages + _PAGE - 5
+    _put(across, b"/across/the/boundary\0")
+    assert t._read_path(pid, across) == "/across/the/boundary"
+    _put(two_pages + _PAGE - 4, b"/end\0")  # its NUL is the next page's first byte
+    assert t._read_path(pid, two_pages + _PAGE - 4) == "/end"
+    _put(two_pages + _PAGE - 4, b"/en\0")  # ends on the page's last byte
+    assert t._read_path(pid, two_pages + _PAGE - 4) == "/en"
+    _put(two_pages + 1, b"\0")
+    assert _refused(two_pages + 1) == errno.ENOENT  # an empty path
+
+
+def test_a_path_runs_into_unmapped_memory_or_past_path_max(two_pages: int) -> None:
+    _put(two_pages, b"/" * (2 * _PAGE))
+    assert _refused(two_pages) == errno.ENAMETOOLONG  # 4096 bytes and no NUL
+    assert _refused(two_pages + 100) == errno.ENAMETOOLONG  # the same, across the boundary
+    _unmap_second(two_pages)
+    assert _refused(two_pages + _PAGE - 3) == errno.EFAULT  # no NUL before the unmapped page
+    _put(two_pages + _PAGE - 3, b"/a\0")
+    assert t._read_path(os.getpid(), two_pages + _PAGE - 3) == "/a"  # a path ending just before it
+    assert _refused(two_pages + _PAGE) == errno.EFAULT  # nothing readable at all
