@@ -841,11 +841,20 @@ def _their_fd(pid: int, fd: int) -> int:
 
 
 def _fd_cloexec(pid: int, fd: int) -> bool:
+    """Whether the caller's fd ``fd`` is close-on-exec (a copy taken by pidfd_getfd always is).
+
+    Read as bytes, in one read: the file is a few short lines, and a text file
+    object costs more than the rest of the call.
+    """
     try:
-        with open(f"/proc/{pid}/fdinfo/{fd}") as info:
-            for line in info:
-                if line.startswith("flags:"):
-                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+        info = os.open(f"/proc/{pid}/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(info, 4096)
+        finally:
+            os.close(info)
+        for line in text.split(b"\n"):
+            if line.startswith(b"flags:"):
+                return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
     except (OSError, ValueError):
         pass
     return True  # unknown: the safer of the two (the socket does not leak into an exec)

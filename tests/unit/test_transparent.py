@@ -171,3 +171,15 @@ def test_a_path_runs_into_unmapped_memory_or_past_path_max(two_pages: int) -> No
     _put(two_pages + _PAGE - 3, b"/a\0")
     assert t._read_path(os.getpid(), two_pages + _PAGE - 3) == "/a"  # a path ending just before it
     assert _refused(two_pages + _PAGE) == errno.EFAULT  # nothing readable at all
+
+
+def test_the_close_on_exec_flag_of_a_callers_fd_is_read_from_its_fdinfo() -> None:
+    """What the broker's socket gets when it replaces the caller's (its copy is always close-on-exec)."""
+    with socket.socket() as closed_on_exec, socket.socket() as inherited:
+        inherited.set_inheritable(True)
+        assert t._fd_cloexec(os.getpid(), closed_on_exec.fileno()) is True
+        assert t._fd_cloexec(os.getpid(), inherited.fileno()) is False
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    assert t._fd_cloexec(os.getpid(), r) is True  # no such fd: the safer answer
