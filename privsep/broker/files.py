@@ -132,11 +132,11 @@ class FileService:
     # -- decisions --------------------------------------------------------
 
     def _decide(self, path: str, need: frozenset[Access]) -> FileDecision:
-        reason = check_path(path)
-        if reason is not None:
-            raise denied(f"{reason}; paths must be absolute and normalised")
-        decision = decide_file(self._policy, path, need)
+        decision = decide_file(self._policy, path, need)  # allowed: check_path found nothing wrong
         if not decision.allowed:
+            reason = check_path(path)
+            if reason is not None:
+                raise denied(f"{reason}; paths must be absolute and normalised")
             raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision), subject=path)
         return decision
 
