@@ -12,15 +12,17 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from privsep import protocol
 from privsep._printable import printable
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.audit import AuditLog, Record
 from privsep.broker.services import target
+from privsep.framing import ErrorCode
+
+if TYPE_CHECKING:
+    from privsep import protocol
 
 _MAX_DENIALS = 256  # kept per sandbox for the report; the audit log has every one
 _MAX_TRACEBACKS = 5  # printed in full per broker; later internal errors go to the audit log
@@ -82,7 +84,7 @@ class Recorder:
                 latency = int((time.monotonic() - start) * 1e6)
                 self._audit.write(Record(child.command_pid, request.op, what, "allow", answer.rule, latency))
             return
-        denied = answer.code is protocol.ErrorCode.DENIED
+        denied = answer.code is ErrorCode.DENIED
         if denied:
             child.report.deny(
                 Denial(request.op, what, answer.rule, answer.message, answer.allow, answer.subject)
@@ -119,6 +121,8 @@ class Recorder:
         """
         self._internal_errors += 1
         if self._internal_errors <= _MAX_TRACEBACKS:
+            import traceback  # noqa: PLC0415 - a bug of ours is rare: not on every run's import path
+
             detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             more = (
                 " (later ones are counted in the audit log only)"

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from privsep import _hostfacts as host
 from privsep.errors import PolicyError
 from privsep.policy.model import Policy, PolicyFile
 
@@ -60,13 +61,15 @@ def _read_named(name: str) -> tuple[str, str]:
             f"no shipped policy named '{name}'; shipped policies: {', '.join(shipped_names())}; "
             "or give the path of a TOML file"
         )
+    if isinstance(resource, Path):  # read as any policy file is, so that the plan cache sees it read
+        return f"<shipped policy '{name}'>", _read_file(resource)[1]
+    host.incomplete()  # in a zip: not a file the plan cache could read again
     return f"<shipped policy '{name}'>", resource.read_text(encoding="utf-8")
 
 
 def _read_file(path: Path) -> tuple[str, str]:
     try:
-        with path.open("rb") as f:
-            raw = f.read(_MAX_FILE_SIZE + 1)
+        raw = host.read_bytes(str(path), _MAX_FILE_SIZE + 1)
     except OSError as exc:
         raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from None
     except ValueError:  # a NUL in the path

@@ -45,6 +45,7 @@ def full_plan() -> SpawnPlan:
         rlimits={7: 1024, 6: -1, 4: 0},
         seccomp_bpf=bytes(range(256)) * 3,
         user_namespace=True,
+        dangerous_calls=(101, 165, 310),
         syscall_default="kill",
         learn=True,
         transparent_calls=(2, 42, 257),
