@@ -55,5 +55,5 @@ def lazy_module(name: str, namespace: dict[str, Any]) -> ModuleType:
     found = sys.modules.get(name)
     if found is not None:
         return found
-    placeholder: Any = _Placeholder(name, namespace)
-    return placeholder  # typed as the module: callers bind it under TYPE_CHECKING's import
+    placeholder: ModuleType = _Placeholder(name, namespace)  # type: ignore[assignment]
+    return placeholder  # stands for the module: callers bind it under TYPE_CHECKING's import

@@ -6,6 +6,8 @@ Imports are lazy so that ``privsep run`` pays only for what it uses.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import signal
 import sys
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
     from privsep._assemble import SpawnPlan
     from privsep.broker.loop import Broker, Child
     from privsep.broker.report import Denial
+    from privsep.plan.cache import Prepared
+    from privsep.policy.grants import Listen
+    from privsep.policy.load import Resolved
     from privsep.policy.model import Policy
 
 
@@ -110,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--audit-log", metavar="FILE", help="append one JSON line per broker decision to FILE (created 0600)"
     )
+    run.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="plan this run from the policy anew and keep nothing (also: PRIVSEP_NO_CACHE=1); by "
+        "default a plan is kept and used again while every file and host fact it was made from holds",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     learn = sub.add_parser(
         "learn",
@@ -199,20 +210,23 @@ def _limits_extra(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from privsep._assemble import assemble, plan_for
-    from privsep.policy.grants import grants_to_extra, parse_listen
-    from privsep.policy.load import load_policy
+    from privsep._assemble import Deferred, assemble
 
     command = _command(args)
-    listens = parse_listen(args.listen)
-    binds = [*args.allow_bind, *(listen.bind_grant() for listen in listens)]
-    extra = grants_to_extra(args.allow_read, args.allow_write, args.allow_connect, binds, args.secret)
-    limits = _limits_extra(args)
-    if limits:
-        extra["limits"] = limits
-    policy = load_policy(args.policy, extra=extra)
-    timeout = _timeout(args, policy)
-    plan = plan_for(policy, command)
+    prepared, model = _prepare(args, command)
+    timeout = _timeout(args, prepared.timeout)
+    listens: list[Listen] = []
+    if args.listen:
+        from privsep.policy.grants import parse_listen
+
+        listens = parse_listen(args.listen)
+    # From the cache there is no model: it is made if and when a request needs it.
+    policy = (
+        model
+        if model is not None
+        else Deferred(prepared.pins, functools.partial(_policy_of, prepared.policy))
+    )
+    plan = prepared.plan
     with assemble(policy, audit_log=args.audit_log, listen=listens, terminal=True) as parts:
         child = parts.start(plan, timeout=timeout)
         if child.cgroup_missing is not None:
@@ -224,6 +238,75 @@ def _run(args: argparse.Namespace) -> int:
             _report_hidden_paths(command, plan)
         return status
     raise AssertionError("unreachable")  # pragma: no cover - mypy: a context manager may swallow
+
+
+def _prepare(args: argparse.Namespace, command: list[str]) -> tuple[Prepared, Policy | None]:
+    """What the run computes from its policy: from the plan cache (and no model) when a plan
+    kept there still holds, else made now (with the model), and kept for the next run."""
+    from privsep.plan import cache
+
+    key = None
+    if not args.no_cache:
+        inputs = [
+            args.policy,
+            args.allow_read,
+            args.allow_write,
+            args.allow_connect,
+            args.allow_bind,
+            args.listen,
+            args.secret,
+            _limits_extra(args),
+        ]
+        key = cache.key(inputs)
+    if key is not None:
+        kept = cache.load(key)
+        if kept is not None:
+            return kept.for_command(command), None
+    from privsep import _hostfacts
+    from privsep.broker.pins import pin_specs
+    from privsep.plan.spawnplan import make_plan
+    from privsep.policy.grants import grants_to_extra, parse_listen
+    from privsep.policy.load import resolve_policy, validate_policy
+
+    binds = [*args.allow_bind, *(listen.bind_grant() for listen in parse_listen(args.listen))]
+    extra = grants_to_extra(args.allow_read, args.allow_write, args.allow_connect, binds, args.secret)
+    limits = _limits_extra(args)
+    if limits:
+        extra["limits"] = limits
+    with _hostfacts.recording() as seen:
+        resolved = resolve_policy(args.policy, extra=extra)
+        policy = validate_policy(resolved)
+        _timeout(args, policy.limits.timeout_seconds or None)  # refused before planning, as ever
+        plan = make_plan(policy, command)
+    kept_as = _kept_as(resolved)
+    prepared = cache.Prepared(
+        plan=plan,
+        pins=pin_specs(policy),
+        timeout=policy.limits.timeout_seconds or None,
+        policy=kept_as or "",
+    )
+    if key is not None and seen.complete and kept_as is not None:
+        cache.store(key, seen.facts, prepared)
+    return prepared, policy
+
+
+def _kept_as(resolved: Resolved) -> str | None:
+    """``resolved`` as the plan cache keeps it (JSON), or None when JSON cannot hold it exactly
+    (a TOML date, a NaN): such a policy is planned anew on every run."""
+    data = [resolved.spec, resolved.origin, resolved.extra, resolved.data]
+    try:
+        text = json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return text if json.loads(text) == data else None
+
+
+def _policy_of(resolved: str) -> Policy:
+    """The model of a policy the plan cache kept as its resolved input (see ``Deferred``)."""
+    from privsep.policy.load import Resolved, validate_policy
+
+    spec, origin, extra, data = json.loads(resolved)
+    return validate_policy(Resolved(spec, origin, extra, data))
 
 
 def _report_hidden_paths(command: Sequence[str], plan: SpawnPlan) -> None:
@@ -247,10 +330,9 @@ def _command(args: argparse.Namespace) -> list[str]:
     return command
 
 
-def _timeout(args: argparse.Namespace, policy: Policy) -> float | None:
-    timeout: float | None = (
-        args.timeout if args.timeout is not None else (policy.limits.timeout_seconds or None)
-    )
+def _timeout(args: argparse.Namespace, default: float | None) -> float | None:
+    """``--timeout``, else the policy's (``default``); a PrivsepError if it is not positive."""
+    timeout: float | None = args.timeout if args.timeout is not None else default
     if timeout is not None and timeout <= 0:
         raise PrivsepError("--timeout must be a positive number of seconds")
     return timeout
@@ -267,7 +349,7 @@ def _learn(args: argparse.Namespace) -> int:
     with assemble(base, learn=True, terminal=True) as parts:
         services = parts.services
         assert isinstance(services, LearningServices)  # what learn=True assembles
-        child = parts.start(plan, timeout=_timeout(args, base))
+        child = parts.start(plan, timeout=_timeout(args, base.limits.timeout_seconds or None))
         status = _serve(parts.broker, child)
         # A file base is named absolutely: the new policy may live elsewhere.
         shipped = "/" not in args.policy and not args.policy.endswith(".toml")

@@ -135,11 +135,6 @@ def make_plan(
             env[name] = value
     env.update(policy.env.set)
     env["PRIVSEP_FD"] = str(CHANNEL_FD)
-    # A relative command path means "relative to where the user is", as it
-    # would without privsep; the child's cwd is somewhere else.
-    command = argv[0]
-    if "/" in command:
-        command = os.path.abspath(command)
     grants = plan_grants(policy, root_broker=os.geteuid() == 0, sandbox_id=SANDBOX_ID)
     plan = grants.view
     binds = [(b.path, b.is_dir, b.access) for b in plan.binds]
@@ -152,7 +147,7 @@ def make_plan(
     for path in compiler:
         host.file_identity(path)
     return SpawnPlan(
-        argv=(command, *argv[1:]),
+        argv=command_argv(argv),
         env=env,
         cwd=policy.env.cwd or _inherited_cwd(plan),
         cwd_inherited=policy.env.cwd is None,
@@ -170,6 +165,18 @@ def make_plan(
         budget=Budget.of(policy.limits),
         cgroups=policy.limits.cgroups,
     )
+
+
+def command_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    """The argv a plan runs for ``argv``, the only part of a plan the command decides.
+
+    A relative command path means "relative to where the user is", as it would
+    without privsep; the child's cwd is somewhere else.
+    """
+    command = argv[0]
+    if "/" in command:
+        command = os.path.abspath(command)
+    return (command, *argv[1:])
 
 
 def filter_spec(policy: Policy, *, broker_served: bool, learn: bool = False) -> FilterSpec:

@@ -18,6 +18,7 @@ import re
 import sys
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,11 +189,36 @@ def load_policy(spec: str, *, extra: Mapping[str, Any] | None = None) -> Policy:
     (:func:`privsep.policy.grants.grants_to_extra`), taken literally: no
     ``${name}`` expansion in them.
     """
+    return validate_policy(resolve_policy(spec, extra=extra))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A policy read, its ``extends`` merged, its variables expanded and the command-line grants
+    merged: what :func:`validate_policy` turns into the model. Plain data (TOML's types), so
+    that ``privsep run``'s plan cache can keep it and validate it only when a request needs it."""
+
+    spec: str
+    origin: str
+    """The file or shipped name the errors name."""
+    extra: bool
+    """Command-line grants were merged in (the errors say so)."""
+    data: dict[str, Any]
+
+
+def resolve_policy(spec: str, *, extra: Mapping[str, Any] | None = None) -> Resolved:
+    """The first half of :func:`load_policy`: every file read and checked, nothing validated as a whole."""
     origin, raw = _load_raw(spec, Path.cwd(), ())
     raw = _expand(origin, raw, variables())
     if extra:
         raw = _merge(raw, extra)
+    return Resolved(spec, origin, bool(extra), raw)
+
+
+def validate_policy(resolved: Resolved) -> Policy:
+    """The second half of :func:`load_policy`: the model, or a PolicyError naming each field."""
     try:
-        return Policy.model_validate({"name": spec, **_tuples(raw)})
+        return Policy.model_validate({"name": resolved.spec, **_tuples(resolved.data)})
     except ValidationError as exc:
-        raise _explain(f"{origin} with the command-line grants" if extra else origin, exc) from None
+        origin = f"{resolved.origin} with the command-line grants" if resolved.extra else resolved.origin
+        raise _explain(origin, exc) from None
