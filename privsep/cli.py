@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from privsep._printable import printable
 from privsep.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_PRIVSEP, EXIT_TIMEOUT, PrivsepError
@@ -28,8 +28,50 @@ if TYPE_CHECKING:
     from privsep.policy.model import Policy
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own, told the terminal's width: asked for it, argparse imports shutil, for
+    every parser and on every run, though a run never prints help."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        super().__init__(
+            prog, indent_increment, max_help_position, _columns() - 2 if width is None else width
+        )
+
+
+def _columns() -> int:
+    """``shutil.get_terminal_size().columns`` (COLUMNS, else stdout's terminal, else 80)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+def _translate_once() -> None:
+    """argparse looks up each of its words with gettext, which searches the disk for a catalog at
+    every lookup (a dozen stat calls per word with LANG set) and remembers finding none: about
+    5 ms of every run. Look the catalog up once; argparse translates exactly as before."""
+    import gettext
+
+    domain = gettext.textdomain()
+    found = gettext.translation(domain, gettext.bindtextdomain(domain), fallback=True)
+    setattr(argparse, "_", found.gettext)  # noqa: B010 - argparse binds them as module globals
+    setattr(argparse, "ngettext", found.ngettext)  # noqa: B010
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors exit EXIT_PRIVSEP like every other privsep error (2 could be the command's own)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)  # subcommands' parsers too
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -478,6 +520,7 @@ def _tooling(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _translate_once()
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "run":
