@@ -15,14 +15,18 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from privsep._lazy import lazy_module
 from privsep._printable import printable
 from privsep.broker.answers import Answer, Refusal
-from privsep.broker.audit import AuditLog, Record
 from privsep.broker.services import target
 from privsep.framing import ErrorCode
 
 if TYPE_CHECKING:
     from privsep import protocol
+    from privsep.broker import audit
+    from privsep.broker.audit import AuditLog
+else:
+    audit = lazy_module("privsep.broker.audit", globals())  # only a run with an audit log writes one
 
 _MAX_DENIALS = 256  # kept per sandbox for the report; the audit log has every one
 _MAX_TRACEBACKS = 5  # printed in full per broker; later internal errors go to the audit log
@@ -82,7 +86,9 @@ class Recorder:
         if isinstance(answer, Answer):
             if self._audit is not None:
                 latency = int((time.monotonic() - start) * 1e6)
-                self._audit.write(Record(child.command_pid, request.op, what, "allow", answer.rule, latency))
+                self._audit.write(
+                    audit.Record(child.command_pid, request.op, what, "allow", answer.rule, latency)
+                )
             return
         denied = answer.code is ErrorCode.DENIED
         if denied:
@@ -92,7 +98,7 @@ class Recorder:
         if self._audit is not None:
             latency = int((time.monotonic() - start) * 1e6)
             self._audit.write(
-                Record(
+                audit.Record(
                     child.command_pid, request.op, what, "deny" if denied else "error", answer.rule, latency,
                     code=answer.code.value, message=answer.message,
                 )
@@ -105,12 +111,14 @@ class Recorder:
             with contextlib.suppress(OSError):
                 why = denial.message
                 self._audit.write(
-                    Record(child.command_pid, denial.op, denial.target, "deny", audited_as, 0, message=why)
+                    audit.Record(
+                        child.command_pid, denial.op, denial.target, "deny", audited_as, 0, message=why
+                    )
                 )
 
     def syscall(self, child: Reported, name: str, decision: str) -> None:
         if self._audit is not None:
-            self._audit.write(Record(child.command_pid, "syscall", name, decision, "syscalls", 0))
+            self._audit.write(audit.Record(child.command_pid, "syscall", name, decision, "syscalls", 0))
 
     def internal_error(self, child: Reported, what: str, exc: BaseException) -> None:
         """A bug of ours met a child's input: log it; the caller answers EIO and carries on (rule 6).
@@ -138,4 +146,6 @@ class Recorder:
             )
         if self._audit is not None:
             with contextlib.suppress(OSError):
-                self._audit.write(Record(child.command_pid, "internal", type(exc).__name__, "error", what, 0))
+                self._audit.write(
+                    audit.Record(child.command_pid, "internal", type(exc).__name__, "error", what, 0)
+                )
