@@ -320,6 +320,7 @@ def _prepare(args: argparse.Namespace, command: list[str]) -> tuple[Prepared, Po
         policy = validate_policy(resolved)
         _timeout(args, policy.limits.timeout_seconds or None)  # refused before planning, as ever
         plan = make_plan(policy, command)
+        cache.note_libraries()
     kept_as = _kept_as(resolved)
     prepared = cache.Prepared(
         plan=plan,

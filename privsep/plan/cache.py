@@ -13,8 +13,7 @@ When a kept plan is used: only when everything that made it is the same.
 
 - The key, compared whole: privsep's version and the identity (inode,
   size, mtime, ctime) of every file of the package (it may be installed
-  editable), the interpreter (path, version, ``sys.path`` and the identity
-  of each of its directories, which an install or upgrade changes), the
+  editable), the interpreter (path, version and build, ``sys.path``), the
   kernel (release and build), the uids and gids, the working directory,
   and the caller's inputs (the policy named, the command-line grants and
   limits: everything ``privsep run`` gives the planner but the command,
@@ -22,9 +21,10 @@ When a kept plan is used: only when everything that made it is the same.
 - The facts (``privsep._hostfacts``), asked again: every policy file read
   (its bytes), every path the view resolved (type, mode, owner, which
   file), every symlink's target, every grant's sockets, FIFOs and set-id
-  files, the environment passed through, the Landlock ABI, and the
-  identity of the libseccomp the filter was compiled with. One that does
-  not hold, and the plan is made anew (and kept in its place).
+  files, the environment passed through, the Landlock ABI, the identity
+  of the libseccomp the filter was compiled with, and of the files of the
+  packages planning used (pydantic, pyseccomp: :func:`note_libraries`).
+  One that does not hold, and the plan is made anew (and kept in its place).
 
 Where: ``/var/cache/privsep`` for root, ``$XDG_CACHE_HOME/privsep`` (or
 ``~/.cache/privsep``) for anyone else; ``PRIVSEP_CACHE_DIR`` names another,
@@ -68,6 +68,7 @@ __all__ = [
     "directory",
     "key",
     "load",
+    "note_libraries",
     "store",
 ]
 
@@ -81,6 +82,18 @@ _MAX_BYTES = 32 << 20  # a plan with a large view and its facts is well under th
 _SUFFIX = ".plan"
 _ABANDONED_S = 600  # a temporary entry this old was left by a run that died writing it
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: What a plan is made with besides privsep and the standard library (sys.version names that):
+#: validating the policy, compiling the filter.
+_LIBRARIES = (
+    "pydantic",
+    "pydantic.version",
+    "pydantic_core",
+    "pydantic_core._pydantic_core",
+    "annotated_types",
+    "typing_extensions",
+    "typing_inspection",
+    "pyseccomp",
+)
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,15 @@ def directory() -> str | None:
     return os.path.join(base, "privsep")
 
 
+def note_libraries() -> None:
+    """While recording: the files of the third-party packages this process made a plan with
+    (the policy's model, the filter's compiler), so that an upgrade of one makes the facts fail."""
+    for name in _LIBRARIES:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if isinstance(path, str):
+            host.file_identity(path)
+
+
 def key(inputs: object) -> str | None:
     """The key of a plan made from ``inputs`` (JSON data) here and now; None if there is none
     (the working directory is gone)."""
@@ -129,7 +151,7 @@ def key(inputs: object) -> str | None:
         return None
     uname = os.uname()
     ids = [os.geteuid(), os.getegid(), os.getuid(), os.getgid()]
-    python = [sys.executable, sys.version, [[p, *_dir_identity(p)] for p in sys.path]]
+    python = [sys.executable, sys.version, sys.path]
     return json.dumps(
         [FORMAT, __version__, sources, python, uname.release, uname.version, ids, cwd, inputs],
         separators=(",", ":"),
@@ -180,14 +202,6 @@ def store(key: str, facts: list[host.Fact], prepared: Prepared) -> None:
 
 
 # --- the key -----------------------------------------------------------------------------------
-
-
-def _dir_identity(path: str) -> list[int]:
-    try:
-        st = os.stat(path or ".")
-    except OSError:
-        return []
-    return [st.st_dev, st.st_ino, st.st_mtime_ns]
 
 
 def _sources() -> list[list[Any]]:

@@ -67,8 +67,26 @@ def test_another_user_or_directory_changes_the_key(monkeypatch: pytest.MonkeyPat
 def _facts() -> list[host.Fact]:
     with host.recording() as seen:
         make_plan(load_policy("minimal"), ["/bin/true"])
+        cache.note_libraries()
     assert seen.complete
     return seen.facts
+
+
+def test_an_upgraded_pydantic_makes_the_facts_fail(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    facts = _facts()
+    import pydantic
+
+    paths = [args[0] for kind, args, _ in facts if kind == "file"]
+    assert pydantic.__file__ in paths
+    replaced = tmp_path / "__init__.py"  # pip writes a new file: another inode
+    replaced.write_bytes(Path(pydantic.__file__).read_bytes())
+    read, projection = host._KINDS["file"]
+
+    def upgraded(path: str) -> object:
+        return read(str(replaced) if path == pydantic.__file__ else path)
+
+    monkeypatch.setitem(host._KINDS, "file", (upgraded, projection))
+    assert not host.hold(facts)
 
 
 def test_a_plan_records_what_it_read_of_the_host_and_it_holds() -> None:
