@@ -144,6 +144,8 @@ def assemble(
 ) -> Iterator[Assembly]:
     """Open a broker's parts for ``policy`` in order; release them all when the block ends or a step fails.
 
+    ``policy``: the model, or a :class:`Deferred` one (``privsep run`` from its plan
+    cache: the grants are pinned here all the same, the model is made on the first request).
     ``audit_log``: a file to append the broker's decisions to. ``learn``:
     the services grow the policy instead of denying (``privsep learn``).
     ``listen``: sockets to listen on before the command starts (``--listen``).
