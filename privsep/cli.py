@@ -1,6 +1,8 @@
 """The ``privsep`` command: a thin face over policy, confine and broker.
 
-Imports are lazy so that ``privsep run`` pays only for what it uses.
+Imports are lazy so that ``privsep run`` pays only for what it uses, and a
+run like the last one plans nothing: it reads the plan that one kept
+(``privsep.plan.cache``) and makes the policy's model only if the sandbox asks.
 """
 
 from __future__ import annotations
