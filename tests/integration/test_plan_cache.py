@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.conftest import PRIVSEP, PYTHON, REPO
+from tests.conftest import NONROOT_ID, PRIVSEP, PYTHON, REPO, as_nonroot
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs a root broker (and chowns cache files)")
 
@@ -33,14 +33,21 @@ class Ran(NamedTuple):
     imported: list[str]
 
 
-def run(cache: Path | None, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> Ran:
+def run(
+    cache: Path | None,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    nonroot: bool = False,
+) -> Ran:
     """``privsep run ARGS`` with the plan cache in ``cache`` (None: the default place, turned off
     by ``env``); and whether that run planned (see the module's docstring)."""
     full_env = {"PATH": "/usr/bin:/bin", **(env or {})}
     if cache is not None:
         full_env["PRIVSEP_CACHE_DIR"] = str(cache)
+    argv = [str(PYTHON), "-X", "importtime", str(PRIVSEP), "run", *args]
     proc = subprocess.run(
-        [str(PYTHON), "-X", "importtime", str(PRIVSEP), "run", *args],
+        as_nonroot(argv) if nonroot else argv,
         capture_output=True,
         text=True,
         timeout=60,
@@ -289,3 +296,24 @@ def test_an_unwritable_cache_costs_a_cold_run_and_nothing_else(tmp_path: Path) -
     proc, planned, _ = run(blocked / "cache", "--", "/bin/sh", "-c", "echo ran")
     assert planned
     assert (ok(proc), proc.stderr) == ("ran\n", "")
+
+
+@pytest.mark.usefixtures("nonroot_ready")
+def test_a_user_s_cache_is_theirs_under_xdg_cache_home(shared_tmp: Path) -> None:
+    home = shared_tmp / "home"
+    home.mkdir()
+    os.chown(home, NONROOT_ID, NONROOT_ID)
+    env = {"XDG_CACHE_HOME": str(home / ".cache")}
+    first, planned, _ = run(None, "--", "/bin/sh", "-c", "id -u", env=env, nonroot=True)
+    assert planned
+    second, replanned, imported = run(None, "--", "/bin/sh", "-c", "id -u", env=env, nonroot=True)
+    assert not replanned and "pydantic" not in imported
+    assert ok(second) == ok(first)
+    (entry,) = entries(home / ".cache" / "privsep")
+    st = entry.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (NONROOT_ID, 0o600)
+    assert (home / ".cache" / "privsep").stat().st_mode & 0o777 == 0o700
+    # Root's own runs never take a plan from it (the entry is not root's).
+    os.chown(home / ".cache" / "privsep", 0, 0)
+    proc, planned, _ = run(home / ".cache" / "privsep", "--", "/bin/sh", "-c", "echo root")
+    assert planned and ok(proc) == "root\n"
