@@ -15,8 +15,10 @@ starts 3000 processes). Sections:
 2. throughput: brokered opens per second, 1, 4 and 16 children, one broker.
 3. spawn: ``Sandbox.run(["/bin/true"])`` in a running process against
    ``bwrap ... /bin/true`` as a whole process; the whole ``privsep run --
-   /bin/true`` command against its floor (a Python that imports pydantic),
-   firejail and bwrap.
+   /bin/true`` command, from a warm plan cache and planning anew (``--no-cache``),
+   against a Python that imports pydantic, firejail and bwrap; and its imports
+   (``python -X importtime``, every top-level import's cumulative time added up),
+   warm against cold.
 3b. cgroups: the same ``Broker.start+wait`` of ``/bin/true`` with the sandbox's
    cgroup and without (``bench/cgroups.py``), alternately within a round.
 4. seccomp: a syscall-heavy loop, confined against unconfined.
@@ -104,6 +106,7 @@ BWRAP = ("bwrap", "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "
 FIREJAIL = ("firejail", "--quiet", "--noprofile", "/bin/true")
 PYDANTIC_FLOOR = (PYTHON, "-c", "from pydantic import BaseModel")
 PRIVSEP_RUN = (PRIVSEP, "run", "--", "/bin/true")
+PRIVSEP_RUN_COLD = (PRIVSEP, "run", "--no-cache", "--", "/bin/true")
 
 
 @dataclass(frozen=True)
@@ -325,13 +328,20 @@ def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     unavailable = {name: _peer(name, argv) for name, argv in peers.items()}
     whole: dict[str, tuple[str, ...]] = {
         "privsep_run": PRIVSEP_RUN,
+        "privsep_run_cold": PRIVSEP_RUN_COLD,
         "pydantic_floor": PYDANTIC_FLOOR,
         "process_floor": ("/bin/true",),
     }
     whole.update({name: argv for name, argv in peers.items() if unavailable[name] is None})
+    imports = ("imports_warm", "imports_cold")
     times: dict[str, list[float]] = {
-        k: [] for k in ("sandbox_run", "broker_start_wait", "sandbox_call", "forkserver_call", *whole)
+        k: []
+        for k in ("sandbox_run", "broker_start_wait", "sandbox_call", "forkserver_call", *whole, *imports)
     }
+    # A plan cache of the bench's own: warm after the first run, and nobody else's.
+    cache = tempfile.TemporaryDirectory(prefix="privsep-bench-cache-")
+    env = {**os.environ, "PRIVSEP_CACHE_DIR": f"{cache.name}/plans"}
+    median_time(PRIVSEP_RUN, 1, env=env)
     phases: dict[str, list[float]] = {phase: [] for phase in _PHASES}
     wakeups: list[float] = []
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -375,11 +385,14 @@ def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
                     one.append((time.perf_counter() - started) * 1e3)
                 times["forkserver_call"].append(statistics.median(one))
                 for name, argv in whole.items():
-                    times[name].append(median_time(argv, cfg.command_n))
+                    times[name].append(median_time(argv, cfg.command_n, env=env))
+                times["imports_warm"].append(import_ms(PRIVSEP_RUN, cfg.command_n, env=env))
+                times["imports_cold"].append(import_ms(PRIVSEP_RUN_COLD, cfg.command_n, env=env))
     finally:
         broker.close()
         services.close()
         os.close(devnull)
+        cache.cleanup()
     out: dict[str, Any] = {k: stats(v) for k, v in times.items()}
     out["broker_start_wait_phases_ms"] = {phase: stats(v) for phase, v in phases.items()}
     out["broker_wakeups_per_spawn"] = stats(wakeups)
@@ -390,10 +403,38 @@ def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
         out["sandbox_run_vs_bwrap"] = ratios(times["sandbox_run"], times["bwrap"])
         out["broker_start_wait_vs_bwrap"] = ratios(times["broker_start_wait"], times["bwrap"])
         out["privsep_run_vs_bwrap"] = ratios(times["privsep_run"], times["bwrap"])
+        out["privsep_run_cold_vs_bwrap"] = ratios(times["privsep_run_cold"], times["bwrap"])
     if "firejail" in times:
         out["privsep_run_vs_firejail"] = ratios(times["privsep_run"], times["firejail"])
     out["privsep_run_vs_pydantic_floor"] = ratios(times["privsep_run"], times["pydantic_floor"])
+    out["imports_warm_vs_cold"] = ratios(times["imports_warm"], times["imports_cold"])
     return out
+
+
+def import_ms(argv: Sequence[str], n: int, *, env: dict[str, str]) -> float:
+    """Median over ``n`` runs of the time ``argv`` (a Python command) spends importing, in ms: the
+    cumulative times ``python -X importtime`` gives each top-level import, added up."""
+    totals = []
+    for _ in range(n):
+        proc = subprocess.run(
+            [PYTHON, "-X", "importtime", *argv],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BenchError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        total = 0
+        for line in proc.stderr.splitlines():
+            fields = line.removeprefix("import time:").split("|")
+            if line.startswith("import time:") and len(fields) == 3 and fields[2][1:2] not in (" ", ""):
+                with contextlib.suppress(ValueError):  # the header line
+                    total += int(fields[1])
+        totals.append(total / 1e3)
+    return statistics.median(totals)
 
 
 # -- 4. seccomp -----------------------------------------------------------------------------------------
@@ -506,6 +547,11 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             1.2,
             "x",
         )
+        name = "privsep run -- /bin/true <= 10x bwrap (warm plan cache)"
+        if "privsep_run_vs_bwrap" in spawn:
+            add(name, spawn["privsep_run_vs_bwrap"]["median"], 10.0, "x", issue=16)
+        else:
+            add(name, None, 10.0, "x", spawn["bwrap"]["skipped"], issue=16)
     if "cgroups" in res:
         cg, name = res["cgroups"], "a cgroup per sandbox adds <= 1 ms per spawn"
         if "skipped" in cg:
@@ -614,6 +660,11 @@ def _spawn_rows(sp: dict[str, Any]) -> list[Row]:
          _ratio(sp.get("privsep_run_vs_firejail"))),
         ("whole command", "privsep run vs bwrap --ro-bind / / --unshare-all /bin/true", run, bwrap,
          _ratio(sp.get("privsep_run_vs_bwrap"))),
+        ("whole command", "privsep run --no-cache (plans anew) vs bwrap", _fmt(sp["privsep_run_cold"], " ms"),
+         bwrap, _ratio(sp.get("privsep_run_cold_vs_bwrap"))),
+        ("whole command", "imports (-X importtime total) of privsep run -- /bin/true, warm vs --no-cache",
+         _fmt(sp["imports_warm"], " ms"), _fmt(sp["imports_cold"], " ms"),
+         _ratio(sp["imports_warm_vs_cold"])),
         ("whole command", "/bin/true, no sandbox (process floor)", _fmt(sp["process_floor"], " ms", 2),
          "", ""),
     ]  # fmt: skip

@@ -32,25 +32,28 @@ import contextlib
 import dataclasses
 import errno
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from privsep import protocol
 from privsep.broker.answers import Answer, Refusal
-from privsep.broker.audit import AuditLog
 from privsep.broker.loop import Broker, CallContext, Child
-from privsep.broker.services import Services
+from privsep.broker.pins import Pins, PinSpec
+from privsep.broker.services import LazyServices, Services
 from privsep.errors import PrivsepError
 from privsep.plan.spawnplan import SpawnPlan, make_plan, with_listen
-from privsep.policy.grants import Listen
-from privsep.policy.model import Policy
 
 if TYPE_CHECKING:
+    # The policy's model and the protocol (pydantic) only for what uses them: a Policy
+    # given, --listen; privsep run from its plan cache has neither.
+    from privsep import protocol
+    from privsep.broker.audit import AuditLog
     from privsep.broker.terminal import Terminal
     from privsep.forkserver import ForkServer
+    from privsep.policy.grants import Listen
+    from privsep.policy.model import Policy
 
-__all__ = ["Assembly", "SpawnPlan", "assemble", "plan_for"]
+__all__ = ["Assembly", "Deferred", "SpawnPlan", "assemble", "plan_for"]
 
 _LISTEN_BACKLOG = 4096  # ``--listen``'s; a server can lower it with its own listen()
 
@@ -62,6 +65,15 @@ def plan_for(policy: Policy, argv: Sequence[str], *, learn: bool = False) -> Spa
     plan refuses is reported before anything was opened that would need undoing.
     """
     return make_plan(policy, argv, learn=learn)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A policy whose model is made when the first request needs it (``privsep run``, with a plan
+    from its cache): its grants are pinned at once, from ``pins``; ``make`` makes the model."""
+
+    pins: tuple[PinSpec, ...]
+    make: Callable[[], Policy]
 
 
 @dataclass(eq=False)
@@ -122,7 +134,7 @@ class Assembly:
 
 @contextlib.contextmanager
 def assemble(
-    policy: Policy,
+    policy: Policy | Deferred,
     *,
     audit_log: str | None = None,
     learn: bool = False,
@@ -132,6 +144,8 @@ def assemble(
 ) -> Iterator[Assembly]:
     """Open a broker's parts for ``policy`` in order; release them all when the block ends or a step fails.
 
+    ``policy``: the model, or a :class:`Deferred` one (``privsep run`` from its plan
+    cache: the grants are pinned here all the same, the model is made on the first request).
     ``audit_log``: a file to append the broker's decisions to. ``learn``:
     the services grow the policy instead of denying (``privsep learn``).
     ``listen``: sockets to listen on before the command starts (``--listen``).
@@ -185,7 +199,11 @@ def _naming(what: str) -> Iterator[None]:
         raise PrivsepError(f"{what}: {exc.strerror or exc}") from exc
 
 
-def _services(policy: Policy, learn: bool) -> Services:
+def _services(policy: Policy | Deferred, learn: bool) -> Services:
+    if isinstance(policy, Deferred):
+        if learn:
+            raise ValueError("privsep learn grows its policy's model: give the model, not a Deferred")
+        return LazyServices(Pins(policy.pins), policy.make)
     if not learn:
         return Services(policy)
     from privsep.learn import LearningServices  # noqa: PLC0415 - privsep learn's alone
@@ -196,6 +214,10 @@ def _services(policy: Policy, learn: bool) -> Services:
 def _activate(listens: Sequence[Listen], services: Services) -> list[tuple[protocol.Bind, Answer]]:
     """``--listen``: the broker binds and listens on each address, as ``client.bind`` would."""
     activated: list[tuple[protocol.Bind, Answer]] = []
+    if not listens:
+        return activated
+    from privsep import protocol  # noqa: PLC0415 - see TYPE_CHECKING above
+
     try:
         for listen in listens:
             request = protocol.Bind(
@@ -214,6 +236,8 @@ def _activate(listens: Sequence[Listen], services: Services) -> list[tuple[proto
 
 
 def _open_audit_log(path: str) -> AuditLog:
+    from privsep.broker.audit import AuditLog  # noqa: PLC0415 - only with --audit-log
+
     try:
         return AuditLog(path)
     except OSError as exc:

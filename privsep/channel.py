@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
-from privsep.protocol import MAX_FDS, MAX_FRAME
+from privsep.framing import MAX_FDS, MAX_FRAME
 
 __all__ = ["Frame", "close_fds", "recv", "recv_no_fds", "send", "socketpair"]
 

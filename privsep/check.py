@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from privsep import _stdout
-from privsep.broker.files import FileService
+from privsep.broker.pins import pin
 from privsep.errors import ConfinementError, PolicyError
 from privsep.plan.filter import compile_filter, syscall_number
 from privsep.plan.spawnplan import SANDBOX_ID, filter_spec
@@ -181,12 +181,12 @@ def _files(policy: Policy, links: Sequence[Link], result: CheckResult) -> Grants
             continue
         origin, where = _where_rule(links, "files", {"path": rule.path})
         try:
-            pin = FileService._pin(index, rule.path)
+            held = pin(index, rule.path)
         except PolicyError as exc:
             message = str(exc).removeprefix(f"files[{index}] ({rule.path}): ")
             result.errors.append(Problem(origin, where, f"{rule.path}: {message}"))
             continue
-        os.close(pin.fd)
+        os.close(held.fd)
         if not os.path.lexists(rule.path):
             result.warnings.append(
                 Problem(

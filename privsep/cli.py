@@ -1,17 +1,21 @@
 """The ``privsep`` command: a thin face over policy, confine and broker.
 
-Imports are lazy so that ``privsep run`` pays only for what it uses.
+Imports are lazy so that ``privsep run`` pays only for what it uses, and a
+run like the last one plans nothing: it reads the plan that one kept
+(``privsep.plan.cache``) and makes the policy's model only if the sandbox asks.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from privsep._printable import printable
 from privsep.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_PRIVSEP, EXIT_TIMEOUT, PrivsepError
@@ -20,11 +24,56 @@ if TYPE_CHECKING:
     from privsep._assemble import SpawnPlan
     from privsep.broker.loop import Broker, Child
     from privsep.broker.report import Denial
+    from privsep.plan.cache import Prepared
+    from privsep.policy.grants import Listen
+    from privsep.policy.load import Resolved
     from privsep.policy.model import Policy
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own, told the terminal's width: asked for it, argparse imports shutil, for
+    every parser and on every run, though a run never prints help."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        super().__init__(
+            prog, indent_increment, max_help_position, _columns() - 2 if width is None else width
+        )
+
+
+def _columns() -> int:
+    """``shutil.get_terminal_size().columns`` (COLUMNS, else stdout's terminal, else 80)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+def _translate_once() -> None:
+    """argparse looks up each of its words with gettext, which searches the disk for a catalog at
+    every lookup (a dozen stat calls per word with LANG set) and remembers finding none: about
+    5 ms of every run. Look the catalog up once; argparse translates exactly as before."""
+    import gettext
+
+    domain = gettext.textdomain()
+    found = gettext.translation(domain, gettext.bindtextdomain(domain), fallback=True)
+    setattr(argparse, "_", found.gettext)  # noqa: B010 - argparse binds them as module globals
+    setattr(argparse, "ngettext", found.ngettext)  # noqa: B010
 
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors exit EXIT_PRIVSEP like every other privsep error (2 could be the command's own)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)  # subcommands' parsers too
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -109,6 +158,12 @@ def _parser() -> argparse.ArgumentParser:
     _limit_flags(run)
     run.add_argument(
         "--audit-log", metavar="FILE", help="append one JSON line per broker decision to FILE (created 0600)"
+    )
+    run.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="plan this run from the policy anew and keep nothing (also: PRIVSEP_NO_CACHE=1); by "
+        "default a plan is kept and used again while every file and host fact it was made from holds",
     )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     learn = sub.add_parser(
@@ -199,20 +254,23 @@ def _limits_extra(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from privsep._assemble import assemble, plan_for
-    from privsep.policy.grants import grants_to_extra, parse_listen
-    from privsep.policy.load import load_policy
+    from privsep._assemble import Deferred, assemble
 
     command = _command(args)
-    listens = parse_listen(args.listen)
-    binds = [*args.allow_bind, *(listen.bind_grant() for listen in listens)]
-    extra = grants_to_extra(args.allow_read, args.allow_write, args.allow_connect, binds, args.secret)
-    limits = _limits_extra(args)
-    if limits:
-        extra["limits"] = limits
-    policy = load_policy(args.policy, extra=extra)
-    timeout = _timeout(args, policy)
-    plan = plan_for(policy, command)
+    prepared, model = _prepare(args, command)
+    timeout = _timeout(args, prepared.timeout)
+    listens: list[Listen] = []
+    if args.listen:
+        from privsep.policy.grants import parse_listen
+
+        listens = parse_listen(args.listen)
+    # From the cache there is no model: it is made if and when a request needs it.
+    policy = (
+        model
+        if model is not None
+        else Deferred(prepared.pins, functools.partial(_policy_of, prepared.policy))
+    )
+    plan = prepared.plan
     with assemble(policy, audit_log=args.audit_log, listen=listens, terminal=True) as parts:
         child = parts.start(plan, timeout=timeout)
         if child.cgroup_missing is not None:
@@ -224,6 +282,76 @@ def _run(args: argparse.Namespace) -> int:
             _report_hidden_paths(command, plan)
         return status
     raise AssertionError("unreachable")  # pragma: no cover - mypy: a context manager may swallow
+
+
+def _prepare(args: argparse.Namespace, command: list[str]) -> tuple[Prepared, Policy | None]:
+    """What the run computes from its policy: from the plan cache (and no model) when a plan
+    kept there still holds, else made now (with the model), and kept for the next run."""
+    from privsep.plan import cache
+
+    key = None
+    if not args.no_cache:
+        inputs = [
+            args.policy,
+            args.allow_read,
+            args.allow_write,
+            args.allow_connect,
+            args.allow_bind,
+            args.listen,
+            args.secret,
+            _limits_extra(args),
+        ]
+        key = cache.key(inputs)
+    if key is not None:
+        kept = cache.load(key)
+        if kept is not None:
+            return kept.for_command(command), None
+    from privsep import _hostfacts
+    from privsep.broker.pins import pin_specs
+    from privsep.plan.spawnplan import make_plan
+    from privsep.policy.grants import grants_to_extra, parse_listen
+    from privsep.policy.load import resolve_policy, validate_policy
+
+    binds = [*args.allow_bind, *(listen.bind_grant() for listen in parse_listen(args.listen))]
+    extra = grants_to_extra(args.allow_read, args.allow_write, args.allow_connect, binds, args.secret)
+    limits = _limits_extra(args)
+    if limits:
+        extra["limits"] = limits
+    with _hostfacts.recording() as seen:
+        resolved = resolve_policy(args.policy, extra=extra)
+        policy = validate_policy(resolved)
+        _timeout(args, policy.limits.timeout_seconds or None)  # refused before planning, as ever
+        plan = make_plan(policy, command)
+        cache.note_libraries()
+    kept_as = _kept_as(resolved)
+    prepared = cache.Prepared(
+        plan=plan,
+        pins=pin_specs(policy),
+        timeout=policy.limits.timeout_seconds or None,
+        policy=kept_as or "",
+    )
+    if key is not None and seen.complete and kept_as is not None:
+        cache.store(key, seen.facts, prepared)
+    return prepared, policy
+
+
+def _kept_as(resolved: Resolved) -> str | None:
+    """``resolved`` as the plan cache keeps it (JSON), or None when JSON cannot hold it exactly
+    (a TOML date, a NaN): such a policy is planned anew on every run."""
+    data = [resolved.spec, resolved.origin, resolved.extra, resolved.data]
+    try:
+        text = json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return text if json.loads(text) == data else None
+
+
+def _policy_of(resolved: str) -> Policy:
+    """The model of a policy the plan cache kept as its resolved input (see ``Deferred``)."""
+    from privsep.policy.load import Resolved, validate_policy
+
+    spec, origin, extra, data = json.loads(resolved)
+    return validate_policy(Resolved(spec, origin, extra, data))
 
 
 def _report_hidden_paths(command: Sequence[str], plan: SpawnPlan) -> None:
@@ -247,10 +375,9 @@ def _command(args: argparse.Namespace) -> list[str]:
     return command
 
 
-def _timeout(args: argparse.Namespace, policy: Policy) -> float | None:
-    timeout: float | None = (
-        args.timeout if args.timeout is not None else (policy.limits.timeout_seconds or None)
-    )
+def _timeout(args: argparse.Namespace, default: float | None) -> float | None:
+    """``--timeout``, else the policy's (``default``); a PrivsepError if it is not positive."""
+    timeout: float | None = args.timeout if args.timeout is not None else default
     if timeout is not None and timeout <= 0:
         raise PrivsepError("--timeout must be a positive number of seconds")
     return timeout
@@ -267,7 +394,7 @@ def _learn(args: argparse.Namespace) -> int:
     with assemble(base, learn=True, terminal=True) as parts:
         services = parts.services
         assert isinstance(services, LearningServices)  # what learn=True assembles
-        child = parts.start(plan, timeout=_timeout(args, base))
+        child = parts.start(plan, timeout=_timeout(args, base.limits.timeout_seconds or None))
         status = _serve(parts.broker, child)
         # A file base is named absolutely: the new policy may live elsewhere.
         shipped = "/" not in args.policy and not args.policy.endswith(".toml")
@@ -396,6 +523,7 @@ def _tooling(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _translate_once()
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "run":

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import ipaddress
 import json
 import os
 import re
-import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -42,6 +40,15 @@ from pydantic import (
 )
 
 from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
+from privsep.framing import (
+    DATAGRAM_FRAMING,
+    MAX_DATAGRAM,
+    MAX_FDS,
+    MAX_FRAME,
+    ErrorCode,
+    decode_datagram,
+    encode_datagram,
+)
 
 __all__ = [
     "ALLOW_FLAGS",
@@ -92,8 +99,10 @@ __all__ = [
     "StatResult",
     "Unlink",
     "cut_message",
+    "decode_datagram",
     "decode_reply",
     "describe_violation",
+    "encode_datagram",
     "encode_request",
     "is_utf8",
     "listing_page",
@@ -103,11 +112,6 @@ __all__ = [
     "reply_ok",
 ]
 
-#: Largest frame in bytes, either direction. One frame is one SEQPACKET message,
-#: so the receiver can size its buffer once and detect anything bigger.
-MAX_FRAME = 65536
-#: Most file descriptors one frame may carry: the kernel's SCM_MAX_FD.
-MAX_FDS = 253
 #: Longest error message, in characters, a reply may carry.
 MAX_MESSAGE = 1024
 #: Protocol versions this side speaks, oldest first.
@@ -343,23 +347,6 @@ Request = Annotated[
 ]
 _REQUEST_MODELS: tuple[type[BaseModel], ...] = get_args(get_args(Request)[0])
 _REQUESTS: TypeAdapter[Request] = TypeAdapter(Request)
-
-
-class ErrorCode(enum.StrEnum):
-    """Why a request failed; the client maps each code to an exception."""
-
-    #: The frame broke the protocol; the broker closes the channel after this reply.
-    INVALID = "invalid"
-    #: The policy refused the request.
-    DENIED = "denied"
-    #: The broker understood the request but cannot do it here (feature missing).
-    UNSUPPORTED = "unsupported"
-    #: The request named something that does not exist.
-    NOT_FOUND = "not_found"
-    #: The policy allowed it but the operation failed.
-    FAILED = "failed"
-    #: A bug in the broker; the message says nothing more on purpose.
-    INTERNAL = "internal"
 
 
 #: The command-line flag that would have allowed a denied request (DESIGN.md, "Public contract").
@@ -863,44 +850,3 @@ class ClientProtocol:
         except RemoteProtocolError as exc:
             self.lost(str(exc))
             raise
-
-
-# --------------------------------------------------------------------------- relayed UDP datagrams
-#
-# A UDP "bind" reaches the child as a unix seqpacket socket whose messages
-# carry one datagram each, prefixed with the peer's address: family (4 or
-# 6, one byte), port (two bytes, big-endian), the address (4 or 16 bytes),
-# then the payload. From the broker it names the sender; from the child,
-# the destination.
-
-_DATAGRAM_HEAD = struct.Struct("!BH")
-_ADDRESS_LEN = {4: 4, 6: 16}
-#: The largest UDP payload either side relays (the IP length field's limit).
-MAX_DATAGRAM = 65535
-#: Room read beyond a payload for the address in front of it (at most 19 bytes).
-DATAGRAM_FRAMING = 32
-
-
-def encode_datagram(address: tuple[str, int], payload: bytes) -> bytes:
-    """Frame ``payload`` for (or from) ``address``; raises ValueError for a bad address."""
-    host, port = address
-    ip = ipaddress.ip_address(host)
-    if not 0 <= port <= 65535:
-        raise ValueError("port out of range")
-    return _DATAGRAM_HEAD.pack(ip.version, port) + ip.packed + payload
-
-
-def decode_datagram(frame: bytes) -> tuple[tuple[str, int], bytes] | None:
-    """The address and payload of a framed datagram, or None if the frame is malformed."""
-    if len(frame) < _DATAGRAM_HEAD.size:
-        return None
-    family, port = _DATAGRAM_HEAD.unpack_from(frame)
-    size = _ADDRESS_LEN.get(family)
-    if size is None or len(frame) < _DATAGRAM_HEAD.size + size:
-        return None
-    start = _DATAGRAM_HEAD.size
-    raw = frame[start : start + size]
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = (
-        ipaddress.IPv6Address(raw) if family == 6 else ipaddress.IPv4Address(raw)
-    )
-    return (str(ip), port), frame[start + size :]

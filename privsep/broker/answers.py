@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from privsep.broker.relay import Relay
-from privsep.protocol import ErrorCode
+from privsep.framing import ErrorCode
 
 
 @dataclass(frozen=True)

@@ -12,20 +12,24 @@ import collections
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from privsep import cgroups, protocol
+from privsep import cgroups
+from privsep._lazy import lazy_module
 from privsep._version import __version__
 from privsep.broker.outcome import Outcome
-from privsep.broker.relay import Relay
 from privsep.broker.report import Report
-from privsep.broker.services import Services
-from privsep.broker.transparent import Transparent
 from privsep.broker.verdicts import SyscallRules
 from privsep.broker.workers import Lane
 from privsep.plan.control import ControlMessage
 from privsep.plan.spawnplan import Spawned
 
 if TYPE_CHECKING:
+    from privsep import protocol
+    from privsep.broker.relay import Relay
+    from privsep.broker.services import Services
     from privsep.broker.terminal import Terminal  # only privsep run makes one
+    from privsep.broker.transparent import Transparent
+else:
+    protocol = lazy_module("privsep.protocol", globals())  # made for a sandbox's first request
 
 
 @dataclass
@@ -58,11 +62,19 @@ class Processes:
 class Serving:
     """The request channel: protocol state, replies not yet sent, and what is being relayed."""
 
-    proto: protocol.BrokerProtocol = field(default_factory=lambda: protocol.BrokerProtocol(__version__))
     outbox: collections.deque[tuple[bytes, int | None]] = field(default_factory=collections.deque)
     pending: bool = False  # a slow request is on a worker: the channel is not read meanwhile
     requests: int = 0
     relays: dict[int, Relay] = field(default_factory=dict)  # by either of its fds
+    _proto: protocol.BrokerProtocol | None = field(default=None, repr=False)
+
+    @property
+    def proto(self) -> protocol.BrokerProtocol:
+        """The channel's protocol state, made when the first frame comes: a sandbox that sends
+        none never builds the protocol's models (``privsep run -- /bin/true`` among them)."""
+        if self._proto is None:
+            self._proto = protocol.BrokerProtocol(__version__)
+        return self._proto
 
 
 @dataclass(eq=False)

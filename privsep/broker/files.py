@@ -18,22 +18,19 @@ stalling the broker; it is cleared before the fd is handed over.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import os
 import stat
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 
 from privsep import _linux
 from privsep.broker import notruncate
 from privsep.broker.actas import acting_as, current_uid
 from privsep.broker.answers import Answer, Refusal, denied, failed
-from privsep.broker.readonly import readonly_clone
+from privsep.broker.pins import Pins, pin_specs
 from privsep.broker.relay import AppendRelay
-from privsep.errors import PolicyError
 from privsep.policy.decide import (
     CREATES_IF_MISSING,
     OPEN_NEEDS,
@@ -44,25 +41,12 @@ from privsep.policy.decide import (
     rules_within,
 )
 from privsep.policy.model import Policy
-from privsep.policy.serving import writes
 from privsep.protocol import OPEN_FLAGS, ErrorCode, is_utf8, listing_page
 
 _RESOLVE = _linux.RESOLVE_BENEATH | _linux.RESOLVE_NO_MAGICLINKS
 
 _TRUNCATE = frozenset({Access.TRUNCATE})
 _WRITE = frozenset({Access.WRITE})
-
-
-@dataclass(frozen=True)
-class _Pin:
-    """A granted path held open: a directory, or the parent of an exact file grant."""
-
-    fd: int
-    name: str | None  # None: the grant is this directory; else the file's name in it
-    owner: tuple[int, int] = (-1, -1)
-    """A root broker acts beneath the grant as its owner would (uid, gid of the granted path, or of
-    its directory while it does not exist), as the idmapped bind of a kernel-served grant does:
-    what it creates is the owner's, and it opens only what the owner's permissions allow."""
 
 
 def _rule(decision: FileDecision) -> str | None:
@@ -72,62 +56,15 @@ def _rule(decision: FileDecision) -> str | None:
 class FileService:
     """The file operations of one policy; owns the pinned directory fds."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, pins: Pins | None = None) -> None:
+        """``pins``: the policy's grants, pinned already (``privsep run`` pins them at start and
+        builds the rest on the first request); by default they are pinned here."""
         self._policy = policy
-        self._pins: dict[int, _Pin] = {}
-        try:
-            for index, rule in enumerate(policy.files):
-                if not rule.deny:
-                    pin = self._pin(index, rule.path)
-                    if os.geteuid() == 0:
-                        pin = dataclasses.replace(pin, owner=_owner(rule.path))
-                    self._pins[index] = pin if writes(rule) else self._read_only(index, rule.path, pin)
-        except BaseException:
-            self.close()
-            raise
-
-    @staticmethod
-    def _pin(index: int, path: str) -> _Pin:
-        try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except FileNotFoundError:
-            fd = -1
-        except OSError as exc:
-            raise PolicyError(f"files[{index}] ({path}): cannot open it: {exc.strerror}") from None
-        if fd >= 0:
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
-                return _Pin(fd, None)
-            os.close(fd)
-        # An exact file grant (it may not exist yet): pin its directory.
-        parent, name = os.path.split(path)
-        try:
-            return _Pin(os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), name)
-        except OSError as exc:
-            raise PolicyError(
-                f"files[{index}] ({path}): neither it nor its directory can be opened "
-                f"({exc.strerror}); create {parent} first, or fix the path"
-            ) from None
-
-    @staticmethod
-    def _read_only(index: int, path: str, pin: _Pin) -> _Pin:
-        """``pin`` beneath a read-only view (readonly.py): fds handed out cannot change metadata."""
-        where = path if pin.name is None else os.path.dirname(path)
-        try:
-            fd = readonly_clone(where)
-        except OSError as exc:
-            os.close(pin.fd)
-            raise PolicyError(
-                f"files[{index}] ({path}): cannot make the read-only view the broker opens read grants "
-                f"through ({exc.strerror}); without it a handed-out fd could change the file's mode "
-                "or times (run `privsep doctor`)"
-            ) from None
-        os.close(pin.fd)
-        return _Pin(fd, pin.name, pin.owner)
+        self._held = Pins(pin_specs(policy)) if pins is None else pins
+        self._pins = self._held.by_index
 
     def close(self) -> None:
-        for pin in self._pins.values():
-            os.close(pin.fd)
-        self._pins.clear()
+        self._held.close()
 
     # -- decisions --------------------------------------------------------
 
@@ -383,19 +320,6 @@ def _refuse_endpoint(dirfd: int, name: str, decision: FileDecision) -> None:
             "(a host process may be listening on it)",
             rule=_rule(decision),
         )
-
-
-def _owner(path: str) -> tuple[int, int]:
-    """Who owns a granted path: itself, or the nearest directory above it that exists."""
-    at = path
-    while True:
-        try:
-            st = os.stat(at)
-            return st.st_uid, st.st_gid
-        except OSError:
-            if at == "/":
-                return 0, 0
-            at = os.path.dirname(at)
 
 
 def _refuse_privileged(fd: int, decision: FileDecision) -> None:

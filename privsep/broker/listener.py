@@ -12,8 +12,9 @@ import contextlib
 import errno
 import signal
 import time
+from typing import TYPE_CHECKING
 
-from privsep import protocol
+from privsep._lazy import lazy_module
 from privsep.broker import notify
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.child import Child
@@ -26,6 +27,11 @@ from privsep.broker.transparent import Deferred, Served, Transparent
 from privsep.broker.verdicts import decide_syscall
 from privsep.broker.workers import Handback
 from privsep.plan.filter import syscall_name
+
+if TYPE_CHECKING:
+    from privsep import protocol
+else:
+    protocol = lazy_module("privsep.protocol", globals())  # pydantic: loaded with a sandbox's first request
 
 
 class ListenerServer:

@@ -20,9 +20,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from privsep import protocol
-from privsep.broker.answers import Answer, Refusal
-from privsep.broker.audit import AuditLog
 from privsep.broker.child import CallContext, Child
 from privsep.broker.events import Events, Role
 from privsep.broker.lifecycle import Lifecycle, Spawner
@@ -30,15 +27,16 @@ from privsep.broker.listener import ListenerServer
 from privsep.broker.outcome import Outcome
 from privsep.broker.report import Recorder
 from privsep.broker.requests import RequestServer
-from privsep.broker.services import Services
-from privsep.broker.transparent import Transparent, view_roots
 from privsep.broker.verdicts import SyscallRules
 from privsep.broker.workers import Handback, Lane, Workers
 from privsep.errors import EXIT_PRIVSEP, EXIT_TIMEOUT
-from privsep.plan.filter import dangerous_numbers
 from privsep.plan.spawnplan import SpawnPlan
 
 if TYPE_CHECKING:
+    from privsep import protocol
+    from privsep.broker.answers import Answer, Refusal
+    from privsep.broker.audit import AuditLog
+    from privsep.broker.services import Services
     from privsep.broker.terminal import Terminal  # only privsep run makes one
 
 __all__ = ["Broker", "CallContext", "Child"]
@@ -103,7 +101,10 @@ class Broker:
             raise ValueError("socket activation needs the plain spawn, not a forkserver")
         spawned, cgroup, missing = self._lifecycle.launch(plan, stdio, spawner, listen_fds)
         rules = SyscallRules(
-            frozenset(plan.transparent_calls), dangerous_numbers(), plan.syscall_default, plan.learn
+            frozenset(plan.transparent_calls),
+            frozenset(plan.dangerous_calls),
+            plan.syscall_default,
+            plan.learn,
         )
         child = Child(
             argv0=plan.argv[0],
@@ -122,6 +123,8 @@ class Broker:
             child.terminal = terminal
             self._sync_terminal(child)
         if plan.transparent_calls:
+            from privsep.broker.transparent import Transparent, view_roots  # noqa: PLC0415 - only if it serves
+
             v = plan.view
             roots = view_roots(
                 tuple(b.path for b in v.binds), tuple(p for p, _ in v.symlinks), v.tmp_size_mb is not None

@@ -27,7 +27,7 @@ import struct
 import termios
 from typing import Literal
 
-from privsep.protocol import DATAGRAM_FRAMING, MAX_DATAGRAM, decode_datagram, encode_datagram
+from privsep.framing import DATAGRAM_FRAMING, MAX_DATAGRAM, decode_datagram, encode_datagram
 
 Side = Literal["relay_child", "relay_peer"]  # which end of a relay: the sandbox's, or the outside's
 

@@ -12,15 +12,21 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from privsep import protocol
+from privsep._lazy import lazy_module
 from privsep._printable import printable
 from privsep.broker.answers import Answer, Refusal
-from privsep.broker.audit import AuditLog, Record
 from privsep.broker.services import target
+from privsep.framing import ErrorCode
+
+if TYPE_CHECKING:
+    from privsep import protocol
+    from privsep.broker import audit
+    from privsep.broker.audit import AuditLog
+else:
+    audit = lazy_module("privsep.broker.audit", globals())  # only a run with an audit log writes one
 
 _MAX_DENIALS = 256  # kept per sandbox for the report; the audit log has every one
 _MAX_TRACEBACKS = 5  # printed in full per broker; later internal errors go to the audit log
@@ -83,11 +89,13 @@ class Recorder:
             if self._audit is not None:
                 latency = int((time.monotonic() - start) * 1e6)
                 self._audit.write(
-                    Record(child.command_pid, request.op, target(request), "allow", answer.rule, latency)
+                    audit.Record(
+                        child.command_pid, request.op, target(request), "allow", answer.rule, latency
+                    )
                 )
             return
         what = target(request)
-        denied = answer.code is protocol.ErrorCode.DENIED
+        denied = answer.code is ErrorCode.DENIED
         if denied:
             child.report.deny(
                 Denial(request.op, what, answer.rule, answer.message, answer.allow, answer.subject)
@@ -95,7 +103,7 @@ class Recorder:
         if self._audit is not None:
             latency = int((time.monotonic() - start) * 1e6)
             self._audit.write(
-                Record(
+                audit.Record(
                     child.command_pid, request.op, what, "deny" if denied else "error", answer.rule, latency,
                     code=answer.code.value, message=answer.message,
                 )
@@ -108,12 +116,14 @@ class Recorder:
             with contextlib.suppress(OSError):
                 why = denial.message
                 self._audit.write(
-                    Record(child.command_pid, denial.op, denial.target, "deny", audited_as, 0, message=why)
+                    audit.Record(
+                        child.command_pid, denial.op, denial.target, "deny", audited_as, 0, message=why
+                    )
                 )
 
     def syscall(self, child: Reported, name: str, decision: str) -> None:
         if self._audit is not None:
-            self._audit.write(Record(child.command_pid, "syscall", name, decision, "syscalls", 0))
+            self._audit.write(audit.Record(child.command_pid, "syscall", name, decision, "syscalls", 0))
 
     def internal_error(self, child: Reported, what: str, exc: BaseException) -> None:
         """A bug of ours met a child's input: log it; the caller answers EIO and carries on (rule 6).
@@ -124,6 +134,8 @@ class Recorder:
         """
         self._internal_errors += 1
         if self._internal_errors <= _MAX_TRACEBACKS:
+            import traceback  # noqa: PLC0415 - a bug of ours is rare: not on every run's import path
+
             detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             more = (
                 " (later ones are counted in the audit log only)"
@@ -139,4 +151,6 @@ class Recorder:
             )
         if self._audit is not None:
             with contextlib.suppress(OSError):
-                self._audit.write(Record(child.command_pid, "internal", type(exc).__name__, "error", what, 0))
+                self._audit.write(
+                    audit.Record(child.command_pid, "internal", type(exc).__name__, "error", what, 0)
+                )

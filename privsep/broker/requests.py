@@ -21,8 +21,10 @@ import select
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
-from privsep import channel, protocol
+from privsep import channel
+from privsep._lazy import lazy_module
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.child import Child
 from privsep.broker.events import READ, WRITE, Events
@@ -33,6 +35,11 @@ from privsep.broker.report import Denial, Recorder
 from privsep.broker.services import SLOW_OPS, Services, perform
 from privsep.broker.workers import Handback, Workers
 from privsep.errors import ChannelError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from privsep import protocol
+else:
+    protocol = lazy_module("privsep.protocol", globals())  # pydantic: loaded with a sandbox's first request
 
 _MAX_OUTBOX = 64  # replies queued for a child that does not read, before it is cut off
 MAX_RELAYS = 32  # UDP flows and append-only files per child: each costs the broker two fds

@@ -4,17 +4,32 @@ One ``Services`` per policy: it owns the pinned grant directories, so it is
 built once (when the policy loads) and shared by every child of that
 policy. ``slow`` ops (name resolution, connecting) run on the broker's
 worker threads; everything else is answered inline by the event loop.
+
+``LazyServices`` is the same, with the policy's model (pydantic) and the
+resource modules built when the first request needs them: ``privsep run``
+with a warm plan cache never imports pydantic for a sandbox that asks for
+nothing. Only the grants are pinned at once (``pins.py`` says why).
 """
 
 from __future__ import annotations
 
-from privsep import protocol
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from privsep._lazy import lazy_module
 from privsep.broker.actas import sandbox_ids
 from privsep.broker.answers import Answer, Refusal
-from privsep.broker.files import FileService
-from privsep.broker.net import NetService
-from privsep.broker.secrets import SecretService
-from privsep.policy.model import Policy
+from privsep.broker.pins import Pins
+
+if TYPE_CHECKING:
+    from privsep import protocol
+    from privsep.broker.files import FileService
+    from privsep.broker.net import NetService
+    from privsep.broker.secrets import SecretService
+    from privsep.policy.model import Policy
+else:
+    protocol = lazy_module("privsep.protocol", globals())
 
 #: Run on a worker, one in flight per child: they wait on the network, or read a whole
 #: directory (a listing of a huge one must not stall every sibling on the event loop).
@@ -22,12 +37,23 @@ SLOW_OPS = frozenset({"connect", "connect_unix", "listdir"})
 
 
 class Services:
-    def __init__(self, policy: Policy) -> None:
-        self._load(policy)
+    policy: Policy
+    files: FileService
+    net: NetService
+    secrets: SecretService
 
-    def _load(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, pins: Pins | None = None) -> None:
+        """``pins``: the grants of ``policy``, pinned already; by default they are pinned here."""
+        self._load(policy, pins)
+
+    def _load(self, policy: Policy, pins: Pins | None = None) -> None:
+        # The resource modules import the policy's decisions and the protocol: pydantic.
+        from privsep.broker.files import FileService  # noqa: PLC0415
+        from privsep.broker.net import NetService  # noqa: PLC0415
+        from privsep.broker.secrets import SecretService  # noqa: PLC0415
+
         self.policy = policy
-        self.files = FileService(policy)
+        self.files = FileService(policy, pins)
         self.net = NetService(policy, self.files)
         self.secrets = SecretService(policy)
 
@@ -88,3 +114,43 @@ def perform(services: Services, request: protocol.Request, ids: tuple[int, int] 
         return refusal
     finally:
         sandbox_ids.reset(token)
+
+
+class LazyServices(Services):
+    """``Services`` of a policy whose model is made on first use: by ``policy()``, once.
+
+    The grants are pinned already (``pins``, opened at start from the same
+    specs ``Services`` would pin), so the services built later decide and
+    resolve exactly as ones built at start would: same model, same pins.
+    Until then it holds only the pins; the first access to ``policy``,
+    ``files``, ``net`` or ``secrets`` (a request, a transparently brokered
+    call) builds everything, on whichever thread gets there first.
+    """
+
+    def __init__(self, pins: Pins, policy: Callable[[], Policy]) -> None:
+        # No super().__init__: building is what is deferred (see __getattr__).
+        self._pins = pins
+        self._make_policy: Callable[[], Policy] | None = policy
+        self._building = threading.Lock()
+
+    @property
+    def built(self) -> bool:
+        """Whether the first use has come (and the model was made)."""
+        return self._make_policy is None
+
+    def __getattr__(self, name: str) -> object:
+        """Called only for an attribute not set yet: the parts ``_load`` makes."""
+        if name not in {"policy", "files", "net", "secrets"}:
+            raise AttributeError(name)
+        with self._building:
+            if self._make_policy is not None:
+                self._load(self._make_policy(), self._pins)
+                self._make_policy = None
+        return object.__getattribute__(self, name)
+
+    def close(self) -> None:
+        with self._building:
+            if self._make_policy is None:
+                super().close()  # the file service owns the pins now
+            else:
+                self._pins.close()

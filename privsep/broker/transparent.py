@@ -54,12 +54,21 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from privsep import _linux, protocol
+from privsep import _linux
+from privsep._lazy import lazy_module
 from privsep.broker import notify, unixconnect
 from privsep.broker.answers import Answer, Refusal, denied
 from privsep.broker.services import Services, perform
-from privsep.policy.decide import deciding_rule
+
+if TYPE_CHECKING:
+    from privsep import protocol
+    from privsep.policy import decide
+else:
+    # pydantic, both: loaded with the first call this serves, not when a sandbox starts.
+    protocol = lazy_module("privsep.protocol", globals())
+    decide = lazy_module("privsep.policy.decide", globals())
 
 #: Host state a lookup never teaches a grant of (a program's probes of the machine).
 _NEVER_LEARNED = ("/proc", "/sys", "/dev", "/run")
@@ -273,7 +282,7 @@ class Transparent:
         """The broker decides ``path``; False: the kernel does (the view, a kernel-served grant)."""
         if path in self._view_dirs:
             return False  # a directory on the way to a bind: in the view (empty but for it)
-        index = deciding_rule(services.policy, path)
+        index = decide.deciding_rule(services.policy, path)
         if index is not None:
             # A deny is refused and reported here, though a mask already hides the path.
             return services.policy.files[index].deny or index not in self._kernel_served
@@ -287,7 +296,7 @@ class Transparent:
         Elsewhere a unix connect is resolved in the child's view, where a path outside it
         simply does not exist (ENOENT, no report: glibc probes nscd's socket on every lookup).
         """
-        index = deciding_rule(services.policy, path)
+        index = decide.deciding_rule(services.policy, path)
         return index is not None and (services.policy.files[index].deny or index not in self._kernel_served)
 
     def _tmp_host_path(self, path: str) -> bool:

@@ -37,11 +37,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from privsep.cgroups._common import REAL, Budget, Fs, Host, SandboxCgroup, read, remove_all
-from privsep.cgroups.v1 import V1Cgroup, V1Host
-from privsep.cgroups.v2 import V2Cgroup, V2Host
 from privsep.errors import ConfinementError
+
+if TYPE_CHECKING:
+    from privsep.cgroups.v1 import V1Cgroup, V1Host
+    from privsep.cgroups.v2 import V2Cgroup, V2Host
 
 __all__ = [
     "REAL",
@@ -63,6 +66,17 @@ __all__ = [
 ]
 
 _CONTROLLERS = ("memory", "pids", "cpu")
+_VERSIONED = {"V1Cgroup": "v1", "V1Host": "v1", "V2Cgroup": "v2", "V2Host": "v2"}
+
+
+def __getattr__(name: str) -> object:
+    """``V1Host`` and the rest, imported when asked for: a run loads one version's code, its host's."""
+    version = _VERSIONED.get(name)
+    if version is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    return getattr(importlib.import_module(f"{__name__}.{version}"), name)
 
 
 @dataclass(frozen=True)
@@ -146,6 +160,8 @@ def detect(self_cgroup: str, mountinfo: str, *, fs: Fs = REAL) -> Host:
                 if directory is not None and os.path.isdir(directory):
                     dirs[controller] = directory
     if "memory" in dirs and "pids" in dirs:
+        from privsep.cgroups.v1 import V1Host  # noqa: PLC0415 - each version's code only on its hosts
+
         return V1Host.open(dirs, fs=fs)
     if unified is not None and not dirs:
         return _v2(unified, fs)  # a v2 host: its refusal says what the broker's cgroup lacks
@@ -163,6 +179,8 @@ def detect(self_cgroup: str, mountinfo: str, *, fs: Fs = REAL) -> Host:
 
 
 def _v2(directory: str, fs: Fs) -> V2Host:
+    from privsep.cgroups.v2 import V2Host  # noqa: PLC0415 - each version's code only on its hosts
+
     # The root cgroup has no cgroup.type, and may hold processes and give controllers at once.
     return V2Host.open(directory, is_root=not os.path.exists(f"{directory}/cgroup.type"), fs=fs)
 

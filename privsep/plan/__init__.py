@@ -13,6 +13,8 @@ name in ``confine/`` applies in the sandbox's own processes.
 - ``hostids``: a root broker's claim on a host uid of the sandbox's own.
 - ``control``: the reports the sandbox's processes send the broker (both ends).
 - ``wire``: a plan as bytes for the forkserver, derived from the dataclasses.
+- ``cache``: ``privsep run``'s kept plans, used again while everything that made
+  them (the inputs, and the host facts ``privsep._hostfacts`` recorded) still holds.
 
 Nothing here imports ``privsep.confine`` or ``privsep.broker``
 (``tests/unit/test_dependencies.py``): both build on this package.

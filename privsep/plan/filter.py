@@ -58,6 +58,7 @@ __all__ = [
     "SOCK_FILTER",
     "FilterSpec",
     "compile_filter",
+    "compiler_files",
     "dangerous_numbers",
     "syscall_name",
     "syscall_number",
@@ -211,6 +212,25 @@ def _libseccomp() -> Any:
                 ctypes.util.find_library = real
             _pyseccomp = pyseccomp
         return _pyseccomp
+
+
+def compiler_files() -> tuple[str, ...]:
+    """The files a compiled filter depends on besides its spec: the libseccomp mapped into this
+    process, pyseccomp's module, and the dynamic loader's cache (which picks the library).
+
+    Empty when they cannot be told (the plan cache then keeps no plan: it could not tell an
+    upgraded library from the one its filter was compiled with).
+    """
+    module = getattr(_libseccomp(), "__file__", None)
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            mapped = {line.split(None, 5)[-1].strip() for line in f if "libseccomp" in line}
+    except OSError:
+        return ()
+    libraries = sorted(path for path in mapped if path.startswith("/"))
+    if not libraries or not isinstance(module, str):
+        return ()
+    return (*libraries, module, "/etc/ld.so.cache")
 
 
 def syscall_number(name: str) -> int | None:

@@ -19,17 +19,29 @@ import resource
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
+from privsep import _hostfacts as host
 from privsep import _linux
 from privsep.cgroups import Budget, SandboxCgroup
 from privsep.errors import ConfinementError
-from privsep.plan.filter import FilterSpec, compile_filter, transparent_numbers
+from privsep.plan.filter import (
+    FilterSpec,
+    compile_filter,
+    compiler_files,
+    dangerous_numbers,
+    transparent_numbers,
+)
 from privsep.plan.hostids import Claim, claim
 from privsep.plan.landlock import Rule, rules_for
 from privsep.plan.limits import rlimits
 from privsep.plan.view import DEVICES, ViewPlan, plan_grants
-from privsep.policy.model import Limits, Policy
 from privsep.policy.syscalls import expand
+
+if TYPE_CHECKING:
+    # Only making a plan needs the policy's model (pydantic); reading one (the forkserver, the
+    # plan cache of privsep run) must not pay for it.
+    from privsep.policy.model import Policy
 
 #: The fd number of the channel in the child (and the value of PRIVSEP_FD) without
 #: socket activation; with it, the listening sockets take 3.. and the channel follows them.
@@ -39,6 +51,15 @@ LISTEN_FDS_START = 3  # systemd's SD_LISTEN_FDS_START
 #: host it is the broker's uid (non-root broker) or the sandbox's own claimed id (root broker).
 SANDBOX_ID = 65534
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+host.register("landlock-abi", _linux.landlock_abi_version)
+
+
+def _default_budget() -> Budget:
+    from privsep.policy.model import Limits  # noqa: PLC0415 - see TYPE_CHECKING above
+
+    return Budget.of(Limits())
 
 
 @dataclass(frozen=True)
@@ -58,6 +79,10 @@ class SpawnPlan:
     rlimits: Mapping[int, int]
     seccomp_bpf: bytes
     user_namespace: bool
+    dangerous_calls: tuple[int, ...]
+    """The numbers of the syscalls privsep never allows (``policy.syscalls.DANGEROUS``): the
+    broker's answer to one that reaches it, learning or not. Named here, when the filter is
+    compiled, so that the broker never needs libseccomp to start a sandbox."""
     syscall_default: str = "eperm"
     """How the broker answers a syscall outside the allowlist: eperm, enosys or kill."""
     learn: bool = False
@@ -74,7 +99,7 @@ class SpawnPlan:
     listen: tuple[str, ...] = ()
     """Socket activation: the names (LISTEN_FDNAMES) of the listening sockets the broker
     passes as fds 3.. (see :func:`with_listen`); the channel comes after them."""
-    budget: Budget = field(default_factory=lambda: Budget.of(Limits()))
+    budget: Budget = field(default_factory=_default_budget)
     """What the sandbox's cgroup holds it to (the policy's [limits]); the broker makes the cgroup."""
     cgroups: str = "required"
     """The policy's [limits] cgroups: required, optional or off (the broker's decision)."""
@@ -103,33 +128,36 @@ def make_plan(
     """Turn a policy and a command into a plan; raises PolicyError or ConfinementError early."""
     if not argv:
         raise ConfinementError("command", "no command given")
-    environ = os.environ if environ is None else environ
     env = {"PATH": _DEFAULT_PATH, "HOME": "/tmp" if policy.view.tmp else "/"}
-    env.update({k: environ[k] for k in policy.env.pass_through if k in environ})
+    for name in policy.env.pass_through:
+        value = host.getenv(name) if environ is None else environ.get(name)
+        if value is not None:
+            env[name] = value
     env.update(policy.env.set)
     env["PRIVSEP_FD"] = str(CHANNEL_FD)
-    # A relative command path means "relative to where the user is", as it
-    # would without privsep; the child's cwd is somewhere else.
-    command = argv[0]
-    if "/" in command:
-        command = os.path.abspath(command)
     grants = plan_grants(policy, root_broker=os.geteuid() == 0, sandbox_id=SANDBOX_ID)
     plan = grants.view
     binds = [(b.path, b.is_dir, b.access) for b in plan.binds]
     binds += [(path, False, ()) for path, _ in plan.files]  # generated, read-only like a [view] read
     spec = filter_spec(policy, broker_served=bool(grants.broker_served), learn=learn)
     bpf = compile_filter(spec)
+    compiler = compiler_files()
+    if not compiler:
+        host.incomplete()
+    for path in compiler:
+        host.file_identity(path)
     return SpawnPlan(
-        argv=(command, *argv[1:]),
+        argv=command_argv(argv),
         env=env,
         cwd=policy.env.cwd or _inherited_cwd(plan),
         cwd_inherited=policy.env.cwd is None,
         view=plan,
         landlock_rules=rules_for(binds, list(DEVICES), policy.view.tmp),
-        landlock_abi=_linux.landlock_abi_version(),
+        landlock_abi=host.observe("landlock-abi"),
         rlimits=rlimits(policy.limits),
         seccomp_bpf=bpf,
         user_namespace=os.geteuid() != 0,
+        dangerous_calls=tuple(sorted(dangerous_numbers())),
         syscall_default=policy.syscalls.default,
         learn=learn,
         transparent_calls=tuple(sorted(transparent_numbers(spec))),
@@ -137,6 +165,18 @@ def make_plan(
         budget=Budget.of(policy.limits),
         cgroups=policy.limits.cgroups,
     )
+
+
+def command_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    """The argv a plan runs for ``argv``, the only part of a plan the command decides.
+
+    A relative command path means "relative to where the user is", as it would
+    without privsep; the child's cwd is somewhere else.
+    """
+    command = argv[0]
+    if "/" in command:
+        command = os.path.abspath(command)
+    return (command, *argv[1:])
 
 
 def filter_spec(policy: Policy, *, broker_served: bool, learn: bool = False) -> FilterSpec:

@@ -23,12 +23,16 @@ import posixpath
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from privsep import _hostfacts as host
 from privsep import _linux
 from privsep.errors import PolicyError
-from privsep.policy.decide import deciding_rule
-from privsep.policy.model import Access, Policy, View
-from privsep.policy.serving import broker_reason, writes
+
+if TYPE_CHECKING:
+    # Planning reads the policy's model; the plan's own types (what the sandbox builds, what the
+    # plan cache of privsep run reads back) do not, and must not import pydantic.
+    from privsep.policy.model import Policy, View
 
 #: Device nodes every child gets; none of them gives access to anything.
 DEVICES = ("null", "zero", "full", "random", "urandom")
@@ -111,7 +115,7 @@ class _Planner:
         for i, part in enumerate(parts):
             nxt = posixpath.join(current, part)
             try:
-                st = os.lstat(nxt)
+                st = host.lstat(nxt)
             except FileNotFoundError:
                 if required:
                     raise PolicyError(
@@ -123,7 +127,7 @@ class _Planner:
                 raise PolicyError(f"view path {path}: cannot inspect {nxt}: {exc.strerror}") from None
             rest = parts[i + 1 :]
             if stat.S_ISLNK(st.st_mode):
-                target = os.readlink(nxt)
+                target = host.readlink(nxt)
                 self.symlinks[nxt] = target
                 resolved = posixpath.normpath(posixpath.join(current, target))
                 return self.add(posixpath.join(resolved, *rest), required=required, links=links + 1)
@@ -195,6 +199,9 @@ def plan_grants(policy: Policy, *, root_broker: bool, sandbox_id: int) -> Grants
     PolicyError when a grant cannot mean what it says (see :func:`_check_nesting`)
     or a deny rule cannot be masked.
     """
+    from privsep.policy.decide import deciding_rule  # noqa: PLC0415 - see TYPE_CHECKING above
+    from privsep.policy.serving import broker_reason, writes  # noqa: PLC0415
+
     planner = _Planner()
     for path in policy.view.read:
         planner.add(path, required=True)
@@ -210,7 +217,7 @@ def plan_grants(policy: Policy, *, root_broker: bool, sandbox_id: int) -> Grants
             broker.append((index, "a deny rule covers it"))
             continue
         try:
-            st = os.stat(rule.path)
+            st = host.stat(rule.path)
         except OSError:
             broker.append((index, "the path does not exist yet, and only an existing path can be bound"))
             continue
@@ -259,7 +266,7 @@ def _link_inside(path: str, writable: list[str]) -> str | None:
     for part in [p for p in path.split("/") if p]:
         at = posixpath.join(at, part)
         try:
-            is_link = stat.S_ISLNK(os.lstat(at).st_mode)
+            is_link = stat.S_ISLNK(host.lstat(at).st_mode)
         except OSError:
             return None
         if is_link and any(_under(at, w) and at != w for w in writable):
@@ -331,9 +338,9 @@ def _broker_served_masks(
             continue
         enclosing = max(covering, key=lambda b: len(b.path))
         try:
-            st = os.lstat(rule.path)
+            st = host.lstat(rule.path)
         except FileNotFoundError:
-            if "read" in enclosing.access and Access.READ not in rule.access:
+            if "read" in enclosing.access and "read" not in rule.access:
                 raise PolicyError(
                     f"{rule.describe(index)} is served by the broker inside the kernel-served grant of "
                     f"{enclosing.path}, which gives read there; it does not exist yet, and only an "
@@ -410,6 +417,30 @@ def _walk(root: str) -> Iterator[tuple[str, int]]:
             yield entry.path, st.st_mode
 
 
+def _contents(path: str, is_dir: bool, privileged: bool, budget: int) -> list[Any]:
+    """[entries counted, sockets and FIFOs, privileged files] of one grant (see :func:`_scan`).
+
+    Stops counting past ``budget`` entries. A host fact (``hostfacts``): a cached plan
+    holds only while every grant's answer is still the same.
+    """
+    special: list[str] = []
+    frozen: list[str] = []
+    count = 0
+    entries = _walk(path) if is_dir else iter([(path, os.lstat(path).st_mode)])
+    for entry, mode in entries:
+        count += 1
+        if count > budget:
+            break
+        if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+            special.append(entry)
+        elif privileged and stat.S_ISREG(mode) and (mode & _linux.SETID_BITS or _has_file_caps(entry)):
+            frozen.append(entry)
+    return [count, special, frozen]
+
+
+host.register("grant", _contents)
+
+
 def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
     """What a grant must not expose as it is: sockets, FIFOs, and privileged programs.
 
@@ -430,24 +461,22 @@ def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
             continue  # [view] reads: the policy author's own choice of system paths
         # The child owns what the grant's owner owns (idmapped, or the broker's own uid without
         # root): in any writable grant it could rewrite a set-id or capability file in place.
-        privileged = b.writable
-        entries = _walk(b.path) if b.is_dir else iter([(b.path, os.lstat(b.path).st_mode)])
-        for path, mode in entries:
-            seen += 1
-            if seen > MAX_SCANNED:
-                raise PolicyError(
-                    f"the grants hold more than {MAX_SCANNED} entries ({b.path} and the rest), and "
-                    "privsep checks each at start for sockets, FIFOs and set-id programs; grant "
-                    'narrower directories, or serve this one with serve = "broker"'
-                )
-            if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
-                masks.append(Mask(path, is_dir=False))
-            elif privileged and stat.S_ISREG(mode) and (mode & _linux.SETID_BITS or _has_file_caps(path)):
-                frozen.append(path)
+        count, special, privileged = host.observe("grant", b.path, b.is_dir, b.writable, MAX_SCANNED - seen)
+        seen += count
+        if seen > MAX_SCANNED:
+            raise PolicyError(
+                f"the grants hold more than {MAX_SCANNED} entries ({b.path} and the rest), and "
+                "privsep checks each at start for sockets, FIFOs and set-id programs; grant "
+                'narrower directories, or serve this one with serve = "broker"'
+            )
+        masks += [Mask(path, is_dir=False) for path in special]
+        frozen += privileged
     return masks, tuple(sorted(frozen))
 
 
 def _denied_at(policy: Policy, path: str) -> bool:
+    from privsep.policy.decide import deciding_rule  # noqa: PLC0415 - see TYPE_CHECKING above
+
     index = deciding_rule(policy, path)
     return index is not None and policy.files[index].deny
 
@@ -507,8 +536,8 @@ def _masks(
             continue
         # Binds are at real paths: a deny written through a symlink (outside every writable
         # grant: _check_links refused the others) is masked at the path it names.
-        path = os.path.realpath(rule.path)
-        if path != rule.path and not os.path.lexists(rule.path):
+        path = host.realpath(rule.path)
+        if path != rule.path and not host.lexists(rule.path):
             path = rule.path
         covering = [b for b in binds if b.is_dir and _under(path, b.path)]
         exact = [b for b in binds if b.path == path]
@@ -517,7 +546,7 @@ def _masks(
         enclosing = max(covering, key=lambda b: len(b.path)) if covering else exact[0]
         where = rule.describe(index)
         try:
-            st = os.lstat(path)
+            st = host.lstat(path)
         except FileNotFoundError:
             if any(b.writable for b in covering):
                 raise PolicyError(

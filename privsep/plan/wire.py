@@ -9,7 +9,7 @@ every dataclass inside it), so a field added to
 field whose type this module cannot carry fails the first encode with a
 TypeError naming the field (``tests/unit/test_plan_wire.py`` fails first).
 
-Types carried: ``str``, ``int``, ``bool``, ``bytes`` (base64), ``X | None``,
+Types carried: ``str``, ``int``, ``bool``, ``float``, ``bytes`` (base64), ``X | None``,
 ``tuple[X, ...]``, fixed ``tuple[X, Y]``, ``Mapping[K, V]`` (a list of
 pairs: keys need not be strings) and dataclasses of these (a list of the
 field values, in field order). Decoding is strict: a wrong type or a wrong
@@ -69,8 +69,9 @@ def decode(cls: type[T], data: bytes) -> T:
 def _encoder(hint: Any) -> _Codec | None:
     if hint in _SCALARS:
         return None
-    if hint is bytes:
-        return _b64
+    if hint in (bytes, float):
+        # bytes as base64; an int where a float is declared travels as the float it means
+        return _b64 if hint is bytes else float
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return _dataclass_encoder(hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -129,8 +130,8 @@ def _b64(value: bytes) -> str:
 def _decoder(hint: Any) -> _Codec:
     if hint in _SCALARS:
         return functools.partial(_scalar, hint)
-    if hint is bytes:
-        return _unb64
+    if hint in (bytes, float):
+        return _unb64 if hint is bytes else functools.partial(_scalar, float)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return _dataclass_decoder(hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)

@@ -18,11 +18,13 @@ import re
 import sys
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from privsep import _hostfacts as host
 from privsep.errors import PolicyError
 from privsep.policy.model import Policy, PolicyFile
 
@@ -60,13 +62,15 @@ def _read_named(name: str) -> tuple[str, str]:
             f"no shipped policy named '{name}'; shipped policies: {', '.join(shipped_names())}; "
             "or give the path of a TOML file"
         )
+    if isinstance(resource, Path):  # read as any policy file is, so that the plan cache sees it read
+        return f"<shipped policy '{name}'>", _read_file(resource)[1]
+    host.incomplete()  # in a zip: not a file the plan cache could read again
     return f"<shipped policy '{name}'>", resource.read_text(encoding="utf-8")
 
 
 def _read_file(path: Path) -> tuple[str, str]:
     try:
-        with path.open("rb") as f:
-            raw = f.read(_MAX_FILE_SIZE + 1)
+        raw = host.read_bytes(str(path), _MAX_FILE_SIZE + 1)
     except OSError as exc:
         raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from None
     except ValueError:  # a NUL in the path
@@ -185,11 +189,36 @@ def load_policy(spec: str, *, extra: Mapping[str, Any] | None = None) -> Policy:
     (:func:`privsep.policy.grants.grants_to_extra`), taken literally: no
     ``${name}`` expansion in them.
     """
+    return validate_policy(resolve_policy(spec, extra=extra))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A policy read, its ``extends`` merged, its variables expanded and the command-line grants
+    merged: what :func:`validate_policy` turns into the model. Plain data (TOML's types), so
+    that ``privsep run``'s plan cache can keep it and validate it only when a request needs it."""
+
+    spec: str
+    origin: str
+    """The file or shipped name the errors name."""
+    extra: bool
+    """Command-line grants were merged in (the errors say so)."""
+    data: dict[str, Any]
+
+
+def resolve_policy(spec: str, *, extra: Mapping[str, Any] | None = None) -> Resolved:
+    """The first half of :func:`load_policy`: every file read and checked, nothing validated as a whole."""
     origin, raw = _load_raw(spec, Path.cwd(), ())
     raw = _expand(origin, raw, variables())
     if extra:
         raw = _merge(raw, extra)
+    return Resolved(spec, origin, bool(extra), raw)
+
+
+def validate_policy(resolved: Resolved) -> Policy:
+    """The second half of :func:`load_policy`: the model, or a PolicyError naming each field."""
     try:
-        return Policy.model_validate({"name": spec, **_tuples(raw)})
+        return Policy.model_validate({"name": resolved.spec, **_tuples(resolved.data)})
     except ValidationError as exc:
-        raise _explain(f"{origin} with the command-line grants" if extra else origin, exc) from None
+        origin = f"{resolved.origin} with the command-line grants" if resolved.extra else resolved.origin
+        raise _explain(origin, exc) from None

@@ -58,7 +58,17 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert all(_is_stats(v) and v["min"] > 0 for v in res["throughput"]["children"].values())
 
     spawn = res["spawn"]
-    for key in ("sandbox_run", "broker_start_wait", "sandbox_call", "privsep_run", "pydantic_floor"):
+    for key in (
+        "sandbox_run",
+        "broker_start_wait",
+        "sandbox_call",
+        "privsep_run",
+        "pydantic_floor",
+        "privsep_run_cold",
+        "imports_warm",
+        "imports_cold",
+        "imports_warm_vs_cold",
+    ):
         assert _is_stats(spawn[key]), key
     for peer in ("bwrap", "firejail"):
         assert _measured_or_skipped(spawn[peer]), peer
@@ -119,7 +129,8 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert level["broker_rss_kb"] > 0 and level["open"]["p50_us"] > 0
 
     names = [t["target"] for t in res["targets"]]
-    assert len(names) == 13  # issues 7, 12, 14 and 16
+    assert len(names) == 14  # issues 7, 12, 14 and 16
+    assert "privsep run -- /bin/true <= 10x bwrap (warm plan cache)" in names
     assert all(t["met"] in (True, False, None) for t in res["targets"])
 
 

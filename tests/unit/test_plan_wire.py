@@ -45,6 +45,7 @@ def full_plan() -> SpawnPlan:
         rlimits={7: 1024, 6: -1, 4: 0},
         seccomp_bpf=bytes(range(256)) * 3,
         user_namespace=True,
+        dangerous_calls=(101, 165, 310),
         syscall_default="kill",
         learn=True,
         transparent_calls=(2, 42, 257),
@@ -109,7 +110,7 @@ def test_the_wire_is_json_without_any_field_name() -> None:
 @dataclasses.dataclass(frozen=True)
 class _Unsupported:
     name: str
-    ratio: float
+    ratio: complex
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +120,25 @@ class _Outer:
 
 def test_a_field_the_wire_cannot_carry_is_named_at_the_first_encode() -> None:
     with pytest.raises(
-        TypeError, match=r"_Outer\.inner: _Unsupported\.ratio: .*cannot carry <class 'float'>"
+        TypeError, match=r"_Outer\.inner: _Unsupported\.ratio: .*cannot carry <class 'complex'>"
     ):
-        wire.encode(_Outer((_Unsupported("x", 0.5),)))
+        wire.encode(_Outer((_Unsupported("x", 0.5j),)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Timed:
+    seconds: float
+    limit: float | None
+
+
+def test_a_float_travels_as_a_float_and_an_int_given_for_one_arrives_as_one() -> None:
+    for value in (_Timed(0.25, None), _Timed(1e-9, 3600.5)):
+        assert wire.decode(_Timed, wire.encode(value)) == value
+    back = wire.decode(_Timed, wire.encode(_Timed(5, 7)))  # what a lenient model may hold
+    assert back == _Timed(5.0, 7.0)
+    assert type(back.seconds) is float and type(back.limit) is float
+    with pytest.raises(ValueError, match="expected float"):
+        wire.decode(_Timed, b"[5, null]")
 
 
 def _with(body: list[Any], name: str, value: object) -> list[Any]:
