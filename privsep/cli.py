@@ -100,6 +100,15 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     grants.add_argument(
+        "--proxy",
+        action="store_true",
+        help=(
+            "an HTTP proxy (127.0.0.1:3128) and a SOCKS5 proxy (127.0.0.1:1080) in the sandbox, served by "
+            "the broker, and HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY set: they allow what "
+            "--allow-connect allows, deciding on the host name asked ([network] proxy = true)"
+        ),
+    )
+    grants.add_argument(
         "--secret",
         action="append",
         default=[],
@@ -210,6 +219,8 @@ def _run(args: argparse.Namespace) -> int:
     limits = _limits_extra(args)
     if limits:
         extra["limits"] = limits
+    if args.proxy:
+        extra["network"] = {"proxy": True}
     policy = load_policy(args.policy, extra=extra)
     timeout = _timeout(args, policy)
     plan = plan_for(policy, command)

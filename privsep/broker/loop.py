@@ -24,6 +24,7 @@ from privsep import protocol
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.audit import AuditLog
 from privsep.broker.child import CallContext, Child
+from privsep.broker.egress import EgressServer
 from privsep.broker.events import Events, Role
 from privsep.broker.lifecycle import Lifecycle, Spawner
 from privsep.broker.listener import ListenerServer
@@ -61,6 +62,7 @@ class Broker:
         self._listener = ListenerServer(
             self._events, self._recorder, self._lifecycle, self._requests, self._handback
         )
+        self._egress = EgressServer(self._events, self._recorder, self._workers, self._handback)
 
     # -- public -----------------------------------------------------------
 
@@ -112,6 +114,7 @@ class Broker:
             terminal.spawned()
             child.terminal = terminal
             self._sync_terminal(child)
+        child.egress = self._egress.attach(child, plan.egress, services)  # egress (issue 17)
         if plan.transparent_calls:
             v = plan.view
             roots = view_roots(
@@ -124,6 +127,7 @@ class Broker:
                 view_dirs=frozenset(v.dirs),
                 learning=plan.learn,
                 ids=child.ids,
+                egress=child.egress,
             )
         self._children.add(child)
         self._requests.watch(child)
@@ -145,6 +149,8 @@ class Broker:
                 self._requests.on_relay(owner, role, fd)
             elif role == "external":
                 owner(fd)  # a watch(): the callback sits where the child would
+            elif role == "egress":
+                self._egress.ready(owner, fd)  # the owner is the fd's handler (egress.py)
             elif owner.outcome is None:
                 self._dispatch(owner, role)
         now = time.monotonic()
@@ -234,5 +240,7 @@ class Broker:
             self._sync_terminal(child)  # outcome is set: unregisters every fd of the relay
             child.terminal.finish()  # what the sandbox wrote last, then the user's termios back
         self._requests.release(child)
+        if child.egress is not None:
+            child.egress.close()
         self._lifecycle.release(child)
         self._children.discard(child)
