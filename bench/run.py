@@ -33,6 +33,10 @@ starts 3000 processes). Sections:
 9. marked: a file of 20 trivial ``@pytest.mark.privsep`` tests against the
    same file unmarked, each a whole ``python -m pytest``, per test, against
    bwrap's ``/bin/true`` (``bench/marked.py``).
+10. egress: a brokered DNS lookup (``getaddrinfo`` of a pinned name through the
+   sandbox's resolver) against ``localhost`` from ``/etc/hosts``; an HTTP GET by name
+   through privsep's proxy against the same GET connected directly
+   (``bench/egress.py``; alone: ``python -m bench.egress [--quick]``).
 
 Benchmarks measure; they never fail on a missed target (the table says so).
 """
@@ -59,6 +63,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.cgroups import bench_cgroups
+from bench.egress import bench_egress
+from bench.egress import rows as egress_rows
 from bench.isolation import bench_isolation
 from bench.isolation import rows as isolation_rows
 from bench.kernel import bench_cli, bench_kernel_open, kernel_tree
@@ -592,6 +598,7 @@ def _rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         ]  # fmt: skip
     rows += _kernel_rows(res["kernel_open"]) + _cli_rows(res["cli"]) + _marked_rows(res["marked"])
     rows += isolation_rows(res["isolation"], _fmt, _ratio)
+    rows += egress_rows(res["egress"], _fmt, _ratio)
     scale = res["scale"]
     alone = scale["alone"]
     rows.append(
@@ -761,6 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["cgroups"] = bench_cgroups(cfg.rounds, 2 * cfg.spawn_n, log)
         results["seccomp"] = bench_seccomp(cfg, grant, log)
     results["isolation"] = bench_isolation(cfg.rounds, cfg.isolation_pings, cfg.isolation_files, log)
+    results["egress"] = bench_egress(cfg.rounds, 50 if cfg.quick else 300, log)
     results["kernel_open"], results["cli"] = bench_kernel(cfg, log)
     results["marked"] = bench_marked(cfg.rounds, log, bwrap=BWRAP, no_bwrap=_peer("bwrap", BWRAP))
     results["meta"]["loadavg_before_scale"] = os.getloadavg()[0]
