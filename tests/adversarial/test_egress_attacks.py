@@ -79,6 +79,9 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeDns]:
     return install
 
 
+HEADS: list[str] = []  # every request head the origin received, whole (the server fixture's)
+
+
 @pytest.fixture
 def server() -> Iterator[tuple[int, list[str]]]:
     """A local HTTP/1.1 origin on 127.0.0.1 that records each request head's first lines; its port."""
@@ -86,6 +89,7 @@ def server() -> Iterator[tuple[int, list[str]]]:
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     seen: list[str] = []
+    HEADS.clear()
 
     def serve() -> None:
         while True:
@@ -103,6 +107,7 @@ def server() -> Iterator[tuple[int, list[str]]]:
                             break
                         data += chunk
                     head = data.split(b"\r\n\r\n")[0].decode("latin-1")
+                    HEADS.append(head)
                     seen.append(" | ".join(head.split("\r\n")[:2]))
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\norigin")
                 except OSError:
@@ -530,3 +535,46 @@ print(json.dumps(out))
     assert (out["rcode"], out["answers"], out["address"]) == (0, 1, True)
     assert out["broken"] == ""  # closed, unanswered
     assert out["udp"] == [0, 1]
+
+
+# --- credentials the child never sees ----------------------------------------------------------------
+
+
+def test_the_proxy_adds_a_header_the_sandbox_never_holds(
+    broker: Broker, server: tuple[int, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, seen = server
+    monkeypatch.setenv("EGRESS_TEST_TOKEN", "s3cret-value")
+    inject = {
+        "host": "api.test",
+        "header": "Authorization",
+        "source": "env:EGRESS_TEST_TOKEN",
+        "prefix": "Bearer ",
+    }
+    policy = policy_with(
+        connect=[{"host": "api.test", "ports": [port]}],
+        network={"hosts": {"api.test": "127.0.0.1"}, "proxy": True, "inject": [inject]},
+    )
+    code = (
+        PROXY
+        + f"""
+import os
+from privsep import client
+forged = b"GET http://api.test:{port}/x HTTP/1.1\\r\\nHost: api.test:{port}\\r\\n"
+forged += b"Authorization: Bearer forged\\r\\n\\r\\n"
+reply = proxied(forged)[1]
+try:
+    client.secret("EGRESS_TEST_TOKEN")
+    asked = "handed out"
+except client.DeniedError:
+    asked = "denied"
+print(json.dumps({{"reply": reply, "env": "s3cret" in repr(os.environ), "asked": asked}}))
+"""
+    )
+    _, out = run(broker, policy, code)
+    assert out["reply"].endswith("origin")
+    assert out == {"reply": out["reply"], "env": False, "asked": "denied"}
+    assert seen == [f"GET /x HTTP/1.1 | Host: api.test:{port}"]
+    (head,) = HEADS
+    assert "Authorization: Bearer s3cret-value" in head.split("\r\n")
+    assert "forged" not in head  # the client's own header of that name is dropped
