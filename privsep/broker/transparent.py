@@ -32,8 +32,8 @@ Limits, on purpose: no directory fds (``O_DIRECTORY`` on a brokered path
 fails, as ``client.open`` does: ``ls`` of a broker-served directory needs
 ``client.listdir``); no ``O_PATH``/``O_TMPFILE``; ``openat2`` never reaches
 the broker (the filter fails it with ENOSYS, since its flags and mode live in
-memory); connect is TCP by IP address (the child has no DNS; UDP needs
-``client.connect(..., type="udp")``).
+memory); connect is TCP by IP address (names are the sandbox's resolver's,
+broker/egress.py; UDP needs ``client.connect(..., type="udp")``).
 
 ``bind`` (an unmodified server, with [[bind]] rules) is served like
 ``connect``: decided as ``client.bind``, performed on a socket of the
