@@ -200,7 +200,10 @@ class Resolver:
             self.lookups += 1
 
             def job(name: str = name) -> None:
-                looked = lookup(name)
+                try:
+                    looked = lookup(name)
+                except Exception:  # lookup is total; should it not be, the queries still get an answer
+                    looked = Looked(Rcode.SERVFAIL, (), "the lookup failed (an internal error of privsep's)")
                 handback.put(lambda: self._looked_up(name, looked))
 
             egress.server.workers.submit(job)

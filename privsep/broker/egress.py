@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Protocol
 from privsep import _linux, protocol
 from privsep.broker import dns, notify, proxy, unixconnect
 from privsep.broker.answers import Answer, Refusal, denied
-from privsep.broker.events import Events
+from privsep.broker.events import READ, Events
 from privsep.broker.net import NetService
 from privsep.broker.report import Recorder
 from privsep.broker.services import Services
@@ -170,7 +170,7 @@ class Egress:
         self._adopted[kind] = sock
         handler = self._serve[kind](sock)
         self.handlers.add(handler)
-        self.server.watch(sock.fileno(), _READ, handler)
+        self.server.watch(sock.fileno(), READ, handler)
         return True
 
     def serves(self, sock_type: int, peer: tuple[str, int]) -> bool:
@@ -296,7 +296,7 @@ class Acceptor:
             handler = self._make(self.egress, conn, self._closed)
             self._open.add(handler)
             self.egress.handlers.add(handler)
-            self.egress.server.watch(conn.fileno(), _READ, handler)
+            self.egress.server.watch(conn.fileno(), READ, handler)
 
     def _closed(self, handler: Handler) -> None:
         self._open.discard(handler)
@@ -309,7 +309,6 @@ class Acceptor:
         self._open.clear()
 
 
-_READ = 1  # selectors.EVENT_READ
 _ACCEPT_BATCH = 16
 
 

@@ -274,6 +274,12 @@ class _Proxy:
                     result: _Connected | Refusal = _connect(policy, route, inject)
                 except Refusal as refusal:
                     result = refusal
+                except Exception as exc:  # a bug of ours: logged on the loop, answered 502, never lost
+                    failure = exc
+                    result = failed("the proxy failed (an internal error of privsep's, logged)")
+                    handback.put(
+                        lambda: egress.server.recorder.internal_error(egress.child, "the proxy", failure)
+                    )
                 handback.put(lambda: self._connected(result))
 
             egress.server.workers.submit(job)
