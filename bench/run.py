@@ -37,6 +37,10 @@ starts 3000 processes). Sections:
 9. marked: a file of 20 trivial ``@pytest.mark.privsep`` tests against the
    same file unmarked, each a whole ``python -m pytest``, per test, against
    bwrap's ``/bin/true`` (``bench/marked.py``).
+10. egress: a brokered DNS lookup (``getaddrinfo`` of a pinned name through the
+   sandbox's resolver) against ``localhost`` from ``/etc/hosts``; an HTTP GET by name
+   through privsep's proxy against the same GET connected directly
+   (``bench/egress.py``; alone: ``python -m bench.egress [--quick]``).
 
 ``--only SECTION,...`` runs some of them (e.g. ``--only kernel_open,connect``).
 Benchmarks measure; they never fail on a missed target (the table says so).
@@ -64,6 +68,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.cgroups import bench_cgroups
+from bench.egress import bench_egress
+from bench.egress import rows as egress_rows
 from bench.isolation import bench_isolation
 from bench.isolation import rows as isolation_rows
 from bench.kernel import bench_cli, bench_connect, bench_kernel_open, kernel_tree
@@ -699,6 +705,10 @@ def _isolation_rows(iso: dict[str, Any]) -> list[Row]:
     return isolation_rows(iso, _fmt, _ratio)
 
 
+def _egress_rows(eg: dict[str, Any]) -> list[Row]:
+    return egress_rows(eg, _fmt, _ratio)
+
+
 def _scale_rows(scale: dict[str, Any]) -> list[Row]:
     alone = scale["alone"]
     rows: list[Row] = [
@@ -826,6 +836,7 @@ _SECTION_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("cli", _cli_rows),
     ("marked", _marked_rows),
     ("isolation", _isolation_rows),
+    ("egress", _egress_rows),
     ("scale", _scale_rows),
 )
 SECTIONS = tuple(key for key, _ in _SECTION_ROWS)
@@ -939,6 +950,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["seccomp"] = bench_seccomp(cfg, grant, log)
     if "isolation" in wanted:
         results["isolation"] = bench_isolation(cfg.rounds, cfg.isolation_pings, cfg.isolation_files, log)
+    if "egress" in wanted:
+        results["egress"] = bench_egress(cfg.rounds, 50 if cfg.quick else 300, log)
     results.update(bench_kernel(cfg, log, wanted))
     if "marked" in wanted:
         results["marked"] = bench_marked(cfg.rounds, log, bwrap=BWRAP, no_bwrap=_peer("bwrap", BWRAP))

@@ -149,6 +149,15 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     grants.add_argument(
+        "--proxy",
+        action="store_true",
+        help=(
+            "an HTTP proxy (127.0.0.1:3128) and a SOCKS5 proxy (127.0.0.1:1080) in the sandbox, served by "
+            "the broker, and HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY set: they allow what "
+            "--allow-connect allows, deciding on the host name asked ([network] proxy = true)"
+        ),
+    )
+    grants.add_argument(
         "--secret",
         action="append",
         default=[],
@@ -300,6 +309,7 @@ def _prepare(args: argparse.Namespace, command: list[str]) -> tuple[Prepared, Po
             args.listen,
             args.secret,
             _limits_extra(args),
+            args.proxy,
         ]
         key = cache.key(inputs)
     if key is not None:
@@ -317,6 +327,8 @@ def _prepare(args: argparse.Namespace, command: list[str]) -> tuple[Prepared, Po
     limits = _limits_extra(args)
     if limits:
         extra["limits"] = limits
+    if args.proxy:
+        extra["network"] = {"proxy": True}
     with _hostfacts.recording() as seen:
         resolved = resolve_policy(args.policy, extra=extra)
         policy = validate_policy(resolved)

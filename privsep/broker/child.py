@@ -24,6 +24,7 @@ from privsep.plan.spawnplan import Spawned
 
 if TYPE_CHECKING:
     from privsep import protocol
+    from privsep.broker.egress import Egress
     from privsep.broker.relay import Relay
     from privsep.broker.services import Services
     from privsep.broker.terminal import Terminal  # only privsep run makes one
@@ -92,6 +93,7 @@ class Child:
     transparent: Transparent | None = None  # serves open/connect of programs without the client
     terminal: Terminal | None = None  # the sandbox's own pty, relayed to the user's terminal
     terminal_events: dict[int, int] = field(default_factory=dict)  # its fds as registered now
+    egress: Egress | None = None  # its resolver and proxies (egress.py), when its plan has them
     cgroup: cgroups.SandboxCgroup | None = None
     cgroup_missing: str | None = None
     """Why this sandbox runs without a cgroup (the policy allowed it); None when it has one."""

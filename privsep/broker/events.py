@@ -23,6 +23,7 @@ Role = Literal[
     "relay_peer",  # a relay's end on the outside
     "external",  # Broker.watch(): a callback sits where the sandbox would
     "terminal",  # the sandbox's pty relay
+    "egress",  # the sandbox's resolver and proxies (egress.py): the owner is the fd's handler
 ]
 
 

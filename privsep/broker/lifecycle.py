@@ -129,6 +129,12 @@ class Lifecycle:
                 self._events.watch(msg.fd, "listener", child)
             else:
                 procs.command_pid = _pid_of(msg.fd)
+        elif msg.kind == "egress":  # egress (issue 17): a socket of the sandbox's resolver or proxies
+            assert msg.fd is not None
+            if child.egress is None:
+                os.close(msg.fd)
+            elif not child.egress.adopt(msg.step, msg.fd):
+                self.kill(child, Outcome("lost", EXIT_PRIVSEP, detail="a bad report of an egress socket"))
         elif msg.kind == "error":
             procs.setup_error = procs.setup_error or msg
         elif msg.kind == "exec_error":

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from privsep.broker.child import CallContext, Child
+from privsep.broker.egress import EgressServer
 from privsep.broker.events import Events, Role
 from privsep.broker.lifecycle import Lifecycle, Spawner
 from privsep.broker.listener import ListenerServer
@@ -59,6 +60,7 @@ class Broker:
         self._listener = ListenerServer(
             self._events, self._recorder, self._lifecycle, self._requests, self._handback
         )
+        self._egress = EgressServer(self._events, self._recorder, self._workers, self._handback)
         self._handlers: dict[Role, Callable[[Child], Any]] = {
             "channel": self._requests.on_channel,
             "control": self._lifecycle.on_control,
@@ -122,6 +124,7 @@ class Broker:
             terminal.spawned()
             child.terminal = terminal
             self._sync_terminal(child)
+        child.egress = self._egress.attach(child, plan.egress, services)  # egress (issue 17)
         if plan.transparent_calls:
             from privsep.broker.transparent import Transparent, view_roots  # noqa: PLC0415 - only if it serves
 
@@ -136,6 +139,7 @@ class Broker:
                 view_dirs=frozenset(v.dirs),
                 learning=plan.learn,
                 ids=child.ids,
+                egress=child.egress,
             )
         self._children.add(child)
         self._requests.watch(child)
@@ -157,6 +161,8 @@ class Broker:
                 self._requests.on_relay(owner, role, fd)
             elif role == "external":
                 owner(fd)  # a watch(): the callback sits where the child would
+            elif role == "egress":
+                self._egress.ready(owner, fd)  # the owner is the fd's handler (egress.py)
             elif owner.outcome is None:
                 self._dispatch(owner, role)
         now = time.monotonic()
@@ -237,5 +243,7 @@ class Broker:
             self._sync_terminal(child)  # outcome is set: unregisters every fd of the relay
             child.terminal.finish()  # what the sandbox wrote last, then the user's termios back
         self._requests.release(child)
+        if child.egress is not None:
+            child.egress.close()
         self._lifecycle.release(child)
         self._children.discard(child)

@@ -23,7 +23,7 @@ import errno
 import ipaddress
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from privsep.broker.actas import sandbox_ids, seen_as
 from privsep.broker.answers import Answer, Refusal, denied, failed
@@ -59,6 +59,18 @@ class NetService:
             if not decision.allowed:
                 raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision.rule))
             rules.append(_rule(decision.rule))
+        return self.connect_decided(addresses, rules, port, proto, timeout_ms)
+
+    @staticmethod
+    def connect_decided(
+        addresses: Sequence[IPAddress], rules: Sequence[str | None], port: int, proto: str, timeout_ms: int
+    ) -> Answer:
+        """Connect to the first of ``addresses`` that answers; each was allowed by its rule already.
+
+        Runs on a worker. The decision is the caller's: :meth:`connect` decides
+        by the rules, the sandbox's egress (broker/egress.py) by the rules and
+        the addresses its resolver answered.
+        """
         last: OSError | None = None
         for address, rule in zip(addresses, rules, strict=True):
             family = socket.AF_INET6 if address.version == 6 else socket.AF_INET

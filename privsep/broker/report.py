@@ -121,6 +121,27 @@ class Recorder:
                     )
                 )
 
+    def noted(
+        self,
+        child: Reported,
+        op: str,
+        what: str,
+        decision: str,
+        rule: str | None,
+        *,
+        message: str | None = None,
+        denial: Denial | None = None,
+    ) -> None:
+        """A decision outside a request (the sandbox's resolver and proxies, broker/egress.py):
+        audited, and ``denial`` (if any) kept for the report at exit."""
+        if denial is not None:
+            child.report.deny(denial)
+        if self._audit is not None:
+            with contextlib.suppress(OSError):
+                self._audit.write(
+                    audit.Record(child.command_pid, op, what, decision, rule, 0, message=message)
+                )
+
     def syscall(self, child: Reported, name: str, decision: str) -> None:
         if self._audit is not None:
             self._audit.write(audit.Record(child.command_pid, "syscall", name, decision, "syscalls", 0))

@@ -45,25 +45,29 @@ class SecretService:
 
     @staticmethod
     def _read(kind: str, ref: str, rule: str) -> bytes:
-        if kind == "env":
-            value = os.environb.get(os.fsencode(ref))
-            if value is None:
-                raise failed(f"{rule} is not available: the broker's environment has no {ref}", rule=rule)
-            return value
-        try:
-            fd = os.open(ref, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-        except OSError as exc:
-            raise failed(
-                f"{rule} is not available: cannot open its file ({exc.strerror})", rule=rule
-            ) from None
-        try:
-            chunks = []
-            total = 0
-            while chunk := os.read(fd, 65536):
-                total += len(chunk)
-                if total > _MAX_SECRET:
-                    raise failed(f"{rule} is larger than {_MAX_SECRET} bytes", rule=rule)
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
+        return read_source(kind, ref, rule)
+
+
+def read_source(kind: str, ref: str, rule: str) -> bytes:
+    """A secret's value from its source (the broker's environment, or a file); ``rule`` names it
+    in the refusal. Also the proxy's injected headers' (broker/proxy.py), which no request reads."""
+    if kind == "env":
+        value = os.environb.get(os.fsencode(ref))
+        if value is None:
+            raise failed(f"{rule} is not available: the broker's environment has no {ref}", rule=rule)
+        return value
+    try:
+        fd = os.open(ref, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise failed(f"{rule} is not available: cannot open its file ({exc.strerror})", rule=rule) from None
+    try:
+        chunks = []
+        total = 0
+        while chunk := os.read(fd, 65536):
+            total += len(chunk)
+            if total > _MAX_SECRET:
+                raise failed(f"{rule} is larger than {_MAX_SECRET} bytes", rule=rule)
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

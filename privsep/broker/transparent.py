@@ -32,8 +32,8 @@ Limits, on purpose: no directory fds (``O_DIRECTORY`` on a brokered path
 fails, as ``client.open`` does: ``ls`` of a broker-served directory needs
 ``client.listdir``); no ``O_PATH``/``O_TMPFILE``; ``openat2`` never reaches
 the broker (the filter fails it with ENOSYS, since its flags and mode live in
-memory); connect is TCP by IP address (the child has no DNS; UDP needs
-``client.connect(..., type="udp")``).
+memory); connect is TCP by IP address (names are the sandbox's resolver's,
+broker/egress.py; UDP needs ``client.connect(..., type="udp")``).
 
 ``bind`` (an unmodified server, with [[bind]] rules) is served like
 ``connect``: decided as ``client.bind``, performed on a socket of the
@@ -69,6 +69,9 @@ else:
     # pydantic, both: loaded with the first call this serves, not when a sandbox starts.
     protocol = lazy_module("privsep.protocol", globals())
     decide = lazy_module("privsep.policy.decide", globals())
+
+if TYPE_CHECKING:
+    from privsep.broker.egress import Admitted, Egress
 
 #: Host state a lookup never teaches a grant of (a program's probes of the machine).
 _NEVER_LEARNED = ("/proc", "/sys", "/dev", "/run")
@@ -146,8 +149,10 @@ class Transparent:
         view_dirs: frozenset[str] = frozenset(),
         learning: bool = False,
         ids: tuple[int, int] | None = None,
+        egress: Egress | None = None,
     ) -> None:
         self.calls = calls
+        self._egress = egress  # the sandbox's resolver and proxies (egress.py), if it has them
         self._ids = ids  # the sandbox's host uid and gid, for perform()
         self._roots = roots
         self._view_dirs = view_dirs
@@ -314,7 +319,7 @@ class Transparent:
 
     # -- connect --------------------------------------------------------------
 
-    def _connect(
+    def _connect(  # noqa: PLR0911 - one return per way a connect ends
         self, listener: int, note: notify.Notification, services: Services | None
     ) -> Deferred | Served | None:
         """Every connect: performed by the broker on the socket it checked, or refused (rule 2)."""
@@ -338,6 +343,9 @@ class Transparent:
                 # AF_UNSPEC or malformed, on the child's own socket: done on that very socket.
                 _answer(listener, note, _linux.connect_raw(sock.fileno(), address))
                 return None
+            if self._egress is not None and self._egress.serves(sock.type, peer):
+                handed_over = True  # egress (issue 17): privsep's resolver or proxy, in the sandbox
+                return self._egress.connect_inside(listener, note, sock, address)
             if services is None or not services.policy.transparent_net:
                 raise _Unserved(errno.ENETUNREACH)  # what its empty network namespace says
             host, port = peer
@@ -353,6 +361,10 @@ class Transparent:
             if port == 0:
                 raise _Unserved(errno.ECONNREFUSED)
             request = protocol.Connect(id=0, host=host, port=port, type="tcp", timeout_ms=_CONNECT_TIMEOUT_MS)
+            admitted = None if self._egress is None else self._egress.admit(request)  # egress (issue 17)
+            if isinstance(admitted, Refusal):
+                notify.refuse(listener, note, errno.EACCES)
+                return Served(request, admitted)
             mine = os.dup(listener)  # the loop may close the listener while the worker runs
             handed_over = True
 
@@ -370,6 +382,7 @@ class Transparent:
                     theirs=sock,
                     their_fd=their_fd,
                     cloexec=cloexec,
+                    admitted=admitted,
                 ),
                 drop,
             )
@@ -528,11 +541,15 @@ def _finish_connect(
     theirs: socket.socket,
     their_fd: int,
     cloexec: bool,
+    admitted: Admitted | None = None,
 ) -> Served | None:
-    """On a worker: connect the broker's own socket, then swap it in for the child's."""
+    """On a worker: connect the broker's own socket, then swap it in for the child's.
+
+    ``admitted``: the sandbox's egress decided it already (by the rules and its resolver's answers).
+    """
     try:
         with _eio_on_failure(listener, note):
-            result = perform(services, request, ids)
+            result = perform(services, request, ids) if admitted is None else admitted.connect(request)
             if isinstance(result, Refusal):
                 notify.refuse(listener, note, _errno_of(result))
                 return Served(request, result)

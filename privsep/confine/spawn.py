@@ -66,7 +66,7 @@ from typing import NoReturn
 import prctl
 
 from privsep import _linux, channel
-from privsep.confine import identity, landlock, limits, seccomp, view
+from privsep.confine import identity, landlock, limits, netns, seccomp, view
 from privsep.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_PRIVSEP, ConfinementError, PrivsepError
 from privsep.plan.control import encode_control
 from privsep.plan.spawnplan import CHANNEL_FD, Spawned, SpawnPlan, claim_host_ids
@@ -251,6 +251,8 @@ def _init(plan: SpawnPlan, lifeline: int) -> int:
         own = os.pidfd_open(1)
         _report("init", [own])
         os.close(own)
+        if plan.egress is not None:  # egress (issue 17): lo up, resolver and proxy sockets to the broker
+            netns.serve_egress(plan.egress, _report)
         view.build_view(plan.view, host_id=plan.host_uid)
         try:
             socket.sethostname("privsep")

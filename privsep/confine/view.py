@@ -172,6 +172,41 @@ class _Frozen:
     path: str
 
 
+_OVERLAYS_AT = "/.privsep-overlays"
+
+
+def _overlay(root: str, overlays: tuple[tuple[str, str], ...]) -> None:
+    """Mount each generated file read-only over the entry a bind shows at its path.
+
+    The entry itself, not what it names: without MOVE_MOUNT_T_SYMLINKS a host
+    symlink there (resolv.conf to systemd-resolved's stub) is covered, never
+    followed out of the view. The files' tmpfs is detached once they are
+    mounted; each mount keeps its file.
+    """
+    at = root + _OVERLAYS_AT
+    os.makedirs(at, mode=0o755)
+    _linux.mount("tmpfs", at, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755,size=64k")
+    try:
+        for index, (path, text) in enumerate(overlays):
+            source = f"{at}/{index}"
+            with open(source, "x") as f:
+                f.write(text)
+            os.chmod(source, 0o444)
+            fd = os.open(source, os.O_PATH | os.O_CLOEXEC)
+            try:
+                tree = _linux.open_tree_clone(fd)
+            finally:
+                os.close(fd)
+            try:
+                _linux.mount_setattr_fd_recursive(tree, _MASK)
+                _linux.move_mount_to(tree, root + path)
+            finally:
+                os.close(tree)
+    finally:
+        _linux.umount2(at, _linux.MNT_DETACH)
+        os.rmdir(at)
+
+
 def _mount_order(plan: ViewPlan) -> list[tuple[str, int, object]]:
     """Binds, pins and masks, outermost first: a mount inside another comes after it."""
     ops: list[tuple[str, int, object]] = [(b.path, 0, b) for b in plan.binds]
@@ -291,6 +326,9 @@ def build_view(plan: ViewPlan, *, host_id: int) -> None:
             current = path
             os.makedirs(root + posixpath.dirname(path), mode=0o755, exist_ok=True)
             os.symlink(target, root + path)
+        if plan.overlays:
+            current = "the generated files over the host's"
+            _overlay(root, plan.overlays)
         current = "/dev"
         os.makedirs(root + "/dev", mode=0o755)
         for name, fd in devices:

@@ -1,8 +1,9 @@
 """The reports a sandbox's own processes send the broker over its private control socket.
 
 Init and (until its execve) the command report: the pidfds of init and
-command, the seccomp listener fd, the first error of any step, the command's
-stops (with a terminal) and init's final wait status. Both ends are here, so
+command, the seccomp listener fd, the sockets of the sandbox's resolver and
+proxies, the first error of any step, the command's stops (with a terminal)
+and init's final wait status. Both ends are here, so
 the format has one home: :func:`encode_control` runs in the sandbox's
 processes (``confine/spawn.py``), :func:`decode_control` in the broker.
 
@@ -22,9 +23,10 @@ from privsep.errors import RemoteProtocolError
 __all__ = ["FD_KINDS", "KINDS", "MAX_CONTROL_FRAME", "ControlMessage", "decode_control", "encode_control"]
 
 MAX_CONTROL_FRAME = 4096
-KINDS = frozenset({"init", "command", "listener", "error", "exec_error", "exit", "stopped"})
-#: The reports that carry exactly one fd (SCM_RIGHTS); every other carries none.
-FD_KINDS = frozenset({"init", "command", "listener"})
+KINDS = frozenset({"init", "command", "listener", "egress", "error", "exec_error", "exit", "stopped"})
+#: The reports that carry exactly one fd (SCM_RIGHTS); every other carries none. An "egress"
+#: report's fd is a socket of the sandbox's resolver or proxy, its ``step`` says which.
+FD_KINDS = frozenset({"init", "command", "listener", "egress"})
 _MAX_STEP = 64
 _MAX_REASON = 1024
 

@@ -25,6 +25,7 @@ from privsep import _hostfacts as host
 from privsep import _linux
 from privsep.cgroups import Budget, SandboxCgroup
 from privsep.errors import ConfinementError
+from privsep.plan.egress import EgressPlan, egress_view, plan_egress, proxy_env
 from privsep.plan.filter import (
     FilterSpec,
     compile_filter,
@@ -112,6 +113,10 @@ class SpawnPlan:
     user's terminal): init makes it the controlling terminal of the sandbox's session and
     the command leads its foreground process group. None: no terminal, no session change."""
 
+    egress: EgressPlan | None = None
+    """The sandbox's resolver and proxies (plan/egress.py): init makes their sockets in its
+    network namespace and hands them to the broker; None: it has neither."""
+
     host_uid: int = field(default_factory=os.getuid)
     host_gid: int = field(default_factory=os.getgid)
     """The host ids the sandbox's 65534 maps to: the broker's own without root; with root,
@@ -133,12 +138,15 @@ def make_plan(
         value = host.getenv(name) if environ is None else environ.get(name)
         if value is not None:
             env[name] = value
+    egress = plan_egress(policy)  # egress (issue 17): resolver and proxies
+    env.update(proxy_env(egress))
     env.update(policy.env.set)
     env["PRIVSEP_FD"] = str(CHANNEL_FD)
     grants = plan_grants(policy, root_broker=os.geteuid() == 0, sandbox_id=SANDBOX_ID)
-    plan = grants.view
+    plan = egress_view(grants.view, egress)
     binds = [(b.path, b.is_dir, b.access) for b in plan.binds]
-    binds += [(path, False, ()) for path, _ in plan.files]  # generated, read-only like a [view] read
+    # generated, read-only like a [view] read
+    binds += [(path, False, ()) for path, _ in (*plan.files, *plan.overlays)]
     spec = filter_spec(policy, broker_served=bool(grants.broker_served), learn=learn)
     bpf = compile_filter(spec)
     compiler = compiler_files()
@@ -164,6 +172,7 @@ def make_plan(
         kernel_served=grants.kernel_served,
         budget=Budget.of(policy.limits),
         cgroups=policy.limits.cgroups,
+        egress=egress,
     )
 
 

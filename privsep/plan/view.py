@@ -82,6 +82,9 @@ class ViewPlan:
     """Set-id or file-capability files inside a writable grant, bound read-only onto themselves:
     as their owner the child could otherwise rewrite them (a write through mmap keeps the
     set-id bit and the capabilities) and leave a privileged program on the host."""
+    overlays: tuple[tuple[str, str], ...] = ()
+    """Generated files (path, content) mounted read-only over an entry a bind shows (a symlink
+    included): the sandbox's /etc/resolv.conf when the view shows the host's /etc (plan/egress.py)."""
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,12 @@ its protocol. A name rule allows a request for that name ("*.example.com":
 one or more labels under example.com, not example.com itself), and then each
 resolved address is checked: refused inside a deny rule, or when loopback,
 link-local, unspecified or multicast (DNS rebinding), except loopback for the
-name "localhost". Only a name some rule allows is ever resolved
-(:func:`may_resolve`): a denied name is never sent to DNS. IPv4-mapped IPv6
+name "localhost", and except an address an IP rule allows by itself on that
+port and protocol (the address is allowed whatever name led to it), and
+except the addresses the policy itself pins a name to (``[network] hosts``:
+no DNS server chose them, the policy's author did; deny rules still apply).
+Only a name some rule allows is ever resolved (:func:`may_resolve`): a
+denied name is never sent to DNS. IPv4-mapped IPv6
 addresses (::ffff:a.b.c.d) are judged as the IPv4 address they reach.
 
 Messages name rules by index and by their own text, and never contain the
@@ -342,7 +346,9 @@ def _rebinding(address: IPAddress, name: str) -> str | None:
     return None
 
 
-def _decide_name(policy: Policy, name: str, port: int, proto: str, address: IPAddress | None) -> NetDecision:
+def _decide_name(
+    policy: Policy, name: str, port: int, proto: str, address: IPAddress | None, *, pinned: bool
+) -> NetDecision:
     found = _name_rule(policy, name, port, proto)
     if isinstance(found, NetDecision):
         return found
@@ -352,8 +358,11 @@ def _decide_name(policy: Policy, name: str, port: int, proto: str, address: IPAd
     hit = _deny_hit(policy, address, port)
     if hit is not None:
         return hit
-    kind = _rebinding(address, name)
+    kind = None if pinned else _rebinding(address, name)
     if kind is not None:
+        literal = _decide_literal(policy, address, port, proto)
+        if literal.allowed:
+            return literal  # an IP rule allows the address itself: no name is needed to reach it
         return NetDecision(
             False,
             found,
@@ -365,7 +374,13 @@ def _decide_name(policy: Policy, name: str, port: int, proto: str, address: IPAd
 
 
 def decide_connect(
-    policy: Policy, host: str, port: int, proto: str, address: IPAddress | None = None
+    policy: Policy,
+    host: str,
+    port: int,
+    proto: str,
+    address: IPAddress | None = None,
+    *,
+    pinned: bool = False,
 ) -> NetDecision:
     """Decide a connect to ``host`` (as the child wrote it) reaching ``address``.
 
@@ -373,7 +388,8 @@ def decide_connect(
     :func:`may_resolve` says so). For an IP literal ``address`` may be
     omitted: it is the literal. Called without an address for a name, the
     decision explains why the name may not be resolved (or, if it may, denies:
-    each address must be checked).
+    each address must be checked). ``pinned``: ``address`` is one the policy
+    pins the name to ([network] hosts), so no rebinding check applies to it.
     """
     literal = ip_literal(host)
     if literal is not None:
@@ -385,7 +401,7 @@ def decide_connect(
         return NetDecision(
             False, None, "the host is neither an IP address nor a valid host name (RFC 1123)", None
         )
-    return _decide_name(policy, name, port, proto, address)
+    return _decide_name(policy, name, port, proto, address, pinned=pinned)
 
 
 def decide_bind(policy: Policy, host: str, port: int, proto: str) -> NetDecision:

@@ -486,6 +486,116 @@ def check_secret_name(name: str) -> str:
 SecretName = Annotated[str, AfterValidator(check_secret_name)]
 
 
+# --- egress by host name (issue 17) --------------------------------------------------------------
+
+MAX_PINNED = 1024
+MAX_PINNED_ADDRESSES = 16
+MAX_INJECTED = 64
+_HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+#: Headers the proxy sets or drops itself: never injected (privsep.egress.proxyhttp).
+_RESERVED_HEADERS = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host",
+     "content-length", "via"}
+)  # fmt: skip
+
+
+def _pinned_hosts(value: Any) -> Any:
+    """``{"api.test" = "127.0.0.1"}``, or a list of addresses per name, made canonical."""
+    if not isinstance(value, dict):
+        return value  # the type check reports it
+    if len(value) > MAX_PINNED:
+        raise ValueError(f"at most {MAX_PINNED} pinned names")
+    out: dict[str, tuple[str, ...]] = {}
+    for key, given in value.items():
+        name = host_name(key) if isinstance(key, str) else None
+        if name is None:
+            raise ValueError(
+                f"{key!r} is not a host name; a pinned name is an exact RFC 1123 name "
+                "(letters, digits and '-', no wildcard), e.g. api.test"
+            )
+        if name in out:
+            raise ValueError(f"{key!r} is pinned twice (names are compared in lower case)")
+        texts = [given] if isinstance(given, str) else list(given) if isinstance(given, (list, tuple)) else []
+        if not 1 <= len(texts) <= MAX_PINNED_ADDRESSES:
+            raise ValueError(f"{key!r}: give 1 to {MAX_PINNED_ADDRESSES} IP addresses")
+        addresses: list[str] = []
+        for text in texts:
+            address = ip_literal(text) if isinstance(text, str) else None
+            if address is None:
+                raise ValueError(f"{key!r} = {text!r}: write an IP address, e.g. 127.0.0.1 or ::1")
+            if str(address) not in addresses:
+                addresses.append(str(address))
+        out[name] = tuple(addresses)
+    return out
+
+
+def _check_inject_source(value: str) -> str:
+    SecretSource.parse(value)  # "env:VAR" or "file:/abs/path"; raises what teaches
+    return value
+
+
+class Inject(_Strict):
+    """One header the proxy adds to plain-HTTP requests for one host, read from a source the
+    child cannot ask for (it is no ``[secrets]`` entry, so ``client.secret`` never hands it out)."""
+
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    """An exact host name (no wildcard, no IP): the name the client asks the proxy for."""
+    header: Annotated[str, Field(min_length=1, max_length=64)]
+    """The header's name, e.g. Authorization; the client's own header of that name is dropped."""
+    source: Annotated[str, Field(min_length=5, max_length=MAX_PATH), AfterValidator(_check_inject_source)]
+    """Where the broker reads the value: "env:VARIABLE" or "file:/absolute/path", as in [secrets]."""
+    prefix: Annotated[str, Field(max_length=256)] = ""
+    """Put before the value, e.g. "Bearer "."""
+
+    @field_validator("host")
+    @classmethod
+    def _exact_name(cls, value: str) -> str:
+        name = host_name(value)
+        if name is None:
+            raise ValueError(
+                f"'{value}' is not an exact host name (RFC 1123, no wildcard, not an IP address)"
+            )
+        return name
+
+    @field_validator("header")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if not _HEADER_TOKEN.match(value):
+            raise ValueError(f"'{value}' is not an HTTP header name (a token: letters, digits, '-'...)")
+        lowered = value.lower()
+        if lowered in _RESERVED_HEADERS or lowered.startswith("proxy-"):
+            raise ValueError(f"'{value}' is a header the proxy sets or drops itself; inject another")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isascii() or not all(c.isprintable() or c == "\t" for c in value):
+            raise ValueError("the prefix must be printable ASCII (no CR, LF or other control character)")
+        return value
+
+
+class Network(_Strict):
+    """Egress by host name for unmodified programs: the sandbox's own resolver, names pinned to
+    addresses, and an allowlisting HTTP and SOCKS5 proxy. Each allows only what the
+    ``[[connect]]`` rules allow (``privsep.egress`` says how)."""
+
+    hosts: Annotated[dict[str, tuple[str, ...]], BeforeValidator(_pinned_hosts)] = Field(default_factory=dict)
+    """Names the broker answers with these addresses, never looking them up on the host:
+    ``{ "api.test" = "127.0.0.1" }`` (or a list of addresses). A pinned name still needs a
+    [[connect]] rule that names it."""
+    dns: bool | None = None
+    """The sandbox's resolver (127.0.0.53, in its /etc/resolv.conf): A and AAAA answers for the
+    names a [[connect]] grant names, NXDOMAIN for every other name, which never leaves the
+    host. None (the default): on when a [[connect]] grant names a host."""
+    proxy: bool = False
+    """An HTTP proxy (127.0.0.1:3128: CONNECT, and plain http:// requests) and a SOCKS5 proxy
+    (127.0.0.1:1080) inside the sandbox, served by the broker; HTTP_PROXY, HTTPS_PROXY,
+    ALL_PROXY and NO_PROXY (and their lower-case forms) set in its environment."""
+    inject: tuple[Inject, ...] = Field(default=(), max_length=MAX_INJECTED)
+    """Headers the proxy adds to plain-HTTP requests for a host (``proxy`` must be on)."""
+
+
 # --- the whole policy ----------------------------------------------------------------------------
 
 
@@ -525,6 +635,7 @@ class Policy(_Strict):
     )
     """Name -> source; read by the broker, handed over as a sealed memfd on request."""
     transparent: Transparent = Transparent()
+    network: Network = Network()
 
     @property
     def transparent_files(self) -> bool:
@@ -540,6 +651,46 @@ class Policy(_Strict):
     def transparent_bind(self) -> bool:
         """Whether unmodified programs' binds are brokered (there are [[bind]] rules)."""
         return self.transparent.net and bool(self.bind)
+
+    @property
+    def egress_dns(self) -> bool:
+        """Whether the sandbox gets privsep's resolver: [network] dns, by default on when a
+        [[connect]] grant names a host; never without brokered connects (nothing to reach)."""
+        if not self.transparent_net:
+            return False
+        if self.network.dns is not None:
+            return self.network.dns
+        return any(not rule.deny and rule.network() is None for rule in self.connect)
+
+    @property
+    def egress_proxy(self) -> bool:
+        """Whether the sandbox gets privsep's HTTP and SOCKS5 proxies ([network] proxy)."""
+        return self.network.proxy and self.transparent_net
+
+    @model_validator(mode="after")
+    def _egress_has_rules(self) -> Policy:
+        """[network] dns and proxy serve [[connect]] grants: without one they would serve nothing."""
+        for key, on in (("dns", self.network.dns is True), ("proxy", self.network.proxy)):
+            if on and not self.transparent_net:
+                why = (
+                    "[transparent] net = false, so the child can make no TCP or UDP socket to reach it"
+                    if any(not rule.deny for rule in self.connect)
+                    else "there is no [[connect]] grant for it to allow"
+                )
+                raise ValueError(
+                    f"network.{key}: {why}; add a grant (--allow-connect api.example.com:443) or remove it"
+                )
+        if self.network.inject and not self.network.proxy:
+            raise ValueError("network.inject: headers are added by the proxy; set [network] proxy = true")
+        env = (*self.env.pass_through, *self.env.set)
+        for index, inject in enumerate(self.network.inject):
+            source = SecretSource.parse(inject.source)
+            if source.kind == "env" and source.ref in env:
+                raise ValueError(
+                    f"network.inject[{index}]: its variable {source.ref} is also in the child's environment "
+                    "([env] pass or set); remove it there: the child must never hold the value"
+                )
+        return self
 
     @model_validator(mode="after")
     def _links_do_not_lead_around_rules(self) -> Policy:
@@ -607,6 +758,7 @@ class PolicyFile(_Strict):
     bind: list[dict[str, object]] = Field(default_factory=list, max_length=MAX_RULES)
     secrets: dict[str, object] = Field(default_factory=dict, max_length=MAX_SECRETS)
     transparent: dict[str, object] = Field(default_factory=dict)
+    network: dict[str, object] = Field(default_factory=dict)
 
     @field_validator("files", "connect", "bind", mode="before")
     @classmethod

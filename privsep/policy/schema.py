@@ -1,9 +1,9 @@
 """The JSON Schema of a policy file, derived from the models so it cannot drift.
 
 What a user writes in TOML: ``extends``, ``description``, the ``[view]``,
-``[syscalls]``, ``[limits]`` and ``[env]`` tables, the ``[[files]]``,
-``[[connect]]`` and ``[[bind]]`` arrays of tables and the ``[secrets]``
-table of "env:VAR" / "file:/path" strings. The schema checks shape (keys,
+``[syscalls]``, ``[limits]``, ``[env]``, ``[transparent]`` and ``[network]``
+tables, the ``[[files]]``, ``[[connect]]`` and ``[[bind]]`` arrays of tables and
+the ``[secrets]`` table of "env:VAR" / "file:/path" strings. The schema checks shape (keys,
 types, ranges); the loader checks the rest (normalised paths, CIDRs, host
 names, deny rules, secrets kept out of the child's environment) and explains
 it. Since a file may extend another, nothing in it is required.
@@ -31,6 +31,8 @@ _ORDER = (
     "connect",
     "bind",
     "secrets",
+    "transparent",
+    "network",
 )
 
 

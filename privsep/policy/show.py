@@ -163,7 +163,7 @@ def render_toml(policy: Policy, links: Sequence[Link] = ()) -> str:
     ]
     if policy.description:
         out += ["", f"description = {_value(policy.description)}"]
-    for table in ("view", "limits", "env", "transparent"):
+    for table in ("view", "limits", "env", "transparent", "network"):
         out += ["", f"[{table}]", *_table(data[table])]
     lines = syscall_lines(policy.syscalls.allow)
     out += ["", "[syscalls]", f"default = {_value(policy.syscalls.default)}"]

@@ -57,6 +57,11 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert set(res["throughput"]["children"]) == {"1", "4", "16"}
     assert all(_is_stats(v) and v["min"] > 0 for v in res["throughput"]["children"].values())
 
+    egress = res["egress"]
+    for key in ("resolve", "localhost", "direct", "proxied", "resolve_vs_localhost", "proxied_vs_direct"):
+        assert _is_stats(egress[key]), key
+    assert "through privsep's proxy vs direct" in proc.stdout
+
     spawn = res["spawn"]
     for key in (
         "sandbox_run",

@@ -441,6 +441,34 @@ def test_a_name_may_not_lead_to_local_addresses(address: str, kind: str) -> None
     assert localhost.allowed == (kind == "loopback")
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1", "::ffff:127.0.0.1", "169.254.169.254"])
+def test_an_ip_rule_lets_a_name_lead_to_the_address_it_allows(address: str) -> None:
+    # A name pinned to a local test server: the address is allowed by itself, so the name may lead there.
+    pol = policy(connect=[conn("api.test", 80), conn("127.0.0.1", 80), conn("169.254.169.254", 80)])
+    decision = decide_connect(pol, "api.test", 80, "tcp", ip(address))
+    assert decision.allowed and decision.rule in (1, 2)
+    # Only on the port and protocol the IP rule allows: elsewhere the name alone decides, and refuses.
+    other_port = policy(
+        connect=[conn("api.test", 80, 81), conn("127.0.0.1", 80), conn("169.254.169.254", 80)]
+    )
+    refused = decide_connect(other_port, "api.test", 81, "tcp", ip(address))
+    assert not refused.allowed and "DNS rebinding" in refused.message
+    # A deny rule still wins over both.
+    denying = policy(
+        connect=[conn("api.test", 80), conn("0.0.0.0/0", 80), {"host": "127.0.0.0/8", "deny": True}]
+    )
+    assert not decide_connect(denying, "api.test", 80, "tcp", ip("127.0.0.1")).allowed
+
+
+def test_an_address_the_policy_pins_the_name_to_is_no_rebinding() -> None:
+    pol = policy(connect=[conn("api.test", 80), {"host": "169.254.0.0/16", "deny": True}])
+    assert decide_connect(pol, "api.test", 80, "tcp", ip("127.0.0.1"), pinned=True).allowed
+    assert not decide_connect(pol, "api.test", 80, "tcp", ip("127.0.0.1")).allowed
+    assert not decide_connect(pol, "api.test", 81, "tcp", ip("127.0.0.1"), pinned=True).allowed
+    denied = decide_connect(pol, "api.test", 80, "tcp", ip("169.254.169.254"), pinned=True)
+    assert not denied.allowed and denied.rule == 1  # a deny rule still wins
+
+
 def test_private_addresses_through_names_are_fine() -> None:
     pol = policy(connect=[conn("*.internal", 80)])
     assert decide_connect(pol, "db.internal", 80, "tcp", ip("10.0.0.5")).allowed

@@ -152,3 +152,32 @@ def test_the_metadata_address_behind_an_allowed_name_is_denied() -> None:
     assert (decision.allowed, decision.rule) == (False, 3)
     no_deny = policy({"host": "api.example.com", "ports": (443,)})
     assert "link-local" in decide_named_connect(no_deny, "api.example.com", METADATA, 443, "tcp").message
+
+
+def test_an_address_the_policy_pins_a_name_to_needs_no_ip_rule() -> None:
+    """A pin is the policy author's choice, not a DNS server's: no rebinding check, but rules still hold."""
+    pinned = policy({"host": "api.test", "ports": (8080,)}, {"host": "127.0.0.2", "deny": True})
+    pins = PinnedHosts.parse({"api.test": ["127.0.0.1", "127.0.0.2"], "meta.test": "169.254.169.254"})
+    book = AnswerBook()
+    book.record("api.test", pins.table["api.test"], ttl=60, now=0)
+    loopback = V4("127.0.0.1")
+    allowed = decide_answered_connect(pinned, book, loopback, 8080, "tcp", now=1, pins=pins)
+    assert (allowed.allowed, allowed.rule) == (True, 0)
+    assert decide_answered_connect(
+        pinned, book, V6("::ffff:127.0.0.1"), 8080, "tcp", now=1, pins=pins
+    ).allowed
+    assert decide_named_connect(pinned, "api.test", loopback, 8080, "tcp", pins=pins).allowed
+    # The port is still the rule's; a deny rule still wins; the answer is still needed.
+    assert not decide_answered_connect(pinned, book, loopback, 8081, "tcp", now=1, pins=pins).allowed
+    assert not decide_answered_connect(pinned, book, V4("127.0.0.2"), 8080, "tcp", now=1, pins=pins).allowed
+    assert not decide_answered_connect(pinned, AnswerBook(), loopback, 8080, "tcp", now=1, pins=pins).allowed
+    # Another name that led to the same address through the host's DNS gets no such pass.
+    other = policy({"host": "api.test", "ports": (8080,)}, {"host": "*.example.com", "ports": (8080,)})
+    host_book = book_with(("rebind.example.com", loopback))
+    refused = decide_answered_connect(other, host_book, loopback, 8080, "tcp", now=1, pins=pins)
+    assert not refused.allowed and "DNS rebinding" in refused.message
+    # Nor does an address the pin does not name.
+    assert (
+        "DNS rebinding"
+        in decide_named_connect(pinned, "api.test", V4("127.0.0.3"), 8080, "tcp", pins=pins).message
+    )

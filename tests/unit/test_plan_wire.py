@@ -11,6 +11,7 @@ import pytest
 
 from privsep.cgroups import Budget
 from privsep.plan import wire
+from privsep.plan.egress import EgressPlan
 from privsep.plan.landlock import Rule
 from privsep.plan.spawnplan import SpawnPlan
 from privsep.plan.view import Bind, Mask, ViewPlan
@@ -39,6 +40,7 @@ def full_plan() -> SpawnPlan:
             masks=(Mask("/srv/work/a/secret", True), Mask("/srv/work/fifo", False)),
             files=(("/etc/passwd", "root:x:0:0:root:/root:/usr/sbin/nologin\n"),),
             frozen=("/srv/work/suid",),
+            overlays=(("/etc/resolv.conf", "nameserver 127.0.0.53\n"),),
         ),
         landlock_rules=(Rule("/", 8), Rule("/srv/work", 0x7FFF)),
         landlock_abi=6,
@@ -57,6 +59,7 @@ def full_plan() -> SpawnPlan:
         cgroups="optional",
         cgroup_join=("/sys/fs/cgroup/privsep-1/cgroup.procs",),
         terminal=1,
+        egress=EgressPlan(dns=True, proxy=True),
         host_uid=2_000_000_001,
         host_gid=2_000_000_002,
     )

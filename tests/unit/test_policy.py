@@ -527,6 +527,7 @@ def test_the_schema_describes_a_policy_file() -> None:
     json.dumps(schema)  # serialisable
     assert list(schema["properties"]) == [
         "extends", "description", "view", "syscalls", "limits", "env", "files", "connect", "bind", "secrets",
+        "transparent", "network",
     ]  # fmt: skip
     assert "required" not in schema and schema["additionalProperties"] is False
     defs = schema["$defs"]
@@ -557,3 +558,81 @@ def test_shipped_policies_use_only_keys_the_schema_knows(name: str) -> None:
             continue
         for table in tables:
             assert set(table) <= set(schema["$defs"][ref.rsplit("/", 1)[-1]]["properties"]), key
+
+
+# --- [network]: egress by host name --------------------------------------------------------------
+
+
+def _network(network: dict[str, Any], **more: Any) -> Policy:
+    connect = more.pop("connect", ({"host": "api.test", "ports": (443,)},))
+    return Policy.model_validate({"name": "t", "connect": connect, "network": network, **more})
+
+
+def test_network_hosts_are_made_canonical() -> None:
+    policy = _network({"hosts": {"API.Test.": "127.0.0.1", "b.test": ("::1", "::1", "10.0.0.1")}})
+    assert policy.network.hosts == {"api.test": ("127.0.0.1",), "b.test": ("::1", "10.0.0.1")}
+
+
+@pytest.mark.parametrize(
+    ("hosts", "why"),
+    [
+        ({"*.test": "127.0.0.1"}, "is not a host name"),
+        ({"127.0.0.1": "127.0.0.1"}, "is not a host name"),
+        ({"a.test": "localhost"}, "write an IP address"),
+        ({"a.test": ()}, "give 1 to 16 IP addresses"),
+        ({"a.test": "fe80::1%eth0"}, "write an IP address"),
+        ({"a.test": "127.0.0.1", "A.TEST": "127.0.0.2"}, "pinned twice"),
+    ],
+)
+def test_bad_pinned_hosts_are_refused(hosts: dict[str, Any], why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        _network({"hosts": hosts})
+
+
+def test_the_resolver_is_on_by_default_when_a_grant_names_a_host() -> None:
+    assert _network({}).egress_dns
+    assert not _network({}, connect=({"host": "127.0.0.1", "ports": (80,)},)).egress_dns  # IP rules only
+    assert not _network({"dns": False}).egress_dns
+    assert _network({"dns": True}, connect=({"host": "10.0.0.0/8", "ports": (80,)},)).egress_dns
+    assert not _network({}, transparent={"net": False}).egress_dns  # nothing could reach it
+    assert _network({"proxy": True}).egress_proxy and not _network({}).egress_proxy
+
+
+@pytest.mark.parametrize("key", ["dns", "proxy"])
+def test_a_resolver_or_proxy_without_grants_is_an_error(key: str) -> None:
+    with pytest.raises(ValidationError, match=f"network.{key}: there is no \\[\\[connect\\]\\] grant"):
+        _network({key: True}, connect=())
+    with pytest.raises(ValidationError, match=r"\[transparent\] net = false"):
+        _network({key: True}, transparent={"net": False})
+
+
+def test_an_injected_header_is_checked() -> None:
+    inject = {"host": "API.test", "header": "Authorization", "source": "env:API_TOKEN", "prefix": "Bearer "}
+    policy = _network({"proxy": True, "inject": (inject,)})
+    assert policy.network.inject[0].host == "api.test"
+    with pytest.raises(ValidationError, match="set \\[network\\] proxy = true"):
+        _network({"inject": (inject,)})
+    for bad, why in (
+        ({"host": "*.test"}, "not an exact host name"),
+        ({"header": "Host"}, "the proxy sets or drops itself"),
+        ({"header": "Proxy-Authorization"}, "the proxy sets or drops itself"),
+        ({"header": "Bad Header"}, "not an HTTP header name"),
+        ({"prefix": "Bearer\r\n"}, "printable ASCII"),
+        ({"source": "API_TOKEN"}, "not a secret source"),
+    ):
+        with pytest.raises(ValidationError, match=why):
+            _network({"proxy": True, "inject": ({**inject, **bad},)})
+    # Its variable never reaches the child.
+    with pytest.raises(ValidationError, match="the child must never hold the value"):
+        _network({"proxy": True, "inject": (inject,)}, env={"pass": ("API_TOKEN",)})
+
+
+def test_network_loads_from_toml_and_the_proxy_flag(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(
+        'extends = "minimal"\n[[connect]]\nhost = "api.test"\nports = [8080]\n'
+        '[network]\nhosts = { "api.test" = ["127.0.0.1", "::1"] }\n'
+    )
+    policy = load_policy(str(path), extra={"network": {"proxy": True}})
+    assert policy.network.hosts == {"api.test": ("127.0.0.1", "::1")}
+    assert policy.egress_dns and policy.egress_proxy
