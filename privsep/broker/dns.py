@@ -55,10 +55,10 @@ from privsep.egress.dnswire import (
     parse_query,
 )
 from privsep.egress.names import QuestionDecision, Reply, decide_question
-from privsep.policy.model import IPAddress
 
 if TYPE_CHECKING:
     from privsep.broker.egress import Egress, Handler
+    from privsep.policy.model import IPAddress
 
 __all__ = ["DnsTcp", "DnsUdp", "Resolver", "lookup"]
 

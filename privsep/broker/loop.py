@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from privsep.broker.child import CallContext, Child
-from privsep.broker.egress import EgressServer
 from privsep.broker.events import Events, Role
 from privsep.broker.lifecycle import Lifecycle, Spawner
 from privsep.broker.listener import ListenerServer
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
     from privsep import protocol
     from privsep.broker.answers import Answer, Refusal
     from privsep.broker.audit import AuditLog
+    from privsep.broker.egress import EgressServer
     from privsep.broker.services import Services
     from privsep.broker.terminal import Terminal  # only privsep run makes one
 
@@ -60,7 +60,7 @@ class Broker:
         self._listener = ListenerServer(
             self._events, self._recorder, self._lifecycle, self._requests, self._handback
         )
-        self._egress = EgressServer(self._events, self._recorder, self._workers, self._handback)
+        self._egress: EgressServer | None = None  # made by the first sandbox with a resolver or proxy
         self._handlers: dict[Role, Callable[[Child], Any]] = {
             "channel": self._requests.on_channel,
             "control": self._lifecycle.on_control,
@@ -124,7 +124,8 @@ class Broker:
             terminal.spawned()
             child.terminal = terminal
             self._sync_terminal(child)
-        child.egress = self._egress.attach(child, plan.egress, services)  # egress (issue 17)
+        if plan.egress is not None:  # egress (issue 17): its resolver and proxies
+            child.egress = self._egress_server().attach(child, plan.egress, services)
         if plan.transparent_calls:
             from privsep.broker.transparent import Transparent, view_roots  # noqa: PLC0415 - only if it serves
 
@@ -162,7 +163,7 @@ class Broker:
             elif role == "external":
                 owner(fd)  # a watch(): the callback sits where the child would
             elif role == "egress":
-                self._egress.ready(owner, fd)  # the owner is the fd's handler (egress.py)
+                self._egress_server().ready(owner, fd)  # the owner is the fd's handler (egress.py)
             elif owner.outcome is None:
                 self._dispatch(owner, role)
         now = time.monotonic()
@@ -211,6 +212,14 @@ class Broker:
         return frozenset(self._children)
 
     # -- events -----------------------------------------------------------
+
+    def _egress_server(self) -> EgressServer:
+        """Imported and made on first use: a run without egress never pays for the proxy's code."""
+        if self._egress is None:
+            from privsep.broker.egress import EgressServer  # noqa: PLC0415 - see above
+
+            self._egress = EgressServer(self._events, self._recorder, self._workers, self._handback)
+        return self._egress
 
     def _next_timeout(self, max_wait: float | None) -> float | None:
         deadlines = [

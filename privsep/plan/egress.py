@@ -31,11 +31,14 @@ import dataclasses
 import posixpath
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from privsep import _hostfacts
 from privsep.errors import PolicyError
 from privsep.plan.view import ViewPlan
-from privsep.policy.model import Policy
+
+if TYPE_CHECKING:
+    from privsep.policy.model import Policy
 
 __all__ = [
     "DNS_PORT",

@@ -73,7 +73,7 @@ def test_a_bound_etc_gets_resolv_conf_mounted_over_the_hosts() -> None:
 
 
 def test_a_plan_that_cannot_place_resolv_conf_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("os.path.lexists", lambda path: False)
+    monkeypatch.setattr("privsep._hostfacts.lexists", lambda path: False)
     with pytest.raises(PolicyError, match=r"set \[network\] dns = false"):
         egress_view(_view(Bind("/etc", True)), EgressPlan(dns=True, proxy=False))
 
