@@ -489,6 +489,16 @@ class HttpProxy(_Proxy):
             inject = next(
                 (i for i in self.egress.policy.network.inject if i.host == result.target.host), None
             )
+        reflected = None if inject is None else proxyhttp.reflected(result)
+        if reflected is not None:  # its answer would carry the injected value back to the sandbox
+            self._target = result.target
+            egress, what = self.egress, self._what(result.target)
+            denial = Denial("connect", what, None, reflected.message, None)
+            egress.server.recorder.noted(
+                egress.child, "connect", what, "deny", None, message=reflected.message, denial=denial
+            )
+            self._answer_and_close(reflected.response())
+            return
         self._request(result.target, inject)
 
     def _established(self, result: _Connected) -> None:

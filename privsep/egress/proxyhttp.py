@@ -52,6 +52,7 @@ __all__ = [
     "denied",
     "error_response",
     "forward_head",
+    "reflected",
 ]
 
 MAX_HEAD = 16 * 1024
@@ -66,6 +67,7 @@ _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"}
 )
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding"})
+_REFLECTING = frozenset({"TRACE", "TRACK"})
 _REASONS = {
     400: "Bad Request",
     403: "Forbidden",
@@ -287,6 +289,21 @@ def _check_injected(name: str, value: bytes) -> None:
         )
 
 
+def reflected(request: HttpRequest) -> HttpRefusal | None:
+    """501 for a method whose answer is the request itself, when a header is to be injected into it.
+
+    TRACE (and IIS's TRACK) asks the origin to send back the request as it
+    received it (RFC 9110 9.3.8), injected header included: forwarded, the
+    value would reach the sandbox, which must never hold it. Compared in any
+    case: some origins read methods so.
+    """
+    if request.method.upper() not in _REFLECTING:
+        return None
+    return HttpRefusal(
+        501, "TRACE is not forwarded to a host the proxy adds a header for: the answer would carry it back"
+    )
+
+
 def forward_head(request: HttpRequest, inject: tuple[str, bytes] | None = None) -> bytes:
     """The head to send the origin for a plain-HTTP request, with ``inject`` (name, secret value) set.
 
@@ -296,6 +313,8 @@ def forward_head(request: HttpRequest, inject: tuple[str, bytes] | None = None) 
     if request.connect:
         raise ValueError("a CONNECT request is tunnelled, not forwarded")
     if inject is not None:
+        if reflected(request) is not None:
+            raise ValueError("a TRACE request would carry the injected header back to the client")
         _check_injected(*inject)
     drop = _HOP_BY_HOP | _connection_tokens(request.headers)
     if inject is not None:

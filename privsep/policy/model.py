@@ -242,9 +242,10 @@ class FileRule(_Strict):
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+#: Used with fullmatch: "$" alone also matches before a final LF ("x\n" would pass as a label).
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 #: A last label that inet_aton() would read as a number ("127.1", "1.0x7f"): never a host name.
-_NUMERIC_LABEL = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
+_NUMERIC_LABEL = re.compile(r"(?:[0-9]+|0x[0-9a-f]*)")
 MAX_RULES = 1024
 
 
@@ -263,7 +264,7 @@ def host_name(value: str) -> str | None:
     if not name or len(name) > 253:
         return None
     labels = name.split(".")
-    if not all(_LABEL.match(label) for label in labels) or _NUMERIC_LABEL.match(labels[-1]):
+    if not all(_LABEL.fullmatch(label) for label in labels) or _NUMERIC_LABEL.fullmatch(labels[-1]):
         return None
     return name
 

@@ -111,6 +111,9 @@ def test_the_apex_of_a_wildcard_is_told_why() -> None:
         "a\\046b.example.com",  # a dot inside a label, as the codec shows it
         "\\095dmarc.example.com",
         "x y.example.com",
+        "x\n.example.com",  # "$" in a pattern also matches before a final LF: fullmatch only
+        "api.example.com\n",
+        "10.0.0.1\n.example.com",  # a glibc before 2.30 reads it as 10.0.0.1 (CVE-2016-10739)
         "10.1.2.3",  # an IP address is not a name: IP rules never let it be resolved
         "127.1",
         "0x7f.1",

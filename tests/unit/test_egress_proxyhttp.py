@@ -17,6 +17,7 @@ from privsep.egress.proxyhttp import (
     denied,
     error_response,
     forward_head,
+    reflected,
 )
 from privsep.egress.target import Target
 
@@ -312,6 +313,21 @@ def test_the_injected_header_replaces_the_clients_own() -> None:
         b"Connection: close\r\n\r\n"
     )
     assert b"forged" not in forwarded
+
+
+@pytest.mark.parametrize("method", [b"TRACE", b"trace", b"TRACK"])
+def test_a_trace_is_never_forwarded_with_an_injected_header(method: bytes) -> None:
+    r = request(head(method + b" http://api.example.com/ HTTP/1.1", b"Host: api.example.com"))
+    refusal = reflected(r)
+    assert refusal is not None and refusal.status == 501
+    with pytest.raises(ValueError, match="TRACE") as info:
+        forward_head(r, ("Authorization", b"Bearer s3cr3t"))
+    assert "s3cr3t" not in str(info.value)
+    assert forward_head(r).startswith(method + b" / HTTP/1.1\r\n")  # nothing to carry back: forwarded
+
+
+def test_other_methods_are_forwarded_with_an_injected_header() -> None:
+    assert reflected(request(GET)) is None
 
 
 def test_header_octets_are_forwarded_as_received() -> None:
