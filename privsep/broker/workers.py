@@ -11,11 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import sys
 import threading
+import traceback
 from collections import deque
 from collections.abc import Callable
 
+from privsep._printable import printable
+
 _KEPT = 4  # idle threads kept for the next slow operation
+_MAX_TRACEBACK = 4096  # characters of a traceback printed for a failed continuation
 _IDLE_S = 30.0  # an idle thread beyond _KEPT ends after this long
 
 
@@ -139,7 +144,16 @@ class Handback:
                 then = self._done.get_nowait()
             except queue.Empty:
                 return
-            then()
+            try:
+                then()
+            except Exception:  # a bug of ours: the loop, and every other sandbox, carry on (rule 6)
+                detail = printable(traceback.format_exc()[-_MAX_TRACEBACK:], lines=True)
+                print(
+                    "privsep: internal error while finishing a worker's result (the broker and its "
+                    f"sandboxes carry on); please report it:\n{detail}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def close(self) -> None:
         with self._lock:
