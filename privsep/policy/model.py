@@ -492,7 +492,7 @@ SecretName = Annotated[str, AfterValidator(check_secret_name)]
 MAX_PINNED = 1024
 MAX_PINNED_ADDRESSES = 16
 MAX_INJECTED = 64
-_HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}\Z")  # \Z: "$" lets a final newline by
 #: Headers the proxy sets or drops itself: never injected (privsep.egress.proxyhttp).
 _RESERVED_HEADERS = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host",
@@ -561,7 +561,7 @@ class Inject(_Strict):
     @field_validator("header")
     @classmethod
     def _token(cls, value: str) -> str:
-        if not _HEADER_TOKEN.match(value):
+        if not _HEADER_TOKEN.fullmatch(value):
             raise ValueError(f"'{value}' is not an HTTP header name (a token: letters, digits, '-'...)")
         lowered = value.lower()
         if lowered in _RESERVED_HEADERS or lowered.startswith("proxy-"):

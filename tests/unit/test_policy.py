@@ -636,3 +636,14 @@ def test_network_loads_from_toml_and_the_proxy_flag(tmp_path: Path) -> None:
     policy = load_policy(str(path), extra={"network": {"proxy": True}})
     assert policy.network.hosts == {"api.test": ("127.0.0.1", "::1")}
     assert policy.egress_dns and policy.egress_proxy
+
+
+def test_an_injected_header_name_with_a_final_newline_is_refused() -> None:
+    """``$`` lets a final newline by in Python: a header name "X-Key\\n" would split the forwarded head."""
+    import pydantic
+
+    from privsep.policy.model import Inject
+
+    Inject(host="api.test", header="X-Key", source="env:KEY")  # the same, without the newline
+    with pytest.raises(pydantic.ValidationError, match="not an HTTP header name"):
+        Inject(host="api.test", header="X-Key\n", source="env:KEY")
