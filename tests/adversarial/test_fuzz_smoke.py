@@ -8,6 +8,7 @@ installed and as a plain loop otherwise, and that a broken property fails it.
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import textwrap
 from pathlib import Path
@@ -40,7 +41,10 @@ def test_every_harness_runs_under_the_fuzzer() -> None:
     engine = "atheris (libFuzzer)" if HAVE_ATHERIS else "plain random mutation"
     assert output.count(engine) == 2, output[-4000:]
     if HAVE_ATHERIS:
-        assert output.count("Done 2000 runs") == 2
+        # libFuzzer's own count: at least the runs asked for (its last round may add a few;
+        # once in CI, one harness did not say "Done 2000 runs" exactly).
+        done = [int(n) for n in re.findall(r"Done (\d+) runs", output)]
+        assert len(done) == 2 and min(done) >= 2000, output[-4000:]
 
 
 def test_the_harnesses_run_without_atheris_too() -> None:
