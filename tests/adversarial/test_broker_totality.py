@@ -18,9 +18,11 @@ import pytest
 from privsep import protocol
 from privsep.broker.answers import Answer
 from privsep.broker.loop import Broker
+from privsep.broker.outcome import Outcome
 from privsep.broker.services import Services
 from privsep.plan.spawnplan import make_plan
 from privsep.policy.load import load_policy
+from privsep.policy.model import Policy
 from tests.conftest import PYTHON, RunPrivsep
 
 
@@ -74,6 +76,26 @@ def broker() -> Iterator[Broker]:
     b.close()
 
 
+def _run_python(
+    broker: Broker, policy: Policy, services: Services, code: str, *, timeout: float
+) -> tuple[Outcome, bytes]:
+    """Run ``code`` in a confined Python served by ``services``: how it ended, and its output."""
+    with tempfile.TemporaryFile() as out:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            child = broker.start(
+                make_plan(policy, [str(PYTHON), "-c", code]),
+                services=services,
+                timeout=timeout,
+                stdio=(devnull, out.fileno(), out.fileno()),
+            )
+        finally:
+            os.close(devnull)
+        outcome = broker.wait(child)
+        out.seek(0)
+        return outcome, out.read()
+
+
 def test_an_internal_error_is_logged_answered_eio_and_the_child_goes_on(
     broker: Broker, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -86,23 +108,10 @@ def test_an_internal_error_is_logged_answered_eio_and_the_child_goes_on(
         "        out['stat'] = [type(e).__name__, getattr(e, 'errno', None), str(e)]\n"
         "client.ping(); out['ping'] = 'ok'\nprint(json.dumps(out))\n"
     )
-    with tempfile.TemporaryFile() as out:
-        devnull = os.open(os.devnull, os.O_RDWR)
-        try:
-            child = broker.start(
-                make_plan(policy, [str(PYTHON), "-c", code]),
-                services=services,
-                timeout=30,
-                stdio=(devnull, out.fileno(), out.fileno()),
-            )
-        finally:
-            os.close(devnull)
-        outcome = broker.wait(child)
-        out.seek(0)
-        raw = out.read()
-        assert raw.startswith(b"{"), (outcome, raw)
-        result = json.loads(raw)
+    outcome, raw = _run_python(broker, policy, services, code, timeout=30)
     services.close()
+    assert raw.startswith(b"{"), (outcome, raw)
+    result = json.loads(raw)
     assert outcome.returncode == 0
     assert result["ping"] == "ok", result  # the same child is still served afterwards
     assert result["stat"][0] == "BrokerError" and "internal error in the broker" in result["stat"][2]
@@ -242,20 +251,7 @@ def test_an_internal_error_in_a_slow_transparent_call_is_answered_eio_and_logged
         "    except OSError as e:\n        out.append(e.errno)\n"
         "client.ping(); print(json.dumps(out))\n"
     )
-    with tempfile.TemporaryFile() as out:
-        devnull = os.open(os.devnull, os.O_RDWR)
-        try:
-            child = broker.start(
-                make_plan(policy, [str(PYTHON), "-c", code]),
-                services=services,
-                timeout=60,
-                stdio=(devnull, out.fileno(), out.fileno()),
-            )
-        finally:
-            os.close(devnull)
-        outcome = broker.wait(child)
-        out.seek(0)
-        raw = out.read()
+    outcome, raw = _run_python(broker, policy, services, code, timeout=60)
     services.close()
     assert outcome.returncode == 0, (outcome, raw)
     assert json.loads(raw) == [5, 5, 5]  # EIO, each time; the same child is served afterwards
