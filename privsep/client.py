@@ -51,8 +51,7 @@ import shlex
 import socket
 import stat as stat_module
 import threading
-from dataclasses import dataclass
-from typing import IO, Any, Literal, TypeVar, cast, overload
+from typing import IO, Any, Literal, NamedTuple, TypeVar, cast, overload
 
 from pydantic import BaseModel, ValidationError
 
@@ -94,8 +93,7 @@ _PathRequest = (
 )
 
 
-@dataclass(frozen=True)
-class _Ask:
+class _Ask(NamedTuple):
     """A request and what the client needs to explain its failure."""
 
     request: protocol.Request  # with id 0; the real id is set when it is sent
@@ -104,15 +102,22 @@ class _Ask:
     filenames: tuple[str, ...] = ()  # for FileNotFoundError; empty for ops not on paths
 
 
-@dataclass(frozen=True)
-class _Mode:
+class _Mode(NamedTuple):
     wire: protocol.OpenMode  # "r", "w+", ...
     binary: bool
     local: str  # the mode builtins.open gets for the received descriptor
 
 
+#: Each valid mode string met so far, parsed (at most the few hundred spellings there are).
+_MODES: dict[str, _Mode] = {}
+
+
 def _parse_mode(mode: str) -> _Mode:
     """Python's open() modes, minus "U": one of r/w/a/x, then optional "+", "b" or "t", in any order."""
+    if type(mode) is str:
+        parsed = _MODES.get(mode)
+        if parsed is not None:
+            return parsed
     if not isinstance(mode, str):
         raise TypeError(f"open() mode must be str, not {type(mode).__name__}")
     chars = set(mode)
@@ -123,7 +128,10 @@ def _parse_mode(mode: str) -> _Mode:
     # One base letter and at most one "+": always one of the eight wire modes.
     wire = cast(protocol.OpenMode, bases.pop() + plus)
     binary = "b" in chars
-    return _Mode(wire, binary, wire + ("b" if binary else ""))
+    parsed = _Mode(wire, binary, wire + ("b" if binary else ""))
+    if type(mode) is str:
+        _MODES[mode] = parsed
+    return parsed
 
 
 def _check_text_args(
@@ -148,15 +156,17 @@ def _check_text_args(
         codecs.lookup(encoding)  # LookupError, as builtins.open raises
 
 
-def _check_open_fd(fd: int, mode: protocol.OpenMode) -> None:
-    """F_GETFL keeps the access mode and O_APPEND of the flags the broker opened with."""
+_KEPT_FLAGS = os.O_ACCMODE | os.O_APPEND
+
+
+def _check_open_flags(fd: int, mode: protocol.OpenMode) -> None:
+    """F_GETFL keeps the access mode and O_APPEND of the flags the broker opened with.
+
+    (A directory is refused by builtins.open itself: FileIO checks with fstat.)
+    """
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    wanted = protocol.OPEN_FLAGS[mode]
-    kept = os.O_ACCMODE | os.O_APPEND
-    if flags & os.O_PATH or flags & kept != wanted & kept:
+    if flags & os.O_PATH or flags & _KEPT_FLAGS != protocol.OPEN_FLAGS[mode] & _KEPT_FLAGS:
         raise RemoteProtocolError(f"the broker sent a descriptor whose flags do not match open mode {mode!r}")
-    if stat_module.S_ISDIR(os.fstat(fd).st_mode):
-        raise RemoteProtocolError("the broker answered open with a directory")
 
 
 def _abspath(path: StrPath, what: str = "path") -> str:
@@ -375,7 +385,8 @@ class Client:
     def _call(self, ask: _Ask, model: type[_R]) -> tuple[_R, int | None]:
         """Send one request, return its typed result and its descriptor (ours to close), or raise."""
         with self._lock:
-            self._ensure_hello()
+            if self._protocol.hello is None:
+                self._ensure_hello()
             answered = self._roundtrip(ask)
         assert isinstance(answered.result, model)  # ClientProtocol parsed it with the op's model
         return answered.result, answered.fd
@@ -465,9 +476,18 @@ class Client:
             return fd
 
         try:
-            with self._protocol.checking():
-                _check_open_fd(fd, parsed.wire)
-            return builtins.open(target, parsed.local, buffering, encoding, errors, newline, opener=opener)
+            _check_open_flags(fd, parsed.wire)
+            try:
+                return builtins.open(
+                    target, parsed.local, buffering, encoding, errors, newline, opener=opener
+                )
+            except IsADirectoryError:  # FileIO's fstat of the received fd (it closed it): no lookup by name
+                raise RemoteProtocolError("the broker answered open with a directory") from None
+        except RemoteProtocolError as exc:  # as ClientProtocol.checking does, without a generator per open
+            self._protocol.lost(str(exc))
+            if not handed:
+                channel.close_fds((fd,))
+            raise
         except BaseException:
             if not handed:
                 channel.close_fds((fd,))
