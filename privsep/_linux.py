@@ -14,6 +14,7 @@ import os
 import platform
 import stat
 import struct
+import sys
 
 if platform.machine() != "x86_64":  # pragma: no cover - refuse, never guess syscall numbers
     raise ImportError(f"privsep supports x86_64 only, not {platform.machine()}")
@@ -308,16 +309,18 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+_OPEN_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
+_FS_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())  # os.fsencode's
+
+
 def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
-    """openat2(2); raises OSError (with ``filename``) like ``os.open``."""
+    """openat2(2); raises OSError (with ``filename``) like ``os.open``. On every brokered open's path."""
     how = _OpenHow(flags, mode, resolve)
-    fd = _syscall(
-        NR_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))
-    )
+    fd: int = _syscall(NR_OPENAT2, dirfd, path.encode(*_FS_ENCODING), ctypes.byref(how), _OPEN_HOW_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
-    return int(fd)
+    return fd
 
 
 # mount_setattr(2): change the attributes of a whole mount tree at once.

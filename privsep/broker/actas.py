@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 
 from privsep._linux import setfsgid, setfsuid, thread_setgroups, thread_setresgid, thread_setresuid
@@ -29,12 +29,22 @@ _KEEP = 0xFFFFFFFF  # setresuid/setresgid: leave this one as it is
 _UNCHANGED = 0xFFFFFFFF  # an id the call refuses: it then only returns the current one
 
 
+_AS_IS: AbstractContextManager[None] = nullcontext()
+
+
+def acting_as(uid: int, gid: int) -> AbstractContextManager[None]:
+    """Within the block, this thread's file operations are the given owner's (uid < 0: unchanged).
+
+    Not a root broker, or a grant root owns: the broker already acts as its owner, and
+    the block costs nothing (no system call, no generator).
+    """
+    if uid < 0 or (uid == 0 and gid == 0):
+        return _AS_IS
+    return _switched(uid, gid)
+
+
 @contextmanager
-def acting_as(uid: int, gid: int) -> Iterator[None]:
-    """Within the block, this thread's file operations are the given owner's (uid < 0: unchanged)."""
-    if uid < 0 or (uid, gid) == (0, 0):
-        yield  # not a root broker, or a grant root owns: the broker already acts as its owner
-        return
+def _switched(uid: int, gid: int) -> Iterator[None]:
     groups = os.getgroups()
     thread_setgroups([])
     setfsgid(gid)

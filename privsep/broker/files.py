@@ -26,6 +26,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import cache
 
 from privsep import _linux
 from privsep.broker import notruncate
@@ -48,6 +49,8 @@ from privsep.policy.serving import writes
 from privsep.protocol import OPEN_FLAGS, ErrorCode, is_utf8, listing_page
 
 _RESOLVE = _linux.RESOLVE_BENEATH | _linux.RESOLVE_NO_MAGICLINKS
+_RESOLVE_NO_SYMLINKS = _RESOLVE | _linux.RESOLVE_NO_SYMLINKS
+_OPENING = os.O_NOCTTY | os.O_NONBLOCK  # O_NONBLOCK: a FIFO cannot stall the broker (cleared after)
 
 _TRUNCATE = frozenset({Access.TRUNCATE})
 _WRITE = frozenset({Access.WRITE})
@@ -66,7 +69,12 @@ class _Pin:
 
 
 def _rule(decision: FileDecision) -> str | None:
-    return None if decision.rule is None else f"files[{decision.rule}]"
+    return None if decision.rule is None else _rule_name(decision.rule)
+
+
+@cache
+def _rule_name(index: int) -> str:
+    return f"files[{index}]"  # named in every answer and audit record: made once per rule
 
 
 class FileService:
@@ -132,11 +140,11 @@ class FileService:
     # -- decisions --------------------------------------------------------
 
     def _decide(self, path: str, need: frozenset[Access]) -> FileDecision:
-        reason = check_path(path)
-        if reason is not None:
-            raise denied(f"{reason}; paths must be absolute and normalised")
-        decision = decide_file(self._policy, path, need)
+        decision = decide_file(self._policy, path, need)  # checks the path first: allowed, it is sound
         if not decision.allowed:
+            reason = check_path(path)
+            if reason is not None:
+                raise denied(f"{reason}; paths must be absolute and normalised")
             raise denied(decision.message, allow=decision.allow_flag, rule=_rule(decision), subject=path)
         return decision
 
@@ -153,13 +161,14 @@ class FileService:
 
     @staticmethod
     def _resolve_flags(decision: FileDecision) -> int:
-        return _RESOLVE | (0 if decision.symlinks else _linux.RESOLVE_NO_SYMLINKS)
+        return _RESOLVE if decision.symlinks else _RESOLVE_NO_SYMLINKS
 
     def _open(self, decision: FileDecision, flags: int) -> int:
         dirfd, relative = self._target(decision)
         mode = 0o600 if flags & os.O_CREAT else 0  # openat2 refuses a mode without O_CREAT
+        resolve = _RESOLVE if decision.symlinks else _RESOLVE_NO_SYMLINKS
         try:
-            return _linux.openat2(dirfd, relative, flags | os.O_CLOEXEC, mode, self._resolve_flags(decision))
+            return _linux.openat2(dirfd, relative, flags | os.O_CLOEXEC, mode, resolve)
         except OSError as exc:
             raise _refusal(exc, decision) from None
 
@@ -245,19 +254,21 @@ class FileService:
             with_create = decide_file(self._policy, path, need | {Access.CREATE})
             if with_create.allowed:
                 decision, flags = with_create, flags | os.O_CREAT
-        flags |= os.O_NOCTTY | os.O_NONBLOCK
-        writable = flags & os.O_ACCMODE != os.O_RDONLY
-        open_one = self._open_writable if writable else self._open
-
-        def open_it() -> int:
-            with self._as_owner(decision):  # on the thread that opens
-                return open_one(decision, flags)
-
-        if writable and not decide_file(self._policy, path, _TRUNCATE).allowed:
-            # The fd itself must refuse ftruncate: opened inside a Landlock domain that denies it.
-            fd = notruncate.shared().run(open_it)
+        flags |= _OPENING
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            with self._as_owner(decision):
+                fd = self._open(decision, flags)
         else:
-            fd = open_it()
+
+            def open_it() -> int:
+                with self._as_owner(decision):  # on the thread that opens
+                    return self._open_writable(decision, flags)
+
+            if decide_file(self._policy, path, _TRUNCATE).allowed:
+                fd = open_it()
+            else:
+                # The fd itself must refuse ftruncate: opened inside a Landlock domain that denies it.
+                fd = notruncate.shared().run(open_it)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise failed(

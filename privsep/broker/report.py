@@ -72,16 +72,22 @@ class Recorder:
         self._audit = audit
         self._internal_errors = 0
 
+    def start(self) -> float:
+        """When a decision starts, for its latency in the audit log: no clock is read without one."""
+        return 0.0 if self._audit is None else time.monotonic()
+
     def decision(
         self, child: Reported, request: protocol.Request, start: float, answer: Answer | Refusal
     ) -> None:
-        """A request or a transparently brokered call, decided and performed."""
-        what = target(request)
+        """A request or a transparently brokered call, decided and performed (``start``: ``start()``)."""
         if isinstance(answer, Answer):
             if self._audit is not None:
                 latency = int((time.monotonic() - start) * 1e6)
-                self._audit.write(Record(child.command_pid, request.op, what, "allow", answer.rule, latency))
+                self._audit.write(
+                    Record(child.command_pid, request.op, target(request), "allow", answer.rule, latency)
+                )
             return
+        what = target(request)
         denied = answer.code is protocol.ErrorCode.DENIED
         if denied:
             child.report.deny(

@@ -29,8 +29,9 @@ and the client composes the "re-run with --allow-read=..." hint from
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache, lru_cache
 
 from privsep.policy.model import (
     Access,
@@ -113,7 +114,9 @@ def check_path(path: str) -> str | None:
             "the path is not absolute; the broker resolves absolute paths only "
             "(make it absolute in the child, e.g. with os.path.abspath)"
         )
-    if path != "/" and any(part in ("", ".", "..") for part in path[1:].split("/")):
+    # An empty, "." or ".." component, by substrings: every component follows a "/" and
+    # ends at the next "/" or at the end (tests/unit/test_decide.py checks it component-wise).
+    if path != "/" and ("//" in path or "/./" in path or "/../" in path or path.endswith(("/", "/.", "/.."))):
         return (
             "the path is not normalised (an empty, '.' or '..' component, or a trailing '/'); "
             "the broker never interprets '..' itself: normalise it in the child"
@@ -131,12 +134,29 @@ def covers(rule: FileRule, path: str) -> bool:
 
 
 def _granted(rule: FileRule) -> frozenset[Access]:
-    granted = frozenset(rule.access)
+    return _granted_by(rule.access)
+
+
+@cache
+def _granted_by(access: tuple[Access, ...]) -> frozenset[Access]:
+    """What an ``access`` list grants (``write`` implies ``append``): one set per distinct list."""
+    granted = frozenset(access)
     return granted | {Access.APPEND} if Access.WRITE in granted else granted
 
 
+# In the enum's order, with their words: iterating the enum and reading ``.value`` run
+# Python-level enum code, and an allowed open names its rule's access.
+_ACCESS_WORDS = tuple((a, a.value) for a in Access)
+
+
 def _words(accesses: frozenset[Access]) -> str:
-    return ", ".join(a.value for a in Access if a in accesses) or "nothing"
+    return ", ".join([word for a, word in _ACCESS_WORDS if a in accesses]) or "nothing"
+
+
+@lru_cache(maxsize=1024)
+def _allowed(index: int, describe: Callable[[int], str], access: tuple[Access, ...]) -> str:
+    """Why a grant allowed a request: made once per rule (``describe``, bound to the rule, is its key)."""
+    return f"allowed by {describe(index)}, which grants {_words(frozenset(access))}"
 
 
 def deciding_rule(policy: Policy, path: str) -> int | None:
@@ -198,7 +218,7 @@ def decide_file(policy: Policy, path: str, need: frozenset[Access]) -> FileDecis
     if best is not None:
         rule = policy.files[best]
         relative = "" if path == rule.path else path[len(rule.path) :].lstrip("/")
-        message = f"allowed by {rule.describe(best)}, which grants {_words(frozenset(rule.access))}"
+        message = _allowed(best, rule.describe, rule.access)
         return FileDecision(True, best, rule.path, relative, rule.symlinks, message, None)
     policy_only = "" if flag else " (only a policy [[files]] rule grants connect)"
     if closest is not None:

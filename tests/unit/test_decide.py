@@ -241,6 +241,14 @@ def test_check_path_accepts_normalised_absolute_paths() -> None:
     assert "not normalised" in (check_path("/a/") or "")
 
 
+@given(st.text(alphabet="/.a", max_size=12))
+def test_check_path_refuses_exactly_the_paths_with_an_empty_dot_or_dotdot_component(tail: str) -> None:
+    # check_path looks for "//", "/./", "/../" and such endings; the rule is per component.
+    path = "/" + tail
+    bad = path != "/" and any(part in ("", ".", "..") for part in path[1:].split("/"))
+    assert (check_path(path) is not None) == bad
+
+
 def test_deny_wins_over_a_more_specific_grant() -> None:
     pol = policy(files=[deny("/srv"), grant("/srv/data/x", "read", "write")])
     decision = decide_file(pol, "/srv/data/x", READ)
