@@ -27,7 +27,7 @@ import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
-from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar, get_args
+from typing import Annotated, Any, Generic, Literal, NamedTuple, Protocol, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -608,17 +608,21 @@ def _describe(errors: Sequence[tuple[tuple[int | str, ...], str]]) -> str:
     return text if len(text) <= _MAX_DESCRIPTION else text[: _MAX_DESCRIPTION - 3] + "..."
 
 
-_T = TypeVar("_T")
+class _Validator(Protocol):
+    """A TypeAdapter's ``validator`` (pydantic-core's), called directly: TypeAdapter.validate_json
+    is one more Python frame for every frame received."""
+
+    def validate_json(self, data: bytes, /) -> Any: ...
 
 
-def _decode(adapter: TypeAdapter[_T], frame: bytes, what: str) -> _T:
+def _decode(validator: _Validator, frame: bytes, what: str) -> Any:
     """Bound, then parse and validate one frame; raise a safe RemoteProtocolError."""
     if not frame:
         raise RemoteProtocolError(f"empty {what} frame")
     if len(frame) > MAX_FRAME:
         raise RemoteProtocolError(f"{what} frame larger than {MAX_FRAME} bytes")
     try:
-        return adapter.validate_json(frame)
+        return validator.validate_json(frame)
     except ValidationError as exc:
         # "from None": the chained pydantic error quotes the peer's bytes, and
         # tracebacks end up in logs.
@@ -684,7 +688,7 @@ class BrokerProtocol:
         if self._state is _State.BROKEN:
             raise RemoteProtocolError("the channel already broke the protocol and must be closed")
         try:
-            return self._advance(_decode(_REQUESTS, frame, "request"))
+            return self._advance(_decode(_REQUESTS.validator, frame, "request"))
         except RemoteProtocolError:
             self._state = _State.BROKEN
             raise
@@ -795,7 +799,8 @@ def _encode_request(request: Request, request_id: int) -> bytes:
 
 def decode_reply(frame: bytes) -> Reply:
     """Bound, parse and validate a reply (the child's side): the broker is checked too."""
-    return _decode(_REPLIES, frame, "reply")
+    result: Reply = _decode(_REPLIES.validator, frame, "reply")
+    return result
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -834,12 +839,12 @@ class TypedOkReply(BaseModel, Generic[_R]):
 
 
 @cache
-def _typed_replies(model: type[BaseModel]) -> TypeAdapter[Any]:
+def _typed_replies(model: type[BaseModel]) -> _Validator:
     """The replies to an op whose result is ``model``: built on first use (a child uses a few)."""
     ok = TypedOkReply[model]  # type: ignore[valid-type]
     return TypeAdapter(
         Annotated[Annotated[ok, Tag("ok")] | Annotated[ErrorReply, Tag("error")], Discriminator(_reply_tag)]
-    )
+    ).validator
 
 
 _RESULT_LOC = ("ok", "result")

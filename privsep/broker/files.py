@@ -40,8 +40,8 @@ from privsep.policy.decide import (
     OPEN_NEEDS,
     Access,
     FileDecision,
+    FileRules,
     check_path,
-    decide_file,
     rules_within,
 )
 from privsep.policy.model import Policy
@@ -82,6 +82,7 @@ class FileService:
 
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
+        self._rules = FileRules(policy)
         self._pins: dict[int, _Pin] = {}
         try:
             for index, rule in enumerate(policy.files):
@@ -140,7 +141,7 @@ class FileService:
     # -- decisions --------------------------------------------------------
 
     def _decide(self, path: str, need: frozenset[Access]) -> FileDecision:
-        decision = decide_file(self._policy, path, need)  # checks the path first: allowed, it is sound
+        decision = self._rules.decide(path, need)  # checks the path first: allowed, it is sound
         if not decision.allowed:
             reason = check_path(path)
             if reason is not None:
@@ -242,7 +243,7 @@ class FileService:
     def open(self, path: str, mode: str) -> Answer:
         need, flags = OPEN_NEEDS[mode], OPEN_FLAGS[mode]
         decision = self._decide(path, need)
-        append_only = Access.APPEND in need and not decide_file(self._policy, path, _WRITE).allowed
+        append_only = Access.APPEND in need and not self._rules.decide(path, _WRITE).allowed
         if append_only and mode == "a+":
             raise denied(
                 "an append-only grant is served through a pipe the broker appends from, which "
@@ -251,7 +252,7 @@ class FileService:
                 subject=path,
             )
         if mode in CREATES_IF_MISSING:
-            with_create = decide_file(self._policy, path, need | {Access.CREATE})
+            with_create = self._rules.decide(path, need | {Access.CREATE})
             if with_create.allowed:
                 decision, flags = with_create, flags | os.O_CREAT
         flags |= _OPENING
@@ -264,7 +265,7 @@ class FileService:
                 with self._as_owner(decision):  # on the thread that opens
                     return self._open_writable(decision, flags)
 
-            if decide_file(self._policy, path, _TRUNCATE).allowed:
+            if self._rules.decide(path, _TRUNCATE).allowed:
                 fd = open_it()
             else:
                 # The fd itself must refuse ftruncate: opened inside a Landlock domain that denies it.

@@ -29,9 +29,9 @@ and the client composes the "re-run with --allow-read=..." hint from
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 
 from privsep.policy.model import (
     Access,
@@ -50,6 +50,7 @@ __all__ = [
     "OPEN_NEEDS",
     "Access",
     "FileDecision",
+    "FileRules",
     "NetDecision",
     "check_path",
     "covers",
@@ -153,12 +154,6 @@ def _words(accesses: frozenset[Access]) -> str:
     return ", ".join([word for a, word in _ACCESS_WORDS if a in accesses]) or "nothing"
 
 
-@lru_cache(maxsize=1024)
-def _allowed(index: int, describe: Callable[[int], str], access: tuple[Access, ...]) -> str:
-    """Why a grant allowed a request: made once per rule (``describe``, bound to the rule, is its key)."""
-    return f"allowed by {describe(index)}, which grants {_words(frozenset(access))}"
-
-
 def deciding_rule(policy: Policy, path: str) -> int | None:
     """The index of the ``[[files]]`` rule that decides ``path``, or None when no rule covers it.
 
@@ -201,10 +196,68 @@ def _denied(rule: int | None, message: str, flag: str | None) -> FileDecision:
 
 def decide_file(policy: Policy, path: str, need: frozenset[Access]) -> FileDecision:
     """Decide whether the child may have ``need`` on ``path`` (absolute, normalised)."""
-    reason = check_path(path)
-    if reason is not None:
-        return _denied(None, reason, None)
-    closest = deciding_rule(policy, path)
+    return FileRules(policy).decide(path, need)
+
+
+class FileRules:
+    """A policy's ``[[files]]`` rules, compiled for deciding: ``decide_file`` in as few steps as can be.
+
+    The broker decides every brokered open, stat, listdir... with one, built when
+    the policy loads. ``deciding_rule`` is the same rule as the module's function
+    (tests/unit/test_decide.py checks them against each other), over plain tuples
+    rather than the policy's models.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        #: (index, path, the prefix of what it covers beneath it or None, deny, granted, symlinks)
+        self._rules = tuple(
+            (index, rule.path, _beneath(rule), rule.deny, _granted(rule), rule.symlinks)
+            for index, rule in enumerate(policy.files)
+        )
+        self._allowed: list[str | None] = [None] * len(self._rules)  # why each rule allows, once needed
+
+    def deciding_rule(self, path: str) -> int | None:
+        """``deciding_rule(self.policy, path)``."""
+        closest, longest = None, -1
+        for index, rule_path, beneath, deny, _, _ in self._rules:
+            if path == rule_path or (beneath is not None and path.startswith(beneath)):
+                if deny:
+                    return index
+                if len(rule_path) > longest:
+                    closest, longest = index, len(rule_path)
+        return closest
+
+    def decide(self, path: str, need: frozenset[Access]) -> FileDecision:
+        """``decide_file(self.policy, path, need)``."""
+        reason = check_path(path)
+        if reason is not None:
+            return _denied(None, reason, None)
+        closest = self.deciding_rule(path)
+        if closest is not None:
+            _, rule_path, _, deny, granted, symlinks = self._rules[closest]
+            if not deny and need <= granted:
+                relative = "" if path == rule_path else path[len(rule_path) :].lstrip("/")
+                message = self._allowed[closest]
+                if message is None:  # made once per rule (two threads may both make it: the same text)
+                    rule = self.policy.files[closest]
+                    message = (
+                        f"allowed by {rule.describe(closest)}, which grants {_words(frozenset(rule.access))}"
+                    )
+                    self._allowed[closest] = message
+                return FileDecision(True, closest, rule_path, relative, symlinks, message, None)
+        return _refused(self.policy, closest, need)
+
+
+def _beneath(rule: FileRule) -> str | None:
+    """What a path beneath ``rule`` starts with (component-wise), or None: it covers its own path only."""
+    if not rule.recursive:
+        return None
+    return "" if rule.path == "/" else rule.path + "/"  # the root covers everything, as covers() says
+
+
+def _refused(policy: Policy, closest: int | None, need: frozenset[Access]) -> FileDecision:
+    """The refusal of ``need`` on a sound path that rule ``closest`` (or no rule) decides."""
     if closest is not None and policy.files[closest].deny:
         rule = policy.files[closest]
         return _denied(
@@ -213,13 +266,7 @@ def decide_file(policy: Policy, path: str, need: frozenset[Access]) -> FileDecis
             "command-line grants included; change the policy",
             None,
         )
-    best = closest if closest is not None and need <= _granted(policy.files[closest]) else None
     flag = _file_flag(need)
-    if best is not None:
-        rule = policy.files[best]
-        relative = "" if path == rule.path else path[len(rule.path) :].lstrip("/")
-        message = _allowed(best, rule.describe, rule.access)
-        return FileDecision(True, best, rule.path, relative, rule.symlinks, message, None)
     policy_only = "" if flag else " (only a policy [[files]] rule grants connect)"
     if closest is not None:
         rule = policy.files[closest]

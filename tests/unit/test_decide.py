@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from privsep.policy.decide import (
     Access,
     FileDecision,
+    FileRules,
     check_path,
     decide_bind,
     decide_connect,
     decide_file,
+    deciding_rule,
     may_resolve,
 )
 from privsep.policy.model import IPAddress, Policy
@@ -156,6 +158,16 @@ def test_decide_file_equals_the_reference(rules: list[Rule], path: str, need: fr
         assert got.root is not None
         joined = got.root.rstrip("/") + "/" + got.relative if got.relative else got.root
         assert joined == path
+
+
+@settings(max_examples=500)
+@given(rules_st, paths)
+@example([Rule((), READ, True, False, False)], "/x")
+@example([Rule(("srv",), READ, False, False, False)], "/srv/x")
+def test_compiled_rules_pick_the_rule_deciding_rule_picks(rules: list[Rule], path: str) -> None:
+    # FileRules (the broker's, over tuples) and deciding_rule (the view's, over the models) agree.
+    pol = policy(files=[r.as_dict() for r in rules])
+    assert FileRules(pol).deciding_rule(path) == deciding_rule(pol, path)
 
 
 MARKER = st.text(alphabet="QZ0123456789", min_size=4, max_size=10).map(lambda s: "QZ" + s)
