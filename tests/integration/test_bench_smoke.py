@@ -107,5 +107,5 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert level["broker_rss_kb"] > 0 and level["open"]["p50_us"] > 0
 
     names = [t["target"] for t in res["targets"]]
-    assert len(names) == 10  # issues 7, 12, 14 and 16
+    assert len(names) == 11  # issues 7, 12, 14 and 16
     assert all(t["met"] in (True, False, None) for t in res["targets"])
