@@ -46,6 +46,7 @@ import builtins
 import codecs
 import errno
 import fcntl
+import io
 import os
 import shlex
 import socket
@@ -140,6 +141,10 @@ def _check_text_args(
     """What builtins.open would refuse, refused before the broker creates or truncates anything."""
     if not isinstance(buffering, int) or isinstance(buffering, bool):
         raise TypeError("buffering must be an int")
+    if encoding is None and errors is None and newline is None:  # the usual call: nothing else to check
+        if buffering == 0 and not mode.binary:
+            raise ValueError("can't have unbuffered text I/O")
+        return
     for name, value in (("encoding", encoding), ("errors", errors), ("newline", newline)):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"open() argument '{name}' must be str or None, not {type(value).__name__}")
@@ -233,7 +238,8 @@ def _error(ask: _Ask, error: protocol.ErrorInfo) -> BaseException:
 def _request(model: type[_R], **fields: Any) -> _R:
     """Build a request (id set later); bad arguments are a ValueError naming the field."""
     try:
-        return model(id=0, **fields)
+        # The model's validator itself: what model(...) calls, one Python frame less.
+        return cast(_R, model.__pydantic_validator__.validate_python({"id": 0, **fields}))
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
@@ -478,10 +484,17 @@ class Client:
         try:
             _check_open_flags(fd, parsed.wire)
             try:
+                if buffering == 0 and parsed.binary:
+                    # What builtins.open returns for this mode, the FileIO itself, made without
+                    # the opener call and its FIOCLEX (the fd is close-on-exec from recvmsg on).
+                    raw = io.FileIO(fd, parsed.wire, closefd=True)
+                    handed = True  # made: it owns fd (FileIO does not close an fd it refused)
+                    raw.name = target
+                    return raw
                 return builtins.open(
                     target, parsed.local, buffering, encoding, errors, newline, opener=opener
                 )
-            except IsADirectoryError:  # FileIO's fstat of the received fd (it closed it): no lookup by name
+            except IsADirectoryError:  # FileIO's fstat of the received fd: no lookup by name
                 raise RemoteProtocolError("the broker answered open with a directory") from None
         except RemoteProtocolError as exc:  # as ClientProtocol.checking does, without a generator per open
             self._protocol.lost(str(exc))
