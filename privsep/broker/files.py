@@ -54,6 +54,8 @@ _OPENING = os.O_NOCTTY | os.O_NONBLOCK  # O_NONBLOCK: a FIFO cannot stall the br
 
 _TRUNCATE = frozenset({Access.TRUNCATE})
 _WRITE = frozenset({Access.WRITE})
+_READ = OPEN_NEEDS["r"]
+_READ_FLAGS = OPEN_FLAGS["r"] | _OPENING
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,11 @@ class FileService:
     # -- operations -------------------------------------------------------
 
     def open(self, path: str, mode: str) -> Answer:
+        if mode == "r":  # most opens: what follows, for "r", without the steps that cannot apply
+            decision = self._decide(path, _READ)
+            with self._as_owner(decision):
+                fd = self._open(decision, _READ_FLAGS)
+            return Answer(fd=self._hand_over(fd, decision, _READ_FLAGS), rule=_rule(decision))
         need, flags = OPEN_NEEDS[mode], OPEN_FLAGS[mode]
         decision = self._decide(path, need)
         append_only = Access.APPEND in need and not self._rules.decide(path, _WRITE).allowed
@@ -270,6 +277,17 @@ class FileService:
             else:
                 # The fd itself must refuse ftruncate: opened inside a Landlock domain that denies it.
                 fd = notruncate.shared().run(open_it)
+        fd = self._hand_over(fd, decision, flags)
+        if append_only:
+            # The fd stays here: the child gets a pipe, and the broker only ever appends (relay.py).
+            relay, inside = AppendRelay.open(fd, self._policy.limits.file_size_mb << 20, path)
+            return Answer(fd=inside, rule=_rule(decision), relay=relay)
+        return Answer(fd=fd, rule=_rule(decision))
+
+    @staticmethod
+    def _hand_over(fd: int, decision: FileDecision, flags: int) -> int:
+        """``fd``, opened with ``flags``, made fit to hand over: a regular file, blocking, of the access
+        mode granted; closed if it is not."""
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise failed(
@@ -284,11 +302,7 @@ class FileService:
         except BaseException:
             os.close(fd)
             raise
-        if append_only:
-            # The fd stays here: the child gets a pipe, and the broker only ever appends (relay.py).
-            relay, inside = AppendRelay.open(fd, self._policy.limits.file_size_mb << 20, path)
-            return Answer(fd=inside, rule=_rule(decision), relay=relay)
-        return Answer(fd=fd, rule=_rule(decision))
+        return fd
 
     def stat(self, path: str) -> Answer:
         try:
