@@ -103,6 +103,10 @@ class _Ask(NamedTuple):
     filenames: tuple[str, ...] = ()  # for FileNotFoundError; empty for ops not on paths
 
 
+# A request without arguments is the same every time: the id is given when it is sent.
+_PING = _Ask(protocol.Ping(id=0), "ping()", ())
+
+
 class _Mode(NamedTuple):
     wire: protocol.OpenMode  # "r", "w+", ...
     binary: bool
@@ -452,7 +456,7 @@ class Client:
 
     def ping(self) -> None:
         """A round trip that does nothing: proves the broker is there and answering."""
-        self._call(_Ask(protocol.Ping(id=0), "ping()", ()), protocol.EmptyResult)
+        self._call(_PING, protocol.EmptyResult)
 
     def open(  # noqa: PLR0917 - builtins.open's signature
         self,
