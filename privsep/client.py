@@ -429,7 +429,7 @@ class Client:
         except BaseException:
             channel.close_fds(frame.fds)
             raise
-        if isinstance(outcome, protocol.ErrorInfo):
+        if not isinstance(outcome, protocol.Answered):  # a NamedTuple: no ABCMeta check, unlike a model
             raise _error(ask, outcome)
         return outcome
 

@@ -704,7 +704,7 @@ class BrokerProtocol:
                 )
             self.version = max(common)
             self._state = _State.READY
-        elif isinstance(request, Hello):
+        elif type(request) is Hello:  # an exact type: isinstance would run ABCMeta's check per request
             raise RemoteProtocolError("'hello' may be sent only once")
         return request
 
@@ -907,7 +907,7 @@ class ClientProtocol:
             raise ChannelError(f"the channel to the broker is unusable: {self._broken}")
         if self._waiting is not None:
             raise LocalProtocolError("a request is already waiting for its reply")
-        if (self.hello is None) != isinstance(request, Hello):
+        if (self.hello is None) != (type(request) is Hello):
             raise LocalProtocolError("'hello' first, and only once")
         self._next_id += 1
         frame = _encode_request(request, self._next_id)
