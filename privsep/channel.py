@@ -23,6 +23,7 @@ import array
 import contextlib
 import os
 import socket
+import struct
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -32,6 +33,7 @@ from privsep.protocol import MAX_FDS, MAX_FRAME
 __all__ = ["Frame", "close_fds", "recv", "recv_no_fds", "send", "socketpair"]
 
 _FD_SIZE = array.array("i").itemsize
+_FD = struct.Struct("i")  # one descriptor in an SCM_RIGHTS payload, as array("i") lays it out
 # Room for MAX_FDS descriptors in one control message: the most a peer can send
 # in one sendmsg (SCM_MAX_FD), so MSG_CTRUNC means the peer did something odd.
 _ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
@@ -73,8 +75,8 @@ def send(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
     try:
         # MSG_NOSIGNAL: a dead peer is an EPIPE error, never a SIGPIPE, whatever the signal disposition.
         if fds:
-            ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds).tobytes())]
-            sent = sock.sendmsg([data], ancillary, _MSG_NOSIGNAL)
+            payload = _FD.pack(fds[0]) if len(fds) == 1 else array.array("i", fds).tobytes()
+            sent = sock.sendmsg([data], [(_SOL_SOCKET, _SCM_RIGHTS, payload)], _MSG_NOSIGNAL)
         else:
             sent = sock.send(data, _MSG_NOSIGNAL)
     except (BrokenPipeError, ConnectionResetError) as exc:
@@ -91,6 +93,10 @@ def _take_fds(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, ...]:
     """
     if not ancillary:
         return ()
+    if len(ancillary) == 1:  # a reply's one descriptor: no list, no array
+        level, kind, payload = ancillary[0]
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS and len(payload) == _FD_SIZE:
+            return _FD.unpack(payload)
     fds: list[int] = []
     ragged = False
     for level, kind, payload in ancillary:
