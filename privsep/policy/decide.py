@@ -82,7 +82,7 @@ CREATES_IF_MISSING = frozenset({"w", "w+", "a", "a+"})
 # --- files ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one made per brokered file request: no __dict__
 class FileDecision:
     allowed: bool
     rule: int | None
