@@ -13,6 +13,7 @@ import ctypes
 import os
 import stat
 import struct
+import sys
 
 # os.uname, not platform.machine: the same answer without importing platform on every start.
 if os.uname().machine != "x86_64":  # pragma: no cover - refuse, never guess syscall numbers
@@ -310,16 +311,24 @@ class _OpenHow(ctypes.Structure):
 
 
 _OPEN_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
+_FS_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())  # os.fsencode's
+# One struct per (flags, mode, resolve) the callers use (a few dozen): the kernel only reads it.
+_HOWS: dict[tuple[int, int, int], ctypes._Pointer[_OpenHow]] = {}
 
 
 def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
-    """openat2(2); raises OSError (with ``filename``) like ``os.open``."""
-    how = _OpenHow(flags, mode, resolve)
-    fd = _syscall(NR_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), _OPEN_HOW_SIZE)
+    """openat2(2); raises OSError (with ``filename``) like ``os.open``. On every brokered open's path."""
+    key = (flags, mode, resolve)
+    how = _HOWS.get(key)
+    if how is None:
+        how = ctypes.pointer(_OpenHow(flags, mode, resolve))
+        if len(_HOWS) < 256:
+            _HOWS[key] = how
+    fd: int = _syscall(NR_OPENAT2, dirfd, path.encode(*_FS_ENCODING), how, _OPEN_HOW_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
-    return int(fd)
+    return fd
 
 
 # mount_setattr(2): change the attributes of a whole mount tree at once.

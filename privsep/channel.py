@@ -23,8 +23,9 @@ import array
 import contextlib
 import os
 import socket
+import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
 from privsep.framing import MAX_FDS, MAX_FRAME
@@ -32,13 +33,18 @@ from privsep.framing import MAX_FDS, MAX_FRAME
 __all__ = ["Frame", "close_fds", "recv", "recv_no_fds", "send", "socketpair"]
 
 _FD_SIZE = array.array("i").itemsize
+_FD = struct.Struct("i")  # one descriptor in an SCM_RIGHTS payload, as array("i") lays it out
 # Room for MAX_FDS descriptors in one control message: the most a peer can send
 # in one sendmsg (SCM_MAX_FD), so MSG_CTRUNC means the peer did something odd.
 _ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+# Plain ints: ``flags & socket.MSG_TRUNC`` would run the IntFlag's Python-level ``__and__``
+# on every frame.
+_MSG_TRUNC, _MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)
+_MSG_NOSIGNAL, _MSG_CMSG_CLOEXEC = int(socket.MSG_NOSIGNAL), int(socket.MSG_CMSG_CLOEXEC)
+_SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
     """One received message: its bytes and the descriptors it carried (now ours to close)."""
 
     data: bytes
@@ -66,10 +72,13 @@ def send(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
         raise LocalProtocolError(f"frame of {len(data)} bytes exceeds MAX_FRAME ({MAX_FRAME})")
     if len(fds) > MAX_FDS:
         raise LocalProtocolError(f"{len(fds)} file descriptors exceed MAX_FDS ({MAX_FDS}) for one frame")
-    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
     try:
         # MSG_NOSIGNAL: a dead peer is an EPIPE error, never a SIGPIPE, whatever the signal disposition.
-        sent = sock.sendmsg([data], ancillary, socket.MSG_NOSIGNAL)
+        if fds:
+            payload = _FD.pack(fds[0]) if len(fds) == 1 else array.array("i", fds).tobytes()
+            sent = sock.sendmsg([data], [(_SOL_SOCKET, _SCM_RIGHTS, payload)], _MSG_NOSIGNAL)
+        else:
+            sent = sock.send(data, _MSG_NOSIGNAL)
     except (BrokenPipeError, ConnectionResetError) as exc:
         raise ChannelError("the peer closed the channel") from exc
     # SEQPACKET sends a message whole or not at all.
@@ -82,10 +91,16 @@ def _take_fds(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, ...]:
     Other control messages are ignored: none carries a descriptor unless the
     socket opts in (SO_PASSPIDFD), which this module never does.
     """
+    if not ancillary:
+        return ()
+    if len(ancillary) == 1:  # a reply's one descriptor: no list, no array
+        level, kind, payload = ancillary[0]
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS and len(payload) == _FD_SIZE:
+            return _FD.unpack(payload)
     fds: list[int] = []
     ragged = False
     for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             whole = len(payload) - len(payload) % _FD_SIZE
             fds.extend(array.array("i", payload[:whole]))
             ragged = ragged or whole != len(payload)
@@ -104,15 +119,15 @@ def recv(sock: socket.socket) -> Frame | None:
     closing every descriptor that did arrive.
     """
     try:
-        data, ancillary, msg_flags, _ = sock.recvmsg(MAX_FRAME + 1, _ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC)
+        data, ancillary, msg_flags, _ = sock.recvmsg(MAX_FRAME + 1, _ANCILLARY_SPACE, _MSG_CMSG_CLOEXEC)
     except ConnectionResetError as exc:
         # The peer closed with frames of ours still unread.
         raise ChannelError("the peer closed the channel") from exc
     fds = _take_fds(ancillary)
     reason = None
-    if msg_flags & socket.MSG_TRUNC or len(data) > MAX_FRAME:
+    if msg_flags & _MSG_TRUNC or len(data) > MAX_FRAME:
         reason = f"the peer sent a frame larger than {MAX_FRAME} bytes"
-    elif msg_flags & socket.MSG_CTRUNC:
+    elif msg_flags & _MSG_CTRUNC:
         reason = "the peer attached more file descriptors than a frame may carry"
     if reason is not None:
         close_fds(fds)

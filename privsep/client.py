@@ -46,13 +46,13 @@ import builtins
 import codecs
 import errno
 import fcntl
+import io
 import os
 import shlex
 import socket
 import stat as stat_module
 import threading
-from dataclasses import dataclass
-from typing import IO, Any, Literal, TypeVar, cast, overload
+from typing import IO, Any, Literal, NamedTuple, TypeVar, cast, overload
 
 from pydantic import BaseModel, ValidationError
 
@@ -94,8 +94,7 @@ _PathRequest = (
 )
 
 
-@dataclass(frozen=True)
-class _Ask:
+class _Ask(NamedTuple):
     """A request and what the client needs to explain its failure."""
 
     request: protocol.Request  # with id 0; the real id is set when it is sent
@@ -104,15 +103,26 @@ class _Ask:
     filenames: tuple[str, ...] = ()  # for FileNotFoundError; empty for ops not on paths
 
 
-@dataclass(frozen=True)
-class _Mode:
+# A request without arguments is the same every time: the id is given when it is sent.
+_PING = _Ask(protocol.Ping(id=0), "ping()", ())
+
+
+class _Mode(NamedTuple):
     wire: protocol.OpenMode  # "r", "w+", ...
     binary: bool
     local: str  # the mode builtins.open gets for the received descriptor
 
 
+#: Each valid mode string met so far, parsed (at most the few hundred spellings there are).
+_MODES: dict[str, _Mode] = {}
+
+
 def _parse_mode(mode: str) -> _Mode:
     """Python's open() modes, minus "U": one of r/w/a/x, then optional "+", "b" or "t", in any order."""
+    if type(mode) is str:
+        parsed = _MODES.get(mode)
+        if parsed is not None:
+            return parsed
     if not isinstance(mode, str):
         raise TypeError(f"open() mode must be str, not {type(mode).__name__}")
     chars = set(mode)
@@ -123,7 +133,10 @@ def _parse_mode(mode: str) -> _Mode:
     # One base letter and at most one "+": always one of the eight wire modes.
     wire = cast(protocol.OpenMode, bases.pop() + plus)
     binary = "b" in chars
-    return _Mode(wire, binary, wire + ("b" if binary else ""))
+    parsed = _Mode(wire, binary, wire + ("b" if binary else ""))
+    if type(mode) is str:
+        _MODES[mode] = parsed
+    return parsed
 
 
 def _check_text_args(
@@ -132,6 +145,10 @@ def _check_text_args(
     """What builtins.open would refuse, refused before the broker creates or truncates anything."""
     if not isinstance(buffering, int) or isinstance(buffering, bool):
         raise TypeError("buffering must be an int")
+    if encoding is None and errors is None and newline is None:  # the usual call: nothing else to check
+        if buffering == 0 and not mode.binary:
+            raise ValueError("can't have unbuffered text I/O")
+        return
     for name, value in (("encoding", encoding), ("errors", errors), ("newline", newline)):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"open() argument '{name}' must be str or None, not {type(value).__name__}")
@@ -148,15 +165,17 @@ def _check_text_args(
         codecs.lookup(encoding)  # LookupError, as builtins.open raises
 
 
-def _check_open_fd(fd: int, mode: protocol.OpenMode) -> None:
-    """F_GETFL keeps the access mode and O_APPEND of the flags the broker opened with."""
+_KEPT_FLAGS = os.O_ACCMODE | os.O_APPEND
+
+
+def _check_open_flags(fd: int, mode: protocol.OpenMode) -> None:
+    """F_GETFL keeps the access mode and O_APPEND of the flags the broker opened with.
+
+    (A directory is refused by builtins.open itself: FileIO checks with fstat.)
+    """
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    wanted = protocol.OPEN_FLAGS[mode]
-    kept = os.O_ACCMODE | os.O_APPEND
-    if flags & os.O_PATH or flags & kept != wanted & kept:
+    if flags & os.O_PATH or flags & _KEPT_FLAGS != protocol.OPEN_FLAGS[mode] & _KEPT_FLAGS:
         raise RemoteProtocolError(f"the broker sent a descriptor whose flags do not match open mode {mode!r}")
-    if stat_module.S_ISDIR(os.fstat(fd).st_mode):
-        raise RemoteProtocolError("the broker answered open with a directory")
 
 
 def _abspath(path: StrPath, what: str = "path") -> str:
@@ -223,7 +242,8 @@ def _error(ask: _Ask, error: protocol.ErrorInfo) -> BaseException:
 def _request(model: type[_R], **fields: Any) -> _R:
     """Build a request (id set later); bad arguments are a ValueError naming the field."""
     try:
-        return model(id=0, **fields)
+        # The model's validator itself: what model(...) calls, one Python frame less.
+        return cast(_R, model.__pydantic_validator__.validate_python({"id": 0, **fields}))
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
@@ -375,7 +395,8 @@ class Client:
     def _call(self, ask: _Ask, model: type[_R]) -> tuple[_R, int | None]:
         """Send one request, return its typed result and its descriptor (ours to close), or raise."""
         with self._lock:
-            self._ensure_hello()
+            if self._protocol.hello is None:
+                self._ensure_hello()
             answered = self._roundtrip(ask)
         assert isinstance(answered.result, model)  # ClientProtocol parsed it with the op's model
         return answered.result, answered.fd
@@ -408,7 +429,7 @@ class Client:
         except BaseException:
             channel.close_fds(frame.fds)
             raise
-        if isinstance(outcome, protocol.ErrorInfo):
+        if not isinstance(outcome, protocol.Answered):  # a NamedTuple: no ABCMeta check, unlike a model
             raise _error(ask, outcome)
         return outcome
 
@@ -435,7 +456,7 @@ class Client:
 
     def ping(self) -> None:
         """A round trip that does nothing: proves the broker is there and answering."""
-        self._call(_Ask(protocol.Ping(id=0), "ping()", ()), protocol.EmptyResult)
+        self._call(_PING, protocol.EmptyResult)
 
     def open(  # noqa: PLR0917 - builtins.open's signature
         self,
@@ -465,9 +486,25 @@ class Client:
             return fd
 
         try:
-            with self._protocol.checking():
-                _check_open_fd(fd, parsed.wire)
-            return builtins.open(target, parsed.local, buffering, encoding, errors, newline, opener=opener)
+            _check_open_flags(fd, parsed.wire)
+            try:
+                if buffering == 0 and parsed.binary:
+                    # What builtins.open returns for this mode, the FileIO itself, made without
+                    # the opener call and its FIOCLEX (the fd is close-on-exec from recvmsg on).
+                    raw = io.FileIO(fd, parsed.wire, closefd=True)
+                    handed = True  # made: it owns fd (FileIO does not close an fd it refused)
+                    raw.name = target
+                    return raw
+                return builtins.open(
+                    target, parsed.local, buffering, encoding, errors, newline, opener=opener
+                )
+            except IsADirectoryError:  # FileIO's fstat of the received fd: no lookup by name
+                raise RemoteProtocolError("the broker answered open with a directory") from None
+        except RemoteProtocolError as exc:  # as ClientProtocol.checking does, without a generator per open
+            self._protocol.lost(str(exc))
+            if not handed:
+                channel.close_fds((fd,))
+            raise
         except BaseException:
             if not handed:
                 channel.close_fds((fd,))

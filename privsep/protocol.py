@@ -24,8 +24,8 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from functools import cache
+from typing import Annotated, Any, Generic, Literal, NamedTuple, Protocol, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -543,6 +543,13 @@ RESULT_MODELS: Mapping[str, type[BaseModel]] = {
 #: The ops whose successful reply carries exactly one file descriptor; every
 #: other reply, and every error reply, carries none.
 OPS_WITH_FD: frozenset[str] = frozenset({"open", "connect", "connect_unix", "bind", "secret"})
+#: The models pydantic-core serialises to exactly the bytes ``_json`` makes of their dump
+#: (tests/unit/test_protocol.py checks it), so a frame needs no Python-level dump: every
+#: model but those with a JSON value in them, where pydantic would write NaN as null
+#: and ``_json`` refuses it.
+_SERIALISED: frozenset[type[BaseModel]] = frozenset(
+    {*_REQUEST_MODELS, *RESULT_MODELS.values()} - {CallReturn, CallArgsResult}
+)
 
 # Names a violation summary may repeat: field names and op tags are ours, so
 # repeating them leaks nothing; any other string in a location came from the peer.
@@ -568,47 +575,73 @@ def describe_violation(exc: ValidationError) -> str:
     uses only error types (fixed identifiers) and locations, where any string we
     did not define ourselves becomes ``?``.
     """
+    return _describe(
+        [
+            (e["loc"], e["type"])
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+    )
+
+
+def _describe(errors: Sequence[tuple[tuple[int | str, ...], str]]) -> str:
+    """``describe_violation`` of (location, error type) pairs."""
     parts = []
-    for error in exc.errors(include_url=False, include_context=False, include_input=False):
-        loc = ".".join(str(p) if isinstance(p, int) or p in _KNOWN_NAMES else "?" for p in error["loc"])
-        parts.append(f"{loc}: {error['type']}" if loc else error["type"])
+    for where, kind in errors:
+        loc = ".".join(str(p) if isinstance(p, int) or p in _KNOWN_NAMES else "?" for p in where)
+        parts.append(f"{loc}: {kind}" if loc else kind)
     text = "; ".join(parts[:_MAX_REPORTED_ERRORS])
     if len(parts) > _MAX_REPORTED_ERRORS:
         text += f"; {len(parts) - _MAX_REPORTED_ERRORS} more"
     return text if len(text) <= _MAX_DESCRIPTION else text[: _MAX_DESCRIPTION - 3] + "..."
 
 
-_T = TypeVar("_T")
+class _Validator(Protocol):
+    """A TypeAdapter's ``validator`` (pydantic-core's), called directly: TypeAdapter.validate_json
+    is one more Python frame for every frame received."""
+
+    def validate_json(self, data: bytes, /) -> Any: ...
 
 
-def _decode(adapter: TypeAdapter[_T], frame: bytes, what: str) -> _T:
+def _decode(validator: _Validator, frame: bytes, what: str) -> Any:
     """Bound, then parse and validate one frame; raise a safe RemoteProtocolError."""
     if not frame:
         raise RemoteProtocolError(f"empty {what} frame")
     if len(frame) > MAX_FRAME:
         raise RemoteProtocolError(f"{what} frame larger than {MAX_FRAME} bytes")
     try:
-        return adapter.validate_json(frame)
+        return validator.validate_json(frame)
     except ValidationError as exc:
         # "from None": the chained pydantic error quotes the peer's bytes, and
         # tracebacks end up in logs.
         raise RemoteProtocolError(f"invalid {what}: {describe_violation(exc)}") from None
 
 
-def _encode(message: Mapping[str, object]) -> bytes:
-    """Serialise compactly; refuse what the peer's strict parser would refuse."""
+# One encoder for every frame: json.dumps with these options would build a new one per call.
+# Raw UTF-8 rather than \u escapes: a lone surrogate (os.fsdecode of a non-UTF-8
+# name) then fails here instead of breaking the peer's parser.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def _json(value: object) -> bytes:
+    """``value`` as compact JSON; refuse what the peer's strict parser would refuse."""
     try:
-        # Raw UTF-8 rather than \u escapes: a lone surrogate (os.fsdecode of a
-        # non-UTF-8 name) then fails here instead of breaking the peer's parser.
-        frame = json.dumps(message, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+        return _JSON.encode(value).encode()
     except (TypeError, ValueError) as exc:
         raise LocalProtocolError(
             "a frame may hold only JSON values: str, int, bool, None, list, dict with str keys; "
             "no NaN or infinity, no string that is not valid Unicode (lone surrogates)"
         ) from exc
+
+
+def _bounded(frame: bytes) -> bytes:
     if len(frame) > MAX_FRAME:
         raise LocalProtocolError(f"frame of {len(frame)} bytes exceeds MAX_FRAME ({MAX_FRAME})")
     return frame
+
+
+def _encode(message: Mapping[str, object]) -> bytes:
+    """Serialise compactly; refuse what the peer's strict parser would refuse."""
+    return _bounded(_json(message))
 
 
 class _State(enum.Enum):
@@ -642,7 +675,7 @@ class BrokerProtocol:
         if self._state is _State.BROKEN:
             raise RemoteProtocolError("the channel already broke the protocol and must be closed")
         try:
-            return self._advance(_decode(_REQUESTS, frame, "request"))
+            return self._advance(_decode(_REQUESTS.validator, frame, "request"))
         except RemoteProtocolError:
             self._state = _State.BROKEN
             raise
@@ -658,7 +691,7 @@ class BrokerProtocol:
                 )
             self.version = max(common)
             self._state = _State.READY
-        elif isinstance(request, Hello):
+        elif type(request) is Hello:  # an exact type: isinstance would run ABCMeta's check per request
             raise RemoteProtocolError("'hello' may be sent only once")
         return request
 
@@ -671,24 +704,37 @@ class BrokerProtocol:
         ).model_dump()
 
 
+#: A successful reply with an empty result (open, ping, mkdir...): the most common frame by far,
+#: built from bytes (tests/unit/test_protocol.py checks them against the general encoding).
+_OK_EMPTY = b'{"id":%d,"ok":true,"result":{}}'
+
+
 def reply_ok(request: Request, result: Mapping[str, object] | BaseModel) -> bytes:
     """Encode the success reply to ``request``; ``result`` must fit the op's result model.
 
-    The result is checked the way the client will check it (``RESULT_MODELS``),
-    so a broker bug is a LocalProtocolError here rather than a dead child there.
+    A mapping is checked the way the client will check it (``RESULT_MODELS``),
+    from the very bytes sent, so a broker bug is a LocalProtocolError here
+    rather than a dead child there. An empty one for an op whose result is
+    ``EmptyResult`` fits by construction, and so does an instance of the op's
+    result model (validated when it was built): neither is checked again.
     Attach the descriptor, for an op in ``OPS_WITH_FD``, when sending the frame.
     """
-    if isinstance(result, BaseModel):
-        result = result.model_dump(mode="json")
-    frame = _encode({"id": request.id, "ok": True, "result": dict(result)})
     model = RESULT_MODELS[request.op]
+    if model is EmptyResult and type(result) is dict and not result:
+        return _OK_EMPTY % request.id
+    if isinstance(result, BaseModel):
+        if type(result) is model and model in _SERIALISED:
+            body = result.__pydantic_serializer__.to_json(result)
+            return _bounded(b'{"id":%d,"ok":true,"result":%b}' % (request.id, body))
+        result = result.model_dump(mode="json")
+    body = _json(dict(result))
     try:
-        model.model_validate_json(json.dumps(dict(result), ensure_ascii=False))
+        model.__pydantic_validator__.validate_json(body)
     except ValidationError as exc:
         raise LocalProtocolError(
             f"the result of {request.op!r} does not fit {model.__name__}: {describe_violation(exc)}"
         ) from None
-    return frame
+    return _bounded(b'{"id":%d,"ok":true,"result":%b}' % (request.id, body))
 
 
 def cut_message(message: str) -> str:
@@ -723,12 +769,25 @@ def reply_denied(request_id: int, message: str, allow_flag: str | None) -> bytes
 
 def encode_request(request: Request) -> bytes:
     """Encode a request (the child's side)."""
-    return _encode(request.model_dump(mode="json"))
+    return _encode_request(request, request.id)
+
+
+_NOT_ID = {"id"}  # never changed: pydantic-core only reads it
+
+
+def _encode_request(request: Request, request_id: int) -> bytes:
+    """``request`` as it is sent with the id ``request_id``: no copy of the model for a new id."""
+    if type(request) in _SERIALISED:
+        # The id leads every request ({"id":N,"op":...}): serialise the rest and put it in front.
+        rest = request.__pydantic_serializer__.to_json(request, exclude=_NOT_ID)
+        return _bounded(b'{"id":%d,%b' % (request_id, rest[1:]))
+    return _encode({**request.model_dump(mode="json"), "id": request_id})
 
 
 def decode_reply(frame: bytes) -> Reply:
     """Bound, parse and validate a reply (the child's side): the broker is checked too."""
-    return _decode(_REPLIES, frame, "reply")
+    result: Reply = _decode(_REPLIES.validator, frame, "reply")
+    return result
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -746,12 +805,59 @@ def parse_result(model: type[_M], result: Mapping[str, Any]) -> _M:
         raise RemoteProtocolError(f"invalid {model.__name__}: {describe_violation(exc)}") from None
 
 
-@dataclass(frozen=True)
-class Answered:
+class Answered(NamedTuple):
     """A successful reply: the op's result model, and the descriptor it carried (the caller's to close)."""
 
     result: BaseModel
     fd: int | None
+
+
+_R = TypeVar("_R", bound=BaseModel)
+
+
+class TypedOkReply(BaseModel, Generic[_R]):
+    """A successful reply to a known op: ``result`` is its result model, checked in the same pass."""
+
+    model_config = _STRICT
+
+    id: RequestId
+    ok: Literal[True]
+    result: _R
+
+
+@cache
+def _typed_replies(model: type[BaseModel]) -> _Validator:
+    """The replies to an op whose result is ``model``: built on first use (a child uses a few)."""
+    ok = TypedOkReply[model]  # type: ignore[valid-type]
+    return TypeAdapter(
+        Annotated[Annotated[ok, Tag("ok")] | Annotated[ErrorReply, Tag("error")], Discriminator(_reply_tag)]
+    ).validator
+
+
+_RESULT_LOC = ("ok", "result")
+
+
+def _decode_typed(model: type[BaseModel], frame: bytes) -> Any:
+    """A reply whose result must be ``model``, bound, parsed and validated once; RemoteProtocolError.
+
+    A reply whose only fault is in its result is reported in the result model's
+    terms ("invalid StatResult: size: missing"), as ``parse_result`` reports it.
+    """
+    if not frame:
+        raise RemoteProtocolError("empty reply frame")
+    if len(frame) > MAX_FRAME:
+        raise RemoteProtocolError(f"reply frame larger than {MAX_FRAME} bytes")
+    try:
+        return _typed_replies(model).validate_json(frame)
+    except ValidationError as exc:
+        errors = [
+            (e["loc"], e["type"])
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        if all(loc[:2] == _RESULT_LOC for loc, _ in errors):
+            detail = _describe([(loc[2:], kind) for loc, kind in errors])
+            raise RemoteProtocolError(f"invalid {model.__name__}: {detail}") from None
+        raise RemoteProtocolError(f"invalid reply: {_describe(errors)}") from None
 
 
 class ClientProtocol:
@@ -763,6 +869,10 @@ class ClientProtocol:
     after a descriptor of the wrong kind (``checking``), the channel is broken
     for good and ``send`` refuses with the first reason. A request whose reply
     was missed would otherwise be answered by the next one's.
+
+    Each reply is validated once, with the waiting op's result model inside
+    the reply model. The reply most requests get, an empty result (``open``,
+    ``ping``...), is recognised by its exact bytes: no other frame means it.
     """
 
     def __init__(self) -> None:
@@ -784,12 +894,12 @@ class ClientProtocol:
             raise ChannelError(f"the channel to the broker is unusable: {self._broken}")
         if self._waiting is not None:
             raise LocalProtocolError("a request is already waiting for its reply")
-        if (self.hello is None) != isinstance(request, Hello):
+        if (self.hello is None) != (type(request) is Hello):
             raise LocalProtocolError("'hello' first, and only once")
         self._next_id += 1
-        request = request.model_copy(update={"id": self._next_id})
+        frame = _encode_request(request, self._next_id)
         self._waiting = request
-        return encode_request(request)
+        return frame
 
     def receive(self, frame: bytes, fds: Sequence[int]) -> Answered | ErrorInfo:
         """What the reply to the waiting request means; its descriptors stay the caller's to close.
@@ -800,17 +910,25 @@ class ClientProtocol:
         request, self._waiting = self._waiting, None
         if request is None:
             raise LocalProtocolError("receive() without a request waiting")
+        op = request.op
+        if (
+            op in _EMPTY_RESULT_OPS
+            and frame == _OK_EMPTY % self._next_id
+            and len(fds) == (1 if op in OPS_WITH_FD else 0)
+        ):
+            # Exactly the frame the broker sends for success, its id ours, with what it must carry.
+            return Answered(_EMPTY_RESULT, fds[0] if fds else None)
         try:
-            return self._interpret(request, frame, fds)
+            return self._interpret(op, frame, fds)
         except RemoteProtocolError as exc:
             self._broken = str(exc)
             raise
 
-    def _interpret(self, request: Request, frame: bytes, fds: Sequence[int]) -> Answered | ErrorInfo:
-        reply = decode_reply(frame)
+    def _interpret(self, op: str, frame: bytes, fds: Sequence[int]) -> Answered | ErrorInfo:
+        reply = _decode_typed(RESULT_MODELS[op], frame)
         nfds = len(fds)
         # A null id answers a frame whose id the broker would not trust (code "invalid").
-        if reply.id is not None and reply.id != request.id:
+        if reply.id is not None and reply.id != self._next_id:
             raise RemoteProtocolError("the reply's id does not match the request's")
         if isinstance(reply, ErrorReply):
             if nfds:
@@ -820,8 +938,7 @@ class ClientProtocol:
             return reply.error
         if reply.id is None:
             raise RemoteProtocolError("a successful reply without an id")
-        op = request.op
-        result = parse_result(RESULT_MODELS[op], reply.result)
+        result = reply.result
         expected = 1 if op in OPS_WITH_FD else 0
         if nfds != expected:
             if expected:
@@ -850,3 +967,7 @@ class ClientProtocol:
         except RemoteProtocolError as exc:
             self.lost(str(exc))
             raise
+
+
+_EMPTY_RESULT = EmptyResult()
+_EMPTY_RESULT_OPS = frozenset(op for op, model in RESULT_MODELS.items() if model is EmptyResult)

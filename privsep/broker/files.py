@@ -24,6 +24,7 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import cache
 
 from privsep import _linux
 from privsep.broker import notruncate
@@ -36,21 +37,30 @@ from privsep.policy.decide import (
     OPEN_NEEDS,
     Access,
     FileDecision,
+    FileRules,
     check_path,
-    decide_file,
     rules_within,
 )
 from privsep.policy.model import Policy
 from privsep.protocol import OPEN_FLAGS, ErrorCode, is_utf8, listing_page
 
 _RESOLVE = _linux.RESOLVE_BENEATH | _linux.RESOLVE_NO_MAGICLINKS
+_RESOLVE_NO_SYMLINKS = _RESOLVE | _linux.RESOLVE_NO_SYMLINKS
+_OPENING = os.O_NOCTTY | os.O_NONBLOCK  # O_NONBLOCK: a FIFO cannot stall the broker (cleared after)
 
 _TRUNCATE = frozenset({Access.TRUNCATE})
 _WRITE = frozenset({Access.WRITE})
+_READ = OPEN_NEEDS["r"]
+_READ_FLAGS = OPEN_FLAGS["r"] | _OPENING
 
 
 def _rule(decision: FileDecision) -> str | None:
-    return None if decision.rule is None else f"files[{decision.rule}]"
+    return None if decision.rule is None else _rule_name(decision.rule)
+
+
+@cache
+def _rule_name(index: int) -> str:
+    return f"files[{index}]"  # named in every answer and audit record: made once per rule
 
 
 class FileService:
@@ -60,6 +70,7 @@ class FileService:
         """``pins``: the policy's grants, pinned already (``privsep run`` pins them at start and
         builds the rest on the first request); by default they are pinned here."""
         self._policy = policy
+        self._rules = FileRules(policy)
         self._held = Pins(pin_specs(policy)) if pins is None else pins
         self._pins = self._held.by_index
 
@@ -69,7 +80,7 @@ class FileService:
     # -- decisions --------------------------------------------------------
 
     def _decide(self, path: str, need: frozenset[Access]) -> FileDecision:
-        decision = decide_file(self._policy, path, need)  # allowed: check_path found nothing wrong
+        decision = self._rules.decide(path, need)  # checks the path first: allowed, it is sound
         if not decision.allowed:
             reason = check_path(path)
             if reason is not None:
@@ -90,13 +101,14 @@ class FileService:
 
     @staticmethod
     def _resolve_flags(decision: FileDecision) -> int:
-        return _RESOLVE | (0 if decision.symlinks else _linux.RESOLVE_NO_SYMLINKS)
+        return _RESOLVE if decision.symlinks else _RESOLVE_NO_SYMLINKS
 
     def _open(self, decision: FileDecision, flags: int) -> int:
         dirfd, relative = self._target(decision)
         mode = 0o600 if flags & os.O_CREAT else 0  # openat2 refuses a mode without O_CREAT
+        resolve = _RESOLVE if decision.symlinks else _RESOLVE_NO_SYMLINKS
         try:
-            return _linux.openat2(dirfd, relative, flags | os.O_CLOEXEC, mode, self._resolve_flags(decision))
+            return _linux.openat2(dirfd, relative, flags | os.O_CLOEXEC, mode, resolve)
         except OSError as exc:
             raise _refusal(exc, decision) from None
 
@@ -168,9 +180,14 @@ class FileService:
     # -- operations -------------------------------------------------------
 
     def open(self, path: str, mode: str) -> Answer:
+        if mode == "r":  # most opens: what follows, for "r", without the steps that cannot apply
+            decision = self._decide(path, _READ)
+            with self._as_owner(decision):
+                fd = self._open(decision, _READ_FLAGS)
+            return Answer(fd=self._hand_over(fd, decision, _READ_FLAGS), rule=_rule(decision))
         need, flags = OPEN_NEEDS[mode], OPEN_FLAGS[mode]
         decision = self._decide(path, need)
-        append_only = Access.APPEND in need and not decide_file(self._policy, path, _WRITE).allowed
+        append_only = Access.APPEND in need and not self._rules.decide(path, _WRITE).allowed
         if append_only and mode == "a+":
             raise denied(
                 "an append-only grant is served through a pipe the broker appends from, which "
@@ -179,22 +196,35 @@ class FileService:
                 subject=path,
             )
         if mode in CREATES_IF_MISSING:
-            with_create = decide_file(self._policy, path, need | {Access.CREATE})
+            with_create = self._rules.decide(path, need | {Access.CREATE})
             if with_create.allowed:
                 decision, flags = with_create, flags | os.O_CREAT
-        flags |= os.O_NOCTTY | os.O_NONBLOCK
-        writable = flags & os.O_ACCMODE != os.O_RDONLY
-        open_one = self._open_writable if writable else self._open
-
-        def open_it() -> int:
-            with self._as_owner(decision):  # on the thread that opens
-                return open_one(decision, flags)
-
-        if writable and not decide_file(self._policy, path, _TRUNCATE).allowed:
-            # The fd itself must refuse ftruncate: opened inside a Landlock domain that denies it.
-            fd = notruncate.shared().run(open_it)
+        flags |= _OPENING
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            with self._as_owner(decision):
+                fd = self._open(decision, flags)
         else:
-            fd = open_it()
+
+            def open_it() -> int:
+                with self._as_owner(decision):  # on the thread that opens
+                    return self._open_writable(decision, flags)
+
+            if self._rules.decide(path, _TRUNCATE).allowed:
+                fd = open_it()
+            else:
+                # The fd itself must refuse ftruncate: opened inside a Landlock domain that denies it.
+                fd = notruncate.shared().run(open_it)
+        fd = self._hand_over(fd, decision, flags)
+        if append_only:
+            # The fd stays here: the child gets a pipe, and the broker only ever appends (relay.py).
+            relay, inside = AppendRelay.open(fd, self._policy.limits.file_size_mb << 20, path)
+            return Answer(fd=inside, rule=_rule(decision), relay=relay)
+        return Answer(fd=fd, rule=_rule(decision))
+
+    @staticmethod
+    def _hand_over(fd: int, decision: FileDecision, flags: int) -> int:
+        """``fd``, opened with ``flags``, made fit to hand over: a regular file, blocking, of the access
+        mode granted; closed if it is not."""
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise failed(
@@ -209,11 +239,7 @@ class FileService:
         except BaseException:
             os.close(fd)
             raise
-        if append_only:
-            # The fd stays here: the child gets a pipe, and the broker only ever appends (relay.py).
-            relay, inside = AppendRelay.open(fd, self._policy.limits.file_size_mb << 20, path)
-            return Answer(fd=inside, rule=_rule(decision), relay=relay)
-        return Answer(fd=fd, rule=_rule(decision))
+        return fd
 
     def stat(self, path: str) -> Answer:
         try:

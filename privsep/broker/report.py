@@ -78,6 +78,10 @@ class Recorder:
         self._audit = audit
         self._internal_errors = 0
 
+    def start(self) -> float:
+        """When a decision starts, for its latency in the audit log: no clock is read without one."""
+        return 0.0 if self._audit is None else time.monotonic()
+
     def decision(
         self, child: Reported, request: protocol.Request, start: float, answer: Answer | Refusal
     ) -> None:

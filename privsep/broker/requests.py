@@ -20,7 +20,6 @@ import os
 import select
 import signal
 import socket
-import time
 from typing import TYPE_CHECKING
 
 from privsep import channel
@@ -43,6 +42,8 @@ else:
 
 _MAX_OUTBOX = 64  # replies queued for a child that does not read, before it is cut off
 MAX_RELAYS = 32  # UDP flows and append-only files per child: each costs the broker two fds
+#: The requests the channel answers itself; every other op is for the policy's services.
+_OWN_OPS = frozenset({"hello", "ping", "call_args", "call_return"})
 
 
 class RequestServer:
@@ -89,32 +90,36 @@ class RequestServer:
 
     def _serve(self, child: Child, request: protocol.Request) -> None:
         """Decide → perform → reply; a slow operation is performed on a worker."""
-        if isinstance(request, protocol.Hello):
-            self._queue(child, protocol.reply_ok(request, child.serving.proto.hello_result()))
+        op = request.op
+        if op not in _OWN_OPS:
+            services = child.services
+            if services is None:
+                refusal = Refusal(protocol.ErrorCode.UNSUPPORTED, "this sandbox has no brokered operations")
+                self.answer(child, request, self._recorder.start(), refusal)
+            elif op in SLOW_OPS:
+                self._submit(child, request, services)
+            else:
+                start = self._recorder.start()
+                self.answer(child, request, start, self.perform(child, services, request))
         elif isinstance(request, protocol.Ping):
             self._queue(child, protocol.reply_ok(request, {}))
-        elif isinstance(request, protocol.CallArgs | protocol.CallReturn):
-            self._on_call(child, request)
-        elif child.services is None:
-            refusal = Refusal(protocol.ErrorCode.UNSUPPORTED, "this sandbox has no brokered operations")
-            self.answer(child, request, time.monotonic(), refusal)
-        elif request.op in SLOW_OPS:
-            self._submit(child, request, child.services)
+        elif isinstance(request, protocol.Hello):
+            self._queue(child, protocol.reply_ok(request, child.serving.proto.hello_result()))
         else:
-            self.answer(child, request, time.monotonic(), self.perform(child, child.services, request))
+            assert isinstance(request, protocol.CallArgs | protocol.CallReturn)
+            self._on_call(child, request)
 
     def _on_call(self, child: Child, request: protocol.CallArgs | protocol.CallReturn) -> None:
         call = child.call
         if call is None:
             refusal = Refusal(protocol.ErrorCode.UNSUPPORTED, "this child was not started by Sandbox.call")
-            self.answer(child, request, time.monotonic(), refusal)
+            self.answer(child, request, self._recorder.start(), refusal)
         elif isinstance(request, protocol.CallArgs):
             result = {"function": call.function, "args": call.args, "kwargs": call.kwargs}
             self._queue(child, protocol.reply_ok(request, result))
         elif call.returned is not None:
-            self.answer(
-                child, request, time.monotonic(), Refusal(protocol.ErrorCode.FAILED, "already returned")
-            )
+            refusal = Refusal(protocol.ErrorCode.FAILED, "already returned")
+            self.answer(child, request, self._recorder.start(), refusal)
         else:
             call.returned = request
             self._queue(child, protocol.reply_ok(request, {}))
@@ -133,7 +138,7 @@ class RequestServer:
         """Run a slow request on a worker; stop reading this child until it is answered."""
         child.serving.pending = True
         self._want(child)
-        start = time.monotonic()
+        start = self._recorder.start()
 
         def job() -> None:
             answer = self.perform(child, services, request)
@@ -150,23 +155,22 @@ class RequestServer:
             discard(answer)  # nobody left to receive it
             return
         self.answer(child, request, start, answer)
+        self._want(child)  # read again (a reply sent at once leaves the registration alone)
 
     def answer(self, child: Child, request: protocol.Request, start: float, answer: Answer | Refusal) -> None:
         """Audit one decision and queue its reply (with its fd, if any)."""
-        if (
-            isinstance(answer, Answer)
-            and answer.relay is not None
-            and not self.add_relay(child, answer.relay)
-        ):
+        if isinstance(answer, Answer):
+            if answer.relay is None or self.add_relay(child, answer.relay):
+                self._recorder.decision(child, request, start, answer)
+                self._queue(child, protocol.reply_ok(request, answer.result), answer.fd)
+                return
             discard(answer)
             answer = Refusal(
                 protocol.ErrorCode.FAILED,
                 f"too many relayed UDP flows and append-only files (at most {MAX_RELAYS})",
             )
         self._recorder.decision(child, request, start, answer)
-        if isinstance(answer, Answer):
-            reply, fd = protocol.reply_ok(request, answer.result), answer.fd
-        elif answer.code is protocol.ErrorCode.DENIED:
+        if answer.code is protocol.ErrorCode.DENIED:
             reply, fd = protocol.reply_denied(request.id, answer.message, answer.allow), None
         else:
             reply, fd = protocol.reply_error(request.id, answer.code, answer.message), None
@@ -175,8 +179,26 @@ class RequestServer:
     # -- replies and back-pressure ----------------------------------------
 
     def _queue(self, child: Child, reply: bytes, fd: int | None = None) -> None:
-        child.serving.outbox.append((reply, fd))
-        self._flush(child)
+        """Send ``reply`` now if nothing waits before it, else queue it behind the others.
+
+        Sent at once, it changes nothing the selector watches: the channel was
+        read for this request and is read for the next one.
+        """
+        outbox = child.serving.outbox
+        if outbox:
+            outbox.append((reply, fd))
+            self._flush(child)
+            return
+        try:
+            channel.send(child.spawned.channel, reply, () if fd is None else (fd,))
+        except BlockingIOError:
+            outbox.append((reply, fd))
+            self._want(child)  # wait until the child reads
+            return
+        except (ChannelError, OSError):
+            self._want(child)  # the child is gone: reading tells the loop so
+        if fd is not None:
+            os.close(fd)  # the child has its own copy now (or nobody needs it)
 
     def _flush(self, child: Child) -> None:
         sock, outbox = child.spawned.channel, child.serving.outbox

@@ -134,7 +134,8 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert level["broker_rss_kb"] > 0 and level["open"]["p50_us"] > 0
 
     names = [t["target"] for t in res["targets"]]
-    assert len(names) == 14  # issues 7, 12, 14 and 16
+    assert len(names) == 15  # issues 7, 12, 14 and 16
+    assert "client.open p50 <= 3x raw floor (pinned)" in names
     assert "privsep run -- /bin/true <= 10x bwrap (warm plan cache)" in names
     assert all(t["met"] in (True, False, None) for t in res["targets"])
 

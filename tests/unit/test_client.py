@@ -8,6 +8,7 @@ frame by frame, both as JSON and through the real broker-side validation.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import fcntl
 import io
@@ -233,6 +234,42 @@ def test_open_applies_text_options_locally(pair: tuple[Client, FakeBroker], tmp_
         assert isinstance(raw, io.FileIO)
         assert raw.read() == b"\xe9\r\n"
     broker.check()
+
+
+@pytest.mark.parametrize(("mode", "wire"), [(m, w) for m, w in MODES if "b" in m])
+def test_unbuffered_binary_open_is_what_builtins_open_returns(
+    pair: tuple[Client, FakeBroker], tmp_path: Path, mode: str, wire: str
+) -> None:
+    # The client makes this FileIO itself, without an opener: it must be the one builtins.open makes.
+    cli, broker = pair
+    path = tmp_path / "f"
+    if not wire.startswith("x"):
+        path.write_bytes(b"first\n")
+    broker.expect(Open(id=0, path=str(path), mode=wire), ok(), [broker_open(path, wire)])  # type: ignore[arg-type]
+    with cli.open(path, mode, buffering=0) as got:
+        broker.check()
+        dup = os.dup(got.fileno())
+        with builtins.open(str(path), mode, 0, opener=lambda *_: dup) as ref:
+            assert type(got) is type(ref) is io.FileIO
+            assert (got.name, got.mode, got.closefd, repr(got)) == (
+                ref.name,
+                ref.mode,
+                ref.closefd,
+                repr(ref),
+            )
+            assert got.tell() == ref.tell() == (len(b"first\n") if wire.startswith("a") else 0)
+        assert cloexec(got.fileno())
+
+
+def test_unbuffered_binary_open_refuses_a_directory(pair: tuple[Client, FakeBroker], tmp_path: Path) -> None:
+    cli, broker = pair
+    broker.expect(Open(id=0, path=str(tmp_path), mode="r"), ok(), [os.open(tmp_path, os.O_RDONLY)])
+    before = open_fds()
+    with pytest.raises(RemoteProtocolError, match="directory"):
+        cli.open(tmp_path, "rb", buffering=0)
+    assert open_fds() == before
+    with pytest.raises(ChannelError):
+        cli.ping()
 
 
 def test_relative_and_pathlike_paths_are_made_absolute(

@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from privsep.policy.decide import (
     Access,
     FileDecision,
+    FileRules,
     check_path,
     decide_bind,
     decide_connect,
     decide_file,
+    deciding_rule,
     may_resolve,
 )
 from privsep.policy.model import IPAddress, Policy
@@ -158,6 +160,16 @@ def test_decide_file_equals_the_reference(rules: list[Rule], path: str, need: fr
         assert joined == path
 
 
+@settings(max_examples=500)
+@given(rules_st, paths)
+@example([Rule((), READ, True, False, False)], "/x")
+@example([Rule(("srv",), READ, False, False, False)], "/srv/x")
+def test_compiled_rules_pick_the_rule_deciding_rule_picks(rules: list[Rule], path: str) -> None:
+    # FileRules (the broker's, over tuples) and deciding_rule (the view's, over the models) agree.
+    pol = policy(files=[r.as_dict() for r in rules])
+    assert FileRules(pol).deciding_rule(path) == deciding_rule(pol, path)
+
+
 MARKER = st.text(alphabet="QZ0123456789", min_size=4, max_size=10).map(lambda s: "QZ" + s)
 
 
@@ -239,6 +251,14 @@ def test_check_path_accepts_normalised_absolute_paths() -> None:
     assert "not absolute" in (check_path("srv") or "")
     assert "NUL" in (check_path("/a\x00") or "")
     assert "not normalised" in (check_path("/a/") or "")
+
+
+@given(st.text(alphabet="/.a", max_size=12))
+def test_check_path_refuses_exactly_the_paths_with_an_empty_dot_or_dotdot_component(tail: str) -> None:
+    # check_path looks for "//", "/./", "/../" and such endings; the rule is per component.
+    path = "/" + tail
+    bad = path != "/" and any(part in ("", ".", "..") for part in path[1:].split("/"))
+    assert (check_path(path) is not None) == bad
 
 
 def test_deny_wins_over_a_more_specific_grant() -> None:

@@ -859,3 +859,117 @@ def test_a_malformed_datagram_frame_is_none(frame: bytes) -> None:
 def test_a_datagram_to_a_name_is_refused_locally() -> None:
     with pytest.raises(ValueError):
         protocol.encode_datagram(("localhost", 53), b"x")
+
+
+# --- fast encodings: the same bytes as the general encoder ---------------------------------------
+#
+# Requests and result models are serialised by pydantic-core, and the empty success reply is
+# built from bytes, where _encode (json.dumps) once made them: the wire must not change.
+
+
+def general_encoding(message: BaseModel) -> bytes:
+    return protocol._encode(message.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [request_ for _, request_ in VALID_REQUESTS]
+    + [
+        Open(id=2**53 - 1, path="/" + "".join(map(chr, range(1, 0x80))), mode="x+"),
+        Rename(id=3, src="/a\u2028\u00e9\U0001f600", dst='/"\\'),
+        protocol.CallArgs(id=4),
+        protocol.CallReturn(id=5, value={"x": [1, 2.5, None, "é"]}),
+    ],
+)
+def test_a_request_is_encoded_as_its_dump_would_be(request_: Request) -> None:
+    assert encode_request(request_) == general_encoding(request_)
+    assert protocol._encode_request(request_, 77) == general_encoding(request_.model_copy(update={"id": 77}))
+
+
+@given(st.text(min_size=1, max_size=200).filter(protocol.is_utf8).filter(lambda t: "\x00" not in t), ids)
+def test_any_path_is_encoded_as_its_dump_would_be(path: str, request_id: int) -> None:
+    request_ = Stat(id=0, path=path)
+    assert protocol._encode_request(request_, request_id) == general_encoding(Stat(id=request_id, path=path))
+
+
+def test_a_call_return_still_refuses_what_json_cannot_carry() -> None:
+    # pydantic would write NaN as null: a CallReturn (a JSON value inside) keeps the refusing encoder.
+    with pytest.raises(LocalProtocolError):
+        encode_request(protocol.CallReturn(id=1, value=float("nan")))
+
+
+@given(ids)
+def test_the_empty_success_reply_is_the_general_encoding(request_id: int) -> None:
+    expected = protocol._encode({"id": request_id, "ok": True, "result": {}})
+    for request_ in (Ping(id=request_id), Open(id=request_id, path="/a", mode="r")):
+        assert reply_ok(request_, {}) == expected
+
+
+@pytest.mark.parametrize(
+    ("request_", "result"),
+    [
+        (Hello(id=9, versions=(1,)), HelloResult(version=1, broker='privsep é"', max_frame=MAX_FRAME)),
+        (Stat(id=9, path="/a"), StatResult.model_validate(STAT)),
+        (Listdir(id=9, path="/a"), ListdirResult(names=("a", "é" * 255, "x\ty"), next=7)),
+        (Listdir(id=9, path="/a"), ListdirResult(names=())),
+        (Bind(id=9, host="::", port=0), AddressResult(address=("::1", 65535))),
+        (Secret(id=9, name="k"), SecretResult(size=2**53 - 1)),
+        (Open(id=9, path="/a", mode="r"), EmptyResult()),
+    ],
+)
+def test_a_result_model_is_encoded_as_its_dump_would_be(request_: Request, result: BaseModel) -> None:
+    expected = protocol._encode({"id": request_.id, "ok": True, "result": result.model_dump(mode="json")})
+    assert reply_ok(request_, result) == expected
+    assert reply_ok(request_, result.model_dump(mode="json")) == expected
+
+
+def test_a_result_model_of_another_op_is_refused() -> None:
+    with pytest.raises(LocalProtocolError, match="does not fit"):
+        reply_ok(Stat(id=1, path="/a"), SecretResult(size=1))
+
+
+def test_the_client_recognises_only_the_exact_empty_reply_without_parsing() -> None:
+    # Any other spelling of the same reply is validated, and accepted.
+    client = ready_client()
+    client.send(Ping(id=0))
+    assert client.receive(b'{ "id" : 2 , "ok" : true , "result" : { } }', ()) == protocol.Answered(
+        EmptyResult(), None
+    )
+    # The exact bytes with the wrong number of descriptors, or another id, break the channel.
+    client.send(Open(id=0, path="/a", mode="r"))
+    with pytest.raises(RemoteProtocolError, match="exactly one file descriptor"):
+        client.receive(b'{"id":3,"ok":true,"result":{}}', ())
+    client = ready_client()
+    client.send(Ping(id=0))
+    with pytest.raises(RemoteProtocolError, match="id does not match"):
+        client.receive(b'{"id":3,"ok":true,"result":{}}', ())
+
+
+@pytest.mark.parametrize(
+    ("request_", "frame", "reason"),
+    [
+        # Only the result is wrong: named by the result model, as parse_result names it.
+        (
+            Stat(id=0, path="/a"),
+            b'{"id":2,"ok":true,"result":{"mode":1}}',
+            "invalid StatResult: ino: missing",
+        ),
+        (
+            Secret(id=0, name="k"),
+            b'{"id":2,"ok":true,"result":{"size":"3"}}',
+            "invalid SecretResult: size: int_type",
+        ),
+        # The envelope is wrong too: named as the reply.
+        (Stat(id=0, path="/a"), b'{"id":"2","ok":true,"result":{}}', "invalid reply: ok.id: int_type"),
+        (Ping(id=0), b'{"id":2,"ok":1,"result":{}}', "invalid reply: union_tag_not_found"),
+    ],
+)
+def test_a_reply_is_validated_once_with_its_result_model(
+    request_: Request, frame: bytes, reason: str
+) -> None:
+    client = ready_client()
+    client.send(request_)
+    fds = [100] if request_.op in protocol.OPS_WITH_FD else []
+    with pytest.raises(RemoteProtocolError) as info:
+        client.receive(frame, fds)
+    assert str(info.value).startswith(reason)
