@@ -10,8 +10,10 @@ import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from privsep.policy.model import Limits
+if TYPE_CHECKING:
+    from privsep.policy.model import Limits
 
 #: The CPU quota's period (cpu.cfs_period_us, the second number of cpu.max): the kernel's default.
 PERIOD_US = 100_000

@@ -13,11 +13,18 @@ copy of it that misbehaves must not take the broker down.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from privsep import channel
 from privsep.errors import RemoteProtocolError
+
+if TYPE_CHECKING:
+    # Only the type: the channel's module holds the protocol's bounds, and with them pydantic,
+    # which the sandbox's processes (confine/inside.py) never import.
+    from privsep.channel import Frame
 
 __all__ = ["FD_KINDS", "KINDS", "MAX_CONTROL_FRAME", "ControlMessage", "decode_control", "encode_control"]
 
@@ -60,7 +67,7 @@ def encode_control(kind: str, *, step: str = "", reason: str = "", status: int =
         reason = reason[: len(reason) // 2]
 
 
-def decode_control(frame: channel.Frame) -> ControlMessage:
+def decode_control(frame: Frame) -> ControlMessage:
     """Parse one control frame; anything unexpected is a RemoteProtocolError (fds closed)."""
     try:
         if len(frame.data) > MAX_CONTROL_FRAME:
@@ -81,6 +88,8 @@ def decode_control(frame: channel.Frame) -> ControlMessage:
             errno=int(obj.get("errno", 0)),
         )
     except (ValueError, TypeError, OverflowError) as exc:
-        channel.close_fds(frame.fds)
+        for fd in frame.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         raise RemoteProtocolError(f"bad control message from the sandbox: {exc}") from None
     return msg

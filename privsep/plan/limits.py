@@ -11,8 +11,10 @@ cgroup (:func:`privsep.plan.spawnplan.in_cgroup`). The command applies them
 from __future__ import annotations
 
 import resource
+from typing import TYPE_CHECKING
 
-from privsep.policy.model import Limits
+if TYPE_CHECKING:
+    from privsep.policy.model import Limits
 
 _MB = 1 << 20
 

@@ -19,6 +19,7 @@ import resource
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from privsep import _linux
 from privsep.cgroups import Budget, SandboxCgroup
@@ -28,8 +29,10 @@ from privsep.plan.hostids import Claim, claim
 from privsep.plan.landlock import Rule, rules_for
 from privsep.plan.limits import rlimits
 from privsep.plan.view import DEVICES, ViewPlan, plan_grants
-from privsep.policy.model import Limits, Policy
 from privsep.policy.syscalls import expand
+
+if TYPE_CHECKING:
+    from privsep.policy.model import Policy
 
 #: The fd number of the channel in the child (and the value of PRIVSEP_FD) without
 #: socket activation; with it, the listening sockets take 3.. and the channel follows them.
@@ -39,6 +42,14 @@ LISTEN_FDS_START = 3  # systemd's SD_LISTEN_FDS_START
 #: host it is the broker's uid (non-root broker) or the sandbox's own claimed id (root broker).
 SANDBOX_ID = 65534
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def _default_budget() -> Budget:
+    # The policy's models (pydantic) only when a plan is made without a budget: the zygote
+    # (confine/zygote.py) decodes plans with this module and never imports them.
+    from privsep.policy.model import Limits  # noqa: PLC0415
+
+    return Budget.of(Limits())
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,7 @@ class SpawnPlan:
     listen: tuple[str, ...] = ()
     """Socket activation: the names (LISTEN_FDNAMES) of the listening sockets the broker
     passes as fds 3.. (see :func:`with_listen`); the channel comes after them."""
-    budget: Budget = field(default_factory=lambda: Budget.of(Limits()))
+    budget: Budget = field(default_factory=_default_budget)
     """What the sandbox's cgroup holds it to (the policy's [limits]); the broker makes the cgroup."""
     cgroups: str = "required"
     """The policy's [limits] cgroups: required, optional or off (the broker's decision)."""

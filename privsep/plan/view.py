@@ -23,11 +23,12 @@ import posixpath
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from privsep.errors import PolicyError
-from privsep.policy.match import deciding_rule
-from privsep.policy.model import Access, Policy, View
-from privsep.policy.serving import broker_reason, writes
+
+if TYPE_CHECKING:
+    from privsep.policy.model import Policy, View
 
 #: Device nodes every child gets; none of them gives access to anything.
 DEVICES = ("null", "zero", "full", "random", "urandom")
@@ -194,6 +195,11 @@ def plan_grants(policy: Policy, *, root_broker: bool, sandbox_id: int) -> Grants
     PolicyError when a grant cannot mean what it says (see :func:`_check_nesting`)
     or a deny rule cannot be masked.
     """
+    # Here, not at the top: the data above is all the sandbox's processes need of this module,
+    # and the zygote (confine/zygote.py) imports it without the policy's models (pydantic).
+    from privsep.policy.match import deciding_rule  # noqa: PLC0415
+    from privsep.policy.serving import broker_reason, writes  # noqa: PLC0415
+
     planner = _Planner()
     for path in policy.view.read:
         planner.add(path, required=True)
@@ -320,6 +326,8 @@ def _broker_served_masks(
     rule would lose its per-open audit. Masked, only the broker serves it. In a
     writable bind the ancestors are pinned, as for a deny mask.
     """
+    from privsep.policy.model import Access  # noqa: PLC0415 - see plan_grants
+
     pins: list[str] = []
     masks: list[Mask] = []
     bound = {b.path for b in binds}
@@ -448,6 +456,8 @@ def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
 
 
 def _denied_at(policy: Policy, path: str) -> bool:
+    from privsep.policy.match import deciding_rule  # noqa: PLC0415 - see plan_grants
+
     index = deciding_rule(policy, path)
     return index is not None and policy.files[index].deny
 
