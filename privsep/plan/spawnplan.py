@@ -56,7 +56,7 @@ def _default_budget() -> Budget:
 class SpawnPlan:
     """Everything the child needs, computed in the broker before fork.
 
-    Data only: the forked monitor reads it as it is, and the forkserver gets it
+    Data only: the sandbox's processes read it as they inherit it, and the forkserver gets it
     through :mod:`privsep.plan.wire`, which derives its format from these fields.
     """
 
@@ -90,7 +90,7 @@ class SpawnPlan:
     cgroups: str = "required"
     """The policy's [limits] cgroups: required, optional or off (the broker's decision)."""
     cgroup_join: tuple[str, ...] = ()
-    """The files of this sandbox's cgroup (cgroup.procs; tasks on v1) the monitor writes "0" to,
+    """The files of this sandbox's cgroup (cgroup.procs; tasks on v1) init writes "0" to,
     joining it, before anything else (see :func:`in_cgroup`); empty when it runs without one."""
 
     terminal: int | None = None
@@ -222,7 +222,8 @@ class Spawned:
     """The broker's handles on a started sandbox."""
 
     pid: int
-    """The monitor: the broker's direct child, reaped with waitpid."""
+    """The process that reaps the sandbox's init: the monitor, the broker's direct child,
+    reaped with waitpid."""
     pidfd: int
     channel: socket.socket
     control: socket.socket
