@@ -1,7 +1,8 @@
 """The sandbox's own processes, from the clone on: init, then the command.
 
 :func:`start_init` runs in a single-threaded process outside the sandbox (the
-monitor :func:`~privsep.confine.spawn.spawn` forks) and clones init straight into a new pid
+monitor :func:`~privsep.confine.spawn.spawn` forks, or the zygote,
+:mod:`privsep.confine.zygote`) and clones init straight into a new pid
 namespace (and, without root, a new user namespace): pid 1 is the first
 process of the sandbox, no fork after an ``unshare`` is needed to make it.
 Everything else here runs inside and only applies the plan::
@@ -16,8 +17,9 @@ Everything else here runs inside and only applies the plan::
      └── command  keeps init's identity (checked), Landlock, rlimits, seccomp (loaded
               last), execve
 
-This module imports nothing of the broker's (no pydantic, no policy), so that
-a small interpreter can run it.
+This module imports nothing of the broker's (no pydantic, no policy): the
+zygote runs it in an interpreter of about 14 MB, so that each sandbox copies,
+and writes over, as little memory as possible.
 
 Init and (until its execve) the command report to the broker over a private
 SEQPACKET "control" socket (the format: :mod:`privsep.plan.control`). The

@@ -6,10 +6,17 @@ only applies it.
 
 A sandbox is init (pid 1 of its own pid namespace) and the command init
 forks; both are :mod:`privsep.confine.inside`'s. Init is cloned by a small
-single-threaded process outside the sandbox, which then reaps it: a
-**monitor** that :func:`spawn` forks from the broker for each sandbox. It
-leads a session of its own, closes every fd of the broker's, clones init
-and waits for it; outside the new pid namespace, invisible to the child.
+single-threaded process outside the sandbox, which then reaps it:
+
+- :func:`spawn` forks a **monitor** from the broker for each sandbox: it
+  leads a session of its own, closes every fd of the broker's, clones init
+  and waits for it. Outside the new pid namespace, invisible to the child.
+  ``privsep run`` starts one sandbox, and this costs it nothing up front.
+- :class:`Zygote` is a long-lived helper (:mod:`privsep.confine.zygote`)
+  that clones each sandbox's init itself: no fork of the broker at all. A
+  forked broker copies its page tables (tens of MB with pydantic) into every
+  sandbox, and every page either writes afterwards is copied again: more
+  than half the CPU time of a start. ``Sandbox`` starts one when it opens.
 
 Before the fork the broker makes the sandbox's cgroup (``privsep.cgroups``);
 init's first act is to join it, so the command and everything it starts are
@@ -33,7 +40,7 @@ Init and (until its execve) the command report to the broker over a
 private SEQPACKET "control" socket: the pidfds of init and command, the
 seccomp listener fd, the first error of any step, the command's stops (with
 a terminal) and init's final wait status (the format: :mod:`privsep.plan.control`).
-Death propagates downwards: broker → monitor → init by the
+Death propagates downwards: broker → monitor or zygote → init by the
 parent-death signal, init → everything in the namespace by the kernel.
 
 A root broker claims the sandbox's host id (:mod:`privsep.plan.hostids`) before
@@ -43,16 +50,20 @@ sandbox has ended.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 import prctl
 
 from privsep import channel
-from privsep.confine import inside
-from privsep.errors import ConfinementError
+from privsep.confine import inside, zygote
+from privsep.errors import ChannelError, ConfinementError
+from privsep.plan import wire
 from privsep.plan.spawnplan import Spawned, SpawnPlan, claim_host_ids
 
 
@@ -125,3 +136,86 @@ def _monitor(plan: SpawnPlan, sources: Sequence[int], parent_pid: int) -> None:
         except InterruptedError:
             continue
     os.close(lifeline)
+
+
+class Zygote:
+    """The broker's handle on its zygote (:mod:`privsep.confine.zygote`): a ``spawner`` for ``Broker.start``.
+
+    Started before the broker holds anything a sandbox must not inherit, as the
+    forkserver is; it waits for the zygote only at the first spawn, so that the
+    interpreter's start overlaps the rest of the broker's.
+    """
+
+    def __init__(self) -> None:
+        ours, theirs = channel.socketpair()
+        try:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    *zygote.interpreter_flags(),
+                    *("-m", "privsep.confine.zygote", str(theirs.fileno()), str(os.getpid())),
+                ],
+                pass_fds=[theirs.fileno()],
+                env=zygote.environment(),
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+                start_new_session=True,  # never in the foreground group of the broker's terminal
+            )
+        finally:
+            theirs.close()
+        self._sock = ours
+        self._ready = False
+
+    def spawn(self, plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2)) -> Spawned:
+        """Start the sandbox for ``plan`` from the zygote; as :func:`spawn` (``Spawned.pid`` is init's)."""
+        if not self._ready:
+            frame = self._recv()
+            if frame is None or frame.data != zygote.READY:
+                raise ConfinementError("zygote", "the zygote did not start (see its stderr)")
+            self._ready = True
+        # The broker claims the host id and holds it: it is the one that sees the sandbox end.
+        plan, held = claim_host_ids(plan)
+        try:
+            broker_chan, child_chan = channel.socketpair()
+            broker_ctl, child_ctl = channel.socketpair()
+            try:
+                pid, pidfd = self._start(plan, (*stdio, child_chan.fileno(), child_ctl.fileno()))
+            except BaseException:
+                broker_chan.close()
+                broker_ctl.close()
+                raise
+            finally:
+                child_chan.close()
+                child_ctl.close()
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+        return Spawned(pid=pid, pidfd=pidfd, channel=broker_chan, control=broker_ctl, host_ids=held)
+
+    def _start(self, plan: SpawnPlan, fds: Sequence[int]) -> tuple[int, int]:
+        """Send the plan and the sandbox's fds; init's pid and pidfd, or the zygote's reason why not."""
+        try:
+            channel.send(self._sock, wire.encode(plan), fds)
+        except (ChannelError, OSError) as exc:
+            raise ConfinementError("zygote", f"the zygote is gone ({exc})") from None
+        frame = self._recv()
+        if frame is None:
+            raise ConfinementError("zygote", "the zygote exited")
+        answer = json.loads(frame.data)
+        if len(frame.fds) != 1:
+            channel.close_fds(frame.fds)
+            raise ConfinementError(str(answer.get("step", "zygote")), str(answer.get("reason", "")))
+        return int(answer["pid"]), frame.fds[0]
+
+    def _recv(self) -> channel.Frame | None:
+        try:
+            return channel.recv(self._sock)
+        except (ChannelError, OSError) as exc:
+            raise ConfinementError("zygote", f"the zygote is gone ({exc})") from None
+
+    def close(self) -> None:
+        """End the zygote; its sandboxes die with it (parent-death signal)."""
+        self._sock.close()
+        self._proc.kill()
+        self._proc.wait()

@@ -223,7 +223,7 @@ class Spawned:
 
     pid: int
     """The process that reaps the sandbox's init: the monitor, the broker's direct child,
-    reaped with waitpid."""
+    reaped with waitpid; or, started by a zygote, init itself (the zygote reaps it)."""
     pidfd: int
     channel: socket.socket
     control: socket.socket
