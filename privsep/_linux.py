@@ -99,8 +99,11 @@ def fork_into(namespaces: int) -> int:
     ``os.fork`` runs them (``PyOS_BeforeFork`` and ``PyOS_AfterFork_*``: locks, the
     GIL, ``os.register_at_fork``). glibc's are skipped: they protect its locks from
     other threads, so only a single-threaded process may call this (a forked monitor
-    or the zygote, which start no thread). Returns 0 in the child, its pid in the parent.
+    or the zygote, which start no thread): any other raises RuntimeError, before the
+    clone. Returns 0 in the child, its pid in the parent.
     """
+    if threads() != 1:
+        raise RuntimeError("fork_into from a process with other threads: fork a process first")
     _pyapi.PyOS_BeforeFork()
     pid = _libc_gil.syscall(
         ctypes.c_long(NR_CLONE),
@@ -118,6 +121,11 @@ def fork_into(namespaces: int) -> int:
     if pid < 0:
         raise OSError(err, os.strerror(err))
     return int(pid)
+
+
+def threads() -> int:
+    """How many threads this process has (C-level ones included, which ``threading`` does not see)."""
+    return len(os.listdir("/proc/self/task"))
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:

@@ -66,7 +66,7 @@ _NAMESPACES = (
 )
 
 
-def start_init(plan: SpawnPlan, sources: Sequence[int]) -> tuple[int, int]:
+def start_init(plan: SpawnPlan, sources: Sequence[int], *, announce: bool = True) -> tuple[int, int]:
     """Clone the sandbox's init from this process: (its pid, the lifeline).
 
     The caller is single-threaded and has reset its signal state
@@ -75,7 +75,9 @@ def start_init(plan: SpawnPlan, sources: Sequence[int]) -> tuple[int, int]:
     channel, control: init takes them over; the caller closes its own. The
     caller keeps the lifeline (a pipe's write end) open until it has reaped
     init: init checks through it that its parent still lives, whenever the
-    parent-death signal could have been missed.
+    parent-death signal could have been missed. ``announce``: init sends the
+    broker its own pidfd first (the "init" report); a caller that hands the
+    broker init's pidfd itself (the zygote) spares it.
     """
     lifeline_r, lifeline_w = os.pipe2(os.O_CLOEXEC)
     clone = _linux.CLONE_NEWPID | (_linux.CLONE_NEWUSER if plan.user_namespace else 0)
@@ -95,7 +97,7 @@ def start_init(plan: SpawnPlan, sources: Sequence[int]) -> tuple[int, int]:
         status = 125
         try:
             os.close(lifeline_w)
-            status = _init(plan, sources, lifeline_r)
+            status = _init(plan, sources, lifeline_r, announce)
         finally:
             os._exit(status)
     os.close(lifeline_r)
@@ -178,7 +180,7 @@ def _parent_alive(lifeline: int) -> bool:
     return not ready  # readable means EOF: the parent's end closed because it died
 
 
-def _init(plan: SpawnPlan, sources: Sequence[int], lifeline: int) -> int:
+def _init(plan: SpawnPlan, sources: Sequence[int], lifeline: int, announce: bool) -> int:
     # First of all: nothing of the sandbox may exist outside its cgroup. Reported once the
     # control socket is in place; nothing is forked if it failed.
     joined = _join_cgroup(plan.cgroup_join)
@@ -197,12 +199,13 @@ def _init(plan: SpawnPlan, sources: Sequence[int], lifeline: int) -> int:
             raise ConfinementError("namespaces", f"unshare: {exc.strerror}") from None
         if plan.user_namespace:
             identity.map_ids(plan.host_uid, plan.host_gid)
-        # Report ourselves (pid 1 of our namespace) before the command exists: on
-        # the one control socket this orders "init" before anything the command
-        # sends, so the broker can always kill through init once a command runs.
-        own = os.pidfd_open(1)
-        report("init", [own])
-        os.close(own)
+        if announce:
+            # Report ourselves (pid 1 of our namespace) before the command exists: on
+            # the one control socket this orders "init" before anything the command
+            # sends, so the broker can always kill through init once a command runs.
+            own = os.pidfd_open(1)
+            report("init", [own])
+            os.close(own)
         view.build_view(plan.view, host_id=plan.host_uid)
         try:
             socket.sethostname("privsep")

@@ -60,7 +60,7 @@ from typing import NoReturn
 
 import prctl
 
-from privsep import channel
+from privsep import _linux, channel
 from privsep.confine import inside, zygote
 from privsep.errors import ChannelError, ConfinementError
 from privsep.plan import wire
@@ -111,6 +111,25 @@ def monitor_main(plan: SpawnPlan, sources: Sequence[int], parent_pid: int) -> No
         status = 0
     finally:
         os._exit(status)
+
+
+def start_sandbox(plan: SpawnPlan, sources: Sequence[int]) -> tuple[int, int | None]:
+    """For a helper process that starts many sandboxes (the forkserver): (pid, lifeline).
+
+    Single-threaded, it clones the sandbox's init itself, as the zygote does:
+    the pid is init's, and the lifeline (a pipe's write end) must stay open
+    until init is reaped. With other threads, whose locks a clone would copy
+    held, it forks a monitor as :func:`spawn` does: the monitor's pid, and
+    None. The caller has reset its signal state (``inside.reset_process_state``)
+    and closes its own copies of ``sources``.
+    """
+    if _linux.threads() == 1:
+        return inside.start_init(plan, sources, announce=False)  # the helper sends init's pidfd
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked monitor
+        monitor_main(plan, sources, parent)
+    return pid, None
 
 
 def _monitor(plan: SpawnPlan, sources: Sequence[int], parent_pid: int) -> None:

@@ -87,7 +87,7 @@ def _start(sock: socket.socket, data: bytes, fds: list[int]) -> tuple[int, int, 
         plan = wire.decode(SpawnPlan, data)
         if len(fds) != 5 or plan.listen:
             raise ConfinementError("zygote", f"a start carries 5 fds and no listening socket, not {len(fds)}")
-        pid, lifeline = inside.start_init(plan, fds)
+        pid, lifeline = inside.start_init(plan, fds, announce=False)  # its pidfd goes with the answer
         pidfd = os.pidfd_open(pid)
     except (ConfinementError, ValueError, OSError) as exc:
         step, reason = (exc.step, exc.reason) if isinstance(exc, ConfinementError) else ("zygote", str(exc))

@@ -223,7 +223,8 @@ class Spawned:
 
     pid: int
     """The process that reaps the sandbox's init: the monitor, the broker's direct child,
-    reaped with waitpid; or, started by a zygote, init itself (the zygote reaps it)."""
+    reaped with waitpid; or, started by a zygote (or the forkserver), init itself, which
+    the helper reaps (init then sends no "init" report: the broker holds its pidfd already)."""
     pidfd: int
     channel: socket.socket
     control: socket.socket
