@@ -58,6 +58,12 @@ def encode_control(kind: str, *, step: str = "", reason: str = "", status: int =
     """
     if kind not in KINDS:
         raise ValueError(f"unknown control message kind {kind!r}")
+    if not (step or reason or status or errno):
+        return _PLAIN[kind]
+    return _encode(kind, step, reason, status, errno)
+
+
+def _encode(kind: str, step: str, reason: str, status: int, errno: int) -> bytes:
     body = {"kind": kind, "step": step[:_MAX_STEP], "status": status, "errno": errno}
     reason = reason[:_MAX_REASON]
     while True:
@@ -65,6 +71,11 @@ def encode_control(kind: str, *, step: str = "", reason: str = "", status: int =
         if len(frame) <= MAX_CONTROL_FRAME or not reason:
             return frame
         reason = reason[: len(reason) // 2]
+
+
+#: The reports that carry nothing but their kind (and perhaps an fd), encoded once, at import:
+#: the sandbox's processes send them at every start and inherit the bytes already made.
+_PLAIN = {kind: _encode(kind, "", "", 0, 0) for kind in KINDS}
 
 
 def decode_control(frame: Frame) -> ControlMessage:
