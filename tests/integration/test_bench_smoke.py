@@ -58,8 +58,16 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert all(_is_stats(v) and v["min"] > 0 for v in res["throughput"]["children"].values())
 
     spawn = res["spawn"]
-    for key in ("sandbox_run", "broker_start_wait", "sandbox_call", "privsep_run", "pydantic_floor"):
+    for key in (
+        "sandbox_run",
+        "broker_start_wait",
+        "zygote_start_wait",
+        "sandbox_call",
+        "privsep_run",
+        "pydantic_floor",
+    ):
         assert _is_stats(spawn[key]), key
+    assert spawn["sandbox_run_cpu_ms"]["broker"] > 0  # what each start costs the machine
     for peer in ("bwrap", "firejail"):
         assert _measured_or_skipped(spawn[peer]), peer
     assert _is_stats(spawn["forkserver_call"])  # the forkserver start method is measured
@@ -101,5 +109,5 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert level["broker_rss_kb"] > 0 and level["open"]["p50_us"] > 0
 
     names = [t["target"] for t in res["targets"]]
-    assert len(names) == 10  # issues 7, 12, 14 and 16
+    assert len(names) == 12  # issues 7, 12, 14 and 16
     assert all(t["met"] in (True, False, None) for t in res["targets"])
