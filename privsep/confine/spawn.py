@@ -180,6 +180,9 @@ class Zygote:
                 close_fds=True,
                 start_new_session=True,  # never in the foreground group of the broker's terminal
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self._sock = ours
