@@ -85,10 +85,12 @@ def start_init(plan: SpawnPlan, sources: Sequence[int], *, announce: bool = True
     gc.disable()  # init is born without: a collection could close fds whose numbers it reuses
     try:
         pid = _linux.fork_into(clone)
-    except OSError as exc:
+    except BaseException as exc:
         os.close(lifeline_r)
         os.close(lifeline_w)
-        raise ConfinementError("namespaces", f"clone: {exc.strerror}") from None
+        if isinstance(exc, OSError):
+            raise ConfinementError("namespaces", f"clone: {exc.strerror}") from None
+        raise
     finally:
         if collecting:
             gc.enable()  # in the caller; init disables it again first thing
