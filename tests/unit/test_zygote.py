@@ -1,4 +1,5 @@
-"""The zygote stays small: what its interpreter imports, and what it is given.
+"""The zygote stays small (what its interpreter imports, and what it is given), and the
+clone it starts sandboxes with refuses a caller it would not be safe in.
 
 Each sandbox a ``Sandbox`` starts is a clone of the zygote, so every module
 it holds is memory each sandbox maps, and every at-fork hook runs once per
@@ -11,7 +12,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
+import pytest
+
+from privsep import _linux
 from privsep.confine import zygote
 
 _LIST_MODULES = "import json, sys\nimport privsep.confine.zygote\nprint(json.dumps(sorted(sys.modules)))\n"
@@ -49,3 +54,16 @@ def test_the_zygote_gets_no_environment_of_the_brokers() -> None:
     env = zygote.environment()
     assert set(env) == {"PATH", "PYTHONPATH"}
     assert "-S" in zygote.interpreter_flags()  # and no site: it finds only privsep and python-prctl
+
+
+def test_a_process_with_other_threads_may_not_clone() -> None:
+    """fork_into skips glibc's fork handlers: with another thread alive, it refuses before the clone."""
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        with pytest.raises(RuntimeError, match="other threads"):
+            _linux.fork_into(0)
+    finally:
+        release.set()
+        other.join()
