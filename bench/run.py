@@ -14,11 +14,15 @@ starts 3000 processes). Sections:
    one CPU: a cross-CPU wake-up costs ~40 us on a VM) and unpinned.
 2. throughput: brokered opens per second, 1, 4 and 16 children, one broker.
 3. spawn: ``Sandbox.run(["/bin/true"])`` in a running process against
-   ``bwrap ... /bin/true`` as a whole process; the whole ``privsep run --
-   /bin/true`` command, from a warm plan cache and planning anew (``--no-cache``),
-   against a Python that imports pydantic, firejail and bwrap; and its imports
-   (``python -X importtime``, every top-level import's cumulative time added up),
-   warm against cold.
+   ``bwrap ... /bin/true`` as a whole process, one after the other, and the
+   CPU time each start costs the machine (the broker's thread, the zygote and
+   the sandbox's processes it reaps, bwrap's processes); ``Broker.start`` +
+   wait through a zygote and through a forked monitor, step by step; the
+   forkserver's ``Sandbox.call`` against bwrap the same way; the whole
+   ``privsep run -- /bin/true`` command, from a warm plan cache and planning anew
+   (``--no-cache``), against its floor (a Python that imports pydantic), firejail
+   and bwrap; and its imports (``python -X importtime``, every top-level import's
+   cumulative time added up), warm against cold.
 3b. cgroups: the same ``Broker.start+wait`` of ``/bin/true`` with the sandbox's
    cgroup and without (``bench/cgroups.py``), alternately within a round.
 4. seccomp: a syscall-heavy loop, confined against unconfined.
@@ -99,8 +103,10 @@ from bench.workloads import (
     stats,
 )
 from privsep._version import __version__
+from privsep.broker.lifecycle import Spawner
 from privsep.broker.loop import Broker
 from privsep.broker.services import Services
+from privsep.confine.spawn import Zygote
 from privsep.plan.spawnplan import SpawnPlan, make_plan
 from privsep.policy.grants import grants_to_extra
 from privsep.policy.load import load_policy
@@ -304,10 +310,12 @@ def _peer(name: str, argv: Sequence[str]) -> str | None:
 _PHASES = ("forked", "init", "command", "exec", "ended")
 
 
-def _spawn_phases(broker: Broker, plan: SpawnPlan, services: Services, devnull: int) -> dict[str, float]:
+def _spawn_phases(
+    broker: Broker, plan: SpawnPlan, services: Services, devnull: int, spawner: Spawner | None = None
+) -> dict[str, float]:
     """One /bin/true sandbox, driven by hand to time its steps (ms) and count the loop's wake-ups."""
     started = time.perf_counter()
-    child = broker.start(plan, services=services, stdio=(devnull,) * 3)
+    child = broker.start(plan, services=services, stdio=(devnull,) * 3, spawner=spawner)
     seen = {"forked": (time.perf_counter() - started) * 1e3}
     wakeups = 0
     while child.outcome is None:
@@ -329,6 +337,60 @@ def _spawn_phases(broker: Broker, plan: SpawnPlan, services: Services, devnull: 
     return {**seen, "wakeups": float(wakeups)}
 
 
+def _cpu_with_reaped(pid: int) -> float:
+    """CPU seconds of process ``pid`` and of the children it has reaped (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _Paired:
+    """Sandbox.run(['/bin/true']) and bwrap's /bin/true one after the other, so that both sides of
+    each ratio meet the same load; with the CPU each start costs the machine, all rounds together:
+    the broker's thread, the zygote and the sandbox processes it reaped, and bwrap's processes."""
+
+    def __init__(self, sb: Sandbox, bwrap: bool) -> None:
+        self.sb = sb
+        self.bwrap = bwrap
+        parts = sb._need_parts()  # the zygote is the Sandbox's own; only the bench reads its CPU
+        assert parts.zygote is not None
+        self.zygote_pid = parts.zygote._proc.pid
+        self.starts = 0
+        self.broker_cpu = self.bwrap_cpu = 0.0
+        self.zygote_cpu_at = _cpu_with_reaped(self.zygote_pid)
+
+    def round(self, n: int) -> tuple[float, float | None]:
+        """Median wall ms of ``n`` starts of each (bwrap None when it is not measured)."""
+        ours: list[float] = []
+        theirs: list[float] = []
+        for _ in range(n):
+            cpu, started = time.thread_time(), time.perf_counter()
+            result = self.sb.run(["/bin/true"])
+            ours.append((time.perf_counter() - started) * 1e3)
+            self.broker_cpu += time.thread_time() - cpu
+            if result.returncode != 0:
+                raise BenchError(f"Sandbox.run(['/bin/true']): {result.how} {result.detail}")
+            if self.bwrap:
+                cpu = _children_cpu()
+                theirs.append(median_time(BWRAP, 1))
+                self.bwrap_cpu += _children_cpu() - cpu
+        self.starts += n
+        return statistics.median(ours), statistics.median(theirs) if theirs else None
+
+    def cpu_ms(self) -> dict[str, float]:
+        time.sleep(0.1)  # the zygote reaps the last init when its pidfd says so
+        zygote = _cpu_with_reaped(self.zygote_pid) - self.zygote_cpu_at
+        out = {"broker": self.broker_cpu, "zygote_and_sandbox": zygote}
+        if self.bwrap:
+            out["bwrap"] = self.bwrap_cpu
+        return {k: v / self.starts * 1e3 for k, v in out.items()}
+
+
 def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     peers = {"bwrap": BWRAP, "firejail": FIREJAIL}
     unavailable = {name: _peer(name, argv) for name, argv in peers.items()}
@@ -339,21 +401,28 @@ def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
         "process_floor": ("/bin/true",),
     }
     whole.update({name: argv for name, argv in peers.items() if unavailable[name] is None})
+    paired_bwrap = unavailable["bwrap"] is None
     imports = ("imports_warm", "imports_cold")
     times: dict[str, list[float]] = {
         k: []
-        for k in ("sandbox_run", "broker_start_wait", "sandbox_call", "forkserver_call", *whole, *imports)
-    }
+        for k in (
+            "sandbox_run", "bwrap_paired", "broker_start_wait", "zygote_start_wait", "sandbox_call",
+            "forkserver_call", "bwrap_paired_call", *whole, *imports,
+        )
+    }  # fmt: skip
     # A plan cache of the bench's own: warm after the first run, and nobody else's.
     cache = tempfile.TemporaryDirectory(prefix="privsep-bench-cache-")
     env = {**os.environ, "PRIVSEP_CACHE_DIR": f"{cache.name}/plans"}
     median_time(PRIVSEP_RUN, 1, env=env)
-    phases: dict[str, list[float]] = {phase: [] for phase in _PHASES}
-    wakeups: list[float] = []
+    phases: dict[str, dict[str, list[float]]] = {
+        how: {phase: [] for phase in _PHASES} for how in ("monitor", "zygote")
+    }
+    wakeups: dict[str, list[float]] = {"monitor": [], "zygote": []}
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     minimal = load_policy("minimal")
     plan = make_plan(minimal, ["/bin/true"])
     services = Services(minimal)
+    zygote = Zygote()
     broker = Broker()
     try:
         with (
@@ -361,53 +430,65 @@ def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
             Sandbox("python") as py,
             Sandbox("python", start_method="forkserver") as fs,
         ):
-            sb.run(["/bin/true"])  # warm: the first fork of a process pays its page faults
+            sb.run(["/bin/true"])  # warm: the first start waits for the zygote
             fs.call("os:getpid")
+            paired = _Paired(sb, paired_bwrap)
             for r in range(cfg.rounds):
                 log(f"spawn: round {r + 1}/{cfg.rounds}")
+                ours, theirs = paired.round(cfg.spawn_n)
+                times["sandbox_run"].append(ours)
+                if theirs is not None:
+                    times["bwrap_paired"].append(theirs)
+                for how, spawner in (("monitor", None), ("zygote", zygote.spawn)):
+                    spawns = [
+                        _spawn_phases(broker, plan, services, devnull, spawner) for _ in range(cfg.spawn_n)
+                    ]
+                    for phase in _PHASES:
+                        phases[how][phase].append(statistics.median(p[phase] for p in spawns))
+                    wakeups[how].append(statistics.median(p["wakeups"] for p in spawns))
+                times["broker_start_wait"].append(phases["monitor"]["ended"][-1])
+                times["zygote_start_wait"].append(phases["zygote"]["ended"][-1])
                 one: list[float] = []
-                for _ in range(cfg.spawn_n):
-                    started = time.perf_counter()
-                    result = sb.run(["/bin/true"])
-                    one.append((time.perf_counter() - started) * 1e3)
-                    if result.returncode != 0:
-                        raise BenchError(f"Sandbox.run(['/bin/true']): {result.how} {result.detail}")
-                times["sandbox_run"].append(statistics.median(one))
-                spawns = [_spawn_phases(broker, plan, services, devnull) for _ in range(cfg.spawn_n)]
-                for phase in _PHASES:
-                    phases[phase].append(statistics.median(p[phase] for p in spawns))
-                times["broker_start_wait"].append(phases["ended"][-1])
-                wakeups.append(statistics.median(p["wakeups"] for p in spawns))
-                one = []
                 for _ in range(cfg.call_n):
                     started = time.perf_counter()
                     py.call("os:getpid")
                     one.append((time.perf_counter() - started) * 1e3)
                 times["sandbox_call"].append(statistics.median(one))
-                one = []
+                one, peer = [], []
                 for _ in range(cfg.call_n):
                     started = time.perf_counter()
                     fs.call("os:getpid")
                     one.append((time.perf_counter() - started) * 1e3)
+                    if paired_bwrap:
+                        peer.append(median_time(BWRAP, 1))
                 times["forkserver_call"].append(statistics.median(one))
+                if peer:
+                    times["bwrap_paired_call"].append(statistics.median(peer))
                 for name, argv in whole.items():
                     times[name].append(median_time(argv, cfg.command_n, env=env))
                 times["imports_warm"].append(import_ms(PRIVSEP_RUN, cfg.command_n, env=env))
                 times["imports_cold"].append(import_ms(PRIVSEP_RUN_COLD, cfg.command_n, env=env))
+            cpu = paired.cpu_ms()
     finally:
         broker.close()
+        zygote.close()
         services.close()
         os.close(devnull)
         cache.cleanup()
-    out: dict[str, Any] = {k: stats(v) for k, v in times.items()}
-    out["broker_start_wait_phases_ms"] = {phase: stats(v) for phase, v in phases.items()}
-    out["broker_wakeups_per_spawn"] = stats(wakeups)
+    out: dict[str, Any] = {k: stats(v) for k, v in times.items() if v}
+    out["broker_start_wait_phases_ms"] = {phase: stats(v) for phase, v in phases["monitor"].items()}
+    out["zygote_start_wait_phases_ms"] = {phase: stats(v) for phase, v in phases["zygote"].items()}
+    out["broker_wakeups_per_spawn"] = stats(wakeups["monitor"])
+    out["zygote_wakeups_per_spawn"] = stats(wakeups["zygote"])
+    out["sandbox_run_cpu_ms"] = cpu
     for name, why in unavailable.items():
         if why is not None:
             out[name] = skipped(why)
     if "bwrap" in times:
-        out["sandbox_run_vs_bwrap"] = ratios(times["sandbox_run"], times["bwrap"])
+        out["sandbox_run_vs_bwrap"] = ratios(times["sandbox_run"], times["bwrap_paired"])
+        out["forkserver_call_vs_bwrap"] = ratios(times["forkserver_call"], times["bwrap_paired_call"])
         out["broker_start_wait_vs_bwrap"] = ratios(times["broker_start_wait"], times["bwrap"])
+        out["zygote_start_wait_vs_bwrap"] = ratios(times["zygote_start_wait"], times["bwrap"])
         out["privsep_run_vs_bwrap"] = ratios(times["privsep_run"], times["bwrap"])
         out["privsep_run_cold_vs_bwrap"] = ratios(times["privsep_run_cold"], times["bwrap"])
     if "firejail" in times:
@@ -561,6 +642,14 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             add("Sandbox.run(['/bin/true']) <= bwrap", None, 1.0, "x", spawn["bwrap"]["skipped"])
         add("forkserver Sandbox.call < 10 ms", spawn["forkserver_call"]["median"], 10.0, "ms")
+        for name, key, limit in (
+            ("Sandbox.run(['/bin/true']) <= 1.5x bwrap", "sandbox_run_vs_bwrap", 1.5),
+            ("forkserver Sandbox.call <= 2.5x bwrap /bin/true", "forkserver_call_vs_bwrap", 2.5),
+        ):
+            if key in spawn:
+                add(name, spawn[key]["median"], limit, "x", issue=16)
+            else:
+                add(name, None, limit, "x", spawn["bwrap"]["skipped"], issue=16)
         add(
             "privsep run -- /bin/true <= 1.2x pydantic-import floor",
             spawn["privsep_run_vs_pydantic_floor"]["median"],
@@ -665,16 +754,26 @@ def _spawn_rows(sp: dict[str, Any]) -> list[Row]:
     bwrap = _fmt(sp.get("bwrap", skipped("bwrap is not installed")), " ms", 2)
     firejail = _fmt(sp.get("firejail", skipped("firejail is not installed")), " ms")
     run = _fmt(sp["privsep_run"], " ms")
+    missing = skipped("bwrap is not installed")
+    paired = _fmt(sp.get("bwrap_paired", missing), " ms", 2)
+    paired_call = _fmt(sp.get("bwrap_paired_call", missing), " ms", 2)
+    cpu = sp["sandbox_run_cpu_ms"]
     return [
-        ("spawn", "Sandbox.run(['/bin/true']) vs bwrap process", _fmt(sp["sandbox_run"], " ms", 2), bwrap,
-         _ratio(sp.get("sandbox_run_vs_bwrap"))),
-        ("spawn", "Broker.start+wait, plan prebuilt, vs bwrap", _fmt(sp["broker_start_wait"], " ms", 2),
-         bwrap, _ratio(sp.get("broker_start_wait_vs_bwrap"))),
-        ("spawn", "Broker.start+wait steps: forked / init / command / execve / ended",
-         " / ".join(f"{sp['broker_start_wait_phases_ms'][p]['median']:.1f}" for p in _PHASES) + " ms", "",
+        ("spawn", "Sandbox.run(['/bin/true']) vs bwrap process, alternately",
+         _fmt(sp["sandbox_run"], " ms", 2), paired, _ratio(sp.get("sandbox_run_vs_bwrap"))),
+        ("spawn", "CPU per start, all rounds: broker + zygote and sandbox vs bwrap", _cpu(cpu),
+         f"{cpu['bwrap']:.2f} ms" if "bwrap" in cpu else "", _cpu_ratio(cpu)),
+        ("spawn", "Broker.start+wait from a zygote (Sandbox's way), plan prebuilt, vs bwrap",
+         _fmt(sp["zygote_start_wait"], " ms", 2), bwrap, _ratio(sp.get("zygote_start_wait_vs_bwrap"))),
+        ("spawn", "its steps: cloned / command / execve / ended", _steps(sp, "zygote"), "",
+         f"{sp['zygote_wakeups_per_spawn']['median']:.0f} loop wake-ups"),
+        ("spawn", "Broker.start+wait forking a monitor (privsep run's way), vs bwrap",
+         _fmt(sp["broker_start_wait"], " ms", 2), bwrap, _ratio(sp.get("broker_start_wait_vs_bwrap"))),
+        ("spawn", "its steps: forked / init / command / execve / ended", _steps(sp, "broker"), "",
          f"{sp['broker_wakeups_per_spawn']['median']:.0f} loop wake-ups"),
         ("spawn", "Sandbox.call('os:getpid'), fresh child", _fmt(sp["sandbox_call"], " ms"), "", ""),
-        ("spawn", "Sandbox.call, forkserver start method", _fmt(sp["forkserver_call"]), "", ""),
+        ("spawn", "Sandbox.call, forkserver start method, vs bwrap /bin/true alternately",
+         _fmt(sp["forkserver_call"], " ms"), paired_call, _ratio(sp.get("forkserver_call_vs_bwrap"))),
         ("whole command", "privsep run -- /bin/true vs python -c 'from pydantic import BaseModel'", run,
          _fmt(sp["pydantic_floor"], " ms"), _ratio(sp["privsep_run_vs_pydantic_floor"])),
         ("whole command", "privsep run vs firejail --quiet --noprofile /bin/true", run, firejail,
@@ -689,6 +788,22 @@ def _spawn_rows(sp: dict[str, Any]) -> list[Row]:
         ("whole command", "/bin/true, no sandbox (process floor)", _fmt(sp["process_floor"], " ms", 2),
          "", ""),
     ]  # fmt: skip
+
+
+def _steps(sp: dict[str, Any], how: str) -> str:
+    # From a zygote, init sends no report of its own (the zygote's answer carries its pidfd).
+    shown = [p for p in _PHASES if how != "zygote" or p != "init"]
+    return " / ".join(f"{sp[f'{how}_start_wait_phases_ms'][p]['median']:.1f}" for p in shown) + " ms"
+
+
+def _cpu(cpu: dict[str, float]) -> str:
+    return f"{cpu['broker']:.2f} + {cpu['zygote_and_sandbox']:.2f} ms"
+
+
+def _cpu_ratio(cpu: dict[str, float]) -> str:
+    if "bwrap" not in cpu:
+        return ""
+    return f"{(cpu['broker'] + cpu['zygote_and_sandbox']) / cpu['bwrap']:.2f}x"
 
 
 def _cgroups_rows(cg: dict[str, Any]) -> list[Row]:

@@ -8,6 +8,8 @@ one sequence; the callers say only what differs between them::
 
     forkserver     Sandbox(start_method="forkserver"): first, before this process holds
                    a pinned grant, a listening socket or a log a forked child should not see
+    zygote         Sandbox(start_method="exec"): first too, for the same reason; it clones
+                   the sandboxes, so that the broker never forks (confine/spawn.py)
     services       the policy's pinned grants (LearningServices under learn)
     --listen       socket activation: the broker binds as client.bind would, by the policy
     audit log      created 0600
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from privsep import protocol
     from privsep.broker.audit import AuditLog
     from privsep.broker.terminal import Terminal
+    from privsep.confine.spawn import Zygote
     from privsep.forkserver import ForkServer
     from privsep.policy.grants import Listen
     from privsep.policy.model import Policy
@@ -90,6 +93,7 @@ class Assembly:
     _listen_names: tuple[str, ...] = field(repr=False)
     _listening: contextlib.ExitStack = field(repr=False)
     """Closes the broker's copies of the listening sockets; the sandbox holds its own once started."""
+    zygote: Zygote | None = None
 
     def start(
         self,
@@ -120,7 +124,7 @@ class Assembly:
             timeout=timeout,
             stdio=stdio,
             call=call,
-            spawner=self.forkserver.spawn if self.forkserver is not None else None,
+            spawner=self.forkserver.spawn if self.forkserver else self.zygote.spawn if self.zygote else None,
             listen_fds=fds,
             terminal=self.terminal,
         )
@@ -141,6 +145,7 @@ def assemble(
     listen: Sequence[Listen] = (),
     terminal: bool = False,
     forkserver: bool = False,
+    zygote: bool = False,
 ) -> Iterator[Assembly]:
     """Open a broker's parts for ``policy`` in order; release them all when the block ends or a step fails.
 
@@ -151,7 +156,8 @@ def assemble(
     ``listen``: sockets to listen on before the command starts (``--listen``).
     ``terminal``: give the sandbox a pty of its own if privsep's stdio is a
     terminal (``privsep run``). ``forkserver``: start children from a
-    forkserver (``Sandbox(start_method="forkserver")``).
+    forkserver (``Sandbox(start_method="forkserver")``). ``zygote``: from a
+    zygote (``Sandbox``'s other start method): for a broker that starts many.
     """
     with contextlib.ExitStack() as stack:
         server = None
@@ -161,6 +167,13 @@ def assemble(
             with _naming("cannot start the forkserver"):
                 server = ForkServer()
             stack.callback(server.close)
+        cloner = None
+        if zygote and not forkserver:
+            from privsep.confine.spawn import Zygote  # noqa: PLC0415 - only a Sandbox pays for it
+
+            with _naming("cannot start the zygote"):
+                cloner = Zygote()
+            stack.callback(cloner.close)
         with _naming("cannot open the policy's grants"):
             services = _services(policy, learn)
         stack.callback(services.close)  # closes the grants current at exit (the learned ones, under learn)
@@ -187,6 +200,7 @@ def assemble(
             _activated=activated,
             _listen_names=tuple(one.name for one in listen),
             _listening=listening,
+            zygote=cloner,
         )
 
 

@@ -10,7 +10,9 @@ subprocesses): libc is the already-loaded process image (``CDLL(None)``).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import signal
 import stat
 import struct
 import sys
@@ -24,8 +26,6 @@ if os.uname().machine != "x86_64":  # pragma: no cover - refuse, never guess sys
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-_prctl = _libc.prctl
-_prctl.restype = ctypes.c_int
 
 #: The audit architecture of native x86_64 system calls (seccomp_data.arch): the filter admits
 #: only these, and the broker treats every other notification as foreign.
@@ -123,6 +123,50 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)))
 
 
+NR_CLONE = 56
+# The same libc, called with the GIL held (PyDLL): clone's child must wake up holding it.
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
+_libc_gil.syscall.restype = ctypes.c_long
+_pyapi = ctypes.pythonapi
+
+
+def fork_into(namespaces: int) -> int:
+    """``os.fork()`` whose child starts in new ``namespaces`` (CLONE_NEW* flags): clone(2).
+
+    The child of ``CLONE_NEWPID`` is pid 1 of the new pid namespace, which a fork
+    after ``unshare`` would need one more process for. Python's own fork hooks run as
+    ``os.fork`` runs them (``PyOS_BeforeFork`` and ``PyOS_AfterFork_*``: locks, the
+    GIL, ``os.register_at_fork``). glibc's are skipped: they protect its locks from
+    other threads, so only a single-threaded process may call this (a forked monitor
+    or the zygote, which start no thread): any other raises RuntimeError, before the
+    clone. Returns 0 in the child, its pid in the parent.
+    """
+    if threads() != 1:
+        raise RuntimeError("fork_into from a process with other threads: fork a process first")
+    _pyapi.PyOS_BeforeFork()
+    pid = _libc_gil.syscall(
+        ctypes.c_long(NR_CLONE),
+        ctypes.c_ulong(namespaces | signal.SIGCHLD),
+        ctypes.c_void_p(0),  # no new stack: the child returns here, on a copy of ours, as fork's does
+        ctypes.c_void_p(0),
+        ctypes.c_void_p(0),
+        ctypes.c_ulong(0),
+    )
+    if pid == 0:
+        _pyapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    _pyapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, os.strerror(err))
+    return int(pid)
+
+
+def threads() -> int:
+    """How many threads this process has (C-level ones included, which ``threading`` does not see)."""
+    return len(os.listdir("/proc/self/task"))
+
+
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     """mount(2) with str arguments; None becomes NULL."""
 
@@ -145,16 +189,15 @@ def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
     _check(_syscall(NR_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)))
 
 
+_prctl = _libc.prctl
+# Declared once: a call then converts plain ints, instead of building five ctypes objects
+# (dropping the bounding set is ~40 calls on every sandbox's start).
+_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_prctl.restype = ctypes.c_int
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    return _check(
-        _prctl(
-            ctypes.c_int(option),
-            ctypes.c_ulong(arg2),
-            ctypes.c_ulong(arg3),
-            ctypes.c_ulong(arg4),
-            ctypes.c_ulong(arg5),
-        )
-    )
+    return _check(_prctl(option, arg2, arg3, arg4, arg5))
 
 
 def setfsuid(uid: int) -> int:
@@ -183,8 +226,12 @@ def thread_setresgid(rgid: int, egid: int, sgid: int) -> None:
     _check(_syscall(NR_SETRESGID, ctypes.c_uint(rgid), ctypes.c_uint(egid), ctypes.c_uint(sgid)))
 
 
+@functools.cache
 def cap_last_cap() -> int:
-    """The highest capability this kernel knows (not the one python-prctl was built with)."""
+    """The highest capability this kernel knows (not the one python-prctl was built with).
+
+    Read once per process (and the zygote reads it before it clones anything).
+    """
     with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
         return int(f.read())
 

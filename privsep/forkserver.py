@@ -7,8 +7,9 @@ helper when it opens: a fresh interpreter (``python -m privsep.forkserver``)
 with an environment of its own (never the host's: no secret in it), which
 imports what children need, then waits. For each child the broker sends it
 the plan (JSON, :mod:`privsep.plan.wire`) and the child's five fds
-(SCM_RIGHTS). It forks, and the fork runs the same confinement chain as
-``spawn``, from the monitor on.
+(SCM_RIGHTS). It clones the sandbox's init itself, as the zygote does
+(``confine.spawn.start_sandbox``), and init runs the same confinement chain
+as ``spawn``'s.
 For a ``Sandbox.call`` the confined process then runs the function in that
 preloaded interpreter instead of exec'ing a new one.
 
@@ -26,6 +27,7 @@ dies with the broker (parent-death signal), and the sandboxes die with it.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -41,7 +43,8 @@ import prctl
 # Imported here, once, for every child of the forkserver: _callee (and with it
 # the client) is what a Sandbox.call child runs without exec'ing anything.
 from privsep import _callee, channel  # noqa: F401 - preloaded for the children
-from privsep.confine.spawn import monitor_main
+from privsep.confine.inside import reset_process_state
+from privsep.confine.spawn import start_sandbox
 from privsep.errors import ConfinementError
 from privsep.plan import wire
 from privsep.plan.spawnplan import Spawned, SpawnPlan, claim_host_ids
@@ -128,16 +131,25 @@ def _serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the f
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != broker_pid:
         return 1
+    # Signals as a sandbox starts with them, once; the preloaded objects out of the collector's
+    # reach, so that its collections here dirty no page the children share.
+    reset_process_state()
+    gc.enable()
+    gc.freeze()
     sock = socket.socket(fileno=fd)
     channel.send(sock, _READY)
-    sock.settimeout(1.0)  # wake up now and then to reap finished monitors
+    sock.settimeout(1.0)  # wake up now and then to reap finished sandboxes
+    lifelines: dict[int, int] = {}  # init's pid: the lifeline held until init is reaped
     while True:
         while True:
             try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                    break
+                reaped = os.waitpid(-1, os.WNOHANG)[0]
             except ChildProcessError:
                 break
+            if reaped == 0:
+                break
+            if reaped in lifelines:
+                os.close(lifelines.pop(reaped))
         try:
             frame = channel.recv(sock)
         except TimeoutError:
@@ -148,10 +160,9 @@ def _serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the f
             channel.send(sock, _prepare(frame.data))
             continue
         plan = wire.decode(SpawnPlan, frame.data)
-        pid = os.fork()
-        if pid == 0:
-            sock.detach()
-            monitor_main(plan, frame.fds, os.getppid())
+        pid, lifeline = start_sandbox(plan, frame.fds)  # init itself, cloned: no monitor
+        if lifeline is not None:
+            lifelines[pid] = lifeline
         channel.close_fds(frame.fds)
         pidfd = os.pidfd_open(pid)
         try:

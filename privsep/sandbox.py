@@ -204,12 +204,17 @@ class Sandbox:
     def __enter__(self) -> Sandbox:
         if self.policy.limits.cgroups != "off":
             # cgroup v2 may move this process into a leaf of its own cgroup (see
-            # privsep.cgroups.v2): before the forkserver exists, so it goes along.
+            # privsep.cgroups.v2): before the forkserver or the zygote exists, so it goes along.
             with contextlib.suppress(ConfinementError):
                 cgroups.host()
         # On a failure assemble has released what it opened (the forkserver first of all).
         self._parts = self._release.enter_context(
-            assemble(self.policy, audit_log=self._audit_path, forkserver=self.start_method == "forkserver")
+            assemble(
+                self.policy,
+                audit_log=self._audit_path,
+                forkserver=self.start_method == "forkserver",
+                zygote=self.start_method == "exec",
+            )
         )
         return self
 

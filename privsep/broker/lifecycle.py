@@ -3,11 +3,14 @@
 The broker starts a sandbox with its cgroup (made before the fork, so every
 process is born in it), then learns of it only through the control socket
 (init's and the command's pidfds, the seccomp listener, setup and exec errors,
-the exit status) and through pidfds (the monitor and init exited). A sandbox
-has ended when its monitor is reaped and its init is gone; its outcome is then
-fixed once, its fds closed, its host id and cgroup given back. A cgroup the
-kernel does not let go of yet (a process still dying) is retried at the next
-start and at close.
+the exit status) and through pidfds (the monitor and init exited). The
+sandbox's first process (``Spawned``) is the monitor the broker forked, or,
+from a zygote or the forkserver, init itself: its pidfd then serves as both,
+and init sends no pidfd of its own. A sandbox has ended when its first
+process is reaped (or, not the broker's child, gone) and its init is gone;
+its outcome is then fixed once, its fds closed, its host id and cgroup given
+back. A cgroup the kernel does not let go of yet (a process still dying) is
+retried at the next start and at close.
 """
 
 from __future__ import annotations

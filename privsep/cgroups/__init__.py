@@ -15,10 +15,11 @@ sandbox's cgroup is named ``privsep-PID-START-N`` after its broker (pid and
 start time), so that a broker starting up can tell which ones a broker that
 was killed left behind, and remove them.
 
-When: the broker makes the cgroup and writes its limits before it forks the
-monitor; the monitor joins it as its first act (``spawn.py``), before it
-forks init, so every process of the sandbox is born inside. The broker
-removes it once the sandbox has ended.
+When: the broker makes the cgroup and writes its limits before it starts the
+sandbox; the sandbox's init joins it as its first act
+(``confine/inside.py``), before it forks anything, so every other process
+of the sandbox is born inside. The broker removes it once the sandbox has
+ended.
 
 Which version: v2 (``v2.py``) when the broker's own cgroup in the unified
 hierarchy offers the memory and pids controllers; otherwise v1 (``v1.py``)

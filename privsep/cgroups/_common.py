@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 #: The CPU quota's period (cpu.cfs_period_us, the second number of cpu.max): the kernel's default.
 PERIOD_US = 100_000
-#: privsep's own processes in a sandbox's cgroup (the monitor and init), on top of ``processes``.
-SUPERVISORS = 2
+#: privsep's own processes in a sandbox's cgroup (init), on top of ``processes``.
+SUPERVISORS = 1
 PREFIX = "privsep-"
 
 
@@ -41,7 +41,7 @@ class Budget:
 
     @property
     def pids_max(self) -> int:
-        """``processes`` counts the command's processes and threads; monitor and init come on top."""
+        """``processes`` counts the command's processes and threads; init comes on top."""
         return self.processes + SUPERVISORS
 
     @property
@@ -184,7 +184,7 @@ class SandboxCgroup(ABC):
 
     version: str
     join_file: str = "cgroup.procs"
-    """What the monitor writes "0" to, in each of ``dirs``, to move itself inside."""
+    """What the sandbox's init writes "0" to, in each of ``dirs``, to move itself inside."""
 
     def __init__(self, name: str, dirs: tuple[str, ...], budget: Budget, fs: Fs) -> None:
         self.name = name
@@ -197,7 +197,7 @@ class SandboxCgroup(ABC):
 
     @property
     def join(self) -> tuple[str, ...]:
-        """The files the monitor writes "0" to, to move itself (and all it will fork) inside."""
+        """The files init writes "0" to, to move itself (and all it will fork) inside."""
         return tuple(f"{d}/{self.join_file}" for d in self.dirs)
 
     @abstractmethod

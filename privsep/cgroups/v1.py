@@ -19,8 +19,8 @@ broker's own cgroup there (``/proc/self/cgroup`` names one per hierarchy).
 v1 has no delegation of its own: root can make cgroups anywhere, another
 user only where root gave it a directory (and moved it there), which is what
 systemd's ``Delegate=`` does on v2. Joining takes a write of "0" to the
-``tasks`` file of each hierarchy, by the monitor (single-threaded, being a
-fork), into a cgroup the broker made, so the kernel's owner check passes
+``tasks`` file of each hierarchy, by the sandbox's init (single-threaded,
+being a clone of a single-threaded process), into a cgroup the broker made, so the kernel's owner check passes
 for a non-root broker too. ``tasks`` rather than ``cgroup.procs``: moving
 the calling thread alone lets the kernel skip its global threadgroup lock,
 whose write side waits for an RCU grace period (4-12 ms a spawn on a loaded
@@ -54,7 +54,7 @@ _CHARGE_SLACK = 4 << 20
 
 class V1Cgroup(SandboxCgroup):
     version = "v1"
-    # "0" to tasks moves the calling thread: the monitor is single-threaded (a fork), so that is
+    # "0" to tasks moves the calling thread: init is single-threaded (a clone), so that is
     # the whole process, and the kernel skips the global threadgroup lock (a wait for an RCU grace
     # period, 4-12 ms on a loaded 2-CPU VM) that cgroup.procs takes.
     join_file = "tasks"

@@ -2,11 +2,13 @@
 capability set, securebits, no_new_privs).
 
 Every sandbox runs as SANDBOX_ID (65534) inside a user namespace of its own
-that maps it to one host id. Without root, the monitor makes that namespace
-before anything else and maps the broker's own uid (:func:`map_ids`). With
-root, the id is one :mod:`privsep.plan.hostids` claimed for this sandbox alone, and init
-enters the namespace only after it has built the view (:func:`enter_user_namespace`),
+that maps it to one host id. Without root, init is cloned into that namespace
+and maps the broker's own uid (:func:`map_ids`). With root, the id is one
+:mod:`privsep.plan.hostids` claimed for this sandbox alone, and init enters the
+namespace only after it has built the view (:func:`enter_user_namespace`),
 so the mounts are made, and idmapped, with the host privilege they need.
+Init drops everything (:func:`drop_identity`) before it forks the command,
+which keeps what it inherits and checks it (:func:`keep_identity`).
 
 Order matters. The bounding set can only be dropped while CAP_SETPCAP is
 held, so it goes first; securebits are locked before the uid change so no
@@ -115,7 +117,27 @@ def drop_identity(*, parent_pid: int) -> None:
         prctl.set_pdeathsig(signal.SIGKILL)
     except OSError as exc:
         raise ConfinementError(step, f"{exc.strerror} (errno {exc.errno})") from None
-    # Verify rather than trust: a kernel or library surprise must not fail open.
+    _verify(parent_pid)
+
+
+def keep_identity(*, parent_pid: int) -> None:
+    """The command, forked by init once init has dropped its identity: the same one, checked.
+
+    A fork copies every credential, so nothing is left to drop; the parent-death
+    signal is the exception (fork clears it), armed again before the check that
+    the parent still lives.
+    """
+    try:
+        prctl.set_pdeathsig(signal.SIGKILL)
+    except OSError as exc:
+        raise ConfinementError("identity", f"{exc.strerror} (errno {exc.errno})") from None
+    _verify(parent_pid)
+
+
+def _verify(parent_pid: int) -> None:
+    """Verify rather than trust: a kernel or library surprise must not fail open."""
+    step = "identity"
+    last = _linux.cap_last_cap()
     if os.getresuid() != (SANDBOX_ID,) * 3 or os.getresgid() != (SANDBOX_ID,) * 3:
         raise ConfinementError(step, "uid/gid did not change")
     if any(_linux.capget()):
@@ -126,6 +148,8 @@ def drop_identity(*, parent_pid: int) -> None:
         raise ConfinementError(step, "securebits are not set and locked")
     if not prctl.get_no_new_privs():
         raise ConfinementError(step, "no_new_privs is not set")
+    if prctl.get_dumpable():
+        raise ConfinementError(step, "the process is still dumpable")
     if os.getppid() != parent_pid:
         # The parent died before the death signal was armed: nobody would kill us.
         raise ConfinementError(step, "the parent exited during set-up")

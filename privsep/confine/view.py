@@ -7,6 +7,7 @@ planned binds, masks, pins and generated files, then ``pivot_root`` into it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
@@ -45,43 +46,77 @@ def _bind(fd: int, target: str, attrs: int) -> None:
     _linux.mount_setattr_recursive(target, attrs)
 
 
-def _make_mountpoint(path: str, is_dir: bool) -> None:
+def _mkdir_p(made: set[str], path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)``, remembering what is there: the new root is a
+    tmpfs only this process writes to, so each directory is asked for once."""
+    if path in made:
+        return
+    parent = posixpath.dirname(path)
+    if parent != path:
+        _mkdir_p(made, parent)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+    made.add(path)
+
+
+def _create(path: str, mode: int, text: str = "") -> None:
+    """A new file holding ``text``: one open, one write (its mode applies to later opens only)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        if text:
+            os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _make_mountpoint(made: set[str], path: str, is_dir: bool) -> None:
     if os.path.lexists(path):
         return  # inside a bind already: the host's own entry (never create anything there)
     if is_dir:
-        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mkdir_p(made, path)
     else:
-        os.makedirs(posixpath.dirname(path), mode=0o755, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444))
+        _mkdir_p(made, posixpath.dirname(path))
+        _create(path, 0o444)
 
 
 def _hide_host_proc(root: str) -> None:
     """Cover the host-wide files of the fresh /proc (see _PROC_HIDDEN) with stand-ins.
 
-    The stand-ins live on a small tmpfs that is detached once they are bound: each bind
-    keeps its file, nothing else of that tmpfs stays reachable.
+    The stand-ins are made in the stand-ins directory of the new root
+    (:func:`_make_stand_ins`) and removed from it once bound (:func:`_drop_stand_ins`):
+    each bind keeps its file, and no path leads to them.
     """
-    at = root + _PROC_STAND_INS_AT
-    os.makedirs(at, mode=0o755)
-    _linux.mount("tmpfs", at, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755,size=64k")
-    try:
-        stand_ins = {"loadavg": _PROC_LOADAVG, "sys/kernel/random/boot_id": f"{_random_uuid()}\n"}
-        for name, text in stand_ins.items():
-            with open(f"{at}/{name.replace('/', '_')}", "x") as f:
-                f.write(text)
-            os.chmod(f"{at}/{name.replace('/', '_')}", 0o444)
-        os.close(os.open(at + "/hidden", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000))
-        covers = [(name, name.replace("/", "_")) for name in stand_ins]
-        covers += [(name, "hidden") for name in _PROC_HIDDEN]
-        for name, source in covers:
-            target = f"{root}/proc/{name}"
-            if not os.path.lexists(target):
-                continue  # this kernel has no such file
+    at = root + _STAND_INS_AT
+    covers = [(name, name.replace("/", "_")) for name in _PROC_STAND_INS]
+    covers += [(name, "hidden") for name in _PROC_HIDDEN]
+    for name, source in covers:
+        target = f"{root}/proc/{name}"
+        try:
             _linux.mount(f"{at}/{source}", target, None, _linux.MS_BIND)
-            _linux.mount_setattr_recursive(target, _MASK)
-    finally:
-        _linux.umount2(at, _linux.MNT_DETACH)
-        os.rmdir(at)
+        except FileNotFoundError:
+            continue  # this kernel has no such file
+        _linux.mount_setattr_recursive(target, _MASK)
+
+
+def _make_stand_ins(root: str) -> None:
+    """What /proc's hidden files and the masks of deny rules are covered with: an empty file
+    and an empty directory (mode 0, bound read-only), and /proc's stand-ins (read-only)."""
+    at = root + _STAND_INS_AT
+    os.mkdir(at, 0o755)
+    os.mkdir(at + "/d", 0o000)
+    _create(at + "/hidden", 0o000)
+    texts = {"loadavg": _PROC_LOADAVG, "sys/kernel/random/boot_id": f"{_random_uuid()}\n"}
+    for name in _PROC_STAND_INS:
+        _create(f"{at}/{name.replace('/', '_')}", 0o444, texts[name])
+
+
+def _drop_stand_ins(root: str) -> None:
+    """Unlink the stand-ins: what is bound stays, as long as it is bound, under no other name."""
+    at = root + _STAND_INS_AT
+    for name in ("hidden", *(n.replace("/", "_") for n in _PROC_STAND_INS)):
+        os.unlink(f"{at}/{name}")
+    os.rmdir(at + "/d")
+    os.rmdir(at)
 
 
 def _random_uuid() -> str:
@@ -152,8 +187,10 @@ def _bind_idmapped(fd: int, target: str, attrs: int, userns: int) -> None:
 
 _WRITABLE = _linux.MOUNT_ATTR_NOSUID | _linux.MOUNT_ATTR_NODEV
 _MASK = _READ_ONLY | _linux.MOUNT_ATTR_NOEXEC
-_MASKS_AT = "/.privsep-masks"
-_PROC_STAND_INS_AT = "/.privsep-proc"
+#: Where the stand-ins are made in the new root, until they are bound (then unlinked).
+_STAND_INS_AT = "/.privsep-stand-ins"
+#: /proc's files that get a stand-in with content of the sandbox's own (see _PROC_LOADAVG).
+_PROC_STAND_INS = ("loadavg", "sys/kernel/random/boot_id")
 #: Files of /proc that show the host as a whole, not the sandbox (its pid namespace already
 #: limits the process entries): each is covered by an empty file nobody may read.
 #: Kept, because programs need them: cpuinfo, meminfo, stat (glibc counts CPUs with it),
@@ -248,16 +285,18 @@ def build_view(plan: ViewPlan, *, host_id: int) -> None:
         raise ConfinementError(step, f"cannot open {exc.filename or 'a view path'}: {exc.strerror}") from None
 
     root = _BUILD_AT
+    made = {root}
     current = "/"
     try:
         current = "/ (making mounts private)"
         _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
         current = "the new root tmpfs"
         _linux.mount("tmpfs", root, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755,size=1m")
+        _make_stand_ins(root)
         if plan.tmp_size_mb:
             # First, so that grants below /tmp are bound inside it, not hidden by it.
             current = "/tmp"
-            os.makedirs(root + "/tmp", mode=0o755)
+            _mkdir_p(made, root + "/tmp")
             _linux.mount(
                 "tmpfs",
                 root + "/tmp",
@@ -266,9 +305,9 @@ def build_view(plan: ViewPlan, *, host_id: int) -> None:
                 f"mode=1777,size={plan.tmp_size_mb}m,nr_inodes={_TMP_INODES}",
             )
         current = "/proc"
-        os.makedirs(root + "/proc", mode=0o755)
+        _mkdir_p(made, root + "/proc")
         # hidepid=invisible: init (pid 1) is not dumpable, so its /proc entry,
-        # cmdline included (a forked copy of the broker's), is hidden from the command.
+        # cmdline included (a copy of privsep's interpreter), is hidden from the command.
         _linux.mount(
             "proc",
             root + "/proc",
@@ -285,19 +324,11 @@ def build_view(plan: ViewPlan, *, host_id: int) -> None:
                 namespaces[b.idmap] = _idmap_userns(*b.idmap, host_id, proc=root + "/proc")
         for d in plan.dirs:
             current = d
-            os.makedirs(root + d, mode=0o755, exist_ok=True)
-        if plan.masks:
-            current = "the masks of deny rules"
-            os.makedirs(root + _MASKS_AT, mode=0o755)
-            _linux.mount(
-                "tmpfs", root + _MASKS_AT, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755,size=4k"
-            )
-            os.mkdir(root + _MASKS_AT + "/d", 0o000)
-            os.close(os.open(root + _MASKS_AT + "/f", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000))
+            _mkdir_p(made, root + d)
         for path, _, op in _mount_order(plan):
             current = path
             if isinstance(op, Bind):
-                _make_mountpoint(root + path, op.is_dir)
+                _make_mountpoint(made, root + path, op.is_dir)
                 attrs = _WRITABLE if op.writable else _READ_ONLY
                 if op.idmap is not None:
                     _bind_idmapped(sources[path], root + path, attrs, namespaces[op.idmap])
@@ -307,32 +338,28 @@ def build_view(plan: ViewPlan, *, host_id: int) -> None:
                 _linux.mount(root + path, root + path, None, _linux.MS_BIND)
                 _linux.mount_setattr_recursive(root + path, _READ_ONLY)
             elif isinstance(op, Mask):
-                _linux.mount(
-                    root + _MASKS_AT + ("/d" if op.is_dir else "/f"), root + path, None, _linux.MS_BIND
-                )
+                stand_in = root + _STAND_INS_AT + ("/d" if op.is_dir else "/hidden")
+                _linux.mount(stand_in, root + path, None, _linux.MS_BIND)
                 _linux.mount_setattr_recursive(root + path, _MASK)
             else:  # a pin: the directory bound onto itself, so it cannot be renamed away
                 _linux.mount(root + path, root + path, None, _linux.MS_BIND)
-        if plan.masks:
-            current = "the masks of deny rules"
-            _linux.umount2(root + _MASKS_AT, _linux.MNT_DETACH)
-            os.rmdir(root + _MASKS_AT)
+        current = "the stand-ins"
+        _drop_stand_ins(root)
         for path, text in plan.files:
             current = path
-            os.makedirs(root + posixpath.dirname(path), mode=0o755, exist_ok=True)
-            with open(root + path, "x") as f:
-                f.write(text)
+            _mkdir_p(made, root + posixpath.dirname(path))
+            _create(root + path, 0o644, text)
         for path, target in plan.symlinks:
             current = path
-            os.makedirs(root + posixpath.dirname(path), mode=0o755, exist_ok=True)
+            _mkdir_p(made, root + posixpath.dirname(path))
             os.symlink(target, root + path)
         if plan.overlays:
             current = "the generated files over the host's"
             _overlay(root, plan.overlays)
         current = "/dev"
-        os.makedirs(root + "/dev", mode=0o755)
+        os.mkdir(root + "/dev", 0o755)
         for name, fd in devices:
-            _make_mountpoint(f"{root}/dev/{name}", is_dir=False)
+            _create(f"{root}/dev/{name}", 0o444)
             _bind(
                 fd,
                 f"{root}/dev/{name}",

@@ -14,11 +14,18 @@ copy of it that misbehaves must not take the broker down.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from privsep import channel
 from privsep.errors import RemoteProtocolError
+
+if TYPE_CHECKING:
+    # Only the type: the channel's module holds the protocol's bounds, and with them pydantic,
+    # which the sandbox's processes (confine/inside.py) never import.
+    from privsep.channel import Frame
 
 __all__ = ["FD_KINDS", "KINDS", "MAX_CONTROL_FRAME", "ControlMessage", "decode_control", "encode_control"]
 
@@ -53,6 +60,12 @@ def encode_control(kind: str, *, step: str = "", reason: str = "", status: int =
     """
     if kind not in KINDS:
         raise ValueError(f"unknown control message kind {kind!r}")
+    if not (step or reason or status or errno):
+        return _PLAIN[kind]
+    return _encode(kind, step, reason, status, errno)
+
+
+def _encode(kind: str, step: str, reason: str, status: int, errno: int) -> bytes:
     body = {"kind": kind, "step": step[:_MAX_STEP], "status": status, "errno": errno}
     reason = reason[:_MAX_REASON]
     while True:
@@ -62,7 +75,12 @@ def encode_control(kind: str, *, step: str = "", reason: str = "", status: int =
         reason = reason[: len(reason) // 2]
 
 
-def decode_control(frame: channel.Frame) -> ControlMessage:
+#: The reports that carry nothing but their kind (and perhaps an fd), encoded once, at import:
+#: the sandbox's processes send them at every start and inherit the bytes already made.
+_PLAIN = {kind: _encode(kind, "", "", 0, 0) for kind in KINDS}
+
+
+def decode_control(frame: Frame) -> ControlMessage:
     """Parse one control frame; anything unexpected is a RemoteProtocolError (fds closed)."""
     try:
         if len(frame.data) > MAX_CONTROL_FRAME:
@@ -83,6 +101,8 @@ def decode_control(frame: channel.Frame) -> ControlMessage:
             errno=int(obj.get("errno", 0)),
         )
     except (ValueError, TypeError, OverflowError) as exc:
-        channel.close_fds(frame.fds)
+        for fd in frame.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         raise RemoteProtocolError(f"bad control message from the sandbox: {exc}") from None
     return msg

@@ -37,13 +37,13 @@ What a compiled filter does, in order:
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import errno
 import functools
 import os
 import re
 import socket
-import threading
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -186,7 +186,9 @@ class FilterSpec:
 
 _SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
 _SYSCALL_NAME = re.compile(r"_?[a-z][a-z0-9_]*")
-_import_lock = threading.Lock()
+# _thread, not threading: importing threading gives every fork of the zygote (confine/zygote.py),
+# which imports this module, an at-fork hook that costs ~140 page faults per sandbox.
+_import_lock = _thread.allocate_lock()
 _pyseccomp: ModuleType | None = None
 
 

@@ -58,7 +58,9 @@ host.register("landlock-abi", _linux.landlock_abi_version)
 
 
 def _default_budget() -> Budget:
-    from privsep.policy.model import Limits  # noqa: PLC0415 - see TYPE_CHECKING above
+    # The policy's models (pydantic) only when a plan is made without a budget: the zygote
+    # (confine/zygote.py) decodes plans with this module and never imports them.
+    from privsep.policy.model import Limits  # noqa: PLC0415
 
     return Budget.of(Limits())
 
@@ -67,7 +69,7 @@ def _default_budget() -> Budget:
 class SpawnPlan:
     """Everything the child needs, computed in the broker before fork.
 
-    Data only: the forked monitor reads it as it is, and the forkserver gets it
+    Data only: the sandbox's processes read it as they inherit it, and the forkserver gets it
     through :mod:`privsep.plan.wire`, which derives its format from these fields.
     """
 
@@ -105,7 +107,7 @@ class SpawnPlan:
     cgroups: str = "required"
     """The policy's [limits] cgroups: required, optional or off (the broker's decision)."""
     cgroup_join: tuple[str, ...] = ()
-    """The files of this sandbox's cgroup (cgroup.procs; tasks on v1) the monitor writes "0" to,
+    """The files of this sandbox's cgroup (cgroup.procs; tasks on v1) init writes "0" to,
     joining it, before anything else (see :func:`in_cgroup`); empty when it runs without one."""
 
     terminal: int | None = None
@@ -260,7 +262,9 @@ class Spawned:
     """The broker's handles on a started sandbox."""
 
     pid: int
-    """The monitor: the broker's direct child, reaped with waitpid."""
+    """The process that reaps the sandbox's init: the monitor, the broker's direct child,
+    reaped with waitpid; or, started by a zygote (or the forkserver), init itself, which
+    the helper reaps (init then sends no "init" report: the broker holds its pidfd already)."""
     pidfd: int
     channel: socket.socket
     control: socket.socket

@@ -331,6 +331,7 @@ def _broker_served_masks(
     rule would lose its per-open audit. Masked, only the broker serves it. In a
     writable bind the ancestors are pinned, as for a deny mask.
     """
+
     pins: list[str] = []
     masks: list[Mask] = []
     bound = {b.path for b in binds}

@@ -66,6 +66,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     for key in (
         "sandbox_run",
         "broker_start_wait",
+        "zygote_start_wait",
         "sandbox_call",
         "privsep_run",
         "pydantic_floor",
@@ -75,6 +76,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         "imports_warm_vs_cold",
     ):
         assert _is_stats(spawn[key]), key
+    assert spawn["sandbox_run_cpu_ms"]["broker"] > 0  # what each start costs the machine
     for peer in ("bwrap", "firejail"):
         assert _measured_or_skipped(spawn[peer]), peer
     assert _is_stats(spawn["forkserver_call"])  # the forkserver start method is measured
@@ -134,9 +136,11 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert level["broker_rss_kb"] > 0 and level["open"]["p50_us"] > 0
 
     names = [t["target"] for t in res["targets"]]
-    assert len(names) == 15  # issues 7, 12, 14 and 16
+    assert len(names) == 17  # issues 7, 12, 14 and 16
     assert "client.open p50 <= 3x raw floor (pinned)" in names
     assert "privsep run -- /bin/true <= 10x bwrap (warm plan cache)" in names
+    assert "Sandbox.run(['/bin/true']) <= 1.5x bwrap" in names
+    assert "forkserver Sandbox.call <= 2.5x bwrap /bin/true" in names
     assert all(t["met"] in (True, False, None) for t in res["targets"])
 
 

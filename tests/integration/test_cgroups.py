@@ -98,7 +98,7 @@ def root_only() -> Iterator[None]:
 
 
 def test_every_process_of_the_sandbox_is_in_its_cgroup(broker_user: str) -> None:
-    """monitor, init, the command and what it forks: all in the sandbox's memory and pids cgroups,
+    """init, the command and what it forks: all in the sandbox's memory and pids cgroups,
     named after the broker, beneath the broker's own; the broker itself is not in them."""
     marker = f"2{secrets.randbelow(10**9):09d}"
     broker = subprocess.Popen(
@@ -169,7 +169,7 @@ def test_one_sandbox_at_its_process_limit_leaves_a_siblings_forks_untouched(
 def test_a_sandbox_that_cannot_join_its_cgroup_does_not_start(
     root_only: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Fail closed: the monitor's join fails (here: a cgroup that is not there), nothing is forked."""
+    """Fail closed: init's join fails (here: a cgroup that is not there), nothing is forked."""
     import privsep.broker.lifecycle
 
     def gone(plan: SpawnPlan, cgroup: cgroups.SandboxCgroup | None) -> SpawnPlan:
@@ -321,7 +321,7 @@ def test_the_command_line_limits_reach_the_cgroup(root_only: None) -> None:
         assert values == {
             "memory.limit_in_bytes": str(96 << 20),
             "memory.memsw.limit_in_bytes": str(96 << 20),
-            "pids.max": "7",
+            "pids.max": "6",  # 5 for the command, + init
             "cpu.cfs_quota_us": "150000",
         }
         assert broker.wait(child).returncode == 0

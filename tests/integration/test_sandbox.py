@@ -219,6 +219,38 @@ def test_the_forkserver_dies_with_the_sandbox() -> None:
         os.kill(pid, 0)
 
 
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return {k: v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
+
+
+def test_exec_children_are_cloned_by_the_zygote_never_forked_from_the_broker() -> None:
+    """The broker forks nothing: each sandbox's init is a child of the zygote, the broker's only child."""
+    with Sandbox("minimal") as sandbox:
+        zygote = sandbox._need_parts().zygote
+        assert zygote is not None
+        pending = sandbox._start(["/bin/sleep", "60"], None, None, None)
+        broker = sandbox._need_broker()
+        while pending.child.procs.command_pidfd is None:
+            broker.run_once(max_wait=0.2)
+        init = _status(pending.child.monitor_pid)
+        assert (init["Name"], int(init["PPid"])) == ("privsep-init", zygote._proc.pid)
+        assert int(_status(zygote._proc.pid)["PPid"]) == os.getpid()
+        assert int(init["NSpid"].split()[-1]) == 1  # pid 1 of its own namespace
+    assert pending.child.outcome is not None
+
+
+def test_a_sandbox_whose_zygote_died_starts_nothing_and_says_why() -> None:
+    with Sandbox("minimal") as sandbox:
+        zygote = sandbox._need_parts().zygote
+        assert zygote is not None
+        assert sandbox.run(["/bin/true"]).returncode == 0
+        zygote._proc.kill()
+        zygote._proc.wait()
+        with pytest.raises(privsep.ConfinementError, match="zygote"):
+            sandbox.run(["/bin/true"])
+
+
 @pytest.mark.parametrize("method", ["exec", "forkserver"])
 def test_an_audit_log_that_cannot_be_opened_is_a_privsep_error_and_leaks_nothing(
     tmp_path: Path, method: Literal["exec", "forkserver"]

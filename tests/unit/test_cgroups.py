@@ -193,7 +193,7 @@ def test_a_sandbox_cgroup_gets_the_policy_limits(fake: FakeCgroup2) -> None:
     assert (path / "memory.max").read_text() == str(64 << 20)
     assert (path / "memory.swap.max").read_text() == "0"  # no swap
     assert (path / "memory.oom.group").read_text() == "1"  # an OOM kill takes the whole sandbox
-    assert (path / "pids.max").read_text() == "22"  # 20 for the command, + monitor and init
+    assert (path / "pids.max").read_text() == "21"  # 20 for the command, + init
     assert (path / "cpu.max").read_text() == "50000 100000"
     assert cg.oom_fd is None  # the kernel kills the group itself: nothing for the broker to watch
     assert cg.remove()
@@ -293,7 +293,7 @@ def test_names_say_whose_they_are() -> None:
 
 def test_the_budget_comes_from_the_policy_limits() -> None:
     budget = Budget.of(Limits(memory_mb=256, processes=10, cpu_percent=0))
-    assert (budget.memory_bytes, budget.pids_max, budget.cpu_percent) == (256 << 20, 12, 0)
+    assert (budget.memory_bytes, budget.pids_max, budget.cpu_percent) == (256 << 20, 11, 0)
     assert Budget(64, 1, cpu_percent=1).cpu_quota_us == 1000
     assert Budget(64, 1, cpu_percent=250).cpu_quota_us == 250_000
 
