@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -693,6 +694,10 @@ class BrokerProtocol:
             self._state = _State.READY
         elif type(request) is Hello:  # an exact type: isinstance would run ABCMeta's check per request
             raise RemoteProtocolError("'hello' may be sent only once")
+        elif type(request) is CallReturn and not _finite(request.value):
+            # pydantic's JSON parser reads NaN, Infinity and 1e999; JSON has none of them
+            # (docs/PROTOCOL.md), and the host's Sandbox.call must not be handed one.
+            raise RemoteProtocolError("a call_return value holds NaN or Infinity, which JSON does not have")
         return request
 
     def hello_result(self) -> dict[str, Any]:
@@ -702,6 +707,21 @@ class BrokerProtocol:
         return HelloResult(
             version=self.version, broker=f"privsep {self._broker_version}", max_frame=MAX_FRAME
         ).model_dump()
+
+
+def _finite(value: JsonValue) -> bool:
+    """No NaN or infinite float anywhere in ``value`` (walked without recursion: it may be deep)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if type(item) is float:
+            if not math.isfinite(item):
+                return False
+        elif type(item) is list:
+            pending.extend(item)
+        elif type(item) is dict:
+            pending.extend(item.values())
+    return True
 
 
 #: A successful reply with an empty result (open, ping, mkdir...): the most common frame by far,

@@ -973,3 +973,18 @@ def test_a_reply_is_validated_once_with_its_result_model(
     with pytest.raises(RemoteProtocolError) as info:
         client.receive(frame, fds)
     assert str(info.value).startswith(reason)
+
+
+@pytest.mark.parametrize(
+    "value", ["NaN", "Infinity", "-Infinity", "1e999", "[1, [2, NaN]]", '{"a": {"b": -1e400}}']
+)
+def test_a_call_return_holding_nan_or_infinity_is_a_violation(value: str) -> None:
+    """pydantic reads them from JSON; the host's ``Sandbox.call`` must never get one (fresh-eyes audit)."""
+    proto = ready()
+    reason = violation(proto, b'{"id":1,"op":"call_return","value":' + value.encode() + b"}")
+    assert "NaN or Infinity" in reason
+
+
+def test_a_call_return_with_finite_floats_is_accepted() -> None:
+    value = ready().receive(b'{"id":1,"op":"call_return","value":[1.5, {"a": -2e300}, "NaN"]}')
+    assert value == protocol.CallReturn(id=1, value=[1.5, {"a": -2e300}, "NaN"])
