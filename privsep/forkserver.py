@@ -27,11 +27,12 @@ dies with the broker (parent-death signal), and the sandboxes die with it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
 import os
-import signal
+import select
 import socket
 import subprocess
 import sys
@@ -90,17 +91,22 @@ class ForkServer:
                 child_ctl.close()
             frame = channel.recv(self._sock)
             if frame is None or len(frame.fds) != 1:
+                why = "the forkserver did not start the child"
                 if frame is not None:
                     channel.close_fds(frame.fds)
+                    with contextlib.suppress(ValueError, AttributeError):
+                        why = f"{why}: {json.loads(frame.data)['error']}"
                 broker_chan.close()
                 broker_ctl.close()
-                raise ConfinementError("forkserver", "the forkserver did not start the child")
+                raise ConfinementError("forkserver", why)
             pid = int(json.loads(frame.data)["pid"])
         except BaseException:
             if held is not None:
                 held.release()
             raise
-        return Spawned(pid=pid, pidfd=frame.fds[0], channel=broker_chan, control=broker_ctl, host_ids=held)
+        return Spawned(
+            pid=pid, pidfd=frame.fds[0], channel=broker_chan, control=broker_ctl, host_ids=held, ours=False
+        )
 
     def prepare(self, target: str, *args: Any) -> str | None:
         """Run ``package.module:function(*args)`` in the forkserver, unconfined, before the next fork.
@@ -128,7 +134,12 @@ class ForkServer:
 
 def _serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the forkserver process
     prctl.set_name("privsep-forksrv")
-    prctl.set_pdeathsig(signal.SIGKILL)
+    # The broker's process, not a parent-death signal: that follows the thread that
+    # opened the Sandbox, and a worker thread that ends would take every sandbox with it.
+    try:
+        broker = os.pidfd_open(broker_pid)
+    except ProcessLookupError:
+        return 1
     if os.getppid() != broker_pid:
         return 1
     # Signals as a sandbox starts with them, once; the preloaded objects out of the collector's
@@ -150,6 +161,8 @@ def _serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the f
                 break
             if reaped in lifelines:
                 os.close(lifelines.pop(reaped))
+        if select.select([broker], [], [], 0)[0]:
+            return 0  # the broker has exited (a copy of its socket may live on in a fork)
         try:
             frame = channel.recv(sock)
         except TimeoutError:
@@ -159,12 +172,19 @@ def _serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the f
         if not frame.fds:
             channel.send(sock, _prepare(frame.data))
             continue
-        plan = wire.decode(SpawnPlan, frame.data)
-        pid, lifeline = start_sandbox(plan, frame.fds)  # init itself, cloned: no monitor
-        if lifeline is not None:
-            lifelines[pid] = lifeline
-        channel.close_fds(frame.fds)
-        pidfd = os.pidfd_open(pid)
+        try:
+            plan = wire.decode(SpawnPlan, frame.data)
+            pid, lifeline = start_sandbox(plan, frame.fds)  # init itself, cloned: no monitor
+            if lifeline is not None:
+                lifelines[pid] = lifeline
+            pidfd = os.pidfd_open(pid)
+        except (ConfinementError, ValueError, OSError) as exc:
+            # This start fails, not the forkserver: the sandboxes it runs carry on.
+            reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            channel.send(sock, json.dumps({"error": reason[:_MAX_REASON]}).encode())
+            continue
+        finally:
+            channel.close_fds(frame.fds)
         try:
             channel.send(sock, json.dumps({"pid": pid}).encode(), [pidfd])
         finally:

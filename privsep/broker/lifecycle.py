@@ -167,12 +167,14 @@ class Lifecycle:
         self._maybe_end(child)
 
     def on_monitor_exit(self, child: Child) -> None:
-        try:
-            pid, _ = os.waitpid(child.monitor_pid, os.WNOHANG)
-        except ChildProcessError:
-            pid = child.monitor_pid
-        if pid == 0:
-            return
+        if child.spawned.ours:
+            try:
+                pid, _ = os.waitpid(child.monitor_pid, os.WNOHANG)
+            except ChildProcessError:
+                pid = child.monitor_pid
+            if pid == 0:
+                return
+        # else a helper's child: its pidfd being readable says it has exited; its pid is not ours
         procs = child.procs
         procs.monitor_reaped = True
         self._events.forget(child.spawned.pidfd)

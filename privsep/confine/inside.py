@@ -153,11 +153,17 @@ def arrange_fds(sources: Sequence[int], *, keep: int = -1) -> int:
     command), then control (close-on-exec); then ``keep`` (close-on-exec) if given,
     whose new number is returned; close the rest."""
     global _control_fd
-    _control_fd = len(sources) - 1
+    # Until the control socket has its number, a report goes to where it is now: never to
+    # whatever this process holds at that number (the zygote's own socket to the broker).
+    _control_fd = sources[-1]
     wanted = [*sources, keep] if keep >= 0 else list(sources)
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in wanted]
+    # Copies above every target, so that no dup2 below overwrites one: no fixed floor
+    # (a soft RLIMIT_NOFILE of 64 would make F_DUPFD fail with EINVAL).
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, len(wanted)) for fd in wanted]
+    control = len(sources) - 1
     for target, fd in enumerate(high):
-        os.dup2(fd, target, inheritable=target < _control_fd)
+        os.dup2(fd, target, inheritable=target < control)
+    _control_fd = control
     _linux.close_range(len(wanted))
     return len(sources) if keep >= 0 else -1
 

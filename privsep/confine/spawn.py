@@ -187,6 +187,7 @@ class Zygote:
             theirs.close()
         self._sock = ours
         self._ready = False
+        self._out_of_step = False
 
     def spawn(self, plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2)) -> Spawned:
         """Start the sandbox for ``plan`` from the zygote; as :func:`spawn` (``Spawned.pid`` is init's)."""
@@ -213,15 +214,25 @@ class Zygote:
             if held is not None:
                 held.release()
             raise
-        return Spawned(pid=pid, pidfd=pidfd, channel=broker_chan, control=broker_ctl, host_ids=held)
+        return Spawned(
+            pid=pid, pidfd=pidfd, channel=broker_chan, control=broker_ctl, host_ids=held, ours=False
+        )
 
     def _start(self, plan: SpawnPlan, fds: Sequence[int]) -> tuple[int, int]:
         """Send the plan and the sandbox's fds; init's pid and pidfd, or the zygote's reason why not."""
+        if self._out_of_step:
+            # An exchange was cut between request and answer (an exception, ^C): the next
+            # answer would be the previous request's, and a sandbox would get another's pid.
+            raise ConfinementError(
+                "zygote", "an earlier start was interrupted before the zygote answered; open a new Sandbox"
+            )
         try:
             channel.send(self._sock, wire.encode(plan), fds)
         except (ChannelError, OSError) as exc:
             raise ConfinementError("zygote", f"the zygote is gone ({exc})") from None
+        self._out_of_step = True
         frame = self._recv()
+        self._out_of_step = False
         if frame is None:
             raise ConfinementError("zygote", "the zygote exited")
         answer = json.loads(frame.data)

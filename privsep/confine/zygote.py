@@ -19,8 +19,9 @@ closes its copies of the fds. A failure to start is answered with its step
 and reason (``{"step": ..., "reason": ...}``, no fd).
 
 It trusts only the broker, whose socket is its fd given on the command line,
-holds no secret, no grant and no thread, dies with the broker (parent-death
-signal), and the sandboxes die with it.
+holds no secret, no grant and no thread, dies with the broker's process (a
+pidfd of it, not a parent-death signal, which would follow the thread that
+opened the Sandbox), and the sandboxes die with it (theirs).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import gc
 import json
 import os
 import select
-import signal
 import socket
 import sys
 
@@ -110,7 +110,12 @@ def _reap(pidfd: int, children: dict[int, tuple[int, int]]) -> None:
 def serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the zygote process
     """The zygote's life: start a sandbox per request, reap them, until the broker goes."""
     prctl.set_name("privsep-zygote")
-    prctl.set_pdeathsig(signal.SIGKILL)
+    # The broker's process, not a parent-death signal: that follows the thread that
+    # opened the Sandbox, and a worker thread that ends would take every sandbox with it.
+    try:
+        broker = os.pidfd_open(broker_pid)
+    except ProcessLookupError:
+        return 1
     if os.getppid() != broker_pid:
         return 1
     # Once here, for every init it clones: signals as a sandbox starts with them, the one
@@ -125,8 +130,11 @@ def serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the zy
     children: dict[int, tuple[int, int]] = {}  # init's pidfd: (its pid, the lifeline we hold)
     events = select.epoll()
     events.register(fd, select.EPOLLIN)
+    events.register(broker, select.EPOLLIN)
     while True:
         for one, _ in events.poll():
+            if one == broker:
+                return 0  # the broker has exited (a copy of its socket may live on in a fork)
             if one != fd:
                 events.unregister(one)
                 _reap(one, children)

@@ -270,6 +270,10 @@ class Spawned:
     control: socket.socket
     host_ids: Claim | None = None
     """A root broker's claim on the sandbox's host id: release it once the sandbox has ended."""
+    ours: bool = True
+    """``pid`` is the broker's own child, which it must reap; False when a helper (a zygote,
+    the forkserver) started it: the broker then never calls waitpid on that pid, which
+    could by then name another child of the host application's."""
 
     def release_host_ids(self) -> None:
         if self.host_ids is not None:
