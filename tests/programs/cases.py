@@ -493,6 +493,16 @@ def check_pytest_six(r: Run) -> None:
     assert " failed" not in r.stdout and " error" not in r.stdout, r.stdout[-500:]
 
 
+def app_in_in(d: Dirs) -> None:
+    """IN: a script that imports a module next to it."""
+    write(d.inp / "helper.py", "def answer() -> int:\n    return 42\n")
+    write(d.inp / "main.py", "import helper\nprint(helper.answer())\n")
+
+
+def check_py_script(r: Run) -> None:
+    stdout_is(r, "42\n")
+
+
 def diff_setup(d: Dirs) -> None:
     """OUT/d: a copy of IN/d plus one extra file."""
     standard_input(d)
@@ -625,6 +635,16 @@ CASES: list[Case] = [
         bind="127.0.0.1:80",
         fetch=("/a.txt", "/d/"),
         modes=("root",),  # a non-root user cannot bind port 80, under bwrap or anywhere
+    ),
+    # a script that imports its sibling module, run from its directory
+    Case(
+        "python-script",
+        ("{PY}", "main.py"),
+        check_py_script,
+        app_in_in,
+        write=(),
+        policy="python",
+        cwd="{IN}",
     ),
     # the test suite of a real PyPI sdist; pytest captures output through temporary files,
     # so it needs a scratch /tmp: the plugin policy gives one (bwrap: --tmpfs /tmp)
