@@ -35,7 +35,7 @@ VENV_BIN = Path(sys.prefix) / "bin"
 PYTHON = str(VENV_BIN / "python")
 PRIVSEP = str(VENV_BIN / "privsep")
 #: What an unconfined child gets: what the `python` policy gives a confined one.
-PLAIN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONSAFEPATH": "1"}
+PLAIN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 class BenchError(RuntimeError):

@@ -7,16 +7,23 @@ command line itself: ``privsep run -- cat /srv/in/x`` without a grant of
 /srv/in. So when the command fails, the arguments are read as a user would
 read them: each one that names a host path the child could not see (or could
 not write, for a path still to be created) earns one ``privsep:`` line with
-the flag that would have helped. A working directory the child could not
-enter is named too. This is a heuristic over the command line, not a record
-of what the program did: it only speaks when the command failed, and it
-never suggests a path that does not exist on the host.
+the flag that would have helped. A shell script given as one word
+(``sh -c 'echo x > /srv/in/y'``) is read word by word too, for the paths it
+names explicitly (absolute, or starting with ``./`` or ``../``). A working
+directory the child could not enter is named last, and only where it may be
+the cause: when an argument is relative, or when no argument explains the
+failure; never for a directory too broad to grant (``/root``, ``/home``...),
+where a run from one's home with absolute paths did not mean it. This is a
+heuristic over the command line, not a record of what the program did: it
+only speaks when the command failed, and it never suggests a path that does
+not exist on the host.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import shlex
 from collections.abc import Sequence
 
 from privsep.plan.view import ViewPlan
@@ -32,8 +39,21 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def _script_paths(word: str) -> list[str]:
+    """The explicit paths a shell script names (``echo x > /srv/in/y``): its words that start
+    with ``/``, ``./`` or ``../``; a bare word in a script is too likely not a path."""
+    lexer = shlex.shlex(word, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:  # an unbalanced quote: not a script this can read
+        return []
+    return [t for t in tokens if t.startswith(("/", "./", "../")) and "$" not in t]
+
+
 def _candidates(argv: Sequence[str]) -> list[str]:
-    """Arguments that may be paths: every word, and the value of ``--opt=value`` / ``-oVALUE``."""
+    """Arguments that may be paths: every word, the value of ``--opt=value`` / ``-oVALUE``,
+    and the explicit paths in a word that reads as a shell script (it holds a space)."""
     out: list[str] = []
     for word in argv:
         if not word or "\x00" in word or len(word) > 4096:
@@ -42,6 +62,9 @@ def _candidates(argv: Sequence[str]) -> list[str]:
             _, eq, value = word.partition("=")
             if eq and value:
                 out.append(value)
+            continue
+        if any(c.isspace() for c in word):
+            out += _script_paths(word)
             continue
         out.append(word)
     return out
@@ -80,16 +103,23 @@ def outside_view_hints(argv: Sequence[str], cwd: str, child_cwd: str, plan: View
     """One line per command-line path the sandbox hid or could not write, with the fix."""
     view = _View(plan)
     hints: dict[str, None] = {}
-    if child_cwd != cwd and not view.visible(cwd):
-        hints[
-            f"the working directory {cwd} is outside the sandbox, so the command ran in {child_cwd}; "
-            f"re-run with --allow-read={cwd} (or --allow-write={cwd} if it writes there)"
-        ] = None
-    for word in _candidates(argv[1:]):
+    candidates = _candidates(argv[1:])
+    # A destination comes last (cp, mv, install, rsync): an existing directory there, after
+    # another existing path, is written into, and --allow-write is the grant that works.
+    existing = [w for w in candidates if os.path.lexists(posixpath.join(cwd, w))]
+    destination = existing[-1] if len(existing) > 1 else None
+    for word in candidates:
         path = posixpath.normpath(posixpath.join(cwd, word))
         if os.path.lexists(path):
             if not view.visible(path):
-                hints[f"{path} is outside the sandbox; re-run with --allow-read={_suggest(path)}"] = None
+                grant = _suggest(path)
+                if word == destination and os.path.isdir(path):
+                    hints[f"{path} is outside the sandbox; re-run with --allow-write={grant}"] = None
+                else:
+                    hints[
+                        f"{path} is outside the sandbox; re-run with --allow-read={grant} "
+                        f"(or --allow-write={grant} if it writes there)"
+                    ] = None
             continue
         parent = posixpath.dirname(path)
         if "/" not in word.rstrip("/") or word.endswith("/") or not os.path.isdir(parent):
@@ -97,4 +127,17 @@ def outside_view_hints(argv: Sequence[str], cwd: str, child_cwd: str, plan: View
         if not view.writable(parent):
             where = "outside the sandbox" if not view.visible(parent) else "read-only in the sandbox"
             hints[f"{path} cannot be created: {parent} is {where}; re-run with --allow-write={parent}"] = None
+    relative = any(not w.startswith("/") for w in candidates)
+    named = any(f"={cwd} " in h or h.endswith(f"={cwd}") for h in hints)  # its grant is suggested
+    if (
+        child_cwd != cwd
+        and not view.visible(cwd)
+        and cwd not in _BROAD
+        and not named
+        and (relative or not hints)
+    ):
+        hints[
+            f"the working directory {cwd} is outside the sandbox, so the command ran in {child_cwd}; "
+            f"re-run with --allow-read={cwd} (or --allow-write={cwd} if it writes there)"
+        ] = None
     return list(hints)[:_MAX_HINTS]

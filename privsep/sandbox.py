@@ -372,7 +372,8 @@ class Sandbox:
                 f"Sandbox.call takes JSON values only (str, int, float, bool, None, list, dict): {exc}"
             ) from None
         context = CallContext(target, list(args), dict(kwargs))
-        return self._start([sys.executable, "-m", "privsep._callee"], None, None, context)
+        # -P: the child's working directory is not on sys.path ahead of python_path and privsep.
+        return self._start([sys.executable, "-P", "-m", "privsep._callee"], None, None, context)
 
 
 def _feed(fd: int, data: bytes | str | None) -> None:

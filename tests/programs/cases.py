@@ -14,10 +14,12 @@ is exactly as it was.
 
 from __future__ import annotations
 
+import bz2
 import calendar
 import gzip
 import hashlib
 import io
+import lzma
 import os
 import re
 import shutil
@@ -25,6 +27,7 @@ import sqlite3
 import stat
 import subprocess
 import tarfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -199,6 +202,98 @@ def six_in_in(d: Dirs) -> None:
     assert SIX_SDIST.is_file(), f"{SIX_SDIST} is missing: run `bash .ci/setup` (it downloads the sdist)"
     with tarfile.open(SIX_SDIST) as tar:
         tar.extractall(d.inp)  # noqa: S202 - a pinned sdist from PyPI; 3.11.2 has no extraction filter
+
+
+def zip_in_in(d: Dirs) -> None:
+    """IN/a.zip: pkg/x.txt (0644) and pkg/run.sh (0755), as a zip made on Unix records them."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data, mode in (("pkg/x.txt", "x\n", 0o644), ("pkg/run.sh", "#!/bin/sh\n", 0o755)):
+            info = zipfile.ZipInfo(name, date_time=(2001, 2, 3, 4, 5, 6))
+            info.external_attr = (stat.S_IFREG | mode) << 16
+            z.writestr(info, data)
+    write(d.inp / "a.zip", buf.getvalue())
+
+
+def cpio_in_in(d: Dirs) -> None:
+    """IN/a.cpio (newc): the standard input tree, made by the host's cpio."""
+    standard_input(d)
+    names = "".join(f"{p.relative_to(d.inp)}\n" for p in sorted(d.inp.rglob("*")))
+    archive = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--quiet"],
+        input=names.encode(),
+        cwd=d.inp,
+        capture_output=True,
+        check=True,
+    ).stdout
+    write(d.inp / "a.cpio", archive)
+
+
+def patch_in_out(d: Dirs) -> None:
+    write(d.inp / "fix.patch", "--- a/conf\n+++ b/conf\n@@ -1,2 +1,2 @@\n-color=red\n+color=blue\n size=2\n")
+    write(d.out / "conf", "color=red\nsize=2\n")
+
+
+#: Two translation units and a pattern rule: make -j2 builds the objects side by side.
+MAKEFILE_J = "prog: a.o b.o\n\t$(CC) -o $@ a.o b.o\n%.o: %.c\n\t$(CC) -c -o $@ $<\n"
+A_C = "void greet(void);\nint main(void) { greet(); return 0; }\n"
+B_C = '#include <stdio.h>\nvoid greet(void) { puts("hello, world"); }\n'
+HELLO_CPP = '#include <iostream>\nint main() { std::cout << "hello, world" << std::endl; }\n'
+
+
+def multi_c_in_out(d: Dirs) -> None:
+    write(d.out / "Makefile", MAKEFILE_J)
+    write(d.out / "a.c", A_C)
+    write(d.out / "b.c", B_C)
+
+
+def lib_c_in_in(d: Dirs) -> None:
+    write(d.inp / "a.c", A_C)
+    write(d.inp / "b.c", B_C)
+
+
+def cpp_in_in(d: Dirs) -> None:
+    write(d.inp / "h.cpp", HELLO_CPP)
+
+
+def repo_in_out(d: Dirs) -> None:
+    """OUT/repo: repo_in_in's repository, with its uncommitted change."""
+    repo_in_in(Dirs(d.out, d.out))
+
+
+NGINX_CONF = """daemon off;
+user root root;
+pid /tmp/nginx.pid;
+error_log stderr;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path /tmp/body;
+    proxy_temp_path /tmp/proxy;
+    fastcgi_temp_path /tmp/fastcgi;
+    uwsgi_temp_path /tmp/uwsgi;
+    scgi_temp_path /tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        autoindex on;
+    }}
+}}
+"""
+
+
+def nginx_in(port: int | None) -> Callable[[Dirs], None]:
+    """IN: the standard tree and nginx.conf serving it on ``port`` (None: the run's own port).
+
+    ``user root root`` keeps a root nginx from switching its workers to nobody, which a
+    capability-less root (bwrap's, for port 80) cannot do; privsep's nginx is not root.
+    """
+
+    def setup(d: Dirs) -> None:
+        standard_input(d)
+        write(d.inp / "nginx.conf", NGINX_CONF.format(port=port or d.port, root=d.inp))
+
+    return setup
 
 
 # --- checks: coreutils & friends ------------------------------------------------
@@ -476,6 +571,113 @@ def check_sqlite_read(r: Run) -> None:
     stdout_is(r, "7\n")
 
 
+# --- checks: more archivers, patch, rsync ---------------------------------------
+
+
+def check_xz_k(r: Run) -> None:
+    ok(r)
+    only(r, "f", "f.xz")
+    has_file(r, r.out / "f", "secret\n")
+    has_file(r, r.out / "f.xz")
+    assert lzma.decompress((r.out / "f.xz").read_bytes()) == b"secret\n"
+
+
+def check_bzip2(r: Run) -> None:
+    ok(r)
+    only(r, "f.bz2")
+    has_file(r, r.out / "f.bz2")
+    assert bz2.decompress((r.out / "f.bz2").read_bytes()) == b"secret\n"
+
+
+def check_zip_r(r: Run) -> None:
+    ok(r)
+    only(r, "a.zip")  # zip writes a temporary file next to it, then renames it
+    has_file(r, r.out / "a.zip")
+    with zipfile.ZipFile(r.out / "a.zip") as z:
+        assert z.read("a.txt") == A_TXT.encode()
+        assert {"a.txt", "words", "d/b.txt", "d/run.sh"} <= set(z.namelist()), z.namelist()
+
+
+def check_unzip(r: Run) -> None:
+    ok(r)
+    only(r, "pkg", "pkg/x.txt", "pkg/run.sh")
+    has_dir(r, r.out / "pkg")
+    has_file(r, r.out / "pkg" / "x.txt", "x\n")
+    has_file(r, r.out / "pkg" / "run.sh", mode=0o755)
+
+
+def check_cpio_i(r: Run) -> None:
+    ok(r)
+    has_file(r, r.out / "a.txt", A_TXT)
+    has_file(r, r.out / "d" / "run.sh", mode=0o755)
+    assert (r.out / "link").is_symlink() and str((r.out / "link").readlink()) == "d/b.txt"
+    mtime = (r.out / "a.txt").stat().st_mtime
+    want = int((r.inp / "a.txt").stat().st_mtime)  # newc keeps whole seconds
+    assert mtime == want, f"mtime {mtime}, want the member's {want} (cpio -m keeps it)"
+
+
+def check_rsync_a(r: Run) -> None:
+    ok(r)
+    copy = r.out / "copy"
+    assert tree(copy) == tree(r.inp), (sorted(tree(copy)), sorted(tree(r.inp)))
+    has_file(r, copy / "a.txt", A_TXT)
+    has_file(r, copy / "d" / "run.sh", mode=0o755)
+    assert (copy / "d" / "b.txt").stat().st_mtime == (r.inp / "d" / "b.txt").stat().st_mtime
+
+
+def check_patch(r: Run) -> None:
+    ok(r)
+    only(r, "conf")  # no .orig or .rej left behind
+    has_file(r, r.out / "conf", "color=blue\nsize=2\n")
+
+
+# --- checks: more builds, git and sqlite3 ----------------------------------------
+
+
+def check_make_j2(r: Run) -> None:
+    ok(r)
+    only(r, "Makefile", "a.c", "b.c", "a.o", "b.o", "prog")
+    runs_on_host(r, r.out / "prog")
+
+
+def check_static_lib(r: Run) -> None:
+    ok(r)
+    only(r, "b.o", "libgreet.a", "prog")
+    has_file(r, r.out / "libgreet.a")
+    runs_on_host(r, r.out / "prog")
+
+
+def check_gpp(r: Run) -> None:
+    ok(r)
+    only(r, "h")
+    runs_on_host(r, r.out / "h")
+
+
+def check_git_stash(r: Run) -> None:
+    ok(r)
+    repo = r.out / "repo"
+    has_file(r, repo / "f", "one\ntwo\n")
+    assert git_host("-C", str(repo), "stash", "list", "--format=%gs").startswith("WIP on "), "no stash"
+    assert git_host("-C", str(repo), "status", "--porcelain") == ""
+    assert not list(repo.rglob("*.lock")), "a git lock file was left behind"
+
+
+def check_sqlite_backup(r: Run) -> None:
+    ok(r)
+    only(r, "copy.db")
+    has_file(r, r.out / "copy.db")
+    con = sqlite3.connect(f"file:{r.out / 'copy.db'}?mode=ro", uri=True)
+    try:
+        assert con.execute("select sum(x) from t").fetchone() == (7,)
+    finally:
+        con.close()
+
+
+def check_mkfifo(r: Run) -> None:
+    stdout_is(r, "through\n")
+    only(r)
+
+
 # --- checks: servers and a real test suite -----------------------------------
 
 
@@ -491,6 +693,16 @@ def check_pytest_six(r: Run) -> None:
     ok(r)
     assert re.search(r"\b[1-9][0-9]* passed\b", r.stdout), r.stdout[-500:]
     assert " failed" not in r.stdout and " error" not in r.stdout, r.stdout[-500:]
+
+
+def app_in_in(d: Dirs) -> None:
+    """IN: a script that imports a module next to it."""
+    write(d.inp / "helper.py", "def answer() -> int:\n    return 42\n")
+    write(d.inp / "main.py", "import helper\nprint(helper.answer())\n")
+
+
+def check_py_script(r: Run) -> None:
+    stdout_is(r, "42\n")
 
 
 def diff_setup(d: Dirs) -> None:
@@ -550,6 +762,51 @@ CASES: list[Case] = [
     Case("gzip", ("gzip", "{OUT}/f"), check_gzip, plain_in_out),
     Case("gunzip", ("gunzip", "{OUT}/f.gz"), check_gunzip, gz_in_out),
     Case("zcat", ("zcat", "{IN}/f.gz"), check_zcat, archive_input),
+    # more archivers, patch and rsync, typed from the directory the user works in
+    Case("xz-k", ("xz", "-k", "f"), check_xz_k, plain_in_out, read=(), cwd="{OUT}"),
+    Case("bzip2", ("bzip2", "{OUT}/f"), check_bzip2, plain_in_out, read=()),
+    Case("zip-r", ("zip", "-q", "-r", "../out/a.zip", "."), check_zip_r, S, cwd="{IN}"),
+    Case("unzip", ("unzip", "-q", "../in/a.zip"), check_unzip, zip_in_in, cwd="{OUT}"),
+    Case("cpio-i", ("sh", "-c", "cpio -idm --quiet < ../in/a.cpio"), check_cpio_i, cpio_in_in, cwd="{OUT}"),
+    Case("rsync-a", ("rsync", "-a", "{IN}/", "{OUT}/copy/"), check_rsync_a, S),
+    Case("patch", ("patch", "-s", "-p1", "-i", "../in/fix.patch"), check_patch, patch_in_out, cwd="{OUT}"),
+    # more builds: parallel make, a static library, C++
+    Case("make-j2", ("make", "-s", "-j2"), check_make_j2, multi_c_in_out, read=(), cwd="{OUT}"),
+    Case(
+        "gcc-ar-ranlib",
+        (
+            "sh",
+            "-c",
+            "set -e; gcc -c ../in/b.c; ar rc libgreet.a b.o; ranlib libgreet.a; "
+            "gcc -o prog ../in/a.c -L. -lgreet",
+        ),
+        check_static_lib,
+        lib_c_in_in,
+        cwd="{OUT}",
+    ),
+    Case("g++", ("g++", "-o", "{OUT}/h", "{IN}/h.cpp"), check_gpp, cpp_in_in),
+    Case(
+        "git-stash",
+        ("git", *GIT_ID, "stash", "-q"),
+        check_git_stash,
+        repo_in_out,
+        read=(),
+        cwd="{OUT}/repo",
+    ),
+    Case(
+        "sqlite3-backup",
+        ("sqlite3", "{IN}/db.sqlite", ".backup {OUT}/copy.db"),
+        check_sqlite_backup,
+        db_in_in,
+    ),
+    Case(
+        "mkfifo",
+        ("sh", "-c", "mkfifo p && (echo through > p &) && cat p && rm p"),
+        check_mkfifo,
+        S,
+        read=(),
+        cwd="{OUT}",
+    ),
     # a compiler and make; gcc needs a scratch /tmp, which cli-tool gives (bwrap: --tmpfs /tmp)
     Case("make", ("make", "-C", "{OUT}"), check_make, c_in_out, policy="cli-tool"),
     Case("gcc", ("gcc", "-o", "{OUT}/x", "{IN}/x.c"), check_gcc, c_in_in, policy="cli-tool"),
@@ -625,6 +882,36 @@ CASES: list[Case] = [
         bind="127.0.0.1:80",
         fetch=("/a.txt", "/d/"),
         modes=("root",),  # a non-root user cannot bind port 80, under bwrap or anywhere
+    ),
+    # nginx with its config in the read grant, on a high port and on port 80
+    Case(
+        "nginx",
+        ("/usr/sbin/nginx", "-c", "{IN}/nginx.conf", "-e", "stderr"),
+        check_http_server,
+        nginx_in(None),
+        write=(),
+        bind="127.0.0.1:{PORT}",
+        fetch=("/a.txt", "/d/"),
+    ),
+    Case(
+        "nginx-port80",
+        ("/usr/sbin/nginx", "-c", "{IN}/nginx.conf", "-e", "stderr"),
+        check_http_server,
+        nginx_in(80),
+        write=(),
+        bind="127.0.0.1:80",
+        fetch=("/a.txt", "/d/"),
+        modes=("root",),
+    ),
+    # a script that imports its sibling module, run from its directory
+    Case(
+        "python-script",
+        ("{PY}", "main.py"),
+        check_py_script,
+        app_in_in,
+        write=(),
+        policy="python",
+        cwd="{IN}",
     ),
     # the test suite of a real PyPI sdist; pytest captures output through temporary files,
     # so it needs a scratch /tmp: the plugin policy gives one (bwrap: --tmpfs /tmp)

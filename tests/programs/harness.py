@@ -3,9 +3,10 @@
 bubblewrap is the yardstick: a case whose bwrap run fails its check is a bad
 case, not a privsep bug. Both runs get a fresh copy of the inputs at the same
 host paths, the same environment, umask 022, the same invoking user (root, or
-NONROOT_ID through ``tests.as_nonroot``), and the working directory ``/``
-(privsep's default ``[env] cwd``; bwrap is told ``--chdir /``), so the only
-difference left is the sandbox.
+NONROOT_ID through ``tests.as_nonroot``), and the same working directory:
+``/`` unless the case names one (a user who ``cd``'d into OUT and typed the
+command there; both runners are started from it and bwrap is told ``--chdir``
+it), so the only difference left is the sandbox.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import privsep
-from tests.conftest import NONROOT_ID, PYTHON, REPO, as_nonroot, privsep_argv
+from tests.conftest import NONROOT_ID, PRIVSEP, PYTHON, REPO, as_nonroot
 
 #: What the user's shell would pass on; both runners get exactly this.
 ENV = {"PATH": "/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8"}
@@ -41,19 +42,24 @@ PYTHON_POLICIES = frozenset({"python", "plugin", "web-daemon"})
 
 @dataclass(frozen=True)
 class Dirs:
-    """The host directories of one run: IN (read grant) and OUT (write grant)."""
+    """The host directories of one run: IN (read grant) and OUT (write grant), and the run's
+    free port (a server's own config file, written by the setup, names it)."""
 
     inp: Path
     out: Path
+    port: int = 0
 
 
 @dataclass(frozen=True)
 class Case:
     """One real program, run the way a user would type it.
 
-    ``argv`` and ``bind`` may contain ``{IN}``, ``{OUT}``, ``{PY}`` (the venv's
-    interpreter) and ``{PORT}`` (a free port chosen for each run).
+    ``argv``, ``bind`` and ``cwd`` may contain ``{IN}``, ``{OUT}``, ``{PY}`` (the
+    venv's interpreter) and ``{PORT}`` (a free port chosen for each run).
     ``read``/``write`` name which of ``in``/``out`` are granted, and how.
+    ``cwd`` is the directory the user typed the command in (default ``/``);
+    the grants are then named relative to it (``--allow-write .``,
+    ``--allow-read ../in``), as a user there would type them.
     ``fetch`` lists URL paths to GET from the host once the program (a server)
     listens; it is then stopped with SIGTERM.
     """
@@ -68,6 +74,7 @@ class Case:
     bind: str | None = None
     fetch: tuple[str, ...] = ()
     modes: tuple[str, ...] = ("root", "nonroot")
+    cwd: str | None = None
 
 
 @dataclass
@@ -132,6 +139,11 @@ def _subst(text: str, dirs: Dirs, port: int) -> str:
     )
 
 
+def _cwd(case: Case, dirs: Dirs, port: int) -> str:
+    """Where the user typed the command: both runners start there."""
+    return _subst(case.cwd or "/", dirs, port)
+
+
 def _grant_paths(case: Case, dirs: Dirs) -> tuple[list[Path], list[Path]]:
     by_name = {"in": dirs.inp, "out": dirs.out}
     return [by_name[n] for n in case.read], [by_name[n] for n in case.write]
@@ -161,7 +173,7 @@ def bwrap_argv(case: Case, dirs: Dirs, port: int) -> list[str]:
         argv += ["--unshare-all"]
         if bind_port is not None:
             argv += ["--share-net"]
-    argv += ["--die-with-parent", "--chdir", "/"]
+    argv += ["--die-with-parent", "--chdir", _cwd(case, dirs, port)]
     argv += ["--ro-bind", "/usr", "/usr"]
     for link in ("lib", "lib64", "bin", "sbin"):
         if Path("/", link).is_symlink():
@@ -179,23 +191,32 @@ def bwrap_argv(case: Case, dirs: Dirs, port: int) -> list[str]:
 
 
 def privsep_args(case: Case, dirs: Dirs, port: int) -> list[str]:
-    """``privsep run`` arguments with the natural flags for the case's grants."""
+    """``privsep run`` arguments with the natural flags for the case's grants.
+
+    From a working directory of its own, a user names the grants relative to
+    it (``--allow-write .``, ``--allow-read ../in``).
+    """
     reads, writes = _grant_paths(case, dirs)
+    cwd = _cwd(case, dirs, port) if case.cwd is not None else None
+
+    def named(path: Path) -> str:
+        return str(path) if cwd is None else os.path.relpath(path, cwd)
+
     args: list[str] = []
     if case.policy is not None:
         args += ["--policy", case.policy]
     for path in reads:
-        args += ["--allow-read", str(path)]
+        args += ["--allow-read", named(path)]
     for path in writes:
-        args += ["--allow-write", str(path)]
+        args += ["--allow-write", named(path)]
     if case.bind is not None:
         args += ["--allow-bind", _subst(case.bind, dirs, port)]
     return [*args, "--", *(_subst(a, dirs, port) for a in case.argv)]
 
 
-def prepare(case: Case, base: Path, mode: str) -> Dirs:
+def prepare(case: Case, base: Path, mode: str, port: int = 0) -> Dirs:
     """A fresh IN and OUT under ``base``, owned as the invoking user's own would be."""
-    dirs = Dirs(base / "in", base / "out")
+    dirs = Dirs(base / "in", base / "out", port)
     for path in (dirs.inp, dirs.out):
         if path.exists():
             shutil.rmtree(path)
@@ -262,13 +283,15 @@ def _output_files(base: Path) -> Iterator[tuple[Path, Path]]:
 
 def execute(case: Case, runner: str, mode: str, base: Path) -> Run:
     """Prepare fresh inputs, run the case under ``runner`` as the ``mode`` user, and record it."""
-    dirs = prepare(case, base, mode)
     port = free_port()
+    dirs = prepare(case, base, mode, port)
     if runner == "bwrap":
         inner = bwrap_argv(case, dirs, port)
-        argv = as_nonroot(inner) if mode == "nonroot" else inner
     else:
-        argv = privsep_argv(mode, privsep_args(case, dirs, port))
+        inner = [str(PRIVSEP), "run", *privsep_args(case, dirs, port)]
+    # tests.as_nonroot starts in REPO: env -C moves both runners to the user's directory.
+    inner = ["/usr/bin/env", "-C", _cwd(case, dirs, port), *inner]
+    argv = as_nonroot(inner) if mode == "nonroot" else inner
     run = Run(runner, mode, dirs, port, NONROOT_ID if mode == "nonroot" else 0, argv)
     run.in_before = snapshot(dirs.inp)
     if not case.fetch:

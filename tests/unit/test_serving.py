@@ -166,7 +166,10 @@ def test_hints_name_hidden_paths_and_the_fix(tree: Path) -> None:
         "/",
         plan,
     )
-    assert f"{tree}/hidden.txt is outside the sandbox; re-run with --allow-read={tree}" in hints
+    assert (
+        f"{tree}/hidden.txt is outside the sandbox; re-run with --allow-read={tree} "
+        f"(or --allow-write={tree} if it writes there)"
+    ) in hints
     assert any(
         h.startswith(f"{tree}/rw/new.txt cannot be created") and f"--allow-write={tree}/rw" in h
         for h in hints
@@ -178,3 +181,35 @@ def test_hints_name_hidden_paths_and_the_fix(tree: Path) -> None:
     assert hints[0].startswith(
         f"the working directory {tree}/rw is outside the sandbox, so the command ran in /"
     )
+
+
+def test_hints_read_scripts_destinations_and_the_working_directory(tree: Path) -> None:
+    """The fix named is one that works: --allow-write for a path a script or a copy writes
+    into; the working directory only where it may be the cause, never a home-wide grant."""
+    plan = view.plan_grants(
+        _policy(tree, [{"path": f"{tree}/ro", "access": ["read", "list"]}]),
+        root_broker=True,
+        sandbox_id=65534,
+    ).view
+    (tree / "dest").mkdir()
+    (tree / "hidden.txt").write_text("h")
+    (tree / "ro" / "f").write_text("f")
+    # A shell script's redirection into a read-only grant (the kernel's EROFS; no broker call).
+    hints = outside_view_hints(["sh", "-c", f"echo x > {tree}/ro/y"], "/root", "/", plan)
+    assert hints == [
+        f"{tree}/ro/y cannot be created: {tree}/ro is read-only in the sandbox; "
+        f"re-run with --allow-write={tree}/ro"
+    ]
+    # An unbalanced quote is not a script: nothing is guessed from it.
+    assert outside_view_hints(["sh", "-c", f"echo 'x > {tree}/ro/y"], "/", "/", plan) == []
+    # The last of several existing paths, a directory: the copy's destination.
+    hints = outside_view_hints(["cp", f"{tree}/ro/f", f"{tree}/dest/"], "/root", "/", plan)
+    assert hints == [f"{tree}/dest is outside the sandbox; re-run with --allow-write={tree}/dest"]
+    # Absolute arguments that explain the failure: the working directory is not named, and
+    # neither is one whose grant a path hint already suggests.
+    hints = outside_view_hints(["cat", f"{tree}/hidden.txt"], str(tree / "dest"), "/", plan)
+    assert not any("working directory" in h for h in hints)
+    hints = outside_view_hints(["cat", "hidden.txt"], str(tree), "/", plan)
+    assert len(hints) == 1 and "working directory" not in hints[0]
+    # A home directory is too broad a grant to suggest, whatever failed.
+    assert outside_view_hints(["false"], "/root", "/", plan) == []
