@@ -126,7 +126,11 @@ def outside_view_hints(argv: Sequence[str], cwd: str, child_cwd: str, plan: View
             continue  # a plain word, or nowhere to create it: say nothing rather than guess
         if not view.writable(parent):
             where = "outside the sandbox" if not view.visible(parent) else "read-only in the sandbox"
-            hints[f"{path} cannot be created: {parent} is {where}; re-run with --allow-write={parent}"] = None
+            # Conditional: the same failure is a plain ENOENT for a command that only reads it.
+            hints[
+                f"{path} cannot be created: {parent} is {where}; "
+                f"if the command creates it, re-run with --allow-write={parent}"
+            ] = None
     relative = any(not w.startswith("/") for w in candidates)
     named = any(f"={cwd} " in h or h.endswith(f"={cwd}") for h in hints)  # its grant is suggested
     if (

@@ -198,7 +198,7 @@ def test_hints_read_scripts_destinations_and_the_working_directory(tree: Path) -
     hints = outside_view_hints(["sh", "-c", f"echo x > {tree}/ro/y"], "/root", "/", plan)
     assert hints == [
         f"{tree}/ro/y cannot be created: {tree}/ro is read-only in the sandbox; "
-        f"re-run with --allow-write={tree}/ro"
+        f"if the command creates it, re-run with --allow-write={tree}/ro"
     ]
     # An unbalanced quote is not a script: nothing is guessed from it.
     assert outside_view_hints(["sh", "-c", f"echo 'x > {tree}/ro/y"], "/", "/", plan) == []
