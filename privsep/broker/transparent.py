@@ -346,9 +346,32 @@ class Transparent:
             if self._egress is not None and self._egress.serves(sock.type, peer):
                 handed_over = True  # egress (issue 17): privsep's resolver or proxy, in the sandbox
                 return self._egress.connect_inside(listener, note, sock, address)
-            if services is None or not services.policy.transparent_net:
-                raise _Unserved(errno.ENETUNREACH)  # what its empty network namespace says
             host, port = peer
+            if services is None or not services.policy.transparent_net:
+                # What its empty network namespace says. A TCP connect is reported with the flag
+                # that would allow it, a name server's with the way to names; other UDP stays quiet.
+                if services is not None and sock.type == socket.SOCK_DGRAM and port == 53:
+                    notify.refuse(listener, note, errno.ENETUNREACH)
+                    return Served(
+                        protocol.Connect(id=0, host=host, port=port, type="udp"),
+                        denied(
+                            "the sandbox has no network, so a name lookup failed; to reach a host "
+                            "by name, re-run with --allow-connect=HOST:PORT (the sandbox then "
+                            "gets privsep's resolver, for the names allowed)",
+                            subject=f"{host}:{port}/udp",
+                        ),
+                    )
+                if services is None or sock.type != socket.SOCK_STREAM or port == 0:
+                    raise _Unserved(errno.ENETUNREACH)
+                from privsep.policy.decide import decide_connect  # noqa: PLC0415 - a rare path
+
+                decision = decide_connect(services.policy, host, port, "tcp")
+                notify.refuse(listener, note, errno.ENETUNREACH)
+                rule = None if decision.rule is None else f"connect[{decision.rule}]"
+                return Served(
+                    protocol.Connect(id=0, host=host, port=port, type="tcp"),
+                    denied(decision.message, allow=decision.allow_flag, rule=rule),
+                )
             if sock.type != socket.SOCK_STREAM:
                 request = protocol.Connect(id=0, host=host, port=max(port, 1), type="udp")
                 refusal = denied(

@@ -205,7 +205,9 @@ def filter_spec(policy: Policy, *, broker_served: bool, learn: bool = False) -> 
         transparent_files=policy.transparent.files and (broker_served or learn),
         transparent_net=policy.transparent_net,
         learn_lookups=learn,
-        transparent_bind=policy.transparent_bind,
+        # Every bind goes to the broker, rule or none: a server with no grant is then told which
+        # --allow-bind would work (its inet sockets live in the sandbox's empty namespace).
+        transparent_bind=policy.transparent.net,
     )
 
 

@@ -365,11 +365,14 @@ ERRNO_CALLS = [
     pytest.param(f"{NR['clone']},{0x70020000 | 17:#x}", "EPERM", id="clone-NEWUSER-NEWNS-NEWPID-NEWNET"),
     pytest.param(f"{NR['clone']},{HIGH | 0x10000000 | 17:#x}", "EPERM", id="clone-NEWUSER-high-bits"),
     pytest.param(f"{NR['clone']},17", "ok", id="clone-plain-fork-control"),
-    pytest.param(f"{NR['socket']},2,1,0", "EAFNOSUPPORT", id="socket-AF_INET"),
-    pytest.param(f"{NR['socket']},10,2,0", "EAFNOSUPPORT", id="socket-AF_INET6"),
+    # TCP/UDP sockets are made in the sandbox's own empty network namespace; their connect and
+    # bind go to the broker (tests/integration/test_transparent_bind.py, test_policies.py).
+    pytest.param(f"{NR['socket']},2,1,0", "ok", id="socket-AF_INET-empty-netns"),
+    pytest.param(f"{NR['socket']},10,2,0", "ok", id="socket-AF_INET6-empty-netns"),
     pytest.param(f"{NR['socket']},16,3,0", "EAFNOSUPPORT", id="socket-AF_NETLINK"),
     pytest.param(f"{NR['socket']},17,3,0x300", "EAFNOSUPPORT", id="socket-AF_PACKET"),
-    pytest.param(f"{NR['socket']},{HIGH | 2:#x},1,0", "EAFNOSUPPORT", id="socket-AF_INET-high-bits"),
+    pytest.param(f"{NR['socket']},2,3,1", "EPERM", id="socket-AF_INET-raw-no-capability"),
+    pytest.param(f"{NR['socket']},{HIGH | 16:#x},3,0", "EAFNOSUPPORT", id="socket-AF_NETLINK-high-bits"),
     pytest.param(f"{NR['socketpair']},2,1,0,buf", "EAFNOSUPPORT", id="socketpair-AF_INET"),
     pytest.param(f"{NR['socket']},1,1,0", "ok", id="socket-AF_UNIX-control"),
     pytest.param(f"{NR['socketpair']},1,5,0,buf", "ok", id="socketpair-AF_UNIX-control"),
@@ -381,7 +384,8 @@ def test_argument_filtered_syscalls_fail_with_an_errno(
     run_privsep: RunPrivsep, helper_dir: Path, call: str, expected: str
 ) -> None:
     """Escape classes: a new user/pid/mount namespace through clone or clone3 (whose
-    flags a filter cannot read), other personas, and network sockets of any family.
+    flags a filter cannot read), other personas, and sockets of every family but unix and
+    TCP/UDP (which live in the sandbox's empty network namespace; raw ones need a capability).
 
     Refused in place, not killed: libc's clone3 fallback and socket probing are normal.
     """

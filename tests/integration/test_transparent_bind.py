@@ -171,6 +171,35 @@ def test_bind_keeps_options_and_denies_what_no_rule_allows(
     assert "UDP binds are not brokered for unmodified programs" in err
 
 
+def test_a_server_with_no_bind_grant_is_told_the_flag_that_works(
+    broker_user: str, stopper: list[subprocess.Popen[str]]
+) -> None:
+    """No grant at all: ``python -m http.server`` fails, and privsep names the address and the flag.
+
+    Its bind reaches the broker, which refuses it (nothing is bound on the host) and says
+    which ``--allow-bind`` would work; run again with that flag, the same command serves.
+    """
+    port = _free_port()
+    failed = subprocess.run(
+        privsep_argv(broker_user, ["--policy", "python", "--", str(PYTHON), "-m", "http.server", str(port)]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert failed.returncode != 0
+    assert "Errno 13" in failed.stderr  # EACCES at bind(), not EAFNOSUPPORT at socket()
+    fixes = [line for line in failed.stderr.splitlines() if "re-run with --allow-bind=" in line]
+    assert len(fixes) == 1, failed.stderr
+    flag = fixes[0].split("re-run with ", 1)[1].split()[0]
+    assert flag in (f"--allow-bind=[::]:{port}", f"--allow-bind=0.0.0.0:{port}"), flag
+    serve = ["--policy", "python", flag, "--", str(PYTHON), "-m", "http.server", str(port)]
+    proc = _start(broker_user, serve)
+    stopper.append(proc)
+    _wait_listening(port, proc)
+
+
 def test_port_80_needs_a_root_broker(broker_user: str, stopper: list[subprocess.Popen[str]]) -> None:
     code = """
 import socket
