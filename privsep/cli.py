@@ -288,7 +288,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"privsep: warning: {without(child.cgroup_missing)}", file=sys.stderr, flush=True)
         status = _serve(parts.broker, child)
         if status != 0:
-            _report_hidden_paths(command, plan)
+            outcome = child.outcome
+            explained = bool(child.report.denials) or (outcome is not None and outcome.how != "exited")
+            _report_hidden_paths(command, plan, explained=explained)
         return status
     raise AssertionError("unreachable")  # pragma: no cover - mypy: a context manager may swallow
 
@@ -366,7 +368,7 @@ def _policy_of(resolved: str) -> Policy:
     return validate_policy(Resolved(spec, origin, extra, data))
 
 
-def _report_hidden_paths(command: Sequence[str], plan: SpawnPlan) -> None:
+def _report_hidden_paths(command: Sequence[str], plan: SpawnPlan, *, explained: bool) -> None:
     """After a failure: command-line paths the child could not see or write (see hints.py)."""
     from privsep.hints import outside_view_hints
 
@@ -374,7 +376,7 @@ def _report_hidden_paths(command: Sequence[str], plan: SpawnPlan) -> None:
         cwd = os.getcwd()
     except OSError:
         return
-    for line in outside_view_hints(command, cwd, plan.cwd, plan.view):
+    for line in outside_view_hints(command, cwd, plan.cwd, plan.view, explained=explained):
         print(f"privsep: {printable(line)}", file=sys.stderr)
 
 

@@ -99,8 +99,14 @@ def _suggest(path: str) -> str:
     return path if parent in _BROAD else parent
 
 
-def outside_view_hints(argv: Sequence[str], cwd: str, child_cwd: str, plan: ViewPlan) -> list[str]:
-    """One line per command-line path the sandbox hid or could not write, with the fix."""
+def outside_view_hints(
+    argv: Sequence[str], cwd: str, child_cwd: str, plan: ViewPlan, *, explained: bool = False
+) -> list[str]:
+    """One line per command-line path the sandbox hid or could not write, with the fix.
+
+    ``explained``: the run's report already names a cause (a denial, a command not found);
+    the working directory is then named only when a relative argument depended on it.
+    """
     view = _View(plan)
     hints: dict[str, None] = {}
     candidates = _candidates(argv[1:])
@@ -131,17 +137,49 @@ def outside_view_hints(argv: Sequence[str], cwd: str, child_cwd: str, plan: View
                 f"{path} cannot be created: {parent} is {where}; "
                 f"if the command creates it, re-run with --allow-write={parent}"
             ] = None
-    relative = any(not w.startswith("/") for w in candidates)
+    # A relative argument that names something in the working directory: it depended on it.
+    relative = any(not w.startswith("/") and os.path.lexists(posixpath.join(cwd, w)) for w in candidates)
     named = any(f"={cwd} " in h or h.endswith(f"={cwd}") for h in hints)  # its grant is suggested
     if (
         child_cwd != cwd
         and not view.visible(cwd)
         and cwd not in _BROAD
         and not named
-        and (relative or not hints)
+        and (relative or not (hints or explained))
     ):
         hints[
             f"the working directory {cwd} is outside the sandbox, so the command ran in {child_cwd}; "
             f"re-run with --allow-read={cwd} (or --allow-write={cwd} if it writes there)"
         ] = None
     return list(hints)[:_MAX_HINTS]
+
+
+#: Where programs live on a host besides the sandbox's default PATH (sbin: servers, admin tools).
+_HOST_BINS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def not_found_hint(argv0: str, search_path: str, plan: ViewPlan) -> str:
+    """Why the sandbox found no ``argv0``, and the fix that works for where it is on the host."""
+    base = f"command not found in the sandbox: {argv0}"
+    if "/" in argv0:
+        if os.path.lexists(argv0) and not _View(plan).visible(argv0):
+            return (
+                f"{base} is outside the sandbox; add {posixpath.dirname(argv0)} to the policy's [view] read"
+            )
+        return f"{base} (no such file)"
+    dirs = [d for d in search_path.split(":") if d]
+    for where in (*dirs, *(d for d in _HOST_BINS if d not in dirs)):
+        found = posixpath.join(where, argv0)
+        if not (os.path.isfile(found) and os.access(found, os.X_OK)):
+            continue
+        if not _View(plan).visible(found):
+            return f"{base}; it is {found} on the host, outside the sandbox: add {where} to [view] read"
+        if where not in dirs:
+            return (
+                f"{base}; it is {found}, which the sandbox shows, but {where} is not on its PATH "
+                f"({search_path}): run {found}, or set PATH in the policy's [env]"
+            )
+    return (
+        f"{base}: no such program on the sandbox's PATH ({search_path}) or on the host; "
+        "the child sees only the paths of the policy's [view], plus /dev, /proc (and /tmp if granted)"
+    )

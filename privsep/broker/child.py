@@ -20,7 +20,7 @@ from privsep.broker.report import Report
 from privsep.broker.verdicts import SyscallRules
 from privsep.broker.workers import Lane
 from privsep.plan.control import ControlMessage
-from privsep.plan.spawnplan import Spawned
+from privsep.plan.spawnplan import Spawned, SpawnPlan
 
 if TYPE_CHECKING:
     from privsep import protocol
@@ -101,6 +101,7 @@ class Child:
     serving: Serving = field(default_factory=Serving)
     report: Report = field(default_factory=Report)
     outcome: Outcome | None = None
+    plan: SpawnPlan | None = None  # what it was started from: the report reads its view and PATH
 
     @property
     def monitor_pid(self) -> int:

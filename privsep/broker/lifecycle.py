@@ -283,11 +283,13 @@ def outcome_of(child: Child) -> Outcome:
         err = procs.exec_error
         reason = os.strerror(err.errno)
         if err.status == EXIT_NOT_FOUND:
-            detail = (
-                f"command not found in the sandbox: {child.argv0} ({reason}); the child sees only the "
-                "paths of the policy's [view], plus /dev, /proc (and /tmp if granted): add the program's "
-                "directory to [view] read"
-            )
+            from privsep.hints import not_found_hint  # noqa: PLC0415 - only a failed exec needs it
+
+            plan = child.plan
+            if plan is None:
+                detail = f"command not found in the sandbox: {child.argv0} ({reason})"
+            else:
+                detail = not_found_hint(child.argv0, plan.env.get("PATH", ""), plan.view)
         else:
             detail = f"command cannot be executed in the sandbox: {child.argv0} ({reason})"
         return Outcome("exec_error", err.status, detail=detail)

@@ -110,6 +110,7 @@ class Broker:
         )
         child = Child(
             argv0=plan.argv[0],
+            plan=plan,
             spawned=spawned,
             deadline=time.monotonic() + timeout if timeout else None,
             timeout=timeout,

@@ -32,7 +32,8 @@ fds = [fd for fd in fds if os.path.exists(f"/proc/self/fd/{fd}")]  # drop listdi
 chan = int(os.environ["PRIVSEP_FD"])
 s = socket.socket(fileno=chan)
 try:
-    inet = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as inet:
+        inet.sendto(b"x", ("192.0.2.1", 9))  # a datagram needs no broker: the namespace decides
     inet_err = None
 except OSError as e:
     inet_err = e.errno
@@ -110,7 +111,7 @@ def test_new_session_and_namespaces(probe: dict[str, object]) -> None:
     assert probe["tty_nr"] == 0  # no controlling terminal (see also the pty test below)
     assert probe["pid"] == 2  # pid 1 is privsep's init, so the command's own signals work
     assert probe["hostname"] == "privsep"
-    assert probe["inet_err"] == 97  # EAFNOSUPPORT: only AF_UNIX sockets
+    assert probe["inet_err"] == 101  # ENETUNREACH: its own network namespace has no route at all
     net_dev = probe["net_dev"]
     assert isinstance(net_dev, list)
     devices = [line.split(":")[0].strip() for line in net_dev]
@@ -220,10 +221,25 @@ def test_exit_status(run_privsep: RunPrivsep, command: list[str], status: int) -
     assert proc.returncode == status, proc.stderr
 
 
-def test_not_found_explains_itself(run_privsep: RunPrivsep) -> None:
-    proc = run_privsep("--", "/opt/tool")
+def test_not_found_explains_itself(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
+    """Each 'not found' names the fix that works for where the program really is."""
+    proc = run_privsep("--", "/opt/no-such-tool")
     assert proc.returncode == 127
-    assert "not found in the sandbox" in proc.stderr and "[view]" in proc.stderr
+    assert "command not found in the sandbox: /opt/no-such-tool (no such file)" in proc.stderr
+    tool = shared_tmp / "tool"
+    tool.write_text("#!/bin/sh\necho tool ran\n")
+    tool.chmod(0o755)
+    proc = run_privsep("--", str(tool))
+    assert proc.returncode == 127
+    assert f"{tool} is outside the sandbox; add {shared_tmp} to the policy's [view] read" in proc.stderr
+    # On the host in /usr/sbin, which the view shows, but not on the sandbox's PATH.
+    proc = run_privsep("--", "nologin")
+    assert proc.returncode == 127
+    assert "it is /usr/sbin/nologin, which the sandbox shows, but /usr/sbin is not on its PATH" in proc.stderr
+    assert "run /usr/sbin/nologin" in proc.stderr
+    assert "working directory" not in proc.stderr  # the cause is named: nothing else is guessed
+    proc = run_privsep("--", "no-such-program-anywhere")
+    assert "no such program on the sandbox's PATH" in proc.stderr
 
 
 def test_privsep_errors_exit_125(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
