@@ -110,13 +110,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"kill the sandbox after this many seconds (exit {EXIT_TIMEOUT})",
     )
     grants = run.add_argument_group(
-        "grants for this run (repeatable; merged over the policy; the broker performs them for the child)"
+        "grants for this run (repeatable; merged over the policy; file grants are bound into the "
+        "child's view and enforced by the kernel, network grants are performed by the broker)"
     )
     grants.add_argument(
-        "--allow-read", action="append", default=[], metavar="PATH", help="read and list PATH"
+        "--allow-read", action="append", default=[], metavar="PATH", help="read and list PATH (bound read-only at the same path)"
     )
     grants.add_argument(
-        "--allow-write", action="append", default=[], metavar="PATH", help="read, write and create under PATH"
+        "--allow-write", action="append", default=[], metavar="PATH", help="read, write, create, rename and remove under PATH (bound read-write)"
     )
     grants.add_argument(
         "--allow-connect",
