@@ -114,10 +114,18 @@ def _parser() -> argparse.ArgumentParser:
         "child's view and enforced by the kernel, network grants are performed by the broker)"
     )
     grants.add_argument(
-        "--allow-read", action="append", default=[], metavar="PATH", help="read and list PATH (bound read-only at the same path)"
+        "--allow-read",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="read and list PATH (bound read-only at the same path)",
     )
     grants.add_argument(
-        "--allow-write", action="append", default=[], metavar="PATH", help="read, write, create, rename and remove under PATH (bound read-write)"
+        "--allow-write",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="read, write, create, rename and remove under PATH (bound read-write)",
     )
     grants.add_argument(
         "--allow-connect",
