@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING
 from privsep import _linux
 from privsep._lazy import lazy_module
 from privsep.broker import notify, unixconnect
+from privsep.broker.actas import acting_as
 from privsep.broker.answers import Answer, Refusal, denied
 from privsep.broker.services import Services, perform
 
@@ -171,7 +172,7 @@ class Transparent:
             if note.nr in _LOOKUP_PATH_ARG:
                 return self._learn_lookup(listener, note, services)
             if note.nr == _linux.NR_BIND:
-                return _bind(listener, note, services)
+                return _bind(listener, note, services, self._ids)
             return self._open(listener, note, services)
         except _Unserved as unserved:
             if unserved.err is None:
@@ -639,7 +640,9 @@ _BIND_BACKLOG = 128  # until the program's own listen() sets its backlog on the 
 BindAddress = tuple[str, int] | tuple[str, int, int, int]
 
 
-def _bind(listener: int, note: notify.Notification, services: Services) -> Served | None:
+def _bind(
+    listener: int, note: notify.Notification, services: Services, ids: tuple[int, int] | None
+) -> Served | None:
     """bind() of an unmodified server: the broker binds a socket of its own and swaps it in.
 
     Decided exactly as ``client.bind`` (``decide_bind``: same audit record and
@@ -676,9 +679,17 @@ def _bind(listener: int, note: notify.Notification, services: Services) -> Serve
         request = protocol.Bind(id=0, host=host, port=port, type="tcp", backlog=_BIND_BACKLOG)
         try:
             rule = services.net.decide_bind(host, port, "tcp")
-            result = services.net.listen_tcp(
-                theirs.family, bind_to, rule, _BIND_BACKLOG, prepare=lambda ours: _carry_server(theirs, ours)
-            )
+            # The socket is made owned by the sandbox's host uid (its owner is the creating
+            # thread's file-system uid), so a SO_REUSEPORT it carries over joins only its
+            # own sockets' group: never that of a host service listening there as root.
+            with acting_as(*(ids or (-1, -1))):
+                result = services.net.listen_tcp(
+                    theirs.family,
+                    bind_to,
+                    rule,
+                    _BIND_BACKLOG,
+                    prepare=lambda ours: _carry_server(theirs, ours),
+                )
         except Refusal as refusal:
             notify.refuse(listener, note, _errno_of(refusal))
             return Served(request, refusal)

@@ -371,3 +371,83 @@ def test_swapping_the_fd_never_binds_a_forbidden_address(
     assert "ok" not in counts, counts  # neither in the host nor (Landlock) in the child's own namespace
     assert counts.get("13", 0) > 0, counts  # the broker's refusals: EACCES
     assert f"denied bind 127.0.0.1:{forbidden}/tcp" in err
+
+
+REUSEPORT_CODE = r"""
+import json, socket, sys
+port = int(sys.argv[1])
+out = {}
+mine = []
+for i in range(2):  # the program's own two workers sharing the port: its own group
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        s.bind(("127.0.0.1", port)); s.listen(); mine.append(s); out[f"worker{i}"] = "bound"
+    except OSError as e:
+        out[f"worker{i}"] = e.errno
+print(json.dumps(out), flush=True)
+"""
+
+
+def test_so_reuseport_never_joins_a_host_services_port(broker_user: str) -> None:
+    """A host service listening with SO_REUSEPORT keeps its port: the sandbox's bind is refused
+    (EADDRINUSE) rather than put in the service's group, where it would take a share of its
+    connections (fresh-eyes attack). The broker's socket is owned by the sandbox's host uid."""
+    port = _free_port()
+    host = socket.socket()
+    host.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    host.bind(("127.0.0.1", port))
+    host.listen()
+    try:
+        proc = subprocess.run(
+            privsep_argv(
+                broker_user,
+                [
+                    "--policy",
+                    "python",
+                    "--allow-bind",
+                    f"127.0.0.1:{port}",
+                    "--",
+                    str(PYTHON),
+                    "-c",
+                    REUSEPORT_CODE,
+                    str(port),
+                ],
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin"},
+            check=False,
+        )
+    finally:
+        host.close()
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"worker0": 98, "worker1": 98}, proc.stderr  # EADDRINUSE
+
+
+def test_so_reuseport_shares_a_port_among_the_sandboxs_own_sockets(broker_user: str) -> None:
+    port = _free_port()
+    proc = subprocess.run(
+        privsep_argv(
+            broker_user,
+            [
+                "--policy",
+                "python",
+                "--allow-bind",
+                f"127.0.0.1:{port}",
+                "--",
+                str(PYTHON),
+                "-c",
+                REUSEPORT_CODE,
+                str(port),
+            ],
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"worker0": "bound", "worker1": "bound"}, proc.stderr
