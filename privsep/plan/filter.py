@@ -83,6 +83,14 @@ _JMP_JA = _linux.BPF_JMP_JA
 _JMP_JEQ_K = _linux.BPF_JMP_JEQ_K
 _JMP_JSET_K = _linux.BPF_JMP_JSET_K
 _RET_K = _linux.BPF_RET_K
+_ALU_AND_K = 0x54  # BPF_ALU | BPF_AND | BPF_K
+#: socket()'s type argument without the flags it may carry (SOCK_NONBLOCK, SOCK_CLOEXEC).
+_SOCK_TYPE_ONLY = 0xFFFFFFFF & ~(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+#: The inet sockets a sandbox may make: TCP and UDP only, by type and protocol (0: the default).
+_INET_KINDS = (
+    (socket.SOCK_STREAM, (0, socket.IPPROTO_TCP)),
+    (socket.SOCK_DGRAM, (0, socket.IPPROTO_UDP)),
+)
 
 # struct seccomp_data offsets: nr, arch, instruction_pointer, args[6] (little endian, so
 # the low 32 bits of args[i] are at 16 + 8 * i).
@@ -433,8 +441,12 @@ def _checks(allowed: dict[str, int], spec: FilterSpec) -> list[_Check]:
         # With transparent networking the child may make inet sockets: they live in its own
         # empty network namespace, and only the broker's connect or bind (a socket of the
         # broker's, swapped in) makes them reach anything.
-        families = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6) if inet else (socket.AF_UNIX,)
-        checks.append((allowed["socket"], 0, "allow_values", families, errno.EAFNOSUPPORT))
+        if inet:
+            # TCP and UDP only: every other protocol of the family (MPTCP, UDP-Lite, SCTP, DCCP,
+            # ICMP...) is kernel code the sandbox has no use for, and some would be autoloaded.
+            checks.append((allowed["socket"], 0, "socket_inet", (socket.AF_UNIX,), errno.EAFNOSUPPORT))
+        else:
+            checks.append((allowed["socket"], 0, "allow_values", (socket.AF_UNIX,), errno.EAFNOSUPPORT))
     if "socketpair" in allowed:
         checks.append((allowed["socketpair"], 0, "allow_values", (socket.AF_UNIX,), errno.EAFNOSUPPORT))
     # A connect hidden in a send: refused always, since a socket of the host's network
@@ -484,6 +496,27 @@ def _prelude(allowed: dict[str, int], spec: FilterSpec) -> bytes:
                 emit(_JMP_JEQ_K, jt="start", jf=0, k=value)
         elif kind == "deny_mask":
             emit(_JMP_JSET_K, jt=0, jf="start", k=values[0])
+        elif kind == "socket_inet":
+            # arg0 (family): the values given pass; AF_INET/AF_INET6 go on to the type and
+            # protocol checks; anything else is refused with err.
+            for value in values:
+                emit(_JMP_JEQ_K, jt="start", jf=0, k=value)
+            emit(_JMP_JEQ_K, jt=f"inet{i}", jf=0, k=socket.AF_INET)
+            emit(_JMP_JEQ_K, jt=f"inet{i}", jf=0, k=socket.AF_INET6)
+            emit(_RET_K, k=_RET_ERRNO | err)
+            labels[f"inet{i}"] = len(code)
+            emit(_LD_W_ABS, k=_arg_lo(1))
+            emit(_ALU_AND_K, k=_SOCK_TYPE_ONLY)
+            for n, (kind_type, _protocols) in enumerate(_INET_KINDS):
+                emit(_JMP_JEQ_K, jt=f"proto{i}.{n}", jf=0, k=kind_type)
+            emit(_RET_K, k=_RET_ERRNO | errno.ESOCKTNOSUPPORT)
+            for n, (_type, protocols) in enumerate(_INET_KINDS):
+                labels[f"proto{i}.{n}"] = len(code)
+                emit(_LD_W_ABS, k=_arg_lo(2))
+                for protocol in protocols:
+                    emit(_JMP_JEQ_K, jt="start", jf=0, k=protocol)
+                emit(_RET_K, k=_RET_ERRNO | errno.EPROTONOSUPPORT)
+            continue
         else:  # pragma: no cover - the table above is the only producer
             raise AssertionError(kind)
         labels[f"deny{i}"] = len(code)
