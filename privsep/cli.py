@@ -574,5 +574,24 @@ def _main(argv: Sequence[str] | None, collecting: bool) -> int:
     return EXIT_PRIVSEP  # pragma: no cover - argparse rejects unknown commands
 
 
+def entry() -> NoReturn:
+    """The ``privsep`` command (pyproject.toml's console script): :func:`main`, then the process ends
+    without tearing the interpreter down.
+
+    By the time ``main`` returns, everything privsep opened is closed (the sandbox reaped, its
+    cgroup removed, the terminal given back, the audit log closed) and its threads are daemons:
+    what is left is the interpreter freeing every module and object one by one, about a tenth of
+    a warm ``privsep run -- /bin/true``'s CPU time. The output is flushed first; should that
+    fail, the interpreter exits as it always did and reports it as it always did.
+    """
+    status = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        sys.exit(status)
+    os._exit(status)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
