@@ -1,7 +1,5 @@
 """``python -m privsep``: the same as the ``privsep`` command."""
 
-import sys
+from privsep.cli import entry
 
-from privsep.cli import main
-
-sys.exit(main())
+entry()

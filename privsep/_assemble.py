@@ -35,7 +35,7 @@ import dataclasses
 import errno
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from privsep.broker.answers import Answer, Refusal
@@ -79,21 +79,36 @@ class Deferred:
     make: Callable[[], Policy]
 
 
-@dataclass(eq=False)
 class Assembly:
-    """The parts :func:`assemble` opened; they live until its ``with`` block ends."""
+    """The parts :func:`assemble` opened; they live until its ``with`` block ends.
 
-    services: Services
-    """The policy's grants; under learn a ``LearningServices``, grown by what the command asked."""
-    broker: Broker
-    learn: bool
-    terminal: Terminal | None
-    forkserver: ForkServer | None
-    _activated: list[tuple[protocol.Bind, Answer]] = field(repr=False)
-    _listen_names: tuple[str, ...] = field(repr=False)
-    _listening: contextlib.ExitStack = field(repr=False)
-    """Closes the broker's copies of the listening sockets; the sandbox holds its own once started."""
-    zygote: Zygote | None = None
+    A plain class, not a dataclass: compared by identity, and a dataclass costs every
+    ``privsep run`` its methods' compilation at import (see ``broker/child.py``)."""
+
+    def __init__(
+        self,
+        *,
+        services: Services,
+        broker: Broker,
+        learn: bool,
+        terminal: Terminal | None,
+        forkserver: ForkServer | None,
+        activated: list[tuple[protocol.Bind, Answer]],
+        listen_names: tuple[str, ...],
+        listening: contextlib.ExitStack,
+        zygote: Zygote | None = None,
+    ) -> None:
+        self.services = services
+        """The policy's grants; under learn a ``LearningServices``, grown by what the command asked."""
+        self.broker = broker
+        self.learn = learn
+        self.terminal = terminal
+        self.forkserver = forkserver
+        self._activated = activated
+        self._listen_names = listen_names
+        self._listening = listening
+        """Closes the broker's copies of the listening sockets; the sandbox holds its own once started."""
+        self.zygote = zygote
 
     def start(
         self,
@@ -197,9 +212,9 @@ def assemble(
             learn=learn,
             terminal=tty,
             forkserver=server,
-            _activated=activated,
-            _listen_names=tuple(one.name for one in listen),
-            _listening=listening,
+            activated=activated,
+            listen_names=tuple(one.name for one in listen),
+            listening=listening,
             zygote=cloner,
         )
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from privsep import cgroups
@@ -43,31 +43,31 @@ class CallContext:
     returned: protocol.CallReturn | None = None
 
 
-@dataclass(eq=False)
 class Processes:
     """What the sandbox's own processes reported over the control socket, and why it is ending."""
 
-    init_pidfd: int | None = None
-    command_pidfd: int | None = None
-    listener: int | None = None  # the seccomp listener of the command's filter
-    command_pid: int | None = None  # as the host sees it (for the audit log)
-    setup_error: ControlMessage | None = None
-    exec_error: ControlMessage | None = None
-    exit_status: int | None = None
-    monitor_reaped: bool = False
-    init_exited: bool = False
-    kill_reason: Outcome | None = None
+    def __init__(self) -> None:
+        self.init_pidfd: int | None = None
+        self.command_pidfd: int | None = None
+        self.listener: int | None = None  # the seccomp listener of the command's filter
+        self.command_pid: int | None = None  # as the host sees it (for the audit log)
+        self.setup_error: ControlMessage | None = None
+        self.exec_error: ControlMessage | None = None
+        self.exit_status: int | None = None
+        self.monitor_reaped = False
+        self.init_exited = False
+        self.kill_reason: Outcome | None = None
 
 
-@dataclass(eq=False)
 class Serving:
     """The request channel: protocol state, replies not yet sent, and what is being relayed."""
 
-    outbox: collections.deque[tuple[bytes, int | None]] = field(default_factory=collections.deque)
-    pending: bool = False  # a slow request is on a worker: the channel is not read meanwhile
-    requests: int = 0
-    relays: dict[int, Relay] = field(default_factory=dict)  # by either of its fds
-    _proto: protocol.BrokerProtocol | None = field(default=None, repr=False)
+    def __init__(self) -> None:
+        self.outbox: collections.deque[tuple[bytes, int | None]] = collections.deque()
+        self.pending = False  # a slow request is on a worker: the channel is not read meanwhile
+        self.requests = 0
+        self.relays: dict[int, Relay] = {}  # by either of its fds
+        self._proto: protocol.BrokerProtocol | None = None
 
     @property
     def proto(self) -> protocol.BrokerProtocol:
@@ -78,30 +78,53 @@ class Serving:
         return self._proto
 
 
-@dataclass(eq=False)
 class Child:
-    """The broker's record of one sandbox."""
+    """The broker's record of one sandbox.
 
-    argv0: str
-    spawned: Spawned
-    deadline: float | None
-    timeout: float | None
-    syscalls: SyscallRules
-    lane: Lane  # its slow transparent calls, one at a time
-    services: Services | None = None
-    call: CallContext | None = None  # Sandbox.call: the function's arguments and its answer
-    transparent: Transparent | None = None  # serves open/connect of programs without the client
-    terminal: Terminal | None = None  # the sandbox's own pty, relayed to the user's terminal
-    terminal_events: dict[int, int] = field(default_factory=dict)  # its fds as registered now
-    egress: Egress | None = None  # its resolver and proxies (egress.py), when its plan has them
-    cgroup: cgroups.SandboxCgroup | None = None
-    cgroup_missing: str | None = None
-    """Why this sandbox runs without a cgroup (the policy allowed it); None when it has one."""
-    procs: Processes = field(default_factory=Processes)
-    serving: Serving = field(default_factory=Serving)
-    report: Report = field(default_factory=Report)
-    outcome: Outcome | None = None
-    plan: SpawnPlan | None = None  # what it was started from: the report reads its view and PATH
+    The records of this module but ``CallContext`` are plain classes, not dataclasses: they are
+    compared by identity and never copied, and Python 3.11 compiles each dataclass's methods
+    from source when its module is imported, ~0.5-1.3 ms apiece on every ``privsep run``.
+    """
+
+    def __init__(
+        self,
+        *,
+        argv0: str,
+        spawned: Spawned,
+        deadline: float | None,
+        timeout: float | None,
+        syscalls: SyscallRules,
+        lane: Lane,  # its slow transparent calls, one at a time
+        services: Services | None = None,
+        call: CallContext | None = None,  # Sandbox.call: the function's arguments and its answer
+        transparent: Transparent | None = None,  # serves open/connect of programs without the client
+        terminal: Terminal | None = None,  # the sandbox's own pty, relayed to the user's terminal
+        egress: Egress | None = None,  # its resolver and proxies (egress.py), when its plan has them
+        cgroup: cgroups.SandboxCgroup | None = None,
+        cgroup_missing: str | None = None,
+        outcome: Outcome | None = None,
+        plan: SpawnPlan | None = None,  # what it was started from: the report reads its view and PATH
+    ) -> None:
+        self.argv0 = argv0
+        self.spawned = spawned
+        self.deadline = deadline
+        self.timeout = timeout
+        self.syscalls = syscalls
+        self.lane = lane
+        self.services = services
+        self.call = call
+        self.transparent = transparent
+        self.terminal = terminal
+        self.terminal_events: dict[int, int] = {}  # its fds as registered now
+        self.egress = egress
+        self.cgroup = cgroup
+        self.cgroup_missing = cgroup_missing
+        """Why this sandbox runs without a cgroup (the policy allowed it); None when it has one."""
+        self.procs = Processes()
+        self.serving = Serving()
+        self.report = Report()
+        self.outcome = outcome
+        self.plan = plan
 
     @property
     def monitor_pid(self) -> int:

@@ -20,6 +20,11 @@ def _signame(num: int) -> str:
 
 @dataclass(frozen=True)
 class Outcome:
+    """How a sandbox ended: the status ``privsep run`` exits with, and what to tell a person.
+
+    (A dataclass without a docstring gets one from ``inspect.signature`` when it is made,
+    about 0.3 ms of every ``privsep run``'s start.)"""
+
     how: How
     returncode: int
     """The status ``privsep run`` exits with: the child's own, 128+N for signal N, 124..127."""

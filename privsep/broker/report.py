@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from privsep._lazy import lazy_module
@@ -45,14 +45,17 @@ class Denial:
     subject: str | None = None  # the part of the target that was refused (one path of a rename)
 
 
-@dataclass(eq=False)
 class Report:
-    """One sandbox's denials and syscall counts, bounded: a flood must not grow the broker."""
+    """One sandbox's denials and syscall counts, bounded: a flood must not grow the broker.
 
-    denials: list[Denial] = field(default_factory=list)  # at most _MAX_DENIALS kept
-    denials_dropped: int = 0  # beyond that: counted, not kept
-    syscall_denials: dict[str, int] = field(default_factory=dict)  # name -> times denied
-    syscalls_used: dict[str, int] = field(default_factory=dict)  # learn mode: name -> times allowed
+    A plain class: compared by identity, and a dataclass costs every ``privsep run`` its
+    methods' compilation at import (see ``broker/child.py``)."""
+
+    def __init__(self) -> None:
+        self.denials: list[Denial] = []  # at most _MAX_DENIALS kept
+        self.denials_dropped = 0  # beyond that: counted, not kept
+        self.syscall_denials: dict[str, int] = {}  # name -> times denied
+        self.syscalls_used: dict[str, int] = {}  # learn mode: name -> times allowed
 
     def deny(self, denial: Denial) -> None:
         if len(self.denials) < _MAX_DENIALS:

@@ -53,18 +53,26 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import prctl
 
 from privsep import _linux, channel
-from privsep.confine import inside, zygote
+from privsep._lazy import lazy_module
+from privsep.confine import inside
 from privsep.errors import EXIT_PRIVSEP, ChannelError, ConfinementError
 from privsep.plan import wire
 from privsep.plan.spawnplan import Spawned, SpawnPlan, claim_host_ids
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from privsep.confine import zygote
+else:  # the Zygote's alone: privsep run forks a monitor and never loads them
+    subprocess = lazy_module("subprocess", globals())
+    zygote = lazy_module("privsep.confine.zygote", globals())
 
 
 def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2), listen_fds: Sequence[int] = ()) -> Spawned:
