@@ -36,8 +36,8 @@ TYPES = {".html": "text/html; charset=utf-8", ".txt": "text/plain; charset=utf-8
 class BrokeredServer(socketserver.BaseServer):
     """socketserver on a listening socket handed over by the broker.
 
-    TCPServer would create its own socket: the sandbox's seccomp filter
-    allows only AF_UNIX sockets to be made, so it would fail, as it should.
+    TCPServer would create and bind its own socket; that works too when the policy has a
+    [[bind]] rule (the broker serves the bind), but this daemon shows the explicit way.
     """
 
     def __init__(self, sock: socket.socket, handler: type[Handler], docroot: str) -> None:

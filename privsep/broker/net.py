@@ -1,8 +1,8 @@
 """Brokered network access: the broker resolves, checks, connects or binds, and hands over the socket.
 
-The child has no network of its own (a fresh network namespace, and
-seccomp allows only ``AF_UNIX`` sockets), so every TCP connection it makes
-is one the broker made for it. Names are resolved here, and only names a
+The child has no network of its own (a fresh, empty network namespace; its
+TCP/UDP sockets reach nothing there, and their connect and bind go to the
+broker), so every TCP connection it makes is one the broker made for it. Names are resolved here, and only names a
 rule could allow: a lookup of an arbitrary name would leak data through
 DNS. Every resolved address is checked (a name that resolves to a
 forbidden address is denied, whatever else it resolves to). Then the

@@ -15,8 +15,9 @@ What a compiled filter does, in order:
 2. Argument checks, on the low 32 bits of the argument, because that is all the kernel
    reads for these ``int``-typed arguments (``ioctl(fd, 0x100005412)`` *is* TIOCSTI):
    ``ioctl`` refuses TIOCSTI/TIOCLINUX (typing into the terminal of whoever owns it);
-   ``clone`` refuses any ``CLONE_NEW*`` flag; ``socket``/``socketpair`` accept only
-   ``AF_UNIX`` (network access is the broker's); ``personality`` accepts only
+   ``clone`` refuses any ``CLONE_NEW*`` flag; ``socketpair`` accepts only ``AF_UNIX``,
+   ``socket`` only ``AF_UNIX`` and TCP/UDP ``AF_INET``/``AF_INET6`` (made in the sandbox's
+   empty network namespace; with ``[transparent] net = false`` ``AF_UNIX`` only); ``personality`` accepts only
    ``PER_LINUX`` and the query; ``connect`` always goes to the broker, which performs it
    on the socket it checked; the send calls refuse ``MSG_FASTOPEN`` (a connect hidden in
    a send). With transparent brokering, the open calls and ``bind`` go to the broker
