@@ -2,9 +2,9 @@
 
 The child has no network of its own (a fresh, empty network namespace; its
 TCP/UDP sockets reach nothing there, and their connect and bind go to the
-broker), so every TCP connection it makes is one the broker made for it. Names are resolved here, and only names a
-rule could allow: a lookup of an arbitrary name would leak data through
-DNS. Every resolved address is checked (a name that resolves to a
+broker), so every TCP connection it makes is one the broker made for it.
+Names are resolved here, and only names a rule could allow: a lookup of
+an arbitrary name would leak data through DNS. Every resolved address is checked (a name that resolves to a
 forbidden address is denied, whatever else it resolves to). Then the
 broker connects itself, with a timeout, from its own network namespace.
 Connecting is slow, so these calls run on the broker's worker threads.
