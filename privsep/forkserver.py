@@ -44,7 +44,7 @@ import prctl
 # Imported here, once, for every child of the forkserver: _callee (and with it
 # the client) is what a Sandbox.call child runs without exec'ing anything.
 from privsep import _callee, channel, protocol  # noqa: F401 - preloaded for the children
-from privsep.confine.inside import reset_process_state
+from privsep.confine.inside import broker_pidfd, reset_process_state
 from privsep.confine.spawn import start_sandbox
 from privsep.errors import ConfinementError
 from privsep.plan import wire
@@ -134,13 +134,8 @@ class ForkServer:
 
 def _serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the forkserver process
     prctl.set_name("privsep-forksrv")
-    # The broker's process, not a parent-death signal: that follows the thread that
-    # opened the Sandbox, and a worker thread that ends would take every sandbox with it.
-    try:
-        broker = os.pidfd_open(broker_pid)
-    except ProcessLookupError:
-        return 1
-    if os.getppid() != broker_pid:
+    broker = broker_pidfd(broker_pid)
+    if broker is None:
         return 1
     # Signals as a sandbox starts with them, once; the preloaded objects out of the collector's
     # reach, so that its collections here dirty no page the children share.

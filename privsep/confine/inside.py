@@ -139,6 +139,23 @@ def fail(exc: BaseException) -> int:
     return EXIT_PRIVSEP
 
 
+def broker_pidfd(broker_pid: int) -> int | None:
+    """For a helper the broker started (the zygote, the forkserver): a pidfd of the broker's
+    process, to leave when it is readable; None if the broker is gone already.
+
+    The process, not a parent-death signal: that follows the thread that opened the
+    Sandbox, and a worker thread that ends would take every sandbox with it.
+    """
+    try:
+        broker = os.pidfd_open(broker_pid)
+    except ProcessLookupError:
+        return None
+    if os.getppid() != broker_pid:
+        os.close(broker)
+        return None
+    return broker
+
+
 def reset_process_state() -> None:
     """Undo what a copy of the broker's (or the zygote's) interpreter inherited."""
     gc.disable()  # a collection could close fds whose numbers we are about to reuse

@@ -110,13 +110,8 @@ def _reap(pidfd: int, children: dict[int, tuple[int, int]]) -> None:
 def serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the zygote process
     """The zygote's life: start a sandbox per request, reap them, until the broker goes."""
     prctl.set_name("privsep-zygote")
-    # The broker's process, not a parent-death signal: that follows the thread that
-    # opened the Sandbox, and a worker thread that ends would take every sandbox with it.
-    try:
-        broker = os.pidfd_open(broker_pid)
-    except ProcessLookupError:
-        return 1
-    if os.getppid() != broker_pid:
+    broker = inside.broker_pidfd(broker_pid)
+    if broker is None:
         return 1
     # Once here, for every init it clones: signals as a sandbox starts with them, the one
     # file the sandbox's processes would read (cap_last_cap), and the objects of every

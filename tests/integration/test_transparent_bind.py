@@ -389,6 +389,22 @@ print(json.dumps(out), flush=True)
 """
 
 
+def _reuseport_workers(broker_user: str, port: int) -> dict[str, object]:
+    """REUSEPORT_CODE under a bind grant for 127.0.0.1:``port``: what each worker's bind did."""
+    argv = ["--policy", "python", "--allow-bind", f"127.0.0.1:{port}", "--"]
+    proc = subprocess.run(
+        privsep_argv(broker_user, [*argv, str(PYTHON), "-c", REUSEPORT_CODE, str(port)]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, object] = json.loads(proc.stdout)
+    return result
+
+
 def test_so_reuseport_never_joins_a_host_services_port(broker_user: str) -> None:
     """A host service listening with SO_REUSEPORT keeps its port: the sandbox's bind is refused
     (EADDRINUSE) rather than put in the service's group, where it would take a share of its
@@ -399,55 +415,10 @@ def test_so_reuseport_never_joins_a_host_services_port(broker_user: str) -> None
     host.bind(("127.0.0.1", port))
     host.listen()
     try:
-        proc = subprocess.run(
-            privsep_argv(
-                broker_user,
-                [
-                    "--policy",
-                    "python",
-                    "--allow-bind",
-                    f"127.0.0.1:{port}",
-                    "--",
-                    str(PYTHON),
-                    "-c",
-                    REUSEPORT_CODE,
-                    str(port),
-                ],
-            ),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={"PATH": "/usr/bin:/bin"},
-            check=False,
-        )
+        assert _reuseport_workers(broker_user, port) == {"worker0": 98, "worker1": 98}  # EADDRINUSE
     finally:
         host.close()
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"worker0": 98, "worker1": 98}, proc.stderr  # EADDRINUSE
 
 
 def test_so_reuseport_shares_a_port_among_the_sandboxs_own_sockets(broker_user: str) -> None:
-    port = _free_port()
-    proc = subprocess.run(
-        privsep_argv(
-            broker_user,
-            [
-                "--policy",
-                "python",
-                "--allow-bind",
-                f"127.0.0.1:{port}",
-                "--",
-                str(PYTHON),
-                "-c",
-                REUSEPORT_CODE,
-                str(port),
-            ],
-        ),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"worker0": "bound", "worker1": "bound"}, proc.stderr
+    assert _reuseport_workers(broker_user, _free_port()) == {"worker0": "bound", "worker1": "bound"}
