@@ -97,7 +97,7 @@ _PathRequest = (
 class _Ask(NamedTuple):
     """A request and what the client needs to explain its failure."""
 
-    request: protocol.Request  # with id 0; the real id is set when it is sent
+    request: protocol.Request | protocol.Prepared  # with id 0 or none; the real id is set when it is sent
     call: str  # how the caller spelled it, for messages: "open('/x', 'w')"
     grants: tuple[str, ...]  # the value of the allow flag that would allow it, one per flag
     filenames: tuple[str, ...] = ()  # for FileNotFoundError; empty for ops not on paths
@@ -475,7 +475,10 @@ class Client:
         parsed = _parse_mode(mode)
         _check_text_args(parsed, buffering, encoding, errors, newline)
         target = _abspath(path)
-        request = _request(protocol.Open, path=target, mode=parsed.wire)
+        # Checked and encoded without a model; the model only for a path it refuses, to say why.
+        request = protocol.prepare_open(target, parsed.wire) or _request(
+            protocol.Open, path=target, mode=parsed.wire
+        )
         ask = _Ask(request, f"open({target!r}, {mode!r})", (target,), (target,))
         _, fd = self._call_fd(ask, protocol.EmptyResult)
         handed = False
