@@ -54,6 +54,13 @@ _READ = OPEN_NEEDS["r"]
 _READ_FLAGS = OPEN_FLAGS["r"] | _OPENING
 
 
+#: Most allowed read paths remembered per policy (each at most MAX_PATH characters, twice).
+_MAX_READS = 256
+#: An allowed read, ready to open: the decision, the pinned dirfd, the path beneath it, the
+#: RESOLVE flags, the (uid, gid) to act as there.
+_ReadTarget = tuple[FileDecision, int, str, int, tuple[int, int]]
+
+
 def _rule(decision: FileDecision) -> str | None:
     return None if decision.rule is None else _rule_name(decision.rule)
 
@@ -73,6 +80,9 @@ class FileService:
         self._rules = FileRules(policy)
         self._held = Pins(pin_specs(policy)) if pins is None else pins
         self._pins = self._held.by_index
+        #: Allowed reads by path: what deciding and finding the grant gave, a pure function of the
+        #: policy (immutable) and the path, so a repeated open skips both (bounded: _MAX_READS).
+        self._reads: dict[str, _ReadTarget] = {}
 
     def close(self) -> None:
         self._held.close()
@@ -185,11 +195,18 @@ class FileService:
         What ``open`` does for "r", without the steps that cannot apply (append-only,
         create, truncate, set-id checks), and without ``_hand_over``'s access-mode check:
         an open file description's access mode is the one open(2) was given, and here it is
-        ``_READ_FLAGS``'s own O_RDONLY (the child checks it again, from its side).
+        ``_READ_FLAGS``'s own O_RDONLY (the child checks it again, from its side). A path
+        opened before is not decided again (``_reads``); it is resolved beneath the grant anew.
         """
-        decision = self._decide(path, _READ)
-        with self._as_owner(decision):
-            fd = self._open(decision, _READ_FLAGS)
+        target = self._reads.get(path)
+        if target is None:
+            target = self._read_target(path)
+        decision, dirfd, relative, resolve, owner = target
+        with acting_as(*owner):
+            try:
+                fd = _linux.openat2(dirfd, relative, _READ_FLAGS | os.O_CLOEXEC, 0, resolve)
+            except OSError as exc:
+                raise _refusal(exc, decision) from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device, a directory: never handed over
                 raise _not_regular(decision)
@@ -198,6 +215,17 @@ class FileService:
             os.close(fd)
             raise
         return fd, _rule(decision)
+
+    def _read_target(self, path: str) -> _ReadTarget:
+        """Decide a read of ``path`` and find where to open it; kept when allowed (``_reads``)."""
+        decision = self._decide(path, _READ)  # raises the refusal: a refused path is never kept
+        dirfd, relative = self._target(decision)
+        assert decision.rule is not None
+        target = (decision, dirfd, relative, self._resolve_flags(decision), self._pins[decision.rule].owner)
+        if len(self._reads) >= _MAX_READS:
+            self._reads.clear()
+        self._reads[path] = target
+        return target
 
     def open(self, path: str, mode: str) -> Answer:
         if mode == "r":
