@@ -28,7 +28,7 @@ from functools import cache
 
 from privsep import _linux
 from privsep.broker import notruncate
-from privsep.broker.actas import acting_as, current_uid
+from privsep.broker.actas import acting_as, current_uid, switches
 from privsep.broker.answers import Answer, Refusal, denied, failed
 from privsep.broker.pins import Pins, pin_specs
 from privsep.broker.relay import AppendRelay
@@ -57,8 +57,9 @@ _READ_FLAGS = OPEN_FLAGS["r"] | _OPENING
 #: Most allowed read paths remembered per policy (each at most MAX_PATH characters, twice).
 _MAX_READS = 256
 #: An allowed read, ready to open: the decision, the pinned dirfd, the path beneath it, the
-#: RESOLVE flags, the (uid, gid) to act as there.
-_ReadTarget = tuple[FileDecision, int, str, int, tuple[int, int]]
+#: RESOLVE flags, the (uid, gid) to act as there (None: as the broker itself), the rule's name.
+_ReadTarget = tuple[FileDecision, int, str, int, tuple[int, int] | None, str | None]
+_READ_OPEN = _READ_FLAGS | os.O_CLOEXEC
 
 
 def _rule(decision: FileDecision) -> str | None:
@@ -201,12 +202,18 @@ class FileService:
         target = self._reads.get(path)
         if target is None:
             target = self._read_target(path)
-        decision, dirfd, relative, resolve, owner = target
-        with acting_as(*owner):
+        decision, dirfd, relative, resolve, owner, rule = target
+        if owner is None:  # the broker is the grant's owner already (acting_as would change nothing)
             try:
-                fd = _linux.openat2(dirfd, relative, _READ_FLAGS | os.O_CLOEXEC, 0, resolve)
+                fd = _linux.openat2(dirfd, relative, _READ_OPEN, 0, resolve)
             except OSError as exc:
                 raise _refusal(exc, decision) from None
+        else:
+            with acting_as(*owner):
+                try:
+                    fd = _linux.openat2(dirfd, relative, _READ_OPEN, 0, resolve)
+                except OSError as exc:
+                    raise _refusal(exc, decision) from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device, a directory: never handed over
                 raise _not_regular(decision)
@@ -214,14 +221,16 @@ class FileService:
         except BaseException:
             os.close(fd)
             raise
-        return fd, _rule(decision)
+        return fd, rule
 
     def _read_target(self, path: str) -> _ReadTarget:
         """Decide a read of ``path`` and find where to open it; kept when allowed (``_reads``)."""
         decision = self._decide(path, _READ)  # raises the refusal: a refused path is never kept
         dirfd, relative = self._target(decision)
         assert decision.rule is not None
-        target = (decision, dirfd, relative, self._resolve_flags(decision), self._pins[decision.rule].owner)
+        uid, gid = self._pins[decision.rule].owner
+        owner = (uid, gid) if switches(uid, gid) else None
+        target = (decision, dirfd, relative, self._resolve_flags(decision), owner, _rule(decision))
         if len(self._reads) >= _MAX_READS:
             self._reads.clear()
         self._reads[path] = target
