@@ -124,6 +124,13 @@ def recv(sock: socket.socket) -> Frame | None:
     except ConnectionResetError as exc:
         # The peer closed with frames of ours still unread.
         raise ChannelError("the peer closed the channel") from exc
+    if not msg_flags & _TRUNCATED and 0 < len(data) <= MAX_FRAME:  # frames as they come: no, or one, fd
+        if not ancillary:
+            return Frame(data, ())
+        if len(ancillary) == 1:
+            level, kind, payload = ancillary[0]
+            if level == _SOL_SOCKET and kind == _SCM_RIGHTS and len(payload) == _FD_SIZE:
+                return Frame(data, _FD.unpack(payload))
     return _frame(data, ancillary, msg_flags)
 
 

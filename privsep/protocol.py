@@ -623,6 +623,10 @@ def _decode(validator: _Validator, frame: bytes, what: str) -> Any:
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
+#: What _JSON.encode does with a str, without its Python frame (ensure_ascii=False).
+_quote = json.encoder.encode_basestring
+
+
 def _json(value: object) -> bytes:
     """``value`` as compact JSON; refuse what the peer's strict parser would refuse."""
     try:
@@ -831,7 +835,7 @@ def prepare_open(path: str, mode: str) -> Prepared | None:
     if not 0 < len(path) <= MAX_PATH or "\x00" in path:
         return None
     try:
-        quoted = _JSON.encode(path).encode()  # raw UTF-8, as _json writes every frame
+        quoted = _quote(path).encode()  # raw UTF-8, as _json writes every frame
     except UnicodeEncodeError:  # a lone surrogate: not valid Unicode
         return None
     return Prepared("open", b',"op":"open","path":%b,"mode":"%b"}' % (quoted, mode.encode()))
