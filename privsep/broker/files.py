@@ -56,9 +56,10 @@ _READ_FLAGS = OPEN_FLAGS["r"] | _OPENING
 
 #: Most allowed read paths remembered per policy (each at most MAX_PATH characters, twice).
 _MAX_READS = 256
-#: An allowed read, ready to open: the decision, the pinned dirfd, the path beneath it, the
-#: RESOLVE flags, the (uid, gid) to act as there (None: as the broker itself), the rule's name.
-_ReadTarget = tuple[FileDecision, int, str, int, tuple[int, int] | None, str | None]
+#: An allowed read, ready to open: the decision, the pinned dirfd, the path beneath it (and
+#: encoded), openat2's flags and RESOLVE flags, the (uid, gid) to act as there (None: as the
+#: broker itself), the rule's name.
+_ReadTarget = tuple[FileDecision, int, str, bytes, _linux.OpenHow, tuple[int, int] | None, str | None]
 _READ_OPEN = _READ_FLAGS | os.O_CLOEXEC
 
 
@@ -202,16 +203,16 @@ class FileService:
         target = self._reads.get(path)
         if target is None:
             target = self._read_target(path)
-        decision, dirfd, relative, resolve, owner, rule = target
+        decision, dirfd, relative, encoded, how, owner, rule = target
         if owner is None:  # the broker is the grant's owner already (acting_as would change nothing)
             try:
-                fd = _linux.openat2(dirfd, relative, _READ_OPEN, 0, resolve)
+                fd = _linux.openat2_how(dirfd, relative, encoded, how)
             except OSError as exc:
                 raise _refusal(exc, decision) from None
         else:
             with acting_as(*owner):
                 try:
-                    fd = _linux.openat2(dirfd, relative, _READ_OPEN, 0, resolve)
+                    fd = _linux.openat2_how(dirfd, relative, encoded, how)
                 except OSError as exc:
                     raise _refusal(exc, decision) from None
         try:
@@ -230,7 +231,8 @@ class FileService:
         assert decision.rule is not None
         uid, gid = self._pins[decision.rule].owner
         owner = (uid, gid) if switches(uid, gid) else None
-        target = (decision, dirfd, relative, self._resolve_flags(decision), owner, _rule(decision))
+        how = _linux.open_how(_READ_OPEN, 0, self._resolve_flags(decision))
+        target = (decision, dirfd, relative, os.fsencode(relative), how, owner, _rule(decision))
         if len(self._reads) >= _MAX_READS:
             self._reads.clear()
         self._reads[path] = target

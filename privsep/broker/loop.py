@@ -158,7 +158,8 @@ class Broker:
 
     def run_once(self, max_wait: float | None = None) -> None:
         """Wait for one round of events (or a deadline) and handle them."""
-        for fd, owner, role in self._events.select(self._next_timeout(max_wait)):
+        timeout = self._next_timeout(max_wait) if self._timed else max_wait
+        for fd, owner, role in self._events.select(timeout):
             if role == "channel":  # the commonest event by far: a request
                 if owner.outcome is None:
                     self._requests.on_channel(owner)
