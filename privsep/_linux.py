@@ -16,6 +16,7 @@ import signal
 import stat
 import struct
 import sys
+from typing import TYPE_CHECKING
 
 # os.uname, not platform.machine: the same answer without importing platform on every start.
 if os.uname().machine != "x86_64":  # pragma: no cover - refuse, never guess syscall numbers
@@ -365,13 +366,30 @@ _HOWS: dict[tuple[int, int, int], ctypes._Pointer[_OpenHow]] = {}
 
 def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     """openat2(2); raises OSError (with ``filename``) like ``os.open``. On every brokered open's path."""
+    return openat2_how(dirfd, path, path.encode(*_FS_ENCODING), open_how(flags, mode, resolve))
+
+
+if TYPE_CHECKING:
+    OpenHow = ctypes._Pointer[_OpenHow]
+else:
+    OpenHow = ctypes._Pointer  # not subscriptable at run time
+
+
+def open_how(flags: int, mode: int, resolve: int) -> OpenHow:
+    """The ``struct open_how`` for these arguments (one per combination; the kernel only reads it)."""
     key = (flags, mode, resolve)
     how = _HOWS.get(key)
     if how is None:
         how = ctypes.pointer(_OpenHow(flags, mode, resolve))
         if len(_HOWS) < 256:
             _HOWS[key] = how
-    fd: int = _syscall(NR_OPENAT2, dirfd, path.encode(*_FS_ENCODING), how, _OPEN_HOW_SIZE)
+    return how
+
+
+def openat2_how(dirfd: int, path: str, encoded: bytes, how: OpenHow) -> int:
+    """``openat2`` with ``path`` encoded already (``os.fsencode``) and its ``open_how`` made:
+    for a caller that opens the same path again and again."""
+    fd: int = _syscall(NR_OPENAT2, dirfd, encoded, how, _OPEN_HOW_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)

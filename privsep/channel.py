@@ -42,6 +42,7 @@ _ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 _MSG_TRUNC, _MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)
 _MSG_NOSIGNAL, _MSG_CMSG_CLOEXEC = int(socket.MSG_NOSIGNAL), int(socket.MSG_CMSG_CLOEXEC)
 _SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
+_TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC
 
 
 class Frame(NamedTuple):
@@ -123,6 +124,18 @@ def recv(sock: socket.socket) -> Frame | None:
     except ConnectionResetError as exc:
         # The peer closed with frames of ours still unread.
         raise ChannelError("the peer closed the channel") from exc
+    if not msg_flags & _TRUNCATED and 0 < len(data) <= MAX_FRAME:  # frames as they come: no, or one, fd
+        if not ancillary:
+            return Frame(data, ())
+        if len(ancillary) == 1:
+            level, kind, payload = ancillary[0]
+            if level == _SOL_SOCKET and kind == _SCM_RIGHTS and len(payload) == _FD_SIZE:
+                return Frame(data, _FD.unpack(payload))
+    return _frame(data, ancillary, msg_flags)
+
+
+def _frame(data: bytes, ancillary: list[tuple[int, int, bytes]], msg_flags: int) -> Frame | None:
+    """What ``recvmsg`` gave, as ``recv`` returns it (or raises)."""
     fds = _take_fds(ancillary)
     reason = None
     if msg_flags & _MSG_TRUNC or len(data) > MAX_FRAME:
@@ -144,7 +157,13 @@ def recv_no_fds(sock: socket.socket) -> bytes | None:
     Requests never carry descriptors; one that does is closed unused (the
     broker never acts on what the child hands it) and breaks the protocol.
     """
-    frame = recv(sock)
+    try:
+        data, ancillary, msg_flags, _ = sock.recvmsg(MAX_FRAME + 1, _ANCILLARY_SPACE, _MSG_CMSG_CLOEXEC)
+    except ConnectionResetError as exc:
+        raise ChannelError("the peer closed the channel") from exc
+    if not ancillary and not msg_flags & _TRUNCATED and 0 < len(data) <= MAX_FRAME:
+        return data  # a request as requests come: what recv would return, without its steps
+    frame = _frame(data, ancillary, msg_flags)
     if frame is None:
         return None
     if frame.fds:

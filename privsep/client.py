@@ -52,6 +52,7 @@ import shlex
 import socket
 import stat as stat_module
 import threading
+from collections.abc import Callable
 from typing import IO, Any, Literal, NamedTuple, TypeVar, cast, overload
 
 from pydantic import BaseModel, ValidationError
@@ -97,7 +98,7 @@ _PathRequest = (
 class _Ask(NamedTuple):
     """A request and what the client needs to explain its failure."""
 
-    request: protocol.Request  # with id 0; the real id is set when it is sent
+    request: protocol.Request | protocol.Prepared  # with id 0 or none; the real id is set when it is sent
     call: str  # how the caller spelled it, for messages: "open('/x', 'w')"
     grants: tuple[str, ...]  # the value of the allow flag that would allow it, one per flag
     filenames: tuple[str, ...] = ()  # for FileNotFoundError; empty for ops not on paths
@@ -178,6 +179,17 @@ def _check_open_flags(fd: int, mode: protocol.OpenMode) -> None:
         raise RemoteProtocolError(f"the broker sent a descriptor whose flags do not match open mode {mode!r}")
 
 
+def _opener(fd: int, handed: list[bool]) -> Callable[[str, int], int]:
+    """builtins.open's opener for a received ``fd``: from its call on, the file object owns ``fd``
+    (made only for the modes that need builtins.open: no closure per unbuffered binary open)."""
+
+    def opener(_path: str, _flags: int) -> int:
+        handed[0] = True
+        return fd
+
+    return opener
+
+
 def _abspath(path: StrPath, what: str = "path") -> str:
     raw = os.fspath(path)
     if not isinstance(raw, str):
@@ -186,7 +198,8 @@ def _abspath(path: StrPath, what: str = "path") -> str:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), raw)
     if "\0" in raw:
         raise ValueError(f"embedded null character in {what}")
-    return os.path.abspath(raw)
+    # What abspath does with an absolute path: normpath alone (no getcwd, three calls fewer).
+    return os.path.normpath(raw) if raw[0] == "/" else os.path.abspath(raw)
 
 
 def _hostport(host: str, port: int, type: str) -> str:
@@ -475,16 +488,14 @@ class Client:
         parsed = _parse_mode(mode)
         _check_text_args(parsed, buffering, encoding, errors, newline)
         target = _abspath(path)
-        request = _request(protocol.Open, path=target, mode=parsed.wire)
+        # Checked and encoded without a model; the model only for a path it refuses, to say why.
+        request = protocol.prepare_open(target, parsed.wire) or _request(
+            protocol.Open, path=target, mode=parsed.wire
+        )
         ask = _Ask(request, f"open({target!r}, {mode!r})", (target,), (target,))
-        _, fd = self._call_fd(ask, protocol.EmptyResult)
-        handed = False
-
-        def opener(_path: str, _flags: int) -> int:
-            nonlocal handed
-            handed = True  # from here on builtins.open owns fd and closes it on failure
-            return fd
-
+        fd = self._call(ask, protocol.EmptyResult)[1]
+        assert fd is not None  # ClientProtocol guarantees it for open
+        handed = [False]  # whether the file object owns fd (it closes it on failure)
         try:
             _check_open_flags(fd, parsed.wire)
             try:
@@ -492,21 +503,21 @@ class Client:
                     # What builtins.open returns for this mode, the FileIO itself, made without
                     # the opener call and its FIOCLEX (the fd is close-on-exec from recvmsg on).
                     raw = io.FileIO(fd, parsed.wire, closefd=True)
-                    handed = True  # made: it owns fd (FileIO does not close an fd it refused)
+                    handed[0] = True  # made: it owns fd (FileIO does not close an fd it refused)
                     raw.name = target
                     return raw
                 return builtins.open(
-                    target, parsed.local, buffering, encoding, errors, newline, opener=opener
+                    target, parsed.local, buffering, encoding, errors, newline, opener=_opener(fd, handed)
                 )
             except IsADirectoryError:  # FileIO's fstat of the received fd: no lookup by name
                 raise RemoteProtocolError("the broker answered open with a directory") from None
         except RemoteProtocolError as exc:  # as ClientProtocol.checking does, without a generator per open
             self._protocol.lost(str(exc))
-            if not handed:
+            if not handed[0]:
                 channel.close_fds((fd,))
             raise
         except BaseException:
-            if not handed:
+            if not handed[0]:
                 channel.close_fds((fd,))
             raise
 

@@ -623,6 +623,10 @@ def _decode(validator: _Validator, frame: bytes, what: str) -> Any:
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
+#: What _JSON.encode does with a str, without its Python frame (ensure_ascii=False).
+_quote = json.encoder.encode_basestring
+
+
 def _json(value: object) -> bytes:
     """``value`` as compact JSON; refuse what the peer's strict parser would refuse."""
     try:
@@ -676,7 +680,10 @@ class BrokerProtocol:
         if self._state is _State.BROKEN:
             raise RemoteProtocolError("the channel already broke the protocol and must be closed")
         try:
-            return self._advance(_decode(_REQUESTS.validator, frame, "request"))
+            request: Request = _decode(_REQUESTS.validator, frame, "request")
+            if self._state is _State.READY and type(request) not in _CHECKED_FURTHER:
+                return request  # most requests: _advance has nothing to check
+            return self._advance(request)
         except RemoteProtocolError:
             self._state = _State.BROKEN
             raise
@@ -707,6 +714,10 @@ class BrokerProtocol:
         return HelloResult(
             version=self.version, broker=f"privsep {self._broker_version}", max_frame=MAX_FRAME
         ).model_dump()
+
+
+#: The requests ``_advance`` checks beyond their model once the channel is ready.
+_CHECKED_FURTHER = frozenset({Hello, CallReturn})
 
 
 def _finite(value: JsonValue) -> bool:
@@ -804,6 +815,32 @@ def _encode_request(request: Request, request_id: int) -> bytes:
     return _encode({**request.model_dump(mode="json"), "id": request_id})
 
 
+class Prepared(NamedTuple):
+    """A request checked and encoded without a model: ``ClientProtocol.send`` puts its id in front."""
+
+    op: str
+    rest: bytes  # the frame after its id: b',"op":...}'
+
+
+def prepare_open(path: str, mode: str) -> Prepared | None:
+    """``Open(path=path, mode=mode)``, ready to send, without building the model: most requests.
+
+    The same checks the model makes (``WirePath``: a str of 1 to MAX_PATH characters, no
+    NUL, valid Unicode; ``OpenMode``), made directly; None when one fails, and the
+    caller builds the model to say which. The frame is what the broker's model reads
+    as that request (tests/unit/test_protocol.py checks them against each other).
+    """
+    if type(path) is not str or type(mode) is not str or mode not in OPEN_FLAGS:
+        return None
+    if not 0 < len(path) <= MAX_PATH or "\x00" in path:
+        return None
+    try:
+        quoted = _quote(path).encode()  # raw UTF-8, as _json writes every frame
+    except UnicodeEncodeError:  # a lone surrogate: not valid Unicode
+        return None
+    return Prepared("open", b',"op":"open","path":%b,"mode":"%b"}' % (quoted, mode.encode()))
+
+
 def decode_reply(frame: bytes) -> Reply:
     """Bound, parse and validate a reply (the child's side): the broker is checked too."""
     result: Reply = _decode(_REPLIES.validator, frame, "reply")
@@ -897,7 +934,7 @@ class ClientProtocol:
 
     def __init__(self) -> None:
         self._next_id = 0
-        self._waiting: Request | None = None
+        self._waiting: str | None = None  # the op of the request sent, until its reply comes
         self._broken: str | None = None
         #: The negotiated protocol version, once ``hello`` was answered.
         self.version: int | None = None
@@ -908,7 +945,7 @@ class ClientProtocol:
         """Why the channel is unusable, or None."""
         return self._broken
 
-    def send(self, request: Request) -> bytes:
+    def send(self, request: Request | Prepared) -> bytes:
         """The frame for ``request`` (its id assigned here); one request in flight at a time."""
         if self._broken is not None:
             raise ChannelError(f"the channel to the broker is unusable: {self._broken}")
@@ -917,8 +954,11 @@ class ClientProtocol:
         if (self.hello is None) != (type(request) is Hello):
             raise LocalProtocolError("'hello' first, and only once")
         self._next_id += 1
-        frame = _encode_request(request, self._next_id)
-        self._waiting = request
+        if isinstance(request, Prepared):  # a NamedTuple: no ABCMeta check, unlike a model
+            frame = _bounded(b'{"id":%d%b' % (self._next_id, request.rest))
+        else:
+            frame = _encode_request(request, self._next_id)
+        self._waiting = request.op
         return frame
 
     def receive(self, frame: bytes, fds: Sequence[int]) -> Answered | ErrorInfo:
@@ -927,10 +967,9 @@ class ClientProtocol:
         Raises RemoteProtocolError (and breaks the channel) when the reply breaks the protocol.
         An ``invalid`` error also breaks it: the broker closes the channel after sending one.
         """
-        request, self._waiting = self._waiting, None
-        if request is None:
+        op, self._waiting = self._waiting, None
+        if op is None:
             raise LocalProtocolError("receive() without a request waiting")
-        op = request.op
         if (
             op in _EMPTY_RESULT_OPS
             and frame == _OK_EMPTY % self._next_id

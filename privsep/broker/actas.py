@@ -33,11 +33,15 @@ _UNCHANGED = 0xFFFFFFFF  # an id the call refuses: it then only returns the curr
 _AS_ITSELF = nullcontext()
 
 
+def switches(uid: int, gid: int) -> bool:
+    """Whether ``acting_as(uid, gid)`` changes anything: not for a broker that is not root (uid < 0),
+    nor for a grant root owns (the broker already acts as its owner)."""
+    return uid >= 0 and (uid, gid) != (0, 0)
+
+
 def acting_as(uid: int, gid: int) -> AbstractContextManager[None]:
     """Within the block, this thread's file operations are the given owner's (uid < 0: unchanged)."""
-    if uid < 0 or (uid, gid) == (0, 0):
-        return _AS_ITSELF  # not a root broker, or a grant root owns: the broker already acts as its owner
-    return _switched(uid, gid)
+    return _switched(uid, gid) if switches(uid, gid) else _AS_ITSELF
 
 
 @contextmanager

@@ -49,6 +49,7 @@ class Broker:
     def __init__(self, *, audit: AuditLog | None = None) -> None:
         self._events = Events()
         self._children: set[Child] = set()
+        self._timed: set[Child] = set()  # those with a deadline: the only ones each wake-up looks at
         self._recorder = Recorder(audit)
         self._handback = Handback()
         self._events.watch(self._handback.wake_fd, "wakeup", None)
@@ -144,6 +145,8 @@ class Broker:
                 egress=child.egress,
             )
         self._children.add(child)
+        if child.deadline is not None:
+            self._timed.add(child)
         self._requests.watch(child)
         self._lifecycle.watch(child)
         return child
@@ -156,8 +159,12 @@ class Broker:
 
     def run_once(self, max_wait: float | None = None) -> None:
         """Wait for one round of events (or a deadline) and handle them."""
-        for fd, owner, role in self._events.select(self._next_timeout(max_wait)):
-            if role == "wakeup":
+        timeout = self._next_timeout(max_wait) if self._timed else max_wait
+        for fd, owner, role in self._events.select(timeout):
+            if role == "channel":  # the commonest event by far: a request
+                if owner.outcome is None:
+                    self._requests.on_channel(owner)
+            elif role == "wakeup":
                 self._handback.run()
             elif role in ("relay_child", "relay_peer"):
                 self._requests.on_relay(owner, role, fd)
@@ -167,8 +174,10 @@ class Broker:
                 self._egress_server().ready(owner, fd)  # the owner is the fd's handler (egress.py)
             elif owner.outcome is None:
                 self._dispatch(owner, role)
+        if not self._timed:
+            return
         now = time.monotonic()
-        for child in list(self._children):
+        for child in list(self._timed):
             if child.deadline is not None and now >= child.deadline and child.procs.kill_reason is None:
                 detail = f"timed out after {child.timeout:g} s; the sandbox was killed"
                 self._lifecycle.kill(child, Outcome("timeout", EXIT_TIMEOUT, detail=detail))
@@ -224,7 +233,7 @@ class Broker:
 
     def _next_timeout(self, max_wait: float | None) -> float | None:
         deadlines = [
-            c.deadline for c in self._children if c.deadline is not None and c.procs.kill_reason is None
+            c.deadline for c in self._timed if c.deadline is not None and c.procs.kill_reason is None
         ]
         if not deadlines:
             return max_wait
@@ -257,3 +266,4 @@ class Broker:
             child.egress.close()
         self._lifecycle.release(child)
         self._children.discard(child)
+        self._timed.discard(child)

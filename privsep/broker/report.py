@@ -81,6 +81,11 @@ class Recorder:
         self._audit = audit
         self._internal_errors = 0
 
+    @property
+    def auditing(self) -> bool:
+        """Whether allowed decisions are recorded (an audit log): without one, none needs an ``Answer``."""
+        return self._audit is not None
+
     def start(self) -> float:
         """When a decision starts, for its latency in the audit log: no clock is read without one."""
         return 0.0 if self._audit is None else time.monotonic()

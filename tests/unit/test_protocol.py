@@ -988,3 +988,33 @@ def test_a_call_return_holding_nan_or_infinity_is_a_violation(value: str) -> Non
 def test_a_call_return_with_finite_floats_is_accepted() -> None:
     value = ready().receive(b'{"id":1,"op":"call_return","value":[1.5, {"a": -2e300}, "NaN"]}')
     assert value == protocol.CallReturn(id=1, value=[1.5, {"a": -2e300}, "NaN"])
+
+
+@given(
+    path=st.text(max_size=40) | st.text(min_size=4090, max_size=4100),
+    mode=st.sampled_from([*protocol.OPEN_FLAGS, "rb", ""]),
+)
+def test_a_prepared_open_is_the_models_open(path: str, mode: str) -> None:
+    """``prepare_open`` refuses what the model refuses; the broker reads its frame as the model."""
+    try:
+        model: protocol.Open | None = protocol.Open(id=0, path=path, mode=mode)  # type: ignore[arg-type]
+    except ValidationError:
+        model = None
+    prepared = protocol.prepare_open(path, mode)
+    assert (prepared is None) == (model is None)
+    if prepared is None or model is None:
+        return
+    client = protocol.ClientProtocol()
+    client.hello = protocol.HelloResult(version=1, broker="privsep test", max_frame=protocol.MAX_FRAME)
+    frame = client.send(prepared)
+    broker = protocol.BrokerProtocol("test")
+    broker.receive(b'{"id":0,"op":"hello","versions":[1]}')
+    assert broker.receive(frame) == model.model_copy(update={"id": 1})
+    assert client.receive(b'{"id":1,"ok":true,"result":{}}', (7,)) == protocol.Answered(
+        protocol.EmptyResult(), 7
+    )
+
+
+def test_a_prepared_open_refuses_a_lone_surrogate_and_a_nul() -> None:
+    assert protocol.prepare_open("/a/\udcff", "r") is None
+    assert protocol.prepare_open("/a\x00b", "r") is None
