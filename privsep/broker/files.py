@@ -87,6 +87,9 @@ class FileService:
         self._reads: dict[str, _ReadTarget] = {}
 
     def close(self) -> None:
+        # The remembered reads hold the pins' fd numbers: none may outlive them (the number
+        # could be another file's by the next open).
+        self._reads.clear()
         self._held.close()
 
     # -- decisions --------------------------------------------------------

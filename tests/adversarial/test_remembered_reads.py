@@ -74,3 +74,27 @@ def test_the_fd_handed_over_is_blocking_and_read_only(served: tuple[FileService,
         assert rule == "files[0]"
     finally:
         os.close(fd)
+
+
+def test_closing_the_service_forgets_the_remembered_reads(served: tuple[FileService, Path]) -> None:
+    """A remembered read holds its grant's pinned fd number; after close() that number may be
+    another directory's, so nothing remembered may survive it (fresh-eyes audit, hardening)."""
+    service, grant = served
+    assert _read(service, grant / "f") == "one"
+    decoy = grant.parent / "decoy"
+    decoy.mkdir()
+    (decoy / "f").write_text("decoy")
+    (pin_fd,) = {target[1] for target in service._reads.values()}  # the grant's pinned dirfd
+    service.close()
+    taken = os.open(decoy, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    os.dup2(taken, pin_fd)  # whatever the broker opens next may get that number
+    os.close(taken)
+    taken = pin_fd
+    try:
+        try:
+            got = _read(service, grant / "f")
+        except (Refusal, KeyError, OSError):
+            return
+        assert got != "decoy", "a remembered read opened beneath a descriptor it no longer owns"
+    finally:
+        os.close(taken)
