@@ -85,6 +85,14 @@ class _View:
             or any(path == f for f, _ in plan.files)
         )
 
+    def read_grant(self, path: str) -> str | None:
+        """The grant (``--allow-read``) whose read-only bind shows ``path``, if it is one."""
+        binds = [b for b in self._plan.binds if _under(path, b.path)]
+        if not binds:
+            return None
+        inner = max(binds, key=lambda b: len(b.path))
+        return inner.path if inner.access and not inner.writable else None
+
     def writable(self, path: str) -> bool:
         # A private /tmp is writable, but it is not the host's: only a writable bind is.
         binds = [b for b in self._plan.binds if _under(path, b.path)]
@@ -109,6 +117,7 @@ def outside_view_hints(
     """
     view = _View(plan)
     hints: dict[str, None] = {}
+    read_only: dict[str, None] = {}  # existing paths under read grants: said only if nothing else is
     candidates = _candidates(argv[1:])
     # A destination comes last (cp, mv, install, rsync): an existing directory there, after
     # another existing path, is written into, and --allow-write is the grant that works.
@@ -126,6 +135,17 @@ def outside_view_hints(
                         f"{path} is outside the sandbox; re-run with --allow-read={grant} "
                         f"(or --allow-write={grant} if it writes there)"
                     ] = None
+            else:
+                granted = view.read_grant(path)
+                if granted is not None and word == destination and os.path.isdir(path):
+                    hints[f"{path} is read-only in the sandbox; re-run with --allow-write={path}"] = None
+                elif granted is not None:
+                    # The kernel's EROFS reaches no broker: the failure may be a write here,
+                    # or have nothing to do with the sandbox (grep finding nothing).
+                    read_only[
+                        f"{path} is read-only in the sandbox (a read grant); "
+                        f"if the command writes it, re-run with --allow-write={granted}"
+                    ] = None
             continue
         parent = posixpath.dirname(path)
         if "/" not in word.rstrip("/") or word.endswith("/") or not os.path.isdir(parent):
@@ -137,6 +157,8 @@ def outside_view_hints(
                 f"{path} cannot be created: {parent} is {where}; "
                 f"if the command creates it, re-run with --allow-write={parent}"
             ] = None
+    if not hints and not explained:
+        hints.update(read_only)
     # A relative argument that names something in the working directory: it depended on it.
     relative = any(not w.startswith("/") and os.path.lexists(posixpath.join(cwd, w)) for w in candidates)
     named = any(f"={cwd} " in h or h.endswith(f"={cwd}") for h in hints)  # its grant is suggested

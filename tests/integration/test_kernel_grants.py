@@ -416,6 +416,15 @@ def test_the_working_directory_and_hints_for_what_the_sandbox_hid(shared_tmp: Pa
     assert f"re-run with --allow-write={shared_tmp}/out" in proc.stderr
     proc = run("--", "cat", "in/a.txt")  # nothing granted: the child runs in /
     assert f"the working directory {shared_tmp} is outside the sandbox" in proc.stderr
+    # A write into an existing file of a read grant: the kernel's EROFS, no broker call; the
+    # line names the grant, and its fix works.
+    proc = run("--allow-read", "in", "--", "sed", "-i", "s/a/b/", "in/a.txt")
+    assert proc.returncode != 0
+    fix = f"if the command writes it, re-run with --allow-write={shared_tmp}/in"
+    assert f"privsep: {shared_tmp}/in/a.txt is read-only in the sandbox (a read grant); {fix}" in proc.stderr
+    proc = run("--allow-write", "in", "--", "sed", "-i", "s/a/b/", "in/a.txt")
+    assert proc.returncode == 0, proc.stderr
+    assert (shared_tmp / "in" / "a.txt").read_text() == "b\n"
 
 
 def test_created_files_belong_to_the_invoking_user_without_root(shared_tmp: Path) -> None:

@@ -213,3 +213,36 @@ def test_hints_read_scripts_destinations_and_the_working_directory(tree: Path) -
     assert len(hints) == 1 and "working directory" not in hints[0]
     # A home directory is too broad a grant to suggest, whatever failed.
     assert outside_view_hints(["false"], "/root", "/", plan) == []
+
+
+def test_hints_name_a_read_grant_that_a_failing_command_may_have_written(tree: Path) -> None:
+    """A write into an existing file of a read grant fails with the kernel's EROFS, which no
+    broker sees: the path on the command line gets a conditional line, last, and only when
+    nothing else explains the failure; a copy's destination there gets the plain fix."""
+    plan = view.plan_grants(
+        _policy(tree, [{"path": f"{tree}/ro", "access": ["read", "list"]}]),
+        root_broker=True,
+        sandbox_id=65534,
+    ).view
+    (tree / "ro" / "f").write_text("f")
+    (tree / "ro" / "d").mkdir()
+    line = (
+        f"{tree}/ro/f is read-only in the sandbox (a read grant); "
+        f"if the command writes it, re-run with --allow-write={tree}/ro"
+    )
+    assert outside_view_hints(["sed", "-i", "s/a/b/", f"{tree}/ro/f"], "/", "/", plan) == [line]
+    assert outside_view_hints(["sh", "-c", f"touch {tree}/ro/f"], "/", "/", plan) == [line]
+    # The report named a cause already (a denial, an exec error): nothing is guessed.
+    assert outside_view_hints(["touch", f"{tree}/ro/f"], "/", "/", plan, explained=True) == []
+    # Another line explains it: the read-only source of a copy is not named.
+    (tree / "hidden").mkdir()
+    assert outside_view_hints(["cp", f"{tree}/ro/f", f"{tree}/hidden"], "/", "/", plan) == [
+        f"{tree}/hidden is outside the sandbox; re-run with --allow-write={tree}/hidden"
+    ]
+    # A copy into a directory of the read grant: written into, so the plain fix, for it alone.
+    assert outside_view_hints(["cp", f"{tree}/ro/f", f"{tree}/ro/d"], "/", "/", plan) == [
+        f"{tree}/ro/d is read-only in the sandbox; re-run with --allow-write={tree}/ro/d"
+    ]
+    # A path under the policy's own [view] read (not a grant) is never suggested for writing.
+    (tree / "bin" / "tool").write_text("t")
+    assert outside_view_hints(["touch", f"{tree}/bin/tool"], "/", "/", plan) == []
