@@ -92,6 +92,29 @@ _OPTIONS = ("policy", *_LIST_OPTIONS, "timeout")
 _OUTCOMES = ("passed", "failed", "skipped", "xfailed")
 
 
+def _leave_privsep_unrewritten() -> None:
+    """Let privsep's own modules import as compiled, not through pytest's assertion rewriting.
+
+    pytest marks every module of an installed plugin's distribution for rewriting, so each
+    session parsed, rewrote and compiled the ~140 modules a confined test imports (the
+    broker, the plan, the protocol), and with ``PYTHONDONTWRITEBYTECODE`` it cannot keep
+    the result: about a third of a second per session. privsep's ``assert``s are internal
+    invariants; nothing reads their messages. The test modules themselves are still
+    rewritten, here and in the confined child. This reaches into pytest's import hook; if
+    its shape changes, nothing breaks, and privsep is merely rewritten again.
+    """
+    for finder in sys.meta_path:
+        marked = getattr(finder, "_must_rewrite", None)
+        if isinstance(marked, set) and "privsep" in marked:
+            marked.discard("privsep")
+            cache = getattr(finder, "_marked_for_rewrite_cache", None)
+            if isinstance(cache, dict):
+                cache.clear()
+
+
+_leave_privsep_unrewritten()
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("privsep", "privsep: run tests under least privilege")
     group.addoption(

@@ -36,3 +36,17 @@ def test_no_data_directory_becomes_a_namespace_package() -> None:
     ]
     if find is not None and data_dirs:
         assert find.get("namespaces") is False, f"{data_dirs} would ship as namespace packages"
+
+
+def test_privseps_own_modules_are_not_rewritten_by_pytest() -> None:
+    """pytest marks an installed plugin's whole distribution for assertion rewriting; the plugin
+    takes privsep back out, so a session imports its ~140 modules compiled instead of parsing
+    and rewriting each one again (with PYTHONDONTWRITEBYTECODE nothing would keep the result)."""
+    import importlib
+    import sys
+
+    from _pytest.assertion.rewrite import AssertionRewritingHook
+
+    sys.modules.pop("privsep.broker.verdicts", None)
+    module = importlib.import_module("privsep.broker.verdicts")
+    assert not isinstance(module.__loader__, AssertionRewritingHook)
