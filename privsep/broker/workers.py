@@ -29,11 +29,13 @@ class Workers:
 
     A fixed pool let sandboxes whose operations hang (a connect to a black hole, a
     listing of a huge directory) occupy every thread, and a sibling's request then
-    waited behind them. Each sandbox has at most two slow operations in flight (one
-    request, one transparent call), so it holds at most two threads, and a sibling's
-    operation always gets a thread at once. Up to _KEPT idle threads are kept; the
-    others end after _IDLE_S. Not concurrent.futures: its threads are joined at
-    interpreter exit, so one connect stuck in its timeout would hold ``privsep run`` open.
+    waited behind them. Each sandbox has a bounded number of slow operations in flight
+    (one request, one transparent call, and with egress its resolver's host lookups,
+    ``dns.MAX_LOOKUPS``, and its proxies' connects, ``proxy.MAX_CONNECTING`` each), so it
+    holds a bounded number of threads, and a sibling's operation always gets a thread
+    at once. Up to _KEPT idle threads are kept; the others end after _IDLE_S. Not
+    concurrent.futures: its threads are joined at interpreter exit, so one connect stuck
+    in its timeout would hold ``privsep run`` open.
     """
 
     def __init__(self, done: Callable[[], None]) -> None:
