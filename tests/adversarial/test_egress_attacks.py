@@ -82,14 +82,12 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeDns]:
 HEADS: list[str] = []  # every request head the origin received, whole (the server fixture's)
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[int, list[str]]]:
-    """A local HTTP/1.1 origin on 127.0.0.1 that records each request head's first lines; its port."""
+def origin(answer: Callable[[bytes], bytes]) -> Iterator[int]:
+    """A local HTTP/1.1 origin on 127.0.0.1, answering each request head with ``answer(head)``;
+    yields its port (a generator for fixtures)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
-    seen: list[str] = []
-    HEADS.clear()
 
     def serve() -> None:
         while True:
@@ -106,17 +104,29 @@ def server() -> Iterator[tuple[int, list[str]]]:
                         if not chunk:
                             break
                         data += chunk
-                    head = data.split(b"\r\n\r\n")[0].decode("latin-1")
-                    HEADS.append(head)
-                    seen.append(" | ".join(head.split("\r\n")[:2]))
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\norigin")
+                    conn.sendall(answer(data.split(b"\r\n\r\n")[0]))
                 except OSError:
                     continue
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1], seen
+    threading.Thread(target=serve, daemon=True).start()
+    yield listener.getsockname()[1]
     listener.close()
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[int, list[str]]]:
+    """A local HTTP/1.1 origin on 127.0.0.1 that records each request head's first lines; its port."""
+    seen: list[str] = []
+    HEADS.clear()
+
+    def record(raw: bytes) -> bytes:
+        head = raw.decode("latin-1")
+        HEADS.append(head)
+        seen.append(" | ".join(head.split("\r\n")[:2]))
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\norigin"
+
+    for port in origin(record):
+        yield port, seen
 
 
 def policy_with(**extra: Any) -> Policy:

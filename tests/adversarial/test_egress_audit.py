@@ -7,8 +7,6 @@ records every name it is asked).
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -19,6 +17,7 @@ from tests.adversarial.test_egress_attacks import (
     FakeDns,
     broker,  # noqa: F401 - a fixture
     fake_dns,  # noqa: F401 - a fixture
+    origin,
     policy_with,
     run,
 )
@@ -28,37 +27,16 @@ from tests.adversarial.test_egress_attacks import (
 def echo_origin() -> Iterator[int]:
     """A local origin on 127.0.0.1 that answers every request with its head as the body (as TRACE
     asks, and as many debugging endpoints do for any method); its port."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                data = b""
-                try:
-                    while b"\r\n\r\n" not in data:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        data += chunk
-                    head = data.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
-                    conn.sendall(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\n"
-                        + f"Content-Length: {len(head)}\r\nConnection: close\r\n\r\n".encode()
-                        + head
-                    )
-                except OSError:
-                    continue
+    def echo(raw: bytes) -> bytes:
+        head = raw + b"\r\n\r\n"
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\n"
+            + f"Content-Length: {len(head)}\r\nConnection: close\r\n\r\n".encode()
+            + head
+        )
 
-    threading.Thread(target=serve, daemon=True).start()
-    yield listener.getsockname()[1]
-    listener.close()
+    yield from origin(echo)
 
 
 def test_trace_never_carries_the_injected_header_back_to_the_sandbox(
