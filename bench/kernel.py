@@ -61,16 +61,8 @@ from bench.workloads import (
     stats,
 )
 
-#: The C floor: open+close PATH N times after WARMUP untimed ones, each timed with
-#: CLOCK_MONOTONIC; prints one JSON line like the Python workloads.
-OPENLOOP_C = r"""
-#define _GNU_SOURCE
-#include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-#include <unistd.h>
-
+#: What both C loops share: the clock, and the one JSON line of their samples' statistics.
+_C_TIMING = r"""
 static long long now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -82,6 +74,27 @@ static int cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+static int report(long long *s, long n, long long sum) {
+    qsort(s, (size_t)n, sizeof *s, cmp);
+    printf("{\"n\": %ld, \"p50_us\": %.3f, \"p99_us\": %.3f, \"mean_us\": %.3f}\n", n,
+           s[(n - 1) / 2] / 1e3, s[(long)(0.99 * (n - 1))] / 1e3, sum / (double)n / 1e3);
+    return 0;
+}
+"""
+
+#: The C floor: open+close PATH N times after WARMUP untimed ones, each timed with
+#: CLOCK_MONOTONIC; prints one JSON line like the Python workloads.
+OPENLOOP_C = (
+    r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+"""
+    + _C_TIMING
+    + r"""
 static int once(const char *path) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -111,17 +124,16 @@ int main(int argc, char **argv) {
         s[i] = now_ns() - t0;
         sum += s[i];
     }
-    qsort(s, (size_t)n, sizeof *s, cmp);
-    printf("{\"n\": %ld, \"p50_us\": %.3f, \"p99_us\": %.3f, \"mean_us\": %.3f}\n", n,
-           s[(n - 1) / 2] / 1e3, s[(long)(0.99 * (n - 1))] / 1e3, sum / (double)n / 1e3);
-    return 0;
+    return report(s, n, sum);
 }
 """
+)
 
 
 #: The transparent-connect loop: connect a fresh TCP socket to HOST:PORT N times after WARMUP
 #: untimed ones, timing connect() alone; each socket is closed with SO_LINGER 0 (no TIME_WAIT).
-CONNECTLOOP_C = r"""
+CONNECTLOOP_C = (
+    r"""
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -130,18 +142,9 @@ CONNECTLOOP_C = r"""
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-
-static long long now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b) {
-    long long x = *(const long long *)a, y = *(const long long *)b;
-    return (x > y) - (x < y);
-}
-
+"""
+    + _C_TIMING
+    + r"""
 static long long once(const struct sockaddr_in *to) {
     int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (s < 0) {
@@ -181,12 +184,10 @@ int main(int argc, char **argv) {
             return 1;
         sum += s[i];
     }
-    qsort(s, (size_t)n, sizeof *s, cmp);
-    printf("{\"n\": %ld, \"p50_us\": %.3f, \"p99_us\": %.3f, \"mean_us\": %.3f}\n", n,
-           s[(n - 1) / 2] / 1e3, s[(long)(0.99 * (n - 1))] / 1e3, sum / (double)n / 1e3);
-    return 0;
+    return report(s, n, sum);
 }
 """
+)
 
 
 #: The floor of a broker-served open: the same seccomp-notify round trip in plain Python, no policy.
