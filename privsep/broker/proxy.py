@@ -340,6 +340,15 @@ class _Proxy:
         else:
             self._failed(refusal)
 
+    def _deny_request(self, what: str, message: str) -> None:
+        """A request refused before any route is decided (malformed, or one whose answer would
+        carry an injected value back): audited and reported as a denial of ``what``."""
+        egress = self.egress
+        denial = Denial("connect", what, None, message, None)
+        egress.server.recorder.noted(
+            egress.child, "connect", what, "deny", None, message=message, denial=denial
+        )
+
     def _denied(self, refusal: Refusal) -> None:
         raise NotImplementedError
 
@@ -475,12 +484,7 @@ class HttpProxy(_Proxy):
         if result is None:
             return
         if isinstance(result, proxyhttp.HttpRefusal):
-            egress = self.egress
-            denial = Denial("connect", "(a malformed proxy request)", None, result.message, None)
-            egress.server.recorder.noted(
-                egress.child, "connect", "(a malformed proxy request)", "deny", None,
-                message=result.message, denial=denial,
-            )  # fmt: skip
+            self._deny_request("(a malformed proxy request)", result.message)
             self._answer_and_close(result.response())
             return
         self._http = result
@@ -492,11 +496,7 @@ class HttpProxy(_Proxy):
         reflected = None if inject is None else proxyhttp.reflected(result)
         if reflected is not None:  # its answer would carry the injected value back to the sandbox
             self._target = result.target
-            egress, what = self.egress, self._what(result.target)
-            denial = Denial("connect", what, None, reflected.message, None)
-            egress.server.recorder.noted(
-                egress.child, "connect", what, "deny", None, message=reflected.message, denial=denial
-            )
+            self._deny_request(self._what(result.target), reflected.message)
             self._answer_and_close(reflected.response())
             return
         self._request(result.target, inject)
@@ -541,12 +541,7 @@ class SocksProxy(_Proxy):
         if result is None or isinstance(result, proxysocks.SocksGreeted):
             return
         if isinstance(result, proxysocks.SocksRefusal):
-            egress = self.egress
-            denial = Denial("connect", "(a malformed SOCKS5 request)", None, result.message, None)
-            egress.server.recorder.noted(
-                egress.child, "connect", "(a malformed SOCKS5 request)", "deny", None,
-                message=result.message, denial=denial,
-            )  # fmt: skip
+            self._deny_request("(a malformed SOCKS5 request)", result.message)
             if result.reply is None:
                 self.close()
             else:
