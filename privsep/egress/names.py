@@ -51,7 +51,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from privsep.egress.dnswire import TYPE_A, TYPE_AAAA, TYPE_OPT, Rcode
-from privsep.policy.model import ConnectRule, IPAddress, Policy, host_name, ip_literal
+from privsep.policy.model import (
+    MAX_PINNED,
+    MAX_PINNED_ADDRESSES,
+    ConnectRule,
+    IPAddress,
+    Policy,
+    host_name,
+    ip_literal,
+    pinned_hosts,
+)
 
 __all__ = [
     "MAX_PINNED",
@@ -65,9 +74,6 @@ __all__ = [
     "name_matches",
 ]
 
-MAX_PINNED = 1024
-MAX_PINNED_ADDRESSES = 16
-
 
 @dataclass(frozen=True)
 class PinnedHosts:
@@ -78,33 +84,16 @@ class PinnedHosts:
 
     @classmethod
     def parse(cls, table: Mapping[str, str | Sequence[str]]) -> PinnedHosts:
-        """Validate a policy's table (name -> an address or a list of them); ValueError teaches.
+        """A policy's table (name -> an address or a list of them), checked as the policy model
+        checks it (:func:`privsep.policy.model.pinned_hosts`); ValueError teaches.
 
         Messages quote the policy's own text: it comes from the user, not the sandbox.
         """
-        if len(table) > MAX_PINNED:
-            raise ValueError(f"hosts: at most {MAX_PINNED} pinned names")
-        out: dict[str, tuple[IPAddress, ...]] = {}
-        for key, value in table.items():
-            name = host_name(key)
-            if name is None:
-                raise ValueError(
-                    f"hosts: {key!r} is not a host name; a pinned name is an exact RFC 1123 name "
-                    "(letters, digits and '-', no wildcard), e.g. api.test"
-                )
-            if name in out:
-                raise ValueError(f"hosts: {key!r} is pinned twice (names are compared in lower case)")
-            texts = [value] if isinstance(value, str) else list(value)
-            if not 1 <= len(texts) <= MAX_PINNED_ADDRESSES:
-                raise ValueError(f"hosts: {key!r} needs 1 to {MAX_PINNED_ADDRESSES} addresses")
-            addresses: list[IPAddress] = []
-            for text in texts:
-                address = ip_literal(text) if isinstance(text, str) else None
-                if address is None:
-                    raise ValueError(f"hosts: {key!r} = {text!r}: write an IP address, e.g. 127.0.0.1 or ::1")
-                if address not in addresses:
-                    addresses.append(address)
-            out[name] = tuple(addresses)
+        try:
+            canonical: dict[str, tuple[str, ...]] = pinned_hosts(dict(table))
+        except ValueError as exc:
+            raise ValueError(f"hosts: {exc}") from None
+        out = {name: tuple(_address(text) for text in texts) for name, texts in canonical.items()}
         return cls(MappingProxyType(out))
 
     def get(self, name: str) -> tuple[IPAddress, ...] | None:
@@ -201,3 +190,9 @@ def decide_question(policy: Policy, pins: PinnedHosts, text: str, qtype: int) ->
         return QuestionDecision(Reply.NOTIMP, Rcode.NOTIMP, name, message)
     message = f"{name.message}; only A and AAAA records are served, so type {qtype} has none (NODATA)"
     return QuestionDecision(Reply.NODATA, Rcode.NOERROR, name, message)
+
+
+def _address(text: str) -> IPAddress:
+    address = ip_literal(text)
+    assert address is not None  # pinned_hosts checked it
+    return address

@@ -500,8 +500,10 @@ _RESERVED_HEADERS = frozenset(
 )  # fmt: skip
 
 
-def _pinned_hosts(value: Any) -> Any:
-    """``{"api.test" = "127.0.0.1"}``, or a list of addresses per name, made canonical."""
+def pinned_hosts(value: Any) -> Any:
+    """``{"api.test" = "127.0.0.1"}``, or a list of addresses per name, made canonical
+    (lower-case names, each address once); ValueError teaches. The one check of a pin table:
+    the broker's resolver reads the model's (privsep.egress.names.PinnedHosts)."""
     if not isinstance(value, dict):
         return value  # the type check reports it
     if len(value) > MAX_PINNED:
@@ -518,7 +520,10 @@ def _pinned_hosts(value: Any) -> Any:
             raise ValueError(f"{key!r} is pinned twice (names are compared in lower case)")
         texts = [given] if isinstance(given, str) else list(given) if isinstance(given, (list, tuple)) else []
         if not 1 <= len(texts) <= MAX_PINNED_ADDRESSES:
-            raise ValueError(f"{key!r}: give 1 to {MAX_PINNED_ADDRESSES} IP addresses")
+            raise ValueError(
+                f"{key!r}: give 1 to {MAX_PINNED_ADDRESSES} IP addresses (a pinned name needs 1 to "
+                f"{MAX_PINNED_ADDRESSES})"
+            )
         addresses: list[str] = []
         for text in texts:
             address = ip_literal(text) if isinstance(text, str) else None
@@ -581,7 +586,7 @@ class Network(_Strict):
     addresses, and an allowlisting HTTP and SOCKS5 proxy. Each allows only what the
     ``[[connect]]`` rules allow (``privsep.egress`` says how)."""
 
-    hosts: Annotated[dict[str, tuple[str, ...]], BeforeValidator(_pinned_hosts)] = Field(default_factory=dict)
+    hosts: Annotated[dict[str, tuple[str, ...]], BeforeValidator(pinned_hosts)] = Field(default_factory=dict)
     """Names the broker answers with these addresses, never looking them up on the host:
     ``{ "api.test" = "127.0.0.1" }`` (or a list of addresses). A pinned name still needs a
     [[connect]] rule that names it."""
