@@ -298,6 +298,8 @@ class DnsUdp:
         self._closed = False
 
     def ready(self, fd: int) -> None:
+        if self._closed:
+            return
         for _ in range(UDP_BATCH):
             try:
                 data, peer = self._sock.recvfrom(MAX_QUERY + 1)  # longer: cut, and refused as too long
@@ -314,7 +316,12 @@ class DnsUdp:
             self._sock.sendto(response, peer)
 
     def close(self) -> None:
-        self._closed = True  # the socket is the egress's to close
+        """Stop serving: out of the loop's watch too, or a closed resolver would go on reading (and
+        working on) every query, answering none. The socket itself is the egress's to close."""
+        if self._closed:
+            return
+        self._closed = True
+        self.egress.server.events.forget(self._sock.fileno())
 
 
 class DnsTcp:
