@@ -1,0 +1,63 @@
+"""The privileged broker never imports a module the sandbox could have written.
+
+``python -m privsep`` puts the working directory first on ``sys.path``; privsep imports some
+modules only when it needs them, after the sandbox has run (reports, hints). A sandbox allowed
+to write its working directory left ``shlex.py`` there, and the root broker imported it while
+explaining the denial: code of the sandbox's choosing, run as root on the host.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.conftest import PYTHON
+
+# The sandbox plants a module under every top-level name of the standard library, each of which
+# leaves a mark (outside anything the sandbox may write) if it is ever imported; then it is
+# denied something and fails, so that the broker reports and hints.
+PLANT = """
+import sys
+for name in sys.stdlib_module_names:
+    if name.isidentifier():
+        with open(name + ".py", "w") as f:
+            f.write(f"open({MARKS!r} + '/' + {name!r}, 'w').close()\\n")
+try:
+    open("/etc/shadow")
+except OSError:
+    pass
+sys.exit(3)
+"""
+
+
+def test_python_m_privsep_imports_nothing_from_the_working_directory(
+    shared_tmp: Path, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    code = PLANT.replace("{MARKS!r}", repr(str(marks)))
+    proc = subprocess.run(
+        [
+            str(PYTHON),
+            "-m",
+            "privsep",
+            "run",
+            "--policy",
+            "python",
+            "--allow-write",
+            str(shared_tmp),
+            "--",
+            str(PYTHON),
+            "-c",
+            code,
+        ],
+        cwd=shared_tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 3, proc.stderr
+    planted = sorted(p.name for p in shared_tmp.glob("*.py"))
+    assert len(planted) > 200, planted  # the sandbox did write them
+    assert sorted(p.name for p in marks.iterdir()) == []
