@@ -21,6 +21,13 @@ runs unconfined, as the broker would run it: only the broker, which holds
 the forkserver's one socket, can name it. A prepare frame carries no fds; a
 plan frame always does.
 
+The broker does not wait for the forkserver to start: its first request
+does (``READY``), so that the interpreter's start and imports overlap the
+broker's own set-up, as the zygote's do. The pytest plugin starts one even
+earlier, while pytest collects, and hands it to the Sandbox it opens
+(:func:`handing_over`). The broker's side of this module imports nothing the
+forkserver preloads (pydantic, the client): only the forkserver does.
+
 The forkserver trusts only the broker, whose socketpair is its fd 3. It
 dies with the broker (parent-death signal), and the sandboxes die with it.
 """
@@ -36,16 +43,15 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 import traceback
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import prctl
 
-# Imported here, once, for every child of the forkserver: _callee (and with it
-# the client) is what a Sandbox.call child runs without exec'ing anything.
-from privsep import _callee, channel, protocol  # noqa: F401 - preloaded for the children
-from privsep.confine.inside import broker_pidfd, reset_process_state
-from privsep.confine.spawn import start_sandbox
+from privsep import channel
 from privsep.errors import ConfinementError
 from privsep.plan import wire
 from privsep.plan.spawnplan import Spawned, SpawnPlan, claim_host_ids
@@ -56,9 +62,25 @@ _MAX_REASON = 2000
 
 
 class ForkServer:
-    """The broker's handle on its forkserver."""
+    """The broker's handle on its forkserver.
+
+    Made, it has started the forkserver's interpreter and not waited for it:
+    the start (~150 ms of imports) overlaps whatever the broker does next, and
+    the first request waits for READY. Inside :func:`handing_over`, the
+    ``ForkServer()`` that ``assemble`` makes is the one handed over, started
+    earlier (the pytest plugin starts it while pytest collects).
+    """
+
+    def __new__(cls) -> ForkServer:
+        handed: ForkServer | None = getattr(_handover, "server", None)
+        if handed is not None:
+            _handover.server = None  # taken once: a second Sandbox in the block starts its own
+            return handed
+        return super().__new__(cls)
 
     def __init__(self) -> None:
+        if getattr(self, "_proc", None) is not None:
+            return  # handed over (see __new__): started already
         ours, theirs = channel.socketpair()
         env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
         try:
@@ -70,15 +92,31 @@ class ForkServer:
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
-        self._sock = ours
+        self._sock: socket.socket = ours
+        self._ready = False
+        self._asked = 0  # prepare requests sent whose answers are not read yet
+        self._answers: deque[str | None] = deque()  # answers read (by a spawn) and not yet taken
+
+    def wait_ready(self) -> None:
+        """Wait for the forkserver's READY (once); ConfinementError if it did not start."""
+        if self._ready:
+            return
         frame = channel.recv(self._sock)
         if frame is None or frame.data != _READY:
-            self.close()
+            if frame is not None:
+                channel.close_fds(frame.fds)
             raise ConfinementError("forkserver", "the forkserver did not start (see its stderr)")
+        self._ready = True
 
     def spawn(self, plan: SpawnPlan, *, stdio: tuple[int, int, int]) -> Spawned:
+        self.wait_ready()
+        while self._asked:  # the forkserver answers in order: the prepares asked before come first
+            self._answers.append(self._prepare_answer())
         # The broker claims the host id and holds it: it is the one that sees the sandbox end.
         plan, held = claim_host_ids(plan)
         try:
@@ -115,7 +153,26 @@ class ForkServer:
         it. ``args`` are JSON values. Returns None, or why it failed: the
         forkserver carries on, its children then do without.
         """
+        self.ask_prepare(target, *args)
+        return self.prepared()
+
+    def ask_prepare(self, target: str, *args: Any) -> None:
+        """:meth:`prepare`'s request alone, sent now: the forkserver runs it once it has started,
+        while this process does other things. :meth:`prepared` gives its answer."""
         channel.send(self._sock, json.dumps({"prepare": target, "args": list(args)}).encode())
+        self._asked += 1
+
+    def prepared(self) -> str | None:
+        """The answer to the oldest :meth:`ask_prepare` not answered yet (waiting for it)."""
+        if self._answers:
+            return self._answers.popleft()
+        if not self._asked:
+            raise ValueError("no prepare request is waiting for its answer")
+        self.wait_ready()
+        return self._prepare_answer()
+
+    def _prepare_answer(self) -> str | None:
+        self._asked -= 1
         frame = channel.recv(self._sock)
         if frame is None or frame.fds:
             if frame is not None:
@@ -132,7 +189,36 @@ class ForkServer:
         self._proc.wait()
 
 
+_handover = threading.local()
+
+
+@contextlib.contextmanager
+def handing_over(server: ForkServer) -> Iterator[None]:
+    """In this block, on this thread, the next ``ForkServer()`` made is ``server``, started earlier.
+
+    Any forkserver is started the same way (a fresh interpreter, its own
+    environment, the broker's socket alone), so one started before a Sandbox
+    opens serves it as one the Sandbox starts would. ``server`` is the
+    block's: whoever takes it closes it, and if no one has by the end, the
+    block closes it.
+    """
+    _handover.server = server
+    try:
+        yield
+    finally:
+        if _handover.server is server:
+            _handover.server = None
+            server.close()
+
+
 def _serve(fd: int, broker_pid: int) -> int:  # pragma: no cover - runs in the forkserver process
+    # Imported here, in the forkserver alone (a broker that starts one never pays for them),
+    # once for every child: _callee (and with it the client) is what a Sandbox.call child
+    # runs without exec'ing anything.
+    from privsep import _callee  # noqa: F401, PLC0415 - preloaded for the children
+    from privsep.confine.inside import broker_pidfd, reset_process_state  # noqa: PLC0415
+    from privsep.confine.spawn import start_sandbox  # noqa: PLC0415
+
     prctl.set_name("privsep-forksrv")
     broker = broker_pidfd(broker_pid)
     if broker is None:
@@ -195,6 +281,8 @@ def _warm_call_replies() -> None:  # pragma: no cover - runs in the forkserver p
     it: a pydantic generic model and its schema, about 10 ms of every call child's life
     (two thirds of a ``Sandbox.call`` of ``os:getpid``) when each child built its own.
     """
+    from privsep import protocol  # noqa: PLC0415 - see _serve
+
     for op in ("hello", "call_args", "call_return"):
         protocol._typed_replies(protocol.RESULT_MODELS[op])
 

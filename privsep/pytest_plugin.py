@@ -32,8 +32,11 @@ A fresh interpreter per test would cost each one about half a second
 keeps a ``Sandbox(start_method="forkserver")`` open for the session, one
 per set of marker options (the last few used), and before the first test
 of a module asks its forkserver to import pytest and the test module
-(``_pytest_child.preload``). Each test is then one fork of that forkserver,
-which goes through every confinement layer, in order, failing closed
+(``_pytest_child.preload``). The first confined test's forkserver is
+started as soon as pytest has collected, and asked for that import at
+once: both run while this process imports the broker. Each test is then
+one fork of that forkserver, which goes through every confinement layer,
+in order, failing closed
 (namespaces, identity, Landlock, rlimits, seccomp), and runs the test
 function in the confined fork: a child per test, so nothing a test does
 (globals, files in its ``/tmp``, threads) is seen by the next. A kept
@@ -58,6 +61,7 @@ unconfined.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -249,6 +253,8 @@ class _Runner:
     """What the broker's file grants held open when the sandbox opened (see :func:`_pinned`)."""
     preloaded: dict[str, bool] = dataclasses.field(default_factory=dict)
     """Test files the forkserver was asked to import, and whether it could."""
+    asked: str | None = None
+    """A test file whose import the forkserver was asked for when it started, answer not read yet."""
 
     def stale(self) -> bool:
         """A granted directory was replaced since (a fixture made it anew): the pins are of the old one."""
@@ -263,10 +269,27 @@ class _Runner:
         """Import pytest and the test module in the forkserver, once: every test's child inherits them."""
         if self.forkserver is None or str(test.path) in self.preloaded:
             return
-        paths = [os.path.abspath(p) for p in test.paths]
-        failed = self.forkserver.prepare(PRELOAD, str(test.path), test.module, paths)
+        if self.asked == str(test.path):
+            self.asked = None
+            failed = self.forkserver.prepared()
+        else:
+            failed = self.forkserver.prepare(PRELOAD, str(test.path), test.module, _preload_paths(test))
         # On a failure the forkserver carries on; each child then imports the module itself, confined.
         self.preloaded[str(test.path)] = failed is None
+
+
+def _preload_paths(test: _Test) -> list[str]:
+    return [os.path.abspath(p) for p in test.paths]
+
+
+@dataclass(frozen=True)
+class _Early:
+    """A forkserver started while pytest collected, for the options of the first confined test."""
+
+    options: _Options
+    server: ForkServer
+    asked: str
+    """The test file it was asked to import as it started (the first confined test's)."""
 
 
 _Identity = tuple[str, int, int] | None
@@ -323,6 +346,34 @@ class _Runners:
     def __init__(self) -> None:
         self._open: dict[_Options, _Runner] = {}
         self._warned = False
+        self._early: _Early | None = None
+
+    def start_early(self, options: _Options, test: _Test) -> None:
+        """Start the forkserver for ``test``'s options now, and ask it to import ``test``'s module.
+
+        Called once pytest has collected: the forkserver's start (a fresh
+        interpreter and its imports) and that import then run while this
+        process imports the broker for the first confined test, which takes
+        this forkserver when it opens its Sandbox. Importing the forkserver's
+        module here costs ~20 ms: its broker side imports no pydantic.
+        """
+        from privsep import cgroups  # noqa: PLC0415 - only a session with confined tests
+        from privsep.forkserver import ForkServer  # noqa: PLC0415
+
+        # As Sandbox.__enter__ does before its forkserver exists: on cgroup v2 this process may
+        # move into a leaf of its own (privsep.cgroups.v2), and the forkserver must go along.
+        with contextlib.suppress(PrivsepError):
+            cgroups.host()
+        try:
+            server = ForkServer()
+        except OSError:
+            return  # the first confined test starts one itself, and says so if it cannot
+        try:
+            server.ask_prepare(PRELOAD, str(test.path), test.module, _preload_paths(test))
+        except (OSError, PrivsepError):
+            server.close()
+            return
+        self._early = _Early(options, server, str(test.path))
 
     def kept(self, options: _Options) -> bool:
         return options in self._open
@@ -363,12 +414,26 @@ class _Runners:
         forkserver's, and the test reports it.
         """
         pinned = _pinned(made)  # before: what changes while it opens shows at the next test
+        early = self._early if self._early is not None and self._early.options == options else None
+        asked = None
         try:
-            made.__enter__()
+            if early is not None:
+                from privsep.forkserver import handing_over  # noqa: PLC0415 - loaded by start_early
+
+                self._early = None
+                asked = early.asked
+                with handing_over(early.server):
+                    made.__enter__()
+            else:
+                made.__enter__()
+            forkserver = made._need_parts().forkserver
+            if forkserver is not None:
+                forkserver.wait_ready()  # a forkserver that did not start falls back, as below
         except PrivsepError as exc:
+            made.close()
             why = str(exc)
         else:
-            return self._keep(options, _Runner(made, made._need_parts().forkserver, pinned))
+            return self._keep(options, _Runner(made, forkserver, pinned, asked=asked))
         fallback = options.sandbox(start_method="exec")
         pinned = _pinned(fallback)
         fallback.__enter__()
@@ -399,6 +464,9 @@ class _Runners:
     def close(self) -> None:
         while self._open:
             self.drop(next(iter(self._open)))
+        if self._early is not None:
+            self._early.server.close()
+            self._early = None
 
 
 _RUNNERS = pytest.StashKey[_Runners]()
@@ -463,6 +531,32 @@ def _import_target(item: pytest.Function) -> tuple[Path, str, Path]:
     return path, path.stem, path.parent
 
 
+def _confined_test(item: pytest.Function) -> tuple[_Options, _Test]:
+    """The options of its sandbox and the test as the child's runner takes it; _MarkerError if wrong."""
+    path, module, root = _import_target(item)
+    qualname = item.originalname
+    if item.cls is not None:
+        qualname = f"{item.cls.__qualname__}.{qualname}"
+    options = dataclasses.replace(_options(item), extra_path=(str(root),))
+    return options, _Test(path, module, qualname, _params(item), options.python_path + options.extra_path)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the first confined test's forkserver now: its start overlaps the broker's import."""
+    if session.config.option.collectonly:
+        return
+    first = next((item for item in session.items if _is_confined(item)), None)
+    if first is None:
+        return  # a session without confined tests starts nothing
+    assert isinstance(first, pytest.Function)
+    try:
+        options, test = _confined_test(first)
+    except _MarkerError:
+        return  # the test reports it at set-up
+    session.config.stash[_RUNNERS].start_early(options, test)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if not _is_confined(item):
@@ -483,15 +577,11 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if not _is_confined(pyfuncitem):
         return None
     __tracebackhide__ = True
-    path, module, root = _import_target(pyfuncitem)
+    path = pyfuncitem.path
     first = (pyfuncitem.reportinfo()[1] or 0) + 1
-    qualname = pyfuncitem.originalname
-    if pyfuncitem.cls is not None:
-        qualname = f"{pyfuncitem.cls.__qualname__}.{qualname}"
     runners = pyfuncitem.config.stash[_RUNNERS]
     try:
-        options = dataclasses.replace(_options(pyfuncitem), extra_path=(str(root),))
-        test = _Test(path, module, qualname, _params(pyfuncitem), options.python_path + options.extra_path)
+        options, test = _confined_test(pyfuncitem)
         made = None if runners.kept(options) else options.sandbox(start_method="forkserver")
     except (_MarkerError, PrivsepError) as exc:
         problem = str(exc)

@@ -356,6 +356,58 @@ def test_each_test_is_a_fresh_fork_of_a_forkserver_that_imported_the_module_unco
     assert re.search(r"AssertionError: assert \[\] == \[4\]", proc.stdout)
 
 
+def test_the_first_confined_tests_forkserver_starts_when_collection_ends(
+    project: Path, run_pytest: RunPytest
+) -> None:
+    """Started before any test runs (its start overlaps the broker's import); none without a confined test."""
+    finder = """
+        IMPORTED_CONFINED = "PRIVSEP_FD" in os.environ
+
+        def forkservers():
+            found = []
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        argv = f.read().split(b"\\0")
+                    with open(f"/proc/{pid}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except OSError:
+                    continue
+                if ppid == os.getpid() and b"privsep.forkserver" in argv:
+                    found.append(pid)
+            return found
+        """
+    write(
+        project,
+        "test_early.py",
+        finder
+        + """
+        def test_0_unmarked_runs_first():
+            assert len(forkservers()) == 1
+
+        @pytest.mark.privsep
+        def test_1_marked():
+            assert_confined()
+            assert not IMPORTED_CONFINED  # the early forkserver imported the module
+        """,
+    )
+    write(
+        project,
+        "test_none.py",
+        finder
+        + """
+        def test_unmarked_alone():
+            assert forkservers() == []
+        """,
+    )
+    proc = run_pytest("test_early.py")
+    assert outcomes(proc) == {"test_0_unmarked_runs_first": "PASSED", "test_1_marked": "PASSED"}, (
+        proc.stdout + proc.stderr
+    )
+    proc = run_pytest("test_none.py")
+    assert outcomes(proc) == {"test_unmarked_alone": "PASSED"}, proc.stdout + proc.stderr
+
+
 def test_a_granted_directory_made_anew_for_each_test_is_the_one_each_test_is_served(
     project: Path, run_pytest: RunPytest
 ) -> None:
