@@ -99,6 +99,7 @@ class ForkServer:
             theirs.close()
         self._sock: socket.socket = ours
         self._ready = False
+        self._out_of_step = False  # an exchange was cut between request and answer (see _recv)
         self._asked = 0  # prepare requests sent whose answers are not read yet
         self._answers: deque[str | None] = deque()  # answers read (by a spawn) and not yet taken
 
@@ -106,7 +107,7 @@ class ForkServer:
         """Wait for the forkserver's READY (once); ConfinementError if it did not start."""
         if self._ready:
             return
-        frame = channel.recv(self._sock)
+        frame = self._recv()
         if frame is None or frame.data != _READY:
             if frame is not None:
                 channel.close_fds(frame.fds)
@@ -114,20 +115,30 @@ class ForkServer:
         self._ready = True
 
     def spawn(self, plan: SpawnPlan, *, stdio: tuple[int, int, int]) -> Spawned:
+        self._in_step()
         self.wait_ready()
         while self._asked:  # the forkserver answers in order: the prepares asked before come first
             self._answers.append(self._prepare_answer())
         # The broker claims the host id and holds it: it is the one that sees the sandbox end.
         plan, held = claim_host_ids(plan)
+        sent = False
         try:
             broker_chan, child_chan = channel.socketpair()
             broker_ctl, child_ctl = channel.socketpair()
             try:
-                channel.send(self._sock, wire.encode(plan), (*stdio, child_chan.fileno(), child_ctl.fileno()))
-            finally:
-                child_chan.close()
-                child_ctl.close()
-            frame = channel.recv(self._sock)
+                try:
+                    channel.send(
+                        self._sock, wire.encode(plan), (*stdio, child_chan.fileno(), child_ctl.fileno())
+                    )
+                    sent = True
+                finally:
+                    child_chan.close()
+                    child_ctl.close()
+                frame = self._recv()
+            except BaseException:
+                broker_chan.close()  # a sandbox started all the same ends at its first request
+                broker_ctl.close()
+                raise
             if frame is None or len(frame.fds) != 1:
                 why = "the forkserver did not start the child"
                 if frame is not None:
@@ -139,7 +150,9 @@ class ForkServer:
                 raise ConfinementError("forkserver", why)
             pid = int(json.loads(frame.data)["pid"])
         except BaseException:
-            if held is not None:
+            if held is not None and not (sent and self._out_of_step):
+                # Answered (or never asked): no sandbox runs as the id. Cut before the answer, one
+                # may: its claim is kept until the broker ends, so no other sandbox gets the id.
                 held.release()
             raise
         return Spawned(
@@ -159,6 +172,7 @@ class ForkServer:
     def ask_prepare(self, target: str, *args: Any) -> None:
         """:meth:`prepare`'s request alone, sent now: the forkserver runs it once it has started,
         while this process does other things. :meth:`prepared` gives its answer."""
+        self._in_step()
         channel.send(self._sock, json.dumps({"prepare": target, "args": list(args)}).encode())
         self._asked += 1
 
@@ -172,8 +186,8 @@ class ForkServer:
         return self._prepare_answer()
 
     def _prepare_answer(self) -> str | None:
+        frame = self._recv()
         self._asked -= 1
-        frame = channel.recv(self._sock)
         if frame is None or frame.fds:
             if frame is not None:
                 channel.close_fds(frame.fds)
@@ -182,6 +196,24 @@ class ForkServer:
             return None
         reason = json.loads(frame.data).get("error")
         return str(reason) if reason else "the forkserver gave no reason"
+
+    def _recv(self) -> channel.Frame | None:
+        """The forkserver's next answer. The forkserver answers in order: an exchange cut between
+        its request and its answer (an exception, ^C) would leave the next request reading the
+        previous one's answer, and a sandbox could get another's pid. So a cut exchange puts the
+        handle out of step for good: every later request is refused."""
+        self._in_step()
+        self._out_of_step = True
+        frame = channel.recv(self._sock)
+        self._out_of_step = False
+        return frame
+
+    def _in_step(self) -> None:
+        if self._out_of_step:
+            raise ConfinementError(
+                "forkserver",
+                "an earlier request was interrupted before the forkserver answered; open a new Sandbox",
+            )
 
     def close(self) -> None:
         self._sock.close()

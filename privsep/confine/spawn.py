@@ -204,6 +204,7 @@ class Zygote:
             if frame is None or frame.data != zygote.READY:
                 raise ConfinementError("zygote", "the zygote did not start (see its stderr)")
             self._ready = True
+        self._in_step()
         # The broker claims the host id and holds it: it is the one that sees the sandbox end.
         plan, held = claim_host_ids(plan)
         try:
@@ -219,7 +220,9 @@ class Zygote:
                 child_chan.close()
                 child_ctl.close()
         except BaseException:
-            if held is not None:
+            if held is not None and not self._out_of_step:
+                # Answered (or never asked): no sandbox runs as the id. Cut before the answer, one
+                # may: its claim is kept until the broker ends, so no other sandbox gets the id.
                 held.release()
             raise
         return Spawned(
@@ -228,12 +231,7 @@ class Zygote:
 
     def _start(self, plan: SpawnPlan, fds: Sequence[int]) -> tuple[int, int]:
         """Send the plan and the sandbox's fds; init's pid and pidfd, or the zygote's reason why not."""
-        if self._out_of_step:
-            # An exchange was cut between request and answer (an exception, ^C): the next
-            # answer would be the previous request's, and a sandbox would get another's pid.
-            raise ConfinementError(
-                "zygote", "an earlier start was interrupted before the zygote answered; open a new Sandbox"
-            )
+        self._in_step()
         try:
             channel.send(self._sock, wire.encode(plan), fds)
         except (ChannelError, OSError) as exc:
@@ -248,6 +246,14 @@ class Zygote:
             channel.close_fds(frame.fds)
             raise ConfinementError(str(answer.get("step", "zygote")), str(answer.get("reason", "")))
         return int(answer["pid"]), frame.fds[0]
+
+    def _in_step(self) -> None:
+        if self._out_of_step:
+            # An exchange was cut between request and answer (an exception, ^C): the next
+            # answer would be the previous request's, and a sandbox would get another's pid.
+            raise ConfinementError(
+                "zygote", "an earlier start was interrupted before the zygote answered; open a new Sandbox"
+            )
 
     def _recv(self) -> channel.Frame | None:
         try:

@@ -93,6 +93,42 @@ def test_a_start_interrupted_before_the_answer_is_never_answered_by_the_next() -
     assert lines[1].startswith("refused:") and "interrupted" in lines[1], out
 
 
+def test_a_forkserver_start_interrupted_before_the_answer_is_never_answered_by_the_next() -> None:
+    """As the zygote above: the forkserver answers in order, so a cut exchange puts its handle out
+    of step for good (before, the next start read the cut one's answer: another sandbox's pid)."""
+    out = _script(
+        """
+        import privsep.forkserver as fs
+        from privsep import Sandbox, ConfinementError
+        real = fs.channel
+
+        class Cut:
+            calls = 0
+            def __getattr__(self, name):
+                return getattr(real, name)
+            def recv(self, sock):
+                Cut.calls += 1
+                if Cut.calls == 2:  # the first answer after READY: the first start's
+                    raise KeyboardInterrupt
+                return real.recv(sock)
+
+        fs.channel = Cut()
+        with Sandbox("python", start_method="forkserver") as sb:
+            try:
+                sb.call("os:getpid")
+            except KeyboardInterrupt:
+                print("interrupted")
+            try:
+                print("ran", sb.call("os:getpid"))
+            except ConfinementError as exc:
+                print("refused:", exc)
+        """
+    )
+    lines = out.splitlines()
+    assert lines[0] == "interrupted", out
+    assert lines[1].startswith("refused:") and "interrupted" in lines[1], out
+
+
 def test_the_broker_never_reaps_a_child_of_the_host_application() -> None:
     out = _script(
         """
