@@ -43,7 +43,7 @@ import sys
 import termios
 from collections.abc import Sequence
 
-import prctl
+import _prctl  # python-prctl's C module: its Python wrapper costs ~1 ms of every start to import
 
 from privsep import _linux
 from privsep.confine import identity, landlock, limits, netns, seccomp, view
@@ -224,13 +224,13 @@ def _init(plan: SpawnPlan, sources: Sequence[int], lifeline: int, announce: bool
     # First of all: nothing of the sandbox may exist outside its cgroup. Reported once the
     # control socket is in place; nothing is forked if it failed.
     joined = _join_cgroup(plan.cgroup_join)
-    prctl.set_name("privsep-init")
+    _prctl.prctl(_prctl.PR_SET_NAME, "privsep-init")
     try:
         os.setsid()
         lifeline = arrange_fds(sources, keep=lifeline)
         if joined is not None:
             raise joined
-        prctl.set_pdeathsig(signal.SIGKILL)
+        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
         if not _parent_alive(lifeline):
             return EXIT_PRIVSEP
         try:
@@ -349,7 +349,7 @@ def _enter_cwd(plan: SpawnPlan) -> None:
 
 
 def _command(plan: SpawnPlan) -> int:
-    prctl.set_name("privsep-cmd")
+    _prctl.prctl(_prctl.PR_SET_NAME, "privsep-cmd")
     try:
         if plan.terminal is not None:
             _lead_terminal(plan.terminal)
