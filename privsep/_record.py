@@ -34,6 +34,13 @@ class Record:
 
     __slots__: tuple[str, ...] = ()
 
+    def __init_subclass__(cls) -> None:
+        # The fields are the class's own __slots__: a record made from another record would
+        # silently leave the parent's fields out of equality, repr, replace and the wire.
+        if cls.__bases__ != (Record,):
+            raise TypeError(f"{cls.__name__}: a record derives from Record alone")
+        super().__init_subclass__()
+
     def _assign(self, values: dict[str, Any]) -> None:
         """Set every field from ``values`` (``__init__``'s ``locals()``: its parameters are the fields)."""
         for name in self.__slots__:

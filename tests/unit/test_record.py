@@ -54,3 +54,10 @@ def test_copy_rebuilds_the_record() -> None:
     bind = Bind("/srv", True, ("read",), writable=True, idmap=(1, 2))
     assert copy.copy(bind) == bind
     assert copy.deepcopy(bind) == bind
+
+
+def test_a_record_cannot_derive_from_another() -> None:
+    with pytest.raises(TypeError, match="derives from Record alone"):
+
+        class Wider(Rule):  # its fields would miss Rule's in equality and on the wire
+            __slots__ = ("extra",)
