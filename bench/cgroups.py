@@ -15,7 +15,6 @@ the cost; the rest is the monitor joining it).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -26,6 +25,7 @@ from typing import Any
 
 from bench.workloads import BenchError, ratios, stats
 from privsep import cgroups
+from privsep._record import replace
 from privsep.broker.loop import Broker
 from privsep.errors import ConfinementError
 from privsep.plan.spawnplan import SpawnPlan, make_plan
@@ -47,7 +47,7 @@ def bench_cgroups(rounds: int, n: int, log: Callable[[str], None]) -> dict[str, 
     except ConfinementError as exc:  # reported, not raised: the other sections still run
         return {"skipped": f"no cgroup per sandbox here: {exc.reason}"}
     with_cg = make_plan(load_policy("minimal"), ["/bin/true"])
-    without = dataclasses.replace(with_cg, cgroups="off")
+    without = replace(with_cg, cgroups="off")
     budget = with_cg.budget
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     broker = Broker()

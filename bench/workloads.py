@@ -14,7 +14,6 @@ as one JSON string in ``sys.argv[1]``, times itself with
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import statistics
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from privsep._record import replace
 from privsep.broker.loop import Broker, Child
 from privsep.broker.services import Services
 from privsep.plan.spawnplan import SpawnPlan
@@ -344,7 +344,7 @@ def start_confined(
     stdin_r, go = os.pipe2(os.O_CLOEXEC) if gate else (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), None)
     try:
         child = broker.start(
-            dataclasses.replace(plan, argv=tuple(argv)),
+            replace(plan, argv=tuple(argv)),
             services=services,
             timeout=600,
             stdio=(stdin_r, out.fileno(), err.fileno()),

@@ -31,13 +31,12 @@ imported from here, not from where the plan is made.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from privsep._record import Record, replace
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.loop import Broker, CallContext, Child
 from privsep.broker.pins import Pins, PinSpec
@@ -70,13 +69,16 @@ def plan_for(policy: Policy, argv: Sequence[str], *, learn: bool = False) -> Spa
     return make_plan(policy, argv, learn=learn)
 
 
-@dataclass(frozen=True)
-class Deferred:
+class Deferred(Record):
     """A policy whose model is made when the first request needs it (``privsep run``, with a plan
     from its cache): its grants are pinned at once, from ``pins``; ``make`` makes the model."""
 
+    __slots__ = ("make", "pins")
     pins: tuple[PinSpec, ...]
     make: Callable[[], Policy]
+
+    def __init__(self, pins: tuple[PinSpec, ...], make: Callable[[], Policy]) -> None:
+        self._assign(locals())
 
 
 class Assembly:
@@ -132,7 +134,7 @@ class Assembly:
                 raise ValueError("the --listen sockets serve one sandbox, and it has started")
             plan = with_listen(plan, self._listen_names)
         if call is not None and self.forkserver is not None:
-            plan = dataclasses.replace(plan, in_process_call=True)
+            plan = replace(plan, in_process_call=True)
         child = self.broker.start(
             plan,
             services=self.services,

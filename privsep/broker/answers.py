@@ -7,20 +7,32 @@ frames, audit records and the denial report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from privsep._record import Record, setfield
 from privsep.broker.relay import Relay
 from privsep.framing import ErrorCode
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(Record):
     """A successful result; ``fd`` (if any) is sent with the reply, then closed here."""
 
-    result: dict[str, object] = field(default_factory=dict)
-    fd: int | None = None
-    rule: str | None = None
-    relay: Relay | None = None  # kept and served by the loop once the reply is sent
+    __slots__ = ("fd", "relay", "result", "rule")
+    result: dict[str, object]
+    fd: int | None
+    rule: str | None
+    relay: Relay | None  # kept and served by the loop once the reply is sent
+
+    def __init__(
+        self,
+        result: dict[str, object] | None = None,
+        fd: int | None = None,
+        rule: str | None = None,
+        relay: Relay | None = None,
+    ) -> None:
+        # one per request: set directly (see privsep/_record.py)
+        setfield(self, "result", {} if result is None else result)
+        setfield(self, "fd", fd)
+        setfield(self, "rule", rule)
+        setfield(self, "relay", relay)
 
 
 class Refusal(Exception):

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from privsep import cgroups
@@ -33,14 +32,22 @@ else:
     protocol = lazy_module("privsep.protocol", globals())  # made for a sandbox's first request
 
 
-@dataclass
 class CallContext:
     """One ``Sandbox.call``: what the child may ask for, and what it answered (JSON values only)."""
 
-    function: str
-    args: list[object]
-    kwargs: dict[str, object]
-    returned: protocol.CallReturn | None = None
+    __slots__ = ("args", "function", "kwargs", "returned")
+
+    def __init__(
+        self,
+        function: str,
+        args: list[object],
+        kwargs: dict[str, object],
+        returned: protocol.CallReturn | None = None,
+    ) -> None:
+        self.function = function
+        self.args = args
+        self.kwargs = kwargs
+        self.returned = returned
 
 
 class Processes:
@@ -81,7 +88,7 @@ class Serving:
 class Child:
     """The broker's record of one sandbox.
 
-    The records of this module but ``CallContext`` are plain classes, not dataclasses: they are
+    The records of this module are plain classes, not dataclasses: they are
     compared by identity and never copied, and Python 3.11 compiles each dataclass's methods
     from source when its module is imported, ~0.5-1.3 ms apiece on every ``privsep run``.
     """

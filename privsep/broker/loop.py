@@ -15,11 +15,11 @@ fork and removed once its processes are gone.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from privsep._record import replace
 from privsep.broker.child import CallContext, Child
 from privsep.broker.events import Events, Role
 from privsep.broker.lifecycle import Lifecycle, Spawner
@@ -98,7 +98,7 @@ class Broker:
         if terminal is not None:
             if terminal.in_use:
                 raise ValueError("a Terminal serves one sandbox; make one per start")
-            plan = dataclasses.replace(plan, terminal=terminal.child_fd)
+            plan = replace(plan, terminal=terminal.child_fd)
             stdio = terminal.child_stdio
         if listen_fds and spawner is not None:
             raise ValueError("socket activation needs the plain spawn, not a forkserver")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
 from typing import Literal
+
+from privsep._record import Record
 
 How = Literal[
     "exited", "signaled", "timeout", "memory", "seccomp", "violation", "setup_error", "exec_error", "lost"
@@ -18,20 +19,29 @@ def _signame(num: int) -> str:
         return f"signal {num}"
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How a sandbox ended: the status ``privsep run`` exits with, and what to tell a person.
+class Outcome(Record):
+    """How a sandbox ended: the status ``privsep run`` exits with, and what to tell a person."""
 
-    (A dataclass without a docstring gets one from ``inspect.signature`` when it is made,
-    about 0.3 ms of every ``privsep run``'s start.)"""
+    __slots__ = ("detail", "exit_code", "how", "returncode", "signal", "syscall")
 
     how: How
     returncode: int
     """The status ``privsep run`` exits with: the child's own, 128+N for signal N, 124..127."""
-    detail: str = ""
-    exit_code: int | None = None
-    signal: int | None = None
-    syscall: str | None = None
+    detail: str
+    exit_code: int | None
+    signal: int | None
+    syscall: str | None
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced took them
+        self,
+        how: How,
+        returncode: int,
+        detail: str = "",
+        exit_code: int | None = None,
+        signal: int | None = None,
+        syscall: str | None = None,
+    ) -> None:
+        self._assign(locals())
 
     def describe(self) -> str:
         """One line for a person; empty for a plain exit (the status says it all)."""

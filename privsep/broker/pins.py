@@ -12,13 +12,12 @@ needs no more than each grant's index, path and whether it writes
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from privsep._record import Record, replace
 from privsep.broker.readonly import readonly_clone
 from privsep.errors import PolicyError
 
@@ -31,16 +30,19 @@ __all__ = ["Pin", "PinSpec", "Pins", "pin", "pin_specs"]
 PinSpec = tuple[int, str, bool]
 
 
-@dataclass(frozen=True)
-class Pin:
+class Pin(Record):
     """A granted path held open: a directory, or the parent of an exact file grant."""
 
+    __slots__ = ("fd", "name", "owner")
     fd: int
     name: str | None  # None: the grant is this directory; else the file's name in it
-    owner: tuple[int, int] = (-1, -1)
+    owner: tuple[int, int]
     """A root broker acts beneath the grant as its owner would (uid, gid of the granted path, or of
     its directory while it does not exist), as the idmapped bind of a kernel-served grant does:
     what it creates is the owner's, and it opens only what the owner's permissions allow."""
+
+    def __init__(self, fd: int, name: str | None, owner: tuple[int, int] = (-1, -1)) -> None:
+        self._assign(locals())
 
 
 def pin_specs(policy: Policy) -> tuple[PinSpec, ...]:
@@ -59,7 +61,7 @@ class Pins:
             for index, path, writes in specs:
                 held = pin(index, path)
                 if os.geteuid() == 0:
-                    held = dataclasses.replace(held, owner=_owner(path))
+                    held = replace(held, owner=_owner(path))
                 self.by_index[index] = held if writes else _read_only(index, path, held)
         except BaseException:
             self.close()

@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from privsep._lazy import lazy_module
 from privsep._printable import printable
+from privsep._record import Record
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.services import target
 from privsep.framing import ErrorCode
@@ -33,16 +33,27 @@ _MAX_TRACEBACKS = 5  # printed in full per broker; later internal errors go to t
 _MAX_TRACEBACK_CHARS = 8192
 
 
-@dataclass(frozen=True)
-class Denial:
+class Denial(Record):
     """A request the policy refused, for the report at exit (never holds a secret value)."""
 
+    __slots__ = ("allow", "message", "op", "rule", "subject", "target")
     op: str
     target: str
     rule: str | None
     message: str
     allow: str | None
-    subject: str | None = None  # the part of the target that was refused (one path of a rename)
+    subject: str | None  # the part of the target that was refused (one path of a rename)
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced took them
+        self,
+        op: str,
+        target: str,
+        rule: str | None,
+        message: str,
+        allow: str | None,
+        subject: str | None = None,
+    ) -> None:
+        self._assign(locals())
 
 
 class Report:

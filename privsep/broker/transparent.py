@@ -53,11 +53,11 @@ import posixpath
 import socket
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from privsep import _linux
 from privsep._lazy import lazy_module
+from privsep._record import Record, setfield
 from privsep.broker import notify, unixconnect
 from privsep.broker.actas import acting_as
 from privsep.broker.answers import Answer, Refusal, denied
@@ -108,21 +108,28 @@ _CARRIED_OPTIONS = (
 )
 
 
-@dataclass(frozen=True)
-class Served:
+class Served(Record):
     """A call the broker decided: what to audit and report, exactly like a wire request."""
 
+    __slots__ = ("request", "result")
     request: protocol.Request
     result: Answer | Refusal
 
+    def __init__(self, request: protocol.Request, result: Answer | Refusal) -> None:
+        setfield(self, "request", request)
+        setfield(self, "result", result)
 
-@dataclass(frozen=True)
-class Deferred:
+
+class Deferred(Record):
     """A slow call (connect): run ``job`` on a worker; it answers the notification itself."""
 
+    __slots__ = ("drop", "job")
     job: Callable[[], Served | None]
     drop: Callable[[], None]
     """Release what ``job`` would have (the call's sandbox is gone before its turn came)."""
+
+    def __init__(self, job: Callable[[], Served | None], drop: Callable[[], None]) -> None:
+        self._assign(locals())
 
 
 class _Unserved(Exception):

@@ -33,7 +33,6 @@ import os
 import socket
 import stat
 import struct
-from dataclasses import dataclass
 
 from privsep import _linux
 from privsep.broker.actas import seen_as
@@ -47,7 +46,6 @@ class HostSocket(Exception):
     """The path names a socket the child did not make (on a read-only mount)."""
 
 
-@dataclass
 class Caller:
     """The caller's root and file-system ids, taken while its notification proved it alive.
 
@@ -55,9 +53,12 @@ class Caller:
     thread id reused by a host process, whose root is the host's ``/``.
     """
 
-    root: int  # an O_PATH fd of the caller's root directory
-    uid: int
-    gid: int
+    __slots__ = ("gid", "root", "uid")
+
+    def __init__(self, root: int, uid: int, gid: int) -> None:
+        self.root = root  # an O_PATH fd of the caller's root directory
+        self.uid = uid
+        self.gid = gid
 
     def close(self) -> None:
         if self.root >= 0:

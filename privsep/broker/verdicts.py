@@ -12,32 +12,47 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 from privsep._linux import AUDIT_ARCH_X86_64
+from privsep._record import Record, setfield
 
 
-@dataclass(frozen=True)
-class SyscallRules:
+class SyscallRules(Record):
     """What one sandbox's plan says about syscalls the filter hands to the broker."""
+
+    __slots__ = ("dangerous", "default", "learning", "transparent")
 
     transparent: frozenset[int]  # served by broker/transparent.py
     dangerous: frozenset[int]  # never allowed, whatever the mode
     default: str  # the policy's answer outside the allowlist: "eperm", "enosys" or "kill"
     learning: bool  # privsep learn: allow and record instead of denying
 
+    def __init__(
+        self, transparent: frozenset[int], dangerous: frozenset[int], default: str, learning: bool
+    ) -> None:
+        self._assign(locals())
 
-@dataclass(frozen=True)
-class Verdict:
+
+class Verdict(Record):
     """``serve``: transparent.py answers. ``allow``: learn mode lets it run. ``refuse``: fails with
     ``errno``. ``kill``: the sandbox ends, and the call is never answered (an answer, even an
     error, would let it run on until the kill lands)."""
 
+    __slots__ = ("action", "errno", "name", "why")
     action: Literal["serve", "allow", "refuse", "kill"]
     name: str  # the call as reports and the audit log name it
-    errno: int = 0
-    why: str = ""  # for a kill: the end of "killed by seccomp: the command called NAME, ..."
+    errno: int
+    why: str  # for a kill: the end of "killed by seccomp: the command called NAME, ..."
+
+    def __init__(
+        self, action: Literal["serve", "allow", "refuse", "kill"], name: str, errno: int = 0, why: str = ""
+    ) -> None:
+        # one per notification: set directly (see privsep/_record.py)
+        setfield(self, "action", action)
+        setfield(self, "name", name)
+        setfield(self, "errno", errno)
+        setfield(self, "why", why)
 
     @property
     def audited(self) -> str | None:

@@ -13,7 +13,6 @@ import os
 import queue
 import sys
 import threading
-import traceback
 from collections import deque
 from collections.abc import Callable
 
@@ -149,6 +148,8 @@ class Handback:
             try:
                 then()
             except Exception:  # a bug of ours: the loop, and every other sandbox, carry on (rule 6)
+                import traceback  # noqa: PLC0415 - rare: not on every run's import path (linecache, tokenize)
+
                 detail = printable(traceback.format_exc()[-_MAX_TRACEBACK:], lines=True)
                 print(
                     "privsep: internal error while finishing a worker's result (the broker and its "

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from privsep._record import Record
 from privsep.cgroups._common import REAL, Budget, Fs, Host, SandboxCgroup, read, remove_all
 from privsep.errors import ConfinementError
 
@@ -80,15 +80,19 @@ def __getattr__(name: str) -> object:
     return getattr(importlib.import_module(f"{__name__}.{version}"), name)
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Record):
     """One cgroup file system mount from ``/proc/self/mountinfo``."""
+
+    __slots__ = ("fstype", "options", "point", "root")
 
     point: str
     root: str
     """The directory of the hierarchy shown at ``point`` ("/" unless a part of it is bound)."""
     fstype: str
     options: frozenset[str]
+
+    def __init__(self, point: str, root: str, fstype: str, options: frozenset[str]) -> None:
+        self._assign(locals())
 
 
 def _unescape(field: str) -> str:

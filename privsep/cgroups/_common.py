@@ -9,8 +9,9 @@ import os
 import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from privsep._record import Record
 
 if TYPE_CHECKING:
     from privsep.policy.model import Limits  # the model is pydantic's: a cgroup reads three numbers
@@ -22,14 +23,17 @@ SUPERVISORS = 1
 PREFIX = "privsep-"
 
 
-@dataclass(frozen=True)
-class Budget:
+class Budget(Record):
     """What the kernel holds one sandbox to, from the policy's ``[limits]``."""
 
+    __slots__ = ("cpu_percent", "memory_mb", "processes")
     memory_mb: int
     processes: int
-    cpu_percent: int = 0
+    cpu_percent: int
     """0: no CPU quota (no cpu controller needed)."""
+
+    def __init__(self, memory_mb: int, processes: int, cpu_percent: int = 0) -> None:
+        self._assign(locals())
 
     @classmethod
     def of(cls, limits: Limits) -> Budget:
@@ -54,8 +58,7 @@ def _mkdir(path: str) -> None:
     os.mkdir(path, 0o755)
 
 
-@dataclass(frozen=True)
-class Fs:
+class Fs(Record):
     """The two calls whose effect a plain directory does not imitate.
 
     The kernel fills a new cgroup with its interface files, and removes a
@@ -64,8 +67,14 @@ class Fs:
     rest (reading and writing the interface files) is plain file I/O there.
     """
 
-    mkdir: Callable[[str], None] = _mkdir
-    rmdir: Callable[[str], None] = os.rmdir
+    __slots__ = ("mkdir", "rmdir")
+    mkdir: Callable[[str], None]
+    rmdir: Callable[[str], None]
+
+    def __init__(
+        self, mkdir: Callable[[str], None] = _mkdir, rmdir: Callable[[str], None] = os.rmdir
+    ) -> None:
+        self._assign(locals())
 
 
 REAL = Fs()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import signal
 
-import prctl
+import _prctl  # python-prctl's C module: its Python wrapper costs ~1 ms of every start to import
 
 from privsep import _linux
 from privsep.errors import ConfinementError
@@ -30,10 +30,10 @@ from privsep.plan.spawnplan import SANDBOX_ID
 #: noroot, no_setuid_fixup (off), keep_caps (off), no_cap_ambient_raise: set and locked.
 #: Raw bits: python-prctl predates the ambient ones and refuses them.
 _SECUREBITS = (
-    prctl.SECBIT_NOROOT
-    | prctl.SECBIT_NOROOT_LOCKED
-    | prctl.SECBIT_NO_SETUID_FIXUP_LOCKED
-    | prctl.SECBIT_KEEP_CAPS_LOCKED
+    _prctl.SECBIT_NOROOT
+    | _prctl.SECBIT_NOROOT_LOCKED
+    | _prctl.SECBIT_NO_SETUID_FIXUP_LOCKED
+    | _prctl.SECBIT_KEEP_CAPS_LOCKED
     | (1 << 6)  # SECBIT_NO_CAP_AMBIENT_RAISE
     | (1 << 7)  # SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
 )
@@ -79,12 +79,12 @@ def enter_user_namespace(host_id: int) -> None:
     try:
         os.setgroups([])
         os.setresgid(host_id, host_id, host_id)
-        prctl.set_keepcaps(True)
+        _prctl.prctl(_prctl.PR_SET_KEEPCAPS, True)
         os.setresuid(host_id, host_id, host_id)
         admin = 1 << _linux.CAP_SYS_ADMIN
         _linux.capset(effective=admin, permitted=admin)  # and nothing else
         # A change of credentials made us non-dumpable, which makes /proc/self/*_map root's.
-        prctl.set_dumpable(True)
+        _prctl.prctl(_prctl.PR_SET_DUMPABLE, True)
         _linux.unshare(_linux.CLONE_NEWUSER)
     except OSError as exc:
         raise ConfinementError(
@@ -92,7 +92,7 @@ def enter_user_namespace(host_id: int) -> None:
         ) from None
     map_ids(host_id, host_id)
     # Not dumpable again before the command (the same uid now) exists.
-    prctl.set_dumpable(False)
+    _prctl.prctl(_prctl.PR_SET_DUMPABLE, False)
 
 
 def drop_identity(*, parent_pid: int) -> None:
@@ -112,9 +112,9 @@ def drop_identity(*, parent_pid: int) -> None:
         os.setresgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID)
         os.setresuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID)
         _linux.capset_empty()
-        prctl.set_no_new_privs(1)
-        prctl.set_dumpable(0)
-        prctl.set_pdeathsig(signal.SIGKILL)
+        _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
+        _prctl.prctl(_prctl.PR_SET_DUMPABLE, 0)
+        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError as exc:
         raise ConfinementError(step, f"{exc.strerror} (errno {exc.errno})") from None
     _verify(parent_pid)
@@ -128,7 +128,7 @@ def keep_identity(*, parent_pid: int) -> None:
     the parent still lives.
     """
     try:
-        prctl.set_pdeathsig(signal.SIGKILL)
+        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError as exc:
         raise ConfinementError("identity", f"{exc.strerror} (errno {exc.errno})") from None
     _verify(parent_pid)
@@ -146,9 +146,9 @@ def _verify(parent_pid: int) -> None:
         raise ConfinementError(step, "the bounding set is not empty")
     if _linux.prctl(_linux.PR_GET_SECUREBITS) != _SECUREBITS:
         raise ConfinementError(step, "securebits are not set and locked")
-    if not prctl.get_no_new_privs():
+    if not _prctl.prctl(_prctl.PR_GET_NO_NEW_PRIVS):
         raise ConfinementError(step, "no_new_privs is not set")
-    if prctl.get_dumpable():
+    if _prctl.prctl(_prctl.PR_GET_DUMPABLE):
         raise ConfinementError(step, "the process is still dumpable")
     if os.getppid() != parent_pid:
         # The parent died before the death signal was armed: nobody would kill us.

@@ -41,10 +41,9 @@ import signal
 import socket
 import sys
 import termios
-import traceback
 from collections.abc import Sequence
 
-import prctl
+import _prctl  # python-prctl's C module: its Python wrapper costs ~1 ms of every start to import
 
 from privsep import _linux
 from privsep.confine import identity, landlock, limits, netns, seccomp, view
@@ -134,9 +133,25 @@ def fail(exc: BaseException) -> int:
     if isinstance(exc, ConfinementError):
         report("error", step=exc.step, reason=exc.reason, status=EXIT_PRIVSEP)
     else:
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:900]
-        report("error", step="internal", reason=detail, status=EXIT_PRIVSEP)
+        report("error", step="internal", reason=_exception_line(exc)[:900], status=EXIT_PRIVSEP)
     return EXIT_PRIVSEP
+
+
+def _exception_line(exc: BaseException) -> str:
+    """``traceback.format_exception_only``'s last line ("module.Type: message"), without importing
+    ``traceback`` (linecache, tokenize, textwrap: ~1.5 ms of every run's start) nor, here inside
+    the view, importing anything at all once set-up has failed."""
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ in ("builtins", "__main__")
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    try:
+        message = str(exc)
+    except Exception:  # what format_exception_only says of an unprintable one
+        message = "<exception str() failed>"
+    return f"{name}: {message}" if message else name
 
 
 def broker_pidfd(broker_pid: int) -> int | None:
@@ -209,13 +224,13 @@ def _init(plan: SpawnPlan, sources: Sequence[int], lifeline: int, announce: bool
     # First of all: nothing of the sandbox may exist outside its cgroup. Reported once the
     # control socket is in place; nothing is forked if it failed.
     joined = _join_cgroup(plan.cgroup_join)
-    prctl.set_name("privsep-init")
+    _prctl.prctl(_prctl.PR_SET_NAME, "privsep-init")
     try:
         os.setsid()
         lifeline = arrange_fds(sources, keep=lifeline)
         if joined is not None:
             raise joined
-        prctl.set_pdeathsig(signal.SIGKILL)
+        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
         if not _parent_alive(lifeline):
             return EXIT_PRIVSEP
         try:
@@ -334,7 +349,7 @@ def _enter_cwd(plan: SpawnPlan) -> None:
 
 
 def _command(plan: SpawnPlan) -> int:
-    prctl.set_name("privsep-cmd")
+    _prctl.prctl(_prctl.PR_SET_NAME, "privsep-cmd")
     try:
         if plan.terminal is not None:
             _lead_terminal(plan.terminal)
@@ -384,5 +399,7 @@ def _call_in_process(plan: SpawnPlan) -> int:
     try:
         return _callee.main()
     except BaseException:  # a failure of the call machinery itself (the function's are reported)
+        import traceback  # noqa: PLC0415 - preloaded in the forkserver (_callee imports it)
+
         traceback.print_exc()
         return 1

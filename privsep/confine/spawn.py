@@ -57,7 +57,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-import prctl
+import _prctl  # python-prctl's C module: its Python wrapper costs ~1 ms of every start to import
 
 from privsep import _linux, channel
 from privsep._lazy import lazy_module
@@ -142,18 +142,18 @@ def start_sandbox(plan: SpawnPlan, sources: Sequence[int]) -> tuple[int, int | N
 
 def _monitor(plan: SpawnPlan, sources: Sequence[int], parent_pid: int) -> None:
     inside.reset_process_state()
-    prctl.set_name("privsep-monitor")
+    _prctl.prctl(_prctl.PR_SET_NAME, "privsep-monitor")
     try:
         os.setsid()  # out of the broker's session: a ^C at its terminal is the broker's business
         inside.arrange_fds(sources)  # and nothing else of the broker's: no grant, no secret, no log
-        prctl.set_pdeathsig(signal.SIGKILL)
+        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent_pid:
             raise ConfinementError("monitor", "the broker exited during set-up")
         init_pid, lifeline = inside.start_init(plan, range(len(sources)))
         os.closerange(0, len(sources))  # the monitor keeps only the lifeline: its death closes it
     except BaseException as exc:
         os._exit(inside.fail(exc))
-    prctl.set_dumpable(0)
+    _prctl.prctl(_prctl.PR_SET_DUMPABLE, 0)
     while True:
         try:
             os.waitpid(init_pid, 0)

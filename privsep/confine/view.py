@@ -12,9 +12,9 @@ import errno
 import os
 import posixpath
 import stat
-from dataclasses import dataclass
 
 from privsep import _linux
+from privsep._record import Record
 from privsep.errors import ConfinementError
 from privsep.plan.view import DEVICES, Bind, Mask, ViewPlan
 
@@ -204,9 +204,14 @@ _PROC_HIDDEN = (
 _PROC_LOADAVG = "0.00 0.00 0.00 1/1 1\n"
 
 
-@dataclass(frozen=True)
-class _Frozen:
+class _Frozen(Record):
+    """A set-id file bound read-only onto itself (``ViewPlan.frozen``): one of the view's steps."""
+
+    __slots__ = ("path",)
     path: str
+
+    def __init__(self, path: str) -> None:
+        self._assign(locals())
 
 
 _OVERLAYS_AT = "/.privsep-overlays"

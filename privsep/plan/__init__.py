@@ -12,7 +12,7 @@ name in ``confine/`` applies in the sandbox's own processes.
   only loads the bytes); the syscall names and numbers the broker reports.
 - ``hostids``: a root broker's claim on a host uid of the sandbox's own.
 - ``control``: the reports the sandbox's processes send the broker (both ends).
-- ``wire``: a plan as bytes for the forkserver, derived from the dataclasses.
+- ``wire``: a plan as bytes for the forkserver, derived from the records' fields (``privsep._record``).
 - ``cache``: ``privsep run``'s kept plans, used again while everything that made
   them (the inputs, and the host facts ``privsep._hostfacts`` recorded) still holds.
 

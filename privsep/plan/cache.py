@@ -51,10 +51,10 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from typing import Any
 
 from privsep import _hostfacts as host
+from privsep._record import Record, replace
 from privsep._version import __version__
 from privsep.plan import wire
 from privsep.plan.spawnplan import SpawnPlan, command_argv
@@ -96,9 +96,10 @@ _LIBRARIES = (
 )
 
 
-@dataclass(frozen=True)
-class Prepared:
+class Prepared(Record):
     """What ``privsep run`` computes from the policy before it opens anything."""
+
+    __slots__ = ("pins", "plan", "policy", "timeout")
 
     plan: SpawnPlan
     pins: tuple[tuple[int, str, bool], ...]
@@ -108,6 +109,11 @@ class Prepared:
     policy: str
     """The policy's resolved input (``policy.load.Resolved``) as JSON: the broker validates it
     into the model when the first request needs it, and not before."""
+
+    def __init__(
+        self, plan: SpawnPlan, pins: tuple[tuple[int, str, bool], ...], timeout: float | None, policy: str
+    ) -> None:
+        self._assign(locals())
 
     def for_command(self, argv: list[str]) -> Prepared:
         """This plan running ``argv``: the command is not in the key, only its argv differs."""

@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from privsep._record import Record
 from privsep.errors import RemoteProtocolError
 
 if TYPE_CHECKING:
@@ -38,16 +38,27 @@ _MAX_STEP = 64
 _MAX_REASON = 1024
 
 
-@dataclass(frozen=True)
-class ControlMessage:
+class ControlMessage(Record):
     """One report from the sandbox's own processes (never from the user's program)."""
 
+    __slots__ = ("errno", "fd", "kind", "reason", "status", "step")
     kind: str
-    fd: int | None = None
-    step: str = ""
-    reason: str = ""
-    status: int = 0
-    errno: int = 0
+    fd: int | None
+    step: str
+    reason: str
+    status: int
+    errno: int
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced took them
+        self,
+        kind: str,
+        fd: int | None = None,
+        step: str = "",
+        reason: str = "",
+        status: int = 0,
+        errno: int = 0,
+    ) -> None:
+        self._assign(locals())
 
 
 def encode_control(kind: str, *, step: str = "", reason: str = "", status: int = 0, errno: int = 0) -> bytes:

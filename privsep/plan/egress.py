@@ -27,13 +27,12 @@ Pure data and host metadata (lstat, realpath) read in the broker before the fork
 
 from __future__ import annotations
 
-import dataclasses
 import posixpath
 import socket
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from privsep import _hostfacts
+from privsep._record import Record, replace
 from privsep.errors import PolicyError
 from privsep.plan.view import ViewPlan
 
@@ -63,15 +62,19 @@ RESOLV_CONF = "/etc/resolv.conf"
 _NSSWITCH = "/etc/nsswitch.conf"
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(Record):
     """One socket of the sandbox's egress, made inside its network namespace."""
+
+    __slots__ = ("host", "kind", "port", "udp")
 
     kind: str
     """"dns_udp", "dns_tcp", "http" or "socks": how the broker serves it (the control report's step)."""
     udp: bool
     host: str
     port: int
+
+    def __init__(self, kind: str, udp: bool, host: str, port: int) -> None:
+        self._assign(locals())
 
     @property
     def type(self) -> int:
@@ -86,16 +89,18 @@ _PROXY = (
 KINDS = frozenset(e.kind for e in (*_DNS, *_PROXY))
 
 
-@dataclass(frozen=True)
-class EgressPlan:
-    """Which of the broker's loopback services the sandbox has (issue 17): its resolver, its proxies.
+class EgressPlan(Record):
+    """Which of the broker's loopback services the sandbox has (issue 17): its resolver, its proxies."""
 
-    (Its docstring also spares every ``privsep run`` an ``inspect.signature`` call.)"""
+    __slots__ = ("dns", "proxy")
 
     dns: bool
     """The resolver at 127.0.0.53:53 (UDP and TCP)."""
     proxy: bool
     """The HTTP proxy at 127.0.0.1:3128 and the SOCKS5 proxy at 127.0.0.1:1080."""
+
+    def __init__(self, dns: bool, proxy: bool) -> None:
+        self._assign(locals())
 
     def endpoints(self) -> tuple[Endpoint, ...]:
         return (*(_DNS if self.dns else ()), *(_PROXY if self.proxy else ()))
@@ -143,7 +148,7 @@ def egress_view(view: ViewPlan, egress: EgressPlan | None) -> ViewPlan:
     if not shown:
         # Generated in the view's own tmpfs; a mirrored symlink there (to the host's stub) gives way.
         symlinks = tuple((p, t) for p, t in view.symlinks if p != RESOLV_CONF)
-        return dataclasses.replace(view, files=(*files, (RESOLV_CONF, content)), symlinks=symlinks)
+        return replace(view, files=(*files, (RESOLV_CONF, content)), symlinks=symlinks)
     # A bind shows the host's file: mount the generated one over it (over the entry itself, a
     # symlink included). Only through real directories: the mount is made before pivot_root.
     parent = posixpath.dirname(RESOLV_CONF)
@@ -153,4 +158,4 @@ def egress_view(view: ViewPlan, egress: EgressPlan | None) -> ViewPlan:
             f"into its {RESOLV_CONF} ({parent} is a symbolic link, or the file is missing); bind narrower "
             "paths than that, or set [network] dns = false"
         )
-    return dataclasses.replace(view, files=files, overlays=(*view.overlays, (RESOLV_CONF, content)))
+    return replace(view, files=files, overlays=(*view.overlays, (RESOLV_CONF, content)))

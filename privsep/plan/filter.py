@@ -45,11 +45,11 @@ import functools
 import os
 import re
 import socket
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
 from privsep import _linux
+from privsep._record import Record
 from privsep.errors import ConfinementError, PolicyError
 from privsep.policy.syscalls import DANGEROUS, SPECIAL, refuse_dangerous
 
@@ -149,36 +149,56 @@ _DEFAULT_RET = {
 _DANGEROUS_RET = {"notify": _RET_USER_NOTIF, "kill": _RET_KILL_PROCESS}
 
 
-@dataclass(frozen=True)
-class FilterSpec:
+class FilterSpec(Record):
     """Everything a compiled filter depends on; equal specs share one cached program."""
 
+    __slots__ = (
+        "allow",
+        "dangerous_action",
+        "default_action",
+        "learn_lookups",
+        "notify_denials",
+        "transparent_bind",
+        "transparent_files",
+        "transparent_net",
+    )
+
     allow: frozenset[str]
-    default_action: DefaultAction = "eperm"
-    dangerous_action: DangerousAction = "notify"
-    notify_denials: bool = False
+    default_action: DefaultAction
+    dangerous_action: DangerousAction
+    notify_denials: bool
     """Send every syscall outside the allowlist to the broker (user notification),
     which answers ``default_action`` itself and can name the call in its report;
     False: the kernel answers ``default_action`` and nobody hears of it."""
-    transparent_files: bool = False
+    transparent_files: bool
     """Send every (allowed) ``open``/``creat``/``openat``/``openat2`` to the broker, which
     serves paths under the policy's [[files]] rules itself (transparent brokering)."""
-    learn_lookups: bool = False
+    learn_lookups: bool
     """privsep learn: also send ``stat``/``access``/``readlink`` and their ``*at`` forms to the
     broker, which learns the path and hands the call back (LEARN_LOOKUP_CALLS)."""
-    transparent_net: bool = False
+    transparent_net: bool
     """Let the child make TCP/UDP sockets in its own empty network namespace; the broker
     serves their ``connect`` (sent to it in every filter) by connecting a socket of its own
     and swapping it in."""
-    transparent_bind: bool = False
+    transparent_bind: bool
     """Let the child make TCP/UDP sockets in its own empty network namespace, and send every
     ``bind`` to the broker, which binds (and listens) a socket of its own in the host's
     network namespace and swaps it in."""
 
-    def __post_init__(self) -> None:
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced took them
+        self,
+        allow: frozenset[str],
+        default_action: DefaultAction = "eperm",
+        dangerous_action: DangerousAction = "notify",
+        notify_denials: bool = False,
+        transparent_files: bool = False,
+        learn_lookups: bool = False,
+        transparent_net: bool = False,
+        transparent_bind: bool = False,
+    ) -> None:
         # A plain set would make the spec unhashable and the cache fail far from the cause.
-        if not isinstance(self.allow, frozenset):
-            object.__setattr__(self, "allow", frozenset(self.allow))
+        allow = frozenset(allow)
+        self._assign(locals())
         if self.default_action not in _DEFAULT_RET:
             raise PolicyError(
                 f"unknown seccomp default action {self.default_action!r}; "

@@ -49,8 +49,8 @@ import fcntl
 import functools
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 
+from privsep._record import Record
 from privsep.errors import ConfinementError
 
 __all__ = [
@@ -83,13 +83,17 @@ _SWEEP_ONE_IN = 64
 _HOW = f"set {ENV_VAR}=FIRST:COUNT (or a '{SUBID_NAME}:FIRST:COUNT' line in /etc/subuid and /etc/subgid)"
 
 
-@dataclass(frozen=True)
-class IdRange:
+class IdRange(Record):
     """``count`` ids from ``first``; ``source`` says where the range was configured."""
+
+    __slots__ = ("count", "first", "source")
 
     first: int
     count: int
-    source: str = "the default"
+    source: str
+
+    def __init__(self, first: int, count: int, source: str = "the default") -> None:
+        self._assign(locals())
 
     @property
     def last(self) -> int:

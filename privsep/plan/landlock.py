@@ -8,9 +8,8 @@ mean, read/write on the device nodes, everything on the private /tmp.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from privsep import _linux as L
+from privsep._record import Record
 
 _READ_FILE = L.ACCESS_FS_READ_FILE | L.ACCESS_FS_EXECUTE
 _READ_DIR = _READ_FILE | L.ACCESS_FS_READ_DIR
@@ -32,12 +31,15 @@ _TMP = (
 )
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Record):
     """Access rights beneath one path; the command masks them to what its kernel's ABI handles."""
 
+    __slots__ = ("access", "path")
     path: str
     access: int
+
+    def __init__(self, path: str, access: int) -> None:
+        self._assign(locals())
 
 
 #: What each ``[[files]]`` access word lets the kernel do beneath a kernel-served grant.

@@ -18,11 +18,11 @@ import os
 import resource
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from privsep import _hostfacts as host
 from privsep import _linux
+from privsep._record import Record, replace
 from privsep.cgroups import Budget, SandboxCgroup
 from privsep.errors import ConfinementError
 from privsep.plan.egress import EgressPlan, egress_view, plan_egress, proxy_env
@@ -65,13 +65,39 @@ def _default_budget() -> Budget:
     return Budget.of(Limits())
 
 
-@dataclass(frozen=True)
-class SpawnPlan:
+class SpawnPlan(Record):
     """Everything the child needs, computed in the broker before fork.
 
     Data only: the sandbox's processes read it as they inherit it, and the forkserver gets it
     through :mod:`privsep.plan.wire`, which derives its format from these fields.
     """
+
+    __slots__ = (
+        "argv",
+        "budget",
+        "cgroup_join",
+        "cgroups",
+        "cwd",
+        "cwd_inherited",
+        "dangerous_calls",
+        "egress",
+        "env",
+        "host_gid",
+        "host_uid",
+        "in_process_call",
+        "kernel_served",
+        "landlock_abi",
+        "landlock_rules",
+        "learn",
+        "listen",
+        "rlimits",
+        "seccomp_bpf",
+        "syscall_default",
+        "terminal",
+        "transparent_calls",
+        "user_namespace",
+        "view",
+    )
 
     argv: tuple[str, ...]
     env: Mapping[str, str]
@@ -86,43 +112,78 @@ class SpawnPlan:
     """The numbers of the syscalls privsep never allows (``policy.syscalls.DANGEROUS``): the
     broker's answer to one that reaches it, learning or not. Named here, when the filter is
     compiled, so that the broker never needs libseccomp to start a sandbox."""
-    syscall_default: str = "eperm"
+    syscall_default: str
     """How the broker answers a syscall outside the allowlist: eperm, enosys or kill."""
-    learn: bool = False
+    learn: bool
     """privsep learn: the broker allows and records such syscalls instead."""
-    transparent_calls: tuple[int, ...] = ()
+    transparent_calls: tuple[int, ...]
     """The syscalls the filter sends to the broker for transparent brokering (transparent.py)."""
-    cwd_inherited: bool = False
+    cwd_inherited: bool
     """``cwd`` is where the user was, not a policy's choice: "/" if the child cannot enter it."""
-    kernel_served: tuple[int, ...] = ()
+    kernel_served: tuple[int, ...]
     """Indices of the policy's [[files]] grants bound into the view: the kernel serves them."""
-    in_process_call: bool = False
+    in_process_call: bool
     """Forkserver only: after confinement, run ``privsep._callee`` in this (preloaded)
     interpreter instead of exec'ing ``argv``: a ``Sandbox.call`` in a few milliseconds."""
-    listen: tuple[str, ...] = ()
+    listen: tuple[str, ...]
     """Socket activation: the names (LISTEN_FDNAMES) of the listening sockets the broker
     passes as fds 3.. (see :func:`with_listen`); the channel comes after them."""
-    budget: Budget = field(default_factory=_default_budget)
+    budget: Budget
     """What the sandbox's cgroup holds it to (the policy's [limits]); the broker makes the cgroup."""
-    cgroups: str = "required"
+    cgroups: str
     """The policy's [limits] cgroups: required, optional or off (the broker's decision)."""
-    cgroup_join: tuple[str, ...] = ()
+    cgroup_join: tuple[str, ...]
     """The files of this sandbox's cgroup (cgroup.procs; tasks on v1) init writes "0" to,
     joining it, before anything else (see :func:`in_cgroup`); empty when it runs without one."""
 
-    terminal: int | None = None
+    terminal: int | None
     """The command's fd (0-2) that is the pty the broker made for this sandbox (never the
     user's terminal): init makes it the controlling terminal of the sandbox's session and
     the command leads its foreground process group. None: no terminal, no session change."""
 
-    egress: EgressPlan | None = None
+    egress: EgressPlan | None
     """The sandbox's resolver and proxies (plan/egress.py): init makes their sockets in its
     network namespace and hands them to the broker; None: it has neither."""
 
-    host_uid: int = field(default_factory=os.getuid)
-    host_gid: int = field(default_factory=os.getgid)
+    host_uid: int
+    host_gid: int
     """The host ids the sandbox's 65534 maps to: the broker's own without root; with root,
     the id claimed for this sandbox when it is spawned (:func:`claim_host_ids`)."""
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced took them
+        self,
+        argv: tuple[str, ...],
+        env: Mapping[str, str],
+        cwd: str,
+        view: ViewPlan,
+        landlock_rules: tuple[Rule, ...],
+        landlock_abi: int,
+        rlimits: Mapping[int, int],
+        seccomp_bpf: bytes,
+        user_namespace: bool,
+        dangerous_calls: tuple[int, ...],
+        syscall_default: str = "eperm",
+        learn: bool = False,
+        transparent_calls: tuple[int, ...] = (),
+        cwd_inherited: bool = False,
+        kernel_served: tuple[int, ...] = (),
+        in_process_call: bool = False,
+        listen: tuple[str, ...] = (),
+        budget: Budget | None = None,
+        cgroups: str = "required",
+        cgroup_join: tuple[str, ...] = (),
+        terminal: int | None = None,
+        egress: EgressPlan | None = None,
+        host_uid: int | None = None,
+        host_gid: int | None = None,
+    ) -> None:
+        if budget is None:
+            budget = _default_budget()
+        if host_uid is None:
+            host_uid = os.getuid()
+        if host_gid is None:
+            host_gid = os.getgid()
+        self._assign(locals())
 
     @property
     def channel_fd(self) -> int:
@@ -259,9 +320,10 @@ def with_listen(plan: SpawnPlan, names: Sequence[str]) -> SpawnPlan:
     return replace(plan, listen=listen, env=env)
 
 
-@dataclass
 class Spawned:
     """The broker's handles on a started sandbox."""
+
+    __slots__ = ("channel", "control", "host_ids", "ours", "pid", "pidfd")
 
     pid: int
     """The process that reaps the sandbox's init: the monitor, the broker's direct child,
@@ -270,12 +332,28 @@ class Spawned:
     pidfd: int
     channel: socket.socket
     control: socket.socket
-    host_ids: Claim | None = None
+    host_ids: Claim | None
     """A root broker's claim on the sandbox's host id: release it once the sandbox has ended."""
-    ours: bool = True
+    ours: bool
     """``pid`` is the broker's own child, which it must reap; False when a helper (a zygote,
     the forkserver) started it: the broker then never calls waitpid on that pid, which
     could by then name another child of the host application's."""
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced took them
+        self,
+        pid: int,
+        pidfd: int,
+        channel: socket.socket,
+        control: socket.socket,
+        host_ids: Claim | None = None,
+        ours: bool = True,
+    ) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.channel = channel
+        self.control = control
+        self.host_ids = host_ids
+        self.ours = ours
 
     def release_host_ids(self) -> None:
         if self.host_ids is not None:

@@ -17,16 +17,15 @@ pid namespace.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import posixpath
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from privsep import _hostfacts as host
 from privsep import _linux
+from privsep._record import Record, replace
 from privsep.errors import PolicyError
 
 if TYPE_CHECKING:
@@ -39,63 +38,98 @@ DEVICES = ("null", "zero", "full", "random", "urandom")
 _MAX_LINKS = 40
 
 
-@dataclass(frozen=True)
-class Bind:
+class Bind(Record):
     """A host path bound at the same path in the view."""
+
+    __slots__ = ("access", "idmap", "is_dir", "path", "writable")
 
     path: str
     is_dir: bool
-    access: tuple[str, ...] = ()
+    access: tuple[str, ...]
     """The granted access words of a kernel-served ``[[files]]`` grant; () for a ``[view]`` read."""
-    writable: bool = False
+    writable: bool
     """Bound read-write (a grant that writes); every other bind is read-only."""
-    idmap: tuple[int, int] | None = None
+    idmap: tuple[int, int] | None
     """Root broker: the host (uid, gid) that own the grant, shown to the child as its own
     through an idmapped mount (mapped onto the sandbox's host id), so it may do there what
     the grant says, and files it creates land owned by them. None: a plain bind, the
     host's ownership as it is."""
 
+    def __init__(
+        self,
+        path: str,
+        is_dir: bool,
+        access: tuple[str, ...] = (),
+        writable: bool = False,
+        idmap: tuple[int, int] | None = None,
+    ) -> None:
+        self._assign(locals())
 
-@dataclass(frozen=True)
-class Mask:
+
+class Mask(Record):
     """A deny rule inside a bind: an empty, read-only, mode-0 file or directory mounted over it."""
 
+    __slots__ = ("is_dir", "path")
     path: str
     is_dir: bool
 
+    def __init__(self, path: str, is_dir: bool) -> None:
+        self._assign(locals())
 
-@dataclass(frozen=True)
-class ViewPlan:
+
+class ViewPlan(Record):
     """What to build; paths are absolute, the same inside and outside."""
+
+    __slots__ = ("binds", "dirs", "files", "frozen", "masks", "overlays", "pins", "symlinks", "tmp_size_mb")
 
     dirs: tuple[str, ...]
     symlinks: tuple[tuple[str, str], ...]
     binds: tuple[Bind, ...]
     tmp_size_mb: int | None
-    pins: tuple[str, ...] = ()
+    pins: tuple[str, ...]
     """Directories inside a writable grant bound onto themselves: the ancestors of a mask,
     which then cannot be renamed or exchanged away (EBUSY), so the mask keeps its path."""
-    masks: tuple[Mask, ...] = ()
-    files: tuple[tuple[str, str], ...] = ()
+    masks: tuple[Mask, ...]
+    files: tuple[tuple[str, str], ...]
     """Small generated files (path, content): /etc/passwd and friends, when the view has none."""
-    frozen: tuple[str, ...] = ()
+    frozen: tuple[str, ...]
     """Set-id or file-capability files inside a writable grant, bound read-only onto themselves:
     as their owner the child could otherwise rewrite them (a write through mmap keeps the
     set-id bit and the capabilities) and leave a privileged program on the host."""
-    overlays: tuple[tuple[str, str], ...] = ()
+    overlays: tuple[tuple[str, str], ...]
     """Generated files (path, content) mounted read-only over an entry a bind shows (a symlink
     included): the sandbox's /etc/resolv.conf when the view shows the host's /etc (plan/egress.py)."""
 
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced took them
+        self,
+        dirs: tuple[str, ...],
+        symlinks: tuple[tuple[str, str], ...],
+        binds: tuple[Bind, ...],
+        tmp_size_mb: int | None,
+        pins: tuple[str, ...] = (),
+        masks: tuple[Mask, ...] = (),
+        files: tuple[tuple[str, str], ...] = (),
+        frozen: tuple[str, ...] = (),
+        overlays: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self._assign(locals())
 
-@dataclass(frozen=True)
-class GrantsPlan:
+
+class GrantsPlan(Record):
     """A policy's view and ``[[files]]`` grants, resolved against this host."""
+
+    __slots__ = ("broker_served", "kernel_served", "view")
 
     view: ViewPlan
     kernel_served: tuple[int, ...]
     """Indices into ``policy.files`` of the grants the kernel serves (bound into the view)."""
     broker_served: tuple[tuple[int, str], ...]
     """The other grants, each with why the broker serves it."""
+
+    def __init__(
+        self, view: ViewPlan, kernel_served: tuple[int, ...], broker_served: tuple[tuple[int, str], ...]
+    ) -> None:
+        self._assign(locals())
 
 
 def _under(path: str, root: str) -> bool:
@@ -259,7 +293,7 @@ def plan_grants(policy: Policy, *, root_broker: bool, sandbox_id: int) -> Grants
     pins = tuple(sorted(set(pins) | set(served_pins) | set(_nested_pins(plan.binds))))
     masks = tuple(sorted({m.path: m for m in (*masks, *served_masks, *found)}.values(), key=lambda m: m.path))
     files = _generated_files(plan, sandbox_id, home="/tmp" if policy.view.tmp else "/")
-    plan = dataclasses.replace(plan, pins=pins, masks=masks, files=files, frozen=frozen)
+    plan = replace(plan, pins=pins, masks=masks, files=files, frozen=frozen)
     return GrantsPlan(view=plan, kernel_served=tuple(kernel), broker_served=tuple(broker))
 
 

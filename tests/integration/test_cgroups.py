@@ -10,7 +10,6 @@ is in tests/adversarial/test_escapes.py.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import secrets
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from privsep import cgroups
+from privsep._record import replace
 from privsep.broker.loop import Broker
 from privsep.plan.spawnplan import SpawnPlan, in_cgroup, make_plan
 from privsep.policy.load import load_policy
@@ -173,9 +173,7 @@ def test_a_sandbox_that_cannot_join_its_cgroup_does_not_start(
     import privsep.broker.lifecycle
 
     def gone(plan: SpawnPlan, cgroup: cgroups.SandboxCgroup | None) -> SpawnPlan:
-        return dataclasses.replace(
-            in_cgroup(plan, cgroup), cgroup_join=("/sys/fs/cgroup/pids/privsep-gone/tasks",)
-        )
+        return replace(in_cgroup(plan, cgroup), cgroup_join=("/sys/fs/cgroup/pids/privsep-gone/tasks",))
 
     monkeypatch.setattr(privsep.broker.lifecycle, "in_cgroup", gone)
     broker = Broker()

@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from privsep._record import Record
+
 PUBLIC: dict[str, list[str]] = {
     "privsep": [
         "BrokerError",
@@ -181,6 +183,10 @@ def _surfaces() -> Iterator[tuple[str, object]]:
                 hints = typing.get_type_hints(obj)
                 for field in dataclasses.fields(obj):
                     yield f"{where}.{field.name}", hints[field.name]
+            if issubclass(obj, Record):
+                hints = typing.get_type_hints(obj)
+                for field_name in obj.__slots__:
+                    yield f"{where}.{field_name}", hints[field_name]
             for member, value in vars(obj).items():
                 if member.startswith("_") and not (member.startswith("__") and member.endswith("__")):
                     continue

@@ -1,14 +1,15 @@
-"""The plan's trip to the forkserver: every field of every dataclass in it arrives as it left."""
+"""The plan's trip to the forkserver: every field of every record in it arrives as it left."""
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
+from privsep._record import Record
 from privsep.cgroups import Budget
 from privsep.plan import wire
 from privsep.plan.egress import EgressPlan
@@ -20,7 +21,7 @@ from privsep.plan.view import Bind, Mask, ViewPlan
 def full_plan() -> SpawnPlan:
     """A plan in which no field has its default, no container is empty and nothing is None.
 
-    Adding a field to SpawnPlan (or to a dataclass inside it) fails
+    Adding a field to SpawnPlan (or to a record inside it) fails
     :func:`test_the_sample_plan_sets_every_field` until it is set here, and then the
     round trip proves it travels.
     """
@@ -65,28 +66,25 @@ def full_plan() -> SpawnPlan:
     )
 
 
-def _default(f: dataclasses.Field[Any]) -> object:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
+def _default(cls: type[Record], name: str) -> object:
+    """The field's default as ``__init__`` declares it (None there: a value computed when not given)."""
+    return inspect.signature(cls.__init__).parameters[name].default
 
 
 def _unset(obj: Any, where: str) -> list[str]:
-    """The fields of ``obj``, and of the dataclasses inside it, that a round trip would not test."""
+    """The fields of ``obj``, and of the records inside it, that a round trip would not test."""
     found: list[str] = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        at = f"{where}.{f.name}"
+    for name in obj.__slots__:
+        value = getattr(obj, name)
+        at = f"{where}.{name}"
         empty = isinstance(value, tuple | Mapping | bytes | str) and not value
-        if value is None or empty or value == _default(f):
+        if value is None or empty or value == _default(type(obj), name):
             found.append(at)
         items = (
             value.values() if isinstance(value, Mapping) else value if isinstance(value, tuple) else (value,)
         )
         for i, item in enumerate(items):
-            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+            if isinstance(item, Record):
                 found += _unset(item, at if item is value else f"{at}[{i}]")
     return found
 
@@ -104,21 +102,27 @@ def test_every_field_survives_the_round_trip() -> None:
 
 
 def test_the_wire_is_json_without_any_field_name() -> None:
-    # The format is the dataclasses' field order: nothing here or in wire.py spells a field.
+    # The format is the records' field order (__slots__): nothing here or in wire.py spells a field.
     body = json.loads(wire.encode(full_plan()))
     assert isinstance(body, list)
-    assert len(body) == len(dataclasses.fields(SpawnPlan))
+    assert len(body) == len(SpawnPlan.__slots__)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Unsupported:
+class _Unsupported(Record):
+    __slots__ = ("name", "ratio")
     name: str
     ratio: complex
 
+    def __init__(self, name: str, ratio: complex) -> None:
+        self._assign(locals())
 
-@dataclasses.dataclass(frozen=True)
-class _Outer:
+
+class _Outer(Record):
+    __slots__ = ("inner",)
     inner: tuple[_Unsupported, ...]
+
+    def __init__(self, inner: tuple[_Unsupported, ...]) -> None:
+        self._assign(locals())
 
 
 def test_a_field_the_wire_cannot_carry_is_named_at_the_first_encode() -> None:
@@ -128,10 +132,13 @@ def test_a_field_the_wire_cannot_carry_is_named_at_the_first_encode() -> None:
         wire.encode(_Outer((_Unsupported("x", 0.5j),)))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Timed:
+class _Timed(Record):
+    __slots__ = ("limit", "seconds")
     seconds: float
     limit: float | None
+
+    def __init__(self, seconds: float, limit: float | None) -> None:
+        self._assign(locals())
 
 
 def test_a_float_travels_as_a_float_and_an_int_given_for_one_arrives_as_one() -> None:
@@ -145,7 +152,7 @@ def test_a_float_travels_as_a_float_and_an_int_given_for_one_arrives_as_one() ->
 
 
 def _with(body: list[Any], name: str, value: object) -> list[Any]:
-    index = [f.name for f in dataclasses.fields(SpawnPlan)].index(name)
+    index = SpawnPlan.__slots__.index(name)
     return [*body[:index], value, *body[index + 1 :]]
 
 
