@@ -125,6 +125,10 @@ def outside_view_hints(
     destination = existing[-1] if len(existing) > 1 else None
     for word in candidates:
         path = posixpath.normpath(posixpath.join(cwd, word))
+        if _under(path, "/proc") or _under(path, "/dev"):
+            continue  # the sandbox's own (its /proc, its devices): no grant of the host's would help
+        if path == "/tmp" and plan.tmp_size_mb is not None:
+            continue  # the sandbox has a /tmp of its own; files in the host's are named one by one
         if os.path.lexists(path):
             if not view.visible(path):
                 grant = _suggest(path)

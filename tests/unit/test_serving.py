@@ -246,3 +246,12 @@ def test_hints_name_a_read_grant_that_a_failing_command_may_have_written(tree: P
     # A path under the policy's own [view] read (not a grant) is never suggested for writing.
     (tree / "bin" / "tool").write_text("t")
     assert outside_view_hints(["touch", f"{tree}/bin/tool"], "/", "/", plan) == []
+
+
+def test_hints_never_send_the_user_to_grant_the_sandboxs_own_proc_or_dev(tree: Path) -> None:
+    """/proc and /dev in the view are the sandbox's own (its procfs, its devices): a failed
+    ``cat /proc/self/status`` or ``> /dev/null`` once printed "re-run with --allow-read=/proc/self"."""
+    plan = view.plan_grants(_policy(tree, [], tmp_view=True), root_broker=True, sandbox_id=65534).view
+    assert plan.tmp_size_mb is not None  # a /tmp of its own
+    argv = ["sh", "-c", "cat /proc/self/status /proc/1/environ > /dev/null; ls /dev/sda /tmp"]
+    assert outside_view_hints(argv, "/", "/", plan) == []
