@@ -34,6 +34,7 @@ from privsep.plan.filter import (
     transparent_numbers,
 )
 from privsep.plan.hostids import Claim, claim
+from privsep.plan.importpath import check_grants
 from privsep.plan.landlock import Rule, rules_for
 from privsep.plan.limits import rlimits
 from privsep.plan.view import DEVICES, ViewPlan, plan_grants
@@ -205,6 +206,7 @@ def make_plan(
     env.update(proxy_env(egress))
     env.update(policy.env.set)
     env["PRIVSEP_FD"] = str(CHANNEL_FD)
+    check_grants((r.path, [a.value for a in r.access]) for r in policy.files if not r.deny)
     grants = plan_grants(policy, root_broker=os.geteuid() == 0, sandbox_id=SANDBOX_ID)
     plan = egress_view(grants.view, egress)
     binds = [(b.path, b.is_dir, b.access) for b in plan.binds]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import PYTHON
+from tests.conftest import PYTHON, REPO
 
 # The sandbox plants a module under every top-level name of the standard library, each of which
 # leaves a mark (outside anything the sandbox may write) if it is ever imported; then it is
@@ -61,3 +61,24 @@ def test_python_m_privsep_imports_nothing_from_the_working_directory(
     planted = sorted(p.name for p in shared_tmp.glob("*.py"))
     assert len(planted) > 200, planted  # the sandbox did write them
     assert sorted(p.name for p in marks.iterdir()) == []
+
+
+def test_a_sandbox_host_that_grants_its_own_directory_is_refused(shared_tmp: Path) -> None:
+    """A host run as ``python host.py`` has the script's directory first on sys.path."""
+    host = shared_tmp / "host.py"
+    host.write_text(
+        "from privsep import Sandbox, PolicyError\n"
+        "import sys\n"
+        f"with Sandbox('minimal', allow_write=[{str(shared_tmp)!r}]) as sb:\n"
+        "    try:\n"
+        "        sb.run(['/bin/true'])\n"
+        "    except PolicyError as exc:\n"
+        "        print('refused:', exc)\n"
+        "    else:\n"
+        "        print('ran')\n"
+    )
+    proc = subprocess.run(
+        [str(PYTHON), str(host)], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.stdout.startswith("refused:"), (proc.stdout, proc.stderr)
+    assert str(shared_tmp) in proc.stdout

@@ -1,0 +1,101 @@
+"""Where the broker imports Python from, and the grants that would let a sandbox write there.
+
+The broker is a Python process, and it imports some modules only when it first
+needs them: a report, a hint, a failed worker's traceback, the handler of a
+first request. Those imports may come while the sandbox runs or after it has
+ended. A grant that lets the sandbox write where the broker imports from
+therefore hands the sandbox the broker's code: a ``shlex.py`` left in a
+directory on ``sys.path`` runs as the broker (root, for a root broker), and so
+does anything changed in privsep's own package. ``python -m privsep`` drops
+the working directory from ``sys.path`` for that reason; this module refuses
+the grants themselves, at planning, for ``privsep run`` and ``Sandbox`` alike.
+
+A grant is refused when it writes (``write``, ``create``, ``append``,
+``truncate``) and it is a directory on ``sys.path`` or one of its ancestors,
+or it lies inside such a directory under a name the broker could import from
+there: a module or package that exists on ``sys.path``, a name of the
+standard library, or ``__pycache__``. A grant of a plain data directory beside
+a script (``./data`` next to ``host.py``) is not refused.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import sys
+from collections.abc import Iterable
+
+from privsep.errors import PolicyError
+
+__all__ = ["WRITES", "check_grants", "import_dirs"]
+
+#: Access words that let the sandbox change what is at a path.
+WRITES = frozenset({"write", "create", "append", "truncate"})
+
+
+def import_dirs(path: Iterable[str] | None = None) -> list[str]:
+    """The entries of ``sys.path`` (or ``path``) as real absolute paths, in order; "" is the cwd."""
+    found: list[str] = []
+    for entry in sys.path if path is None else path:
+        real = os.path.realpath(entry or os.getcwd())
+        if real not in found:
+            found.append(real)
+    return found
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _importable(name: str, dirs: list[str]) -> bool:
+    """Whether the broker could import something called ``name`` (a first component) from a
+    directory on its path: an existing module or regular package, a name of the standard library
+    or of a module already imported, or a bytecode cache. (A plain directory is a namespace
+    package only for a name nothing else on the path has; the broker imports no such name.)"""
+    if name == "__pycache__":
+        return True
+    stem = name.split(".", 1)[0]
+    if not stem.isidentifier():
+        return False
+    if stem in sys.stdlib_module_names or stem in sys.modules:
+        return True
+    for d in dirs:
+        if os.path.exists(posixpath.join(d, stem, "__init__.py")) or os.path.exists(
+            posixpath.join(d, stem + ".py")
+        ):
+            return True
+        try:
+            # an extension module: stem.cpython-311-x86_64-linux-gnu.so, stem.abi3.so, stem.so
+            if any(n.startswith(stem + ".") and n.endswith(".so") for n in os.listdir(d)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def check_grants(grants: Iterable[tuple[str, Iterable[str]]], path: Iterable[str] | None = None) -> None:
+    """Refuse (PolicyError) a grant of ``(path, access words)`` that could write where the broker
+    imports from (see the module)."""
+    dirs = import_dirs(path)
+    for granted, access in grants:
+        if WRITES.isdisjoint(access):
+            continue
+        real = os.path.realpath(granted)
+        for entry in dirs:
+            if _under(entry, real):
+                where = "is" if entry == real else "holds"
+                raise PolicyError(
+                    f"a grant to write {granted} is refused: it {where} {entry}, where this process "
+                    "imports Python modules from (sys.path), so code the sandbox left there would run "
+                    "in the broker; grant a directory outside it, or start privsep from elsewhere "
+                    "(its working directory or script's directory is on sys.path)"
+                )
+            if _under(real, entry):
+                first = real[len(entry.rstrip("/")) + 1 :].split("/", 1)[0]
+                if _importable(first, dirs):
+                    raise PolicyError(
+                        f"a grant to write {granted} is refused: it is inside {entry}/{first}, which "
+                        f"this process could import as a Python module from {entry} (sys.path), so "
+                        "code the sandbox left there would run in the broker; grant a directory "
+                        "outside it"
+                    )
