@@ -97,18 +97,25 @@ def preload(path: str, module: str, paths: Sequence[str]) -> None:
     runs in milliseconds instead of paying for their import. This runs in
     the forkserver, unconfined: the module-level code of the test file (and
     of what it imports), which pytest's collection has already run on the
-    host. ``paths`` (the children's PYTHONPATH) go on ``sys.path`` for its
-    parent packages. What the module prints at import is dropped; if it
+    host; so the plugin asks for it before the session's first confined test
+    runs, and only with ``paths`` that are on pytest's own ``sys.path``. They
+    go on ``sys.path`` for the import alone. What the module prints at import is dropped; if it
     raises, the forkserver reports why and each child imports the module
     itself, confined.
     """
+    saved = list(sys.path)
     for entry in reversed(paths):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    import pytest  # noqa: F401, PLC0415 - the outcome exceptions, for every child
+    try:
+        import pytest  # noqa: F401, PLC0415 - the outcome exceptions, for every child
 
-    with _silenced():
-        _load(path, module)
+        with _silenced():
+            _load(path, module)
+    finally:
+        # The forkserver itself imports nothing from the tests' directories afterwards (a
+        # confined test may write there); each child applies its PYTHONPATH itself.
+        sys.path[:] = saved
 
 
 @contextlib.contextmanager

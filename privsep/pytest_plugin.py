@@ -30,11 +30,14 @@ How a confined test runs, and what runs unconfined
 A fresh interpreter per test would cost each one about half a second
 (pydantic, pytest and the test module imported again). Instead the plugin
 keeps a ``Sandbox(start_method="forkserver")`` open for the session, one
-per set of marker options (the last few used), and before the first test
-of a module asks its forkserver to import pytest and the test module
-(``_pytest_child.preload``). The first confined test's forkserver is
-started as soon as pytest has collected, and asked for that import at
-once: both run while this process imports the broker. Each test is then
+per set of marker options (the last few used). The first confined test's
+forkserver is started as soon as pytest has collected, before any
+confined test runs, and asked to import pytest and the modules of every
+test with the same options (``_pytest_child.preload``), while this process
+imports the broker. No forkserver imports a test module later: by then a
+confined test may have rewritten it or planted a module beside it, and the
+forkserver is unconfined (a fresh-eyes audit found exactly that). Tests of
+other options import their module in each child, confined. Each test is then
 one fork of that forkserver, which goes through every confinement layer,
 in order, failing closed
 (namespaces, identity, Landlock, rlimits, seccomp), and runs the test
@@ -78,6 +81,7 @@ import pytest
 
 from privsep._printable import printable
 from privsep.errors import ChildError, PrivsepError
+from privsep.plan.importpath import import_dirs
 
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
@@ -252,9 +256,7 @@ class _Runner:
     pinned: tuple[_Identity, ...]
     """What the broker's file grants held open when the sandbox opened (see :func:`_pinned`)."""
     preloaded: dict[str, bool] = dataclasses.field(default_factory=dict)
-    """Test files the forkserver was asked to import, and whether it could."""
-    asked: str | None = None
-    """A test file whose import the forkserver was asked for when it started, answer not read yet."""
+    """Test files the forkserver imported (True), or that each child imports itself (False)."""
 
     def stale(self) -> bool:
         """A granted directory was replaced since (a fixture made it anew): the pins are of the old one."""
@@ -266,20 +268,21 @@ class _Runner:
         return self.box.call(RUNNER, str(test.path), test.module, test.qualname, test.params)
 
     def _preload(self, test: _Test) -> None:
-        """Import pytest and the test module in the forkserver, once: every test's child inherits them."""
-        if self.forkserver is None or str(test.path) in self.preloaded:
-            return
-        if self.asked == str(test.path):
-            self.asked = None
-            failed = self.forkserver.prepared()
-        else:
-            failed = self.forkserver.prepare(PRELOAD, str(test.path), test.module, _preload_paths(test))
-        # On a failure the forkserver carries on; each child then imports the module itself, confined.
-        self.preloaded[str(test.path)] = failed is None
+        """A module the forkserver did not import before the session's first confined test is
+        imported by each of its tests' children, confined: never by the forkserver afterwards.
+
+        The forkserver is unconfined. Once a confined test has run, what it could write (a
+        test file, a module planted beside one) may differ from what pytest's collection ran on
+        the host, and importing it there would run the sandbox's code outside the sandbox."""
+        self.preloaded.setdefault(str(test.path), False)
 
 
 def _preload_paths(test: _Test) -> list[str]:
-    return [os.path.abspath(p) for p in test.paths]
+    """The test's import directories that are on this process's ``sys.path``: the forkserver then
+    imports the module as pytest's collection did here, no module from elsewhere
+    (``--import-mode=importlib`` puts no test directory on ``sys.path``)."""
+    here = set(import_dirs())
+    return [p for p in (os.path.abspath(p) for p in test.paths) if os.path.realpath(p) in here]
 
 
 @dataclass(frozen=True)
@@ -288,8 +291,9 @@ class _Early:
 
     options: _Options
     server: ForkServer
-    asked: str
-    """The test file it was asked to import as it started (the first confined test's)."""
+    asked: tuple[str, ...]
+    """The test files it was asked to import as it started, in order: those of the session's
+    confined tests that share the first one's options."""
 
 
 _Identity = tuple[str, int, int] | None
@@ -348,11 +352,13 @@ class _Runners:
         self._warned = False
         self._early: _Early | None = None
 
-    def start_early(self, options: _Options, test: _Test) -> None:
-        """Start the forkserver for ``test``'s options now, and ask it to import ``test``'s module.
+    def start_early(self, options: _Options, tests: Sequence[_Test]) -> None:
+        """Start the forkserver for ``options`` now, and ask it to import the modules of ``tests``.
 
-        Called once pytest has collected: the forkserver's start (a fresh
-        interpreter and its imports) and that import then run while this
+        Called once pytest has collected, before any confined test has run:
+        the modules are then what pytest's collection ran on this host, and
+        the forkserver (unconfined) imports nothing later (see
+        :meth:`_Runner._preload`). Its start and those imports run while this
         process imports the broker for the first confined test, which takes
         this forkserver when it opens its Sandbox. Importing the forkserver's
         module here costs ~20 ms: its broker side imports no pydantic.
@@ -368,12 +374,16 @@ class _Runners:
             server = ForkServer()
         except OSError:
             return  # the first confined test starts one itself, and says so if it cannot
+        asked: dict[str, None] = {}
         try:
-            server.ask_prepare(PRELOAD, str(test.path), test.module, _preload_paths(test))
+            for test in tests:
+                if str(test.path) not in asked:
+                    server.ask_prepare(PRELOAD, str(test.path), test.module, _preload_paths(test))
+                    asked[str(test.path)] = None
         except (OSError, PrivsepError):
             server.close()
             return
-        self._early = _Early(options, server, str(test.path))
+        self._early = _Early(options, server, tuple(asked))
 
     def kept(self, options: _Options) -> bool:
         return options in self._open
@@ -415,13 +425,12 @@ class _Runners:
         """
         pinned = _pinned(made)  # before: what changes while it opens shows at the next test
         early = self._early if self._early is not None and self._early.options == options else None
-        asked = None
+        preloaded: dict[str, bool] = {}
         try:
             if early is not None:
                 from privsep.forkserver import handing_over  # noqa: PLC0415 - loaded by start_early
 
                 self._early = None
-                asked = early.asked
                 with handing_over(early.server):
                     made.__enter__()
             else:
@@ -429,11 +438,14 @@ class _Runners:
             forkserver = made._need_parts().forkserver
             if forkserver is not None:
                 forkserver.wait_ready()  # a forkserver that did not start falls back, as below
+                if early is not None and made._need_parts().forkserver is early.server:
+                    # On a failure the forkserver carries on; each child imports the module itself.
+                    preloaded = {path: forkserver.prepared() is None for path in early.asked}
         except PrivsepError as exc:
             made.close()
             why = str(exc)
         else:
-            return self._keep(options, _Runner(made, forkserver, pinned, asked=asked))
+            return self._keep(options, _Runner(made, forkserver, pinned, preloaded))
         fallback = options.sandbox(start_method="exec")
         pinned = _pinned(fallback)
         fallback.__enter__()
@@ -546,15 +558,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the first confined test's forkserver now: its start overlaps the broker's import."""
     if session.config.option.collectonly:
         return
-    first = next((item for item in session.items if _is_confined(item)), None)
+    first: _Options | None = None
+    tests: list[_Test] = []
+    for item in session.items:
+        if not _is_confined(item):
+            continue
+        assert isinstance(item, pytest.Function)
+        try:
+            options, test = _confined_test(item)
+        except _MarkerError:
+            continue  # the test reports it at set-up
+        first = options if first is None else first
+        if options == first:
+            tests.append(test)
     if first is None:
         return  # a session without confined tests starts nothing
-    assert isinstance(first, pytest.Function)
-    try:
-        options, test = _confined_test(first)
-    except _MarkerError:
-        return  # the test reports it at set-up
-    session.config.stash[_RUNNERS].start_early(options, test)
+    session.config.stash[_RUNNERS].start_early(first, tests)
 
 
 @pytest.hookimpl(tryfirst=True)

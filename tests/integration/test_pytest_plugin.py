@@ -334,8 +334,10 @@ def test_each_test_is_a_fresh_fork_of_a_forkserver_that_imported_the_module_unco
 
         @pytest.mark.privsep(allow_read=["data"])
         def test_other_options_another_sandbox():
+            # Its forkserver starts after confined tests ran: it preloads nothing, and the
+            # child imports the module itself, confined.
             assert_confined()
-            assert not IMPORTED_CONFINED and SEEN == []
+            assert IMPORTED_CONFINED and SEEN == []
             with client.open(os.path.join(HERE, "data", "greeting.txt")) as f:
                 assert f.read() == "hello from the host\\n"
 
@@ -604,3 +606,51 @@ def test_assert_not_visible(shared_tmp: Path) -> None:
     assert_not_visible(REPO / "README.md" / "below-a-file")
     with pytest.raises(AssertionError, match="is visible in this process's view \\(a directory\\)"):
         assert_not_visible(shared_tmp)
+
+
+@pytest.mark.parametrize("import_mode", ["importlib", "prepend"])
+def test_what_a_confined_test_writes_never_runs_in_the_unconfined_forkserver(
+    project: Path, run_pytest: RunPytest, tmp_path: Path, import_mode: str
+) -> None:
+    """A fresh-eyes audit (7th) found the plugin's forkserver (unconfined, root) importing a test
+    module once before that module's first confined test: after earlier confined tests had run.
+    One with a write grant on the test directory rewrote a later test file, or left a
+    ``colorsys.py`` beside it for the forkserver (which put the directory on its own sys.path)
+    to import; either ran as root on the host."""
+    tests = project / "the-suite"  # not on sys.path, and no module name, under --import-mode=importlib
+    tests.mkdir(mode=0o755)
+    marks = tmp_path / "marks"  # not granted: only an unconfined process can leave a mark
+    marks.mkdir()
+    payload = f"import os\nopen({str(marks)!r} + '/' + str(os.getpid()), 'w').close()\n"
+    write(
+        tests,
+        "test_a_writes.py",
+        f"""
+        @pytest.mark.privsep(allow_write=[HERE])
+        def test_writes_beside_itself():
+            with open(os.path.join(HERE, "test_b_later.py")) as f:
+                source = f.read()
+            with open(os.path.join(HERE, "test_b_later.py"), "w") as f:
+                f.write({payload!r} + source)
+            with open(os.path.join(HERE, "colorsys.py"), "w") as f:
+                f.write({payload!r} + "del __import__('sys').modules['colorsys']\\n")
+        """,
+    )
+    write(
+        tests,
+        "test_b_later.py",
+        """
+        @pytest.mark.privsep
+        def test_imports_colorsys():
+            import colorsys
+            assert colorsys.rgb_to_hsv(0, 0, 0)[2] == 0
+        """,
+    )
+    files = ("the-suite/test_a_writes.py", "the-suite/test_b_later.py")
+    proc = run_pytest(f"--import-mode={import_mode}", *files)
+    assert sorted(p.name for p in marks.iterdir()) == [], proc.stdout[-3000:]
+    if import_mode == "importlib":
+        assert outcomes(proc)["test_writes_beside_itself"] == "PASSED", proc.stdout[-3000:]
+    else:  # pytest put the directory on its own sys.path: the write grant is refused at planning
+        assert outcomes(proc)["test_writes_beside_itself"] == "FAILED", proc.stdout[-3000:]
+        assert "imports Python modules from" in proc.stdout, proc.stdout[-3000:]
