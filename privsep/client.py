@@ -95,11 +95,21 @@ _PathRequest = (
 )
 
 
+class _Spelled(NamedTuple):
+    """A call as the caller spelled it, made into text only when a message needs it."""
+
+    name: str
+    args: tuple[object, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name}({', '.join(map(repr, self.args))})"
+
+
 class _Ask(NamedTuple):
     """A request and what the client needs to explain its failure."""
 
     request: protocol.Request | protocol.Prepared  # with id 0 or none; the real id is set when it is sent
-    call: str  # how the caller spelled it, for messages: "open('/x', 'w')"
+    call: str | _Spelled  # how the caller spelled it, for messages: "open('/x', 'w')"
     grants: tuple[str, ...]  # the value of the allow flag that would allow it, one per flag
     filenames: tuple[str, ...] = ()  # for FileNotFoundError; empty for ops not on paths
 
@@ -208,8 +218,8 @@ def _hostport(host: str, port: int, type: str) -> str:
     return spelled + ("/udp" if type == "udp" else "")
 
 
-def _with_call(call: str, message: str) -> str:
-    return f"{call}: {message}" if message else call
+def _with_call(call: str | _Spelled, message: str) -> str:
+    return f"{call}: {message}" if message else str(call)
 
 
 def _denial(ask: _Ask, error: protocol.ErrorInfo) -> DeniedError:
@@ -492,8 +502,11 @@ class Client:
         request = protocol.prepare_open(target, parsed.wire) or _request(
             protocol.Open, path=target, mode=parsed.wire
         )
-        ask = _Ask(request, f"open({target!r}, {mode!r})", (target,), (target,))
-        fd = self._call(ask, protocol.EmptyResult)[1]
+        ask = _Ask(request, _Spelled("open", (target, mode)), (target,), (target,))
+        with self._lock:  # _call's steps, without its check of the result: open's is empty
+            if self._protocol.hello is None:
+                self._ensure_hello()
+            fd = self._roundtrip(ask).fd
         assert fd is not None  # ClientProtocol guarantees it for open
         handed = [False]  # whether the file object owns fd (it closes it on failure)
         try:
@@ -637,6 +650,9 @@ _default_lock = threading.Lock()
 def default() -> Client:
     """The process-wide client on ``PRIVSEP_FD``, created on first use."""
     global _default
+    made = _default
+    if made is not None:  # set once, never unset: no lock on every call
+        return made
     with _default_lock:
         if _default is None:
             _default = Client.from_env()
