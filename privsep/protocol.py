@@ -655,6 +655,11 @@ class _State(enum.Enum):
     BROKEN = enum.auto()
 
 
+# The states as plain names: ``_State.READY`` goes through the enum's class lookup (~0.15 us)
+# twice on every request the broker reads.
+_READY, _BROKEN = _State.READY, _State.BROKEN
+
+
 class BrokerProtocol:
     """The broker's side of one channel: a state machine fed with frames.
 
@@ -677,15 +682,16 @@ class BrokerProtocol:
         Raises RemoteProtocolError, with a reason safe to send back, on any
         violation, and on every call after one.
         """
-        if self._state is _State.BROKEN:
+        state = self._state
+        if state is _BROKEN:
             raise RemoteProtocolError("the channel already broke the protocol and must be closed")
         try:
             request: Request = _decode(_REQUESTS.validator, frame, "request")
-            if self._state is _State.READY and type(request) not in _CHECKED_FURTHER:
+            if state is _READY and type(request) not in _CHECKED_FURTHER:
                 return request  # most requests: _advance has nothing to check
             return self._advance(request)
         except RemoteProtocolError:
-            self._state = _State.BROKEN
+            self._state = _BROKEN
             raise
 
     def _advance(self, request: Request) -> Request:
