@@ -95,14 +95,9 @@ _PathRequest = (
 )
 
 
-class _Spelled(NamedTuple):
-    """A call as the caller spelled it, made into text only when a message needs it."""
-
-    name: str
-    args: tuple[object, ...]
-
-    def __str__(self) -> str:
-        return f"{self.name}({', '.join(map(repr, self.args))})"
+#: A call as the caller spelled it, (name, args), made into text only when a message needs it:
+#: a plain tuple, as a NamedTuple's __new__ is one more Python frame per open.
+_Spelled = tuple[str, tuple[object, ...]]
 
 
 class _Ask(NamedTuple):
@@ -219,7 +214,10 @@ def _hostport(host: str, port: int, type: str) -> str:
 
 
 def _with_call(call: str | _Spelled, message: str) -> str:
-    return f"{call}: {message}" if message else str(call)
+    if not isinstance(call, str):
+        name, args = call
+        call = f"{name}({', '.join(map(repr, args))})"
+    return f"{call}: {message}" if message else call
 
 
 def _denial(ask: _Ask, error: protocol.ErrorInfo) -> DeniedError:
@@ -502,7 +500,7 @@ class Client:
         request = protocol.prepare_open(target, parsed.wire) or _request(
             protocol.Open, path=target, mode=parsed.wire
         )
-        ask = _Ask(request, _Spelled("open", (target, mode)), (target,), (target,))
+        ask = _Ask(request, ("open", (target, mode)), (target,), (target,))
         with self._lock:  # _call's steps, without its check of the result: open's is empty
             if self._protocol.hello is None:
                 self._ensure_hello()

@@ -821,6 +821,11 @@ def _encode_request(request: Request, request_id: int) -> bytes:
     return _encode({**request.model_dump(mode="json"), "id": request_id})
 
 
+#: Makes the NamedTuples of every request and reply with tuple's own constructor: a NamedTuple's
+#: __new__ is a Python-level function.
+_new = tuple.__new__
+
+
 class Prepared(NamedTuple):
     """A request checked and encoded without a model: ``ClientProtocol.send`` puts its id in front."""
 
@@ -844,7 +849,7 @@ def prepare_open(path: str, mode: str) -> Prepared | None:
         quoted = _quote(path).encode()  # raw UTF-8, as _json writes every frame
     except UnicodeEncodeError:  # a lone surrogate: not valid Unicode
         return None
-    return Prepared("open", b',"op":"open","path":%b,"mode":"%b"}' % (quoted, mode.encode()))
+    return _new(Prepared, ("open", b',"op":"open","path":%b,"mode":"%b"}' % (quoted, mode.encode())))
 
 
 def decode_reply(frame: bytes) -> Reply:
@@ -982,7 +987,7 @@ class ClientProtocol:
             and len(fds) == (1 if op in OPS_WITH_FD else 0)
         ):
             # Exactly the frame the broker sends for success, its id ours, with what it must carry.
-            return Answered(_EMPTY_RESULT, fds[0] if fds else None)
+            return _new(Answered, (_EMPTY_RESULT, fds[0] if fds else None))
         try:
             return self._interpret(op, frame, fds)
         except RemoteProtocolError as exc:
