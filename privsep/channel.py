@@ -43,6 +43,8 @@ _MSG_TRUNC, _MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)
 _MSG_NOSIGNAL, _MSG_CMSG_CLOEXEC = int(socket.MSG_NOSIGNAL), int(socket.MSG_CMSG_CLOEXEC)
 _SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
 _TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC
+#: Makes a Frame with tuple's own constructor: a NamedTuple's __new__ is a Python-level function.
+_new = tuple.__new__
 
 
 class Frame(NamedTuple):
@@ -126,11 +128,11 @@ def recv(sock: socket.socket) -> Frame | None:
         raise ChannelError("the peer closed the channel") from exc
     if not msg_flags & _TRUNCATED and 0 < len(data) <= MAX_FRAME:  # frames as they come: no, or one, fd
         if not ancillary:
-            return Frame(data, ())
+            return _new(Frame, (data, ()))
         if len(ancillary) == 1:
             level, kind, payload = ancillary[0]
             if level == _SOL_SOCKET and kind == _SCM_RIGHTS and len(payload) == _FD_SIZE:
-                return Frame(data, _FD.unpack(payload))
+                return _new(Frame, (data, _FD.unpack(payload)))
     return _frame(data, ancillary, msg_flags)
 
 

@@ -95,11 +95,16 @@ _PathRequest = (
 )
 
 
+#: A call as the caller spelled it, (name, args), made into text only when a message needs it:
+#: a plain tuple, as a NamedTuple's __new__ is one more Python frame per open.
+_Spelled = tuple[str, tuple[object, ...]]
+
+
 class _Ask(NamedTuple):
     """A request and what the client needs to explain its failure."""
 
     request: protocol.Request | protocol.Prepared  # with id 0 or none; the real id is set when it is sent
-    call: str  # how the caller spelled it, for messages: "open('/x', 'w')"
+    call: str | _Spelled  # how the caller spelled it, for messages: "open('/x', 'w')"
     grants: tuple[str, ...]  # the value of the allow flag that would allow it, one per flag
     filenames: tuple[str, ...] = ()  # for FileNotFoundError; empty for ops not on paths
 
@@ -208,7 +213,10 @@ def _hostport(host: str, port: int, type: str) -> str:
     return spelled + ("/udp" if type == "udp" else "")
 
 
-def _with_call(call: str, message: str) -> str:
+def _with_call(call: str | _Spelled, message: str) -> str:
+    if not isinstance(call, str):
+        name, args = call
+        call = f"{name}({', '.join(map(repr, args))})"
     return f"{call}: {message}" if message else call
 
 
@@ -492,8 +500,11 @@ class Client:
         request = protocol.prepare_open(target, parsed.wire) or _request(
             protocol.Open, path=target, mode=parsed.wire
         )
-        ask = _Ask(request, f"open({target!r}, {mode!r})", (target,), (target,))
-        fd = self._call(ask, protocol.EmptyResult)[1]
+        ask = _Ask(request, ("open", (target, mode)), (target,), (target,))
+        with self._lock:  # _call's steps, without its check of the result: open's is empty
+            if self._protocol.hello is None:
+                self._ensure_hello()
+            fd = self._roundtrip(ask).fd
         assert fd is not None  # ClientProtocol guarantees it for open
         handed = [False]  # whether the file object owns fd (it closes it on failure)
         try:
@@ -637,6 +648,9 @@ _default_lock = threading.Lock()
 def default() -> Client:
     """The process-wide client on ``PRIVSEP_FD``, created on first use."""
     global _default
+    made = _default
+    if made is not None:  # set once, never unset: no lock on every call
+        return made
     with _default_lock:
         if _default is None:
             _default = Client.from_env()

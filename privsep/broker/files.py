@@ -221,7 +221,10 @@ class FileService:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device, a directory: never handed over
                 raise _not_regular(decision)
-            fcntl.fcntl(fd, fcntl.F_SETFL, 0)  # blocking again, as builtins.open's fds are
+            # Blocking again, as builtins.open's fds are: O_NONBLOCK is the one status flag
+            # _READ_OPEN sets. os.set_blocking is one ioctl(FIONBIO); fcntl.fcntl with an int
+            # argument first fails to parse it as a string, building and dropping a TypeError.
+            os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
             raise

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Broker", "CallContext", "Child"]
 
+_NEVER = float("inf")  # no deadline to wake up for
+
 
 class Broker:
     """Starts sandboxes and serves their requests until they end."""
@@ -50,6 +52,9 @@ class Broker:
         self._events = Events()
         self._children: set[Child] = set()
         self._timed: set[Child] = set()  # those with a deadline: the only ones each wake-up looks at
+        #: No later than the soonest deadline of a timed child not being killed (inf: none). Only
+        #: ever early (a child killed or ended since): a wake-up at or past it looks at each one.
+        self._soonest = _NEVER
         self._recorder = Recorder(audit)
         self._handback = Handback()
         self._events.watch(self._handback.wake_fd, "wakeup", None)
@@ -147,6 +152,7 @@ class Broker:
         self._children.add(child)
         if child.deadline is not None:
             self._timed.add(child)
+            self._soonest = min(self._soonest, child.deadline)
         self._requests.watch(child)
         self._lifecycle.watch(child)
         return child
@@ -159,7 +165,11 @@ class Broker:
 
     def run_once(self, max_wait: float | None = None) -> None:
         """Wait for one round of events (or a deadline) and handle them."""
-        timeout = self._next_timeout(max_wait) if self._timed else max_wait
+        timeout = max_wait
+        soonest = self._soonest
+        if soonest != _NEVER:  # one clock read, not a scan of the timed children, per wake-up
+            until = max(0.0, soonest - time.monotonic())
+            timeout = until if max_wait is None else min(max_wait, until)
         for fd, owner, role in self._events.select(timeout):
             if role == "channel":  # the commonest event by far: a request
                 if owner.outcome is None:
@@ -174,13 +184,8 @@ class Broker:
                 self._egress_server().ready(owner, fd)  # the owner is the fd's handler (egress.py)
             elif owner.outcome is None:
                 self._dispatch(owner, role)
-        if not self._timed:
-            return
-        now = time.monotonic()
-        for child in list(self._timed):
-            if child.deadline is not None and now >= child.deadline and child.procs.kill_reason is None:
-                detail = f"timed out after {child.timeout:g} s; the sandbox was killed"
-                self._lifecycle.kill(child, Outcome("timeout", EXIT_TIMEOUT, detail=detail))
+        if self._soonest != _NEVER and time.monotonic() >= self._soonest:
+            self._expire()
 
     def watch(self, fd: int, callback: Callable[[int], None]) -> None:
         """Call ``callback(fd)`` from the loop whenever ``fd`` is readable (e.g. a captured stdout)."""
@@ -231,14 +236,19 @@ class Broker:
             self._egress = EgressServer(self._events, self._recorder, self._workers, self._handback)
         return self._egress
 
-    def _next_timeout(self, max_wait: float | None) -> float | None:
-        deadlines = [
-            c.deadline for c in self._timed if c.deadline is not None and c.procs.kill_reason is None
-        ]
-        if not deadlines:
-            return max_wait
-        until = max(0.0, min(deadlines) - time.monotonic())
-        return until if max_wait is None else min(max_wait, until)
+    def _expire(self) -> None:
+        """Kill each sandbox past its deadline; the soonest deadline left is the next wake-up."""
+        now = time.monotonic()
+        soonest = _NEVER
+        for child in list(self._timed):
+            if child.deadline is None or child.procs.kill_reason is not None:
+                continue
+            if now >= child.deadline:
+                detail = f"timed out after {child.timeout:g} s; the sandbox was killed"
+                self._lifecycle.kill(child, Outcome("timeout", EXIT_TIMEOUT, detail=detail))
+            else:
+                soonest = min(soonest, child.deadline)
+        self._soonest = soonest
 
     def _dispatch(self, child: Child, role: Role) -> None:
         self._handlers[role](child)  # built once: this runs for every event

@@ -62,8 +62,8 @@ class RequestServer:
         self._events.watch(child.spawned.channel, "channel", child)
 
     def on_channel(self, child: Child) -> None:
-        sock = child.spawned.channel
-        if child.serving.outbox:
+        sock, serving = child.spawned.channel, child.serving
+        if serving.outbox:
             self._flush(child)
             return
         try:
@@ -81,9 +81,9 @@ class RequestServer:
             else:  # an empty frame reads like end of stream, but the peer is still there
                 self._violation(child, "the child sent an empty frame")
             return
-        child.serving.requests += 1
+        serving.requests += 1
         try:
-            request = child.serving.proto.receive(frame)
+            request = serving.proto.receive(frame)
         except RemoteProtocolError as exc:
             self._violation(child, str(exc))
             return
@@ -104,9 +104,9 @@ class RequestServer:
             else:
                 start = self._recorder.start()
                 self.answer(child, request, start, self.perform(child, services, request))
-        elif isinstance(request, protocol.Ping):
+        elif type(request) is protocol.Ping:  # exact types: isinstance would run ABCMeta's check
             self._queue(child, protocol.reply_ok(request, {}))
-        elif isinstance(request, protocol.Hello):
+        elif type(request) is protocol.Hello:
             self._queue(child, protocol.reply_ok(request, child.serving.proto.hello_result()))
         else:
             assert isinstance(request, protocol.CallArgs | protocol.CallReturn)

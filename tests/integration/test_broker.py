@@ -101,6 +101,32 @@ def test_a_child_that_never_reads_replies_does_not_stall_others(broker: Broker) 
     assert flooded.how == "timeout"
 
 
+def test_a_later_deadline_is_kept_when_the_sooner_ones_are_done() -> None:
+    """The loop keeps only the soonest deadline: one of a sandbox that ended before it, or of one
+    already killed for it, must neither hide a later sandbox's deadline nor spin the loop."""
+    broker = Broker()
+    rounds = 0
+    run_once = broker.run_once
+
+    def counted(max_wait: float | None = None) -> None:
+        nonlocal rounds
+        rounds += 1
+        run_once(max_wait)
+
+    broker.run_once = counted  # type: ignore[method-assign]
+    try:
+        ended = start(broker, "pass", timeout=3)  # the soonest deadline, never reached
+        killed = start(broker, "import time\ntime.sleep(120)", timeout=4)
+        late = start(broker, "import time\ntime.sleep(120)", timeout=6)
+        # wait() gives no max_wait: only the deadlines wake the loop when nothing else happens.
+        outcomes = [broker.wait(child) for child in (ended, killed, late)]
+    finally:
+        broker.close()
+    assert [o.how for o in outcomes] == ["exited", "timeout", "timeout"]
+    # A count of wake-ups, not a time: each deadline wakes the loop about once.
+    assert rounds < 80
+
+
 def test_the_broker_leaks_no_fd_and_no_child(broker: Broker) -> None:
     wait_all(broker, [start(broker, "pass")])  # warm caches (seccomp filter, policy)
     before = open_fds()
