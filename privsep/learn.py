@@ -35,6 +35,7 @@ from privsep import protocol
 from privsep.broker.answers import Answer, Refusal
 from privsep.broker.services import Services
 from privsep.errors import PolicyError
+from privsep.plan.importpath import check_grants
 from privsep.policy.decide import CREATES_IF_MISSING, OPEN_NEEDS, Access, check_path
 from privsep.policy.model import BindRule, ConnectRule, FileRule, Policy
 
@@ -115,6 +116,10 @@ def _with_files(policy: Policy, wanted: Iterable[tuple[str, list[Access]]]) -> P
     for path, needs in wanted:
         if check_path(path) is not None:
             return None  # not a path a rule can name
+        try:
+            check_grants([(path, [a.value for a in needs])])
+        except PolicyError:
+            return None  # where the broker runs Python from: never learned (plan/importpath.py)
         for i, rule in enumerate(rules):
             if rule.path == path and not rule.recursive and not rule.deny:
                 merged = tuple(sorted(set(rule.access) | set(needs)))

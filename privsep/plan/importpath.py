@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 from privsep.errors import PolicyError
 
-__all__ = ["WRITES", "check_grants", "import_dirs"]
+__all__ = ["WRITES", "check_grants", "import_dirs", "protect"]
 
 #: Access words that let the sandbox change what is at a path.
 WRITES = frozenset({"write", "create", "append", "truncate"})
@@ -43,6 +43,44 @@ def import_dirs(path: Iterable[str] | None = None) -> list[str]:
     return found
 
 
+#: Directories no sandbox may write in or over, beyond sys.path: see :func:`protect`.
+_protected: list[str] = []
+
+
+def protect(paths: Iterable[str]) -> None:
+    """Also refuse, for the rest of this process, write grants on, over or inside ``paths``.
+
+    For code this process runs by path rather than through ``sys.path``: the
+    pytest plugin protects the session's test directories, whose files
+    (``conftest.py``, the test modules) pytest and the plugin's forkserver
+    import, unconfined, now and in the next session.
+    """
+    for path in paths:
+        real = os.path.realpath(path)
+        if real not in _protected:
+            _protected.append(real)
+
+
+def _whole_dirs() -> list[str]:
+    """Directories refused whole: the interpreter's own (each hop of ``sys.executable``'s
+    symlinks: the helpers are started from it), the environment's prefix (a venv's
+    ``pyvenv.cfg``, ``bin``, ``site-packages``), and what :func:`protect` was given."""
+    # A virtual environment is Python through and through; a system prefix (/usr) is not, and
+    # its Python parts are on sys.path already.
+    venv = sys.prefix != sys.base_prefix
+    found = [os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix) if p and venv]
+    hop = sys.executable
+    for _ in range(40):  # a chain of links; the kernel's own bound on them
+        if not hop:
+            break
+        found.append(os.path.realpath(os.path.dirname(hop) or "."))
+        if not os.path.islink(hop):
+            break
+        target = os.readlink(hop)
+        hop = target if target.startswith("/") else posixpath.join(os.path.dirname(hop), target)
+    return [*dict.fromkeys(found), *_protected]
+
+
 def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
@@ -52,8 +90,8 @@ def _importable(name: str, dirs: list[str]) -> bool:
     directory on its path: an existing module or regular package, a name of the standard library
     or of a module already imported, or a bytecode cache. (A plain directory is a namespace
     package only for a name nothing else on the path has; the broker imports no such name.)"""
-    if name == "__pycache__":
-        return True
+    if name == "__pycache__" or name.endswith((".pth", ".dist-info", ".egg-info", ".egg-link")):
+        return True  # a bytecode cache; what site runs at start; a distribution's entry points
     stem = name.split(".", 1)[0]
     if not stem.isidentifier():
         return False
@@ -77,10 +115,19 @@ def check_grants(grants: Iterable[tuple[str, Iterable[str]]], path: Iterable[str
     """Refuse (PolicyError) a grant of ``(path, access words)`` that could write where the broker
     imports from (see the module)."""
     dirs = import_dirs(path)
+    whole = _whole_dirs()
     for granted, access in grants:
         if WRITES.isdisjoint(access):
             continue
         real = os.path.realpath(granted)
+        for top in whole:
+            if _under(top, real) or _under(real, top):
+                raise PolicyError(
+                    f"a grant to write {granted} is refused: it is on, over or inside {top}, which "
+                    "holds the Python this process runs (its interpreter, environment or, under "
+                    "pytest, the tests it imports), so what the sandbox changed there would run "
+                    "outside the sandbox; grant a directory outside it"
+                )
         for entry in dirs:
             if _under(entry, real):
                 where = "is" if entry == real else "holds"

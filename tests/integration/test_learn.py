@@ -163,3 +163,27 @@ def test_learn_turns_an_unmodified_programs_needs_into_kernel_served_grants(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "a\nb.txt\n" and (out / "new.txt").read_text() == "made\n"
     assert "denied" not in proc.stderr
+
+
+def test_learn_never_writes_where_the_broker_imports_python_from(shared_tmp: Path) -> None:
+    """The 8th audit: learn's permissive broker created ``colorsys.py`` for the child in a
+    directory on its own sys.path (then learned a rule that run refuses)."""
+    imports = shared_tmp / "imports"
+    imports.mkdir(mode=0o777)
+    policy = shared_tmp / "learned.toml"
+    job = (
+        "import os\n"
+        f"try: open({str(imports / 'colorsys.py')!r}, 'w').close()\n"
+        "except OSError as e: print('refused', e.errno)\n"
+    )
+    proc = subprocess.run(
+        [str(PRIVSEP), "learn", "--policy", "python", "-o", str(policy), "--", str(PYTHON), "-c", job],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(imports)},  # on the broker's sys.path
+        check=False,
+    )
+    assert not (imports / "colorsys.py").exists(), proc.stderr
+    assert "refused" in proc.stdout, (proc.stdout, proc.stderr)

@@ -6,12 +6,13 @@ the broker's ``sys.path`` could leave a module there that then runs as the broke
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from privsep.errors import PolicyError
-from privsep.plan.importpath import check_grants
+from privsep.plan.importpath import check_grants, protect
 
 
 @pytest.fixture
@@ -49,3 +50,33 @@ def test_a_write_grant_elsewhere_or_of_a_plain_data_directory_is_kept(site: Path
 
 def test_read_grants_are_not_concerned(site: Path) -> None:
     _check(site, site / "site", ("read", "list"))
+
+
+@pytest.mark.parametrize("name", ["zz.pth", "pkg-1.0.dist-info", "old.egg-info"])
+def test_what_site_runs_or_reads_in_an_import_directory_is_refused(site: Path, name: str) -> None:
+    """A .pth runs at every interpreter start (the forkserver's, with site); a distribution's
+    metadata names pytest's plugins."""
+    target = site / "site" / name
+    target.mkdir()
+    with pytest.raises(PolicyError, match="could import as a Python module"):
+        _check(site, target)
+
+
+def test_the_interpreter_and_its_environment_are_refused_whole(site: Path) -> None:
+    """The helpers start from sys.executable, and a venv's pyvenv.cfg picks the standard library."""
+    assert sys.prefix != sys.base_prefix, "the suite runs from the project's .venv"
+    for target in (Path(sys.prefix), Path(sys.prefix) / "bin", Path(sys.executable).parent):
+        with pytest.raises(PolicyError, match="holds the Python this process runs"):
+            _check(site, target)
+
+
+def test_protected_directories_are_refused_on_over_and_inside(site: Path) -> None:
+    """What the pytest plugin protects: directories imported by path (tests, conftest.py)."""
+    tests = site / "elsewhere" / "tests"
+    (tests / "sub").mkdir(parents=True)
+    _check(site, tests)  # not yet protected
+    protect([str(tests)])
+    for target in (tests, tests / "sub", site / "elsewhere"):
+        with pytest.raises(PolicyError, match="holds the Python this process runs"):
+            _check(site, target)
+    _check(site, site / "site" / "data")  # the rest is as before
