@@ -81,7 +81,7 @@ import pytest
 
 from privsep._printable import printable
 from privsep.errors import ChildError, PrivsepError
-from privsep.plan.importpath import import_dirs
+from privsep.plan.importpath import import_dirs, protect
 
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
@@ -351,6 +351,7 @@ class _Runners:
         self._open: dict[_Options, _Runner] = {}
         self._warned = False
         self._early: _Early | None = None
+        self._early_answers: dict[str, bool] | None = None
 
     def start_early(self, options: _Options, tests: Sequence[_Test]) -> None:
         """Start the forkserver for ``options`` now, and ask it to import the modules of ``tests``.
@@ -384,6 +385,18 @@ class _Runners:
             server.close()
             return
         self._early = _Early(options, server, tuple(asked))
+
+    def preload_early(self) -> None:
+        """Wait until the early forkserver has answered every preload (see start_early)."""
+        early = self._early
+        if early is None or self._early_answers is not None:
+            return
+        try:
+            early.server.wait_ready()
+            self._early_answers = {path: early.server.prepared() is None for path in early.asked}
+        except PrivsepError:
+            early.server.close()  # the first confined test starts one itself, and says so if it cannot
+            self._early = None
 
     def kept(self, options: _Options) -> bool:
         return options in self._open
@@ -438,9 +451,11 @@ class _Runners:
             forkserver = made._need_parts().forkserver
             if forkserver is not None:
                 forkserver.wait_ready()  # a forkserver that did not start falls back, as below
-                if early is not None and made._need_parts().forkserver is early.server:
+                if early is not None and forkserver is early.server:
                     # On a failure the forkserver carries on; each child imports the module itself.
-                    preloaded = {path: forkserver.prepared() is None for path in early.asked}
+                    if self._early_answers is None:
+                        self._early_answers = {path: forkserver.prepared() is None for path in early.asked}
+                    preloaded = dict(self._early_answers)
         except PrivsepError as exc:
             made.close()
             why = str(exc)
@@ -556,6 +571,9 @@ def _confined_test(item: pytest.Function) -> tuple[_Options, _Test]:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the first confined test's forkserver now: its start overlaps the broker's import."""
+    # What this session imports by path (test modules, conftest.py), and the next session too:
+    # no sandbox of this process may write there (it would run unconfined, as root for root).
+    protect(_test_directories(session))
     if session.config.option.collectonly:
         return
     first: _Options | None = None
@@ -573,7 +591,29 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             tests.append(test)
     if first is None:
         return  # a session without confined tests starts nothing
-    session.config.stash[_RUNNERS].start_early(first, tests)
+    runners = session.config.stash[_RUNNERS]
+    runners.start_early(first, tests)
+    # Every preload is answered before any test runs: a host test's sandbox must not change a
+    # file the unconfined forkserver has yet to import. The broker's import (what the first
+    # confined test needs) overlaps the forkserver's work meanwhile.
+    import privsep.sandbox  # noqa: F401, PLC0415 - the broker, imported while the forkserver preloads
+
+    runners.preload_early()
+
+
+def _test_directories(session: pytest.Session) -> list[str]:
+    """The directories of the collected test files and of the conftest.py files pytest loaded
+    (each as named and as its real path: a test file may be a symlink)."""
+    files = {str(item.path) for item in session.items}
+    for plugin in session.config.pluginmanager.get_plugins():
+        name = getattr(plugin, "__file__", None)
+        if isinstance(name, str) and os.path.basename(name) == "conftest.py":
+            files.add(name)
+    found: dict[str, None] = {}
+    for name in sorted(files):
+        found[os.path.dirname(os.path.abspath(name))] = None
+        found[os.path.dirname(os.path.realpath(name))] = None
+    return list(found)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -649,8 +649,57 @@ def test_what_a_confined_test_writes_never_runs_in_the_unconfined_forkserver(
     files = ("the-suite/test_a_writes.py", "the-suite/test_b_later.py")
     proc = run_pytest(f"--import-mode={import_mode}", *files)
     assert sorted(p.name for p in marks.iterdir()) == [], proc.stdout[-3000:]
-    if import_mode == "importlib":
-        assert outcomes(proc)["test_writes_beside_itself"] == "PASSED", proc.stdout[-3000:]
-    else:  # pytest put the directory on its own sys.path: the write grant is refused at planning
-        assert outcomes(proc)["test_writes_beside_itself"] == "FAILED", proc.stdout[-3000:]
-        assert "imports Python modules from" in proc.stdout, proc.stdout[-3000:]
+    # A test directory is what pytest imports by path, in this session and the next (its
+    # conftest.py too): a write grant there is refused at planning, in either import mode.
+    assert outcomes(proc)["test_writes_beside_itself"] == "FAILED", proc.stdout[-3000:]
+    assert f"a grant to write {tests} is refused" in proc.stdout.replace("\n", ""), proc.stdout[-3000:]
+    assert outcomes(proc)["test_imports_colorsys"] == "PASSED", proc.stdout[-3000:]
+
+
+def test_the_forkserver_has_imported_every_module_before_any_test_runs(
+    project: Path, run_pytest: RunPytest
+) -> None:
+    """The 8th audit raced the preload: a host test ran (its sandbox changing a test file) while
+    the forkserver was still importing the modules it had been asked for. Now every preload is
+    answered before the first test: what the forkserver imported is what pytest collected."""
+    write(
+        project,
+        "test_1_host.py",
+        """
+        def test_rewrites_a_later_module_on_the_host():
+            path = os.path.join(HERE, "test_3_victim.py")
+            with open(path) as f:
+                source = f.read()
+            with open(path, "w") as f:
+                f.write(source.replace('VERSION = "as collected"', 'VERSION = "rewritten"'))
+        """,
+    )
+    write(
+        project,
+        "test_2_slow.py",
+        """
+        import time
+        time.sleep(1.5)  # a module slow to import: the forkserver is busy with it
+
+        @pytest.mark.privsep
+        def test_slow():
+            pass
+        """,
+    )
+    write(
+        project,
+        "test_3_victim.py",
+        """
+        VERSION = "as collected"
+
+        @pytest.mark.privsep
+        def test_sees_what_pytest_collected():
+            assert VERSION == "as " + "collected"
+        """,
+    )
+    proc = run_pytest("test_1_host.py", "test_2_slow.py", "test_3_victim.py")
+    assert outcomes(proc) == {
+        "test_rewrites_a_later_module_on_the_host": "PASSED",
+        "test_slow": "PASSED",
+        "test_sees_what_pytest_collected": "PASSED",
+    }, proc.stdout[-3000:]
