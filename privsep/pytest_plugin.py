@@ -571,8 +571,9 @@ def _confined_test(item: pytest.Function) -> tuple[_Options, _Test]:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the first confined test's forkserver now: its start overlaps the broker's import."""
-    # What this session imports by path (test modules, conftest.py), and the next session too:
-    # no sandbox of this process may write there (it would run unconfined, as root for root).
+    # What this session imports or reads by path (test modules, conftest.py, its configuration),
+    # and the next session too: no sandbox of this process may write there (it would run
+    # unconfined, as root for root). Confined tests write in tmp_path and the like.
     protect(_test_directories(session))
     if session.config.option.collectonly:
         return
@@ -602,14 +603,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def _test_directories(session: pytest.Session) -> list[str]:
-    """The directories of the collected test files and of the conftest.py files pytest loaded
-    (each as named and as its real path: a test file may be a symlink)."""
+    """The rootdir whole (what a later session may collect, its conftest.py files, packages'
+    ``__init__.py``, its configuration), the ini file, and the directories of the collected test
+    files and of the conftest.py files pytest loaded, wherever they are (each as named and as its
+    real path: a test file may be a symlink)."""
+    found: dict[str, None] = {str(session.config.rootpath): None}
+    if session.config.inipath is not None:
+        found[str(session.config.inipath)] = None
     files = {str(item.path) for item in session.items}
     for plugin in session.config.pluginmanager.get_plugins():
         name = getattr(plugin, "__file__", None)
         if isinstance(name, str) and os.path.basename(name) == "conftest.py":
             files.add(name)
-    found: dict[str, None] = {}
     for name in sorted(files):
         found[os.path.dirname(os.path.abspath(name))] = None
         found[os.path.dirname(os.path.realpath(name))] = None

@@ -33,14 +33,22 @@ __all__ = ["WRITES", "check_grants", "import_dirs", "protect"]
 WRITES = frozenset({"write", "create", "append", "truncate"})
 
 
+def _named_and_real(path: str) -> list[str]:
+    """``path`` as named (absolute) and as resolved: a grant over a symlink on the way could
+    replace the link, and what is reached through it, after planning."""
+    named = os.path.abspath(path)
+    real = os.path.realpath(path)
+    return [named] if named == real else [named, real]
+
+
 def import_dirs(path: Iterable[str] | None = None) -> list[str]:
-    """The entries of ``sys.path`` (or ``path``) as real absolute paths, in order; "" is the cwd."""
-    found: list[str] = []
+    """The entries of ``sys.path`` (or ``path``) as named and as real absolute paths, in order;
+    "" is the cwd."""
+    found: dict[str, None] = {}
     for entry in sys.path if path is None else path:
-        real = os.path.realpath(entry or os.getcwd())
-        if real not in found:
-            found.append(real)
-    return found
+        for form in _named_and_real(entry or os.getcwd()):
+            found[form] = None
+    return list(found)
 
 
 #: Directories no sandbox may write in or over, beyond sys.path: see :func:`protect`.
@@ -56,9 +64,9 @@ def protect(paths: Iterable[str]) -> None:
     import, unconfined, now and in the next session.
     """
     for path in paths:
-        real = os.path.realpath(path)
-        if real not in _protected:
-            _protected.append(real)
+        for form in _named_and_real(path):
+            if form not in _protected:
+                _protected.append(form)
 
 
 def _whole_dirs() -> list[str]:
@@ -68,12 +76,12 @@ def _whole_dirs() -> list[str]:
     # A virtual environment is Python through and through; a system prefix (/usr) is not, and
     # its Python parts are on sys.path already.
     venv = sys.prefix != sys.base_prefix
-    found = [os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix) if p and venv]
+    found = [form for p in (sys.prefix, sys.exec_prefix) if p and venv for form in _named_and_real(p)]
     hop = sys.executable
     for _ in range(40):  # a chain of links; the kernel's own bound on them
         if not hop:
             break
-        found.append(os.path.realpath(os.path.dirname(hop) or "."))
+        found += _named_and_real(os.path.dirname(hop) or ".")
         if not os.path.islink(hop):
             break
         target = os.readlink(hop)
@@ -119,30 +127,34 @@ def check_grants(grants: Iterable[tuple[str, Iterable[str]]], path: Iterable[str
     for granted, access in grants:
         if WRITES.isdisjoint(access):
             continue
-        real = os.path.realpath(granted)
-        for top in whole:
-            if _under(top, real) or _under(real, top):
+        for real in _named_and_real(granted):
+            _check_one(granted, real, whole, dirs)
+
+
+def _check_one(granted: str, real: str, whole: list[str], dirs: list[str]) -> None:
+    for top in whole:
+        if _under(top, real) or _under(real, top):
+            raise PolicyError(
+                f"a grant to write {granted} is refused: it is on, over or inside {top}, which "
+                "holds the Python this process runs (its interpreter, environment or, under "
+                "pytest, the tests it imports), so what the sandbox changed there would run "
+                "outside the sandbox; grant a directory outside it"
+            )
+    for entry in dirs:
+        if _under(entry, real):
+            where = "is" if entry == real else "holds"
+            raise PolicyError(
+                f"a grant to write {granted} is refused: it {where} {entry}, where this process "
+                "imports Python modules from (sys.path), so code the sandbox left there would run "
+                "in the broker; grant a directory outside it, or start privsep from elsewhere "
+                "(its working directory or script's directory is on sys.path)"
+            )
+        if _under(real, entry):
+            first = real[len(entry.rstrip("/")) + 1 :].split("/", 1)[0]
+            if _importable(first, dirs):
                 raise PolicyError(
-                    f"a grant to write {granted} is refused: it is on, over or inside {top}, which "
-                    "holds the Python this process runs (its interpreter, environment or, under "
-                    "pytest, the tests it imports), so what the sandbox changed there would run "
-                    "outside the sandbox; grant a directory outside it"
+                    f"a grant to write {granted} is refused: it is inside {entry}/{first}, which "
+                    f"this process could import as a Python module from {entry} (sys.path), so "
+                    "code the sandbox left there would run in the broker; grant a directory "
+                    "outside it"
                 )
-        for entry in dirs:
-            if _under(entry, real):
-                where = "is" if entry == real else "holds"
-                raise PolicyError(
-                    f"a grant to write {granted} is refused: it {where} {entry}, where this process "
-                    "imports Python modules from (sys.path), so code the sandbox left there would run "
-                    "in the broker; grant a directory outside it, or start privsep from elsewhere "
-                    "(its working directory or script's directory is on sys.path)"
-                )
-            if _under(real, entry):
-                first = real[len(entry.rstrip("/")) + 1 :].split("/", 1)[0]
-                if _importable(first, dirs):
-                    raise PolicyError(
-                        f"a grant to write {granted} is refused: it is inside {entry}/{first}, which "
-                        f"this process could import as a Python module from {entry} (sys.path), so "
-                        "code the sandbox left there would run in the broker; grant a directory "
-                        "outside it"
-                    )

@@ -703,3 +703,28 @@ def test_the_forkserver_has_imported_every_module_before_any_test_runs(
         "test_slow": "PASSED",
         "test_sees_what_pytest_collected": "PASSED",
     }, proc.stdout[-3000:]
+
+
+def test_no_sandbox_of_a_session_may_write_under_its_rootdir(project: Path, run_pytest: RunPytest) -> None:
+    """The 9th audit: a confined test granted ``data/`` (no tests there) left ``data/conftest.py``,
+    and appended ``addopts`` to pyproject.toml; the next session ran it on the host, as root."""
+    (project / "pyproject.toml").write_text("[tool.pytest.ini_options]\n")
+    (project / "tests").mkdir(mode=0o755)
+    write(
+        project / "tests",
+        "test_data.py",
+        """
+        @pytest.mark.privsep(allow_write=[os.path.join(HERE, "..", "data")])
+        def test_writes_data():
+            pass
+
+        @pytest.mark.privsep(allow_write=[os.path.join(HERE, "..", "pyproject.toml")])
+        def test_writes_the_configuration():
+            pass
+        """,
+    )
+    proc = run_pytest("tests/test_data.py")
+    assert outcomes(proc) == {"test_writes_data": "FAILED", "test_writes_the_configuration": "FAILED"}, (
+        proc.stdout[-3000:]
+    )
+    assert proc.stdout.count("is refused") >= 2, proc.stdout[-3000:]

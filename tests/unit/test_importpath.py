@@ -80,3 +80,16 @@ def test_protected_directories_are_refused_on_over_and_inside(site: Path) -> Non
         with pytest.raises(PolicyError, match="holds the Python this process runs"):
             _check(site, target)
     _check(site, site / "site" / "data")  # the rest is as before
+
+
+def test_a_grant_over_a_symlink_on_the_way_to_an_import_directory_is_refused(tmp_path: Path) -> None:
+    """The 9th audit: ``proj/.venv -> /elsewhere/.venv``; a grant on ``proj`` let the sandbox
+    replace the link, and with it what the next helper started from. Named paths count too."""
+    real = tmp_path / "elsewhere" / "site"
+    real.mkdir(parents=True)
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "lib").symlink_to(real.parent)
+    with pytest.raises(PolicyError, match="imports Python modules from"):
+        check_grants([(str(proj), ("write", "create"))], path=[str(proj / "lib" / "site")])
+    check_grants([(str(tmp_path / "other"), ("write",))], path=[str(proj / "lib" / "site")])
