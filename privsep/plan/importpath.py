@@ -122,11 +122,12 @@ def _importable(name: str, dirs: list[str]) -> bool:
 def check_grants(grants: Iterable[tuple[str, Iterable[str]]], path: Iterable[str] | None = None) -> None:
     """Refuse (PolicyError) a grant of ``(path, access words)`` that could write where the broker
     imports from (see the module)."""
+    writes = [granted for granted, access in grants if not WRITES.isdisjoint(access)]
+    if not writes:
+        return  # most plans: nothing to resolve (~0.3 ms of realpath calls otherwise)
     dirs = import_dirs(path)
     whole = _whole_dirs()
-    for granted, access in grants:
-        if WRITES.isdisjoint(access):
-            continue
+    for granted in writes:
         for real in _named_and_real(granted):
             _check_one(granted, real, whole, dirs)
 
