@@ -172,11 +172,20 @@ def broker_pidfd(broker_pid: int) -> int | None:
 
 
 def reset_process_state() -> None:
-    """Undo what a copy of the broker's (or the zygote's) interpreter inherited."""
+    """Undo what a copy of the broker's (or the zygote's) interpreter inherited.
+
+    Every handler written in Python goes, not only the usual ones: a copy of
+    the broker that kept the terminal's SIGWINCH, SIGCONT or SIGTSTP handler
+    would run the broker's code on the broker's terminal fds (by then closed,
+    or other fds under the same numbers) when the user resized or stopped it.
+    """
     gc.disable()  # a collection could close fds whose numbers we are about to reuse
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
+    for sig in signal.valid_signals():
+        if callable(signal.getsignal(sig)):
+            signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 

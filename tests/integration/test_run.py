@@ -151,6 +151,36 @@ def test_run_from_a_terminal_the_child_controls_only_its_own_pty(broker_user: st
 _TIOCGPTN = 0x80045430  # the pts number of a pty master
 
 
+def test_run_from_a_terminal_no_handler_of_the_brokers_runs_in_the_sandbox(broker_user: str) -> None:
+    """Init catches no signal: the broker's handlers for its terminal (SIGWINCH, SIGCONT,
+    SIGTSTP) and Python's for SIGINT were reset where the sandbox began. Kept, a resize or a
+    ^Z during a start ran the broker's code in the sandbox's processes, on fds by then closed."""
+    import pty
+
+    marker = f"1{secrets.randbelow(10**9):09d}"
+    argv = privsep_argv(broker_user, ["--", "sleep", marker])
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the forked test helper
+        os.chdir(REPO)
+        os.execv(argv[0], argv)
+    try:
+        deadline = time.monotonic() + 10
+        while not _sleepers(marker) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sleepers = _sleepers(marker)
+        assert len(sleepers) == 1, _describe(_processes_with(marker))
+        init = _ppid(sleepers[0])
+        with open(f"/proc/{init}/status") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+        assert status["Name"].strip() == "privsep-init"
+        caught = int(status["SigCgt"], 16)
+        assert [sig.name for sig in signal.Signals if caught & (1 << (sig - 1))] == []
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+
+
 def test_only_the_view_is_visible(probe: dict[str, object]) -> None:
     assert probe["shadow"] is False
     assert probe["root_home"] is False or REPO.is_relative_to("/root")
