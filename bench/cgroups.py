@@ -6,10 +6,10 @@ starts ``n`` ``/bin/true`` sandboxes under ``minimal`` with their cgroup and
 ``n`` without one (the same plan with ``[limits] cgroups = "off"``),
 alternately, on one in-process ``Broker`` with the plan prebuilt, and times
 ``Broker.start`` + ``wait`` (the cgroup is made before the fork, joined by
-the monitor, and removed at the end: all of it inside that time). The ratio
+init, and removed at the end: all of it inside that time). The ratio
 and the difference are taken within the round. Also timed: making and
 removing one sandbox cgroup with no process in it (the broker's share of
-the cost; the rest is the monitor joining it).
+the cost; the rest is init joining it).
 """
 
 from __future__ import annotations

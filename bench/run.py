@@ -17,7 +17,8 @@ starts 3000 processes). Sections:
    ``bwrap ... /bin/true`` as a whole process, one after the other, and the
    CPU time each start costs the machine (the broker's thread, the zygote and
    the sandbox's processes it reaps, bwrap's processes); ``Broker.start`` +
-   wait through a zygote and through a forked monitor, step by step; the
+   wait through a zygote, through a forked monitor and as ``privsep run`` starts
+   its one sandbox (init cloned by the broker, ``bench/direct.py``), step by step; the
    forkserver's ``Sandbox.call`` against bwrap the same way; the whole
    ``privsep run -- /bin/true`` command, from a warm plan cache and planning anew
    (``--no-cache``), against its floor (a Python that imports pydantic), firejail
@@ -72,6 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cgroups import bench_cgroups
+from bench.direct import PHASES, spawn_phases
 from bench.egress import bench_egress
 from bench.egress import rows as egress_rows
 from bench.isolation import bench_isolation
@@ -90,6 +92,7 @@ from bench.workloads import (
     BenchError,
     Stats,
     drive,
+    last_json,
     median_time,
     pin_cpu,
     pinned,
@@ -103,7 +106,6 @@ from bench.workloads import (
     stats,
 )
 from privsep._version import __version__
-from privsep.broker.lifecycle import Spawner
 from privsep.broker.loop import Broker
 from privsep.broker.services import Services
 from privsep.confine.spawn import Zygote
@@ -304,39 +306,6 @@ def _peer(name: str, argv: Sequence[str]) -> str | None:
     return None
 
 
-#: When the broker saw each step of one sandbox, from before ``Broker.start``: the fork returned,
-#: init reported (namespaces made), the command reported (view built), the seccomp listener
-#: arrived (just before execve), the sandbox ended (init and monitor reaped).
-_PHASES = ("forked", "init", "command", "exec", "ended")
-
-
-def _spawn_phases(
-    broker: Broker, plan: SpawnPlan, services: Services, devnull: int, spawner: Spawner | None = None
-) -> dict[str, float]:
-    """One /bin/true sandbox, driven by hand to time its steps (ms) and count the loop's wake-ups."""
-    started = time.perf_counter()
-    child = broker.start(plan, services=services, stdio=(devnull,) * 3, spawner=spawner)
-    seen = {"forked": (time.perf_counter() - started) * 1e3}
-    wakeups = 0
-    while child.outcome is None:
-        broker.run_once()
-        wakeups += 1
-        now = (time.perf_counter() - started) * 1e3
-        for phase, fd in (
-            ("init", child.procs.init_pidfd),
-            ("command", child.procs.command_pidfd),
-            ("exec", child.procs.listener),
-        ):
-            if fd is not None and phase not in seen:
-                seen[phase] = now
-    seen["ended"] = (time.perf_counter() - started) * 1e3
-    if child.outcome.returncode != 0:
-        raise BenchError(f"Broker.start(/bin/true): {child.outcome.describe()}")
-    for phase in _PHASES:
-        seen.setdefault(phase, seen["ended"])  # released in the same wake-up as the end
-    return {**seen, "wakeups": float(wakeups)}
-
-
 def _cpu_with_reaped(pid: int) -> float:
     """CPU seconds of process ``pid`` and of the children it has reaped (/proc/PID/stat)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -391,6 +360,16 @@ class _Paired:
         return {k: v / self.starts * 1e3 for k, v in out.items()}
 
 
+def _direct_phases(n: int) -> dict[str, float]:
+    """``bench/direct.py``'s medians of ``n`` starts from a broker of one thread."""
+    proc = subprocess.run(
+        [PYTHON, "-m", "bench.direct", str(n)], capture_output=True, text=True, timeout=300, check=False
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"python -m bench.direct: exit {proc.returncode}: {proc.stderr[-2000:]}")
+    return {k: float(v) for k, v in last_json(proc.stdout, "bench.direct").items()}
+
+
 def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     peers = {"bwrap": BWRAP, "firejail": FIREJAIL}
     unavailable = {name: _peer(name, argv) for name, argv in peers.items()}
@@ -406,7 +385,8 @@ def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     times: dict[str, list[float]] = {
         k: []
         for k in (
-            "sandbox_run", "bwrap_paired", "broker_start_wait", "zygote_start_wait", "sandbox_call",
+            "sandbox_run", "bwrap_paired", "monitor_start_wait", "zygote_start_wait", "direct_start_wait",
+            "sandbox_call",
             "forkserver_call", "bwrap_paired_call", *whole, *imports,
         )
     }  # fmt: skip
@@ -414,10 +394,9 @@ def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     cache = tempfile.TemporaryDirectory(prefix="privsep-bench-cache-")
     env = {**os.environ, "PRIVSEP_CACHE_DIR": f"{cache.name}/plans"}
     median_time(PRIVSEP_RUN, 1, env=env)
-    phases: dict[str, dict[str, list[float]]] = {
-        how: {phase: [] for phase in _PHASES} for how in ("monitor", "zygote")
-    }
-    wakeups: dict[str, list[float]] = {"monitor": [], "zygote": []}
+    hows = ("monitor", "zygote", "direct")
+    phases: dict[str, dict[str, list[float]]] = {how: {phase: [] for phase in PHASES} for how in hows}
+    wakeups: dict[str, list[float]] = {how: [] for how in hows}
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     minimal = load_policy("minimal")
     plan = make_plan(minimal, ["/bin/true"])
@@ -439,15 +418,20 @@ def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
                 times["sandbox_run"].append(ours)
                 if theirs is not None:
                     times["bwrap_paired"].append(theirs)
+                # This process has threads (its Sandboxes): its broker forks a monitor.
                 for how, spawner in (("monitor", None), ("zygote", zygote.spawn)):
                     spawns = [
-                        _spawn_phases(broker, plan, services, devnull, spawner) for _ in range(cfg.spawn_n)
+                        spawn_phases(broker, plan, services, devnull, spawner) for _ in range(cfg.spawn_n)
                     ]
-                    for phase in _PHASES:
+                    for phase in PHASES:
                         phases[how][phase].append(statistics.median(p[phase] for p in spawns))
                     wakeups[how].append(statistics.median(p["wakeups"] for p in spawns))
-                times["broker_start_wait"].append(phases["monitor"]["ended"][-1])
-                times["zygote_start_wait"].append(phases["zygote"]["ended"][-1])
+                direct = _direct_phases(cfg.spawn_n)
+                for phase in PHASES:
+                    phases["direct"][phase].append(direct[phase])
+                wakeups["direct"].append(direct["wakeups"])
+                for how in hows:
+                    times[f"{how}_start_wait"].append(phases[how]["ended"][-1])
                 one: list[float] = []
                 for _ in range(cfg.call_n):
                     started = time.perf_counter()
@@ -476,10 +460,9 @@ def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
         os.close(devnull)
         cache.cleanup()
     out: dict[str, Any] = {k: stats(v) for k, v in times.items() if v}
-    out["broker_start_wait_phases_ms"] = {phase: stats(v) for phase, v in phases["monitor"].items()}
-    out["zygote_start_wait_phases_ms"] = {phase: stats(v) for phase, v in phases["zygote"].items()}
-    out["broker_wakeups_per_spawn"] = stats(wakeups["monitor"])
-    out["zygote_wakeups_per_spawn"] = stats(wakeups["zygote"])
+    for how in hows:
+        out[f"{how}_start_wait_phases_ms"] = {phase: stats(v) for phase, v in phases[how].items()}
+        out[f"{how}_wakeups_per_spawn"] = stats(wakeups[how])
     out["sandbox_run_cpu_ms"] = cpu
     for name, why in unavailable.items():
         if why is not None:
@@ -487,8 +470,8 @@ def bench_spawn(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     if "bwrap" in times:
         out["sandbox_run_vs_bwrap"] = ratios(times["sandbox_run"], times["bwrap_paired"])
         out["forkserver_call_vs_bwrap"] = ratios(times["forkserver_call"], times["bwrap_paired_call"])
-        out["broker_start_wait_vs_bwrap"] = ratios(times["broker_start_wait"], times["bwrap"])
-        out["zygote_start_wait_vs_bwrap"] = ratios(times["zygote_start_wait"], times["bwrap"])
+        for how in hows:
+            out[f"{how}_start_wait_vs_bwrap"] = ratios(times[f"{how}_start_wait"], times["bwrap"])
         out["privsep_run_vs_bwrap"] = ratios(times["privsep_run"], times["bwrap"])
         out["privsep_run_cold_vs_bwrap"] = ratios(times["privsep_run_cold"], times["bwrap"])
     if "firejail" in times:
@@ -767,10 +750,14 @@ def _spawn_rows(sp: dict[str, Any]) -> list[Row]:
          _fmt(sp["zygote_start_wait"], " ms", 2), bwrap, _ratio(sp.get("zygote_start_wait_vs_bwrap"))),
         ("spawn", "its steps: cloned / command / execve / ended", _steps(sp, "zygote"), "",
          f"{sp['zygote_wakeups_per_spawn']['median']:.0f} loop wake-ups"),
-        ("spawn", "Broker.start+wait forking a monitor (privsep run's way), vs bwrap",
-         _fmt(sp["broker_start_wait"], " ms", 2), bwrap, _ratio(sp.get("broker_start_wait_vs_bwrap"))),
-        ("spawn", "its steps: forked / init / command / execve / ended", _steps(sp, "broker"), "",
-         f"{sp['broker_wakeups_per_spawn']['median']:.0f} loop wake-ups"),
+        ("spawn", "Broker.start+wait cloning init itself (privsep run's way: one thread), vs bwrap",
+         _fmt(sp["direct_start_wait"], " ms", 2), bwrap, _ratio(sp.get("direct_start_wait_vs_bwrap"))),
+        ("spawn", "its steps: cloned / command / execve / ended", _steps(sp, "direct"), "",
+         f"{sp['direct_wakeups_per_spawn']['median']:.0f} loop wake-ups"),
+        ("spawn", "Broker.start+wait forking a monitor (a broker with threads), vs bwrap",
+         _fmt(sp["monitor_start_wait"], " ms", 2), bwrap, _ratio(sp.get("monitor_start_wait_vs_bwrap"))),
+        ("spawn", "its steps: forked / init / command / execve / ended", _steps(sp, "monitor"), "",
+         f"{sp['monitor_wakeups_per_spawn']['median']:.0f} loop wake-ups"),
         ("spawn", "Sandbox.call('os:getpid'), fresh child", _fmt(sp["sandbox_call"], " ms"), "", ""),
         ("spawn", "Sandbox.call, forkserver start method, vs bwrap /bin/true alternately",
          _fmt(sp["forkserver_call"], " ms"), paired_call, _ratio(sp.get("forkserver_call_vs_bwrap"))),
@@ -791,8 +778,9 @@ def _spawn_rows(sp: dict[str, Any]) -> list[Row]:
 
 
 def _steps(sp: dict[str, Any], how: str) -> str:
-    # From a zygote, init sends no report of its own (the zygote's answer carries its pidfd).
-    shown = [p for p in _PHASES if how != "zygote" or p != "init"]
+    # Only a monitor's init reports itself: a zygote's answer carries init's pidfd, and a broker
+    # that cloned init opens it.
+    shown = [p for p in PHASES if how == "monitor" or p != "init"]
     return " / ".join(f"{sp[f'{how}_start_wait_phases_ms'][p]['median']:.1f}" for p in shown) + " ms"
 
 

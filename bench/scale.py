@@ -6,8 +6,9 @@ one JSON line.
 
 The idle sandboxes run ``/bin/sleep`` under ``minimal``; the busy one opens
 a granted file through the broker under ``python``, as in the round-trip
-section, pinned to one CPU with the broker. Each sandbox is three processes
-(monitor, init, command) in a cgroup of its own, which counts its processes.
+section, pinned to one CPU with the broker. Each sandbox is two processes
+(init, command; three with a monitor, once the broker has worker threads) in a
+cgroup of its own, which counts its processes.
 With a root broker each sandbox also has a host uid of its own; the policies
 still raise ``processes``, as they had to when RLIMIT_NPROC, counted per uid,
 was the limit (and still is, for a sandbox without a cgroup).

@@ -249,6 +249,7 @@ class Lifecycle:
                 self._events.forget(fd)
                 os.close(fd)
         procs.listener = procs.init_pidfd = procs.command_pidfd = None
+        sp.close_lifeline()
         sp.release_host_ids()
         cgroup = child.cgroup
         if cgroup is not None:

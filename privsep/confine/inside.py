@@ -65,11 +65,16 @@ _NAMESPACES = (
 )
 
 
-def start_init(plan: SpawnPlan, sources: Sequence[int], *, announce: bool = True) -> tuple[int, int]:
+def start_init(
+    plan: SpawnPlan, sources: Sequence[int], *, announce: bool = True, reset: bool = False
+) -> tuple[int, int]:
     """Clone the sandbox's init from this process: (its pid, the lifeline).
 
     The caller is single-threaded and has reset its signal state
-    (:func:`reset_process_state`): init inherits it as it is. ``sources`` are
+    (:func:`reset_process_state`): init inherits it as it is. A caller that
+    keeps its own (the broker) blocks every signal around the call and passes
+    ``reset``: init resets the state it was cloned with before anything else,
+    so that no handler of the caller's ever runs in init. ``sources`` are
     stdin, stdout, stderr, the listening sockets of ``plan.listen`` (if any),
     channel, control: init takes them over; the caller closes its own. The
     caller keeps the lifeline (a pipe's write end) open until it has reaped
@@ -97,6 +102,8 @@ def start_init(plan: SpawnPlan, sources: Sequence[int], *, announce: bool = True
         gc.disable()
         status = EXIT_PRIVSEP
         try:
+            if reset:
+                reset_process_state()
             os.close(lifeline_w)
             status = _init(plan, sources, lifeline_r, announce)
         finally:

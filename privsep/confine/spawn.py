@@ -8,10 +8,13 @@ A sandbox is init (pid 1 of its own pid namespace) and the command init
 forks; both are :mod:`privsep.confine.inside`'s. Init is cloned by a small
 single-threaded process outside the sandbox, which then reaps it:
 
-- :func:`spawn` forks a **monitor** from the broker for each sandbox: it
+- :func:`spawn`, in a broker of one thread (``privsep run``), clones init
+  itself, with every signal blocked until init has reset what it was cloned
+  with; the broker reaps it and holds its lifeline. In a broker with other
+  threads, whose locks a clone would copy held, it forks a **monitor**: it
   leads a session of its own, closes every fd of the broker's, clones init
   and waits for it. Outside the new pid namespace, invisible to the child.
-  ``privsep run`` starts one sandbox, and this costs it nothing up front.
+  Neither costs anything up front.
 - :class:`Zygote` is a long-lived helper (:mod:`privsep.confine.zygote`)
   that clones each sandbox's init itself: no fork of the broker at all. A
   forked broker copies its page tables (tens of MB with pydantic) into every
@@ -40,7 +43,7 @@ Init and (until its execve) the command report to the broker over a
 private SEQPACKET "control" socket: the pidfds of init and command, the
 seccomp listener fd, the first error of any step, the command's stops (with
 a terminal) and init's final wait status (the format: :mod:`privsep.plan.control`).
-Death propagates downwards: broker → monitor or zygote → init by the
+Death propagates downwards: broker → (monitor or zygote →) init by the
 parent-death signal, init → everything in the namespace by the kernel.
 
 A root broker claims the sandbox's host id (:mod:`privsep.plan.hostids`) before
@@ -76,10 +79,15 @@ else:  # the Zygote's alone: privsep run forks a monitor and never loads them
 
 
 def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2), listen_fds: Sequence[int] = ()) -> Spawned:
-    """Fork the sandbox for ``plan``; the command's stdin/stdout/stderr are ``stdio``.
+    """Start the sandbox for ``plan`` from this process; the command's stdin/stdout/stderr are ``stdio``.
 
     ``listen_fds``: the listening sockets of :func:`~privsep.plan.spawnplan.with_listen`, one per name
     in ``plan.listen``; the command gets them at fds 3.. (the caller keeps its own).
+
+    A single-threaded broker (``privsep run``) clones init itself, as the
+    zygote does: no monitor to fork, wait for and reap (about a quarter of a
+    run's start), and ``Spawned.pid`` is init's. One with other threads forks
+    a monitor, which clones init from a process of one thread.
     """
     if len(listen_fds) != len(plan.listen):
         raise ConfinementError("listen", f"{len(plan.listen)} listen names but {len(listen_fds)} sockets")
@@ -87,23 +95,59 @@ def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2), listen_fds: Sequ
     try:
         broker_chan, child_chan = channel.socketpair()
         broker_ctl, child_ctl = channel.socketpair()
-        broker_pid = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the forked monitor, measured by the integration tests
-            monitor_main(plan, (*stdio, *listen_fds, child_chan.fileno(), child_ctl.fileno()), broker_pid)
-        child_chan.close()
-        child_ctl.close()
+        sources = (*stdio, *listen_fds, child_chan.fileno(), child_ctl.fileno())
+        try:
+            if _linux.threads() == 1:
+                pid, lifeline = _clone_init(plan, sources)
+            else:
+                pid, lifeline = _fork_monitor(plan, sources), None
+        except BaseException:
+            broker_chan.close()
+            broker_ctl.close()
+            raise
+        finally:
+            child_chan.close()
+            child_ctl.close()
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+            if lifeline is not None:
+                os.close(lifeline)
+            broker_chan.close()
+            broker_ctl.close()
             raise
     except BaseException:
         if held is not None:
             held.release()
         raise
-    return Spawned(pid=pid, pidfd=pidfd, channel=broker_chan, control=broker_ctl, host_ids=held)
+    return Spawned(
+        pid=pid, pidfd=pidfd, channel=broker_chan, control=broker_ctl, host_ids=held, lifeline=lifeline
+    )
+
+
+def _clone_init(plan: SpawnPlan, sources: Sequence[int]) -> tuple[int, int]:
+    """Clone init from the broker itself: (its pid, the lifeline to hold until it is reaped).
+
+    Every signal is blocked from before the clone until init has reset what it
+    inherited (:func:`~privsep.confine.inside.reset_process_state`): a handler of the
+    broker's (its terminal's SIGWINCH, Python's SIGINT) never runs in init. Init
+    announces no pidfd of its own: the broker opens it, as it would the monitor's.
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        return inside.start_init(plan, sources, announce=False, reset=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _fork_monitor(plan: SpawnPlan, sources: Sequence[int]) -> int:
+    broker_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked monitor, measured by the integration tests
+        monitor_main(plan, sources, broker_pid)
+    return pid
 
 
 def monitor_main(plan: SpawnPlan, sources: Sequence[int], parent_pid: int) -> NoReturn:
@@ -133,11 +177,7 @@ def start_sandbox(plan: SpawnPlan, sources: Sequence[int]) -> tuple[int, int | N
     """
     if _linux.threads() == 1:
         return inside.start_init(plan, sources, announce=False)  # the helper sends init's pidfd
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the forked monitor
-        monitor_main(plan, sources, parent)
-    return pid, None
+    return _fork_monitor(plan, sources), None
 
 
 def _monitor(plan: SpawnPlan, sources: Sequence[int], parent_pid: int) -> None:

@@ -325,12 +325,13 @@ def with_listen(plan: SpawnPlan, names: Sequence[str]) -> SpawnPlan:
 class Spawned:
     """The broker's handles on a started sandbox."""
 
-    __slots__ = ("channel", "control", "host_ids", "ours", "pid", "pidfd")
+    __slots__ = ("channel", "control", "host_ids", "lifeline", "ours", "pid", "pidfd")
 
     pid: int
-    """The process that reaps the sandbox's init: the monitor, the broker's direct child,
-    reaped with waitpid; or, started by a zygote (or the forkserver), init itself, which
-    the helper reaps (init then sends no "init" report: the broker holds its pidfd already)."""
+    """The sandbox's first process, whose exit ends it: init itself, cloned by the broker
+    (reaped with waitpid) or started by a zygote (or the forkserver), which reaps it; or
+    a monitor, the broker's direct child, that reaps init. Init sends no "init" report
+    unless a monitor started it: otherwise the broker holds its pidfd already."""
     pidfd: int
     channel: socket.socket
     control: socket.socket
@@ -340,6 +341,9 @@ class Spawned:
     """``pid`` is the broker's own child, which it must reap; False when a helper (a zygote,
     the forkserver) started it: the broker then never calls waitpid on that pid, which
     could by then name another child of the host application's."""
+    lifeline: int | None
+    """Init cloned by the broker itself: the write end of the pipe that tells init its
+    parent lives (``confine.inside.start_init``). Held until init is reaped, then closed."""
 
     def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced took them
         self,
@@ -349,6 +353,7 @@ class Spawned:
         control: socket.socket,
         host_ids: Claim | None = None,
         ours: bool = True,
+        lifeline: int | None = None,
     ) -> None:
         self.pid = pid
         self.pidfd = pidfd
@@ -356,10 +361,17 @@ class Spawned:
         self.control = control
         self.host_ids = host_ids
         self.ours = ours
+        self.lifeline = lifeline
 
     def release_host_ids(self) -> None:
         if self.host_ids is not None:
             self.host_ids.release()
+
+    def close_lifeline(self) -> None:
+        """Once init is reaped: its pipe has nothing more to tell."""
+        if self.lifeline is not None:
+            os.close(self.lifeline)
+            self.lifeline = None
 
 
 def claim_host_ids(plan: SpawnPlan) -> tuple[SpawnPlan, Claim | None]:

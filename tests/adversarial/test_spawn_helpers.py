@@ -270,3 +270,37 @@ def _sleepers(marker: str) -> list[int]:
             if argv[:2] == [b"/bin/sleep", marker.encode()]:
                 found.append(int(entry))
     return found
+
+
+def test_a_broker_of_one_thread_clones_init_and_leaves_nothing_behind() -> None:
+    """``privsep run``'s way: no monitor. Each start leaves the broker's signal mask as it was
+    (every signal is blocked only across the clone), and each ended sandbox gives back every
+    fd, the lifeline included; the sandbox's processes are init and the command only."""
+    out = _script(
+        """
+        import os, signal
+        from privsep.broker.loop import Broker
+        from privsep.broker.services import Services
+        from privsep.plan.spawnplan import make_plan
+        from privsep.policy.load import load_policy
+
+        minimal = load_policy("minimal")
+        plan = make_plan(minimal, ["/bin/sh", "-c", "echo $PPID; exit 7"])
+        services = Services(minimal)
+        broker = Broker()
+        read, write = os.pipe2(os.O_CLOEXEC)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])  # the host's own mask, kept
+        fds = lambda: sorted(os.listdir("/proc/self/fd"))
+        before = None
+        for i in range(3):
+            child = broker.start(plan, services=services, stdio=(0, write, 2))
+            print("cloned by the broker", child.spawned.lifeline is not None)
+            print("mask", [s.name for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])])
+            print("outcome", broker.wait(child).returncode, os.read(read, 100).decode().strip())
+            before = before or fds()
+            print("fds", fds() == before)
+        broker.close()
+        """
+    )
+    runs = out.splitlines()
+    assert runs == ["cloned by the broker True", "mask ['SIGUSR2']", "outcome 7 1", "fds True"] * 3, out
