@@ -10,8 +10,15 @@ broker imports ``protocol`` only when the first request arrives.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import struct
+from typing import TYPE_CHECKING
+
+from privsep._lazy import lazy_module
+
+if TYPE_CHECKING:
+    import ipaddress
+else:  # only datagrams use it (a relayed UDP flow): not every privsep run's start
+    ipaddress = lazy_module("ipaddress", globals())
 
 __all__ = [
     "DATAGRAM_FRAMING",

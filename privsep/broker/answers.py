@@ -7,9 +7,13 @@ frames, audit records and the denial report.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from privsep._record import Record, setfield
-from privsep.broker.relay import Relay
 from privsep.framing import ErrorCode
+
+if TYPE_CHECKING:
+    from privsep.broker.relay import Relay  # the services that make one import it
 
 
 class Answer(Record):

@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import ipaddress
 import os
 import posixpath
 import socket
@@ -64,12 +63,15 @@ from privsep.broker.answers import Answer, Refusal, denied
 from privsep.broker.services import Services, perform
 
 if TYPE_CHECKING:
+    import ipaddress
+
     from privsep import protocol
     from privsep.policy import decide
 else:
     # pydantic, both: loaded with the first call this serves, not when a sandbox starts.
     protocol = lazy_module("privsep.protocol", globals())
     decide = lazy_module("privsep.policy.decide", globals())
+    ipaddress = lazy_module("ipaddress", globals())  # with the first address it reads
 
 if TYPE_CHECKING:
     from privsep.broker.egress import Admitted, Egress

@@ -24,7 +24,6 @@ hand-written format's cost (the forkserver pays it on every start).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import json
@@ -123,7 +122,7 @@ def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
 
 
 def _b64(value: bytes) -> str:
-    return base64.b64encode(value).decode()
+    return binascii.b2a_base64(value, newline=False).decode()
 
 
 # --- decoders ----------------------------------------------------------------------------------
@@ -188,7 +187,8 @@ def _unb64(data: Any) -> bytes:
     if type(data) is not str:
         raise ValueError(f"expected base64 text, got {type(data).__name__}")
     try:
-        return base64.b64decode(data, validate=True)
+        # base64.b64decode(validate=True), without importing base64 (its module costs every run)
+        return binascii.a2b_base64(data, strict_mode=True)
     except binascii.Error as exc:
         raise ValueError(f"bad base64: {exc}") from None
 

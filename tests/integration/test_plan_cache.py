@@ -86,6 +86,8 @@ def test_a_second_run_uses_the_kept_plan_and_does_the_same(cache: Path) -> None:
     # Nothing asked the broker for anything: no model was built, no filter compiled.
     assert "pydantic" in first_imported
     assert not {"pydantic", "pyseccomp", "privsep.protocol"} & set(second_imported)
+    # Nor what only an address or a datagram needs, nor the plan's base64 helpers.
+    assert not {"ipaddress", "base64"} & set(second_imported)
     # Root's cache: the directory 0700, the entry 0600, both root's.
     assert cache.stat().st_mode & 0o777 == 0o700
     (entry,) = entries(cache)
