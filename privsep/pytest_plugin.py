@@ -573,7 +573,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the first confined test's forkserver now: its start overlaps the broker's import."""
     # What this session imports or reads by path (test modules, conftest.py, its configuration),
     # and the next session too: no sandbox of this process may write there (it would run
-    # unconfined, as root for root). Confined tests write in tmp_path and the like.
+    # unconfined, as root for root). Confined tests write in their private /tmp, or in a
+    # granted directory outside the project.
     protect(_test_directories(session))
     if session.config.option.collectonly:
         return
