@@ -53,11 +53,13 @@ sandbox has ended.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import _prctl  # python-prctl's C module: its Python wrapper costs ~1 ms of every start to import
@@ -93,31 +95,19 @@ def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2), listen_fds: Sequ
         raise ConfinementError("listen", f"{len(plan.listen)} listen names but {len(listen_fds)} sockets")
     plan, held = claim_host_ids(plan)
     try:
-        broker_chan, child_chan = channel.socketpair()
-        broker_ctl, child_ctl = channel.socketpair()
-        sources = (*stdio, *listen_fds, child_chan.fileno(), child_ctl.fileno())
-        try:
+        with _sandbox_sockets((*stdio, *listen_fds)) as (broker_chan, broker_ctl, sources):
             if _linux.threads() == 1:
                 pid, lifeline = _clone_init(plan, sources)
             else:
                 pid, lifeline = _fork_monitor(plan, sources), None
-        except BaseException:
-            broker_chan.close()
-            broker_ctl.close()
-            raise
-        finally:
-            child_chan.close()
-            child_ctl.close()
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            if lifeline is not None:
-                os.close(lifeline)
-            broker_chan.close()
-            broker_ctl.close()
-            raise
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                if lifeline is not None:
+                    os.close(lifeline)
+                raise
     except BaseException:
         if held is not None:
             held.release()
@@ -125,6 +115,29 @@ def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2), listen_fds: Sequ
     return Spawned(
         pid=pid, pidfd=pidfd, channel=broker_chan, control=broker_ctl, host_ids=held, lifeline=lifeline
     )
+
+
+@contextlib.contextmanager
+def _sandbox_sockets(first: Sequence[int]) -> Iterator[tuple[socket.socket, socket.socket, tuple[int, ...]]]:
+    """One sandbox's channel and control socketpairs: the broker's two ends, and the fds the
+    sandbox starts with (``first``, then its ends of both). The sandbox's ends are closed
+    when the block ends, once the sandbox holds its copies; the broker's too if it raised."""
+    broker_chan, child_chan = channel.socketpair()
+    try:
+        broker_ctl, child_ctl = channel.socketpair()
+    except BaseException:
+        broker_chan.close()
+        child_chan.close()
+        raise
+    try:
+        yield broker_chan, broker_ctl, (*first, child_chan.fileno(), child_ctl.fileno())
+    except BaseException:
+        broker_chan.close()
+        broker_ctl.close()
+        raise
+    finally:
+        child_chan.close()
+        child_ctl.close()
 
 
 def _clone_init(plan: SpawnPlan, sources: Sequence[int]) -> tuple[int, int]:
@@ -248,17 +261,8 @@ class Zygote:
         # The broker claims the host id and holds it: it is the one that sees the sandbox end.
         plan, held = claim_host_ids(plan)
         try:
-            broker_chan, child_chan = channel.socketpair()
-            broker_ctl, child_ctl = channel.socketpair()
-            try:
-                pid, pidfd = self._start(plan, (*stdio, child_chan.fileno(), child_ctl.fileno()))
-            except BaseException:
-                broker_chan.close()
-                broker_ctl.close()
-                raise
-            finally:
-                child_chan.close()
-                child_ctl.close()
+            with _sandbox_sockets(stdio) as (broker_chan, broker_ctl, sources):
+                pid, pidfd = self._start(plan, sources)
         except BaseException:
             if held is not None and not self._out_of_step:
                 # Answered (or never asked): no sandbox runs as the id. Cut before the answer, one
