@@ -65,8 +65,9 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     spawn = res["spawn"]
     for key in (
         "sandbox_run",
-        "broker_start_wait",
+        "monitor_start_wait",
         "zygote_start_wait",
+        "direct_start_wait",
         "sandbox_call",
         "privsep_run",
         "pydantic_floor",
@@ -77,6 +78,8 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     ):
         assert _is_stats(spawn[key]), key
     assert spawn["sandbox_run_cpu_ms"]["broker"] > 0  # what each start costs the machine
+    for how in ("monitor", "zygote", "direct"):  # each way of starting, step by step
+        assert all(_is_stats(v) for v in spawn[f"{how}_start_wait_phases_ms"].values()), how
     for peer in ("bwrap", "firejail"):
         assert _measured_or_skipped(spawn[peer]), peer
     assert _is_stats(spawn["forkserver_call"])  # the forkserver start method is measured
