@@ -554,6 +554,7 @@ def _tooling(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _open_standard_fds()
     # No cyclic garbage collection while a run sets up: its imports, plan and broker make
     # tens of thousands of objects that live as long as the run, and the collector walked
     # them again and again, about 7% of a warm `privsep run -- /bin/true`'s CPU time. What
@@ -565,6 +566,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if collecting:
             gc.enable()
+
+
+def _open_standard_fds() -> None:
+    """Put ``/dev/null`` on whichever of fds 0, 1 and 2 privsep was started without.
+
+    Started with one closed (``privsep run ... <&-``), the next fd the broker opened took its
+    number (a pinned grant's directory, the audit log, the loop's epoll) and was handed to the
+    sandbox as its stdin, stdout or stderr: a directory fd outside every mask of the view, an
+    audit log the command could write, an epoll it could fill with fds of its own (fresh-eyes
+    audit of the clone-init change; older than it). The command now finds ``/dev/null`` there,
+    as a program that OpenSSH starts does. Before anything else opens an fd.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: ``fd`` itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)
 
 
 def _main(argv: Sequence[str] | None, collecting: bool) -> int:

@@ -1474,6 +1474,58 @@ def test_an_inherited_fd_cannot_be_reopened_with_more_access(broker_user: str, s
     assert target.read_text() == "host file\n"
 
 
+@pytest.mark.parametrize("with_log", [True, False], ids=["audit-log", "no-log"])
+@pytest.mark.parametrize("closed", [0, 1, 2])
+def test_a_standard_fd_privsep_started_without_is_never_one_of_the_brokers(
+    broker_user: str, shared_tmp: Path, closed: int, with_log: bool
+) -> None:
+    """Escape class: privsep started with fd 0, 1 or 2 closed (``<&-``). The next fd the broker
+    opened took that number and the sandbox got it as stdin, stdout or stderr: a pinned grant's
+    directory fd, outside every mask of the view (``openat`` through it read a denied file), the
+    root audit log (the command wrote forged records), or the loop's epoll (filled with the
+    command's own fds, it wedged the broker past its timeout). Found by a fresh-eyes audit.
+    The command now finds /dev/null there; it reports on another of its standard fds."""
+    grant = shared_tmp / "grant"
+    grant.mkdir()
+    (grant / "secret").write_text("denied\n")
+    policy = shared_tmp / "deny.toml"
+    policy.write_text(
+        f'extends = "python"\n[[files]]\npath = "{grant}"\naccess = ["read", "list"]\n'
+        f'[[files]]\npath = "{grant}/secret"\ndeny = true\n'
+    )
+    logs = shared_tmp / "logs"  # where the non-root broker may make its log
+    logs.mkdir()
+    logs.chmod(0o777)
+    audit = logs / "audit.jsonl"
+    report = 2 if closed == 1 else 1
+    probe = (
+        "import os\n"
+        f"said = [os.readlink('/proc/self/fd/{closed}')]\n"
+        "try:\n"
+        f"    said.append(os.read(os.open('secret', os.O_RDONLY, dir_fd={closed}), 100).decode())\n"
+        "except OSError as exc:\n"
+        "    said.append(type(exc).__name__)\n"
+        f"os.write({report}, ('\\n'.join(said) + '\\n').encode())\n"
+        f'os.write({closed}, b\'{{"op": "forged"}}\\n\') if {closed} else None\n'
+    )
+    logging = ["--audit-log", str(audit)] if with_log else []
+    argv = privsep_argv(broker_user, ["--policy", str(policy), *logging, "--", str(PYTHON), "-c", probe])
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+        preexec_fn=lambda: os.close(closed),  # in the test's own child, before privsep is exec'd
+    )
+    said = proc.stderr if report == 2 else proc.stdout
+    assert said.splitlines()[:1] == ["/dev/null"], (proc.returncode, proc.stdout, proc.stderr)
+    assert "denied" not in said
+    assert not with_log or "forged" not in audit.read_text(), "the command wrote the audit log"
+
+
 def test_mounts_inside_a_grant_are_read_only_too(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
     """Escape class: a host mount below a granted directory (a writable tmpfs, a disk
     mounted with suid or dev nodes) that the bind carries into the view with its own flags.
