@@ -96,18 +96,7 @@ def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2), listen_fds: Sequ
     plan, held = claim_host_ids(plan)
     try:
         with _sandbox_sockets((*stdio, *listen_fds)) as (broker_chan, broker_ctl, sources):
-            if _linux.threads() == 1:
-                pid, lifeline = _clone_init(plan, sources)
-            else:
-                pid, lifeline = _fork_monitor(plan, sources), None
-            try:
-                pidfd = os.pidfd_open(pid)
-            except OSError:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                if lifeline is not None:
-                    os.close(lifeline)
-                raise
+            pid, pidfd, lifeline = _start_first(plan, sources)
     except BaseException:
         if held is not None:
             held.release()
@@ -140,19 +129,50 @@ def _sandbox_sockets(first: Sequence[int]) -> Iterator[tuple[socket.socket, sock
         child_ctl.close()
 
 
-def _clone_init(plan: SpawnPlan, sources: Sequence[int]) -> tuple[int, int]:
-    """Clone init from the broker itself: (its pid, the lifeline to hold until it is reaped).
+def _start_first(plan: SpawnPlan, sources: Sequence[int]) -> tuple[int, int, int | None]:
+    """Start the sandbox's first process: (its pid, a pidfd of it, init's lifeline or None).
 
-    Every signal is blocked from before the clone until init has reset what it
-    inherited (:func:`~privsep.confine.inside.reset_process_state`): a handler of the
-    broker's (its terminal's SIGWINCH, Python's SIGINT) never runs in init. Init
-    announces no pidfd of its own: the broker opens it, as it would the monitor's.
+    From a broker of one thread, init itself, cloned with every signal blocked
+    until init has reset what it inherited
+    (:func:`~privsep.confine.inside.reset_process_state`): a handler of the
+    broker's (its terminal's SIGWINCH, Python's SIGINT) never runs in init.
+    Init announces no pidfd of its own: the broker opens it, as it would the
+    monitor's. A handler held back meanwhile runs when the mask is restored,
+    last; should it raise (a ^C during the start), init is killed and reaped
+    before the exception goes on, not left running with nobody to watch it.
     """
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    if _linux.threads() != 1:
+        mask = None
+        pid, lifeline = _fork_monitor(plan, sources), None
+    else:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid, lifeline = inside.start_init(plan, sources, announce=False, reset=True)
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+    pidfd = -1
     try:
-        return inside.start_init(plan, sources, announce=False, reset=True)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        pidfd = os.pidfd_open(pid)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # runs what was held back
+    except BaseException:
+        _end_first(pid, pidfd, lifeline)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    return pid, pidfd, lifeline
+
+
+def _end_first(pid: int, pidfd: int, lifeline: int | None) -> None:
+    """A start that failed after the fork: kill the sandbox's first process, reap it, close its fds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    for fd in (pidfd, -1 if lifeline is None else lifeline):
+        if fd >= 0:
+            os.close(fd)
 
 
 def _fork_monitor(plan: SpawnPlan, sources: Sequence[int]) -> int:

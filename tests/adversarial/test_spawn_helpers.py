@@ -304,3 +304,52 @@ def test_a_broker_of_one_thread_clones_init_and_leaves_nothing_behind() -> None:
     )
     runs = out.splitlines()
     assert runs == ["cloned by the broker True", "mask ['SIGUSR2']", "outcome 7 1", "fds True"] * 3, out
+
+
+def test_a_signal_held_back_during_the_clone_never_leaves_init_unwatched() -> None:
+    """A ^C that arrived while the broker cloned init (every signal blocked) runs its handler when
+    the mask is restored. Raised there, it lost init's pid and lifeline: spawn let go of the host
+    id and the sockets while init ran on, neither killed nor reaped (fresh-eyes audit). Now init
+    is killed and reaped first, and nothing of it is left."""
+    out = _script(
+        """
+        import os, signal
+        from privsep._record import replace
+        from privsep.broker.loop import Broker
+        from privsep.broker.services import Services
+        from privsep.confine import inside
+        from privsep.plan.spawnplan import make_plan
+        from privsep.policy.load import load_policy
+
+        minimal = load_policy("minimal")
+        plan = make_plan(minimal, ["/bin/sleep", "60"])
+        services = Services(minimal)
+        broker = Broker()
+        clone = inside.start_init
+
+        def interrupted(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGUSR1)  # blocked: held until the mask is restored
+            return clone(*args, **kwargs)
+
+        def handler(*_):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGUSR1, handler)
+        inside.start_init = interrupted
+        fds = sorted(os.listdir("/proc/self/fd"))
+        try:
+            broker.start(plan, services=services, stdio=(0, 1, 2))
+        except KeyboardInterrupt:
+            print("interrupted")
+        try:
+            print("children left", os.waitpid(-1, os.WNOHANG))
+        except ChildProcessError:
+            print("no child left")
+        print("fds", sorted(os.listdir("/proc/self/fd")) == fds)
+        inside.start_init = clone
+        child = broker.start(replace(plan, argv=("/bin/true",)), services=services, stdio=(0, 1, 2))
+        print("next", broker.wait(child).returncode)
+        broker.close()
+        """
+    )
+    assert out.splitlines() == ["interrupted", "no child left", "fds True", "next 0"], out
