@@ -64,6 +64,8 @@ class Processes:
         self.monitor_reaped = False
         self.init_exited = False
         self.kill_reason: Outcome | None = None
+        #: Signals to pass on that came before the command existed: sent once it reports.
+        self.held_signals: dict[int, None] = {}
 
 
 class Serving:

@@ -132,6 +132,9 @@ class Lifecycle:
                 self._events.watch(msg.fd, "listener", child)
             else:
                 procs.command_pid = _pid_of(msg.fd)
+                held, procs.held_signals = procs.held_signals, {}
+                for sig in held:
+                    self.send_signal(child, sig)
         elif msg.kind == "egress":  # egress (issue 17): a socket of the sandbox's resolver or proxies
             assert msg.fd is not None
             if child.egress is None:
@@ -189,10 +192,16 @@ class Lifecycle:
     # -- what the broker does to it -----------------------------------------
 
     def send_signal(self, child: Child, sig: int) -> None:
-        """Deliver ``sig`` to the command (not to privsep's own processes)."""
-        if child.procs.command_pidfd is not None and child.outcome is None:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(child.procs.command_pidfd, sig)
+        """Deliver ``sig`` to the command (not to privsep's own processes); one that comes before
+        the command exists is held until it reports, not dropped (a ^C or SIGTERM during the
+        start ended nothing, and the command ran to its end: fresh-eyes audit)."""
+        if child.outcome is not None:
+            return
+        if child.procs.command_pidfd is None:
+            child.procs.held_signals[sig] = None
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(child.procs.command_pidfd, sig)
 
     def kill(self, child: Child, reason: Outcome) -> None:
         """End the whole sandbox now; ``reason`` becomes its outcome (the first reason given wins).

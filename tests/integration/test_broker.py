@@ -170,3 +170,14 @@ def test_an_ended_command_does_not_spin_the_loop() -> None:
     # A count of loop wake-ups, not a time: with no deadline the loop wakes only for events,
     # however slow the machine, so a /bin/true sandbox takes a bounded number of rounds.
     assert rounds[0] / 5 < 40
+
+
+def test_a_signal_passed_on_before_the_command_exists_reaches_it(broker: Broker) -> None:
+    """``privsep run`` passes a SIGTERM (or ^C) it gets to the command. One that came before the
+    command had reported was dropped, and the command ran to its end (fresh-eyes audit): it is
+    now held and sent once the command exists."""
+    child = start(broker, "import time; time.sleep(60)", timeout=30)
+    assert child.procs.command_pidfd is None  # nothing has been read from the sandbox yet
+    broker.send_signal(child, signal.SIGTERM)
+    (outcome,) = wait_all(broker, [child])
+    assert (outcome.how, outcome.returncode) == ("signaled", 128 + signal.SIGTERM), outcome.describe()
