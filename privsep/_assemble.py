@@ -42,6 +42,7 @@ from privsep.broker.loop import Broker, CallContext, Child
 from privsep.broker.pins import Pins, PinSpec
 from privsep.broker.services import LazyServices, Services
 from privsep.errors import PrivsepError
+from privsep.plan.ownpaths import guard
 from privsep.plan.spawnplan import SpawnPlan, make_plan, with_listen
 
 if TYPE_CHECKING:
@@ -201,6 +202,9 @@ def assemble(
                 listening.callback(os.close, answer.fd)
         audit = None
         if audit_log:
+            # No sandbox of this process may write where the log is (plan/ownpaths.py): a Sandbox
+            # plans after this; privsep run, which planned before, checks its plan itself.
+            guard(audit_log, "the audit log", "give the audit log a path outside every write grant")
             audit = _open_audit_log(audit_log)
             stack.callback(audit.close)
         with _naming("cannot give the sandbox a terminal of its own"):

@@ -274,9 +274,16 @@ def _limits_extra(args: argparse.Namespace) -> dict[str, object]:
 
 def _run(args: argparse.Namespace, collecting: bool) -> int:
     from privsep._assemble import Deferred, assemble
+    from privsep.plan.ownpaths import check_writes, guard
 
     command = _command(args)
+    if args.audit_log:
+        guard(args.audit_log, "the audit log", "give --audit-log a path outside every write grant")
     prepared, model = _prepare(args, command)
+    # Planning checked these (plan/ownpaths.py); a plan from the cache was made by a run that
+    # may have had no audit log, or another one.
+    written = [(b.path, ("write",)) for b in prepared.plan.view.binds if b.writable]
+    check_writes([*written, *((path, ("write",)) for _, path, writes in prepared.pins if writes)])
     timeout = _timeout(args, prepared.timeout)
     listens: list[Listen] = []
     if args.listen:

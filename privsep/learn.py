@@ -36,6 +36,8 @@ from privsep.broker.answers import Answer, Refusal
 from privsep.broker.services import Services
 from privsep.errors import PolicyError
 from privsep.plan.importpath import check_grants
+from privsep.plan.ownpaths import check_writes
+from privsep.plan.spawnplan import own_paths
 from privsep.policy.decide import CREATES_IF_MISSING, OPEN_NEEDS, Access, check_path
 from privsep.policy.model import BindRule, ConnectRule, FileRule, Policy
 
@@ -118,8 +120,11 @@ def _with_files(policy: Policy, wanted: Iterable[tuple[str, list[Access]]]) -> P
             return None  # not a path a rule can name
         try:
             check_grants([(path, [a.value for a in needs])])
+            check_writes([(path, [a.value for a in needs])], own_paths(policy))
         except PolicyError:
-            return None  # where the broker runs Python from: never learned (plan/importpath.py)
+            # where the broker runs Python from, or a file it opens by name: never learned
+            # (plan/importpath.py, plan/ownpaths.py)
+            return None
         for i, rule in enumerate(rules):
             if rule.path == path and not rule.recursive and not rule.deny:
                 merged = tuple(sorted(set(rule.access) | set(needs)))

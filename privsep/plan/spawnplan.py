@@ -37,6 +37,7 @@ from privsep.plan.hostids import Claim, claim
 from privsep.plan.importpath import check_grants
 from privsep.plan.landlock import Rule, rules_for
 from privsep.plan.limits import rlimits
+from privsep.plan.ownpaths import check_writes
 from privsep.plan.view import DEVICES, ViewPlan, plan_grants
 from privsep.policy.syscalls import expand
 
@@ -191,6 +192,29 @@ class SpawnPlan(Record):
         return LISTEN_FDS_START + len(self.listen)
 
 
+def own_paths(policy: Policy) -> list[tuple[str, str, str]]:
+    """The files privsep opens by name for ``policy`` (its secrets' and injected headers' source
+    files) and its plan cache: what no write grant may reach (``plan/ownpaths.py``)."""
+    from privsep.plan import cache  # noqa: PLC0415 - it imports this module
+
+    keep = "keep that file outside every write grant"
+    found = [
+        (source.ref, f"the secret {name}'s file", keep)
+        for name, source in policy.secrets.items()
+        if source.kind == "file"
+    ]
+    found += [
+        (inject.source[len("file:") :], f"the file of the header injected for {inject.host}", keep)
+        for inject in policy.network.inject
+        if inject.source.startswith("file:")
+    ]
+    where = cache.directory()
+    if where is not None:
+        move = "set PRIVSEP_CACHE_DIR to a directory outside the grant (or PRIVSEP_NO_CACHE=1)"
+        found.append((where, "privsep's plan cache", move))
+    return found
+
+
 def make_plan(
     policy: Policy, argv: Sequence[str], *, environ: Mapping[str, str] | None = None, learn: bool = False
 ) -> SpawnPlan:
@@ -206,7 +230,9 @@ def make_plan(
     env.update(proxy_env(egress))
     env.update(policy.env.set)
     env["PRIVSEP_FD"] = str(CHANNEL_FD)
-    check_grants((r.path, [a.value for a in r.access]) for r in policy.files if not r.deny)
+    written = [(r.path, [a.value for a in r.access]) for r in policy.files if not r.deny]
+    check_grants(written)
+    check_writes(written, own_paths(policy))
     grants = plan_grants(policy, root_broker=os.geteuid() == 0, sandbox_id=SANDBOX_ID)
     plan = egress_view(grants.view, egress)
     binds = [(b.path, b.is_dir, b.access) for b in plan.binds]

@@ -1526,6 +1526,69 @@ def test_a_standard_fd_privsep_started_without_is_never_one_of_the_brokers(
     assert not with_log or "forged" not in audit.read_text(), "the command wrote the audit log"
 
 
+@pytest.mark.parametrize("own", ["audit log", "secret file", "plan cache"])
+def test_no_write_grant_reaches_a_file_privsep_opens_by_name(
+    broker_user: str, shared_tmp: Path, own: str
+) -> None:
+    """Escape class (11th audit): privsep opens its audit log, a secret's file and its plan cache
+    by name, with its own rights. A sandbox that could write there planted a link: the root
+    broker appended its next record to /etc/ld.so.preload (root code in every later process) or
+    read /etc/shadow as the secret; or it edited its cached plan, which the next run applied.
+    Such a grant is refused before anything starts, naming the path and what to do; the same run
+    with the file elsewhere works."""
+    grant = shared_tmp / "work"
+    grant.mkdir()
+    grant.chmod(0o777)
+    elsewhere = shared_tmp / "elsewhere"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o777)
+    (grant / "token").write_text("s3cret\n")
+    (elsewhere / "token").write_text("s3cret\n")
+    for token in (grant / "token", elsewhere / "token"):
+        token.chmod(0o644)
+
+    def run(place: Path) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/bin:/bin", "PRIVSEP_CACHE_DIR": str(shared_tmp / "cache")}
+        extra = []
+        if own == "audit log":
+            extra = ["--audit-log", str(place / "audit.log")]
+        elif own == "secret file":
+            extra = ["--secret", f"TOKEN=file:{place / 'token'}"]
+        else:
+            env["PRIVSEP_CACHE_DIR"] = str(place / "cache")
+        argv = privsep_argv(broker_user, ["--allow-write", str(grant), *extra, "--", "/bin/true"])
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, cwd=REPO, env=env, check=False
+        )
+
+    refused = run(grant)
+    assert refused.returncode == 125, refused.stderr
+    assert f"a grant to write {grant} is refused" in refused.stderr
+    assert str(grant) in refused.stderr.split("(", 1)[1], refused.stderr  # the path it reaches
+    assert not (grant / "audit.log").exists() and not (grant / "cache").exists()
+    allowed = run(elsewhere)
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_a_sandbox_host_may_not_grant_write_over_its_own_audit_log(
+    shared_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a ``Sandbox``: its audit log is guarded for the rest of the process."""
+    from privsep import Sandbox
+    from privsep.errors import PolicyError
+    from privsep.plan import ownpaths
+
+    monkeypatch.setattr(ownpaths, "_guarded", {})  # this test's guard ends with it
+    log = shared_tmp / "logs" / "audit.log"
+    log.parent.mkdir()
+    with (
+        Sandbox("minimal", audit_log=str(log)),
+        Sandbox("minimal", allow_write=[str(shared_tmp)]) as other,
+        pytest.raises(PolicyError, match="holds the audit log"),
+    ):
+        other.run(["/bin/true"])
+
+
 def test_mounts_inside_a_grant_are_read_only_too(run_privsep: RunPrivsep, shared_tmp: Path) -> None:
     """Escape class: a host mount below a granted directory (a writable tmpfs, a disk
     mounted with suid or dev nodes) that the bind carries into the view with its own flags.

@@ -1,0 +1,73 @@
+"""Paths the broker opens by name on its own behalf, and the grants that would let a sandbox reach them.
+
+The broker opens some files by path while or after a sandbox runs, with its
+own credentials: the audit log (created, then appended to), a secret's or an
+injected header's source file (read when asked), privsep's plan cache
+(written, and read by the next run as the plan to apply). A grant that lets
+the sandbox write on, over or inside one of them hands the sandbox the
+broker's hand: replaced by a link, the audit log appended to whatever root
+file it names (``/etc/ld.so.preload``: root code in every later process), the
+secret file read ``/etc/shadow``; an edited cache entry was the next run's
+plan, binding what it liked (11th audit). So planning refuses such a grant,
+with the path it reaches and what to do instead. Following links is then
+safe: nothing on the way to these paths is the sandbox's to change.
+
+A process guards its audit log and its cache directory (:func:`guard`); a
+policy's secret files are checked with the policy's own grants
+(``extra``). Broker-served write grants are checked as well as bound ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from privsep.errors import PolicyError
+from privsep.plan.importpath import WRITES
+
+__all__ = ["check_writes", "guard"]
+
+#: Path (as named, and as resolved) -> (what it is, how to move it), for the rest of this process.
+_guarded: dict[str, tuple[str, str]] = {}
+
+
+def _forms(path: str) -> list[str]:
+    named = os.path.abspath(path)
+    real = os.path.realpath(path)
+    return [named] if named == real else [named, real]
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def guard(path: str, what: str, move: str) -> None:
+    """Refuse, for the rest of this process, write grants on, over or inside ``path``; ``what``
+    names it in the refusal ("the audit log"), ``move`` says how to put it elsewhere."""
+    for form in _forms(path):
+        _guarded.setdefault(form, (what, move))
+
+
+def check_writes(
+    grants: Iterable[tuple[str, Iterable[str]]], extra: Iterable[tuple[str, str, str]] = ()
+) -> None:
+    """Refuse (PolicyError) a grant of ``(path, access words)`` that writes on, over or inside a
+    guarded path or one of ``extra`` ``(path, what, move)``."""
+    writes = [granted for granted, access in grants if not WRITES.isdisjoint(access)]
+    if not writes:
+        return
+    guarded = dict(_guarded)
+    for path, what, move in extra:
+        for form in _forms(path):
+            guarded.setdefault(form, (what, move))
+    for granted in writes:
+        for real in _forms(granted):
+            for path, (what, move) in guarded.items():
+                if _under(path, real) or _under(real, path):
+                    where = "is" if path == real else ("holds" if _under(path, real) else "is inside")
+                    raise PolicyError(
+                        f"a grant to write {granted} is refused: it {where} {what} ({path}), which "
+                        "privsep opens by name with its own rights: a sandbox that changed it, or put "
+                        "a link in its place or on its way, would have privsep read, write or trust "
+                        f"what the sandbox chose; grant a directory that does not reach it, or {move}"
+                    )
