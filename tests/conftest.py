@@ -17,6 +17,7 @@ import pytest
 
 from privsep import _linux, cgroups
 from privsep.errors import ConfinementError
+from privsep.plan import ownpaths
 from tests import cgroup_delegation
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +60,13 @@ def privsep_argv(broker_user: str, args: Sequence[str]) -> list[str]:
     """``privsep run ARGS`` as the given broker user, for tests that need more than ``run_privsep``."""
     argv = [str(PRIVSEP), "run", *args]
     return as_nonroot(argv) if broker_user == "nonroot" else argv
+
+
+@pytest.fixture(autouse=True)
+def _own_paths_of_this_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit logs a test's in-process brokers guard (plan/ownpaths.py) are that test's: a
+    later test's grant over the same temporary directory is not refused for them."""
+    monkeypatch.setattr(ownpaths, "_guarded", {})
 
 
 @pytest.fixture

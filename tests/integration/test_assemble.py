@@ -40,7 +40,9 @@ def _can_bind(port: int) -> bool:
 
 def _policy(tmp_path: Path, port: int) -> Policy:
     """Every part that holds something: two pinned grants and a bind rule for the listening socket."""
-    extra = grants_to_extra(["/etc"], [str(tmp_path)], [], [f"127.0.0.1:{port}"], [])
+    granted = tmp_path / "granted"  # not where the tests keep their audit logs (plan/ownpaths.py)
+    granted.mkdir(exist_ok=True)
+    extra = grants_to_extra(["/etc"], [str(granted)], [], [f"127.0.0.1:{port}"], [])
     return load_policy("minimal", extra=extra)
 
 
