@@ -47,7 +47,7 @@ import termios
 import threading
 import time
 import tty
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -1474,6 +1474,22 @@ def test_an_inherited_fd_cannot_be_reopened_with_more_access(broker_user: str, s
     assert target.read_text() == "host file\n"
 
 
+def _privsep(
+    argv: list[str], env: dict[str, str], preexec_fn: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A whole privsep command from the repository, its output captured as text."""
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+        check=False,
+        preexec_fn=preexec_fn,
+    )
+
+
 @pytest.mark.parametrize("with_log", [True, False], ids=["audit-log", "no-log"])
 @pytest.mark.parametrize("closed", [0, 1, 2])
 def test_a_standard_fd_privsep_started_without_is_never_one_of_the_brokers(
@@ -1510,16 +1526,8 @@ def test_a_standard_fd_privsep_started_without_is_never_one_of_the_brokers(
     )
     logging = ["--audit-log", str(audit)] if with_log else []
     argv = privsep_argv(broker_user, ["--policy", str(policy), *logging, "--", str(PYTHON), "-c", probe])
-    proc = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin"},
-        check=False,
-        preexec_fn=lambda: os.close(closed),  # in the test's own child, before privsep is exec'd
-    )
+    # preexec_fn: in the test's own child, before privsep is exec'd
+    proc = _privsep(argv, {"PATH": "/usr/bin:/bin"}, preexec_fn=lambda: os.close(closed))
     said = proc.stderr if report == 2 else proc.stdout
     assert said.splitlines()[:1] == ["/dev/null"], (proc.returncode, proc.stdout, proc.stderr)
     assert "denied" not in said
@@ -1557,9 +1565,7 @@ def test_no_write_grant_reaches_a_file_privsep_opens_by_name(
         else:
             env["PRIVSEP_CACHE_DIR"] = str(place / "cache")
         argv = privsep_argv(broker_user, ["--allow-write", str(grant), *extra, "--", "/bin/true"])
-        return subprocess.run(
-            argv, capture_output=True, text=True, timeout=60, cwd=REPO, env=env, check=False
-        )
+        return _privsep(argv, env)
 
     refused = run(grant)
     assert refused.returncode == 125, refused.stderr
