@@ -27,13 +27,13 @@ from collections.abc import Iterable
 
 from privsep.errors import PolicyError
 
-__all__ = ["WRITES", "check_grants", "import_dirs", "protect"]
+__all__ = ["WRITES", "check_grants", "import_dirs", "named_and_real", "protect", "under"]
 
 #: Access words that let the sandbox change what is at a path.
 WRITES = frozenset({"write", "create", "append", "truncate"})
 
 
-def _named_and_real(path: str) -> list[str]:
+def named_and_real(path: str) -> list[str]:
     """``path`` as named (absolute) and as resolved: a grant over a symlink on the way could
     replace the link, and what is reached through it, after planning."""
     named = os.path.abspath(path)
@@ -46,7 +46,7 @@ def import_dirs(path: Iterable[str] | None = None) -> list[str]:
     "" is the cwd."""
     found: dict[str, None] = {}
     for entry in sys.path if path is None else path:
-        for form in _named_and_real(entry or os.getcwd()):
+        for form in named_and_real(entry or os.getcwd()):
             found[form] = None
     return list(found)
 
@@ -64,7 +64,7 @@ def protect(paths: Iterable[str]) -> None:
     import, unconfined, now and in the next session.
     """
     for path in paths:
-        for form in _named_and_real(path):
+        for form in named_and_real(path):
             if form not in _protected:
                 _protected.append(form)
 
@@ -76,12 +76,12 @@ def _whole_dirs() -> list[str]:
     # A virtual environment is Python through and through; a system prefix (/usr) is not, and
     # its Python parts are on sys.path already.
     venv = sys.prefix != sys.base_prefix
-    found = [form for p in (sys.prefix, sys.exec_prefix) if p and venv for form in _named_and_real(p)]
+    found = [form for p in (sys.prefix, sys.exec_prefix) if p and venv for form in named_and_real(p)]
     hop = sys.executable
     for _ in range(40):  # a chain of links; the kernel's own bound on them
         if not hop:
             break
-        found += _named_and_real(os.path.dirname(hop) or ".")
+        found += named_and_real(os.path.dirname(hop) or ".")
         if not os.path.islink(hop):
             break
         target = os.readlink(hop)
@@ -89,7 +89,7 @@ def _whole_dirs() -> list[str]:
     return [*dict.fromkeys(found), *_protected]
 
 
-def _under(path: str, top: str) -> bool:
+def under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
@@ -128,13 +128,13 @@ def check_grants(grants: Iterable[tuple[str, Iterable[str]]], path: Iterable[str
     dirs = import_dirs(path)
     whole = _whole_dirs()
     for granted in writes:
-        for real in _named_and_real(granted):
+        for real in named_and_real(granted):
             _check_one(granted, real, whole, dirs)
 
 
 def _check_one(granted: str, real: str, whole: list[str], dirs: list[str]) -> None:
     for top in whole:
-        if _under(top, real) or _under(real, top):
+        if under(top, real) or under(real, top):
             raise PolicyError(
                 f"a grant to write {granted} is refused: it is on, over or inside {top}, which "
                 "holds the Python this process runs (its interpreter, environment or, under "
@@ -142,7 +142,7 @@ def _check_one(granted: str, real: str, whole: list[str], dirs: list[str]) -> No
                 "outside the sandbox; grant a directory outside it"
             )
     for entry in dirs:
-        if _under(entry, real):
+        if under(entry, real):
             where = "is" if entry == real else "holds"
             raise PolicyError(
                 f"a grant to write {granted} is refused: it {where} {entry}, where this process "
@@ -150,7 +150,7 @@ def _check_one(granted: str, real: str, whole: list[str], dirs: list[str]) -> No
                 "in the broker; grant a directory outside it, or start privsep from elsewhere "
                 "(its working directory or script's directory is on sys.path)"
             )
-        if _under(real, entry):
+        if under(real, entry):
             first = real[len(entry.rstrip("/")) + 1 :].split("/", 1)[0]
             if _importable(first, dirs):
                 raise PolicyError(

@@ -19,11 +19,10 @@ policy's secret files are checked with the policy's own grants
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 from privsep.errors import PolicyError
-from privsep.plan.importpath import WRITES
+from privsep.plan.importpath import WRITES, named_and_real, under
 
 __all__ = ["check_writes", "guard"]
 
@@ -31,20 +30,10 @@ __all__ = ["check_writes", "guard"]
 _guarded: dict[str, tuple[str, str]] = {}
 
 
-def _forms(path: str) -> list[str]:
-    named = os.path.abspath(path)
-    real = os.path.realpath(path)
-    return [named] if named == real else [named, real]
-
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
 def guard(path: str, what: str, move: str) -> None:
     """Refuse, for the rest of this process, write grants on, over or inside ``path``; ``what``
     names it in the refusal ("the audit log"), ``move`` says how to put it elsewhere."""
-    for form in _forms(path):
+    for form in named_and_real(path):
         _guarded.setdefault(form, (what, move))
 
 
@@ -53,18 +42,21 @@ def check_writes(
 ) -> None:
     """Refuse (PolicyError) a grant of ``(path, access words)`` that writes on, over or inside a
     guarded path or one of ``extra`` ``(path, what, move)``."""
+    extra = list(extra)
+    if not (_guarded or extra):
+        return  # privsep run from its cache with no audit log: nothing to resolve
     writes = [granted for granted, access in grants if not WRITES.isdisjoint(access)]
     if not writes:
         return
     guarded = dict(_guarded)
     for path, what, move in extra:
-        for form in _forms(path):
+        for form in named_and_real(path):
             guarded.setdefault(form, (what, move))
     for granted in writes:
-        for real in _forms(granted):
+        for real in named_and_real(granted):
             for path, (what, move) in guarded.items():
-                if _under(path, real) or _under(real, path):
-                    where = "is" if path == real else ("holds" if _under(path, real) else "is inside")
+                if under(path, real) or under(real, path):
+                    where = "is" if path == real else ("holds" if under(path, real) else "is inside")
                     raise PolicyError(
                         f"a grant to write {granted} is refused: it {where} {what} ({path}), which "
                         "privsep opens by name with its own rights: a sandbox that changed it, or put "
