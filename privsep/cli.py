@@ -8,13 +8,14 @@ run like the last one plans nothing: it reads the plan that one kept
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -297,7 +298,10 @@ def _run(args: argparse.Namespace, collecting: bool) -> int:
         else Deferred(prepared.pins, functools.partial(_policy_of, prepared.policy))
     )
     plan = prepared.plan
-    with assemble(policy, audit_log=args.audit_log, listen=listens, terminal=True) as parts:
+    with (
+        _holding_signals() as held,
+        assemble(policy, audit_log=args.audit_log, listen=listens, terminal=True) as parts,
+    ):
         child = parts.start(plan, timeout=timeout)
         if collecting:
             # Off since main(): the set-up is behind us, and the broker may serve for hours. What
@@ -310,7 +314,7 @@ def _run(args: argparse.Namespace, collecting: bool) -> int:
             from privsep.cgroups import without
 
             print(f"privsep: warning: {without(child.cgroup_missing)}", file=sys.stderr, flush=True)
-        status = _serve(parts.broker, child)
+        status = _serve(parts.broker, child, held)
         if status != 0:
             outcome = child.outcome
             explained = bool(child.report.denials) or (outcome is not None and outcome.how != "exited")
@@ -429,11 +433,11 @@ def _learn(args: argparse.Namespace) -> int:
     command = _command(args)
     base = load_policy(args.policy)
     plan = plan_for(base, command, learn=True)
-    with assemble(base, learn=True, terminal=True) as parts:
+    with _holding_signals() as held, assemble(base, learn=True, terminal=True) as parts:
         services = parts.services
         assert isinstance(services, LearningServices)  # what learn=True assembles
         child = parts.start(plan, timeout=_timeout(args, base.limits.timeout_seconds or None))
-        status = _serve(parts.broker, child)
+        status = _serve(parts.broker, child, held)
         # A file base is named absolutely: the new policy may live elsewhere.
         shipped = "/" not in args.policy and not args.policy.endswith(".toml")
         spec = args.policy if shipped else os.path.abspath(args.policy)
@@ -453,7 +457,29 @@ def _learn(args: argparse.Namespace) -> int:
     return status
 
 
-def _serve(broker: Broker, child: Child) -> int:
+#: The signals privsep passes on to the command (``_serve``).
+_PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+@contextlib.contextmanager
+def _holding_signals() -> Iterator[list[int]]:
+    """Hold the signals privsep passes on, in the list yielded, until ``_serve`` passes them on.
+
+    Entered before ``assemble`` takes the terminal's raw mode, left after it gave it back:
+    one of them by its default action in between (while the sandbox started) ended privsep
+    with the terminal raw. The handlers before are back when the block ends.
+    """
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in _PASSED_ON}
+    try:
+        yield held
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(broker: Broker, child: Child, held: list[int]) -> int:
+    """Serve the sandbox until it ends; ``held``: signals that came while it started, passed on now."""
     interrupts = 0
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -478,8 +504,10 @@ def _serve(broker: Broker, child: Child) -> int:
         else:
             broker.send_signal(child, signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+    for sig in _PASSED_ON:
         signal.signal(sig, forward)
+    while held:  # the broker holds each in turn until the command has reported
+        forward(held.pop(0), None)
     outcome = broker.wait(child)
     _report_syscalls(child.report.syscall_denials, child.syscalls.default)
     report = child.report

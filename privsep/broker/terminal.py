@@ -228,12 +228,17 @@ class Terminal:
     # -- the user's terminal -------------------------------------------------
 
     def __enter__(self) -> Terminal:
-        self._modes.take()
-        if threading.current_thread() is threading.main_thread():
-            self._handle(signal.SIGWINCH, self._on_winch)
-            self._handle(signal.SIGCONT, self._on_winch)  # resized while stopped: look again
-            if self._input is not None:
-                self._handle(signal.SIGTSTP, self._on_tstp)
+        try:
+            self._modes.take()
+            if threading.current_thread() is threading.main_thread():
+                self._handle(signal.SIGWINCH, self._on_winch)
+                self._handle(signal.SIGCONT, self._on_winch)  # resized while stopped: look again
+                if self._input is not None:
+                    self._handle(signal.SIGTSTP, self._on_tstp)
+        except BaseException:
+            # Raw already, and no ``with`` block will call __exit__: the terminal goes back here.
+            self.close()
+            raise
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -204,6 +204,57 @@ else:
 """
 
 
+def test_a_signal_while_the_sandbox_starts_never_leaves_the_terminal_raw(broker_user: str) -> None:
+    """SIGTERM sent to privsep as soon as it takes its terminal's raw mode: privsep passes it
+    on to the command once that runs, and gives the terminal back. It used to install its
+    handlers only after the start, so a SIGTERM during it ended privsep by the default action
+    and left the terminal raw (the 11th audit's known limit)."""
+    master, slave = os.openpty()
+    try:
+        os.set_blocking(master, False)
+        before = termios.tcgetattr(slave)
+        for _ in range(5):  # the window was a few ms: each try sends into it, or just after
+            proc = subprocess.Popen(
+                privsep_argv(broker_user, ["--", "sleep", "30"]),
+                stdin=slave, stdout=slave, stderr=slave, cwd=REPO, start_new_session=True,
+            )  # fmt: skip
+            deadline = time.monotonic() + 10
+            while termios.tcgetattr(slave)[3] & termios.ICANON and time.monotonic() < deadline:
+                pass  # busy: raw mode is the moment to send
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 128 + signal.SIGTERM, "privsep died by the signal itself"
+            assert termios.tcgetattr(slave) == before
+            with suppress(BlockingIOError):
+                while os.read(master, 65536):  # what privsep printed: never let the pty fill up
+                    pass
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+def test_a_failure_while_taking_the_terminal_gives_it_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raw mode is taken first on entering the relay; should what follows fail, no ``with``
+    block calls ``__exit__``: ``__enter__`` gives the terminal back itself."""
+    from privsep.broker.terminal import Terminal
+
+    master, slave = os.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        terminal = Terminal.for_stdio((slave, slave, slave))
+        assert terminal is not None
+
+        def refused(*_: object) -> None:
+            raise OSError("no handler for you")
+
+        monkeypatch.setattr(Terminal, "_handle", refused)
+        with pytest.raises(OSError, match="no handler"), terminal:
+            pass
+        assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
 def test_a_command_that_stops_itself_cannot_outlive_the_timeout(broker_user: str) -> None:
     """Second fresh-eyes audit: the command's stop made privsep stop itself, and a stopped
     privsep enforced no timeout. With a timeout, the command is continued instead."""
