@@ -5,8 +5,7 @@ Only the names below are public; every other module is internal.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from privsep._version import __version__
 from privsep.errors import (
     BrokerError,
     ChannelError,
@@ -20,12 +19,13 @@ from privsep.errors import (
     RemoteProtocolError,
 )
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from privsep.policy.load import load_policy
     from privsep.policy.model import Policy
     from privsep.sandbox import Denial, RunResult, Sandbox
-
-from privsep._version import __version__
 
 
 def __getattr__(name: str) -> Any:

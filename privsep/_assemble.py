@@ -34,10 +34,8 @@ import contextlib
 import errno
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
 
 from privsep._record import Record, replace
-from privsep.broker.answers import Answer, Refusal
 from privsep.broker.loop import Broker, CallContext, Child
 from privsep.broker.pins import Pins, PinSpec
 from privsep.broker.services import LazyServices, Services
@@ -45,10 +43,12 @@ from privsep.errors import PrivsepError
 from privsep.plan.ownpaths import guard
 from privsep.plan.spawnplan import SpawnPlan, make_plan, with_listen
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     # The policy's model and the protocol (pydantic) only for what uses them: a Policy
     # given, --listen; privsep run from its plan cache has neither.
     from privsep import protocol
+    from privsep.broker.answers import Answer
     from privsep.broker.audit import AuditLog
     from privsep.broker.terminal import Terminal
     from privsep.confine.spawn import Zygote
@@ -252,6 +252,7 @@ def _activate(listens: Sequence[Listen], services: Services) -> list[tuple[proto
     if not listens:
         return activated
     from privsep import protocol  # noqa: PLC0415 - see TYPE_CHECKING above
+    from privsep.broker.answers import Refusal  # noqa: PLC0415 - as protocol
 
     try:
         for listen in listens:

@@ -27,7 +27,13 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    #: One fact: [kind, arguments, observation], as JSON keeps it (lists, never tuples).
+    Fact = list[Any]
 
 __all__ = [
     "Fact",
@@ -46,9 +52,6 @@ __all__ = [
     "register",
     "stat",
 ]
-
-#: One fact: [kind, arguments, observation], as JSON keeps it (lists, never tuples).
-Fact = list[Any]
 
 
 class Recording:

@@ -17,12 +17,14 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from privsep._printable import printable
 from privsep.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_PRIVSEP, EXIT_TIMEOUT, PrivsepError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
     from privsep._assemble import SpawnPlan
     from privsep.broker.loop import Broker, Child
     from privsep.broker.report import Denial

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import TYPE_CHECKING
 
 from privsep._lazy import lazy_module
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ipaddress
 else:  # only datagrams use it (a relayed UDP flow): not every privsep run's start

@@ -9,25 +9,26 @@
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING
 
-from privsep import cgroups
 from privsep._lazy import lazy_module
 from privsep._version import __version__
-from privsep.broker.outcome import Outcome
 from privsep.broker.report import Report
-from privsep.broker.verdicts import SyscallRules
-from privsep.broker.workers import Lane
-from privsep.plan.control import ControlMessage
-from privsep.plan.spawnplan import Spawned, SpawnPlan
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from privsep import protocol
+    from collections.abc import Callable
+
+    from privsep import cgroups, protocol
     from privsep.broker.egress import Egress
+    from privsep.broker.outcome import Outcome
     from privsep.broker.relay import Relay
     from privsep.broker.services import Services
     from privsep.broker.terminal import Terminal  # only privsep run makes one
     from privsep.broker.transparent import Transparent
+    from privsep.broker.verdicts import SyscallRules
+    from privsep.broker.workers import Lane
+    from privsep.plan.control import ControlMessage
+    from privsep.plan.spawnplan import Spawned, SpawnPlan
 else:
     protocol = lazy_module("privsep.protocol", globals())  # made for a sandbox's first request
 
@@ -123,6 +124,8 @@ class Child:
         self.services = services
         self.call = call
         self.transparent = transparent
+        #: Makes ``transparent`` for the first call it serves (loop.py); None: it serves none.
+        self.make_transparent: Callable[[], Transparent] | None = None
         self.terminal = terminal
         self.terminal_events: dict[int, int] = {}  # its fds as registered now
         self.egress = egress

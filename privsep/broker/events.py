@@ -19,39 +19,46 @@ import contextlib
 import math
 import select
 import socket
-from typing import Any, Literal, NamedTuple, Protocol
 
-Role = Literal[
-    "channel",  # a sandbox's request channel
-    "control",  # reports from the sandbox's own processes
-    "monitor",  # the monitor's pidfd: the sandbox's first process exited
-    "init",  # init's pidfd: the pid namespace is gone
-    "listener",  # the seccomp listener: a syscall for the broker to decide
-    "oom",  # cgroup v1: the sandbox ran out of memory
-    "wakeup",  # a worker finished
-    "relay_child",  # a relay's end on the sandbox's side
-    "relay_peer",  # a relay's end on the outside
-    "external",  # Broker.watch(): a callback sits where the sandbox would
-    "terminal",  # the sandbox's pty relay
-    "egress",  # the sandbox's resolver and proxies (egress.py): the owner is the fd's handler
-]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal, Protocol
 
+    Role = Literal[
+        "channel",  # a sandbox's request channel
+        "control",  # reports from the sandbox's own processes
+        "monitor",  # the monitor's pidfd: the sandbox's first process exited
+        "init",  # init's pidfd: the pid namespace is gone
+        "listener",  # the seccomp listener: a syscall for the broker to decide
+        "oom",  # cgroup v1: the sandbox ran out of memory
+        "wakeup",  # a worker finished
+        "relay_child",  # a relay's end on the sandbox's side
+        "relay_peer",  # a relay's end on the outside
+        "external",  # Broker.watch(): a callback sits where the sandbox would
+        "terminal",  # the sandbox's pty relay
+        "egress",  # the sandbox's resolver and proxies (egress.py): the owner is the fd's handler
+    ]
 
-class _HasFileno(Protocol):
-    def fileno(self) -> int: ...
+    class _HasFileno(Protocol):
+        def fileno(self) -> int: ...
 
+    FileObj = socket.socket | _HasFileno | int
 
-FileObj = socket.socket | _HasFileno | int
 #: The interest bits callers combine (the values ``selectors`` gives them, 1 and 2).
 READ = 1
 WRITE = 2
 _EPOLL = {READ: select.EPOLLIN, WRITE: select.EPOLLOUT, READ | WRITE: select.EPOLLIN | select.EPOLLOUT}
 
 
-class _Watched(NamedTuple):
-    fileobj: FileObj  # as registered: found by identity once it is closed
-    events: int
-    ready: tuple[int, Any, Role]  # what select() reports for it, made once at registration
+class _Watched:
+    """A watched fd: what it was registered as, its interest, and what select() reports for it."""
+
+    __slots__ = ("events", "fileobj", "ready")
+
+    def __init__(self, fileobj: FileObj, events: int, ready: tuple[int, Any, Role]) -> None:
+        self.fileobj = fileobj  # as registered: found by identity once it is closed
+        self.events = events
+        self.ready = ready  # made once at registration
 
 
 def _fd_of(fileobj: FileObj) -> int:

@@ -12,26 +12,32 @@ import contextlib
 import errno
 import signal
 import time
-from typing import TYPE_CHECKING
 
 from privsep._lazy import lazy_module
 from privsep.broker import notify
-from privsep.broker.answers import Answer, Refusal
-from privsep.broker.child import Child
-from privsep.broker.events import Events
-from privsep.broker.lifecycle import Lifecycle
 from privsep.broker.outcome import Outcome
-from privsep.broker.report import Recorder
-from privsep.broker.requests import MAX_RELAYS, RequestServer, hung_up
-from privsep.broker.transparent import Deferred, Served, Transparent
+from privsep.broker.requests import MAX_RELAYS, hung_up
 from privsep.broker.verdicts import decide_syscall
-from privsep.broker.workers import Handback
-from privsep.plan.filter import syscall_name
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from privsep import protocol
+    from privsep.broker import answers, transparent
+    from privsep.broker.child import Child
+    from privsep.broker.events import Events
+    from privsep.broker.lifecycle import Lifecycle
+    from privsep.broker.report import Recorder
+    from privsep.broker.requests import RequestServer
+    from privsep.broker.transparent import Transparent
+    from privsep.broker.workers import Handback
+    from privsep.plan import filter as syscall_filter
 else:
-    protocol = lazy_module("privsep.protocol", globals())  # pydantic: loaded with a sandbox's first request
+    # Loaded with the first notification that is more than a hang-up: a sandbox whose
+    # command never calls what the broker decides (``privsep run -- /bin/true``) pays for none.
+    protocol = lazy_module("privsep.protocol", globals())  # pydantic
+    answers = lazy_module("privsep.broker.answers", globals())
+    transparent = lazy_module("privsep.broker.transparent", globals())
+    syscall_filter = lazy_module("privsep.plan.filter", globals())
 
 
 class ListenerServer:
@@ -63,10 +69,13 @@ class ListenerServer:
                 # always-readable fd would spin the loop until init exits.
                 self._events.forget(listener)
             return
-        verdict = decide_syscall(note.nr, note.arch, child.syscalls, syscall_name)
+        verdict = decide_syscall(note.nr, note.arch, child.syscalls, syscall_filter.syscall_name)
         if verdict.action == "serve":
-            assert child.transparent is not None
-            self._serve(child, child.transparent, listener, note)
+            calls = child.transparent
+            if calls is None:  # made for the first call it serves (loop.py)
+                assert child.make_transparent is not None  # only its calls are served
+                calls = child.transparent = child.make_transparent()
+            self._serve(child, calls, listener, note)
             return
         assert verdict.audited is not None
         self._recorder.syscall(child, verdict.name, verdict.audited)
@@ -89,22 +98,20 @@ class ListenerServer:
             report.syscall_denials[verdict.name] = report.syscall_denials.get(verdict.name, 0) + 1
             notify.refuse(listener, note, verdict.errno)
 
-    def _serve(
-        self, child: Child, transparent: Transparent, listener: int, note: notify.Notification
-    ) -> None:
+    def _serve(self, child: Child, calls: Transparent, listener: int, note: notify.Notification) -> None:
         """An open, connect or bind of a program that does not use the client (see transparent.py)."""
         start = time.monotonic()
         try:
-            served = transparent.serve(listener, note, child.services)
+            served = calls.serve(listener, note, child.services)
         except OSError:
             # The listener itself failed (the sandbox is going away): nothing left to answer.
             return
         except Exception as exc:
             self._bug(child, listener, note, exc)
             return
-        if isinstance(served, Served):
+        if isinstance(served, transparent.Served):
             self._record(child, served, start)
-        elif isinstance(served, Deferred):
+        elif isinstance(served, transparent.Deferred):
             job = served.job
 
             def run() -> None:
@@ -127,18 +134,18 @@ class ListenerServer:
 
             child.lane.submit(run, served.drop)
 
-    def _record(self, child: Child, served: Served, start: float) -> None:
+    def _record(self, child: Child, served: transparent.Served, start: float) -> None:
         result = served.result
         if (
-            isinstance(result, Answer)
+            isinstance(result, answers.Answer)
             and result.relay is not None
             and not self._requests.add_relay(child, result.relay)
         ):
             result.relay.close()  # the child's pipe now fails with EPIPE; the report says why
-            refusal = Refusal(
+            refusal = answers.Refusal(
                 protocol.ErrorCode.FAILED, f"too many append-only files open (at most {MAX_RELAYS})"
             )
-            served = Served(served.request, refusal)
+            served = transparent.Served(served.request, refusal)
         self._recorder.decision(child, served.request, start, served.result)
 
     def _bug(self, child: Child, listener: int, note: notify.Notification, exc: Exception) -> None:

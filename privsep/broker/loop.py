@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from privsep._record import replace
 from privsep.broker.child import CallContext, Child
-from privsep.broker.events import Events, Role
+from privsep.broker.events import Events
 from privsep.broker.lifecycle import Lifecycle, Spawner
 from privsep.broker.listener import ListenerServer
 from privsep.broker.outcome import Outcome
@@ -32,13 +31,18 @@ from privsep.broker.workers import Handback, Lane, Workers
 from privsep.errors import EXIT_PRIVSEP, EXIT_TIMEOUT
 from privsep.plan.spawnplan import SpawnPlan
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from privsep import protocol
     from privsep.broker.answers import Answer, Refusal
     from privsep.broker.audit import AuditLog
     from privsep.broker.egress import EgressServer
+    from privsep.broker.events import Role
     from privsep.broker.services import Services
     from privsep.broker.terminal import Terminal  # only privsep run makes one
+    from privsep.broker.transparent import Transparent
 
 __all__ = ["Broker", "CallContext", "Child"]
 
@@ -134,21 +138,9 @@ class Broker:
         if plan.egress is not None:  # egress (issue 17): its resolver and proxies
             child.egress = self._egress_server().attach(child, plan.egress, services)
         if plan.transparent_calls:
-            from privsep.broker.transparent import Transparent, view_roots  # noqa: PLC0415 - only if it serves
-
-            v = plan.view
-            roots = view_roots(
-                tuple(b.path for b in v.binds), tuple(p for p, _ in v.symlinks), v.tmp_size_mb is not None
-            )
-            child.transparent = Transparent(
-                rules.transparent,
-                roots,
-                frozenset(plan.kernel_served),
-                view_dirs=frozenset(v.dirs),
-                learning=plan.learn,
-                ids=child.ids,
-                egress=child.egress,
-            )
+            # Made by the first call it serves (listener.py): most commands make none, and its
+            # module and the resource modules behind it are then never imported.
+            child.make_transparent = lambda: _transparent(plan, rules, child)
         self._children.add(child)
         if child.deadline is not None:
             self._timed.add(child)
@@ -277,3 +269,22 @@ class Broker:
         self._lifecycle.release(child)
         self._children.discard(child)
         self._timed.discard(child)
+
+
+def _transparent(plan: SpawnPlan, rules: SyscallRules, child: Child) -> Transparent:
+    """What serves ``child``'s transparently brokered calls (transparent.py)."""
+    from privsep.broker.transparent import Transparent, view_roots  # noqa: PLC0415 - see Broker.start
+
+    v = plan.view
+    roots = view_roots(
+        tuple(b.path for b in v.binds), tuple(p for p, _ in v.symlinks), v.tmp_size_mb is not None
+    )
+    return Transparent(
+        rules.transparent,
+        roots,
+        frozenset(plan.kernel_served),
+        view_dirs=frozenset(v.dirs),
+        learning=plan.learn,
+        ids=child.ids,
+        egress=child.egress,
+    )

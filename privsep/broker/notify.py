@@ -35,9 +35,12 @@ import errno
 import fcntl
 import os
 import struct
-from typing import NamedTuple
 
 from privsep import _linux
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    pass
 
 # struct seccomp_notif { u64 id; u32 pid; u32 flags;
 #                        struct seccomp_data { s32 nr; u32 arch; u64 ip; u64 args[6]; } }
@@ -59,14 +62,37 @@ _FD_SYNC_WAKE_UP = 1  # SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
 AUDIT_ARCH_X86_64 = _linux.AUDIT_ARCH_X86_64  # one home: _linux, the x86_64 ABI
 
 
-class Notification(NamedTuple):
-    """One call the filter sent (a tuple: built once per notification, it costs a quarter of a dataclass)."""
+class Notification(tuple[int, int, int, int, tuple[int, ...]]):
+    """One call the filter sent: its id, pid, syscall number, arch and arguments.
 
-    id: int
-    pid: int
-    nr: int
-    arch: int
-    args: tuple[int, ...]
+    A tuple (built once per notification, it costs a quarter of a dataclass) with named
+    parts, as a NamedTuple would be, without importing ``typing`` (``broker/events.py``).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, id: int, pid: int, nr: int, arch: int, args: tuple[int, ...]) -> Notification:
+        return tuple.__new__(cls, (id, pid, nr, arch, args))
+
+    @property
+    def id(self) -> int:
+        return self[0]
+
+    @property
+    def pid(self) -> int:
+        return self[1]
+
+    @property
+    def nr(self) -> int:
+        return self[2]
+
+    @property
+    def arch(self) -> int:
+        return self[3]
+
+    @property
+    def args(self) -> tuple[int, ...]:
+        return self[4]
 
 
 def set_sync_wakeup(listener: int) -> bool:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import signal
-from typing import Literal
 
 from privsep._record import Record
 
-How = Literal[
-    "exited", "signaled", "timeout", "memory", "seccomp", "violation", "setup_error", "exec_error", "lost"
-]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    How = Literal[
+        "exited", "signaled", "timeout", "memory", "seccomp", "violation", "setup_error", "exec_error", "lost"
+    ]
 
 
 def _signame(num: int) -> str:

@@ -15,14 +15,17 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
+from privsep._lazy import lazy_module
 from privsep._record import Record, replace
-from privsep.broker.readonly import readonly_clone
 from privsep.errors import PolicyError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from privsep.broker import readonly
     from privsep.policy.model import Policy
+else:
+    readonly = lazy_module("privsep.broker.readonly", globals())  # only for a read grant
 
 __all__ = ["Pin", "PinSpec", "Pins", "pin", "pin_specs"]
 
@@ -100,7 +103,7 @@ def _read_only(index: int, path: str, pin: Pin) -> Pin:
     """``pin`` beneath a read-only view (readonly.py): fds handed out cannot change metadata."""
     where = path if pin.name is None else os.path.dirname(path)
     try:
-        fd = readonly_clone(where)
+        fd = readonly.readonly_clone(where)
     except OSError as exc:
         os.close(pin.fd)
         raise PolicyError(

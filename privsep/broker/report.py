@@ -12,21 +12,35 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import TYPE_CHECKING, Protocol
 
 from privsep._lazy import lazy_module
 from privsep._printable import printable
 from privsep._record import Record
-from privsep.broker.answers import Answer, Refusal
-from privsep.broker.services import target
 from privsep.framing import ErrorCode
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from privsep import protocol
-    from privsep.broker import audit
+    from privsep.broker import answers, audit, services
+    from privsep.broker.answers import Answer, Refusal
     from privsep.broker.audit import AuditLog
+
+    class Reported(Protocol):
+        """What the recorder needs of a sandbox (the loop's ``Child``)."""
+
+        @property
+        def command_pid(self) -> int | None: ...
+
+        @property
+        def report(self) -> Report: ...
+
 else:
     audit = lazy_module("privsep.broker.audit", globals())  # only a run with an audit log writes one
+    # With the first decision: a sandbox that asks for nothing never needs them.
+    answers = lazy_module("privsep.broker.answers", globals())
+    services = lazy_module("privsep.broker.services", globals())
 
 _MAX_DENIALS = 256  # kept per sandbox for the report; the audit log has every one
 _MAX_TRACEBACKS = 5  # printed in full per broker; later internal errors go to the audit log
@@ -75,16 +89,6 @@ class Report:
             self.denials_dropped += 1
 
 
-class Reported(Protocol):
-    """What the recorder needs of a sandbox (the loop's ``Child``)."""
-
-    @property
-    def command_pid(self) -> int | None: ...
-
-    @property
-    def report(self) -> Report: ...
-
-
 class Recorder:
     """Writes each decision to the audit log (when there is one) and each denial to the report."""
 
@@ -108,16 +112,16 @@ class Recorder:
 
         An allowed one without an audit log leaves nothing behind: no record is built for it.
         """
-        if isinstance(answer, Answer):
+        if isinstance(answer, answers.Answer):
             if self._audit is not None:
                 latency = int((time.monotonic() - start) * 1e6)
                 self._audit.write(
                     audit.Record(
-                        child.command_pid, request.op, target(request), "allow", answer.rule, latency
+                        child.command_pid, request.op, services.target(request), "allow", answer.rule, latency
                     )
                 )
             return
-        what = target(request)
+        what = services.target(request)
         denied = answer.code is ErrorCode.DENIED
         if denied:
             child.report.deny(

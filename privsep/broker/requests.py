@@ -20,25 +20,33 @@ import os
 import select
 import signal
 import socket
-from typing import TYPE_CHECKING
 
 from privsep import channel
 from privsep._lazy import lazy_module
-from privsep.broker.answers import Answer, Refusal
-from privsep.broker.child import Child
-from privsep.broker.events import READ, WRITE, Events
-from privsep.broker.lifecycle import Lifecycle
+from privsep.broker.events import READ, WRITE
 from privsep.broker.outcome import Outcome
-from privsep.broker.relay import AppendRelay, Relay, UdpServerRelay
-from privsep.broker.report import Denial, Recorder
+from privsep.broker.report import Denial
 from privsep.broker.services import SLOW_OPS, Services, perform
-from privsep.broker.workers import Handback, Workers
 from privsep.errors import ChannelError, RemoteProtocolError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from privsep import protocol
+    from privsep.broker import answers
+    from privsep.broker import relay as relays
+    from privsep.broker.answers import Answer, Refusal
+    from privsep.broker.child import Child
+    from privsep.broker.events import Events
+    from privsep.broker.lifecycle import Lifecycle
+    from privsep.broker.relay import Relay
+    from privsep.broker.report import Recorder
+    from privsep.broker.workers import Handback, Workers
 else:
     protocol = lazy_module("privsep.protocol", globals())  # pydantic: loaded with a sandbox's first request
+    # With the first request (the answers) or relay: the channel of a sandbox that asks for
+    # nothing is only ever read for its hang-up.
+    answers = lazy_module("privsep.broker.answers", globals())
+    relays = lazy_module("privsep.broker.relay", globals())
 
 _MAX_OUTBOX = 64  # replies queued for a child that does not read, before it is cut off
 MAX_RELAYS = 32  # UDP flows and append-only files per child: each costs the broker two fds
@@ -95,7 +103,9 @@ class RequestServer:
         if op not in _OWN_OPS:
             services = child.services
             if services is None:
-                refusal = Refusal(protocol.ErrorCode.UNSUPPORTED, "this sandbox has no brokered operations")
+                refusal = answers.Refusal(
+                    protocol.ErrorCode.UNSUPPORTED, "this sandbox has no brokered operations"
+                )
                 self.answer(child, request, self._recorder.start(), refusal)
             elif op in SLOW_OPS:
                 self._submit(child, request, services)
@@ -115,13 +125,15 @@ class RequestServer:
     def _on_call(self, child: Child, request: protocol.CallArgs | protocol.CallReturn) -> None:
         call = child.call
         if call is None:
-            refusal = Refusal(protocol.ErrorCode.UNSUPPORTED, "this child was not started by Sandbox.call")
+            refusal = answers.Refusal(
+                protocol.ErrorCode.UNSUPPORTED, "this child was not started by Sandbox.call"
+            )
             self.answer(child, request, self._recorder.start(), refusal)
         elif isinstance(request, protocol.CallArgs):
             result = {"function": call.function, "args": call.args, "kwargs": call.kwargs}
             self._queue(child, protocol.reply_ok(request, result))
         elif call.returned is not None:
-            refusal = Refusal(protocol.ErrorCode.FAILED, "already returned")
+            refusal = answers.Refusal(protocol.ErrorCode.FAILED, "already returned")
             self.answer(child, request, self._recorder.start(), refusal)
         else:
             call.returned = request
@@ -136,7 +148,7 @@ class RequestServer:
 
     def _internal_error(self, child: Child, request: protocol.Request, exc: Exception) -> Refusal:
         self._recorder.internal_error(child, f"a {request.op} request", exc)
-        return Refusal(
+        return answers.Refusal(
             protocol.ErrorCode.FAILED, "internal error in the broker (logged there)", errno=errno.EIO
         )
 
@@ -153,14 +165,14 @@ class RequestServer:
         start = self._recorder.start()
         try:
             fd, rule = services.files.open_read(request.path)  # in the try: LazyServices builds here
-        except Refusal as refusal:
+        except answers.Refusal as refusal:
             self.answer(child, request, start, refusal)
             return
         except Exception as exc:
             self.answer(child, request, start, self._internal_error(child, request, exc))
             return
         if self._recorder.auditing:
-            self._recorder.decision(child, request, start, Answer(fd=fd, rule=rule))
+            self._recorder.decision(child, request, start, answers.Answer(fd=fd, rule=rule))
         self._queue(child, protocol.reply_ok(request, {}), fd)
 
     def _submit(self, child: Child, request: protocol.Request, services: Services) -> None:
@@ -188,13 +200,13 @@ class RequestServer:
 
     def answer(self, child: Child, request: protocol.Request, start: float, answer: Answer | Refusal) -> None:
         """Audit one decision and queue its reply (with its fd, if any)."""
-        if isinstance(answer, Answer):
+        if isinstance(answer, answers.Answer):
             if answer.relay is None or self.add_relay(child, answer.relay):
                 self._recorder.decision(child, request, start, answer)
                 self._queue(child, protocol.reply_ok(request, answer.result), answer.fd)
                 return
             discard(answer)
-            answer = Refusal(
+            answer = answers.Refusal(
                 protocol.ErrorCode.FAILED,
                 f"too many relayed UDP flows and append-only files (at most {MAX_RELAYS})",
             )
@@ -296,10 +308,10 @@ class RequestServer:
         for end, _ in relay.watched():
             child.serving.relays.pop(end.fileno(), None)
             self._events.forget(end.fileno())
-        if isinstance(relay, AppendRelay) and relay.truncated:
+        if isinstance(relay, relays.AppendRelay) and relay.truncated:
             reason = "an append-only file takes at most [limits] file_size_mb per open; the rest was dropped"
             child.report.deny(Denial("append", relay.path, None, reason, None))
-        if isinstance(relay, UdpServerRelay):
+        if isinstance(relay, relays.UdpServerRelay):
             for host, port in relay.refused:
                 where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 reason = "not a peer that wrote to the bound UDP socket; it may only answer"
@@ -317,7 +329,7 @@ class RequestServer:
 
 def discard(answer: Answer | Refusal) -> None:
     """An answer nobody will receive: release what it holds."""
-    if isinstance(answer, Answer):
+    if isinstance(answer, answers.Answer):
         if answer.fd is not None:
             os.close(answer.fd)
         if answer.relay is not None:

@@ -13,23 +13,26 @@ nothing. Only the grants are pinned at once (``pins.py`` says why).
 
 from __future__ import annotations
 
-import threading
+import _thread
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from privsep._lazy import lazy_module
-from privsep.broker.actas import sandbox_ids
-from privsep.broker.answers import Answer, Refusal
-from privsep.broker.pins import Pins
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from privsep import protocol
+    from privsep.broker import actas, answers
+    from privsep.broker.answers import Answer
     from privsep.broker.files import FileService
     from privsep.broker.net import NetService
+    from privsep.broker.pins import Pins
     from privsep.broker.secrets import SecretService
     from privsep.policy.model import Policy
 else:
     protocol = lazy_module("privsep.protocol", globals())
+    # With the first request: LazyServices is made for every privsep run, served or not.
+    actas = lazy_module("privsep.broker.actas", globals())
+    answers = lazy_module("privsep.broker.answers", globals())
 
 #: Run on a worker, one in flight per child: they wait on the network, or read a whole
 #: directory (a listing of a huge one must not stall every sibling on the event loop).
@@ -83,7 +86,7 @@ class Services:
                 return self.net.bind(request.host, request.port, request.type, request.backlog)
             case protocol.Secret():
                 return self.secrets.secret(request.name)
-        raise Refusal(protocol.ErrorCode.UNSUPPORTED, "this broker does not perform that operation")
+        raise answers.Refusal(protocol.ErrorCode.UNSUPPORTED, "this broker does not perform that operation")
 
 
 def target(request: protocol.Request) -> str:
@@ -100,20 +103,22 @@ def target(request: protocol.Request) -> str:
     return path if isinstance(path, str) else ""
 
 
-def perform(services: Services, request: protocol.Request, ids: tuple[int, int] | None) -> Answer | Refusal:
+def perform(
+    services: Services, request: protocol.Request, ids: tuple[int, int] | None
+) -> Answer | answers.Refusal:
     """Perform one request for a sandbox whose host uid and gid are ``ids``: the one way in for
     requests from the client and for transparently brokered calls alike.
 
     Every refusal becomes a value (it is a reply, not an error of ours). Anything
     else that escapes is a bug of ours: the caller logs it and answers EIO (rule 6).
     """
-    token = sandbox_ids.set(ids)
+    token = actas.sandbox_ids.set(ids)
     try:
         return services.handle(request)
-    except Refusal as refusal:
+    except answers.Refusal as refusal:
         return refusal
     finally:
-        sandbox_ids.reset(token)
+        actas.sandbox_ids.reset(token)
 
 
 class LazyServices(Services):
@@ -131,7 +136,7 @@ class LazyServices(Services):
         # No super().__init__: building is what is deferred (see __getattr__).
         self._pins = pins
         self._make_policy: Callable[[], Policy] | None = policy
-        self._building = threading.Lock()
+        self._building = _thread.allocate_lock()  # threading.Lock, without importing threading
 
     @property
     def built(self) -> bool:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from typing import Literal
 
 from privsep._linux import AUDIT_ARCH_X86_64
 from privsep._record import Record, setfield
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
 
 
 class SyscallRules(Record):

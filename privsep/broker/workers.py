@@ -8,15 +8,25 @@ touches a sandbox's channel, selector entries and report.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
-import queue
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable
 
+from privsep._lazy import lazy_module
 from privsep._printable import printable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import queue
+    import threading
+else:
+    # With the first slow operation: a run whose sandbox asks for none starts no thread, and
+    # never imports them (~1 ms). The locks are _thread's, which threading.Lock is.
+    queue = lazy_module("queue", globals())
+    threading = lazy_module("threading", globals())
 
 _KEPT = 4  # idle threads kept for the next slow operation
 _MAX_TRACEBACK = 4096  # characters of a traceback printed for a failed continuation
@@ -38,24 +48,29 @@ class Workers:
     """
 
     def __init__(self, done: Callable[[], None]) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None]] | None = None  # made by the first submit
         self._done = done
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._idle = 0  # threads waiting for a job, not yet promised to one
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
+            if self._jobs is None:  # the first job: no thread exists yet to have read the None
+                self._jobs = queue.SimpleQueue()
+            jobs = self._jobs
             start = self._idle == 0
             if not start:
                 self._idle -= 1  # promised: some waiting thread takes this job
-        self._jobs.put(job)
+        jobs.put(job)
         if start:
             threading.Thread(target=self._run, name="privsep-worker", daemon=True).start()
 
     def _run(self) -> None:
+        jobs = self._jobs
+        assert jobs is not None  # made before the thread that runs this
         while True:
             try:
-                job = self._jobs.get(timeout=_IDLE_S)
+                job = jobs.get(timeout=_IDLE_S)
             except queue.Empty:
                 with self._lock:
                     if self._idle > _KEPT:
@@ -80,7 +95,7 @@ class Lane:
     def __init__(self, workers: Workers, alive: Callable[[], bool]) -> None:
         self._workers = workers
         self._alive = alive
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._waiting: deque[tuple[Callable[[], None], Callable[[], None]]] = deque()  # (run, drop)
         self._running = False
 
@@ -121,14 +136,14 @@ class Handback:
     """
 
     def __init__(self) -> None:
-        self._done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._done: deque[Callable[[], None]] = deque()  # appends and pops are thread-safe
         self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._closed = False
 
     def put(self, then: Callable[[], None]) -> None:
         """From a worker: run ``then`` on the loop (the loop is woken when the job returns)."""
-        self._done.put(then)
+        self._done.append(then)
 
     def wake(self) -> None:
         with self._lock, contextlib.suppress(BlockingIOError, OSError):  # a full pipe already says so
@@ -142,8 +157,8 @@ class Handback:
                 pass
         while True:
             try:
-                then = self._done.get_nowait()
-            except queue.Empty:
+                then = self._done.popleft()
+            except IndexError:
                 return
             try:
                 then()

@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING
 
 from privsep._record import Record
 from privsep.cgroups._common import REAL, Budget, Fs, Host, SandboxCgroup, read, remove_all
 from privsep.errors import ConfinementError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from privsep.cgroups.v1 import V1Cgroup, V1Host
     from privsep.cgroups.v2 import V2Cgroup, V2Host

@@ -9,10 +9,10 @@ import os
 import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from privsep._record import Record
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from privsep.policy.model import Limits  # the model is pydantic's: a cgroup reads three numbers
 

@@ -60,7 +60,6 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, NoReturn
 
 import _prctl  # python-prctl's C module: its Python wrapper costs ~1 ms of every start to import
 
@@ -71,8 +70,10 @@ from privsep.errors import EXIT_PRIVSEP, ChannelError, ConfinementError
 from privsep.plan import wire
 from privsep.plan.spawnplan import Spawned, SpawnPlan, claim_host_ids
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
+    from typing import NoReturn
 
     from privsep.confine import zygote
 else:  # the Zygote's alone: privsep run forks a monitor and never loads them

@@ -51,13 +51,16 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
-from typing import Any
 
 from privsep import _hostfacts as host
 from privsep._record import Record, replace
 from privsep._version import __version__
 from privsep.plan import wire
 from privsep.plan.spawnplan import SpawnPlan, command_argv
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "DIR_ENV",

@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import TYPE_CHECKING
 
 from privsep._record import Record
 from privsep.errors import RemoteProtocolError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     # Only the type: the channel's module holds the protocol's bounds, and with them pydantic,
     # which the sandbox's processes (confine/inside.py) never import.

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import posixpath
 import socket
-from typing import TYPE_CHECKING
 
 from privsep import _hostfacts
 from privsep._record import Record, replace
 from privsep.errors import PolicyError
 from privsep.plan.view import ViewPlan
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from privsep.policy.model import Policy
 

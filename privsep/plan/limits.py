@@ -11,8 +11,8 @@ cgroup (:func:`privsep.plan.spawnplan.in_cgroup`). The command applies them
 from __future__ import annotations
 
 import resource
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from privsep.policy.model import Limits
 

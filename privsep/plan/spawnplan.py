@@ -18,33 +18,33 @@ import os
 import resource
 import socket
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from privsep import _hostfacts as host
 from privsep import _linux
+from privsep._lazy import lazy_module
 from privsep._record import Record, replace
 from privsep.cgroups import Budget, SandboxCgroup
 from privsep.errors import ConfinementError
 from privsep.plan.egress import EgressPlan, egress_view, plan_egress, proxy_env
-from privsep.plan.filter import (
-    FilterSpec,
-    compile_filter,
-    compiler_files,
-    dangerous_numbers,
-    transparent_numbers,
-)
 from privsep.plan.hostids import Claim, claim
 from privsep.plan.importpath import check_grants
 from privsep.plan.landlock import Rule, rules_for
 from privsep.plan.limits import rlimits
 from privsep.plan.ownpaths import check_writes
 from privsep.plan.view import DEVICES, ViewPlan, plan_grants
-from privsep.policy.syscalls import expand
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     # Only making a plan needs the policy's model (pydantic); reading one (the forkserver, the
     # plan cache of privsep run) must not pay for it.
+    from privsep.plan import filter as syscall_filter
+    from privsep.plan.filter import FilterSpec
+    from privsep.policy import syscalls as syscall_groups
     from privsep.policy.model import Policy
+else:
+    # Nor for the filter's planning: a plan read from the cache carries its filter compiled.
+    syscall_filter = lazy_module("privsep.plan.filter", globals())
+    syscall_groups = lazy_module("privsep.policy.syscalls", globals())
 
 #: The fd number of the channel in the child (and the value of PRIVSEP_FD) without
 #: socket activation; with it, the listening sockets take 3.. and the channel follows them.
@@ -239,8 +239,8 @@ def make_plan(
     # generated, read-only like a [view] read
     binds += [(path, False, ()) for path, _ in (*plan.files, *plan.overlays)]
     spec = filter_spec(policy, broker_served=bool(grants.broker_served), learn=learn)
-    bpf = compile_filter(spec)
-    compiler = compiler_files()
+    bpf = syscall_filter.compile_filter(spec)
+    compiler = syscall_filter.compiler_files()
     if not compiler:
         host.incomplete()
     for path in compiler:
@@ -256,10 +256,10 @@ def make_plan(
         rlimits=rlimits(policy.limits),
         seccomp_bpf=bpf,
         user_namespace=os.geteuid() != 0,
-        dangerous_calls=tuple(sorted(dangerous_numbers())),
+        dangerous_calls=tuple(sorted(syscall_filter.dangerous_numbers())),
         syscall_default=policy.syscalls.default,
         learn=learn,
-        transparent_calls=tuple(sorted(transparent_numbers(spec))),
+        transparent_calls=tuple(sorted(syscall_filter.transparent_numbers(spec))),
         kernel_served=grants.kernel_served,
         budget=Budget.of(policy.limits),
         cgroups=policy.limits.cgroups,
@@ -285,8 +285,8 @@ def filter_spec(policy: Policy, *, broker_served: bool, learn: bool = False) -> 
     ``broker_served``: some ``[[files]]`` grant is served by the broker (the
     kernel cannot), so the child's opens must reach it.
     """
-    return FilterSpec(
-        allow=expand(policy.syscalls.allow),
+    return syscall_filter.FilterSpec(
+        allow=syscall_groups.expand(policy.syscalls.allow),
         default_action=policy.syscalls.default,
         notify_denials=True,
         # Only grants the broker serves need the child's opens: the kernel serves the rest.

@@ -21,16 +21,18 @@ import os
 import posixpath
 import stat
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
 
 from privsep import _hostfacts as host
 from privsep import _linux
 from privsep._record import Record, replace
 from privsep.errors import PolicyError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     # Planning reads the policy's model; the plan's own types (what the sandbox builds, what the
     # plan cache of privsep run reads back) do not, and must not import pydantic.
+    from typing import Any
+
     from privsep.policy.model import Policy, View
 
 #: Device nodes every child gets; none of them gives access to anything.

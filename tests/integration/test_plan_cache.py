@@ -88,6 +88,15 @@ def test_a_second_run_uses_the_kept_plan_and_does_the_same(cache: Path) -> None:
     assert not {"pydantic", "pyseccomp", "privsep.protocol"} & set(second_imported)
     # Nor what only an address or a datagram needs, nor the plan's base64 helpers.
     assert not {"ipaddress", "base64"} & set(second_imported)
+    # Nor what serves requests and calls the command never made, nor threads for slow ones
+    # it never asked for, nor typing (each module's TYPE_CHECKING is its own).
+    unused = {
+        "typing", "threading", "queue",
+        "privsep.broker.answers", "privsep.broker.transparent", "privsep.broker.relay",
+        "privsep.broker.actas", "privsep.broker.readonly", "privsep.plan.filter",
+        "privsep.policy.syscalls",
+    }  # fmt: skip
+    assert not unused & set(second_imported)
     # Root's cache: the directory 0700, the entry 0600, both root's.
     assert cache.stat().st_mode & 0o777 == 0o700
     (entry,) = entries(cache)

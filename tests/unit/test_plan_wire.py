@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import types
+import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -179,3 +181,25 @@ def test_decoding_is_strict(mutate: Any, message: str) -> None:
 def test_garbage_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="not a SpawnPlan"):
         wire.decode(SpawnPlan, b"\xff not json")
+
+
+@pytest.mark.parametrize(
+    "hint",
+    [
+        int | None,
+        Optional[int],  # noqa: UP045 - the old spelling is read the same
+        tuple[int, ...],
+        tuple[str, bool],
+        Mapping[str, int],
+        dict[int, str],
+        str,
+        Rule,
+    ],
+)
+def test_hints_are_taken_apart_as_typing_would(hint: Any) -> None:
+    """The wire reads hints without importing ``typing`` (a warm ``privsep run`` never does):
+    what it makes of each is what ``typing.get_origin`` and ``get_args`` make of it."""
+    origin, args = wire._origin_and_args(hint)
+    expected = typing.get_origin(hint)
+    assert origin is (types.UnionType if expected is typing.Union else expected)
+    assert args == typing.get_args(hint)
