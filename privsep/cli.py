@@ -7,7 +7,6 @@ run like the last one plans nothing: it reads the plan that one kept
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import gc
@@ -16,14 +15,16 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from types import FrameType
+from types import FrameType, SimpleNamespace
 
 from privsep._printable import printable
-from privsep.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_PRIVSEP, EXIT_TIMEOUT, PrivsepError
+from privsep._runargs import quick_run
+from privsep.errors import EXIT_PRIVSEP, PrivsepError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, NoReturn
+    import argparse
+    from typing import NoReturn
 
     from privsep._assemble import SpawnPlan
     from privsep.broker.loop import Broker, Child
@@ -33,239 +34,11 @@ if TYPE_CHECKING:
     from privsep.policy.load import Resolved
     from privsep.policy.model import Policy
 
-
-class _Formatter(argparse.HelpFormatter):
-    """argparse's own, told the terminal's width: asked for it, argparse imports shutil, for
-    every parser and on every run, though a run never prints help."""
-
-    def __init__(
-        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
-    ) -> None:
-        super().__init__(
-            prog, indent_increment, max_help_position, _columns() - 2 if width is None else width
-        )
+    #: The command's arguments: argparse's, or the quick parse's of a plain ``privsep run``.
+    Args = argparse.Namespace | SimpleNamespace
 
 
-def _columns() -> int:
-    """``shutil.get_terminal_size().columns`` (COLUMNS, else stdout's terminal, else 80)."""
-    try:
-        columns = int(os.environ.get("COLUMNS", ""))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns or 80
-
-
-def _translate_once() -> None:
-    """argparse looks up each of its words with gettext, which searches the disk for a catalog at
-    every lookup (a dozen stat calls per word with LANG set) and remembers finding none: about
-    5 ms of every run. Look the catalog up once; argparse translates exactly as before."""
-    import gettext
-
-    domain = gettext.textdomain()
-    found = gettext.translation(domain, gettext.bindtextdomain(domain), fallback=True)
-    setattr(argparse, "_", found.gettext)  # noqa: B010 - argparse binds them as module globals
-    setattr(argparse, "ngettext", found.ngettext)  # noqa: B010
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors exit EXIT_PRIVSEP like every other privsep error (2 could be the command's own)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)  # subcommands' parsers too
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_PRIVSEP, f"privsep: error: {message}\n")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="privsep",
-        description="Run a program confined, with a privileged broker doing what it may not.",
-    )
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    run = sub.add_parser(
-        "run",
-        help="run a command in a sandbox",
-        description=(
-            "Run COMMAND as an unprivileged, seccomp-filtered child whose only link out is a socketpair to "
-            "this process. Exit status: the command's own; 128+N if it died of signal N; "
-            f"{EXIT_TIMEOUT} on timeout; {EXIT_PRIVSEP} for privsep's own error; "
-            f"{EXIT_NOT_EXECUTABLE} not executable; {EXIT_NOT_FOUND} not found."
-        ),
-    )
-    run.add_argument(
-        "--policy",
-        default="minimal",
-        metavar="NAME|FILE",
-        help="a shipped policy name or a TOML file (default: minimal)",
-    )
-    run.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help=f"kill the sandbox after this many seconds (exit {EXIT_TIMEOUT})",
-    )
-    grants = run.add_argument_group(
-        "grants for this run (repeatable; merged over the policy; file grants are bound into the "
-        "child's view and enforced by the kernel, network grants are performed by the broker)"
-    )
-    grants.add_argument(
-        "--allow-read",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="read and list PATH (bound read-only at the same path)",
-    )
-    grants.add_argument(
-        "--allow-write",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="read, write, create, rename and remove under PATH (bound read-write)",
-    )
-    grants.add_argument(
-        "--allow-connect",
-        action="append",
-        default=[],
-        metavar="HOST:PORT",
-        help="connect to HOST:PORT (tcp; HOST:PORT/udp for udp, relayed)",
-    )
-    grants.add_argument(
-        "--allow-bind",
-        action="append",
-        default=[],
-        metavar="HOST:PORT",
-        help=(
-            "bind HOST:PORT (tcp; HOST:PORT/udp for udp, relayed): through privsep.client.bind, or the "
-            "program's own socket()/bind()/listen(), which the broker serves with a socket of its own "
-            "in the host's network (ports below 1024 need a root broker)"
-        ),
-    )
-    grants.add_argument(
-        "--listen",
-        action="append",
-        default=[],
-        metavar="[NAME=][HOST:]PORT[/tcp]",
-        help=(
-            "socket activation, as systemd does it: the broker listens on HOST:PORT (default host "
-            "0.0.0.0; [::]:PORT for IPv6) before the command starts and passes the socket as fd 3, 4... "
-            "with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES (NAME, default 'listen'); PRIVSEP_FD then "
-            "names the fd after them. Implies --allow-bind HOST:PORT"
-        ),
-    )
-    grants.add_argument(
-        "--proxy",
-        action="store_true",
-        help=(
-            "an HTTP proxy (127.0.0.1:3128) and a SOCKS5 proxy (127.0.0.1:1080) in the sandbox, served by "
-            "the broker, and HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY set: they allow what "
-            "--allow-connect allows, deciding on the host name asked ([network] proxy = true)"
-        ),
-    )
-    grants.add_argument(
-        "--secret",
-        action="append",
-        default=[],
-        metavar="NAME=env:VAR|file:PATH",
-        help="a secret the child may ask for by NAME (as a sealed read-only memfd)",
-    )
-    _limit_flags(run)
-    run.add_argument(
-        "--audit-log", metavar="FILE", help="append one JSON line per broker decision to FILE (created 0600)"
-    )
-    run.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="plan this run from the policy anew and keep nothing (also: PRIVSEP_NO_CACHE=1); by "
-        "default a plan is kept and used again while every file and host fact it was made from holds",
-    )
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
-    learn = sub.add_parser(
-        "learn",
-        help="run a command permissively and write the smallest policy that lets it run",
-        description=(
-            "Run COMMAND confined as with `privsep run`, but let what the base policy denies happen, "
-            "and record it: syscalls outside the allowlist (the dangerous set stays denied) and "
-            "brokered file and network requests. Then write a policy that extends the base with "
-            "exactly that. The command must ask the broker for its files (privsep.client)."
-        ),
-    )
-    learn.add_argument("--policy", default="minimal", metavar="BASE", help="the policy to start from")
-    learn.add_argument("-o", "--output", required=True, metavar="NEW.toml", help="where to write the policy")
-    learn.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="as for run")
-    learn.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
-    policy = sub.add_parser("policy", help="work with policy files")
-    policy_sub = policy.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
-    policy_sub.add_parser("schema", help="print the JSON Schema of a policy file")
-    show = policy_sub.add_parser(
-        "show",
-        help="print a policy fully resolved: extends merged, variables and syscall groups expanded",
-        description=(
-            "Print the policy `privsep run --policy NAME|FILE` enforces, as a commented TOML policy file "
-            "(or JSON). Exit status 1 when privsep run would refuse it here (the problems go to stderr)."
-        ),
-    )
-    show.add_argument("policy", metavar="NAME|FILE", help="a shipped policy name or a TOML file")
-    show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
-    check = policy_sub.add_parser(
-        "check",
-        help="check policies: every error with its file and field",
-        description=(
-            "Load each policy, resolve its syscall names, compile its seccomp filter, plan its view and "
-            "pin its file grants on this machine, as privsep run would. Prints 'NAME: ok' or every "
-            "error with its file and field. Exit status 0 if every policy is ok, else 1."
-        ),
-    )
-    check.add_argument("policies", nargs="+", metavar="NAME|FILE", help="shipped policy names or TOML files")
-    doctor = sub.add_parser(
-        "doctor",
-        help="what this kernel supports, and which layers privsep run applies here",
-        description=(
-            "Probe Landlock, seccomp, namespaces, cgroups, openat2 and pidfds, run a trial sandbox, and say "
-            "which layers privsep run applies here. Exit status 0 when every layer it needs is available, "
-            "else 1 (privsep run would refuse to start)."
-        ),
-    )
-    doctor.add_argument("--json", action="store_true", help="print JSON instead of text")
-    return parser
-
-
-def _limit_flags(run: argparse.ArgumentParser) -> None:
-    limits = run.add_argument_group(
-        "limits for this run (over the policy's [limits]; the sandbox's cgroup holds it to them as a whole)"
-    )
-    limits.add_argument(
-        "--memory-mb",
-        type=int,
-        metavar="MB",
-        help="memory of the whole sandbox, memfds, shm and /tmp included, no swap; past it the sandbox "
-        "is killed (exit 137)",
-    )
-    limits.add_argument(
-        "--processes", type=int, metavar="N", help="processes and threads of the whole sandbox at once"
-    )
-    limits.add_argument(
-        "--cpu-percent",
-        type=int,
-        metavar="P",
-        help="CPU time per wall-clock time, in %% of one CPU (200: two)",
-    )
-    limits.add_argument(
-        "--no-cgroups",
-        action="store_true",
-        help="run without the sandbox's cgroup (per-process setrlimit only; said on stderr at the start)",
-    )
-
-
-def _limits_extra(args: argparse.Namespace) -> dict[str, object]:
+def _limits_extra(args: Args) -> dict[str, object]:
     limits: dict[str, object] = {}
     for key in ("memory_mb", "processes", "cpu_percent"):
         if getattr(args, key) is not None:
@@ -275,7 +48,7 @@ def _limits_extra(args: argparse.Namespace) -> dict[str, object]:
     return limits
 
 
-def _run(args: argparse.Namespace, collecting: bool) -> int:
+def _run(args: Args, collecting: bool) -> int:
     from privsep._assemble import Deferred, assemble
     from privsep.plan.ownpaths import check_writes, guard
 
@@ -325,7 +98,7 @@ def _run(args: argparse.Namespace, collecting: bool) -> int:
     raise AssertionError("unreachable")  # pragma: no cover - mypy: a context manager may swallow
 
 
-def _prepare(args: argparse.Namespace, command: list[str]) -> tuple[Prepared, Policy | None]:
+def _prepare(args: Args, command: list[str]) -> tuple[Prepared, Policy | None]:
     """What the run computes from its policy: from the plan cache (and no model) when a plan
     kept there still holds, else made now (with the model), and kept for the next run."""
     from privsep.plan import cache
@@ -410,7 +183,7 @@ def _report_hidden_paths(command: Sequence[str], plan: SpawnPlan, *, explained: 
         print(f"privsep: {printable(line)}", file=sys.stderr)
 
 
-def _command(args: argparse.Namespace) -> list[str]:
+def _command(args: Args) -> list[str]:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
@@ -419,7 +192,7 @@ def _command(args: argparse.Namespace) -> list[str]:
     return command
 
 
-def _timeout(args: argparse.Namespace, default: float | None) -> float | None:
+def _timeout(args: Args, default: float | None) -> float | None:
     """``--timeout``, else the policy's (``default``); a PrivsepError if it is not positive."""
     timeout: float | None = args.timeout if args.timeout is not None else default
     if timeout is not None and timeout <= 0:
@@ -427,7 +200,7 @@ def _timeout(args: argparse.Namespace, default: float | None) -> float | None:
     return timeout
 
 
-def _learn(args: argparse.Namespace) -> int:
+def _learn(args: Args) -> int:
     from privsep._assemble import assemble, plan_for
     from privsep.learn import LearningServices, render
     from privsep.policy.load import load_policy
@@ -567,7 +340,7 @@ def _report_denials(denials: Sequence[Denial]) -> None:
         print(f"privsep: to allow it, re-run with {flag}={printable(value)}", file=sys.stderr)
 
 
-def _tooling(args: argparse.Namespace) -> int:
+def _tooling(args: Args) -> int:
     """``policy schema/show/check`` and ``doctor``: each a function of its own module."""
     if args.cmd == "doctor":
         from privsep.doctor import doctor_command
@@ -627,8 +400,11 @@ def _open_standard_fds() -> None:
 
 
 def _main(argv: Sequence[str] | None, collecting: bool) -> int:
-    _translate_once()
-    args = _parser().parse_args(argv)
+    args: Args | SimpleNamespace | None = quick_run(sys.argv[1:] if argv is None else argv)
+    if args is None:
+        from privsep import _argparser
+
+        args = _argparser.parse(None if argv is None else list(argv))
     if args.cmd != "run" and collecting:
         gc.enable()  # only a run's start is worth it
     try:

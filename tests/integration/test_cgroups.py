@@ -294,10 +294,9 @@ def test_the_opt_out_is_said_even_where_cgroups_work(run_privsep: RunPrivsep) ->
 
 
 def test_the_command_line_limits_reach_the_cgroup(root_only: None) -> None:
-    from privsep import cli
+    from privsep import _argparser, cli
 
-    parser = cli._parser()
-    args = parser.parse_args(
+    args = _argparser.parse(
         ["run", "--memory-mb", "96", "--processes", "5", "--cpu-percent", "150", "--", "x"]
     )
     policy = load_policy("minimal", extra={"limits": cli._limits_extra(args)})
