@@ -71,11 +71,7 @@ class ListenerServer:
             return
         verdict = decide_syscall(note.nr, note.arch, child.syscalls, syscall_filter.syscall_name)
         if verdict.action == "serve":
-            calls = child.transparent
-            if calls is None:  # made for the first call it serves (loop.py)
-                assert child.make_transparent is not None  # only its calls are served
-                calls = child.transparent = child.make_transparent()
-            self._serve(child, calls, listener, note)
+            self._serve(child, listener, note)
             return
         assert verdict.audited is not None
         self._recorder.syscall(child, verdict.name, verdict.audited)
@@ -98,11 +94,11 @@ class ListenerServer:
             report.syscall_denials[verdict.name] = report.syscall_denials.get(verdict.name, 0) + 1
             notify.refuse(listener, note, verdict.errno)
 
-    def _serve(self, child: Child, calls: Transparent, listener: int, note: notify.Notification) -> None:
+    def _serve(self, child: Child, listener: int, note: notify.Notification) -> None:
         """An open, connect or bind of a program that does not use the client (see transparent.py)."""
         start = time.monotonic()
         try:
-            served = calls.serve(listener, note, child.services)
+            served = _transparent(child).serve(listener, note, child.services)
         except OSError:
             # The listener itself failed (the sandbox is going away): nothing left to answer.
             return
@@ -153,3 +149,12 @@ class ListenerServer:
         self._recorder.internal_error(child, f"syscall {note.nr}", exc)
         with contextlib.suppress(OSError):
             notify.refuse(listener, note, errno.EIO)
+
+
+def _transparent(child: Child) -> Transparent:
+    """What serves ``child``'s calls: made for the first one (loop.py), in ``_serve``'s ``try``."""
+    calls = child.transparent
+    if calls is None:
+        assert child.make_transparent is not None  # "serve" is the verdict for its calls alone
+        calls = child.transparent = child.make_transparent()
+    return calls
