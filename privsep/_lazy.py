@@ -23,7 +23,6 @@ in the middle of another import. The placeholder is in no registry.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from types import ModuleType
 
@@ -42,7 +41,10 @@ class _Placeholder:
         self._namespace = namespace
 
     def __getattr__(self, attr: str) -> Any:
-        module = importlib.import_module(self._name)
+        # __import__ and sys.modules, not importlib.import_module: importing importlib (and the
+        # warnings it imports) cost every privsep run ~0.5 ms, for one call made later, or never.
+        __import__(self._name)
+        module = sys.modules[self._name]
         for key, value in list(self._namespace.items()):
             if value is self:
                 self._namespace[key] = module
