@@ -74,7 +74,7 @@ def _run(args: Args, collecting: bool) -> int:
     )
     plan = prepared.plan
     with (
-        _holding_signals() as held,
+        _stoppable_start(),
         assemble(policy, audit_log=args.audit_log, listen=listens, terminal=True) as parts,
     ):
         child = parts.start(plan, timeout=timeout)
@@ -89,7 +89,7 @@ def _run(args: Args, collecting: bool) -> int:
             from privsep.cgroups import without
 
             print(f"privsep: warning: {without(child.cgroup_missing)}", file=sys.stderr, flush=True)
-        status = _serve(parts.broker, child, held)
+        status = _serve(parts.broker, child)
         if status != 0:
             outcome = child.outcome
             explained = bool(child.report.denials) or (outcome is not None and outcome.how != "exited")
@@ -208,11 +208,11 @@ def _learn(args: Args) -> int:
     command = _command(args)
     base = load_policy(args.policy)
     plan = plan_for(base, command, learn=True)
-    with _holding_signals() as held, assemble(base, learn=True, terminal=True) as parts:
+    with _stoppable_start(), assemble(base, learn=True, terminal=True) as parts:
         services = parts.services
         assert isinstance(services, LearningServices)  # what learn=True assembles
         child = parts.start(plan, timeout=_timeout(args, base.limits.timeout_seconds or None))
-        status = _serve(parts.broker, child, held)
+        status = _serve(parts.broker, child)
         # A file base is named absolutely: the new policy may live elsewhere.
         shipped = "/" not in args.policy and not args.policy.endswith(".toml")
         spec = args.policy if shipped else os.path.abspath(args.policy)
@@ -236,25 +236,41 @@ def _learn(args: Args) -> int:
 _PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
-@contextlib.contextmanager
-def _holding_signals() -> Iterator[list[int]]:
-    """Hold the signals privsep passes on, in the list yielded, until ``_serve`` passes them on.
+class _Stopped(BaseException):
+    """One of the signals privsep passes on came while the sandbox started (``_stoppable_start``)."""
 
-    Entered before ``assemble`` takes the terminal's raw mode, left after it gave it back:
-    one of them by its default action in between (while the sandbox started) ended privsep
-    with the terminal raw. The handlers before are back when the block ends.
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stoppable_start() -> Iterator[None]:
+    """Until ``_serve`` passes them on to the command, the signals privsep passes on stop the
+    start: each raises :class:`_Stopped`, which unwinds it (the sandbox, if there is one yet,
+    killed; the terminal given back) and privsep exits 128+N, as the signal's default would.
+
+    Entered before ``assemble`` takes the terminal's raw mode: a SIGTERM, SIGHUP or SIGQUIT
+    in between ended privsep by its default action and left the terminal raw; SIGINT's
+    KeyboardInterrupt printed a traceback. Not held for later: a start that blocks (an
+    ``--audit-log`` on a FIFO nobody reads) must still stop (fresh-eyes audit 12). Whatever
+    the start was doing when the exception came unwinds as it does for any error (the clone
+    itself runs with every signal blocked: ``confine/spawn.py``). The handlers before are
+    back when the block ends.
     """
-    held: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in _PASSED_ON}
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in _PASSED_ON}
     try:
-        yield held
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _serve(broker: Broker, child: Child, held: list[int]) -> int:
-    """Serve the sandbox until it ends; ``held``: signals that came while it started, passed on now."""
+def _serve(broker: Broker, child: Child) -> int:
     interrupts = 0
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -281,8 +297,6 @@ def _serve(broker: Broker, child: Child, held: list[int]) -> int:
 
     for sig in _PASSED_ON:
         signal.signal(sig, forward)
-    while held:  # the broker holds each in turn until the command has reported
-        forward(held.pop(0), None)
     outcome = broker.wait(child)
     _report_syscalls(child.report.syscall_denials, child.syscalls.default)
     report = child.report
@@ -417,6 +431,10 @@ def _main(argv: Sequence[str] | None, collecting: bool) -> int:
     except PrivsepError as exc:
         print(f"privsep: error: {exc}", file=sys.stderr)
         return exc.exit_status
+    except _Stopped as stop:
+        name = signal.Signals(stop.signum).name
+        print(f"privsep: stopped by {name} while the sandbox started", file=sys.stderr)
+        return 128 + stop.signum
     return EXIT_PRIVSEP  # pragma: no cover - argparse rejects unknown commands
 
 

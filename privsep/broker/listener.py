@@ -69,7 +69,11 @@ class ListenerServer:
                 # always-readable fd would spin the loop until init exits.
                 self._events.forget(listener)
             return
-        verdict = decide_syscall(note.nr, note.arch, child.syscalls, syscall_filter.syscall_name)
+        try:
+            verdict = decide_syscall(note.nr, note.arch, child.syscalls, syscall_filter.syscall_name)
+        except Exception as exc:  # a bug of ours (or an import that failed mid-run): rule 6
+            self._bug(child, listener, note, exc)
+            return
         if verdict.action == "serve":
             self._serve(child, listener, note)
             return

@@ -295,7 +295,9 @@ def syscall_name(nr: int) -> str:
     try:
         sc = _libseccomp()
         return bytes(sc.resolve_syscall(sc.Arch.NATIVE, nr)).decode()
-    except (ValueError, ConfinementError, UnicodeDecodeError):
+    except Exception:
+        # A name for a report: whatever went wrong (libseccomp missing or broken, say: the
+        # broker may load it only now, mid-run), the number will do.
         return _NEWER_BY_NUMBER.get(nr, f"syscall {nr}")
 
 

@@ -69,10 +69,38 @@ def protect(paths: Iterable[str]) -> None:
                 _protected.append(form)
 
 
-def _whole_dirs() -> list[str]:
-    """Directories refused whole: the interpreter's own (each hop of ``sys.executable``'s
-    symlinks: the helpers are started from it), the environment's prefix (a venv's
-    ``pyvenv.cfg``, ``bin``, ``site-packages``), and what :func:`protect` was given."""
+#: Why a directory is refused whole, by kind (see :func:`_whole_dirs`).
+_PYTHON = (
+    "which holds the Python this process runs (its interpreter, environment or, under pytest, the "
+    "tests it imports), so what the sandbox changed there would run outside the sandbox"
+)
+_LOADED = (
+    "from which this process imported a module that is not on sys.path (privsep itself, in an "
+    "editable install, among them), so what the sandbox changed there would run in the broker"
+)
+_PYCACHE = (
+    "where this process reads its compiled bytecode (PYTHONPYCACHEPREFIX), so bytecode the "
+    "sandbox left there would run in the broker"
+)
+_LIBRARIES = (
+    "where the dynamic loader looks for shared libraries (LD_LIBRARY_PATH), so a library the "
+    "sandbox left there would be loaded into the broker with a module it imports later"
+)
+
+
+def _whole_dirs(dirs: list[str]) -> list[tuple[str, str]]:
+    """Paths refused whole, each with why (``dirs``: the import directories):
+
+    - the interpreter's own (each hop of ``sys.executable``'s symlinks: the helpers are
+      started from it), the environment's prefix (a venv's ``pyvenv.cfg``, ``bin``,
+      ``site-packages``), and what :func:`protect` was given;
+    - each package (its directory) and top-level module (its file) imported from outside
+      ``dirs``: an import hook's (setuptools' default editable install puts privsep there),
+      or a path a host imported from and then took off ``sys.path``: their later imports come
+      from there (fresh-eyes audit 12);
+    - ``sys.pycache_prefix`` and ``LD_LIBRARY_PATH``'s directories (an empty entry is the
+      working directory): bytecode and libraries of what the broker imports later.
+    """
     # A virtual environment is Python through and through; a system prefix (/usr) is not, and
     # its Python parts are on sys.path already.
     venv = sys.prefix != sys.base_prefix
@@ -86,7 +114,41 @@ def _whole_dirs() -> list[str]:
             break
         target = os.readlink(hop)
         hop = target if target.startswith("/") else posixpath.join(os.path.dirname(hop), target)
-    return [*dict.fromkeys(found), *_protected]
+    whole = [(top, _PYTHON) for top in dict.fromkeys([*found, *_protected])]
+    whole += [(top, _LOADED) for top in _loaded_outside(dirs)]
+    if sys.pycache_prefix:
+        whole += [(top, _PYCACHE) for top in named_and_real(sys.pycache_prefix)]
+    for entry in os.environ.get("LD_LIBRARY_PATH", "").split(":") if "LD_LIBRARY_PATH" in os.environ else ():
+        whole += [(top, _LIBRARIES) for top in named_and_real(entry or ".")]
+    return whole
+
+
+def _loaded_outside(dirs: list[str]) -> list[str]:
+    """The directory of each package, and the file of each top-level module, this process
+    imported from outside ``dirs`` (its submodules are found beneath the package's ``__path__``)."""
+    found: dict[str, None] = {}
+    for name, module in list(sys.modules.items()):
+        paths = getattr(module, "__path__", None)
+        file = getattr(module, "__file__", None)
+        if paths is not None:  # a package (a namespace one too): where its submodules come from
+            places = [p for p in list(paths) if isinstance(p, str)]
+        elif "." not in name and isinstance(file, str):
+            places = [file]
+        else:
+            continue  # a submodule: beneath its package's path; or built in, frozen
+        for place in places:
+            forms = _module_forms.get(place)
+            if forms is None:
+                forms = _module_forms[place] = named_and_real(place)
+            for form in forms:
+                if not any(under(form, d) for d in dirs):
+                    found[form] = None
+    return list(found)
+
+
+#: Where each imported module's path resolves, found once per process: resolving them all
+#: again for every plan with a write grant cost a Sandbox under pytest ~3 ms a plan.
+_module_forms: dict[str, list[str]] = {}
 
 
 def under(path: str, top: str) -> bool:
@@ -98,10 +160,14 @@ def _importable(name: str, dirs: list[str]) -> bool:
     directory on its path: an existing module or regular package, a name of the standard library
     or of a module already imported, or a bytecode cache. (A plain directory is a namespace
     package only for a name nothing else on the path has; the broker imports no such name.)"""
-    if name == "__pycache__" or name.endswith((".pth", ".dist-info", ".egg-info", ".egg-link")):
-        return True  # a bytecode cache; what site runs at start; a distribution's entry points
+    if name == "__pycache__" or name.lower().endswith((".pth", ".dist-info", ".egg-info", ".egg-link")):
+        # A bytecode cache; what site runs at start; a distribution's metadata and entry
+        # points (importlib.metadata compares their names in lower case).
+        return True
+    # Not only identifiers: __import__ takes any name, and the standard library imports some
+    # that are not (sysconfig's _sysconfigdata__x86_64-linux-gnu).
     stem = name.split(".", 1)[0]
-    if not stem.isidentifier():
+    if not stem:
         return False
     if stem in sys.stdlib_module_names or stem in sys.modules:
         return True
@@ -126,20 +192,18 @@ def check_grants(grants: Iterable[tuple[str, Iterable[str]]], path: Iterable[str
     if not writes:
         return  # most plans: nothing to resolve (~0.3 ms of realpath calls otherwise)
     dirs = import_dirs(path)
-    whole = _whole_dirs()
+    whole = _whole_dirs(dirs)
     for granted in writes:
         for real in named_and_real(granted):
             _check_one(granted, real, whole, dirs)
 
 
-def _check_one(granted: str, real: str, whole: list[str], dirs: list[str]) -> None:
-    for top in whole:
+def _check_one(granted: str, real: str, whole: list[tuple[str, str]], dirs: list[str]) -> None:
+    for top, why in whole:
         if under(top, real) or under(real, top):
             raise PolicyError(
-                f"a grant to write {granted} is refused: it is on, over or inside {top}, which "
-                "holds the Python this process runs (its interpreter, environment or, under "
-                "pytest, the tests it imports), so what the sandbox changed there would run "
-                "outside the sandbox; grant a directory outside it"
+                f"a grant to write {granted} is refused: it is on, over or inside {top}, {why}; "
+                "grant a directory outside it"
             )
     for entry in dirs:
         if under(entry, real):

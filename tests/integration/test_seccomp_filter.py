@@ -383,6 +383,19 @@ def test_syscall_names_for_reports() -> None:
     assert syscall_name(100_000) == "syscall 100000"
 
 
+def test_a_syscall_is_named_by_its_number_when_libseccomp_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audit 12: a broken libseccomp, loaded mid-run to name a denied call, raised AttributeError
+    out of the listener and ended the broker with every sandbox it served."""
+    from privsep.plan import filter as seccomp_filter
+
+    def broken() -> object:
+        raise AttributeError("undefined symbol: seccomp_syscall_resolve_num_arch")
+
+    monkeypatch.setattr(seccomp_filter, "_libseccomp", broken)
+    assert syscall_name(101) == "syscall 101"
+    assert syscall_name(467) == "open_tree_attr"
+
+
 def test_pyseccomp_is_imported_lazily() -> None:
     code = (
         "import sys, privsep.confine.seccomp, privsep.plan.filter;"

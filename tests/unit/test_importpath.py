@@ -93,3 +93,81 @@ def test_a_grant_over_a_symlink_on_the_way_to_an_import_directory_is_refused(tmp
     with pytest.raises(PolicyError, match="imports Python modules from"):
         check_grants([(str(proj), ("write", "create"))], path=[str(proj / "lib" / "site")])
     check_grants([(str(tmp_path / "other"), ("write",))], path=[str(proj / "lib" / "site")])
+
+
+def test_privseps_own_package_is_refused_whole_when_it_is_not_on_the_path(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fresh-eyes audit 12: setuptools' default editable install finds privsep through an import
+    hook, so its checkout is on no sys.path entry; a grant of the checkout let the sandbox edit
+    ``broker/transparent.py``, which the root broker imported on the first call it served."""
+    import privsep
+    from privsep.plan import importpath
+
+    monkeypatch.setattr(importpath, "_protected", [])  # not the pytest plugin's rootdir either
+    package = Path(privsep.__path__[0])
+    for target in (package, package / "broker"):
+        with pytest.raises(PolicyError, match="imported a module that is not on sys"):
+            _check(site, target)
+    with pytest.raises(PolicyError):  # over it (and over this suite's .venv too)
+        _check(site, package.parent)
+
+
+def test_a_module_imported_from_outside_the_path_is_refused(
+    tmp_path: Path, site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host that imported a package by a path it then took off sys.path (or an import hook's)."""
+    hooked = tmp_path / "hooked"
+    (hooked / "hookpkg").mkdir(parents=True)
+    (hooked / "hookpkg" / "__init__.py").write_text("")
+    (hooked / "hookmod.py").write_text("")
+    monkeypatch.syspath_prepend(str(hooked))
+    for name in ("hookpkg", "hookmod"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        __import__(name)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(hooked)])
+    for target in (hooked, hooked / "hookpkg", hooked / "hookpkg" / "sub", hooked / "hookmod.py"):
+        with pytest.raises(PolicyError, match="imported a module that is not on sys"):
+            _check(site, target)
+    (hooked / "data").mkdir()
+    _check(site, hooked / "data")  # beside them: not what was imported
+
+
+def test_the_bytecode_cache_prefix_is_refused_whole(
+    tmp_path: Path, site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit 12: with PYTHONPYCACHEPREFIX granted, the sandbox compiled an unchecked-hash .pyc of
+    ``transparent.py`` there, and the root broker ran it."""
+    prefix = tmp_path / "pycache"
+    (prefix / "work").mkdir(parents=True)
+    monkeypatch.setattr(sys, "pycache_prefix", str(prefix))
+    for target in (prefix, prefix / "work", tmp_path):
+        with pytest.raises(PolicyError, match="PYTHONPYCACHEPREFIX"):
+            _check(site, target)
+
+
+def test_the_loaders_library_path_is_refused_whole(
+    tmp_path: Path, site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit 12: a libseccomp.so.2 the sandbox built in a granted LD_LIBRARY_PATH directory was
+    loaded into the root broker with pyseccomp, imported to name a denied syscall."""
+    libs = tmp_path / "lib"
+    libs.mkdir()
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"/nonexistent:{libs}")
+    for target in (libs, tmp_path):
+        with pytest.raises(PolicyError, match="LD_LIBRARY_PATH"):
+            _check(site, target)
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"{libs}:")  # an empty entry: the working directory
+    monkeypatch.chdir(site / "elsewhere")
+    with pytest.raises(PolicyError, match="LD_LIBRARY_PATH"):
+        _check(site, site / "elsewhere")
+
+
+@pytest.mark.parametrize("name", ["_sysconfigdata__x86_64-linux-gnu", "PKG-1.0.DIST-INFO"])
+def test_names_that_are_not_identifiers_are_checked_too(site: Path, name: str) -> None:
+    """Audit 12: sysconfig imports ``_sysconfigdata__x86_64-linux-gnu`` (not an identifier) while a
+    sandbox runs; a package of that name planted in a granted directory on the path ran in the
+    broker. importlib.metadata reads distributions' names in any case."""
+    target = site / "site" / name
+    with pytest.raises(PolicyError, match="could import as a Python module"):
+        check_grants([(str(target), ("write",))], path=[str(site / "site"), "/usr/lib/python3.11"])
