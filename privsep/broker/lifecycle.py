@@ -213,6 +213,10 @@ class Lifecycle:
         the namespace is still being torn down. Before init has reported, no
         command exists yet, and killing the monitor takes init with it.
         """
+        if child.outcome is not None:
+            # Ended, and released: its pidfds are closed, and their numbers may be another
+            # sandbox's by now (a second ^C after the command ended raised EBADF: audit 13).
+            return
         procs = child.procs
         if procs.kill_reason is None:
             procs.kill_reason = reason

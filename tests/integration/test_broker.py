@@ -181,3 +181,15 @@ def test_a_signal_passed_on_before_the_command_exists_reaches_it(broker: Broker)
     broker.send_signal(child, signal.SIGTERM)
     (outcome,) = wait_all(broker, [child])
     assert (outcome.how, outcome.returncode) == ("signaled", 128 + signal.SIGTERM), outcome.describe()
+
+
+def test_killing_a_sandbox_that_has_ended_does_nothing(broker: Broker) -> None:
+    """Audit 13: a second ^C to ``privsep run`` after its command had ended killed the ended
+    sandbox through its closed pidfd: EBADF out of the signal handler (a traceback, exit 1,
+    clean-up skipped), or, had the number been reused by another sandbox's pidfd, that
+    sandbox killed. Killing an ended sandbox is now a no-op."""
+    child = start(broker, "pass", timeout=30)
+    (outcome,) = wait_all(broker, [child])
+    broker.kill(child, Outcome("signaled", 130, detail="interrupted twice"))
+    broker.send_signal(child, signal.SIGINT)
+    assert child.outcome == outcome
