@@ -56,10 +56,21 @@ def _run(args: Args, collecting: bool) -> int:
     if args.audit_log:
         guard(args.audit_log, "the audit log", "give --audit-log a path outside every write grant")
     prepared, model = _prepare(args, command)
-    # Planning checked these (plan/ownpaths.py); a plan from the cache was made by a run that
-    # may have had no audit log, or another one.
+    # Planning checked these (plan/ownpaths.py, plan/importpath.py); a plan from the cache was
+    # made by a run that may have had no audit log, or another one, and another environment:
+    # another PYTHONPYCACHEPREFIX, LD_LIBRARY_PATH or cache directory, which its key does not
+    # hold (audit 13: a kept plan's grant of a bytecode prefix set since ran the sandbox's .pyc).
     written = [(b.path, ("write",)) for b in prepared.plan.view.binds if b.writable]
-    check_writes([*written, *((path, ("write",)) for _, path, writes in prepared.pins if writes)])
+    written += [(path, ("write",)) for _, path, writes in prepared.pins if writes]
+    if model is None and written:
+        from privsep.plan import cache
+        from privsep.plan.importpath import check_grants
+
+        check_grants(written)
+        where = cache.directory()
+        if where is not None:
+            guard(where, "privsep's plan cache", "set PRIVSEP_CACHE_DIR to a directory outside the grant")
+    check_writes(written)
     timeout = _timeout(args, prepared.timeout)
     listens: list[Listen] = []
     if args.listen:

@@ -195,6 +195,27 @@ def test_the_environment_the_policy_passes_through_is_read_anew(cache: Path, tmp
     assert (ok(proc), planned) == ("[]\n", True)
 
 
+@pytest.mark.parametrize("variable", ["PYTHONPYCACHEPREFIX", "LD_LIBRARY_PATH"])
+def test_a_kept_plan_is_checked_against_this_runs_import_paths(
+    cache: Path, tmp_path: Path, variable: str
+) -> None:
+    """Audit 13: the key does not hold the bytecode prefix or the loader's path, so a plan kept
+    by a run without them was applied as it was by a run with them, and its grant of that
+    directory let the sandbox plant a .pyc (or a library) the root broker then loaded."""
+    granted = tmp_path / "granted"
+    granted.mkdir()
+    args = ("--allow-write", str(granted), "--", "/bin/true")
+    ok(run(cache, *args)[0])
+    # Not written by this run's own start either (that changes the grant, so the facts fail and
+    # the run plans anew, and planning refuses it): only the sandbox writes there.
+    env = {variable: str(granted), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc, planned, _ = run(cache, *args, env=env)
+    assert not planned  # the kept plan, from its key
+    assert proc.returncode == 125, proc.stderr
+    assert f"a grant to write {granted} is refused" in proc.stderr
+    assert variable in proc.stderr
+
+
 def test_a_sandbox_that_asks_gets_the_same_answers_from_a_kept_plan(cache: Path, shared_tmp: Path) -> None:
     (shared_tmp / "granted").write_text("granted contents")
     secret = shared_tmp / "secret"
