@@ -27,7 +27,16 @@ from collections.abc import Iterable
 
 from privsep.errors import PolicyError
 
-__all__ = ["WRITES", "check_grants", "import_dirs", "named_and_real", "protect", "under"]
+__all__ = [
+    "WRITES",
+    "check_grants",
+    "import_dirs",
+    "mount_forms",
+    "mounts",
+    "named_and_real",
+    "protect",
+    "under",
+]
 
 #: Access words that let the sandbox change what is at a path.
 WRITES = frozenset({"write", "create", "append", "truncate"})
@@ -39,6 +48,53 @@ def named_and_real(path: str) -> list[str]:
     named = os.path.abspath(path)
     real = os.path.realpath(path)
     return [named] if named == real else [named, real]
+
+
+def mounts() -> list[tuple[str, str, str]]:
+    """Each mount this process sees: (mount point, device, root: the path within the device's
+    filesystem that is mounted there), in /proc/self/mountinfo's order (a later mount on the
+    same point is on top); [] when it cannot be read."""
+    found = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split(" ", 5)
+                if len(fields) == 6:
+                    found.append((_unescape(fields[4]), fields[2], _unescape(fields[3])))
+    except OSError:
+        return []
+    return found
+
+
+def _unescape(field: str) -> str:
+    """mountinfo's octal escapes (``\\040`` for a space, and so on) as the characters they stand for."""
+    if "\\" not in field:
+        return field
+    out, at = [], 0
+    while at < len(field):
+        if field[at] == "\\" and field[at + 1 : at + 4].isdigit():
+            out.append(chr(int(field[at + 1 : at + 4], 8)))
+            at += 4
+        else:
+            out.append(field[at])
+            at += 1
+    return "".join(out)
+
+
+def mount_forms(real: str, mounted: list[tuple[str, str, str]]) -> list[str]:
+    """``real`` (a resolved path) as ``DEVICE:PATH-WITHIN-ITS-FILESYSTEM``, one form for every
+    name a directory has: a bind mount shows the same directory under another path, which
+    ``realpath`` does not see (fresh-eyes audit 13: a bind of privsep's package elsewhere, granted,
+    let the sandbox edit it). [] without mountinfo. Compared with :func:`under`, as paths are."""
+    best: tuple[str, str, str] | None = None
+    for mount in mounted:
+        if under(real, mount[0]) and (best is None or len(mount[0]) >= len(best[0])):
+            best = mount  # the deepest mount point; of two on the same point, the later
+    if best is None:
+        return []
+    point, device, root = best
+    rest = real[len(point.rstrip("/")) :]
+    return [f"{device}:{posixpath.normpath(root.rstrip('/') + rest)}"]
 
 
 def import_dirs(path: Iterable[str] | None = None) -> list[str]:
@@ -187,35 +243,46 @@ def _importable(name: str, dirs: list[str]) -> bool:
 
 def check_grants(grants: Iterable[tuple[str, Iterable[str]]], path: Iterable[str] | None = None) -> None:
     """Refuse (PolicyError) a grant of ``(path, access words)`` that could write where the broker
-    imports from (see the module)."""
+    imports from (see the module). Paths are compared as named, as resolved and as where they
+    are in their filesystem (:func:`mount_forms`: a bind mount is the same directory)."""
     writes = [granted for granted, access in grants if not WRITES.isdisjoint(access)]
     if not writes:
         return  # most plans: nothing to resolve (~0.3 ms of realpath calls otherwise)
     dirs = import_dirs(path)
-    whole = _whole_dirs(dirs)
+    mounted = mounts()
+    whole = [(form, top, why) for top, why in _whole_dirs(dirs) for form in [top, *mount_forms(top, mounted)]]
+    entries = [(form, entry) for entry in dirs for form in [entry, *mount_forms(entry, mounted)]]
     for granted in writes:
         for real in named_and_real(granted):
-            _check_one(granted, real, whole, dirs)
+            for form in [real, *mount_forms(real, mounted)]:
+                _check_one(granted, form, whole, entries, dirs)
 
 
-def _check_one(granted: str, real: str, whole: list[tuple[str, str]], dirs: list[str]) -> None:
-    for top, why in whole:
-        if under(top, real) or under(real, top):
+def _check_one(
+    granted: str,
+    form: str,
+    whole: list[tuple[str, str, str]],
+    entries: list[tuple[str, str]],
+    dirs: list[str],
+) -> None:
+    """``form``: one form of the grant; ``whole`` and ``entries``: (form, path shown, [why])."""
+    for top_form, top, why in whole:
+        if under(top_form, form) or under(form, top_form):
             raise PolicyError(
                 f"a grant to write {granted} is refused: it is on, over or inside {top}, {why}; "
                 "grant a directory outside it"
             )
-    for entry in dirs:
-        if under(entry, real):
-            where = "is" if entry == real else "holds"
+    for entry_form, entry in entries:
+        if under(entry_form, form):
+            where = "is" if entry_form == form else "holds"
             raise PolicyError(
                 f"a grant to write {granted} is refused: it {where} {entry}, where this process "
                 "imports Python modules from (sys.path), so code the sandbox left there would run "
                 "in the broker; grant a directory outside it, or start privsep from elsewhere "
                 "(its working directory or script's directory is on sys.path)"
             )
-        if under(real, entry):
-            first = real[len(entry.rstrip("/")) + 1 :].split("/", 1)[0]
+        if under(form, entry_form):
+            first = form[len(entry_form.rstrip("/")) + 1 :].split("/", 1)[0]
             if _importable(first, dirs):
                 raise PolicyError(
                     f"a grant to write {granted} is refused: it is inside {entry}/{first}, which "

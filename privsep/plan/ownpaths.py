@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from privsep.errors import PolicyError
-from privsep.plan.importpath import WRITES, named_and_real, under
+from privsep.plan.importpath import WRITES, mount_forms, mounts, named_and_real, under
 
 __all__ = ["check_writes", "guard"]
 
@@ -48,18 +48,22 @@ def check_writes(
     writes = [granted for granted, access in grants if not WRITES.isdisjoint(access)]
     if not writes:
         return
-    guarded = dict(_guarded)
-    for path, what, move in extra:
-        for form in named_and_real(path):
-            guarded.setdefault(form, (what, move))
+    mounted = mounts()  # a bind mount is the same directory under another name (importpath.py)
+    guarded: dict[str, tuple[str, str, str]] = {}  # form -> (path shown, what, move)
+    for path, (what, move) in [*_guarded.items(), *((p, (w, m)) for p, w, m in extra)]:
+        for named in named_and_real(path):
+            for form in [named, *mount_forms(named, mounted)]:
+                guarded.setdefault(form, (named, what, move))
     for granted in writes:
         for real in named_and_real(granted):
-            for path, (what, move) in guarded.items():
-                if under(path, real) or under(real, path):
-                    where = "is" if path == real else ("holds" if under(path, real) else "is inside")
-                    raise PolicyError(
-                        f"a grant to write {granted} is refused: it {where} {what} ({path}), which "
-                        "privsep opens by name with its own rights: a sandbox that changed it, or put "
-                        "a link in its place or on its way, would have privsep read, write or trust "
-                        f"what the sandbox chose; grant a directory that does not reach it, or {move}"
-                    )
+            for form in [real, *mount_forms(real, mounted)]:
+                for path, (shown, what, move) in guarded.items():
+                    if under(path, form) or under(form, path):
+                        where = "is" if path == form else ("holds" if under(path, form) else "is inside")
+                        raise PolicyError(
+                            f"a grant to write {granted} is refused: it {where} {what} ({shown}), "
+                            "which privsep opens by name with its own rights: a sandbox that changed "
+                            "it, or put a link in its place or on its way, would have privsep read, "
+                            "write or trust what the sandbox chose; grant a directory that does not "
+                            f"reach it, or {move}"
+                        )

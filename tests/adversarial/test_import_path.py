@@ -82,3 +82,58 @@ def test_a_sandbox_host_that_grants_its_own_directory_is_refused(shared_tmp: Pat
     )
     assert proc.stdout.startswith("refused:"), (proc.stdout, proc.stderr)
     assert str(shared_tmp) in proc.stdout
+
+
+_UNDER_A_BIND = r"""
+import sys
+from privsep.errors import PolicyError
+from privsep.plan.importpath import check_grants
+from privsep.plan.ownpaths import check_writes, guard
+
+site, alias, log = sys.argv[1:4]
+def refused(check, path):
+    try:
+        check([(path, ("write",))])
+    except PolicyError as exc:
+        return str(exc)
+    return None
+
+imports = lambda grants: check_grants(grants, path=[site])
+guard(log, "the audit log", "move it")
+print(repr([
+    refused(imports, alias),
+    refused(imports, alias + "/pkg"),
+    refused(imports, alias + "/data"),
+    refused(check_writes, alias),
+    refused(check_writes, alias + "/data"),
+]))
+"""
+
+
+def test_a_bind_mount_of_an_import_directory_or_of_the_audit_log_is_the_same_directory(
+    tmp_path: Path,
+) -> None:
+    """Fresh-eyes audit 13: privsep's package bound at another path was granted (the check
+    compared paths, as named and resolved, and a bind mount is neither), and the sandbox wrote
+    into the package the root broker imports from later. Run in a mount namespace of its own."""
+    site, alias = tmp_path / "site", tmp_path / "alias"
+    (site / "pkg").mkdir(parents=True)
+    (site / "pkg" / "__init__.py").write_text("")
+    (site / "data").mkdir()
+    (site / "audit.log").write_text("")
+    alias.mkdir()
+    script = tmp_path / "check.py"
+    script.write_text(_UNDER_A_BIND)
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount --bind "$1" "$2" && exec "$3" "$4" "$1" "$2" "$1/audit.log"',
+         "sh", str(site), str(alias), str(PYTHON), str(script)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    is_site, in_pkg, in_data, is_logs_dir, in_data_again = eval(proc.stdout)  # noqa: S307 - our own repr
+    assert is_site is not None and f"it is {site}" in is_site
+    assert in_pkg is not None and f"inside {site}/pkg" in in_pkg
+    assert in_data is None  # a plain data directory beside the modules stays grantable
+    assert is_logs_dir is not None and "holds the audit log" in is_logs_dir
+    assert in_data_again is None

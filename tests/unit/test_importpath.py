@@ -171,3 +171,23 @@ def test_names_that_are_not_identifiers_are_checked_too(site: Path, name: str) -
     target = site / "site" / name
     with pytest.raises(PolicyError, match="could import as a Python module"):
         check_grants([(str(target), ("write",))], path=[str(site / "site"), "/usr/lib/python3.11"])
+
+
+def test_a_path_is_also_named_by_where_it_is_in_its_filesystem() -> None:
+    """The form a bind mount shares with its source (``mount_forms``): the deepest mount point
+    holding the path, the later of two on one point, mountinfo's escapes undone."""
+    from privsep.plan.importpath import _unescape, mount_forms
+
+    table = [
+        ("/", "8:1", "/"),
+        ("/srv/mirror", "8:1", "/work/project"),  # a bind of /work/project
+        ("/tmp", "0:40", "/"),
+        ("/tmp", "0:41", "/"),  # mounted over the first
+    ]
+    assert mount_forms("/work/project/pkg", table) == ["8:1:/work/project/pkg"]
+    assert mount_forms("/srv/mirror/pkg", table) == ["8:1:/work/project/pkg"]
+    assert mount_forms("/srv/mirror", table) == ["8:1:/work/project"]
+    assert mount_forms("/srv/mirrored", table) == ["8:1:/srv/mirrored"]
+    assert mount_forms("/tmp/x", table) == ["0:41:/x"]
+    assert mount_forms("/x", []) == []
+    assert _unescape("/a\\040b\\011c\\134d") == "/a b\tc\\d"
