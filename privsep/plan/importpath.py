@@ -29,12 +29,15 @@ from privsep.errors import PolicyError
 
 __all__ = [
     "WRITES",
+    "Mount",
     "check_grants",
     "import_dirs",
     "mount_forms",
     "mounts",
     "named_and_real",
+    "parse_mountinfo",
     "protect",
+    "reach_forms",
     "under",
 ]
 
@@ -50,20 +53,66 @@ def named_and_real(path: str) -> list[str]:
     return [named] if named == real else [named, real]
 
 
-def mounts() -> list[tuple[str, str, str]]:
-    """Each mount this process sees: (mount point, device, root: the path within the device's
-    filesystem that is mounted there), in /proc/self/mountinfo's order (a later mount on the
-    same point is on top); [] when it cannot be read."""
-    found = []
+#: One mount: (mount point, device, root: the path within the device's filesystem mounted
+#: there, overlay layers: an overlay's upper, lower and work directories, else ()).
+Mount = tuple[str, str, str, tuple[str, ...]]
+
+
+def mounts() -> list[Mount]:
+    """The mounts this process sees, from /proc/self/mountinfo, in its order; [] when it cannot
+    be read. A mount on the same point as, or on a directory above, an earlier one hides it:
+    the hidden one is left out (audit 14: its device would have named what lies there)."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split(" ", 5)
-                if len(fields) == 6:
-                    found.append((_unescape(fields[4]), fields[2], _unescape(fields[3])))
+            return parse_mountinfo(f.read().splitlines())
     except OSError:
         return []
+
+
+def parse_mountinfo(lines: Iterable[str]) -> list[Mount]:
+    """:func:`mounts` from the lines of a mountinfo file."""
+    found: list[Mount] = []
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 10 or "-" not in fields[6:]:
+            continue
+        point, device, root = _unescape(fields[4]), fields[2], _unescape(fields[3])
+        after = fields[fields.index("-", 6) + 1 :]  # filesystem type, source, super options
+        layers = _overlay_layers(after[2]) if len(after) >= 3 and after[0] == "overlay" else ()
+        found = [m for m in found if not under(m[0], point)]
+        found.append((point, device, root, layers))
     return found
+
+
+def _overlay_layers(options: str) -> tuple[str, ...]:
+    """An overlay's upperdir, lowerdir (each of its layers) and workdir: writing into one writes
+    into the merged directory (audit 14: a lower directory of an overlay on sys.path, granted)."""
+    layers: list[str] = []
+    for option in options.split(","):
+        name, _, value = option.partition("=")
+        if name in ("upperdir", "workdir"):
+            layers.append(_unescape(value))
+        elif name == "lowerdir":
+            layers += [_unescape(v.replace("\\:", ":")) for v in _split_layers(value)]
+    return tuple(layer for layer in layers if layer.startswith("/"))
+
+
+def _split_layers(value: str) -> list[str]:
+    """``lowerdir``'s layers: separated by ``:``, a ``\\:`` being a colon within one."""
+    parts, current, at = [], [], 0
+    while at < len(value):
+        if value[at] == "\\" and value[at + 1 : at + 2] == ":":
+            current.append("\\:")
+            at += 2
+        elif value[at] == ":":
+            parts.append("".join(current))
+            current = []
+            at += 1
+        else:
+            current.append(value[at])
+            at += 1
+    parts.append("".join(current))
+    return [p for p in parts if p]
 
 
 def _unescape(field: str) -> str:
@@ -81,20 +130,38 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mount_forms(real: str, mounted: list[tuple[str, str, str]]) -> list[str]:
+def mount_forms(real: str, mounted: list[Mount]) -> list[str]:
     """``real`` (a resolved path) as ``DEVICE:PATH-WITHIN-ITS-FILESYSTEM``, one form for every
     name a directory has: a bind mount shows the same directory under another path, which
     ``realpath`` does not see (fresh-eyes audit 13: a bind of privsep's package elsewhere, granted,
     let the sandbox edit it). [] without mountinfo. Compared with :func:`under`, as paths are."""
-    best: tuple[str, str, str] | None = None
+    best: Mount | None = None
     for mount in mounted:
         if under(real, mount[0]) and (best is None or len(mount[0]) >= len(best[0])):
             best = mount  # the deepest mount point; of two on the same point, the later
     if best is None:
         return []
-    point, device, root = best
-    rest = real[len(point.rstrip("/")) :]
-    return [f"{device}:{posixpath.normpath(root.rstrip('/') + rest)}"]
+    point, device, root, _ = best
+    within = root.rstrip("/") + real[len(point.rstrip("/")) :]  # "" for the root of the filesystem
+    return [f"{device}:{posixpath.normpath(within) if within else '/'}"]
+
+
+def reach_forms(real: str, mounted: list[Mount]) -> list[str]:
+    """Every form of what a grant of ``real`` reaches: ``real`` itself, its :func:`mount_forms`,
+    those of each mount beneath it (a grant holds them: the view binds recursively) and, inside
+    or over an overlay's layer, the merged directory's (audit 14: a bind of privsep's package
+    inside a granted directory; an overlay's lower directory, granted)."""
+    forms = [real, *mount_forms(real, mounted)]
+    for point, device, root, layers in mounted:
+        if point != real and under(point, real):
+            forms.append(f"{device}:{root}")
+        for layer in layers:
+            for form in named_and_real(layer):
+                if under(real, form):
+                    forms += mount_forms(point.rstrip("/") + real[len(form.rstrip("/")) :], mounted)
+                elif under(form, real):
+                    forms += mount_forms(point, mounted)
+    return list(dict.fromkeys(forms))
 
 
 def import_dirs(path: Iterable[str] | None = None) -> list[str]:
@@ -138,6 +205,10 @@ _PYCACHE = (
     "where this process reads its compiled bytecode (PYTHONPYCACHEPREFIX), so bytecode the "
     "sandbox left there would run in the broker"
 )
+_IMPORTABLE = (
+    "a mount where this process could import a Python module from (sys.path), so code the "
+    "sandbox left there would run in the broker"
+)
 _LIBRARIES = (
     "where the dynamic loader looks for shared libraries (LD_LIBRARY_PATH), so a library the "
     "sandbox left there would be loaded into the broker with a module it imports later"
@@ -174,7 +245,10 @@ def _whole_dirs(dirs: list[str]) -> list[tuple[str, str]]:
     whole += [(top, _LOADED) for top in _loaded_outside(dirs)]
     if sys.pycache_prefix:
         whole += [(top, _PYCACHE) for top in named_and_real(sys.pycache_prefix)]
-    for entry in os.environ.get("LD_LIBRARY_PATH", "").split(":") if "LD_LIBRARY_PATH" in os.environ else ():
+    # An empty value is no path at all (glibc ignores it); an empty entry of a longer one is the
+    # working directory (audit 14: `export LD_LIBRARY_PATH=` refused the project's build dir).
+    library_path = os.environ.get("LD_LIBRARY_PATH", "")
+    for entry in library_path.split(":") if library_path else ():
         whole += [(top, _LIBRARIES) for top in named_and_real(entry or ".")]
     return whole
 
@@ -250,12 +324,30 @@ def check_grants(grants: Iterable[tuple[str, Iterable[str]]], path: Iterable[str
         return  # most plans: nothing to resolve (~0.3 ms of realpath calls otherwise)
     dirs = import_dirs(path)
     mounted = mounts()
-    whole = [(form, top, why) for top, why in _whole_dirs(dirs) for form in [top, *mount_forms(top, mounted)]]
+    whole = [(form, top, why) for top, why in _whole_dirs(dirs) for form in _held(top, mounted)]
     entries = [(form, entry) for entry in dirs for form in [entry, *mount_forms(entry, mounted)]]
+    # A mount inside an import directory, under a name the broker could import, is refused whole.
+    whole += [
+        (form, f"{entry}/{first}", _IMPORTABLE)
+        for entry in dirs
+        for point, device, root, _ in mounted
+        if point != entry and under(point, entry)
+        for first in [point[len(entry.rstrip("/")) + 1 :].split("/", 1)[0]]
+        if _importable(first, dirs)
+        for form in [f"{device}:{root}"]
+    ]
     for granted in writes:
         for real in named_and_real(granted):
-            for form in [real, *mount_forms(real, mounted)]:
-                _check_one(granted, form, whole, entries, dirs)
+            own = [real, *mount_forms(real, mounted)]
+            for form in reach_forms(real, mounted):
+                _check_one(granted, form, whole, entries, dirs, held=form not in own)
+
+
+def _held(top: str, mounted: list[Mount]) -> list[str]:
+    """The forms of a path refused whole: its own, and each mount beneath it (what lies there)."""
+    return [top, *mount_forms(top, mounted)] + [
+        f"{device}:{root}" for point, device, root, _ in mounted if point != top and under(point, top)
+    ]
 
 
 def _check_one(
@@ -264,8 +356,11 @@ def _check_one(
     whole: list[tuple[str, str, str]],
     entries: list[tuple[str, str]],
     dirs: list[str],
+    *,
+    held: bool = False,
 ) -> None:
-    """``form``: one form of the grant; ``whole`` and ``entries``: (form, path shown, [why])."""
+    """``form``: one form of the grant (``held``: of what it reaches, not of itself: a mount
+    beneath it, an overlay's merged directory); ``whole`` and ``entries``: (form, path shown, [why])."""
     for top_form, top, why in whole:
         if under(top_form, form) or under(form, top_form):
             raise PolicyError(
@@ -274,7 +369,7 @@ def _check_one(
             )
     for entry_form, entry in entries:
         if under(entry_form, form):
-            where = "is" if entry_form == form else "holds"
+            where = "is" if entry_form == form and not held else "holds"
             raise PolicyError(
                 f"a grant to write {granted} is refused: it {where} {entry}, where this process "
                 "imports Python modules from (sys.path), so code the sandbox left there would run "

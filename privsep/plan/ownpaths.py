@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from privsep.errors import PolicyError
-from privsep.plan.importpath import WRITES, mount_forms, mounts, named_and_real, under
+from privsep.plan.importpath import WRITES, mount_forms, mounts, named_and_real, reach_forms, under
 
 __all__ = ["check_writes", "guard"]
 
@@ -52,11 +52,12 @@ def check_writes(
     guarded: dict[str, tuple[str, str, str]] = {}  # form -> (path shown, what, move)
     for path, (what, move) in [*_guarded.items(), *((p, (w, m)) for p, w, m in extra)]:
         for named in named_and_real(path):
-            for form in [named, *mount_forms(named, mounted)]:
+            held = [f"{d}:{r}" for point, d, r, _ in mounted if point != named and under(point, named)]
+            for form in [named, *mount_forms(named, mounted), *held]:
                 guarded.setdefault(form, (named, what, move))
     for granted in writes:
         for real in named_and_real(granted):
-            for form in [real, *mount_forms(real, mounted)]:
+            for form in reach_forms(real, mounted):
                 for path, (shown, what, move) in guarded.items():
                     if under(path, form) or under(form, path):
                         where = "is" if path == form else ("holds" if under(path, form) else "is inside")

@@ -137,3 +137,68 @@ def test_a_bind_mount_of_an_import_directory_or_of_the_audit_log_is_the_same_dir
     assert in_data is None  # a plain data directory beside the modules stays grantable
     assert is_logs_dir is not None and "holds the audit log" in is_logs_dir
     assert in_data_again is None
+
+
+def test_a_mount_below_a_grant_or_an_overlays_layer_is_seen(tmp_path: Path) -> None:
+    """Fresh-eyes audit 14: a grant of a directory with a bind of an import directory (or of the
+    audit log's directory) mounted inside it was accepted, and the view binds recursively, so the
+    sandbox wrote into privsep's package; an overlay's lower or upper directory is another name
+    of the merged directory the broker imports from. Run in a mount namespace of its own."""
+    site, granted, audit = tmp_path / "site", tmp_path / "granted", tmp_path / "audit"
+    (site / "pkg").mkdir(parents=True)
+    (site / "pkg" / "__init__.py").write_text("")
+    (granted / "alias").mkdir(parents=True)
+    (granted / "logs").mkdir()
+    audit.mkdir()
+    (audit / "audit.log").write_text("")
+    lower, upper, work, merged = (tmp_path / name for name in ("lower", "upper", "work", "merged"))
+    for d in (lower, upper, work, merged):
+        d.mkdir()
+    (lower / "mod.py").write_text("")
+    (lower / "data").mkdir()
+    script = tmp_path / "check.py"
+    script.write_text(_BELOW_AND_LAYERS)
+    setup = (
+        'mount --bind "$1" "$2/alias" && mount --bind "$3" "$2/logs" && '
+        'mount -t overlay overlay -o "lowerdir=$4,upperdir=$5,workdir=$6" "$7" && exec "$8" "$9" "$@"'
+    )
+    args = [site, granted, audit, lower, upper, work, merged, PYTHON, script]
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup, "sh", *map(str, args)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = eval(proc.stdout)  # noqa: S307 - our own repr
+    assert results["granted"] is not None and f"it holds {site}" in results["granted"]
+    assert results["granted (log)"] is not None and "holds the audit log" in results["granted (log)"]
+    assert results["lower"] is not None and f"holds {merged}" in results["lower"]
+    assert results["upper"] is not None and f"holds {merged}" in results["upper"]
+    assert results["lower/mod.py"] is not None and f"inside {merged}/mod.py" in results["lower/mod.py"]
+    assert results["lower/data"] is None  # a data directory in a layer stays grantable
+
+
+_BELOW_AND_LAYERS = r"""
+import sys
+from privsep.errors import PolicyError
+from privsep.plan.importpath import check_grants
+from privsep.plan.ownpaths import check_writes, guard
+
+site, granted, audit, lower, upper, work, merged = sys.argv[1:8]
+def refused(check, path):
+    try:
+        check([(path, ("write",))])
+    except PolicyError as exc:
+        return str(exc)
+    return None
+
+imports = lambda grants: check_grants(grants, path=[site, merged])
+guard(audit + "/audit.log", "the audit log", "move it")
+print(repr({
+    "granted": refused(imports, granted),
+    "granted (log)": refused(check_writes, granted),
+    "lower": refused(imports, lower),
+    "upper": refused(imports, upper),
+    "lower/mod.py": refused(imports, lower + "/mod.py"),
+    "lower/data": refused(imports, lower + "/data"),
+}))
+"""

@@ -176,18 +176,45 @@ def test_names_that_are_not_identifiers_are_checked_too(site: Path, name: str) -
 def test_a_path_is_also_named_by_where_it_is_in_its_filesystem() -> None:
     """The form a bind mount shares with its source (``mount_forms``): the deepest mount point
     holding the path, the later of two on one point, mountinfo's escapes undone."""
-    from privsep.plan.importpath import _unescape, mount_forms
+    from privsep.plan.importpath import Mount, _unescape, mount_forms
 
-    table = [
-        ("/", "8:1", "/"),
-        ("/srv/mirror", "8:1", "/work/project"),  # a bind of /work/project
-        ("/tmp", "0:40", "/"),
-        ("/tmp", "0:41", "/"),  # mounted over the first
+    table: list[Mount] = [
+        ("/", "8:1", "/", ()),
+        ("/srv/mirror", "8:1", "/work/project", ()),  # a bind of /work/project
+        ("/tmp", "0:40", "/", ()),
+        ("/tmp", "0:41", "/", ()),  # mounted over the first
     ]
     assert mount_forms("/work/project/pkg", table) == ["8:1:/work/project/pkg"]
     assert mount_forms("/srv/mirror/pkg", table) == ["8:1:/work/project/pkg"]
     assert mount_forms("/srv/mirror", table) == ["8:1:/work/project"]
     assert mount_forms("/srv/mirrored", table) == ["8:1:/srv/mirrored"]
     assert mount_forms("/tmp/x", table) == ["0:41:/x"]
+    assert mount_forms("/tmp", table) == ["0:41:/"]  # the filesystem's root
     assert mount_forms("/x", []) == []
     assert _unescape("/a\\040b\\011c\\134d") == "/a b\tc\\d"
+
+
+def test_mountinfo_is_read_with_hidden_mounts_left_out_and_overlay_layers_named() -> None:
+    """Audit 14: a mount covered by a later one on a directory above it still named what lay
+    there; an overlay's layers are other names of its merged directory."""
+    from privsep.plan.importpath import parse_mountinfo
+
+    lines = [
+        "20 1 8:1 / / rw - ext4 /dev/sda1 rw",
+        "30 20 0:42 / /h/a rw - tmpfs tmpfs rw",
+        "31 20 8:1 /srv/h /h rw - ext4 /dev/sda1 rw",  # a bind over /h: /h/a is hidden
+        "40 20 0:50 / /m rw,relatime shared:7 - overlay overlay "
+        "rw,lowerdir=/l1:/l\\:2,upperdir=/u,workdir=/w",
+        "garbage",
+    ]
+    table = parse_mountinfo(lines)
+    assert [m[0] for m in table] == ["/", "/h", "/m"]
+    assert table[2][3] == ("/l1", "/l:2", "/u", "/w")
+
+
+def test_an_empty_loader_path_is_no_path(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audit 14: ``export LD_LIBRARY_PATH=`` (glibc ignores it) refused every grant inside the
+    working directory as if it were the loader's."""
+    monkeypatch.setenv("LD_LIBRARY_PATH", "")
+    monkeypatch.chdir(site / "elsewhere")
+    _check(site, site / "elsewhere" / "build")
