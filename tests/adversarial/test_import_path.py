@@ -84,19 +84,26 @@ def test_a_sandbox_host_that_grants_its_own_directory_is_refused(shared_tmp: Pat
     assert str(shared_tmp) in proc.stdout
 
 
-_UNDER_A_BIND = r"""
+#: What the scripts run in a mount namespace of their own share: refused(check, path) is the
+#: refusal's text, or None.
+_REFUSED = r"""
 import sys
 from privsep.errors import PolicyError
 from privsep.plan.importpath import check_grants
 from privsep.plan.ownpaths import check_writes, guard
 
-site, alias, log = sys.argv[1:4]
 def refused(check, path):
     try:
         check([(path, ("write",))])
     except PolicyError as exc:
         return str(exc)
     return None
+"""
+
+_UNDER_A_BIND = (
+    _REFUSED
+    + r"""
+site, alias, log = sys.argv[1:4]
 
 imports = lambda grants: check_grants(grants, path=[site])
 guard(log, "the audit log", "move it")
@@ -108,6 +115,7 @@ print(repr([
     refused(check_writes, alias + "/data"),
 ]))
 """
+)
 
 
 def test_a_bind_mount_of_an_import_directory_or_of_the_audit_log_is_the_same_directory(
@@ -177,19 +185,10 @@ def test_a_mount_below_a_grant_or_an_overlays_layer_is_seen(tmp_path: Path) -> N
     assert results["lower/data"] is None  # a data directory in a layer stays grantable
 
 
-_BELOW_AND_LAYERS = r"""
-import sys
-from privsep.errors import PolicyError
-from privsep.plan.importpath import check_grants
-from privsep.plan.ownpaths import check_writes, guard
-
+_BELOW_AND_LAYERS = (
+    _REFUSED
+    + r"""
 site, granted, audit, lower, upper, work, merged = sys.argv[1:8]
-def refused(check, path):
-    try:
-        check([(path, ("write",))])
-    except PolicyError as exc:
-        return str(exc)
-    return None
 
 imports = lambda grants: check_grants(grants, path=[site, merged])
 guard(audit + "/audit.log", "the audit log", "move it")
@@ -202,3 +201,4 @@ print(repr({
     "lower/data": refused(imports, lower + "/data"),
 }))
 """
+)
