@@ -51,6 +51,7 @@ def _limits_extra(args: Args) -> dict[str, object]:
 def _run(args: Args, collecting: bool) -> int:
     from privsep._assemble import Deferred, assemble
     from privsep.plan.ownpaths import check_writes, guard
+    from privsep.plan.spawnplan import own_cache
 
     command = _command(args)
     if args.audit_log:
@@ -62,15 +63,12 @@ def _run(args: Args, collecting: bool) -> int:
     # hold (audit 13: a kept plan's grant of a bytecode prefix set since ran the sandbox's .pyc).
     written = [(b.path, ("write",)) for b in prepared.plan.view.binds if b.writable]
     written += [(path, ("write",)) for _, path, writes in prepared.pins if writes]
-    if model is None and written:
-        from privsep.plan import cache
+    cached = model is None and bool(written)
+    if cached:
         from privsep.plan.importpath import check_grants
 
         check_grants(written)
-        where = cache.directory()
-        if where is not None:
-            guard(where, "privsep's plan cache", "set PRIVSEP_CACHE_DIR to a directory outside the grant")
-    check_writes(written)
+    check_writes(written, own_cache() if cached else ())
     timeout = _timeout(args, prepared.timeout)
     listens: list[Listen] = []
     if args.listen:
@@ -425,7 +423,7 @@ def _open_standard_fds() -> None:
 
 
 def _main(argv: Sequence[str] | None, collecting: bool) -> int:
-    args: Args | SimpleNamespace | None = quick_run(sys.argv[1:] if argv is None else argv)
+    args: Args | None = quick_run(sys.argv[1:] if argv is None else argv)
     if args is None:
         from privsep import _argparser
 

@@ -31,6 +31,7 @@ __all__ = [
     "WRITES",
     "Mount",
     "check_grants",
+    "held_forms",
     "import_dirs",
     "mount_forms",
     "mounts",
@@ -93,7 +94,7 @@ def _overlay_layers(options: str) -> tuple[str, ...]:
         if name in ("upperdir", "workdir"):
             layers.append(_unescape(value))
         elif name == "lowerdir":
-            layers += [_unescape(v.replace("\\:", ":")) for v in _split_layers(value)]
+            layers += [_unescape(v) for v in _split_layers(value)]
     return tuple(layer for layer in layers if layer.startswith("/"))
 
 
@@ -102,7 +103,7 @@ def _split_layers(value: str) -> list[str]:
     parts, current, at = [], [], 0
     while at < len(value):
         if value[at] == "\\" and value[at + 1 : at + 2] == ":":
-            current.append("\\:")
+            current.append(":")
             at += 2
         elif value[at] == ":":
             parts.append("".join(current))
@@ -151,10 +152,8 @@ def reach_forms(real: str, mounted: list[Mount]) -> list[str]:
     those of each mount beneath it (a grant holds them: the view binds recursively) and, inside
     or over an overlay's layer, the merged directory's (audit 14: a bind of privsep's package
     inside a granted directory; an overlay's lower directory, granted)."""
-    forms = [real, *mount_forms(real, mounted)]
-    for point, device, root, layers in mounted:
-        if point != real and under(point, real):
-            forms.append(f"{device}:{root}")
+    forms = held_forms(real, mounted)
+    for point, _, _, layers in mounted:
         for layer in layers:
             for form in named_and_real(layer):
                 if under(real, form):
@@ -324,7 +323,7 @@ def check_grants(grants: Iterable[tuple[str, Iterable[str]]], path: Iterable[str
         return  # most plans: nothing to resolve (~0.3 ms of realpath calls otherwise)
     dirs = import_dirs(path)
     mounted = mounts()
-    whole = [(form, top, why) for top, why in _whole_dirs(dirs) for form in _held(top, mounted)]
+    whole = [(form, top, why) for top, why in _whole_dirs(dirs) for form in held_forms(top, mounted)]
     entries = [(form, entry) for entry in dirs for form in [entry, *mount_forms(entry, mounted)]]
     # A mount inside an import directory, under a name the broker could import, is refused whole.
     whole += [
@@ -343,10 +342,11 @@ def check_grants(grants: Iterable[tuple[str, Iterable[str]]], path: Iterable[str
                 _check_one(granted, form, whole, entries, dirs, held=form not in own)
 
 
-def _held(top: str, mounted: list[Mount]) -> list[str]:
-    """The forms of a path refused whole: its own, and each mount beneath it (what lies there)."""
-    return [top, *mount_forms(top, mounted)] + [
-        f"{device}:{root}" for point, device, root, _ in mounted if point != top and under(point, top)
+def held_forms(path: str, mounted: list[Mount]) -> list[str]:
+    """``path`` (resolved), its :func:`mount_forms`, and those of each mount beneath it: what a
+    grant of it reaches (the view binds recursively), or what a protected path holds."""
+    return [path, *mount_forms(path, mounted)] + [
+        f"{device}:{root}" for point, device, root, _ in mounted if point != path and under(point, path)
     ]
 
 

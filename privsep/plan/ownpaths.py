@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from privsep.errors import PolicyError
-from privsep.plan.importpath import WRITES, mount_forms, mounts, named_and_real, reach_forms, under
+from privsep.plan.importpath import WRITES, held_forms, mounts, named_and_real, reach_forms, under
 
 __all__ = ["check_writes", "guard"]
 
@@ -52,8 +52,7 @@ def check_writes(
     guarded: dict[str, tuple[str, str, str]] = {}  # form -> (path shown, what, move)
     for path, (what, move) in [*_guarded.items(), *((p, (w, m)) for p, w, m in extra)]:
         for named in named_and_real(path):
-            held = [f"{d}:{r}" for point, d, r, _ in mounted if point != named and under(point, named)]
-            for form in [named, *mount_forms(named, mounted), *held]:
+            for form in held_forms(named, mounted):
                 guarded.setdefault(form, (named, what, move))
     for granted in writes:
         for real in named_and_real(granted):

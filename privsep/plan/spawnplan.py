@@ -195,8 +195,6 @@ class SpawnPlan(Record):
 def own_paths(policy: Policy) -> list[tuple[str, str, str]]:
     """The files privsep opens by name for ``policy`` (its secrets' and injected headers' source
     files) and its plan cache: what no write grant may reach (``plan/ownpaths.py``)."""
-    from privsep.plan import cache  # noqa: PLC0415 - it imports this module
-
     keep = "keep that file outside every write grant"
     found = [
         (source.ref, f"the secret {name}'s file", keep)
@@ -208,11 +206,19 @@ def own_paths(policy: Policy) -> list[tuple[str, str, str]]:
         for inject in policy.network.inject
         if inject.source.startswith("file:")
     ]
+    return found + own_cache()
+
+
+def own_cache() -> list[tuple[str, str, str]]:
+    """privsep's plan cache, as :func:`own_paths` lists it (none when the cache is off): a run
+    from a kept plan checks it too, for the cache it reads may not be the one planned with."""
+    from privsep.plan import cache  # noqa: PLC0415 - it imports this module
+
     where = cache.directory()
-    if where is not None:
-        move = "set PRIVSEP_CACHE_DIR to a directory outside the grant (or PRIVSEP_NO_CACHE=1)"
-        found.append((where, "privsep's plan cache", move))
-    return found
+    if where is None:
+        return []
+    move = "set PRIVSEP_CACHE_DIR to a directory outside the grant (or PRIVSEP_NO_CACHE=1)"
+    return [(where, "privsep's plan cache", move)]
 
 
 def make_plan(
