@@ -22,7 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from privsep import protocol
     from privsep.broker import actas, answers
-    from privsep.broker.answers import Answer
+    from privsep.broker.answers import Answer, Refusal
     from privsep.broker.files import FileService
     from privsep.broker.net import NetService
     from privsep.broker.pins import Pins
@@ -103,9 +103,7 @@ def target(request: protocol.Request) -> str:
     return path if isinstance(path, str) else ""
 
 
-def perform(
-    services: Services, request: protocol.Request, ids: tuple[int, int] | None
-) -> Answer | answers.Refusal:
+def perform(services: Services, request: protocol.Request, ids: tuple[int, int] | None) -> Answer | Refusal:
     """Perform one request for a sandbox whose host uid and gid are ``ids``: the one way in for
     requests from the client and for transparently brokered calls alike.
 
