@@ -20,11 +20,14 @@ import time
 
 from bench.workloads import BenchError
 from privsep import _linux
-from privsep.broker.lifecycle import Spawner
 from privsep.broker.loop import Broker
 from privsep.broker.services import Services
 from privsep.plan.spawnplan import SpawnPlan, make_plan
 from privsep.policy.load import load_policy
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from privsep.broker.lifecycle import Spawner
 
 #: When the broker saw each step of one sandbox, from before ``Broker.start``: the start
 #: returned (forked or cloned), init reported (only a monitor's init reports itself), the

@@ -30,10 +30,8 @@ imported from here, not from where the plan is made.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-from collections.abc import Callable, Iterator, Sequence
 
 from privsep._record import Record, replace
 from privsep.broker.loop import Broker, CallContext, Child
@@ -45,6 +43,11 @@ from privsep.plan.spawnplan import SpawnPlan, make_plan, with_listen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
     # The policy's model and the protocol (pydantic) only for what uses them: a Policy
     # given, --listen; privsep run from its plan cache has neither.
     from privsep import protocol
@@ -98,7 +101,7 @@ class Assembly:
         forkserver: ForkServer | None,
         activated: list[tuple[protocol.Bind, Answer]],
         listen_names: tuple[str, ...],
-        listening: contextlib.ExitStack,
+        listening: _Undo,
         zygote: Zygote | None = None,
     ) -> None:
         self.services = services
@@ -147,24 +150,42 @@ class Assembly:
             terminal=self.terminal,
         )
         if self._activated:
-            self._listening.close()
+            self._listening.run()
             for request, answer in self._activated:
                 self.broker.record(child, request, answer)
             self._activated = []
         return child
 
 
-@contextlib.contextmanager
-def assemble(
-    policy: Policy | Deferred,
-    *,
-    audit_log: str | None = None,
-    learn: bool = False,
-    listen: Sequence[Listen] = (),
-    terminal: bool = False,
-    forkserver: bool = False,
-    zygote: bool = False,
-) -> Iterator[Assembly]:
+class _Undo:
+    """What has been opened, to be released newest first: ``contextlib.ExitStack``'s callbacks,
+    without contextlib (its import, with the collections and functools it brings, costs every
+    warm ``privsep run`` more than this class does)."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def push(self, step: Callable[..., object], *args: object) -> None:
+        """Call ``step(*args)`` when the steps are run."""
+        self._steps.append((step, args))
+
+    def run(self) -> None:
+        """Every step, newest first, each even if one before it raised; the last error raised
+        (with the one before it as its context, as ExitStack chains them). Runs each step once."""
+        error: BaseException | None = None
+        while self._steps:
+            step, args = self._steps.pop()
+            try:
+                step(*args)
+            except BaseException as exc:
+                if error is not None and exc.__context__ is None:
+                    exc.__context__ = error
+                error = exc
+        if error is not None:
+            raise error
+
+
+class assemble:
     """Open a broker's parts for ``policy`` in order; release them all when the block ends or a step fails.
 
     ``policy``: the model, or a :class:`Deferred` one (``privsep run`` from its plan
@@ -177,59 +198,90 @@ def assemble(
     forkserver (``Sandbox(start_method="forkserver")``). ``zygote``: from a
     zygote (``Sandbox``'s other start method): for a broker that starts many.
     """
-    with contextlib.ExitStack() as stack:
+
+    def __init__(
+        self,
+        policy: Policy | Deferred,
+        *,
+        audit_log: str | None = None,
+        learn: bool = False,
+        listen: Sequence[Listen] = (),
+        terminal: bool = False,
+        forkserver: bool = False,
+        zygote: bool = False,
+    ) -> None:
+        self._policy = policy
+        self._audit_log = audit_log
+        self._learn = learn
+        self._listen = listen
+        self._terminal = terminal
+        self._forkserver = forkserver
+        self._zygote = zygote
+        self._undo = _Undo()
+
+    def __enter__(self) -> Assembly:
+        try:
+            return self._open()
+        except BaseException:
+            self._undo.run()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        self._undo.run()
+
+    def _open(self) -> Assembly:
+        undo = self._undo
         server = None
-        if forkserver:
+        if self._forkserver:
             from privsep.forkserver import ForkServer  # noqa: PLC0415 - only a Sandbox that asks pays for it
 
-            with _naming("cannot start the forkserver"):
-                server = ForkServer()
-            stack.callback(server.close)
+            server = _named("cannot start the forkserver", ForkServer)
+            undo.push(server.close)
         cloner = None
-        if zygote and not forkserver:
+        if self._zygote and not self._forkserver:
             from privsep.confine.spawn import Zygote  # noqa: PLC0415 - only a Sandbox pays for it
 
-            with _naming("cannot start the zygote"):
-                cloner = Zygote()
-            stack.callback(cloner.close)
-        with _naming("cannot open the policy's grants"):
-            services = _services(policy, learn)
-        stack.callback(services.close)  # closes the grants current at exit (the learned ones, under learn)
-        activated = _activate(listen, services)
-        listening = stack.enter_context(contextlib.ExitStack())
+            cloner = _named("cannot start the zygote", Zygote)
+            undo.push(cloner.close)
+        services = _named("cannot open the policy's grants", lambda: _services(self._policy, self._learn))
+        undo.push(services.close)  # the grants current at exit (the learned ones, under learn)
+        activated = _activate(self._listen, services)
+        listening = _Undo()
+        undo.push(listening.run)
         for _request, answer in activated:
             if answer.fd is not None:
-                listening.callback(os.close, answer.fd)
+                listening.push(os.close, answer.fd)
         audit = None
-        if audit_log:
+        if self._audit_log:
             # No sandbox of this process may write where the log is (plan/ownpaths.py): a Sandbox
             # plans after this; privsep run, which planned before, checks its plan itself.
-            guard(audit_log, "the audit log", "give the audit log a path outside every write grant")
-            audit = _open_audit_log(audit_log)
-            stack.callback(audit.close)
-        with _naming("cannot give the sandbox a terminal of its own"):
-            tty = stack.enter_context(_terminal()) if terminal else None
-        with _naming("cannot start the broker"):
-            broker = Broker(audit=audit)
-        stack.callback(broker.close)
-        yield Assembly(
+            guard(self._audit_log, "the audit log", "give the audit log a path outside every write grant")
+            audit = _open_audit_log(self._audit_log)
+            undo.push(audit.close)
+        tty = None
+        if self._terminal:
+            tty = _named("cannot give the sandbox a terminal of its own", _terminal)
+            if tty is not None:
+                undo.push(tty.close)
+        broker = _named("cannot start the broker", lambda: Broker(audit=audit))
+        undo.push(broker.close)
+        return Assembly(
             services=services,
             broker=broker,
-            learn=learn,
+            learn=self._learn,
             terminal=tty,
             forkserver=server,
             activated=activated,
-            listen_names=tuple(one.name for one in listen),
+            listen_names=tuple(one.name for one in self._listen),
             listening=listening,
             zygote=cloner,
         )
 
 
-@contextlib.contextmanager
-def _naming(what: str) -> Iterator[None]:
-    """An OSError from the block becomes a PrivsepError saying which step failed and why."""
+def _named(what: str, make: Callable[[], T]) -> T:
+    """``make()``; an OSError from it becomes a PrivsepError saying which step failed and why."""
     try:
-        yield
+        return make()
     except OSError as exc:
         raise PrivsepError(f"{what}: {exc.strerror or exc}") from exc
 
@@ -285,11 +337,12 @@ def _open_audit_log(path: str) -> AuditLog:
         raise PrivsepError(f"cannot open the audit log {path}: {exc.strerror or exc}{fix}") from None
 
 
-def _terminal() -> contextlib.AbstractContextManager[Terminal | None]:
-    """The sandbox's own pty when privsep's stdio is a terminal (broker/terminal.py), else nothing."""
+def _terminal() -> Terminal | None:
+    """The sandbox's own pty, entered (raw mode taken), when privsep's stdio is a terminal
+    (broker/terminal.py), else None."""
     if not any(os.isatty(fd) for fd in (0, 1, 2)):
-        return contextlib.nullcontext()  # not even the module's import to pay
+        return None  # not even the module's import to pay
     from privsep.broker.terminal import Terminal  # noqa: PLC0415 - only with a terminal
 
     found = Terminal.for_stdio((0, 1, 2))
-    return found if found is not None else contextlib.nullcontext()
+    return None if found is None else found.__enter__()

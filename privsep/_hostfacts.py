@@ -23,13 +23,13 @@ turns broker-served) is part of the plan.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextvars import Token
     from typing import Any
 
     #: One fact: [kind, arguments, observation], as JSON keeps it (lists, never tuples).
@@ -71,15 +71,17 @@ _current: ContextVar[Recording | None] = ContextVar("privsep_hostfacts", default
 _KINDS: dict[str, tuple[Callable[..., Any], Callable[[Any], object]]] = {}
 
 
-@contextlib.contextmanager
-def recording() -> Iterator[Recording]:
-    """Note every host read made in the block (this thread's, this context's)."""
-    found = Recording()
-    token = _current.set(found)
-    try:
-        yield found
-    finally:
-        _current.reset(token)
+class recording:
+    """Note every host read made in the block (this thread's, this context's). A class, not
+    ``contextlib.contextmanager``: a warm ``privsep run`` never imports contextlib."""
+
+    def __enter__(self) -> Recording:
+        found = Recording()
+        self._token: Token[Recording | None] = _current.set(found)
+        return found
+
+    def __exit__(self, *_exc: object) -> None:
+        _current.reset(self._token)
 
 
 def incomplete() -> None:

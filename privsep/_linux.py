@@ -10,12 +10,13 @@ subprocesses): libc is the already-loaded process image (``CDLL(None)``).
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
-import signal
 import stat
 import struct
 import sys
+
+from privsep import _signals
+from privsep._memo import cached
 
 TYPE_CHECKING = False  # typing's import costs every privsep run ~3 ms
 
@@ -148,7 +149,7 @@ def fork_into(namespaces: int) -> int:
     _pyapi.PyOS_BeforeFork()
     pid = _libc_gil.syscall(
         ctypes.c_long(NR_CLONE),
-        ctypes.c_ulong(namespaces | signal.SIGCHLD),
+        ctypes.c_ulong(namespaces | _signals.SIGCHLD),
         ctypes.c_void_p(0),  # no new stack: the child returns here, on a copy of ours, as fork's does
         ctypes.c_void_p(0),
         ctypes.c_void_p(0),
@@ -228,7 +229,7 @@ def thread_setresgid(rgid: int, egid: int, sgid: int) -> None:
     _check(_syscall(NR_SETRESGID, ctypes.c_uint(rgid), ctypes.c_uint(egid), ctypes.c_uint(sgid)))
 
 
-@functools.cache
+@cached
 def cap_last_cap() -> int:
     """The highest capability this kernel knows (not the one python-prctl was built with).
 

@@ -15,10 +15,13 @@ namespace for every argument list the quick parse accepts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 
 from privsep.errors import EXIT_TIMEOUT
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 __all__ = ["RUN_OPTIONS", "RunOption", "quick_run"]
 

@@ -15,36 +15,40 @@ argument (gh-107898), and ``MSG_CMSG_CLOEXEC`` is not optional here.
 Blocking: ``send`` and ``recv`` follow the socket's mode. Python retries EINTR
 itself (PEP 475); on a non-blocking socket ``BlockingIOError`` propagates
 unchanged, since the broker's selector loop relies on it.
+
+The sockets are the interpreter's C ones (``_socket``), which ``socket.socket``
+only wraps: importing ``socket`` builds an enum for every constant it has, and
+that and ``enum`` cost about 2 ms of every warm ``privsep run`` (issue 16).
+Every function here takes either kind.
 """
 
 from __future__ import annotations
 
-import array
-import contextlib
+import _socket
 import os
-import socket
 import struct
-from collections.abc import Iterable, Sequence
 
 from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
 from privsep.framing import MAX_FDS, MAX_FRAME
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Iterable, Sequence
 
-__all__ = ["Frame", "close_fds", "recv", "recv_no_fds", "send", "socketpair"]
+__all__ = ["Frame", "close_fds", "fds_payload", "recv", "recv_no_fds", "send", "socketpair"]
 
-_FD_SIZE = array.array("i").itemsize
-_FD = struct.Struct("i")  # one descriptor in an SCM_RIGHTS payload, as array("i") lays it out
+# One descriptor in an SCM_RIGHTS payload: a C int. struct, not array: importing array imports
+# collections.abc (it registers itself there), which a warm privsep run does not otherwise need.
+_FD = struct.Struct("i")
+_FD_SIZE = _FD.size
 # Room for MAX_FDS descriptors in one control message: the most a peer can send
 # in one sendmsg (SCM_MAX_FD), so MSG_CTRUNC means the peer did something odd.
-_ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
-# Plain ints: ``flags & socket.MSG_TRUNC`` would run the IntFlag's Python-level ``__and__``
-# on every frame.
-_MSG_TRUNC, _MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)
-_MSG_NOSIGNAL, _MSG_CMSG_CLOEXEC = int(socket.MSG_NOSIGNAL), int(socket.MSG_CMSG_CLOEXEC)
-_SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
+_ANCILLARY_SPACE = _socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+# Plain ints (``_socket``'s are): ``flags & socket.MSG_TRUNC`` would run the IntFlag's
+# Python-level ``__and__`` on every frame.
+_MSG_TRUNC, _MSG_CTRUNC = _socket.MSG_TRUNC, _socket.MSG_CTRUNC
+_MSG_NOSIGNAL, _MSG_CMSG_CLOEXEC = _socket.MSG_NOSIGNAL, _socket.MSG_CMSG_CLOEXEC
+_SOL_SOCKET, _SCM_RIGHTS = _socket.SOL_SOCKET, _socket.SCM_RIGHTS
 _TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC
 #: Makes a Frame with tuple's own constructor: a NamedTuple's __new__ is a Python-level function.
 _new = tuple.__new__
@@ -71,20 +75,22 @@ class Frame(tuple[bytes, tuple[int, ...]]):
         return self[1]
 
 
-def socketpair() -> tuple[socket.socket, socket.socket]:
-    """A connected pair of close-on-exec SEQPACKET sockets."""
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+def socketpair() -> tuple[_socket.socket, _socket.socket]:
+    """A connected pair of close-on-exec SEQPACKET sockets (``_socket``'s: see the module)."""
+    return _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
 
 
 def close_fds(fds: Iterable[int]) -> None:
     """Close every descriptor, even if closing one of them fails."""
     for fd in fds:
         # Linux releases the descriptor even when close() reports an error.
-        with contextlib.suppress(OSError):
+        try:
             os.close(fd)
+        except OSError:
+            pass
 
 
-def send(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
+def send(sock: _socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
     """Send one frame, with ``fds`` attached as SCM_RIGHTS (the caller still owns them)."""
     if not data:
         raise LocalProtocolError("refusing to send an empty frame: the peer would read it as end of stream")
@@ -95,14 +101,18 @@ def send(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
     try:
         # MSG_NOSIGNAL: a dead peer is an EPIPE error, never a SIGPIPE, whatever the signal disposition.
         if fds:
-            payload = _FD.pack(fds[0]) if len(fds) == 1 else array.array("i", fds).tobytes()
-            sent = sock.sendmsg([data], [(_SOL_SOCKET, _SCM_RIGHTS, payload)], _MSG_NOSIGNAL)
+            sent = sock.sendmsg([data], [(_SOL_SOCKET, _SCM_RIGHTS, fds_payload(fds))], _MSG_NOSIGNAL)
         else:
             sent = sock.send(data, _MSG_NOSIGNAL)
     except (BrokenPipeError, ConnectionResetError) as exc:
         raise ChannelError("the peer closed the channel") from exc
     # SEQPACKET sends a message whole or not at all.
     assert sent == len(data), f"SEQPACKET sent {sent} of {len(data)} bytes"
+
+
+def fds_payload(fds: Sequence[int]) -> bytes:
+    """The SCM_RIGHTS payload that carries ``fds``."""
+    return _FD.pack(fds[0]) if len(fds) == 1 else struct.pack(f"{len(fds)}i", *fds)
 
 
 def _take_fds(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, ...]:
@@ -122,7 +132,7 @@ def _take_fds(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, ...]:
     for level, kind, payload in ancillary:
         if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             whole = len(payload) - len(payload) % _FD_SIZE
-            fds.extend(array.array("i", payload[:whole]))
+            fds.extend(struct.unpack(f"{whole // _FD_SIZE}i", payload[:whole]))
             ragged = ragged or whole != len(payload)
     if ragged:
         close_fds(fds)
@@ -130,7 +140,7 @@ def _take_fds(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, ...]:
     return tuple(fds)
 
 
-def recv(sock: socket.socket) -> Frame | None:
+def recv(sock: _socket.socket) -> Frame | None:
     """Receive one frame, or None when the peer closed the channel.
 
     A zero-length message cannot be told apart from end of stream on SEQPACKET,
@@ -170,7 +180,7 @@ def _frame(data: bytes, ancillary: list[tuple[int, int, bytes]], msg_flags: int)
     return Frame(data, fds)
 
 
-def recv_no_fds(sock: socket.socket) -> bytes | None:
+def recv_no_fds(sock: _socket.socket) -> bytes | None:
     """Receive one request frame for the broker, or None at end of stream.
 
     Requests never carry descriptors; one that does is closed unused (the

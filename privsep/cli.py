@@ -7,16 +7,12 @@ run like the last one plans nothing: it reads the plan that one kept
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import gc
-import json
 import os
-import signal
 import sys
-from collections.abc import Iterator, Sequence
-from types import FrameType, SimpleNamespace
+from types import SimpleNamespace
 
+from privsep import _jsontext, _signals
 from privsep._printable import printable
 from privsep._runargs import quick_run
 from privsep.errors import EXIT_PRIVSEP, PrivsepError
@@ -24,6 +20,8 @@ from privsep.errors import EXIT_PRIVSEP, PrivsepError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Sequence
+    from types import FrameType
     from typing import NoReturn
 
     from privsep._assemble import SpawnPlan
@@ -76,11 +74,7 @@ def _run(args: Args, collecting: bool) -> int:
 
         listens = parse_listen(args.listen)
     # From the cache there is no model: it is made if and when a request needs it.
-    policy = (
-        model
-        if model is not None
-        else Deferred(prepared.pins, functools.partial(_policy_of, prepared.policy))
-    )
+    policy = model if model is not None else Deferred(prepared.pins, lambda: _policy_of(prepared.policy))
     plan = prepared.plan
     with (
         _stoppable_start(),
@@ -164,6 +158,8 @@ def _prepare(args: Args, command: list[str]) -> tuple[Prepared, Policy | None]:
 def _kept_as(resolved: Resolved) -> str | None:
     """``resolved`` as the plan cache keeps it (JSON), or None when JSON cannot hold it exactly
     (a TOML date, a NaN): such a policy is planned anew on every run."""
+    import json
+
     data = [resolved.spec, resolved.origin, resolved.extra, resolved.data]
     try:
         text = json.dumps(data, allow_nan=False)
@@ -176,7 +172,7 @@ def _policy_of(resolved: str) -> Policy:
     """The model of a policy the plan cache kept as its resolved input (see ``Deferred``)."""
     from privsep.policy.load import Resolved, validate_policy
 
-    spec, origin, extra, data = json.loads(resolved)
+    spec, origin, extra, data = _jsontext.loads(resolved)
     return validate_policy(Resolved(spec, origin, extra, data))
 
 
@@ -242,7 +238,7 @@ def _learn(args: Args) -> int:
 
 
 #: The signals privsep passes on to the command (``_serve``).
-_PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_PASSED_ON = (_signals.SIGINT, _signals.SIGTERM, _signals.SIGHUP, _signals.SIGQUIT)
 
 
 class _Stopped(BaseException):
@@ -253,8 +249,7 @@ class _Stopped(BaseException):
         self.signum = signum
 
 
-@contextlib.contextmanager
-def _stoppable_start() -> Iterator[None]:
+class _stoppable_start:
     """Until ``_serve`` passes them on to the command, the signals privsep passes on stop the
     start: each raises :class:`_Stopped`, which unwinds it (the sandbox, if there is one yet,
     killed; the terminal given back) and privsep exits 128+N, as the signal's default would.
@@ -265,18 +260,19 @@ def _stoppable_start() -> Iterator[None]:
     ``--audit-log`` on a FIFO nobody reads) must still stop (fresh-eyes audit 12). Whatever
     the start was doing when the exception came unwinds as it does for any error (the clone
     itself runs with every signal blocked: ``confine/spawn.py``). The handlers before are
-    back when the block ends.
+    back when the block ends. (A class, not ``contextlib.contextmanager``: see ``_signals``.)
     """
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        raise _Stopped(signum)
+    def __enter__(self) -> None:
+        self._previous = {sig: _signals.signal(sig, self._stop) for sig in _PASSED_ON}
 
-    previous = {sig: signal.signal(sig, stop) for sig in _PASSED_ON}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            _signals.signal(sig, handler)
+
+    @staticmethod
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        raise _Stopped(signum)
 
 
 def _serve(broker: Broker, child: Child) -> int:
@@ -288,7 +284,7 @@ def _serve(broker: Broker, child: Child) -> int:
         # second interrupt means "stop now". (Typed into a terminal privsep relays,
         # ^C is a byte on the child's own pty: its line discipline signals the job.)
         nonlocal interrupts
-        interrupts += signum == signal.SIGINT
+        interrupts += signum == _signals.SIGINT
         if interrupts > 1:
             from privsep.broker.outcome import Outcome
 
@@ -296,16 +292,16 @@ def _serve(broker: Broker, child: Child) -> int:
                 child,
                 Outcome(
                     "signaled",
-                    128 + signal.SIGINT,
+                    128 + _signals.SIGINT,
                     detail="interrupted twice; the sandbox was killed",
-                    signal=signal.SIGINT,
+                    signal=_signals.SIGINT,
                 ),
             )
         else:
             broker.send_signal(child, signum)
 
     for sig in _PASSED_ON:
-        signal.signal(sig, forward)
+        _signals.signal(sig, forward)
     outcome = broker.wait(child)
     _report_syscalls(child.report.syscall_denials, child.syscalls.default)
     report = child.report
@@ -441,7 +437,7 @@ def _main(argv: Sequence[str] | None, collecting: bool) -> int:
         print(f"privsep: error: {exc}", file=sys.stderr)
         return exc.exit_status
     except _Stopped as stop:
-        name = signal.Signals(stop.signum).name
+        name = _signals.name(stop.signum)
         print(f"privsep: stopped by {name} while the sandbox started", file=sys.stderr)
         return 128 + stop.signum
     return EXIT_PRIVSEP  # pragma: no cover - argparse rejects unknown commands

@@ -34,6 +34,7 @@ dies with the broker (parent-death signal), and the sandboxes die with it.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import gc
 import importlib
@@ -97,7 +98,7 @@ class ForkServer:
             raise
         finally:
             theirs.close()
-        self._sock: socket.socket = ours
+        self._sock: _socket.socket = ours
         self._ready = False
         self._out_of_step = False  # an exchange was cut between request and answer (see _recv)
         self._asked = 0  # prepare requests sent whose answers are not read yet

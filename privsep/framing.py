@@ -1,4 +1,4 @@
-"""The parts of the wire protocol that need no pydantic: frame limits, error codes, datagram framing.
+"""The parts of the wire protocol that need no pydantic: frame limits and datagram framing.
 
 ``privsep.protocol`` re-exports every name here; this module exists so that
 what moves bytes without parsing requests (``channel``, the broker's relays
@@ -9,7 +9,6 @@ broker imports ``protocol`` only when the first request arrives.
 
 from __future__ import annotations
 
-import enum
 import struct
 
 from privsep._lazy import lazy_module
@@ -25,7 +24,6 @@ __all__ = [
     "MAX_DATAGRAM",
     "MAX_FDS",
     "MAX_FRAME",
-    "ErrorCode",
     "decode_datagram",
     "encode_datagram",
 ]
@@ -35,23 +33,6 @@ __all__ = [
 MAX_FRAME = 65536
 #: Most file descriptors one frame may carry: the kernel's SCM_MAX_FD.
 MAX_FDS = 253
-
-
-class ErrorCode(enum.StrEnum):
-    """Why a request failed; the client maps each code to an exception."""
-
-    #: The frame broke the protocol; the broker closes the channel after this reply.
-    INVALID = "invalid"
-    #: The policy refused the request.
-    DENIED = "denied"
-    #: The broker understood the request but cannot do it here (feature missing).
-    UNSUPPORTED = "unsupported"
-    #: The request named something that does not exist.
-    NOT_FOUND = "not_found"
-    #: The policy allowed it but the operation failed.
-    FAILED = "failed"
-    #: A bug in the broker; the message says nothing more on purpose.
-    INTERNAL = "internal"
 
 
 # --------------------------------------------------------------------------- relayed UDP datagrams

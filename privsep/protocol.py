@@ -40,13 +40,13 @@ from pydantic import (
     model_validator,
 )
 
+from privsep.errorcodes import ErrorCode
 from privsep.errors import ChannelError, LocalProtocolError, RemoteProtocolError
 from privsep.framing import (
     DATAGRAM_FRAMING,
     MAX_DATAGRAM,
     MAX_FDS,
     MAX_FRAME,
-    ErrorCode,
     decode_datagram,
     encode_datagram,
 )

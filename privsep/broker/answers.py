@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from privsep._record import Record, setfield
-from privsep.framing import ErrorCode
+from privsep.errorcodes import ErrorCode
 
 if TYPE_CHECKING:
     from privsep.broker.relay import Relay  # the services that make one import it

@@ -8,14 +8,13 @@
 
 from __future__ import annotations
 
-import collections
-
 from privsep._lazy import lazy_module
 from privsep._version import __version__
 from privsep.broker.report import Report
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections import deque
     from collections.abc import Callable
 
     from privsep import cgroups, protocol
@@ -31,6 +30,8 @@ if TYPE_CHECKING:
     from privsep.plan.spawnplan import Spawned, SpawnPlan
 else:
     protocol = lazy_module("privsep.protocol", globals())  # made for a sandbox's first request
+    # The C type collections.deque is, without the collections package (~1 ms of a warm run)
+    from _collections import deque
 
 
 class CallContext:
@@ -73,7 +74,7 @@ class Serving:
     """The request channel: protocol state, replies not yet sent, and what is being relayed."""
 
     def __init__(self) -> None:
-        self.outbox: collections.deque[tuple[bytes, int | None]] = collections.deque()
+        self.outbox: deque[tuple[bytes, int | None]] = deque()
         self.pending = False  # a slow request is on a worker: the channel is not read meanwhile
         self.requests = 0
         self.relays: dict[int, Relay] = {}  # by either of its fds

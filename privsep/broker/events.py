@@ -15,13 +15,12 @@ busy poll.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import select
-import socket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from typing import Any, Literal, Protocol
 
     Role = Literal[
@@ -122,8 +121,10 @@ class Events:
             return
         if self._fds.pop(number, None) is None:
             return
-        with contextlib.suppress(OSError):  # closed since it was registered: the kernel dropped it
+        try:
             self._epoll.unregister(number)
+        except OSError:  # closed since it was registered: the kernel dropped it
+            pass
 
     def select(self, timeout: float | None) -> list[tuple[int, Any, Role]]:
         if timeout is None:

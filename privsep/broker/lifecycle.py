@@ -15,13 +15,10 @@ retried at the next start and at close.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
-from collections.abc import Callable, Sequence
 
-from privsep import cgroups, channel
+from privsep import _signals, cgroups, channel
 from privsep.broker import notify
 from privsep.broker.child import Child
 from privsep.broker.events import Events
@@ -32,7 +29,11 @@ from privsep.errors import EXIT_NOT_FOUND, EXIT_PRIVSEP, ChannelError, Confineme
 from privsep.plan.control import ControlMessage, decode_control
 from privsep.plan.spawnplan import Spawned, SpawnPlan, in_cgroup
 
-Spawner = Callable[..., Spawned]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    Spawner = Callable[..., Spawned]
 
 
 class Lifecycle:
@@ -154,7 +155,7 @@ class Lifecycle:
             # stop itself to outlive it (second fresh-eyes audit). The command goes on.
             if child.deadline is None:
                 child.terminal.suspend()
-            self.send_signal(child, signal.SIGCONT)
+            self.send_signal(child, _signals.SIGCONT)
 
     def on_oom(self, child: Child) -> None:
         """cgroup v1: the kernel ran the sandbox out of memory. Its OOM killer ends one process;
@@ -185,8 +186,10 @@ class Lifecycle:
         if procs.init_pidfd is not None and not procs.init_exited:
             # The monitor died before reaping init (killed from outside): make
             # sure, and finish when init has gone, namespace and all.
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(procs.init_pidfd, signal.SIGKILL)
+            try:
+                _signals.pidfd_send_signal(procs.init_pidfd, _signals.SIGKILL)
+            except ProcessLookupError:
+                pass
         self._maybe_end(child)
 
     # -- what the broker does to it -----------------------------------------
@@ -200,8 +203,10 @@ class Lifecycle:
         if child.procs.command_pidfd is None:
             child.procs.held_signals[sig] = None
             return
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(child.procs.command_pidfd, sig)
+        try:
+            _signals.pidfd_send_signal(child.procs.command_pidfd, sig)
+        except ProcessLookupError:
+            pass
 
     def kill(self, child: Child, reason: Outcome) -> None:
         """End the whole sandbox now; ``reason`` becomes its outcome (the first reason given wins).
@@ -221,8 +226,10 @@ class Lifecycle:
         if procs.kill_reason is None:
             procs.kill_reason = reason
         pidfd = procs.init_pidfd if procs.init_pidfd is not None else child.spawned.pidfd
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        try:
+            _signals.pidfd_send_signal(pidfd, _signals.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     # -- the end ------------------------------------------------------------
 

@@ -8,11 +8,10 @@ sandbox: it stays blocked until SIGKILL ends it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import signal
 import time
 
+from privsep import _signals
 from privsep._lazy import lazy_module
 from privsep.broker import notify
 from privsep.broker.outcome import Outcome
@@ -84,7 +83,11 @@ class ListenerServer:
             self._lifecycle.kill(
                 child,
                 Outcome(
-                    "seccomp", 128 + signal.SIGSYS, detail=detail, signal=signal.SIGSYS, syscall=verdict.name
+                    "seccomp",
+                    128 + _signals.SIGSYS,
+                    detail=detail,
+                    signal=_signals.SIGSYS,
+                    syscall=verdict.name,
                 ),
             )
             # Never answered: the call stays blocked until SIGKILL ends the process.
@@ -151,8 +154,10 @@ class ListenerServer:
     def _bug(self, child: Child, listener: int, note: notify.Notification, exc: Exception) -> None:
         """A bug of ours a call reached: logged, and the call fails with EIO (rule 6)."""
         self._recorder.internal_error(child, f"syscall {note.nr}", exc)
-        with contextlib.suppress(OSError):
+        try:
             notify.refuse(listener, note, errno.EIO)
+        except OSError:
+            pass
 
 
 def _transparent(child: Child) -> Transparent:

@@ -16,12 +16,11 @@ fork and removed once its processes are gone.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
 
 from privsep._record import replace
 from privsep.broker.child import CallContext, Child
 from privsep.broker.events import Events
-from privsep.broker.lifecycle import Lifecycle, Spawner
+from privsep.broker.lifecycle import Lifecycle
 from privsep.broker.listener import ListenerServer
 from privsep.broker.outcome import Outcome
 from privsep.broker.report import Recorder
@@ -33,6 +32,7 @@ from privsep.plan.spawnplan import SpawnPlan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import Any
 
     from privsep import protocol
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from privsep.broker.audit import AuditLog
     from privsep.broker.egress import EgressServer
     from privsep.broker.events import Role
+    from privsep.broker.lifecycle import Spawner
     from privsep.broker.services import Services
     from privsep.broker.terminal import Terminal  # only privsep run makes one
     from privsep.broker.transparent import Transparent

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import signal
-
+from privsep import _signals
 from privsep._record import Record
 
 TYPE_CHECKING = False
@@ -13,13 +12,6 @@ if TYPE_CHECKING:
     How = Literal[
         "exited", "signaled", "timeout", "memory", "seccomp", "violation", "setup_error", "exec_error", "lost"
     ]
-
-
-def _signame(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return f"signal {num}"
 
 
 class Outcome(Record):
@@ -54,10 +46,10 @@ class Outcome(Record):
             assert self.signal is not None
             extra = (
                 " (seccomp: a syscall of a foreign architecture (i386/x32), or one the policy kills)"
-                if self.signal == signal.SIGSYS
+                if self.signal == _signals.SIGSYS
                 else ""
             )
-            return f"the command was killed by {_signame(self.signal)}{extra}"
+            return f"the command was killed by {_signals.name(self.signal)}{extra}"
         return self.detail
 
 
@@ -65,9 +57,9 @@ def memory_limit(memory_mb: int) -> Outcome:
     """The sandbox's cgroup ran out of memory and the whole sandbox was killed (SIGKILL)."""
     return Outcome(
         "memory",
-        128 + signal.SIGKILL,
+        128 + _signals.SIGKILL,
         detail=f"the sandbox reached its memory limit ({memory_mb} MB) and was killed",
-        signal=signal.SIGKILL,
+        signal=_signals.SIGKILL,
     )
 
 

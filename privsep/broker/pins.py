@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
 
 from privsep._lazy import lazy_module
 from privsep._record import Record, replace
@@ -22,6 +21,8 @@ from privsep.errors import PolicyError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from privsep.broker import readonly
     from privsep.policy.model import Policy
 else:

@@ -9,14 +9,12 @@ audit log when there is one, and, when it is a denial, in the sandbox's
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 
 from privsep._lazy import lazy_module
 from privsep._printable import printable
 from privsep._record import Record
-from privsep.framing import ErrorCode
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -122,6 +120,8 @@ class Recorder:
                 )
             return
         what = services.target(request)
+        from privsep.errorcodes import ErrorCode  # noqa: PLC0415 - once a request is answered
+
         denied = answer.code is ErrorCode.DENIED
         if denied:
             child.report.deny(
@@ -140,13 +140,15 @@ class Recorder:
         """A denial the broker found itself (a limit reached); ``audited_as``: also log it under that rule."""
         child.report.deny(denial)
         if audited_as is not None and self._audit is not None:
-            with contextlib.suppress(OSError):
+            try:
                 why = denial.message
                 self._audit.write(
                     audit.Record(
                         child.command_pid, denial.op, denial.target, "deny", audited_as, 0, message=why
                     )
                 )
+            except OSError:
+                pass
 
     def noted(
         self,
@@ -164,10 +166,12 @@ class Recorder:
         if denial is not None:
             child.report.deny(denial)
         if self._audit is not None:
-            with contextlib.suppress(OSError):
+            try:
                 self._audit.write(
                     audit.Record(child.command_pid, op, what, decision, rule, 0, message=message)
                 )
+            except OSError:
+                pass
 
     def syscall(self, child: Reported, name: str, decision: str) -> None:
         if self._audit is not None:
@@ -198,7 +202,9 @@ class Recorder:
                 flush=True,
             )
         if self._audit is not None:
-            with contextlib.suppress(OSError):
+            try:
                 self._audit.write(
                     audit.Record(child.command_pid, "internal", type(exc).__name__, "error", what, 0)
                 )
+            except OSError:
+                pass

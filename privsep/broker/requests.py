@@ -14,14 +14,11 @@ answers leave behind; they are served here too, and bounded per child.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import select
-import signal
-import socket
 
-from privsep import channel
+from privsep import _signals, channel
 from privsep._lazy import lazy_module
 from privsep.broker.events import READ, WRITE
 from privsep.broker.outcome import Outcome
@@ -31,6 +28,8 @@ from privsep.errors import ChannelError, RemoteProtocolError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import _socket
+
     from privsep import protocol
     from privsep.broker import answers
     from privsep.broker import relay as relays
@@ -274,13 +273,15 @@ class RequestServer:
         sock = child.spawned.channel
         # The reason is built by protocol/channel from our own words only (never peer bytes).
         reply = protocol.reply_error(None, protocol.ErrorCode.INVALID, f"protocol violation: {reason}"[:1000])
-        with contextlib.suppress(ChannelError, OSError):
+        try:
             channel.send(sock, reply)
+        except (ChannelError, OSError):
+            pass
         _drop_outbox(child)
         self._events.forget(sock)
         sock.close()
         detail = f"the child broke the protocol ({reason}); it was disconnected and killed"
-        self._lifecycle.kill(child, Outcome("violation", 128 + signal.SIGKILL, detail=detail))
+        self._lifecycle.kill(child, Outcome("violation", 128 + _signals.SIGKILL, detail=detail))
 
     # -- relays -------------------------------------------------------------
 
@@ -343,7 +344,7 @@ def _drop_outbox(child: Child) -> None:
     child.serving.outbox.clear()
 
 
-def hung_up(fd: socket.socket | int) -> bool:
+def hung_up(fd: _socket.socket | int) -> bool:
     """Whether poll reports hang-up: a closed peer, or a seccomp listener with no process left.
 
     On SEQPACKET an empty message and end of stream both read as b"", so

@@ -14,12 +14,13 @@ nothing. Only the grants are pinned at once (``pins.py`` says why).
 from __future__ import annotations
 
 import _thread
-from collections.abc import Callable
 
 from privsep._lazy import lazy_module
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from privsep import protocol
     from privsep.broker import actas, answers
     from privsep.broker.answers import Answer, Refusal

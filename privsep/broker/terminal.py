@@ -44,7 +44,6 @@ import fcntl
 import os
 import select
 import selectors
-import signal
 import stat
 import termios
 import threading
@@ -53,6 +52,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from privsep import _signals
 from privsep.errors import ConfinementError
 
 _BUFFER = 65536  # per direction: past it, the reading side waits
@@ -231,10 +231,10 @@ class Terminal:
         try:
             self._modes.take()
             if threading.current_thread() is threading.main_thread():
-                self._handle(signal.SIGWINCH, self._on_winch)
-                self._handle(signal.SIGCONT, self._on_winch)  # resized while stopped: look again
+                self._handle(_signals.SIGWINCH, self._on_winch)
+                self._handle(_signals.SIGCONT, self._on_winch)  # resized while stopped: look again
                 if self._input is not None:
-                    self._handle(signal.SIGTSTP, self._on_tstp)
+                    self._handle(_signals.SIGTSTP, self._on_tstp)
         except BaseException:
             # Raw already, and no ``with`` block will call __exit__: the terminal goes back here.
             self.close()
@@ -245,7 +245,7 @@ class Terminal:
         self.close()
 
     def _handle(self, sig: int, handler: Callable[[int, FrameType | None], None]) -> None:
-        self._handlers[sig] = signal.signal(sig, handler)
+        self._handlers[sig] = _signals.signal(sig, handler)
 
     def _on_winch(self, _signum: int, _frame: FrameType | None) -> None:
         self._copy_window_size()
@@ -268,11 +268,11 @@ class Terminal:
         """
         self._modes.give_back()
         if threading.current_thread() is threading.main_thread():
-            ours = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+            ours = _signals.signal(_signals.SIGTSTP, _signals.SIG_DFL)
             try:
-                os.kill(os.getpid(), signal.SIGTSTP)  # stops here until SIGCONT
+                os.kill(os.getpid(), _signals.SIGTSTP)  # stops here until SIGCONT
             finally:
-                signal.signal(signal.SIGTSTP, ours)
+                _signals.signal(_signals.SIGTSTP, ours)
         if not self._finished:
             self._modes.take()
             self._copy_window_size()
@@ -429,7 +429,7 @@ class Terminal:
         self._modes.give_back()
         for sig, handler in self._handlers.items():
             with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, handler)
+                _signals.signal(sig, handler)
         self._handlers.clear()
 
     def close(self) -> None:

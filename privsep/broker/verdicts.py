@@ -11,13 +11,13 @@ sandbox's lifecycle (a kill), so every branch is a unit test.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
 
 from privsep._linux import AUDIT_ARCH_X86_64
 from privsep._record import Record, setfield
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Literal
 
 

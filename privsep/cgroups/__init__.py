@@ -36,8 +36,8 @@ the v2 path is tested against a fake cgroup2 tree in a temporary directory.
 from __future__ import annotations
 
 import os
-import re
 
+from privsep._mountinfo import unescape
 from privsep._record import Record
 from privsep.cgroups._common import REAL, Budget, Fs, Host, SandboxCgroup, read, remove_all
 from privsep.errors import ConfinementError
@@ -95,10 +95,6 @@ class Mount(Record):
         self._assign(locals())
 
 
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def parse_mountinfo(text: str) -> list[Mount]:
     """The ``cgroup`` and ``cgroup2`` mounts, in order."""
     mounts = []
@@ -107,9 +103,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
         fields, tail = left.split(), right.split()
         if not sep or len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
             continue
-        mounts.append(
-            Mount(_unescape(fields[4]), _unescape(fields[3]), tail[0], frozenset(tail[2].split(",")))
-        )
+        mounts.append(Mount(unescape(fields[4]), unescape(fields[3]), tail[0], frozenset(tail[2].split(","))))
     return mounts
 
 

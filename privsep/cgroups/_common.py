@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import itertools
 import os
-import signal
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
 
+from privsep import _signals
 from privsep._record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from privsep.policy.model import Limits  # the model is pydantic's: a cgroup reads three numbers
 
 #: The CPU quota's period (cpu.cfs_period_us, the second number of cpu.max): the kernel's default.
@@ -103,8 +103,10 @@ def counters(path: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for line in text.splitlines():
         key, _, value = line.partition(" ")
-        with contextlib.suppress(ValueError):
+        try:
             out[key] = int(value)
+        except ValueError:
+            pass
     return out
 
 
@@ -181,7 +183,7 @@ def kill_members(procs_file: str, name: str) -> None:
             with open(f"/proc/{pid}/cgroup", encoding="ascii", errors="replace") as f:
                 inside = any(line.rstrip("\n").endswith("/" + name) for line in f)
             if inside:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                _signals.pidfd_send_signal(pidfd, _signals.SIGKILL)
         except OSError:
             pass
         finally:

@@ -29,10 +29,8 @@ whose write side waits for an RCU grace period (4-12 ms a spawn on a loaded
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-from collections.abc import Mapping
 
 from privsep.cgroups._common import (
     PERIOD_US,
@@ -47,6 +45,10 @@ from privsep.cgroups._common import (
     write,
 )
 from privsep.errors import ConfinementError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 #: How far below the limit the peak may stay when a charge over it fails (a huge page, and change).
 _CHARGE_SLACK = 4 << 20
@@ -175,8 +177,10 @@ class V1Host(Host):
                 write(f"{dirs['cpu']}/cpu.cfs_quota_us", budget.cpu_quota_us)
             oom_fd = _oom_eventfd(memory)
         except OSError as exc:
-            with contextlib.suppress(OSError):
+            try:
                 V1Cgroup(name, made, budget, self.fs).remove()
+            except OSError:
+                pass
             where = exc.filename or "a new cgroup"
             raise ConfinementError(
                 "cgroups", f"making the sandbox's cgroup: {where}: {exc.strerror or exc}"

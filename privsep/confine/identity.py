@@ -19,11 +19,10 @@ last, because the kernel clears it on every credential change.
 from __future__ import annotations
 
 import os
-import signal
 
 import _prctl  # python-prctl's C module: its Python wrapper costs ~1 ms of every start to import
 
-from privsep import _linux
+from privsep import _linux, _signals
 from privsep.errors import ConfinementError
 from privsep.plan.spawnplan import SANDBOX_ID
 
@@ -114,7 +113,7 @@ def drop_identity(*, parent_pid: int) -> None:
         _linux.capset_empty()
         _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
         _prctl.prctl(_prctl.PR_SET_DUMPABLE, 0)
-        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, _signals.SIGKILL)
     except OSError as exc:
         raise ConfinementError(step, f"{exc.strerror} (errno {exc.errno})") from None
     _verify(parent_pid)
@@ -128,7 +127,7 @@ def keep_identity(*, parent_pid: int) -> None:
     the parent still lives.
     """
     try:
-        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, _signals.SIGKILL)
     except OSError as exc:
         raise ConfinementError("identity", f"{exc.strerror} (errno {exc.errno})") from None
     _verify(parent_pid)

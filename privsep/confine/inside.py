@@ -30,26 +30,27 @@ write end only the parent holds, tells it that the parent is gone.
 
 from __future__ import annotations
 
-import array
-import contextlib
+import _socket
 import errno
 import fcntl
 import gc
 import os
 import select
-import signal
-import socket
+import struct
 import sys
 import termios
-from collections.abc import Sequence
 
 import _prctl  # python-prctl's C module: its Python wrapper costs ~1 ms of every start to import
 
-from privsep import _linux
+from privsep import _linux, _signals
 from privsep.confine import identity, landlock, limits, netns, seccomp, view
 from privsep.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_PRIVSEP, ConfinementError
 from privsep.plan.control import encode_control
 from privsep.plan.spawnplan import SpawnPlan
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 _LISTEN_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 #: The sandbox processes' control socket, set by :func:`arrange_fds` (the fd after the channel).
@@ -112,11 +113,12 @@ def start_init(
     return pid, lifeline_w
 
 
-def send(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
-    """One SEQPACKET frame with ``fds`` (SCM_RIGHTS), as ``channel.send`` sends it, without
-    the channel's bounds (the module that holds them imports the protocol's models)."""
-    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-    sock.sendmsg([data], ancillary, socket.MSG_NOSIGNAL)
+def send(sock: _socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
+    """One SEQPACKET frame with ``fds`` (SCM_RIGHTS), as ``channel.send`` sends it, with its
+    errors as they come (``report`` ignores an OSError: the broker may be gone)."""
+    # The fds as C ints (channel.fds_payload's layout; that module is the broker's and the client's)
+    ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))] if fds else []
+    sock.sendmsg([data], ancillary, _socket.MSG_NOSIGNAL)
 
 
 def report(
@@ -126,7 +128,7 @@ def report(
     if _control_fd < 0:
         return  # failed before the fds were arranged: the broker sees the control socket close
     # Family, type and protocol given: otherwise the socket module asks the kernel for them.
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, _control_fd)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, _control_fd)
     try:
         send(sock, encode_control(kind, step=step, reason=reason, status=status, errno=errno), fds)
     except OSError:
@@ -187,13 +189,20 @@ def reset_process_state() -> None:
     or other fds under the same numbers) when the user resized or stopped it.
     """
     gc.disable()  # a collection could close fds whose numbers we are about to reuse
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    for sig in signal.valid_signals():
-        if callable(signal.getsignal(sig)):
-            signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    _signals.set_wakeup_fd(-1)
+    for sig in (
+        _signals.SIGINT,
+        _signals.SIGTERM,
+        _signals.SIGHUP,
+        _signals.SIGPIPE,
+        _signals.SIGXFSZ,
+        _signals.SIGCHLD,
+    ):
+        _signals.signal(sig, _signals.SIG_DFL)
+    for sig in _signals.valid_signals():
+        if callable(_signals.getsignal(sig)):
+            _signals.signal(sig, _signals.SIG_DFL)
+    _signals.pthread_sigmask(_signals.SIG_SETMASK, [])
 
 
 def arrange_fds(sources: Sequence[int], *, keep: int = -1) -> int:
@@ -246,7 +255,7 @@ def _init(plan: SpawnPlan, sources: Sequence[int], lifeline: int, announce: bool
         lifeline = arrange_fds(sources, keep=lifeline)
         if joined is not None:
             raise joined
-        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, _signals.SIGKILL)
         if not _parent_alive(lifeline):
             return EXIT_PRIVSEP
         try:
@@ -266,7 +275,7 @@ def _init(plan: SpawnPlan, sources: Sequence[int], lifeline: int, announce: bool
             netns.serve_egress(plan.egress, report)
         view.build_view(plan.view, host_id=plan.host_uid)
         try:
-            socket.sethostname("privsep")
+            _socket.sethostname("privsep")
         except OSError as exc:
             raise ConfinementError("namespaces", f"sethostname: {exc.strerror}") from None
         if plan.terminal is not None:
@@ -312,8 +321,10 @@ def _init(plan: SpawnPlan, sources: Sequence[int], lifeline: int, announce: bool
         elif os.WIFCONTINUED(status):
             # The broker continued the command; the rest of its job (a pipeline in its
             # process group) was stopped with it: continue them too, as a shell's fg does.
-            with contextlib.suppress(OSError):
-                os.killpg(os.getpgid(command_pid), signal.SIGCONT)
+            try:
+                os.killpg(os.getpgid(command_pid), _signals.SIGCONT)
+            except OSError:
+                pass
         else:
             report("exit", status=status)
             return 0
@@ -342,11 +353,11 @@ def _lead_terminal(fd: int) -> None:
     """
     try:
         os.setpgid(0, 0)
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+        mask = _signals.pthread_sigmask(_signals.SIG_BLOCK, {_signals.SIGTTOU})
         try:
             os.tcsetpgrp(fd, os.getpid())
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            _signals.pthread_sigmask(_signals.SIG_SETMASK, mask)
     except OSError as exc:
         raise ConfinementError("terminal", f"taking the pty's foreground: {exc.strerror}") from None
 

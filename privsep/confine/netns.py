@@ -20,13 +20,18 @@ Without egress in the plan nothing here runs, and ``lo`` stays down as before.
 
 from __future__ import annotations
 
+import _socket
 import fcntl
-import socket
 import struct
-from collections.abc import Callable, Sequence
 
 from privsep.errors import ConfinementError
 from privsep.plan.egress import EgressPlan
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    Report = Callable[..., None]
 
 __all__ = ["serve_egress"]
 
@@ -36,14 +41,16 @@ _IFF_UP = 0x1
 _IFREQ = struct.Struct("16sH14x")
 _BACKLOG = 64
 
-Report = Callable[..., None]
-
 
 def _loopback_up() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+    # _socket's sockets (see privsep/channel.py), closed by hand: they are no context managers
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
         request = _IFREQ.pack(b"lo", 0)
         _, flags = _IFREQ.unpack(fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, request))
         fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | _IFF_UP))
+    finally:
+        sock.close()
 
 
 def serve_egress(egress: EgressPlan, report: Report) -> None:
@@ -52,10 +59,10 @@ def serve_egress(egress: EgressPlan, report: Report) -> None:
         _loopback_up()
     except OSError as exc:
         raise ConfinementError("egress", f"bringing the loopback interface up: {exc.strerror}") from None
-    made: list[tuple[str, socket.socket]] = []
+    made: list[tuple[str, _socket.socket]] = []
     try:
         for endpoint in egress.endpoints():
-            sock = socket.socket(socket.AF_INET, endpoint.type | socket.SOCK_CLOEXEC)
+            sock = _socket.socket(_socket.AF_INET, endpoint.type | _socket.SOCK_CLOEXEC)
             made.append((endpoint.kind, sock))
             try:
                 sock.bind((endpoint.host, endpoint.port))
@@ -71,6 +78,6 @@ def serve_egress(egress: EgressPlan, report: Report) -> None:
             sock.close()
 
 
-def _send(made: Sequence[tuple[str, socket.socket]], report: Report) -> None:
+def _send(made: Sequence[tuple[str, _socket.socket]], report: Report) -> None:
     for kind, sock in made:
         report("egress", [sock.fileno()], step=kind)

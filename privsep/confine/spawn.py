@@ -53,17 +53,12 @@ sandbox has ended.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
-import socket
 import sys
-from collections.abc import Iterator, Sequence
 
 import _prctl  # python-prctl's C module: its Python wrapper costs ~1 ms of every start to import
 
-from privsep import _linux, channel
+from privsep import _jsontext, _linux, _signals, channel
 from privsep._lazy import lazy_module
 from privsep.confine import inside
 from privsep.errors import EXIT_PRIVSEP, ChannelError, ConfinementError
@@ -72,8 +67,12 @@ from privsep.plan.spawnplan import Spawned, SpawnPlan, claim_host_ids
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import _socket
     import subprocess
-    from typing import NoReturn
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn, TypeVar
+
+    T = TypeVar("T")
 
     from privsep.confine import zygote
 else:  # the Zygote's alone: privsep run forks a monitor and never loads them
@@ -96,8 +95,9 @@ def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2), listen_fds: Sequ
         raise ConfinementError("listen", f"{len(plan.listen)} listen names but {len(listen_fds)} sockets")
     plan, held = claim_host_ids(plan)
     try:
-        with _sandbox_sockets((*stdio, *listen_fds)) as (broker_chan, broker_ctl, sources):
-            pid, pidfd, lifeline = _start_first(plan, sources)
+        broker_chan, broker_ctl, (pid, pidfd, lifeline) = _sandbox_sockets(
+            (*stdio, *listen_fds), lambda sources: _start_first(plan, sources)
+        )
     except BaseException:
         if held is not None:
             held.release()
@@ -107,11 +107,14 @@ def spawn(plan: SpawnPlan, *, stdio: Sequence[int] = (0, 1, 2), listen_fds: Sequ
     )
 
 
-@contextlib.contextmanager
-def _sandbox_sockets(first: Sequence[int]) -> Iterator[tuple[socket.socket, socket.socket, tuple[int, ...]]]:
-    """One sandbox's channel and control socketpairs: the broker's two ends, and the fds the
-    sandbox starts with (``first``, then its ends of both). The sandbox's ends are closed
-    when the block ends, once the sandbox holds its copies; the broker's too if it raised."""
+def _sandbox_sockets(
+    first: Sequence[int], start: Callable[[tuple[int, ...]], T]
+) -> tuple[_socket.socket, _socket.socket, T]:
+    """One sandbox's channel and control socketpairs: the broker's two ends, and what ``start``
+    returned, given the fds the sandbox starts with (``first``, then its ends of both). The
+    sandbox's ends are closed once ``start`` returns (the sandbox holds its copies); the
+    broker's too if it raised. (A function, not a context manager: contextlib's import costs a
+    warm ``privsep run`` what a with-block saves in reading.)"""
     broker_chan, child_chan = channel.socketpair()
     try:
         broker_ctl, child_ctl = channel.socketpair()
@@ -120,7 +123,7 @@ def _sandbox_sockets(first: Sequence[int]) -> Iterator[tuple[socket.socket, sock
         child_chan.close()
         raise
     try:
-        yield broker_chan, broker_ctl, (*first, child_chan.fileno(), child_ctl.fileno())
+        started = start((*first, child_chan.fileno(), child_ctl.fileno()))
     except BaseException:
         broker_chan.close()
         broker_ctl.close()
@@ -128,6 +131,7 @@ def _sandbox_sockets(first: Sequence[int]) -> Iterator[tuple[socket.socket, sock
     finally:
         child_chan.close()
         child_ctl.close()
+    return broker_chan, broker_ctl, started
 
 
 def _start_first(plan: SpawnPlan, sources: Sequence[int]) -> tuple[int, int, int | None]:
@@ -146,31 +150,35 @@ def _start_first(plan: SpawnPlan, sources: Sequence[int]) -> tuple[int, int, int
         mask = None
         pid, lifeline = _fork_monitor(plan, sources), None
     else:
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        mask = _signals.pthread_sigmask(_signals.SIG_BLOCK, _signals.valid_signals())
         try:
             pid, lifeline = inside.start_init(plan, sources, announce=False, reset=True)
         except BaseException:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            _signals.pthread_sigmask(_signals.SIG_SETMASK, mask)
             raise
     pidfd = -1
     try:
         pidfd = os.pidfd_open(pid)
         if mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # runs what was held back
+            _signals.pthread_sigmask(_signals.SIG_SETMASK, mask)  # runs what was held back
     except BaseException:
         _end_first(pid, pidfd, lifeline)
         if mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            _signals.pthread_sigmask(_signals.SIG_SETMASK, mask)
         raise
     return pid, pidfd, lifeline
 
 
 def _end_first(pid: int, pidfd: int, lifeline: int | None) -> None:
     """A start that failed after the fork: kill the sandbox's first process, reap it, close its fds."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
+    try:
+        os.kill(pid, _signals.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
         os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
     for fd in (pidfd, -1 if lifeline is None else lifeline):
         if fd >= 0:
             os.close(fd)
@@ -220,7 +228,7 @@ def _monitor(plan: SpawnPlan, sources: Sequence[int], parent_pid: int) -> None:
     try:
         os.setsid()  # out of the broker's session: a ^C at its terminal is the broker's business
         inside.arrange_fds(sources)  # and nothing else of the broker's: no grant, no secret, no log
-        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, _signals.SIGKILL)
         if os.getppid() != parent_pid:
             raise ConfinementError("monitor", "the broker exited during set-up")
         init_pid, lifeline = inside.start_init(plan, range(len(sources)))
@@ -282,8 +290,9 @@ class Zygote:
         # The broker claims the host id and holds it: it is the one that sees the sandbox end.
         plan, held = claim_host_ids(plan)
         try:
-            with _sandbox_sockets(stdio) as (broker_chan, broker_ctl, sources):
-                pid, pidfd = self._start(plan, sources)
+            broker_chan, broker_ctl, (pid, pidfd) = _sandbox_sockets(
+                stdio, lambda sources: self._start(plan, sources)
+            )
         except BaseException:
             if held is not None and not self._out_of_step:
                 # Answered (or never asked): no sandbox runs as the id. Cut before the answer, one
@@ -306,7 +315,7 @@ class Zygote:
         self._out_of_step = False
         if frame is None:
             raise ConfinementError("zygote", "the zygote exited")
-        answer = json.loads(frame.data)
+        answer = _jsontext.loads(frame.data)
         if len(frame.fds) != 1:
             channel.close_fds(frame.fds)
             raise ConfinementError(str(answer.get("step", "zygote")), str(answer.get("reason", "")))

@@ -7,7 +7,6 @@ planned binds, masks, pins and generated files, then ``pivot_root`` into it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import posixpath
@@ -54,8 +53,10 @@ def _mkdir_p(made: set[str], path: str) -> None:
     parent = posixpath.dirname(path)
     if parent != path:
         _mkdir_p(made, parent)
-    with contextlib.suppress(FileExistsError):
+    try:
         os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
     made.add(path)
 
 

@@ -42,17 +42,15 @@ included; never a secret's value (secrets are read when asked for).
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import os
 import stat
 import sys
 import time
 import zlib
-from collections.abc import Iterator
 
 from privsep import _hostfacts as host
+from privsep import _jsontext
 from privsep._record import Record, replace
 from privsep._version import __version__
 from privsep.plan import wire
@@ -161,9 +159,8 @@ def key(inputs: object) -> str | None:
     uname = os.uname()
     ids = [os.geteuid(), os.getegid(), os.getuid(), os.getgid()]
     python = [sys.executable, sys.version, sys.path]
-    return json.dumps(
-        [FORMAT, __version__, sources, python, uname.release, uname.version, ids, cwd, inputs],
-        separators=(",", ":"),
+    return _jsontext.dumps(
+        [FORMAT, __version__, sources, python, uname.release, uname.version, ids, cwd, inputs]
     )
 
 
@@ -179,12 +176,17 @@ def load(key: str) -> Prepared | None:
 
 
 def _load(where: str, key: str) -> Prepared | None:
-    with _opened(where, create=False) as dir_fd:
-        data = None if dir_fd is None else _read(dir_fd, _name(key))
+    dir_fd = _opened(where, create=False)
+    if dir_fd is None:
+        return None
+    try:
+        data = _read(dir_fd, _name(key))
+    finally:
+        os.close(dir_fd)
     if data is None:
         return None
     head, _, body = data.partition(b"\n")
-    header = json.loads(head)
+    header = _jsontext.loads(head)
     if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("key") != key:
         return None
     if not host.hold(header.get("facts")):
@@ -198,14 +200,18 @@ def store(key: str, facts: list[host.Fact], prepared: Prepared) -> None:
     if where is None:
         return
     try:
-        header = json.dumps({"format": FORMAT, "key": key, "facts": facts}, separators=(",", ":"))
+        header = _jsontext.dumps({"format": FORMAT, "key": key, "facts": facts})
         data = header.encode() + b"\n" + wire.encode(prepared)
         if len(data) > _MAX_BYTES:
             return
-        with _opened(where, create=True) as dir_fd:
-            if dir_fd is not None:
-                _evict(dir_fd)
-                _write(dir_fd, _name(key), data)
+        dir_fd = _opened(where, create=True)
+        if dir_fd is None:
+            return
+        try:
+            _evict(dir_fd)
+            _write(dir_fd, _name(key), data)
+        finally:
+            os.close(dir_fd)
     except (OSError, TypeError, ValueError):
         return  # a read-only home, a full disk, a fact JSON cannot hold: the next run is cold too
 
@@ -248,22 +254,26 @@ def _trusted(st: os.stat_result, *, private: bool) -> bool:
     return st.st_uid == os.geteuid() and not st.st_mode & others
 
 
-@contextlib.contextmanager
-def _opened(where: str, *, create: bool) -> Iterator[int | None]:
-    """The cache directory's fd, or None when it is missing (and not to be made) or not trusted."""
+def _opened(where: str, *, create: bool) -> int | None:
+    """The cache directory's fd (the caller's to close), or None when it is missing (and not
+    to be made) or not trusted."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(where, flags)
     except FileNotFoundError:
         if not create:
-            yield None
-            return
+            return None
         os.makedirs(where, mode=0o700, exist_ok=True)
         fd = os.open(where, flags)
     try:
-        yield fd if _trusted(os.fstat(fd), private=False) else None
-    finally:
+        trusted = _trusted(os.fstat(fd), private=False)
+    except BaseException:
         os.close(fd)
+        raise
+    if not trusted:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _read(dir_fd: int, name: str) -> bytes | None:
@@ -299,8 +309,10 @@ def _write(dir_fd: int, name: str, data: bytes) -> None:
             view = view[os.write(fd, view) :]
     except BaseException:
         os.close(fd)
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(temporary, dir_fd=dir_fd)
+        except OSError:
+            pass
         raise
     os.close(fd)
     os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -312,16 +324,22 @@ def _evict(dir_fd: int) -> None:
     listed = os.listdir(dir_fd)
     names = [n for n in listed if n.endswith(_SUFFIX) and not n.startswith(".")]
     for name in (n for n in listed if n.startswith(".") and _SUFFIX in n):
-        with contextlib.suppress(OSError):
+        try:
             if time.time() - os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime > _ABANDONED_S:
                 os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
     if len(names) < MAX_ENTRIES:
         return
     dated = []
     for name in names:
-        with contextlib.suppress(OSError):
+        try:
             dated.append((os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns, name))
+        except OSError:
+            pass
     dated.sort()
     for _, name in dated[: len(dated) - MAX_ENTRIES + 1]:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass

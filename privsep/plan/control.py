@@ -14,10 +14,9 @@ copy of it that misbehaves must not take the broker down.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 
+from privsep import _jsontext
 from privsep._record import Record
 from privsep.errors import RemoteProtocolError
 
@@ -80,7 +79,7 @@ def _encode(kind: str, step: str, reason: str, status: int, errno: int) -> bytes
     body = {"kind": kind, "step": step[:_MAX_STEP], "status": status, "errno": errno}
     reason = reason[:_MAX_REASON]
     while True:
-        frame = json.dumps({**body, "reason": reason}).encode()
+        frame = _jsontext.dumps({**body, "reason": reason}).encode()
         if len(frame) <= MAX_CONTROL_FRAME or not reason:
             return frame
         reason = reason[: len(reason) // 2]
@@ -96,7 +95,7 @@ def decode_control(frame: Frame) -> ControlMessage:
     try:
         if len(frame.data) > MAX_CONTROL_FRAME:
             raise ValueError("frame too large")
-        obj = json.loads(frame.data)
+        obj = _jsontext.loads(frame.data)
         if not isinstance(obj, dict) or obj.get("kind") not in KINDS:
             raise ValueError("unknown kind")
         kind = obj["kind"]
@@ -113,7 +112,9 @@ def decode_control(frame: Frame) -> ControlMessage:
         )
     except (ValueError, TypeError, OverflowError) as exc:
         for fd in frame.fds:
-            with contextlib.suppress(OSError):
+            try:
                 os.close(fd)
+            except OSError:
+                pass
         raise RemoteProtocolError(f"bad control message from the sandbox: {exc}") from None
     return msg

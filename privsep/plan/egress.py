@@ -27,8 +27,8 @@ Pure data and host metadata (lstat, realpath) read in the broker before the fork
 
 from __future__ import annotations
 
+import _socket
 import posixpath
-import socket
 
 from privsep import _hostfacts
 from privsep._record import Record, replace
@@ -78,7 +78,7 @@ class Endpoint(Record):
 
     @property
     def type(self) -> int:
-        return socket.SOCK_DGRAM if self.udp else socket.SOCK_STREAM
+        return _socket.SOCK_DGRAM if self.udp else _socket.SOCK_STREAM
 
 
 _DNS = (Endpoint("dns_udp", True, RESOLVER, DNS_PORT), Endpoint("dns_tcp", False, RESOLVER, DNS_PORT))

@@ -46,12 +46,15 @@ a claimed one.
 from __future__ import annotations
 
 import fcntl
-import functools
 import os
-from collections.abc import Iterator, Mapping
 
+from privsep._memo import cached
 from privsep._record import Record
 from privsep.errors import ConfinementError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
 
 __all__ = [
     "DEFAULT_COUNT",
@@ -195,7 +198,7 @@ def check_range(ids: IdRange, *, etc: str = "/etc") -> None:
                 )
 
 
-@functools.lru_cache(maxsize=8)
+@cached
 def _checked_range(value: str | None, etc: str) -> IdRange:
     ids = configured_range({} if value is None else {ENV_VAR: value}, etc=etc)
     check_range(ids, etc=etc)

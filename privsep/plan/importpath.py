@@ -23,9 +23,13 @@ from __future__ import annotations
 import os
 import posixpath
 import sys
-from collections.abc import Iterable
 
+from privsep._mountinfo import unescape
 from privsep.errors import PolicyError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = [
     "WRITES",
@@ -77,7 +81,7 @@ def parse_mountinfo(lines: Iterable[str]) -> list[Mount]:
         fields = line.split(" ")
         if len(fields) < 10 or "-" not in fields[6:]:
             continue
-        point, device, root = _unescape(fields[4]), fields[2], _unescape(fields[3])
+        point, device, root = unescape(fields[4]), fields[2], unescape(fields[3])
         after = fields[fields.index("-", 6) + 1 :]  # filesystem type, source, super options
         layers = _overlay_layers(after[2]) if len(after) >= 3 and after[0] == "overlay" else ()
         found = [m for m in found if not under(m[0], point)]
@@ -92,9 +96,9 @@ def _overlay_layers(options: str) -> tuple[str, ...]:
     for option in options.split(","):
         name, _, value = option.partition("=")
         if name in ("upperdir", "workdir"):
-            layers.append(_unescape(value))
+            layers.append(unescape(value))
         elif name == "lowerdir":
-            layers += [_unescape(v) for v in _split_layers(value)]
+            layers += [unescape(v) for v in _split_layers(value)]
     return tuple(layer for layer in layers if layer.startswith("/"))
 
 
@@ -114,21 +118,6 @@ def _split_layers(value: str) -> list[str]:
             at += 1
     parts.append("".join(current))
     return [p for p in parts if p]
-
-
-def _unescape(field: str) -> str:
-    """mountinfo's octal escapes (``\\040`` for a space, and so on) as the characters they stand for."""
-    if "\\" not in field:
-        return field
-    out, at = [], 0
-    while at < len(field):
-        if field[at] == "\\" and field[at + 1 : at + 4].isdigit():
-            out.append(chr(int(field[at + 1 : at + 4], 8)))
-            at += 4
-        else:
-            out.append(field[at])
-            at += 1
-    return "".join(out)
 
 
 def mount_forms(real: str, mounted: list[Mount]) -> list[str]:

@@ -19,10 +19,12 @@ policy's secret files are checked with the policy's own grants
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from privsep.errors import PolicyError
 from privsep.plan.importpath import WRITES, held_forms, mounts, named_and_real, reach_forms, under
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = ["check_writes", "guard"]
 

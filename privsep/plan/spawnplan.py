@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import resource
-import socket
-from collections.abc import Mapping, Sequence
+
+# Not collections.abc: that imports the collections package (~1 ms of every warm privsep run);
+# the classes are the same, and plan/wire.py reads SpawnPlan's hints with them.
+from _collections_abc import Mapping, Sequence
 
 from privsep import _hostfacts as host
 from privsep import _linux
@@ -35,6 +37,8 @@ from privsep.plan.view import DEVICES, ViewPlan, plan_grants
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import _socket
+
     # Only making a plan needs the policy's model (pydantic); reading one (the forkserver, the
     # plan cache of privsep run) must not pay for it.
     from privsep.plan import filter as syscall_filter
@@ -365,8 +369,8 @@ class Spawned:
     a monitor, the broker's direct child, that reaps init. Init sends no "init" report
     unless a monitor started it: otherwise the broker holds its pidfd already."""
     pidfd: int
-    channel: socket.socket
-    control: socket.socket
+    channel: _socket.socket
+    control: _socket.socket
     host_ids: Claim | None
     """A root broker's claim on the sandbox's host id: release it once the sandbox has ended."""
     ours: bool
@@ -381,8 +385,8 @@ class Spawned:
         self,
         pid: int,
         pidfd: int,
-        channel: socket.socket,
-        control: socket.socket,
+        channel: _socket.socket,
+        control: _socket.socket,
         host_ids: Claim | None = None,
         ours: bool = True,
         lifeline: int | None = None,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from collections.abc import Iterator
 
 from privsep import _hostfacts as host
 from privsep import _linux
@@ -29,6 +28,8 @@ from privsep.errors import PolicyError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     # Planning reads the policy's model; the plan's own types (what the sandbox builds, what the
     # plan cache of privsep run reads back) do not, and must not import pydantic.
     from typing import Any

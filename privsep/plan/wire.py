@@ -25,17 +25,18 @@ hand-written format's cost (the forkserver pays it on every start).
 from __future__ import annotations
 
 import binascii
-import functools
-import json
-import operator
 import sys
 import types
-from collections.abc import Callable, Mapping
+from _collections_abc import Mapping  # collections.abc's, without the collections package
+from _operator import attrgetter
 
+from privsep import _jsontext
+from privsep._memo import cached
 from privsep._record import Record
 
 TYPE_CHECKING = False  # not typing's: a warm privsep run decodes its plan here without importing it
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, TypeVar
 
     T = TypeVar("T")
@@ -53,14 +54,14 @@ def encode(obj: object) -> bytes:
     """``obj``, a record (``privsep._record``), as JSON bytes."""
     cls: Any = type(obj)  # a class is hashable, whatever mypy makes of type[object]
     enc = _encoder(cls)
-    return json.dumps(obj if enc is None else enc(obj), separators=(",", ":")).encode()
+    return _jsontext.dumps(obj if enc is None else enc(obj)).encode()
 
 
 def decode(cls: type[T], data: bytes) -> T:
     """The ``cls`` instance :func:`encode` made ``data`` from; ValueError if it is not one."""
     try:
-        body = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = _jsontext.loads(data)
+    except ValueError as exc:  # UnicodeDecodeError is one
         raise ValueError(f"not a {cls.__name__}: {exc}") from None
     hint: Any = cls
     value: T = _decoder(hint)(body)
@@ -70,8 +71,7 @@ def decode(cls: type[T], data: bytes) -> T:
 # --- encoders ----------------------------------------------------------------------------------
 
 
-@functools.cache
-def _encoder(hint: Any) -> _Codec | None:
+def _new_encoder(hint: Any) -> _Codec | None:
     if hint in _SCALARS:
         return None
     if hint in (bytes, float):
@@ -121,7 +121,7 @@ def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
     if len(names) == 1:  # attrgetter of one name returns the value, not a 1-tuple
         (name,) = names
         return lambda obj: (getattr(obj, name),)
-    return operator.attrgetter(*names)
+    return attrgetter(*names)
 
 
 def _b64(value: bytes) -> str:
@@ -131,12 +131,11 @@ def _b64(value: bytes) -> str:
 # --- decoders ----------------------------------------------------------------------------------
 
 
-@functools.cache
-def _decoder(hint: Any) -> _Codec:
+def _new_decoder(hint: Any) -> _Codec:
     if hint in _SCALARS:
-        return functools.partial(_scalar, hint)
+        return _scalar_of(hint)
     if hint in (bytes, float):
-        return _unb64 if hint is bytes else functools.partial(_scalar, float)
+        return _unb64 if hint is bytes else _scalar_of(float)
     if isinstance(hint, type) and issubclass(hint, Record):
         return _record_decoder(hint)
     origin, args = _origin_and_args(hint)
@@ -154,7 +153,8 @@ def _decoder(hint: Any) -> _Codec:
 def _tuple_decoder(args: tuple[Any, ...]) -> _Codec:
     if args[-1] is Ellipsis:
         if args[0] in _SCALARS:
-            return functools.partial(_scalars, args[0])
+            kind = args[0]
+            return lambda data: _scalars(kind, data)
         item = _decoder(args[0])
         return lambda data: tuple(map(item, _list(data)))
     items = tuple(_decoder(a) for a in args)
@@ -171,6 +171,10 @@ def _record_decoder(cls: type[Record]) -> _Codec:
         return cls(**{name: d(v) for name, d, v in zip(names, decs, values, strict=True)})
 
     return dec
+
+
+def _scalar_of(kind: type) -> _Codec:
+    return lambda data: _scalar(kind, data)
 
 
 def _scalar(kind: type, data: Any) -> Any:
@@ -201,6 +205,11 @@ def _list(data: Any, length: int | None = None) -> list[Any]:
         want = "a list" if length is None else f"a list of {length}"
         raise ValueError(f"expected {want}, got {data!r:.60}")
     return data
+
+
+#: Each codec is built once per type (and the codecs of its parts through these too).
+_encoder = cached(_new_encoder)
+_decoder = cached(_new_decoder)
 
 
 # --- hints -------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from privsep.broker.answers import Refusal
 from privsep.broker.files import FileService
-from privsep.framing import ErrorCode
+from privsep.errorcodes import ErrorCode
 from tests.unit.test_decide import grant as grant_rule
 from tests.unit.test_decide import policy
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import _socket
 import array
 import fcntl
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import closing
 
 import pytest
 
@@ -18,9 +20,9 @@ from tests.conftest import is_open, open_fds
 
 
 @pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+def pair() -> Iterator[tuple[_socket.socket, _socket.socket]]:
     a, b = channel.socketpair()
-    with a, b:
+    with closing(a), closing(b):
         yield a, b
 
 
@@ -31,19 +33,19 @@ def pipe() -> Iterator[tuple[int, int]]:
     channel.close_fds((r, w))
 
 
-def raw_send(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+def raw_send(sock: _socket.socket, data: bytes, fds: list[int]) -> None:
     """Send bypassing channel.send's checks, as a hostile peer would."""
     sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
 
 
-def test_socketpair_is_seqpacket_and_cloexec(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_socketpair_is_seqpacket_and_cloexec(pair: tuple[_socket.socket, _socket.socket]) -> None:
     for sock in pair:
         assert sock.type == socket.SOCK_SEQPACKET
         assert sock.family == socket.AF_UNIX
         assert fcntl.fcntl(sock.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC
 
 
-def test_frames_keep_their_boundaries(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_frames_keep_their_boundaries(pair: tuple[_socket.socket, _socket.socket]) -> None:
     a, b = pair
     send(a, b"one")
     send(a, b"x" * MAX_FRAME)
@@ -52,7 +54,7 @@ def test_frames_keep_their_boundaries(pair: tuple[socket.socket, socket.socket])
 
 
 def test_fds_arrive_working_and_close_on_exec(
-    pair: tuple[socket.socket, socket.socket], pipe: tuple[int, int]
+    pair: tuple[_socket.socket, _socket.socket], pipe: tuple[int, int]
 ) -> None:
     a, b = pair
     r, w = pipe
@@ -71,7 +73,7 @@ def test_fds_arrive_working_and_close_on_exec(
         channel.close_fds(frame.fds)
 
 
-def test_max_fds_fit_in_one_frame(pair: tuple[socket.socket, socket.socket], pipe: tuple[int, int]) -> None:
+def test_max_fds_fit_in_one_frame(pair: tuple[_socket.socket, _socket.socket], pipe: tuple[int, int]) -> None:
     a, b = pair
     send(a, b"many", [pipe[0]] * MAX_FDS)
     frame = recv(b)
@@ -84,7 +86,7 @@ def test_max_fds_fit_in_one_frame(pair: tuple[socket.socket, socket.socket], pip
 
 @pytest.mark.parametrize(("data", "nfds"), [(b"", 0), (b"x" * (MAX_FRAME + 1), 0), (b"x", MAX_FDS + 1)])
 def test_send_refuses_what_the_peer_must_refuse(
-    pair: tuple[socket.socket, socket.socket], pipe: tuple[int, int], data: bytes, nfds: int
+    pair: tuple[_socket.socket, _socket.socket], pipe: tuple[int, int], data: bytes, nfds: int
 ) -> None:
     a, b = pair
     with pytest.raises(LocalProtocolError):
@@ -97,7 +99,7 @@ def test_send_refuses_what_the_peer_must_refuse(
 def test_send_to_a_closed_peer_is_a_channel_error() -> None:
     a, b = channel.socketpair()
     b.close()
-    with a, pytest.raises(ChannelError):
+    with closing(a), pytest.raises(ChannelError):
         send(a, b"anyone?")
 
 
@@ -105,20 +107,20 @@ def test_recv_after_the_peer_left_frames_unread_is_a_channel_error() -> None:
     a, b = channel.socketpair()
     send(a, b"unread")
     b.close()  # with our frame in its queue: the kernel reports ECONNRESET
-    with a, pytest.raises(ChannelError):
+    with closing(a), pytest.raises(ChannelError):
         recv(a)
 
 
 def test_eof_is_none() -> None:
     a, b = channel.socketpair()
     b.close()
-    with a:
+    with closing(a):
         assert recv(a) is None
         assert recv_no_fds(a) is None
 
 
 def test_empty_message_counts_as_eof_and_its_fds_are_closed(
-    pair: tuple[socket.socket, socket.socket], pipe: tuple[int, int]
+    pair: tuple[_socket.socket, _socket.socket], pipe: tuple[int, int]
 ) -> None:
     a, b = pair
     before = open_fds()
@@ -127,7 +129,7 @@ def test_empty_message_counts_as_eof_and_its_fds_are_closed(
     assert open_fds() == before
 
 
-def test_nonblocking_recv_propagates_blocking_io_error(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_nonblocking_recv_propagates_blocking_io_error(pair: tuple[_socket.socket, _socket.socket]) -> None:
     pair[1].setblocking(False)
     with pytest.raises(BlockingIOError):
         recv(pair[1])
@@ -135,7 +137,7 @@ def test_nonblocking_recv_propagates_blocking_io_error(pair: tuple[socket.socket
 
 @pytest.mark.parametrize("size", [MAX_FRAME + 1, 3 * MAX_FRAME])
 def test_oversized_frame_is_a_violation_and_its_fds_are_closed(
-    pair: tuple[socket.socket, socket.socket], pipe: tuple[int, int], size: int
+    pair: tuple[_socket.socket, _socket.socket], pipe: tuple[int, int], size: int
 ) -> None:
     a, b = pair
     before = open_fds()
@@ -146,7 +148,7 @@ def test_oversized_frame_is_a_violation_and_its_fds_are_closed(
 
 
 def test_truncated_fds_are_a_violation_and_all_received_fds_are_closed(
-    pair: tuple[socket.socket, socket.socket], pipe: tuple[int, int]
+    pair: tuple[_socket.socket, _socket.socket], pipe: tuple[int, int]
 ) -> None:
     # A peer cannot send more than MAX_FDS fds in one message, which is exactly
     # what fits; credentials the kernel adds first (SO_PASSCRED) take the room
@@ -174,13 +176,13 @@ def test_a_ragged_scm_rights_message_closes_every_fd(pipe: tuple[int, int]) -> N
     assert open_fds() == before - set(spare)
 
 
-def test_recv_no_fds_returns_plain_frames(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_recv_no_fds_returns_plain_frames(pair: tuple[_socket.socket, _socket.socket]) -> None:
     send(pair[0], b'{"id":1,"op":"ping"}')
     assert recv_no_fds(pair[1]) == b'{"id":1,"op":"ping"}'
 
 
 def test_recv_no_fds_closes_attached_fds_and_refuses(
-    pair: tuple[socket.socket, socket.socket], pipe: tuple[int, int]
+    pair: tuple[_socket.socket, _socket.socket], pipe: tuple[int, int]
 ) -> None:
     a, b = pair
     before = open_fds()

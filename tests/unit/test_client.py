@@ -48,6 +48,12 @@ Reply = Callable[[Request], bytes]
 HELLO_RESULT = {"version": 1, "broker": "privsep 9.9", "max_frame": protocol.MAX_FRAME}
 
 
+def _pair() -> tuple[socket.socket, socket.socket]:
+    """channel.socketpair()'s pair (the interpreter's C sockets) as the socket objects a client holds."""
+    child_end, broker_end = channel.socketpair()
+    return socket.socket(fileno=child_end.detach()), socket.socket(fileno=broker_end.detach())
+
+
 def cloexec(fd: int) -> bool:
     return bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
 
@@ -93,7 +99,7 @@ class FakeBroker:
 @pytest.fixture
 def pair() -> Iterator[tuple[Client, FakeBroker]]:
     """A client past its hello, and the fake broker on the other end."""
-    child_end, broker_end = channel.socketpair()
+    child_end, broker_end = _pair()
     with child_end, broker_end:
         broker = FakeBroker(broker_end)
         cli = Client(child_end)
@@ -121,7 +127,7 @@ def denied(message: str, allow: str | None) -> Reply:
 
 
 def test_the_first_request_is_preceded_by_hello() -> None:
-    child_end, broker_end = channel.socketpair()
+    child_end, broker_end = _pair()
     with child_end, broker_end:
         broker = FakeBroker(broker_end)
         broker.expect(protocol.Hello(id=0, versions=(1,)), lambda r: reply_ok(r, HELLO_RESULT))
@@ -131,7 +137,7 @@ def test_the_first_request_is_preceded_by_hello() -> None:
 
 
 def test_a_hello_result_with_a_version_not_offered_is_refused() -> None:
-    child_end, broker_end = channel.socketpair()
+    child_end, broker_end = _pair()
     with child_end, broker_end:
         broker = FakeBroker(broker_end)
         broker.expect(

@@ -176,7 +176,7 @@ def test_names_that_are_not_identifiers_are_checked_too(site: Path, name: str) -
 def test_a_path_is_also_named_by_where_it_is_in_its_filesystem() -> None:
     """The form a bind mount shares with its source (``mount_forms``): the deepest mount point
     holding the path, the later of two on one point, mountinfo's escapes undone."""
-    from privsep.plan.importpath import Mount, _unescape, mount_forms
+    from privsep.plan.importpath import Mount, mount_forms
 
     table: list[Mount] = [
         ("/", "8:1", "/", ()),
@@ -191,7 +191,16 @@ def test_a_path_is_also_named_by_where_it_is_in_its_filesystem() -> None:
     assert mount_forms("/tmp/x", table) == ["0:41:/x"]
     assert mount_forms("/tmp", table) == ["0:41:/"]  # the filesystem's root
     assert mount_forms("/x", []) == []
-    assert _unescape("/a\\040b\\011c\\134d") == "/a b\tc\\d"
+
+
+def test_mountinfo_escapes_are_undone_and_nothing_else() -> None:
+    """Three octal digits after a backslash are one character; anything else is kept as it is
+    (a stray ``\\8`` raised a ValueError out of the importpath reader's copy of this)."""
+    from privsep._mountinfo import unescape
+
+    assert unescape("/a\\040b\\011c\\134d\\012") == "/a b\tc\\d\n"
+    assert unescape("/plain") == "/plain"
+    assert unescape("/a\\089/b\\04/c\\") == "/a\\089/b\\04/c\\"
 
 
 def test_mountinfo_is_read_with_hidden_mounts_left_out_and_overlay_layers_named() -> None:
