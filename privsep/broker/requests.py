@@ -24,7 +24,7 @@ from privsep.broker.events import READ, WRITE
 from privsep.broker.outcome import Outcome
 from privsep.broker.report import Denial
 from privsep.broker.services import SLOW_OPS, Services, perform
-from privsep.errors import ChannelError, RemoteProtocolError
+from privsep.errors import EXIT_PRIVSEP, ChannelError, RemoteProtocolError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -93,6 +93,9 @@ class RequestServer:
             request = serving.proto.receive(frame)
         except RemoteProtocolError as exc:
             self._violation(child, str(exc))
+            return
+        except Exception as exc:  # a bug of ours, or the protocol's first import failing: rule 6
+            self._lost(child, exc)
             return
         self._serve(child, request)
 
@@ -282,6 +285,19 @@ class RequestServer:
         sock.close()
         detail = f"the child broke the protocol ({reason}); it was disconnected and killed"
         self._lifecycle.kill(child, Outcome("violation", 128 + _signals.SIGKILL, detail=detail))
+
+    def _lost(self, child: Child, exc: Exception) -> None:
+        """A frame met a bug of ours before it was a request (the first frame also builds the
+        protocol's models: a broken install fails there): logged, and this sandbox alone is cut
+        off and killed, with no reply (it could need the protocol that failed). Its siblings
+        carry on (rule 6)."""
+        self._recorder.internal_error(child, "a frame from the sandbox", exc)
+        sock = child.spawned.channel
+        _drop_outbox(child)
+        self._events.forget(sock)
+        sock.close()
+        detail = "the broker failed to read the sandbox's request (logged above); the sandbox was killed"
+        self._lifecycle.kill(child, Outcome("lost", EXIT_PRIVSEP, detail=detail))
 
     # -- relays -------------------------------------------------------------
 

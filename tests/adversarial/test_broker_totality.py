@@ -122,6 +122,58 @@ def test_an_internal_error_is_logged_answered_eio_and_the_child_goes_on(
     assert err.count("RuntimeError: a bug of ours") == 5
 
 
+def test_a_frame_that_fails_before_it_is_a_request_cuts_off_that_sandbox_alone(
+    broker: Broker, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 6 before a request exists: decoding a frame (the first one also imports the
+    protocol's models: a broken install fails there) raised out of the loop, and ``wait``
+    raised: every sibling died with the broker. Now the sandbox is logged, cut off and
+    killed, and a sibling served by the same broker carries on."""
+    receive = protocol.BrokerProtocol.receive
+
+    def failing(self: protocol.BrokerProtocol, frame: bytes) -> protocol.Request:
+        if b"/boom" in frame:
+            raise RuntimeError("a bug of ours while decoding")
+        return receive(self, frame)
+
+    monkeypatch.setattr(protocol.BrokerProtocol, "receive", failing)
+    policy = load_policy("python")
+    services = Services(policy)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        with tempfile.TemporaryFile() as out:
+            hit = broker.start(
+                make_plan(policy, [str(PYTHON), "-c", "from privsep import client\nclient.stat('/boom')\n"]),
+                services=services,
+                timeout=30,
+                stdio=(devnull, devnull, devnull),
+            )
+            sibling = broker.start(
+                make_plan(
+                    policy,
+                    [
+                        str(PYTHON),
+                        "-c",
+                        "import time\ntime.sleep(1)\nfrom privsep import client\n"
+                        "client.ping()\nprint('served')\n",
+                    ],
+                ),
+                services=services,
+                timeout=30,
+                stdio=(devnull, out.fileno(), out.fileno()),
+            )
+            lost = broker.wait(hit)
+            ended = broker.wait(sibling)
+            out.seek(0)
+            assert out.read() == b"served\n", ended
+    finally:
+        os.close(devnull)
+        services.close()
+    assert lost.how == "lost" and "failed to read the sandbox's request" in lost.detail, lost
+    assert ended.how == "exited" and ended.returncode == 0, ended
+    assert "RuntimeError: a bug of ours while decoding" in capfd.readouterr().err
+
+
 def test_a_huge_listing_of_control_character_names_is_paged(run_privsep: RunPrivsep, granted: Path) -> None:
     """Names made of control characters grow sixfold in JSON: the reply once outgrew its frame."""
     big = granted / "g" / "big"
