@@ -107,8 +107,8 @@ def _own_limit_failed(memory: str) -> bool:
 
 def _number(path: str) -> int:
     try:
-        with open(path, encoding="ascii") as f:
-            return int(f.read())
+        with open(path, "rb") as f:
+            return int(f.read())  # ASCII digits (and spaces) only: int() of bytes takes nothing else
     except (OSError, ValueError):
         return 0
 
