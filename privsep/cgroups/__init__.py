@@ -96,11 +96,16 @@ class Mount(Record):
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
-    """The ``cgroup`` and ``cgroup2`` mounts, in order."""
+    """The ``cgroup`` and ``cgroup2`` mounts, in order.
+
+    Split as the kernel writes the file: a line ends at a newline, a field at a space (both
+    escaped within a path, ``_mountinfo.py``). Not ``splitlines()``/``split()``, which also
+    break at a carriage return or another control character a mount point's path may hold
+    unescaped (a FUSE mount a user names): the mount was dropped or its path cut short."""
     mounts = []
-    for line in text.splitlines():
+    for line in text.split("\n"):
         left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
+        fields, tail = left.split(" "), right.split(" ")
         if not sep or len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
             continue
         mounts.append(Mount(unescape(fields[4]), unescape(fields[3]), tail[0], frozenset(tail[2].split(","))))
@@ -110,7 +115,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
 def parse_self_cgroup(text: str) -> dict[str, str]:
     """Controller -> the process's cgroup in that hierarchy; "" for the unified (v2) one."""
     own: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):  # a cgroup's path may hold "\r": see parse_mountinfo
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue

@@ -69,15 +69,17 @@ def mounts() -> list[Mount]:
     the hidden one is left out (audit 14: its device would have named what lies there)."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            return parse_mountinfo(f.read().splitlines())
+            return parse_mountinfo(f.read())
     except OSError:
         return []
 
 
-def parse_mountinfo(lines: Iterable[str]) -> list[Mount]:
-    """:func:`mounts` from the lines of a mountinfo file."""
+def parse_mountinfo(text: str) -> list[Mount]:
+    """:func:`mounts` from a mountinfo file's text. Lines end at a newline alone, fields at a
+    space alone, as the kernel writes them (``splitlines()`` also broke at a carriage return
+    a mount point's path may hold, and dropped that mount: see ``cgroups.parse_mountinfo``)."""
     found: list[Mount] = []
-    for line in lines:
+    for line in text.split("\n"):
         fields = line.split(" ")
         if len(fields) < 10 or "-" not in fields[6:]:
             continue

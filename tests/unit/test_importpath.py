@@ -216,9 +216,35 @@ def test_mountinfo_is_read_with_hidden_mounts_left_out_and_overlay_layers_named(
         "rw,lowerdir=/l1:/l\\:2,upperdir=/u,workdir=/w",
         "garbage",
     ]
-    table = parse_mountinfo(lines)
+    table = parse_mountinfo("\n".join(lines))
     assert [m[0] for m in table] == ["/", "/h", "/m"]
     assert table[2][3] == ("/l1", "/l:2", "/u", "/w")
+
+
+@pytest.mark.parametrize("odd", ["\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\u2028"])
+def test_a_mount_point_holding_a_control_character_is_read_whole(odd: str) -> None:
+    """The kernel escapes only space, tab, newline and backslash in a mount point; a path a
+    user may name (a FUSE mount in their home) can hold a carriage return or another control
+    character. splitlines() broke the line there and dropped the mount (too few fields on
+    either side); the cgroup reader's split() broke fields there and read the wrong path."""
+    from privsep import cgroups
+    from privsep.plan.importpath import parse_mountinfo
+
+    text = "\n".join(
+        [
+            "20 1 8:1 / / rw - ext4 /dev/sda1 rw",
+            f"50 20 0:60 / /home/eve/x{odd}y\\040z rw,nosuid - fuse.sshfs eve@h:/ rw",
+            f"52 20 0:62 / /sys/fs/cgroup/mem{odd}ory rw,nosuid - cgroup cgroup rw,memory",
+        ]
+    )
+    table = parse_mountinfo(text)
+    assert [(m[0], m[1]) for m in table] == [
+        ("/", "8:1"),
+        (f"/home/eve/x{odd}y z", "0:60"),
+        (f"/sys/fs/cgroup/mem{odd}ory", "0:62"),
+    ]
+    (memory,) = cgroups.parse_mountinfo(text)
+    assert memory.point == f"/sys/fs/cgroup/mem{odd}ory" and "memory" in memory.options
 
 
 def test_an_empty_loader_path_is_no_path(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
