@@ -42,33 +42,8 @@ if TYPE_CHECKING:
         signal,
         valid_signals,
     )
-else:
-    from _signal import (
-        SIG_BLOCK,
-        SIG_DFL,
-        SIG_IGN,
-        SIG_SETMASK,
-        SIG_UNBLOCK,
-        SIGCHLD,
-        SIGCONT,
-        SIGHUP,
-        SIGINT,
-        SIGKILL,
-        SIGPIPE,
-        SIGQUIT,
-        SIGSYS,
-        SIGTERM,
-        SIGTSTP,
-        SIGTTOU,
-        SIGWINCH,
-        SIGXFSZ,
-        getsignal,
-        pidfd_send_signal,
-        pthread_sigmask,
-        set_wakeup_fd,
-        signal,
-        valid_signals,
-    )
+else:  # the same names (and the rest of _signal's), at run time
+    from _signal import *  # noqa: F403
 
 __all__ = [
     "SIGCHLD",
