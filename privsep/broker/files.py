@@ -133,7 +133,8 @@ class FileService:
         return acting_as(*self._pins[decision.rule].owner)
 
     def _open_writable(self, decision: FileDecision, flags: int) -> int:
-        """Open for writing, never a set-id or file-capability program (checked before any O_TRUNC).
+        """Open for writing, never a set-id or file-capability program nor a file with other names
+        (checked before any O_TRUNC).
 
         The view binds such files read-only (guarantee 16); a broker open reaches the
         host's tree, so the broker checks the inode itself: rewriting a setuid-root
@@ -416,8 +417,16 @@ def _refuse_endpoint(dirfd: int, name: str, decision: FileDecision) -> None:
 
 
 def _refuse_privileged(fd: int, decision: FileDecision) -> None:
-    """Refuse a file whose contents run with privileges: set-id bits or file capabilities."""
+    """Refuse a file whose contents run with privileges (set-id bits or file capabilities), or
+    that has other names: a write would change it under every name, outside the grant too (a
+    package cache shares its files with the environments it installed: fresh-eyes audit 15)."""
     st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        raise denied(
+            f"the file has {st.st_nlink - 1} other name(s) (hard links, as a package cache's files "
+            "have), which a write through this one would change too; it is never opened for writing",
+            rule=_rule(decision),
+        )
     privileged = bool(st.st_mode & _linux.SETID_BITS)
     if not privileged and stat.S_ISREG(st.st_mode):
         try:

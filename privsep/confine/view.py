@@ -206,7 +206,7 @@ _PROC_LOADAVG = "0.00 0.00 0.00 1/1 1\n"
 
 
 class _Frozen(Record):
-    """A set-id file bound read-only onto itself (``ViewPlan.frozen``): one of the view's steps."""
+    """A set-id or hard-linked file bound read-only onto itself (``ViewPlan.frozen``): a view step."""
 
     __slots__ = ("path",)
     path: str

@@ -423,6 +423,9 @@ def _nested_pins(binds: tuple[Bind, ...]) -> list[str]:
 
 #: How many entries of the grants privsep checks at start before it gives up (fails closed).
 MAX_SCANNED = 200_000
+#: How many files of the writable grants privsep binds read-only onto themselves (each is a
+#: mount in the sandbox's view) before it refuses the grants instead.
+MAX_FROZEN = 1_000
 
 
 def _has_file_caps(path: str) -> bool:
@@ -433,8 +436,8 @@ def _has_file_caps(path: str) -> bool:
     return True
 
 
-def _walk(root: str) -> Iterator[tuple[str, int]]:
-    """(path, mode) of every entry below ``root``, mounts below it included, links not followed."""
+def _walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
+    """(path, lstat) of every entry below ``root``, mounts below it included, links not followed."""
     stack = [root]
     while stack:
         directory = stack.pop()
@@ -455,7 +458,7 @@ def _walk(root: str) -> Iterator[tuple[str, int]]:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 stack.append(entry.path)  # mounts below are bound too (recursive binds)
-            yield entry.path, st.st_mode
+            yield entry.path, st
 
 
 def _contents(path: str, is_dir: bool, privileged: bool, budget: int) -> list[Any]:
@@ -467,14 +470,19 @@ def _contents(path: str, is_dir: bool, privileged: bool, budget: int) -> list[An
     special: list[str] = []
     frozen: list[str] = []
     count = 0
-    entries = _walk(path) if is_dir else iter([(path, os.lstat(path).st_mode)])
-    for entry, mode in entries:
+    entries = _walk(path) if is_dir else iter([(path, os.lstat(path))])
+    for entry, st in entries:
         count += 1
         if count > budget:
             break
+        mode = st.st_mode
         if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
             special.append(entry)
-        elif privileged and stat.S_ISREG(mode) and (mode & _linux.SETID_BITS or _has_file_caps(entry)):
+        elif (
+            privileged
+            and stat.S_ISREG(mode)
+            and (st.st_nlink > 1 or mode & _linux.SETID_BITS or _has_file_caps(entry))
+        ):
             frozen.append(entry)
     return [count, special, frozen]
 
@@ -493,6 +501,12 @@ def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
       or not: its owner can chmod it) is bound read-only onto itself (``frozen``):
       the child may be its owner there, and a write through a shared mmap keeps
       the set-id bit and the capabilities.
+    - So is a file with other names (hard links, ``st_nlink`` > 1): a write through the
+      granted name changes the file under every name, and a package manager's cache shares
+      its files with the environments it installed (uv's and pnpm's by default, conda's):
+      granted ``~/.cache/uv``, a sandbox rewrote the broker's own modules (fresh-eyes
+      audit 15). A link cannot be made from a frozen file into the grant (another mount).
+      More than :data:`MAX_FROZEN` such files and the grants are refused.
     """
     masks: list[Mask] = []
     frozen: list[str] = []
@@ -512,6 +526,14 @@ def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
             )
         masks += [Mask(path, is_dir=False) for path in special]
         frozen += privileged
+        if len(frozen) > MAX_FROZEN:
+            raise PolicyError(
+                f"the writable grants hold more than {MAX_FROZEN} files that have other names too "
+                f"(hard links, as a package cache's; {b.path} among them) or are set-id: a write to "
+                "one would change it under every name, so privsep binds each read-only, and this "
+                "many would be as many mounts; grant narrower directories, break the links "
+                "(copy the files), or grant the directory read-only"
+            )
     return masks, tuple(sorted(frozen))
 
 

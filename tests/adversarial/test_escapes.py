@@ -1726,3 +1726,76 @@ def test_disk_writes_are_bounded(
     assert isinstance(written, int) and written <= bound_mb << 20
     assert isinstance(result["err"], int) and errno.errorcode[result["err"]] == expected
     assert not os.path.exists(name)  # the child's /tmp is its own, gone with it
+
+
+_HARD_LINK_PROBE = r"""
+import json, os, sys
+out = {}
+for name in sys.argv[1:]:
+    try:
+        with open(name, "a") as f:
+            f.write("# the sandbox was here\n")
+        out[name] = "written"
+    except OSError as e:
+        out[name] = e.errno
+    try:
+        os.link(name, name + ".again")  # a new name for it, inside the grant, to write through
+        with open(name + ".again", "a") as f:
+            f.write("# the sandbox was here\n")
+        out[name + ".again"] = "written"
+    except OSError as e:
+        out[name + ".again"] = e.errno
+print(json.dumps(out))
+"""
+
+
+def test_a_file_with_another_name_outside_a_writable_grant_is_not_written_through_it(
+    run_privsep: RunPrivsep, shared_tmp: Path, broker_uid: int
+) -> None:
+    """Fresh-eyes audit 15: a package cache (uv's, pnpm's, conda's) shares its files with the
+    environments it installed, as hard links. Granted the cache, a sandbox appended to a module
+    of the broker's own venv through it, and the root broker ran it. A file with other names is
+    bound read-only onto itself in a writable grant (kernel-served), and never opened for
+    writing by the broker (broker-served); a file with one name is written as before."""
+    outside = shared_tmp / "venv-module.py"
+    outside.write_text("original\n")
+    probe = write_policy(shared_tmp, "links.py", _HARD_LINK_PROBE)
+    for serve in ("kernel", "broker"):
+        cache = shared_tmp / f"cache-{serve}"
+        cache.mkdir(mode=0o777)
+        os.link(outside, cache / "module.py")
+        (cache / "own.py").write_text("own\n")
+        for path in (outside, cache / "own.py"):
+            os.chown(path, broker_uid, broker_uid)  # the sandbox may write both: only the check stops it
+            path.chmod(0o666)
+        policy = write_policy(
+            shared_tmp,
+            f"links-{serve}.toml",
+            f'extends = "python"\n[view]\ntmp = false\nread = ["{probe}"]\n[[files]]\npath = "{cache}"\n'
+            f'access = ["read", "write", "create", "append", "list"]\nserve = "{serve}"\n',
+        )
+        args = (str(cache / "module.py"), str(cache / "own.py"))
+        result = json_output(run_privsep("--policy", str(policy), "--", str(PYTHON), str(probe), *args))
+        assert result[str(cache / "own.py")] == "written", (serve, result)
+        assert result[str(cache / "module.py")] != "written", (serve, result)
+        assert result[str(cache / "module.py") + ".again"] != "written", (serve, result)
+        assert outside.read_text() == "original\n", serve
+
+
+def test_too_many_files_with_other_names_in_writable_grants_are_refused(
+    run_privsep: RunPrivsep, shared_tmp: Path
+) -> None:
+    """Each such file is a mount in the view: past MAX_FROZEN the grant is refused, saying why
+    and what to do, rather than started slowly or with some left writable."""
+    from privsep.plan.view import MAX_FROZEN
+
+    source = shared_tmp / "store"
+    source.write_text("x")
+    cache = shared_tmp / "cache"
+    cache.mkdir(mode=0o777)
+    for index in range(MAX_FROZEN + 1):
+        os.link(source, cache / f"f{index}")
+    proc = run_privsep("--allow-write", str(cache), "--", "/bin/true")
+    assert proc.returncode == 125, proc.stderr
+    assert "hard links" in proc.stderr and "grant narrower directories" in proc.stderr
+    assert run_privsep("--allow-read", str(cache), "--", "/bin/true").returncode == 0
