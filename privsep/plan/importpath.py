@@ -44,6 +44,7 @@ __all__ = [
     "protect",
     "reach_forms",
     "under",
+    "unknown_overlays",
 ]
 
 #: Access words that let the sandbox change what is at a path.
@@ -59,14 +60,16 @@ def named_and_real(path: str) -> list[str]:
 
 
 #: One mount: (mount point, device, root: the path within the device's filesystem mounted
-#: there, overlay layers: an overlay's upper, lower and work directories, else ()).
-Mount = tuple[str, str, str, tuple[str, ...]]
+#: there, an overlay's layers: its upper, lower, data and work directories, else (); an overlay's
+#: upper directory, where writes through it land, else ""; the mount's id, 0 when not known).
+Mount = tuple[str, str, str, tuple[str, ...], str, int]
 
 
 def mounts() -> list[Mount]:
     """The mounts this process sees, from /proc/self/mountinfo, in its order; [] when it cannot
-    be read. A mount on the same point as, or on a directory above, an earlier one hides it:
-    the hidden one is left out (audit 14: its device would have named what lies there)."""
+    be read. Hidden ones included: which mount serves a path is asked of the kernel
+    (:func:`mount_forms`), not inferred from the order (audit 15: a staged bind moved over a
+    later mount listed it first), and what a hidden mount adds only refuses more."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             return parse_mountinfo(f.read())
@@ -81,35 +84,44 @@ def parse_mountinfo(text: str) -> list[Mount]:
     found: list[Mount] = []
     for line in text.split("\n"):
         fields = line.split(" ")
-        if len(fields) < 10 or "-" not in fields[6:]:
+        if len(fields) < 10 or "-" not in fields[6:] or not fields[0].isdigit():
             continue
         point, device, root = unescape(fields[4]), fields[2], unescape(fields[3])
         after = fields[fields.index("-", 6) + 1 :]  # filesystem type, source, super options
-        layers = _overlay_layers(after[2]) if len(after) >= 3 and after[0] == "overlay" else ()
-        found = [m for m in found if not under(m[0], point)]
-        found.append((point, device, root, layers))
+        layers, upper = _overlay_layers(after[2]) if len(after) >= 3 and after[0] == "overlay" else ((), "")
+        found.append((point, device, root, layers, upper, int(fields[0])))
     return found
 
 
-def _overlay_layers(options: str) -> tuple[str, ...]:
-    """An overlay's upperdir, lowerdir (each of its layers) and workdir: writing into one writes
-    into the merged directory (audit 14: a lower directory of an overlay on sys.path, granted)."""
+def _overlay_layers(options: str) -> tuple[tuple[str, ...], str]:
+    """An overlay's layers (upper, each lower, each data, work) and its upper directory: writing
+    into a layer writes into the merged directory, and writes through the merged directory land
+    in the upper one (audits 14 and 15). Each option's value is unescaped (mountinfo's octal)
+    before ``lowerdir``'s own escapes are read; ``lowerdir+=``/``datadir+=`` (the new mount
+    API) name one layer each. A layer named relative to where the overlay was mounted is kept as
+    it is: :func:`unknown_overlays` refuses rather than guess where it lies."""
     layers: list[str] = []
+    upper = ""
     for option in options.split(","):
         name, _, value = option.partition("=")
-        if name in ("upperdir", "workdir"):
-            layers.append(unescape(value))
+        value = unescape(value)
+        if name == "upperdir":
+            upper = value
+            layers.append(value)
+        elif name in ("workdir", "lowerdir+", "datadir+"):
+            layers.append(value)
         elif name == "lowerdir":
-            layers += [unescape(v) for v in _split_layers(value)]
-    return tuple(layer for layer in layers if layer.startswith("/"))
+            layers += _split_layers(value)
+    return tuple(layers), upper
 
 
 def _split_layers(value: str) -> list[str]:
-    """``lowerdir``'s layers: separated by ``:``, a ``\\:`` being a colon within one."""
+    """``lowerdir``'s layers: separated by ``:``; a backslash makes the character after it (a
+    ``:``, a backslash) part of the name, as overlayfs reads it."""
     parts, current, at = [], [], 0
     while at < len(value):
-        if value[at] == "\\" and value[at + 1 : at + 2] == ":":
-            current.append(":")
+        if value[at] == "\\" and at + 1 < len(value):
+            current.append(value[at + 1])
             at += 2
         elif value[at] == ":":
             parts.append("".join(current))
@@ -122,35 +134,93 @@ def _split_layers(value: str) -> list[str]:
     return [p for p in parts if p]
 
 
+def unknown_overlays(protected: Iterable[str], mounted: list[Mount]) -> list[str]:
+    """The mount points of overlays that show or hide one of ``protected`` (on, over or inside
+    their merged directory) and name a layer by a relative path: where that layer lies is
+    unknown, so no write grant can be shown not to reach it (audit 15). Callers refuse."""
+    return [
+        point
+        for point, _, _, layers, _, _ in mounted
+        if any(not layer.startswith("/") for layer in layers)
+        and any(under(top, point) or under(point, top) for top in protected)
+    ]
+
+
+def _mount_id(path: str) -> int | None:
+    """The id of the mount that serves ``path`` (or, when it does not exist, its nearest
+    existing ancestor), as the kernel says (``/proc/self/fdinfo``), or None."""
+    probe = path
+    while True:
+        try:
+            fd = os.open(probe, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            if probe == "/":
+                return None
+            probe = posixpath.dirname(probe)
+        except OSError:
+            return None
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            info = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    for line in info.split("\n"):
+        key, _, value = line.partition(":")
+        if key == "mnt_id" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
 def mount_forms(real: str, mounted: list[Mount]) -> list[str]:
     """``real`` (a resolved path) as ``DEVICE:PATH-WITHIN-ITS-FILESYSTEM``, one form for every
     name a directory has: a bind mount shows the same directory under another path, which
     ``realpath`` does not see (fresh-eyes audit 13: a bind of privsep's package elsewhere, granted,
-    let the sandbox edit it). [] without mountinfo. Compared with :func:`under`, as paths are."""
+    let the sandbox edit it). [] without mountinfo. Compared with :func:`under`, as paths are.
+
+    The mount is the one the kernel resolves ``real`` through (its id, :func:`_mount_id`);
+    only when that is unknown, the deepest mount point above it, the later of two."""
+    serving = _mount_id(real)
     best: Mount | None = None
     for mount in mounted:
-        if under(real, mount[0]) and (best is None or len(mount[0]) >= len(best[0])):
+        if not under(real, mount[0]):
+            continue
+        if serving is not None and mount[5] == serving:
+            best = mount
+            break
+        if best is None or len(mount[0]) >= len(best[0]):
             best = mount  # the deepest mount point; of two on the same point, the later
     if best is None:
         return []
-    point, device, root, _ = best
+    point, device, root = best[0], best[1], best[2]
     within = root.rstrip("/") + real[len(point.rstrip("/")) :]  # "" for the root of the filesystem
     return [f"{device}:{posixpath.normpath(within) if within else '/'}"]
 
 
 def reach_forms(real: str, mounted: list[Mount]) -> list[str]:
     """Every form of what a grant of ``real`` reaches: ``real`` itself, its :func:`mount_forms`,
-    those of each mount beneath it (a grant holds them: the view binds recursively) and, inside
-    or over an overlay's layer, the merged directory's (audit 14: a bind of privsep's package
-    inside a granted directory; an overlay's lower directory, granted)."""
+    those of each mount beneath it (a grant holds them: the view binds recursively); inside or
+    over an overlay's layer, the merged directory's; inside or over an overlay's merged
+    directory, its upper directory's, where the writes land (audits 14 and 15: a bind of
+    privsep's package inside a granted directory; an overlay's lower directory, granted; an
+    overlay's merged directory granted while its upper one is on the import path)."""
     forms = held_forms(real, mounted)
-    for point, _, _, layers in mounted:
+    for point, _, _, layers, upper, _ in mounted:
         for layer in layers:
+            if not layer.startswith("/"):
+                continue  # unknown_overlays refuses the grants such an overlay could hide
             for form in named_and_real(layer):
                 if under(real, form):
                     forms += mount_forms(point.rstrip("/") + real[len(form.rstrip("/")) :], mounted)
                 elif under(form, real):
                     forms += mount_forms(point, mounted)
+        if upper.startswith("/"):
+            if under(real, point):
+                forms += held_forms(upper.rstrip("/") + real[len(point.rstrip("/")) :], mounted)
+            elif under(point, real):
+                forms += held_forms(upper, mounted)
     return list(dict.fromkeys(forms))
 
 
@@ -320,12 +390,20 @@ def check_grants(grants: Iterable[tuple[str, Iterable[str]]], path: Iterable[str
     whole += [
         (form, f"{entry}/{first}", _IMPORTABLE)
         for entry in dirs
-        for point, device, root, _ in mounted
+        for point, device, root, *_ in mounted
         if point != entry and under(point, entry)
         for first in [point[len(entry.rstrip("/")) + 1 :].split("/", 1)[0]]
         if _importable(first, dirs)
         for form in [f"{device}:{root}"]
     ]
+    hidden = unknown_overlays([top for _, top, _ in whole] + [entry for _, entry in entries], mounted)
+    if hidden:
+        raise PolicyError(
+            f"a grant to write {writes[0]} is refused: the overlay mounted at {hidden[0]} holds a "
+            "directory this process imports Python from, and names a layer by a relative path, so "
+            "privsep cannot tell whether a write grant reaches that layer; mount the overlay with "
+            "absolute paths, or grant read-only"
+        )
     for granted in writes:
         for real in named_and_real(granted):
             own = [real, *mount_forms(real, mounted)]
@@ -337,7 +415,7 @@ def held_forms(path: str, mounted: list[Mount]) -> list[str]:
     """``path`` (resolved), its :func:`mount_forms`, and those of each mount beneath it: what a
     grant of it reaches (the view binds recursively), or what a protected path holds."""
     return [path, *mount_forms(path, mounted)] + [
-        f"{device}:{root}" for point, device, root, _ in mounted if point != path and under(point, path)
+        f"{device}:{root}" for point, device, root, *_ in mounted if point != path and under(point, path)
     ]
 
 

@@ -20,7 +20,15 @@ policy's secret files are checked with the policy's own grants
 from __future__ import annotations
 
 from privsep.errors import PolicyError
-from privsep.plan.importpath import WRITES, held_forms, mounts, named_and_real, reach_forms, under
+from privsep.plan.importpath import (
+    WRITES,
+    held_forms,
+    mounts,
+    named_and_real,
+    reach_forms,
+    under,
+    unknown_overlays,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,6 +64,14 @@ def check_writes(
         for named in named_and_real(path):
             for form in held_forms(named, mounted):
                 guarded.setdefault(form, (named, what, move))
+    hidden = unknown_overlays([shown for shown, _, _ in guarded.values()], mounted)
+    if hidden:
+        raise PolicyError(
+            f"a grant to write {writes[0]} is refused: the overlay mounted at {hidden[0]} holds a "
+            "file privsep opens by name with its own rights, and names a layer by a relative path, "
+            "so privsep cannot tell whether a write grant reaches that layer; mount the overlay "
+            "with absolute paths, or grant read-only"
+        )
     for granted in writes:
         for real in named_and_real(granted):
             for form in reach_forms(real, mounted):

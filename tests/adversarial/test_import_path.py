@@ -202,3 +202,82 @@ print(repr({
 }))
 """
 )
+
+
+def test_overlays_of_every_form_and_a_moved_bind_are_seen(tmp_path: Path) -> None:
+    """Fresh-eyes audit 15, in a mount namespace of its own: an overlay on the import path whose
+    lower layer was named with an escaped colon, or added with the new mount API's
+    ``lowerdir+=``, let its lower layer be granted; its merged directory, granted while its
+    upper directory was on the import path, wrote there; and a bind staged, then moved over a
+    later mount, was taken for the hidden mount beneath it, so a grant inside it wrote into
+    privsep's package. A layer named by a relative path refuses every write grant."""
+    b = tmp_path
+    for name in ("lo:w", "u", "w", "m", "n/lower", "n/up", "n/wk", "n/merged", "site/privsep", "p", "r/l"):
+        (b / name).mkdir(parents=True)
+    for name in ("r/u", "r/w", "r/m", "stage"):
+        (b / name).mkdir(parents=True)
+    (b / "site" / "privsep" / "hints.py").write_text("")
+    (b / "p" / "privsep").mkdir()
+    script = tmp_path / "check.py"
+    script.write_text(_OVERLAY_FORMS)
+    setup = (
+        'B="$1"; shift; '
+        'mount -t overlay overlay -o "lowerdir=$B/lo\\:w,upperdir=$B/u,workdir=$B/w" "$B/m" && '
+        '"$PY" "$B/fsmount.py" "$B/n" && '
+        'mount --bind "$B/site" "$B/stage" && mount -t tmpfs x "$B/p/privsep" && '
+        'mount --move "$B/stage" "$B/p" && exec "$PY" "$@"'
+    )
+    (b / "fsmount.py").write_text(_FSMOUNT)
+    namespace = ["unshare", "--mount", "--propagation", "private"]
+    proc = subprocess.run(
+        [*namespace, "sh", "-c", setup, "sh", str(b), str(script), str(b)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+        env={"PY": str(PYTHON), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = eval(proc.stdout)  # noqa: S307 - our own repr
+    assert results["escaped colon: lower"] is not None and f"holds {b}/m" in results["escaped colon: lower"]
+    assert results["lowerdir+: lower"] is not None and f"holds {b}/n/merged" in results["lowerdir+: lower"]
+    assert results["merged, upper on the path"] is not None, results
+    assert results["inside a moved bind"] is not None and "privsep" in results["inside a moved bind"]
+    assert results["relative layer"] is not None and "relative path" in results["relative layer"]
+    assert results["elsewhere"] is None  # a plain directory stays grantable
+
+
+_FSMOUNT = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def call(*args):
+    if libc.syscall(*args) < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+base = sys.argv[1].encode()
+fs = libc.syscall(430, b"overlay", 0)  # fsopen
+for key, value in [(b"lowerdir+", b"/lower"), (b"upperdir", b"/up"), (b"workdir", b"/wk")]:
+    call(431, fs, 1, key, base + value, 0)  # fsconfig FSCONFIG_SET_STRING
+call(431, fs, 6, None, None, 0)  # FSCONFIG_CMD_CREATE
+mnt = libc.syscall(432, fs, 0, 0)  # fsmount
+call(429, mnt, b"", -100, base + b"/merged", 4)  # move_mount, MOVE_MOUNT_F_EMPTY_PATH
+"""
+
+_OVERLAY_FORMS = (
+    _REFUSED
+    + r"""
+import os, subprocess
+b = sys.argv[1]
+def imports(*path):
+    return lambda grants: check_grants(grants, path=list(path))
+
+results = {
+    "escaped colon: lower": refused(imports(b + "/m"), b + "/lo:w"),
+    "lowerdir+: lower": refused(imports(b + "/n/merged"), b + "/n/lower"),
+    "merged, upper on the path": refused(imports(b + "/u"), b + "/m"),
+    "inside a moved bind": refused(imports(b + "/site"), b + "/p/privsep"),
+    "elsewhere": refused(imports(b + "/site"), b + "/r/l"),
+}
+os.chdir(b + "/r")
+options = "lowerdir=l,upperdir=u,workdir=w"
+subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, b + "/r/m"], check=True)
+results["relative layer"] = refused(imports(b + "/r/m"), b + "/r/l")
+print(repr(results))
+"""
+)

@@ -178,11 +178,13 @@ def test_a_path_is_also_named_by_where_it_is_in_its_filesystem() -> None:
     holding the path, the later of two on one point, mountinfo's escapes undone."""
     from privsep.plan.importpath import Mount, mount_forms
 
+    # Ids no mount of this machine has: which mount serves these (made-up) paths is not the
+    # kernel's to say here, so the deepest mount point is taken, the later of two.
     table: list[Mount] = [
-        ("/", "8:1", "/", ()),
-        ("/srv/mirror", "8:1", "/work/project", ()),  # a bind of /work/project
-        ("/tmp", "0:40", "/", ()),
-        ("/tmp", "0:41", "/", ()),  # mounted over the first
+        ("/", "8:1", "/", (), "", 10**9 + 1),
+        ("/srv/mirror", "8:1", "/work/project", (), "", 10**9 + 2),  # a bind of /work/project
+        ("/tmp", "0:40", "/", (), "", 10**9 + 3),
+        ("/tmp", "0:41", "/", (), "", 10**9 + 4),  # mounted over the first
     ]
     assert mount_forms("/work/project/pkg", table) == ["8:1:/work/project/pkg"]
     assert mount_forms("/srv/mirror/pkg", table) == ["8:1:/work/project/pkg"]
@@ -203,22 +205,50 @@ def test_mountinfo_escapes_are_undone_and_nothing_else() -> None:
     assert unescape("/a\\089/b\\04/c\\") == "/a\\089/b\\04/c\\"
 
 
-def test_mountinfo_is_read_with_hidden_mounts_left_out_and_overlay_layers_named() -> None:
-    """Audit 14: a mount covered by a later one on a directory above it still named what lay
-    there; an overlay's layers are other names of its merged directory."""
+def test_mountinfo_keeps_every_mount_and_reads_every_overlay_layer() -> None:
+    """Audit 15: hidden mounts are kept (which mount serves a path is the kernel's answer, not
+    the order's: a bind moved over a later mount is listed first); an overlay's layers are
+    unescaped before lowerdir's own escapes are read (a ``\\:`` is written ``\\134:``), and the
+    new mount API's ``lowerdir+=``/``datadir+=`` name one layer each."""
     from privsep.plan.importpath import parse_mountinfo
 
     lines = [
         "20 1 8:1 / / rw - ext4 /dev/sda1 rw",
         "30 20 0:42 / /h/a rw - tmpfs tmpfs rw",
-        "31 20 8:1 /srv/h /h rw - ext4 /dev/sda1 rw",  # a bind over /h: /h/a is hidden
+        "31 20 8:1 /srv/h /h rw - ext4 /dev/sda1 rw",  # a bind over /h: /h/a is hidden, and kept
         "40 20 0:50 / /m rw,relatime shared:7 - overlay overlay "
-        "rw,lowerdir=/l1:/l\\:2,upperdir=/u,workdir=/w",
+        "rw,lowerdir=/l1:/l\\134:2:/sp\\040ace,upperdir=/u,workdir=/w,uuid=on",
+        "41 20 0:51 / /n rw - overlay none "
+        "rw,lowerdir+=/a,lowerdir+=/b\\054c,datadir+=/d,upperdir=/u2,workdir=/w2",
+        "42 20 0:52 / /r rw - overlay overlay rw,lowerdir=lower,upperdir=up,workdir=wk",
         "garbage",
     ]
     table = parse_mountinfo("\n".join(lines))
-    assert [m[0] for m in table] == ["/", "/h", "/m"]
-    assert table[2][3] == ("/l1", "/l:2", "/u", "/w")
+    assert [(m[0], m[5]) for m in table] == [
+        ("/", 20),
+        ("/h/a", 30),
+        ("/h", 31),
+        ("/m", 40),
+        ("/n", 41),
+        ("/r", 42),
+    ]
+    assert table[3][3:5] == (("/l1", "/l:2", "/sp ace", "/u", "/w"), "/u")
+    assert table[4][3:5] == (("/a", "/b,c", "/d", "/u2", "/w2"), "/u2")
+    assert table[5][3:5] == (("lower", "up", "wk"), "up")
+
+
+def test_an_overlay_with_a_relative_layer_over_an_import_directory_refuses_write_grants() -> None:
+    """Audit 15: a layer named relative to where the overlay was mounted lies nobody knows
+    where; with the overlay over an import directory, no write grant can be shown not to reach it."""
+    from privsep.plan.importpath import parse_mountinfo, unknown_overlays
+
+    table = parse_mountinfo(
+        "42 20 0:52 / /srv/py rw - overlay overlay rw,lowerdir=lower,upperdir=/up,workdir=/wk\n"
+        "43 20 0:53 / /srv/other rw - overlay overlay rw,lowerdir=lower,upperdir=/up2,workdir=/wk2"
+    )
+    assert unknown_overlays(["/srv/py/lib/site-packages"], table) == ["/srv/py"]
+    assert unknown_overlays(["/srv"], table) == ["/srv/py", "/srv/other"]
+    assert unknown_overlays(["/usr/lib/python3"], table) == []
 
 
 @pytest.mark.parametrize("odd", ["\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\u2028"])
