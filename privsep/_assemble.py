@@ -38,7 +38,6 @@ from privsep.broker.loop import Broker, CallContext, Child
 from privsep.broker.pins import Pins, PinSpec
 from privsep.broker.services import LazyServices, Services
 from privsep.errors import PrivsepError
-from privsep.plan.ownpaths import guard
 from privsep.plan.spawnplan import SpawnPlan, make_plan, with_listen
 
 TYPE_CHECKING = False
@@ -255,6 +254,8 @@ class assemble:
         if self._audit_log:
             # No sandbox of this process may write where the log is (plan/ownpaths.py): a Sandbox
             # plans after this; privsep run, which planned before, checks its plan itself.
+            from privsep.plan.ownpaths import guard  # noqa: PLC0415 - only with an audit log
+
             guard(self._audit_log, "the audit log", "give the audit log a path outside every write grant")
             audit = _open_audit_log(self._audit_log)
             undo.push(audit.close)

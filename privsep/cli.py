@@ -48,11 +48,11 @@ def _limits_extra(args: Args) -> dict[str, object]:
 
 def _run(args: Args, collecting: bool) -> int:
     from privsep._assemble import Deferred, assemble
-    from privsep.plan.ownpaths import check_writes, guard
-    from privsep.plan.spawnplan import own_cache
 
     command = _command(args)
     if args.audit_log:
+        from privsep.plan.ownpaths import guard
+
         guard(args.audit_log, "the audit log", "give --audit-log a path outside every write grant")
     prepared, model = _prepare(args, command)
     # Planning checked these (plan/ownpaths.py, plan/importpath.py); a plan from the cache was
@@ -66,7 +66,11 @@ def _run(args: Args, collecting: bool) -> int:
         from privsep.plan.importpath import check_grants
 
         check_grants(written)
-    check_writes(written, own_cache() if cached else ())
+    if written:  # nothing to check otherwise: the paths' checks cost their modules' import
+        from privsep.plan.ownpaths import check_writes
+        from privsep.plan.spawnplan import own_cache
+
+        check_writes(written, own_cache() if cached else ())
     timeout = _timeout(args, prepared.timeout)
     listens: list[Listen] = []
     if args.listen:

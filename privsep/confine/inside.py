@@ -38,7 +38,6 @@ import os
 import select
 import struct
 import sys
-import termios
 
 import _prctl  # python-prctl's C module: its Python wrapper costs ~1 ms of every start to import
 
@@ -53,6 +52,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 _LISTEN_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+#: ``termios.TIOCSCTTY``, looked up by :func:`start_init` before the clone of a sandbox that has a
+#: terminal: termios (a shared library) would cost every other start its import (~0.2 ms), and
+#: init, which takes the terminal once its view is built, could no longer import it.
+_tiocsctty = 0
 #: The sandbox processes' control socket, set by :func:`arrange_fds` (the fd after the channel).
 _control_fd = -1
 #: Made by init once it runs, not with the clone: the cgroup namespace must be made after
@@ -84,6 +87,11 @@ def start_init(
     broker its own pidfd first (the "init" report); a caller that hands the
     broker init's pidfd itself (the zygote) spares it.
     """
+    global _tiocsctty
+    if plan.terminal is not None and not _tiocsctty:
+        import termios  # noqa: PLC0415 - see _tiocsctty
+
+        _tiocsctty = termios.TIOCSCTTY
     lifeline_r, lifeline_w = os.pipe2(os.O_CLOEXEC)
     clone = _linux.CLONE_NEWPID | (_linux.CLONE_NEWUSER if plan.user_namespace else 0)
     collecting = gc.isenabled()
@@ -338,7 +346,7 @@ def _take_terminal(fd: int) -> None:
     command's group, whose parent (init) is in the same session, is a proper job.
     """
     try:
-        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+        fcntl.ioctl(fd, _tiocsctty, 0)
     except OSError as exc:
         raise ConfinementError(
             "terminal", f"making the pty the controlling terminal: {exc.strerror}"
