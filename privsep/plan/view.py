@@ -436,29 +436,75 @@ def _has_file_caps(path: str) -> bool:
     return True
 
 
-def _walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
-    """(path, lstat) of every entry below ``root``, mounts below it included, links not followed."""
-    stack = [root]
-    while stack:
-        directory = stack.pop()
+#: The longest path of an entry privsep will mount over (a mask, a frozen file): init mounts
+#: it by path beneath its new root, and the kernel takes no path of PATH_MAX (4096) or more.
+_MAX_MOUNT_PATH = 4000
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _unlistable(path: str, exc: OSError) -> PolicyError:
+    # A directory the broker cannot list may still be searchable by name (mode --x),
+    # and the child may be the broker's own uid: fail closed rather than leave it unseen.
+    return PolicyError(
+        f"cannot list {path[:200]} inside a grant ({exc.strerror}), so privsep cannot check it "
+        "for sockets, FIFOs and set-id programs; make it listable by the broker, or grant "
+        "narrower directories"
+    )
+
+
+def _listed(fd: int, path: str) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(fd))
+    except OSError as exc:
+        raise _unlistable(path, exc) from None
+
+
+def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str]]:
+    """(path, lstat, a short name of it) of every entry below ``root``, mounts below it included,
+    links not followed.
+
+    Directory by directory through fds, never by the entry's whole path: a sandbox that moved a
+    directory of its grant down a chain of long names (more than PATH_MAX bytes) made its lstat
+    fail, and the walk skipped it and all beneath it, frozen files and sockets included
+    (fresh-eyes audit 16). The short name (``/proc/self/fd/N/NAME``) is valid while the entry
+    is the one yielded. An entry that cannot be looked at, or a directory that cannot be
+    opened or listed, fails the walk (PolicyError); one removed since its listing is skipped.
+    One fd is held per level of the current path (a chain deeper than the fd limit fails)."""
+    frames: list[tuple[int, str, list[os.DirEntry[str]]]] = []
+    try:
         try:
-            entries = list(os.scandir(directory))
+            top = os.open(root, _DIRECTORY)
         except OSError as exc:
-            # A directory the broker cannot list may still be searchable by name (mode --x),
-            # and the child may be the broker's own uid: fail closed rather than leave it unseen.
-            raise PolicyError(
-                f"cannot list {directory} inside a grant ({exc.strerror}), so privsep cannot check it "
-                "for sockets, FIFOs and set-id programs; make it listable by the broker, or grant "
-                "narrower directories"
-            ) from None
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
+            raise _unlistable(root, exc) from None
+        frames.append((top, root, _listed(top, root)))
+        while frames:
+            fd, path, entries = frames[-1]
+            if not entries:
+                os.close(fd)
+                frames.pop()
                 continue
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(entry.path)  # mounts below are bound too (recursive binds)
-            yield entry.path, st
+            name = entries.pop().name
+            full = path.rstrip("/") + "/" + name
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed since the listing: nothing there to expose
+            except OSError as exc:
+                raise PolicyError(
+                    f"cannot look at {full[:200]} inside a grant ({exc.strerror}), so privsep cannot "
+                    "check it for sockets, FIFOs and set-id programs; grant narrower directories"
+                ) from None
+            yield full, st, f"/proc/self/fd/{fd}/{name}"
+            if stat.S_ISDIR(st.st_mode):  # mounts below are bound too (recursive binds)
+                try:
+                    sub = os.open(name, _DIRECTORY, dir_fd=fd)
+                except OSError as exc:
+                    raise _unlistable(full, exc) from None
+                frames.append((sub, full, []))  # held before it is listed: closed if that fails
+                frames[-1] = (sub, full, _listed(sub, full))
+    finally:
+        for fd, _, _ in frames:
+            os.close(fd)
 
 
 def _contents(path: str, is_dir: bool, privileged: bool, budget: int) -> list[Any]:
@@ -470,20 +516,30 @@ def _contents(path: str, is_dir: bool, privileged: bool, budget: int) -> list[An
     special: list[str] = []
     frozen: list[str] = []
     count = 0
-    entries = _walk(path) if is_dir else iter([(path, os.lstat(path))])
-    for entry, st in entries:
+    entries = _walk(path) if is_dir else iter([(path, os.lstat(path), path)])
+    for entry, st, short in entries:
         count += 1
         if count > budget:
             break
         mode = st.st_mode
         if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
-            special.append(entry)
+            found = special
         elif (
             privileged
             and stat.S_ISREG(mode)
-            and (st.st_nlink > 1 or mode & _linux.SETID_BITS or _has_file_caps(entry))
+            and (st.st_nlink > 1 or mode & _linux.SETID_BITS or _has_file_caps(short))
         ):
-            frozen.append(entry)
+            found = frozen
+        else:
+            continue
+        if len(os.fsencode(entry)) > _MAX_MOUNT_PATH:
+            raise PolicyError(
+                f"{entry[:200]}... lies too deep in a grant ({len(os.fsencode(entry))} bytes) for "
+                "privsep to mount over it, and it is a socket, a FIFO, a set-id file or a file with "
+                "other names, which must be masked or bound read-only; move it, or grant narrower "
+                "directories"
+            )
+        found.append(entry)
     return [count, special, frozen]
 
 

@@ -1804,3 +1804,47 @@ def test_too_many_files_with_other_names_in_writable_grants_are_refused(
     assert proc.returncode == 125, proc.stderr
     assert "hard links" in proc.stderr and "grant narrower directories" in proc.stderr
     assert run_privsep("--allow-read", str(cache), "--", "/bin/true").returncode == 0
+
+
+def _deep_chain(top: Path, levels: int = 20) -> tuple[int, str]:
+    """``levels`` directories of 250-byte names below ``top`` (more than PATH_MAX in all): an fd
+    of the deepest and its path, made through fds as no path that long can be used."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    path = str(top)
+    for level in range(levels):
+        name = f"{level:02d}" + "d" * 248
+        os.mkdir(name, dir_fd=fd)
+        inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd, path = inner, f"{path}/{name}"
+    return fd, path
+
+
+@pytest.mark.parametrize("kind", ["hard link", "socket"])
+def test_what_must_be_masked_or_frozen_cannot_hide_below_path_max(
+    run_privsep: RunPrivsep, shared_tmp: Path, kind: str
+) -> None:
+    """Fresh-eyes audit 16: in one run a sandbox moved a directory of its writable grant, with
+    a hard-linked file in it, down a chain of long names (more than PATH_MAX bytes); the next
+    run's start-up walk could not lstat it by its path, skipped it silently, and the sandbox
+    wrote through the link into the file outside the grant. The walk goes by fds now, and what
+    lies too deep to be mounted over is refused, saying so."""
+    import socket
+
+    outside = shared_tmp / "venv-module.py"
+    outside.write_text("original\n")
+    grant = shared_tmp / "cache"
+    grant.mkdir(mode=0o777)
+    fd, _ = _deep_chain(grant)
+    try:
+        if kind == "hard link":
+            os.link(outside, "mod.py", dst_dir_fd=fd)
+        else:
+            with socket.socket(socket.AF_UNIX) as server:
+                server.bind(f"/proc/self/fd/{fd}/sock")
+    finally:
+        os.close(fd)
+    proc = run_privsep("--allow-write", str(grant), "--", "/bin/true")
+    assert proc.returncode == 125, proc.stderr
+    assert "lies too deep in a grant" in proc.stderr, proc.stderr
+    assert outside.read_text() == "original\n"
