@@ -205,23 +205,38 @@ def reach_forms(real: str, mounted: list[Mount]) -> list[str]:
     over an overlay's layer, the merged directory's; inside or over an overlay's merged
     directory, its upper directory's, where the writes land (audits 14 and 15: a bind of
     privsep's package inside a granted directory; an overlay's lower directory, granted; an
-    overlay's merged directory granted while its upper one is on the import path)."""
+    overlay's merged directory granted while its upper one is on the import path). The grant
+    and the layers are compared in every form, a filesystem's as well as a path's (audit 16: a
+    layer reached through a second mount of its filesystem)."""
     forms = held_forms(real, mounted)
+    granted = [real, *mount_forms(real, mounted)]
     for point, _, _, layers, upper, _ in mounted:
         for layer in layers:
             if not layer.startswith("/"):
                 continue  # unknown_overlays refuses the grants such an overlay could hide
-            for form in named_and_real(layer):
-                if under(real, form):
-                    forms += mount_forms(point.rstrip("/") + real[len(form.rstrip("/")) :], mounted)
-                elif under(form, real):
-                    forms += mount_forms(point, mounted)
+            forms += _through(granted, _forms_of(layer, mounted), point, mounted)
         if upper.startswith("/"):
-            if under(real, point):
-                forms += held_forms(upper.rstrip("/") + real[len(point.rstrip("/")) :], mounted)
-            elif under(point, real):
-                forms += held_forms(upper, mounted)
+            forms += _through(granted, _forms_of(point, mounted), upper, mounted)
     return list(dict.fromkeys(forms))
+
+
+def _forms_of(path: str, mounted: list[Mount]) -> list[str]:
+    """``path`` as named, as resolved, and where it lies in its filesystem."""
+    return [*named_and_real(path), *mount_forms(os.path.realpath(path), mounted)]
+
+
+def _through(granted: list[str], source: list[str], other: str, mounted: list[Mount]) -> list[str]:
+    """What a grant (its forms ``granted``) reaches of ``other``, a directory that shows what
+    ``source`` (its forms) holds: where the grant lies inside ``source``, the same place inside
+    ``other``; where it holds ``source``, all of ``other``."""
+    found: list[str] = []
+    for grant in granted:
+        for form in source:
+            if under(grant, form):
+                found += held_forms(other.rstrip("/") + grant[len(form.rstrip("/")) :], mounted)
+            elif under(form, grant):
+                found += held_forms(other, mounted)
+    return found
 
 
 def import_dirs(path: Iterable[str] | None = None) -> list[str]:

@@ -281,3 +281,46 @@ results["relative layer"] = refused(imports(b + "/r/m"), b + "/r/l")
 print(repr(results))
 """
 )
+
+
+def test_an_overlays_layer_reached_through_another_mount_of_its_filesystem_is_seen(tmp_path: Path) -> None:
+    """Fresh-eyes audit 16: the layers' filesystem also mounted elsewhere (a second mount of a
+    data disk, a bind): a grant of the upper or lower layer through that other mount was
+    accepted, compared with the layers by path only, and its writes showed in the merged
+    directory on the import path. Run in a mount namespace of its own."""
+    b = tmp_path
+    for name in ("disk", "m", "alias", "elsewhere"):
+        (b / name).mkdir()
+    script = tmp_path / "check.py"
+    script.write_text(_ALIASED_LAYERS)
+    setup = (
+        'B="$1"; shift; mount -t tmpfs disk "$B/disk" && '
+        'mkdir -p "$B/disk/lower/lib" "$B/disk/upper/lib" "$B/disk/work" "$B/disk/data" && '
+        'D="$B/disk"; O="lowerdir=$D/lower,upperdir=$D/upper,workdir=$D/work"; '
+        'mount -t overlay overlay -o "$O" "$B/m" && '
+        'mount --bind "$B/disk" "$B/alias" && exec "$PY" "$@"'
+    )
+    namespace = ["unshare", "--mount", "--propagation", "private"]
+    proc = subprocess.run(
+        [*namespace, "sh", "-c", setup, "sh", str(b), str(script), str(b)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+        env={"PY": str(PYTHON), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = eval(proc.stdout)  # noqa: S307 - our own repr
+    for grant in ("alias/upper/lib", "alias/lower/lib", "alias/upper", "alias"):
+        assert results[grant] is not None and f"{b}/m/lib" in results[grant], (grant, results)
+    assert results["alias/data"] is None  # the same disk, outside the layers: grantable
+
+
+_ALIASED_LAYERS = (
+    _REFUSED
+    + r"""
+b = sys.argv[1]
+imports = lambda grants: check_grants(grants, path=[b + "/m/lib"])
+print(repr({
+    grant: refused(imports, b + "/" + grant)
+    for grant in ("alias/upper/lib", "alias/lower/lib", "alias/upper", "alias", "alias/data")
+}))
+"""
+)
