@@ -204,6 +204,20 @@ print(repr({
 )
 
 
+def _in_namespace(setup: str, script: Path, base: Path) -> dict[str, str | None]:
+    """Run ``setup`` (sh; $1 is ``base``, $PY the interpreter) in a mount namespace of its own,
+    then ``script``, which prints a dict of the refusals; that dict."""
+    namespace = ["unshare", "--mount", "--propagation", "private"]
+    proc = subprocess.run(
+        [*namespace, "sh", "-c", setup, "sh", str(base), str(script), str(base)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+        env={"PY": str(PYTHON), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results: dict[str, str | None] = eval(proc.stdout)  # noqa: S307 - our own repr
+    return results
+
+
 def test_overlays_of_every_form_and_a_moved_bind_are_seen(tmp_path: Path) -> None:
     """Fresh-eyes audit 15, in a mount namespace of its own: an overlay on the import path whose
     lower layer was named with an escaped colon, or added with the new mount API's
@@ -228,14 +242,7 @@ def test_overlays_of_every_form_and_a_moved_bind_are_seen(tmp_path: Path) -> Non
         'mount --move "$B/stage" "$B/p" && exec "$PY" "$@"'
     )
     (b / "fsmount.py").write_text(_FSMOUNT)
-    namespace = ["unshare", "--mount", "--propagation", "private"]
-    proc = subprocess.run(
-        [*namespace, "sh", "-c", setup, "sh", str(b), str(script), str(b)],
-        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
-        env={"PY": str(PYTHON), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    results = eval(proc.stdout)  # noqa: S307 - our own repr
+    results = _in_namespace(setup, script, b)
     assert results["escaped colon: lower"] is not None and f"holds {b}/m" in results["escaped colon: lower"]
     assert results["lowerdir+: lower"] is not None and f"holds {b}/n/merged" in results["lowerdir+: lower"]
     assert results["merged, upper on the path"] is not None, results
@@ -300,16 +307,10 @@ def test_an_overlays_layer_reached_through_another_mount_of_its_filesystem_is_se
         'mount -t overlay overlay -o "$O" "$B/m" && '
         'mount --bind "$B/disk" "$B/alias" && exec "$PY" "$@"'
     )
-    namespace = ["unshare", "--mount", "--propagation", "private"]
-    proc = subprocess.run(
-        [*namespace, "sh", "-c", setup, "sh", str(b), str(script), str(b)],
-        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
-        env={"PY": str(PYTHON), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    results = eval(proc.stdout)  # noqa: S307 - our own repr
+    results = _in_namespace(setup, script, b)
     for grant in ("alias/upper/lib", "alias/lower/lib", "alias/upper", "alias"):
-        assert results[grant] is not None and f"{b}/m/lib" in results[grant], (grant, results)
+        refusal = results[grant]
+        assert refusal is not None and f"{b}/m/lib" in refusal, (grant, results)
     assert results["alias/data"] is None  # the same disk, outside the layers: grantable
 
 
