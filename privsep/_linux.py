@@ -423,6 +423,7 @@ NR_OPEN_TREE = 428
 NR_MOVE_MOUNT = 429
 OPEN_TREE_CLONE = 1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 
 
 def open_tree_clone(source_fd: int) -> int:
@@ -461,6 +462,21 @@ def move_mount_to(mount_fd: int, target: str) -> None:
             ctypes.c_int(AT_FDCWD),
             os.fsencode(target),
             ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        )
+    )
+
+
+def move_mount_onto(mount_fd: int, target_fd: int) -> None:
+    """move_mount(2): attach the detached mount ``mount_fd`` onto the very file or directory
+    ``target_fd`` (an O_PATH fd) holds, with no path to look up again."""
+    _check(
+        _syscall(
+            NR_MOVE_MOUNT,
+            ctypes.c_int(mount_fd),
+            b"",
+            ctypes.c_int(target_fd),
+            b"",
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
         )
     )
 

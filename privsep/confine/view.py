@@ -206,12 +206,15 @@ _PROC_LOADAVG = "0.00 0.00 0.00 1/1 1\n"
 
 
 class _Frozen(Record):
-    """A set-id or hard-linked file bound read-only onto itself (``ViewPlan.frozen``): a view step."""
+    """A set-id or hard-linked file bound read-only onto itself (``ViewPlan.frozen``): a view step.
+    ``device`` and ``inode``: the file planning found there (see :func:`_freeze`)."""
 
-    __slots__ = ("path",)
+    __slots__ = ("device", "inode", "path")
     path: str
+    device: int
+    inode: int
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, device: int, inode: int) -> None:
         self._assign(locals())
 
 
@@ -250,12 +253,40 @@ def _overlay(root: str, overlays: tuple[tuple[str, str], ...]) -> None:
         os.rmdir(at)
 
 
+def _freeze(at: str, frozen: _Frozen) -> None:
+    """Bind the file at ``at`` read-only onto itself, if it is the very file planning found.
+
+    By fd, not by path: another sandbox with the same writable grant could have swapped a
+    directory on the way since planning, and a mount by path then froze the wrong file and
+    left the hard-linked one writable (fresh-eyes audit 17). The file is opened (without
+    following a link), checked by device and inode, cloned as a detached read-only mount and
+    attached onto that same open file; a file that is no longer the one planned fails the
+    start (the next start plans again)."""
+    fd = os.open(at, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (frozen.device, frozen.inode):
+            raise OSError(
+                errno.ESTALE,
+                "it is not the file found when the sandbox was planned (something renamed or replaced "
+                "it since; perhaps another sandbox with the same grant): start again",
+            )
+        tree = _linux.open_tree_clone(fd)
+        try:
+            _linux.mount_setattr_fd_recursive(tree, _READ_ONLY)
+            _linux.move_mount_onto(tree, fd)
+        finally:
+            os.close(tree)
+    finally:
+        os.close(fd)
+
+
 def _mount_order(plan: ViewPlan) -> list[tuple[str, int, object]]:
     """Binds, pins and masks, outermost first: a mount inside another comes after it."""
     ops: list[tuple[str, int, object]] = [(b.path, 0, b) for b in plan.binds]
     ops += [(p, 1, p) for p in plan.pins]
     ops += [(m.path, 2, m) for m in plan.masks]
-    ops += [(f, 3, _Frozen(f)) for f in plan.frozen]
+    ops += [(f[0], 3, _Frozen(*f)) for f in plan.frozen]
     return sorted(ops, key=lambda op: (op[0], op[1]))
 
 
@@ -341,8 +372,7 @@ def build_view(plan: ViewPlan, *, host_id: int) -> None:
                 else:
                     _bind(sources[path], root + path, attrs)
             elif isinstance(op, _Frozen):
-                _linux.mount(root + path, root + path, None, _linux.MS_BIND)
-                _linux.mount_setattr_recursive(root + path, _READ_ONLY)
+                _freeze(root + path, op)
             elif isinstance(op, Mask):
                 stand_in = root + _STAND_INS_AT + ("/d" if op.is_dir else "/hidden")
                 _linux.mount(stand_in, root + path, None, _linux.MS_BIND)

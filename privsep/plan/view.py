@@ -95,10 +95,12 @@ class ViewPlan(Record):
     masks: tuple[Mask, ...]
     files: tuple[tuple[str, str], ...]
     """Small generated files (path, content): /etc/passwd and friends, when the view has none."""
-    frozen: tuple[str, ...]
-    """Set-id or file-capability files inside a writable grant, bound read-only onto themselves:
-    as their owner the child could otherwise rewrite them (a write through mmap keeps the
-    set-id bit and the capabilities) and leave a privileged program on the host."""
+    frozen: tuple[tuple[str, int, int], ...]
+    """Set-id or file-capability files, and files with other names, inside a writable grant,
+    bound read-only onto themselves: (path, st_dev, st_ino) as planning found each. As their
+    owner the child could otherwise rewrite a privileged program (a write through mmap keeps
+    the set-id bit and the capabilities), or change a file under its names outside the grant.
+    Init binds only the very file planning found (confine/view.py: fresh-eyes audit 17)."""
     overlays: tuple[tuple[str, str], ...]
     """Generated files (path, content) mounted read-only over an entry a bind shows (a symlink
     included): the sandbox's /etc/resolv.conf when the view shows the host's /etc (plan/egress.py)."""
@@ -112,7 +114,7 @@ class ViewPlan(Record):
         pins: tuple[str, ...] = (),
         masks: tuple[Mask, ...] = (),
         files: tuple[tuple[str, str], ...] = (),
-        frozen: tuple[str, ...] = (),
+        frozen: tuple[tuple[str, int, int], ...] = (),
         overlays: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self._assign(locals())
@@ -459,6 +461,21 @@ def _listed(fd: int, path: str) -> list[os.DirEntry[str]]:
         raise _unlistable(path, exc) from None
 
 
+def _walked(fd: int, looked: os.stat_result | None, path: str, seen: set[tuple[int, int]]) -> None:
+    """Refuse (PolicyError) a directory of a grant that is not the one the walk looked at, or
+    that it has walked already: what the grant holds was moved while privsep checked it (a
+    sandbox running with the same grant, renaming directories: fresh-eyes audit 17)."""
+    st = os.fstat(fd)
+    identity = (st.st_dev, st.st_ino)
+    if (looked is not None and identity != (looked.st_dev, looked.st_ino)) or identity in seen:
+        raise PolicyError(
+            f"{path[:200]} changed while privsep checked the grant that holds it (a directory was "
+            "moved); something else writes there, perhaps another sandbox with the same grant: "
+            "start again when it is done, or give each sandbox a directory of its own"
+        )
+    seen.add(identity)
+
+
 def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str]]:
     """(path, lstat, a short name of it) of every entry below ``root``, mounts below it included,
     links not followed.
@@ -471,11 +488,13 @@ def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str]]:
     opened or listed, fails the walk (PolicyError); one removed since its listing is skipped.
     One fd is held per level of the current path (a chain deeper than the fd limit fails)."""
     frames: list[tuple[int, str, list[os.DirEntry[str]]]] = []
+    seen: set[tuple[int, int]] = set()  # directories walked: one met twice was moved meanwhile
     try:
         try:
             top = os.open(root, _DIRECTORY)
         except OSError as exc:
             raise _unlistable(root, exc) from None
+        _walked(top, None, root, seen)
         frames.append((top, root, _listed(top, root)))
         while frames:
             fd, path, entries = frames[-1]
@@ -501,6 +520,7 @@ def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str]]:
                 except OSError as exc:
                     raise _unlistable(full, exc) from None
                 frames.append((sub, full, []))  # held before it is listed: closed if that fails
+                _walked(sub, st, full, seen)
                 frames[-1] = (sub, full, _listed(sub, full))
     finally:
         for fd, _, _ in frames:
@@ -514,7 +534,7 @@ def _contents(path: str, is_dir: bool, privileged: bool, budget: int) -> list[An
     holds only while every grant's answer is still the same.
     """
     special: list[str] = []
-    frozen: list[str] = []
+    frozen: list[Any] = []  # [path, st_dev, st_ino], as JSON keeps a host fact
     count = 0
     entries = _walk(path) if is_dir else iter([(path, os.lstat(path), path)])
     for entry, st, short in entries:
@@ -532,6 +552,10 @@ def _contents(path: str, is_dir: bool, privileged: bool, budget: int) -> list[An
             found = frozen
         else:
             continue
+        if found is frozen:
+            entry_fact: Any = [entry, st.st_dev, st.st_ino]
+        else:
+            entry_fact = entry
         if len(os.fsencode(entry)) > _MAX_MOUNT_PATH:
             raise PolicyError(
                 f"{entry[:200]}... lies too deep in a grant ({len(os.fsencode(entry))} bytes) for "
@@ -539,14 +563,14 @@ def _contents(path: str, is_dir: bool, privileged: bool, budget: int) -> list[An
                 "other names, which must be masked or bound read-only; move it, or grant narrower "
                 "directories"
             )
-        found.append(entry)
+        found.append(entry_fact)
     return [count, special, frozen]
 
 
 host.register("grant", _contents)
 
 
-def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
+def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[tuple[str, int, int], ...]]:
     """What a grant must not expose as it is: sockets, FIFOs, and privileged programs.
 
     - A unix socket or a FIFO inside any grant is masked: neither a read-only
@@ -565,7 +589,7 @@ def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
       More than :data:`MAX_FROZEN` such files and the grants are refused.
     """
     masks: list[Mask] = []
-    frozen: list[str] = []
+    frozen: list[tuple[str, int, int]] = []
     seen = 0
     for b in binds:
         if not b.access:
@@ -581,7 +605,7 @@ def _scan(binds: tuple[Bind, ...]) -> tuple[list[Mask], tuple[str, ...]]:
                 'narrower directories, or serve this one with serve = "broker"'
             )
         masks += [Mask(path, is_dir=False) for path in special]
-        frozen += privileged
+        frozen += [(path, dev, ino) for path, dev, ino in privileged]
         if len(frozen) > MAX_FROZEN:
             raise PolicyError(
                 f"the writable grants hold more than {MAX_FROZEN} files that have other names too "

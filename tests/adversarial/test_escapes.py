@@ -1848,3 +1848,78 @@ def test_what_must_be_masked_or_frozen_cannot_hide_below_path_max(
     assert proc.returncode == 125, proc.stderr
     assert "lies too deep in a grant" in proc.stderr, proc.stderr
     assert outside.read_text() == "original\n"
+
+
+def test_a_directory_moved_while_the_walk_looks_refuses_the_grant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fresh-eyes audit 17: a second sandbox with the same writable grant swapped two of its
+    directories (renameat2 RENAME_EXCHANGE) in a loop while another privsep started; the walk,
+    opening each directory by name, listed one of them twice and the other, with a hard-linked
+    file in it, never. The walk now checks that each directory it opens is the one it looked
+    at, and that it meets none twice; either refuses the grant. Here the swap is made at the
+    worst moment: between the walk's look at ``d`` and its open of it."""
+    from privsep.errors import PolicyError
+    from privsep.plan import view
+
+    (tmp_path / "outside").write_text("x")
+    for name in ("d", "e"):
+        (tmp_path / "g" / name).mkdir(parents=True)
+    os.link(tmp_path / "outside", tmp_path / "g" / "d" / "f")
+    (tmp_path / "g" / "e" / "f").write_text("plain")
+    real_open = os.open
+
+    def swapping_open(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if path == "d" and dir_fd is not None:
+            g = tmp_path / "g"
+            (g / "d").rename(g / "t")
+            (g / "e").rename(g / "d")
+            (g / "t").rename(g / "e")
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", swapping_open)
+    with pytest.raises(PolicyError, match="changed while privsep checked the grant"):
+        view._contents(str(tmp_path / "g"), True, True, 1000)
+    monkeypatch.undo()
+    _, _, frozen = view._contents(str(tmp_path / "g"), True, True, 1000)
+    assert [entry[0] for entry in frozen] == [str(tmp_path / "g" / "e" / "f")]  # swapped back once
+
+
+_FREEZE_PROBE = r"""
+import os, sys
+from privsep.confine.view import _Frozen, _freeze
+path = sys.argv[1]
+st = os.stat(path)
+out = {}
+try:
+    _freeze(path, _Frozen(path, st.st_dev, st.st_ino + 1))
+    out["wrong file"] = "frozen"
+except OSError as e:
+    out["wrong file"] = e.errno
+_freeze(path, _Frozen(path, st.st_dev, st.st_ino))
+try:
+    open(path, "a").close()
+    out["right file"] = "writable"
+except OSError as e:
+    out["right file"] = e.errno
+print(repr(out))
+"""
+
+
+def test_init_freezes_only_the_very_file_planning_found(tmp_path: Path) -> None:
+    """Fresh-eyes audit 17: init bound each frozen file by path, so a directory swapped on the
+    way since planning froze another file and left the hard-linked one writable. Now the file
+    is opened, checked by device and inode (a different one fails the start) and bound
+    read-only onto that same open file. In a mount namespace of its own."""
+    import errno
+
+    target = tmp_path / "f"
+    target.write_text("x")
+    probe = tmp_path / "probe.py"
+    probe.write_text(_FREEZE_PROBE)
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", str(PYTHON), str(probe), str(target)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert eval(proc.stdout) == {"wrong file": errno.ESTALE, "right file": errno.EROFS}  # noqa: S307

@@ -42,7 +42,7 @@ def full_plan() -> SpawnPlan:
             pins=("/srv/work/a",),
             masks=(Mask("/srv/work/a/secret", True), Mask("/srv/work/fifo", False)),
             files=(("/etc/passwd", "root:x:0:0:root:/root:/usr/sbin/nologin\n"),),
-            frozen=("/srv/work/suid",),
+            frozen=(("/srv/work/suid", 2049, 131),),
             overlays=(("/etc/resolv.conf", "nameserver 127.0.0.53\n"),),
         ),
         landlock_rules=(Rule("/", 8), Rule("/srv/work", 0x7FFF)),
