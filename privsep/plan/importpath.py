@@ -136,13 +136,22 @@ def _split_layers(value: str) -> list[str]:
 
 def unknown_overlays(protected: Iterable[str], mounted: list[Mount]) -> list[str]:
     """The mount points of overlays that show or hide one of ``protected`` (on, over or inside
-    their merged directory) and name a layer by a relative path: where that layer lies is
-    unknown, so no write grant can be shown not to reach it (audit 15). Callers refuse."""
+    their merged directory) and name a layer by a relative path (audit 15), or by one with a
+    symlink on its way (audit 17: a release link switched since the mount left the layer under
+    the old target, which its name no longer reaches): where that layer lies is unknown, so no
+    write grant can be shown not to reach it. Callers refuse."""
+    held = [
+        (point, layers)
+        for point, _, _, layers, _, _ in mounted
+        if layers and any(under(top, point) or under(point, top) for top in protected)
+    ]
     return [
         point
-        for point, _, _, layers, _, _ in mounted
-        if any(not layer.startswith("/") for layer in layers)
-        and any(under(top, point) or under(point, top) for top in protected)
+        for point, layers in held
+        if any(
+            not layer.startswith("/") or os.path.realpath(layer) != posixpath.normpath(layer)
+            for layer in layers
+        )
     ]
 
 

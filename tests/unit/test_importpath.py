@@ -251,6 +251,23 @@ def test_an_overlay_with_a_relative_layer_over_an_import_directory_refuses_write
     assert unknown_overlays(["/usr/lib/python3"], table) == []
 
 
+def test_an_overlay_whose_layer_is_named_through_a_symlink_refuses_write_grants(tmp_path: Path) -> None:
+    """Audit 17: a layer named through a release link (``current/up``, ``current`` -> ``v1``),
+    then the link switched to ``v2``: the name reaches v2, the layer is still v1's directory,
+    and a grant of v1 passed. A layer whose name goes through a symlink is unknown."""
+    from privsep.plan.importpath import parse_mountinfo, unknown_overlays
+
+    (tmp_path / "v2" / "up").mkdir(parents=True)
+    (tmp_path / "current").symlink_to("v2")
+    table = parse_mountinfo(
+        f"42 20 0:52 / /srv/py rw - overlay overlay rw,lowerdir=/lo,upperdir={tmp_path}/current/up,"
+        f"workdir=/wk\n43 20 0:53 / /srv/ok rw - overlay overlay rw,lowerdir=/lo,upperdir={tmp_path}/v2/up,"
+        "workdir=/wk2"
+    )
+    assert unknown_overlays(["/srv/py/lib"], table) == ["/srv/py"]
+    assert unknown_overlays(["/srv/ok/lib"], table) == []
+
+
 @pytest.mark.parametrize("odd", ["\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\u2028"])
 def test_a_mount_point_holding_a_control_character_is_read_whole(odd: str) -> None:
     """The kernel escapes only space, tab, newline and backslash in a mount point; a path a
