@@ -17,6 +17,7 @@ pid namespace.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
@@ -461,22 +462,31 @@ def _listed(fd: int, path: str) -> list[os.DirEntry[str]]:
         raise _unlistable(path, exc) from None
 
 
-def _walked(fd: int, looked: os.stat_result | None, path: str, seen: set[tuple[int, int]]) -> None:
-    """Refuse (PolicyError) a directory of a grant that is not the one the walk looked at, or
-    that it has walked already: what the grant holds was moved while privsep checked it (a
-    sandbox running with the same grant, renaming directories: fresh-eyes audit 17)."""
+class _Moved(Exception):
+    """A directory of a grant changed while the walk looked at it (see :func:`_walk`)."""
+
+
+def _moved(path: str) -> PolicyError:
+    return PolicyError(
+        f"{path[:200]} changed while privsep checked the writable grant that holds it (a "
+        "directory was moved or replaced); something else writes there, perhaps another sandbox "
+        "with the same grant: start again when it is done, or give each sandbox a directory of "
+        "its own"
+    )
+
+
+def _walked(fd: int, looked: os.stat_result | None, seen: set[tuple[int, int]]) -> None:
+    """Raise _Moved for a directory that is not the one the walk looked at, or that it has walked
+    already: what the grant holds was moved while privsep checked it (a sandbox running with
+    the same grant, renaming directories: fresh-eyes audit 17)."""
     st = os.fstat(fd)
     identity = (st.st_dev, st.st_ino)
     if (looked is not None and identity != (looked.st_dev, looked.st_ino)) or identity in seen:
-        raise PolicyError(
-            f"{path[:200]} changed while privsep checked the grant that holds it (a directory was "
-            "moved); something else writes there, perhaps another sandbox with the same grant: "
-            "start again when it is done, or give each sandbox a directory of its own"
-        )
+        raise _Moved
     seen.add(identity)
 
 
-def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str]]:
+def _walk(root: str, strict: bool) -> Iterator[tuple[str, os.stat_result, str]]:
     """(path, lstat, a short name of it) of every entry below ``root``, mounts below it included,
     links not followed.
 
@@ -486,7 +496,13 @@ def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str]]:
     (fresh-eyes audit 16). The short name (``/proc/self/fd/N/NAME``) is valid while the entry
     is the one yielded. An entry that cannot be looked at, or a directory that cannot be
     opened or listed, fails the walk (PolicyError); one removed since its listing is skipped.
-    One fd is held per level of the current path (a chain deeper than the fd limit fails)."""
+    One fd is held per level of the current path (a chain deeper than the fd limit fails).
+
+    ``strict`` (a writable grant, whose frozen files must all be found): a directory moved,
+    replaced or met twice while the walk looks fails it too. Otherwise (a read grant, whose
+    sockets are masked as a second guard: the broker connects nothing on a read-only mount)
+    such a directory is skipped, as one removed is: a host process that keeps changing a read
+    grant does not stop the sandbox from starting."""
     frames: list[tuple[int, str, list[os.DirEntry[str]]]] = []
     seen: set[tuple[int, int]] = set()  # directories walked: one met twice was moved meanwhile
     try:
@@ -494,7 +510,7 @@ def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str]]:
             top = os.open(root, _DIRECTORY)
         except OSError as exc:
             raise _unlistable(root, exc) from None
-        _walked(top, None, root, seen)
+        _walked(top, None, seen)
         frames.append((top, root, _listed(top, root)))
         while frames:
             fd, path, entries = frames[-1]
@@ -517,10 +533,22 @@ def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str]]:
             if stat.S_ISDIR(st.st_mode):  # mounts below are bound too (recursive binds)
                 try:
                     sub = os.open(name, _DIRECTORY, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError):  # no longer a directory
+                    if strict:
+                        raise _moved(full) from None
+                    continue
                 except OSError as exc:
-                    raise _unlistable(full, exc) from None
+                    if exc.errno == errno.ELOOP and not strict:  # a symlink now: moved
+                        continue
+                    raise _moved(full) if exc.errno == errno.ELOOP else _unlistable(full, exc) from None
                 frames.append((sub, full, []))  # held before it is listed: closed if that fails
-                _walked(sub, st, full, seen)
+                try:
+                    _walked(sub, st, seen)
+                except _Moved:
+                    if strict:
+                        raise _moved(full) from None
+                    os.close(frames.pop()[0])
+                    continue
                 frames[-1] = (sub, full, _listed(sub, full))
     finally:
         for fd, _, _ in frames:
@@ -536,7 +564,7 @@ def _contents(path: str, is_dir: bool, privileged: bool, budget: int) -> list[An
     special: list[str] = []
     frozen: list[Any] = []  # [path, st_dev, st_ino], as JSON keeps a host fact
     count = 0
-    entries = _walk(path) if is_dir else iter([(path, os.lstat(path), path)])
+    entries = _walk(path, privileged) if is_dir else iter([(path, os.lstat(path), path)])
     for entry, st, short in entries:
         count += 1
         if count > budget:

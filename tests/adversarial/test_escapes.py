@@ -1878,7 +1878,7 @@ def test_a_directory_moved_while_the_walk_looks_refuses_the_grant(
         return real_open(path, flags, mode, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "open", swapping_open)
-    with pytest.raises(PolicyError, match="changed while privsep checked the grant"):
+    with pytest.raises(PolicyError, match="changed while privsep checked the writable grant"):
         view._contents(str(tmp_path / "g"), True, True, 1000)
     monkeypatch.undo()
     _, _, frozen = view._contents(str(tmp_path / "g"), True, True, 1000)
