@@ -426,14 +426,14 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
 
 
-def open_tree_clone(source_fd: int) -> int:
+def open_tree_clone(source_fd: int, *, recursive: bool = True) -> int:
     """open_tree(2) with OPEN_TREE_CLONE | AT_RECURSIVE: a detached copy of the tree at
     ``source_fd``, submounts included (without them a lookup would see what they cover).
 
     Unlike ``mount --bind``, the copy can be given attributes (an idmapping,
     read-only) before anyone can see it, then attached with :func:`move_mount_to`.
     """
-    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
     return int(_check(_syscall(NR_OPEN_TREE, ctypes.c_int(source_fd), b"", ctypes.c_uint(flags))))
 
 
@@ -464,6 +464,23 @@ def move_mount_to(mount_fd: int, target: str) -> None:
             ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
         )
     )
+
+
+STATX_MNT_ID = 0x1000
+_STATX_SIZE = 256
+_STATX_MNT_ID_AT = 0x90  # struct statx: __u64 stx_mnt_id
+
+
+def mount_id(fd: int) -> int:
+    """The id of the mount ``fd`` is on (statx STATX_MNT_ID, Linux 5.8): two names of one
+    directory through two mounts (a bind) have two ids."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    _check(
+        _syscall(
+            NR_STATX, ctypes.c_int(fd), b"", ctypes.c_int(AT_EMPTY_PATH), ctypes.c_uint(STATX_MNT_ID), buf
+        )
+    )
+    return int.from_bytes(buf.raw[_STATX_MNT_ID_AT : _STATX_MNT_ID_AT + 8], "little")
 
 
 def move_mount_onto(mount_fd: int, target_fd: int) -> None:

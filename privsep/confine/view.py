@@ -253,16 +253,40 @@ def _overlay(root: str, overlays: tuple[tuple[str, str], ...]) -> None:
         os.rmdir(at)
 
 
-def _freeze(at: str, frozen: _Frozen) -> None:
-    """Bind the file at ``at`` read-only onto itself, if it is the very file planning found.
+def _beneath(root_fd: int, path: str) -> int:
+    """An O_PATH fd of ``path`` in the view being built, resolved beneath its root with no
+    symlink on the way (ELOOP otherwise): what the grants hold is the sandboxes' to change,
+    and a directory swapped for a link since planning must not carry a mount out of the view
+    (fresh-eyes audits 17 and 18: a frozen file's mount landed in the host's tree and was
+    thrown away with it)."""
+    resolve = _linux.RESOLVE_BENEATH | _linux.RESOLVE_NO_SYMLINKS | _linux.RESOLVE_NO_MAGICLINKS
+    return _linux.openat2(
+        root_fd, path.lstrip("/") or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0, resolve
+    )
+
+
+def _mount_onto(source_fd: int, target_fd: int, attrs: int | None, *, recursive: bool = False) -> None:
+    """Clone ``source_fd``'s mount as a detached one, give it ``attrs`` (None: as it is), and
+    attach it onto the very file or directory ``target_fd`` holds: no path is looked up twice."""
+    tree = _linux.open_tree_clone(source_fd, recursive=recursive)
+    try:
+        if attrs is not None:
+            _linux.mount_setattr_fd_recursive(tree, attrs)
+        _linux.move_mount_onto(tree, target_fd)
+    finally:
+        os.close(tree)
+
+
+def _freeze(root_fd: int, path: str, frozen: _Frozen) -> None:
+    """Bind the file at ``path`` read-only onto itself, if it is the very file planning found.
 
     By fd, not by path: another sandbox with the same writable grant could have swapped a
     directory on the way since planning, and a mount by path then froze the wrong file and
-    left the hard-linked one writable (fresh-eyes audit 17). The file is opened (without
-    following a link), checked by device and inode, cloned as a detached read-only mount and
-    attached onto that same open file; a file that is no longer the one planned fails the
-    start (the next start plans again)."""
-    fd = os.open(at, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    left the hard-linked one writable (fresh-eyes audit 17). The file is opened beneath the
+    view's root with no symlink on the way, checked by device and inode, cloned as a detached
+    read-only mount and attached onto that same open file; a file that is no longer the one
+    planned fails the start (the next start plans again)."""
+    fd = _beneath(root_fd, path)
     try:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (frozen.device, frozen.inode):
@@ -271,12 +295,31 @@ def _freeze(at: str, frozen: _Frozen) -> None:
                 "it is not the file found when the sandbox was planned (something renamed or replaced "
                 "it since; perhaps another sandbox with the same grant): start again",
             )
-        tree = _linux.open_tree_clone(fd)
+        _mount_onto(fd, fd, _READ_ONLY)
+    finally:
+        os.close(fd)
+
+
+def _mask(root_fd: int, path: str, stand_in: str) -> None:
+    """Mount the stand-in (in the view's own tmpfs) over ``path``, found beneath the view's root
+    with no symlink on the way (see :func:`_beneath`)."""
+    target = _beneath(root_fd, path)
+    try:
+        source = os.open(stand_in, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            _linux.mount_setattr_fd_recursive(tree, _READ_ONLY)
-            _linux.move_mount_onto(tree, fd)
+            _mount_onto(source, target, _MASK)
         finally:
-            os.close(tree)
+            os.close(source)
+    finally:
+        os.close(target)
+
+
+def _pin(root_fd: int, path: str) -> None:
+    """Bind the directory at ``path`` onto itself (not its submounts, as a plain bind), so that
+    it cannot be renamed away; found beneath the view's root (see :func:`_beneath`)."""
+    fd = _beneath(root_fd, path)
+    try:
+        _mount_onto(fd, fd, None)
     finally:
         os.close(fd)
 
@@ -362,6 +405,7 @@ def build_view(plan: ViewPlan, *, host_id: int) -> None:
         for d in plan.dirs:
             current = d
             _mkdir_p(made, root + d)
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         for path, _, op in _mount_order(plan):
             current = path
             if isinstance(op, Bind):
@@ -372,13 +416,12 @@ def build_view(plan: ViewPlan, *, host_id: int) -> None:
                 else:
                     _bind(sources[path], root + path, attrs)
             elif isinstance(op, _Frozen):
-                _freeze(root + path, op)
+                _freeze(root_fd, path, op)
             elif isinstance(op, Mask):
-                stand_in = root + _STAND_INS_AT + ("/d" if op.is_dir else "/hidden")
-                _linux.mount(stand_in, root + path, None, _linux.MS_BIND)
-                _linux.mount_setattr_recursive(root + path, _MASK)
+                _mask(root_fd, path, root + _STAND_INS_AT + ("/d" if op.is_dir else "/hidden"))
             else:  # a pin: the directory bound onto itself, so it cannot be renamed away
-                _linux.mount(root + path, root + path, None, _linux.MS_BIND)
+                _pin(root_fd, path)
+        os.close(root_fd)
         current = "the stand-ins"
         _drop_stand_ins(root)
         for path, text in plan.files:

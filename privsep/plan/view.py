@@ -463,27 +463,25 @@ def _listed(fd: int, path: str) -> list[os.DirEntry[str]]:
 
 
 class _Moved(Exception):
-    """A directory of a grant changed while the walk looked at it (see :func:`_walk`)."""
+    """A directory of a writable grant was moved or replaced while the walk looked at it (see
+    :func:`_walk`); ``args[0]``: its path."""
 
 
-def _moved(path: str) -> PolicyError:
-    return PolicyError(
-        f"{path[:200]} changed while privsep checked the writable grant that holds it (a "
-        "directory was moved or replaced); something else writes there, perhaps another sandbox "
-        "with the same grant: start again when it is done, or give each sandbox a directory of "
-        "its own"
-    )
+#: Walks of a writable grant tried before a tree that keeps moving under them refuses it.
+_WALKS = 3
 
 
-def _walked(fd: int, looked: os.stat_result | None, seen: set[tuple[int, int]]) -> None:
-    """Raise _Moved for a directory that is not the one the walk looked at, or that it has walked
-    already: what the grant holds was moved while privsep checked it (a sandbox running with
-    the same grant, renaming directories: fresh-eyes audit 17)."""
+def _walked(fd: int, looked: os.stat_result | None, seen: set[tuple[int, int, int]]) -> bool:
+    """False for a directory that is not the one the walk looked at, or that it has walked
+    already through the same mount (a bind shows it again through another: that is walked
+    again): what the grant holds was moved while privsep checked it (a sandbox running with the
+    same grant, renaming directories: fresh-eyes audits 17 and 18)."""
     st = os.fstat(fd)
-    identity = (st.st_dev, st.st_ino)
-    if (looked is not None and identity != (looked.st_dev, looked.st_ino)) or identity in seen:
-        raise _Moved
+    identity = (st.st_dev, st.st_ino, _linux.mount_id(fd))
+    if (looked is not None and (st.st_dev, st.st_ino) != (looked.st_dev, looked.st_ino)) or identity in seen:
+        return False
     seen.add(identity)
+    return True
 
 
 def _walk(root: str, strict: bool) -> Iterator[tuple[str, os.stat_result, str]]:
@@ -504,13 +502,13 @@ def _walk(root: str, strict: bool) -> Iterator[tuple[str, os.stat_result, str]]:
     such a directory is skipped, as one removed is: a host process that keeps changing a read
     grant does not stop the sandbox from starting."""
     frames: list[tuple[int, str, list[os.DirEntry[str]]]] = []
-    seen: set[tuple[int, int]] = set()  # directories walked: one met twice was moved meanwhile
+    seen: set[tuple[int, int, int]] = set()  # directories walked: one met twice was moved meanwhile
     try:
         try:
             top = os.open(root, _DIRECTORY)
         except OSError as exc:
             raise _unlistable(root, exc) from None
-        _walked(top, None, seen)
+        _walked(top, None, seen)  # the first: nothing to differ from
         frames.append((top, root, _listed(top, root)))
         while frames:
             fd, path, entries = frames[-1]
@@ -533,20 +531,18 @@ def _walk(root: str, strict: bool) -> Iterator[tuple[str, os.stat_result, str]]:
             if stat.S_ISDIR(st.st_mode):  # mounts below are bound too (recursive binds)
                 try:
                     sub = os.open(name, _DIRECTORY, dir_fd=fd)
-                except (FileNotFoundError, NotADirectoryError):  # no longer a directory
-                    if strict:
-                        raise _moved(full) from None
-                    continue
+                except FileNotFoundError:
+                    continue  # removed since it was looked at (a busy build directory)
                 except OSError as exc:
-                    if exc.errno == errno.ELOOP and not strict:  # a symlink now: moved
-                        continue
-                    raise _moved(full) if exc.errno == errno.ELOOP else _unlistable(full, exc) from None
+                    if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise _unlistable(full, exc) from None
+                    if strict:  # replaced by a file or a link: moved
+                        raise _Moved(full) from None
+                    continue
                 frames.append((sub, full, []))  # held before it is listed: closed if that fails
-                try:
-                    _walked(sub, st, seen)
-                except _Moved:
+                if not _walked(sub, st, seen):
                     if strict:
-                        raise _moved(full) from None
+                        raise _Moved(full)
                     os.close(frames.pop()[0])
                     continue
                 frames[-1] = (sub, full, _listed(sub, full))
@@ -559,8 +555,26 @@ def _contents(path: str, is_dir: bool, privileged: bool, budget: int) -> list[An
     """[entries counted, sockets and FIFOs, privileged files] of one grant (see :func:`_scan`).
 
     Stops counting past ``budget`` entries. A host fact (``hostfacts``): a cached plan
-    holds only while every grant's answer is still the same.
+    holds only while every grant's answer is still the same. A writable grant whose tree moved
+    under the walk is walked again, :data:`_WALKS` times at most, then refused.
     """
+    for _ in range(_WALKS - 1):
+        try:
+            return _walk_once(path, is_dir, privileged, budget)
+        except _Moved:
+            continue
+    try:
+        return _walk_once(path, is_dir, privileged, budget)
+    except _Moved as moved:
+        raise PolicyError(
+            f"{str(moved.args[0])[:200]} was moved or replaced each of the {_WALKS} times privsep "
+            "checked the writable grant that holds it; something else keeps changing it, perhaps "
+            "another sandbox with the same grant: start again when it is done, or give each "
+            "sandbox a directory of its own"
+        ) from None
+
+
+def _walk_once(path: str, is_dir: bool, privileged: bool, budget: int) -> list[Any]:
     special: list[str] = []
     frozen: list[Any] = []  # [path, st_dev, st_ino], as JSON keeps a host fact
     count = 0

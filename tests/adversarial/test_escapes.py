@@ -1878,7 +1878,7 @@ def test_a_directory_moved_while_the_walk_looks_refuses_the_grant(
         return real_open(path, flags, mode, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "open", swapping_open)
-    with pytest.raises(PolicyError, match="changed while privsep checked the writable grant"):
+    with pytest.raises(PolicyError, match="was moved or replaced each of the 3 times"):
         view._contents(str(tmp_path / "g"), True, True, 1000)
     monkeypatch.undo()
     _, _, frozen = view._contents(str(tmp_path / "g"), True, True, 1000)
@@ -1888,15 +1888,21 @@ def test_a_directory_moved_while_the_walk_looks_refuses_the_grant(
 _FREEZE_PROBE = r"""
 import os, sys
 from privsep.confine.view import _Frozen, _freeze
-path = sys.argv[1]
+path, linked = sys.argv[1], sys.argv[2]
+root = os.open("/", os.O_PATH)
 st = os.stat(path)
 out = {}
 try:
-    _freeze(path, _Frozen(path, st.st_dev, st.st_ino + 1))
+    _freeze(root, path, _Frozen(path, st.st_dev, st.st_ino + 1))
     out["wrong file"] = "frozen"
 except OSError as e:
     out["wrong file"] = e.errno
-_freeze(path, _Frozen(path, st.st_dev, st.st_ino))
+try:  # the same file, through a directory swapped for a link since planning (audit 18)
+    _freeze(root, linked, _Frozen(linked, st.st_dev, st.st_ino))
+    out["through a link"] = "frozen"
+except OSError as e:
+    out["through a link"] = e.errno
+_freeze(root, path, _Frozen(path, st.st_dev, st.st_ino))
 try:
     open(path, "a").close()
     out["right file"] = "writable"
@@ -1913,13 +1919,70 @@ def test_init_freezes_only_the_very_file_planning_found(tmp_path: Path) -> None:
     read-only onto that same open file. In a mount namespace of its own."""
     import errno
 
-    target = tmp_path / "f"
+    (tmp_path / "d").mkdir()
+    target = tmp_path / "d" / "f"
     target.write_text("x")
+    (tmp_path / "s").symlink_to(tmp_path / "d")
     probe = tmp_path / "probe.py"
     probe.write_text(_FREEZE_PROBE)
     proc = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", str(PYTHON), str(probe), str(target)],
+        [
+            "unshare", "--mount", "--propagation", "private",
+            str(PYTHON), str(probe), str(target), str(tmp_path / "s" / "f"),
+        ],
         capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert eval(proc.stdout) == {"wrong file": errno.ESTALE, "right file": errno.EROFS}  # noqa: S307
+    expected = {"wrong file": errno.ESTALE, "through a link": errno.ELOOP, "right file": errno.EROFS}
+    assert eval(proc.stdout) == expected  # noqa: S307 - our own repr
+
+
+_BOUND_TWICE = r"""
+import os, socket, sys
+from privsep.plan import view
+g = sys.argv[1]
+os.makedirs(g + "/a"); os.makedirs(g + "/b")
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).bind(g + "/a/sock")
+os.system(f"mount --bind {g}/a {g}/b")
+_, special, _ = view._contents(g, True, False, 1000)  # a read grant
+_, _, frozen = view._contents(g, True, True, 1000)  # and a writable one: not refused
+print(repr(sorted(special)))
+"""
+
+
+def test_a_directory_shown_twice_by_a_bind_is_walked_under_both_names(tmp_path: Path) -> None:
+    """Fresh-eyes audit 18: a directory visible under two names in a grant (a bind mount inside
+    it) counted as "met twice"; a read grant skipped the second name, leaving a host daemon's
+    datagram socket there unmasked (sendto reached it), and a writable grant was refused. A
+    directory is one walk's once per mount now. In a mount namespace of its own."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(_BOUND_TWICE)
+    grant = tmp_path / "g"
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", str(PYTHON), str(probe), str(grant)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert eval(proc.stdout) == [f"{grant}/a/sock", f"{grant}/b/sock"]  # noqa: S307 - our own repr
+
+
+def test_a_directory_removed_while_the_walk_looks_is_skipped_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fresh-eyes audit 18: a writable grant on a busy build directory (other processes making
+    and removing scratch directories) was refused 26 times in 30: a directory removed between
+    the walk's look and its open counted as moved. Removed, it holds nothing to freeze: skipped."""
+    from privsep.plan import view
+
+    (tmp_path / "g" / "scratch").mkdir(parents=True)
+    (tmp_path / "g" / "kept").write_text("x")
+    real_open = os.open
+
+    def removing_open(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if path == "scratch" and dir_fd is not None:
+            (tmp_path / "g" / "scratch").rmdir()
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", removing_open)
+    count, special, frozen = view._contents(str(tmp_path / "g"), True, True, 1000)
+    assert (count, special, frozen) == (2, [], [])
