@@ -315,11 +315,13 @@ def _mask(root_fd: int, path: str, stand_in: str) -> None:
 
 
 def _pin(root_fd: int, path: str) -> None:
-    """Bind the directory at ``path`` onto itself (not its submounts, as a plain bind), so that
-    it cannot be renamed away; found beneath the view's root (see :func:`_beneath`)."""
+    """Bind the directory at ``path`` onto itself, so that it cannot be renamed away; found
+    beneath the view's root (see :func:`_beneath`). With the mounts below it (the host's, bound
+    with the grant; privsep's own deeper ones come after): a plain bind left them out and showed
+    what a host mount there covers, writable (fresh-eyes audit 18; as old as pins)."""
     fd = _beneath(root_fd, path)
     try:
-        _mount_onto(fd, fd, None)
+        _mount_onto(fd, fd, None, recursive=True)
     finally:
         os.close(fd)
 

@@ -55,6 +55,7 @@ import pytest
 from privsep import _linux
 from tests.conftest import (
     NONROOT_ID,
+    PRIVSEP,
     PYTHON,
     REPO,
     RunPrivsep,
@@ -1986,3 +1987,43 @@ def test_a_directory_removed_while_the_walk_looks_is_skipped_not_refused(
     monkeypatch.setattr(os, "open", removing_open)
     count, special, frozen = view._contents(str(tmp_path / "g"), True, True, 1000)
     assert (count, special, frozen) == (2, [], [])
+
+
+_PINNED_SUBMOUNT = r"""
+set -e
+W="$1"; shift
+mkdir -p "$W/a/m"
+echo hidden-under-a-host-mount > "$W/a/m/under.txt"
+mount -t tmpfs top "$W/a/m"
+echo top > "$W/a/m/top.txt"
+exec "$@"
+"""
+
+
+def test_a_pinned_directory_keeps_the_hosts_mounts_below_it(shared_tmp: Path) -> None:
+    """Fresh-eyes audit 18: a deny rule inside a writable grant pins its ancestors (each bound
+    onto itself); the pin was a plain bind, which leaves out the mounts below it, so the
+    sandbox saw, and wrote, what a host mount there covers. In a mount namespace of its own."""
+    grant = shared_tmp / "w"
+    (grant / "a").mkdir(parents=True)
+    (grant / "a" / "secret").write_text("no")
+    policy = write_policy(
+        shared_tmp,
+        "pin.toml",
+        f'extends = "minimal"\n[view]\ntmp = false\n[[files]]\npath = "{grant}"\n'
+        'access = ["read", "write", "create", "list"]\n'
+        f'[[files]]\npath = "{grant}/a/secret"\ndeny = true\n',
+    )
+    script = shared_tmp / "scene.sh"
+    script.write_text(_PINNED_SUBMOUNT)
+    look = f"ls {grant}/a/m; echo written > {grant}/a/m/under.txt"
+    proc = subprocess.run(
+        [
+            "unshare", "--mount", "--propagation", "private", "sh", str(script), str(grant),
+            str(PRIVSEP), "run", "--no-cache", "--policy", str(policy), "--", "/bin/sh", "-c", look,
+        ],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["top.txt"], proc.stdout  # the host mount, not what it covers
+    assert (grant / "a" / "m" / "under.txt").read_text() == "hidden-under-a-host-mount\n"
