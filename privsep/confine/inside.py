@@ -58,6 +58,12 @@ _LISTEN_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 _tiocsctty = 0
 #: The sandbox processes' control socket, set by :func:`arrange_fds` (the fd after the channel).
 _control_fd = -1
+#: The control socket as a socket object, made by :func:`arrange_fds` once its number is final:
+#: before any seccomp filter, since CPython's socket constructor calls getsockname, which a
+#: policy's filter may hand to the broker as a notification, and the command's report of its
+#: listener, the fd the broker answers those with, then waited for itself (fresh-eyes audit 18:
+#: a policy without [syscalls] hung every start). Detached, never closed, by its owners.
+_control_sock: _socket.socket | None = None
 #: Made by init once it runs, not with the clone: the cgroup namespace must be made after
 #: init joined the sandbox's cgroup, so that it is the root init sees.
 _NAMESPACES = (
@@ -135,14 +141,16 @@ def report(
     """Tell the broker, over the control socket (best effort: a gone broker is not an error here)."""
     if _control_fd < 0:
         return  # failed before the fds were arranged: the broker sees the control socket close
-    # Family, type and protocol given: otherwise the socket module asks the kernel for them.
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, _control_fd)
+    made = _control_sock is None or _control_sock.fileno() != _control_fd
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, _control_fd) if made else _control_sock
+    assert sock is not None
     try:
         send(sock, encode_control(kind, step=step, reason=reason, status=status, errno=errno), fds)
     except OSError:
         pass  # the broker is gone; the parent-death signal finishes us
     finally:
-        sock.detach()
+        if made:
+            sock.detach()
 
 
 def fail(exc: BaseException) -> int:
@@ -217,7 +225,7 @@ def arrange_fds(sources: Sequence[int], *, keep: int = -1) -> int:
     """stdio to 0-2, listening sockets to 3.., then the channel (all inherited by the
     command), then control (close-on-exec); then ``keep`` (close-on-exec) if given,
     whose new number is returned; close the rest."""
-    global _control_fd
+    global _control_fd, _control_sock
     # Until the control socket has its number, a report goes to where it is now: never to
     # whatever this process holds at that number (the zygote's own socket to the broker).
     _control_fd = sources[-1]
@@ -230,6 +238,9 @@ def arrange_fds(sources: Sequence[int], *, keep: int = -1) -> int:
         os.dup2(fd, target, inheritable=target < control)
     _control_fd = control
     _linux.close_range(len(wanted))
+    if _control_sock is not None:
+        _control_sock.detach()  # an earlier arrangement's (a forked copy of a zygote's init)
+    _control_sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, control)
     return len(sources) if keep >= 0 else -1
 
 
@@ -423,6 +434,10 @@ def _call_in_process(plan: SpawnPlan) -> int:
     never the child's), ``sys.path`` given the plan's PYTHONPATH, the garbage
     collector back on.
     """
+    global _control_sock
+    if _control_sock is not None:
+        _control_sock.detach()  # the object must not close the number later, once reused
+        _control_sock = None
     os.close(_control_fd)
     os.environ.clear()
     os.environ.update(plan.env)

@@ -26,7 +26,7 @@ from privsep import _linux
 from privsep._lazy import lazy_module
 from privsep._record import Record, replace
 from privsep.cgroups import Budget, SandboxCgroup
-from privsep.errors import ConfinementError
+from privsep.errors import ConfinementError, PolicyError
 from privsep.plan.egress import EgressPlan, egress_view, plan_egress, proxy_env
 from privsep.plan.hostids import Claim, claim
 from privsep.plan.landlock import Rule, rules_for
@@ -291,14 +291,31 @@ def command_argv(argv: Sequence[str]) -> tuple[str, ...]:
     return (command, *argv[1:])
 
 
+#: What runs under the seccomp filter before the command's own code (confine/inside.py: the
+#: listener's report to the broker, the close of spare fds, execve) and what ends it: a policy
+#: that allows less would have every start wait on the broker for a listener it cannot send
+#: (fresh-eyes audit 18: a policy without [syscalls] hung until --timeout).
+_START_NEEDS = ("sendmsg", "close", "execve", "exit_group")
+
+
 def filter_spec(policy: Policy, *, broker_served: bool, learn: bool = False) -> FilterSpec:
     """The seccomp filter a sandbox of ``policy`` loads; ``privsep policy check`` compiles the same.
 
     ``broker_served``: some ``[[files]]`` grant is served by the broker (the
     kernel cannot), so the child's opens must reach it.
     """
+    allow = syscall_groups.expand(policy.syscalls.allow)
+    missing = [name for name in _START_NEEDS if name not in allow]
+    if missing:
+        raise PolicyError(
+            f"the policy's [syscalls] allow lacks {', '.join(missing)}, which the sandbox needs to "
+            "start: privsep's own last steps before the command (handing the broker the filter's "
+            "listener, then execve) and the command's exit run under the filter, and without them "
+            'the start would hang or fail; extend a shipped policy (extends = "minimal") or add '
+            '"@system-service" (or at least "@default", "@basic-io" and "sendmsg") to [syscalls] allow'
+        )
     return syscall_filter.FilterSpec(
-        allow=syscall_groups.expand(policy.syscalls.allow),
+        allow=allow,
         default_action=policy.syscalls.default,
         notify_denials=True,
         # Only grants the broker serves need the child's opens: the kernel serves the rest.

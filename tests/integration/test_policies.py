@@ -25,6 +25,7 @@ import http.client
 import json
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, RunPrivsep, json_output
+from tests.conftest import PRIVSEP, PYTHON, RunPrivsep, json_output
 
 # --- plugin --------------------------------------------------------------------------------------
 
@@ -377,3 +378,22 @@ def test_cli_tool_processes_are_limited(run_privsep: RunPrivsep) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["15", "11"]  # EAGAIN
     assert "re-run with --processes=32" in proc.stderr
+
+
+def test_a_policy_whose_syscalls_cannot_start_a_sandbox_is_refused_not_left_to_hang(
+    shared_tmp: Path,
+) -> None:
+    """Fresh-eyes audit 18: a policy without [syscalls] (and no extends) allows nothing, so the
+    command's own report of its seccomp listener (a sendmsg, under the filter) became a
+    notification for a broker that had no listener yet: every start hung until --timeout.
+    Planning refuses it now, naming what is missing and the fix."""
+    policy = shared_tmp / "bare.toml"
+    policy.write_text('[view]\nread = ["/usr"]\nread_if_exists = ["/bin", "/lib", "/lib64"]\n')
+    policy.chmod(0o644)
+    proc = subprocess.run(
+        [str(PRIVSEP), "run", "--no-cache", "--policy", str(policy), "--timeout", "20", "--", "/bin/true"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 125, proc.stderr
+    assert "lacks sendmsg, close, execve, exit_group" in proc.stderr
+    assert 'extends = "minimal"' in proc.stderr

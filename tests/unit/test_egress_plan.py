@@ -17,6 +17,7 @@ from privsep.policy.model import Policy
 
 
 def policy(**more: Any) -> Policy:
+    more.setdefault("syscalls", {"allow": ("@system-service",)})  # a plan's filter must let it start
     return Policy.model_validate({"name": "t", "connect": ({"host": "api.test", "ports": (443,)},), **more})
 
 

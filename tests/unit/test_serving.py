@@ -67,7 +67,12 @@ def test_landlock_rights_follow_the_access_words() -> None:
 
 def _policy(tmp: Path, files: Sequence[Mapping[str, object]], *, tmp_view: bool = False) -> Policy:
     # As a policy file gives it (JSON arrays; the strict model takes tuples from Python).
-    data = {"name": "t", "view": {"read": [str(tmp / "bin")], "tmp": tmp_view}, "files": files}
+    data = {
+        "name": "t",
+        "view": {"read": [str(tmp / "bin")], "tmp": tmp_view},
+        "files": files,
+        "syscalls": {"allow": ["@system-service"]},  # a plan's filter must let the sandbox start
+    }
     return Policy.model_validate_json(json.dumps(data))
 
 
