@@ -230,7 +230,23 @@ def own_cache() -> list[tuple[str, str, str]]:
 def make_plan(
     policy: Policy, argv: Sequence[str], *, environ: Mapping[str, str] | None = None, learn: bool = False
 ) -> SpawnPlan:
-    """Turn a policy and a command into a plan; raises PolicyError or ConfinementError early."""
+    """Turn a policy and a command into a plan; raises PolicyError or ConfinementError early.
+
+    A host read that fails in a way planning does not expect (``realpath`` met a path that
+    stopped being a symlink between its lstat and its readlink: a directory swapped in a loop,
+    fresh-eyes audit 18) is a PolicyError naming the path, not a traceback."""
+    try:
+        return _make_plan(policy, argv, environ=environ, learn=learn)
+    except OSError as exc:
+        raise PolicyError(
+            f"planning the sandbox failed reading {exc.filename or 'a path'}: {exc.strerror or exc}; "
+            "if something was changing it at that moment, start again"
+        ) from None
+
+
+def _make_plan(
+    policy: Policy, argv: Sequence[str], *, environ: Mapping[str, str] | None, learn: bool
+) -> SpawnPlan:
     if not argv:
         raise ConfinementError("command", "no command given")
     env = {"PATH": _DEFAULT_PATH, "HOME": "/tmp" if policy.view.tmp else "/"}

@@ -2027,3 +2027,30 @@ def test_a_pinned_directory_keeps_the_hosts_mounts_below_it(shared_tmp: Path) ->
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["top.txt"], proc.stdout  # the host mount, not what it covers
     assert (grant / "a" / "m" / "under.txt").read_text() == "hidden-under-a-host-mount\n"
+
+
+def test_a_path_that_changes_while_it_is_planned_is_a_clear_refusal(
+    shared_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fresh-eyes audit 18: a host process swapping a granted directory with a symlink in a
+    loop made realpath's readlink fail with EINVAL (a link at its lstat, a directory at its
+    readlink), and the start ended with a traceback. It is a PolicyError naming the path."""
+    from privsep import _hostfacts
+    from privsep.errors import PolicyError
+    from privsep.plan.spawnplan import make_plan
+    from privsep.policy.load import load_policy
+
+    (shared_tmp / "g" / "secret").mkdir(parents=True)
+
+    def swapped(path: str) -> str:
+        raise OSError(errno.EINVAL, "Invalid argument", path)
+
+    rules = [
+        {"path": str(shared_tmp / "g"), "access": ["read"]},
+        {"path": str(shared_tmp / "g/secret"), "deny": True},
+    ]
+    grants = {"view": {"tmp": False}, "files": rules}
+    policy = load_policy("minimal", extra=grants)
+    monkeypatch.setattr(_hostfacts, "realpath", swapped)
+    with pytest.raises(PolicyError, match=r"planning the sandbox failed reading .*Invalid argument"):
+        make_plan(policy, ["/bin/true"])
