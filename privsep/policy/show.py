@@ -119,8 +119,8 @@ def _value(value: Any) -> str:
 def _array(key: str, items: Sequence[Any], notes: Sequence[str] | None = None) -> list[str]:
     """``key = [...]`` on one line when short and without notes, else one item per line."""
     inline = f"{key} = {_value(items)}"
-    if notes is None and len(inline) <= 80:
-        return [inline]
+    if not items or (notes is None and len(inline) <= 80):
+        return [inline]  # an empty array is "[]", notes or not (max() of no widths raised)
     out = [f"{key} = ["]
     written = [_value(item) + "," for item in items]
     width = max(map(len, written))

@@ -176,6 +176,18 @@ def test_show_expands_groups_and_notes_where_each_syscall_comes_from() -> None:
     assert "timeout_seconds = 0.0" in out  # defaults written out
 
 
+def test_show_prints_a_policy_that_allows_no_syscall_and_says_a_run_would_refuse_it(
+    shared_tmp: Path,
+) -> None:
+    """Fresh-eyes audit 18, an aside: `policy show` of a policy without [syscalls] crashed
+    (max() of no widths) where it should print `allow = []`, and the run's refusal."""
+    proc = privsep("policy", "show", write(shared_tmp, "bare.toml", '[view]\nread = ["/usr"]\n'))
+    assert proc.returncode == 1, proc.stderr  # shown, and the refusal said: as for any such policy
+    assert "Traceback" not in proc.stderr
+    assert "\nallow = []\n" in proc.stdout
+    assert "lacks sendmsg, close, execve, exit_group" in proc.stderr
+
+
 def test_show_json_lists_the_sorted_names_and_their_groups(shared_tmp: Path) -> None:
     path = write(
         shared_tmp, "small.toml", 'extends = "minimal"\n[syscalls]\nallow = ["@default", "getcpu", "brk"]\n'
