@@ -426,14 +426,14 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
 
 
-def open_tree_clone(source_fd: int, *, recursive: bool = True) -> int:
+def open_tree_clone(source_fd: int) -> int:
     """open_tree(2) with OPEN_TREE_CLONE | AT_RECURSIVE: a detached copy of the tree at
     ``source_fd``, submounts included (without them a lookup would see what they cover).
 
     Unlike ``mount --bind``, the copy can be given attributes (an idmapping,
     read-only) before anyone can see it, then attached with :func:`move_mount_to`.
     """
-    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE
     return int(_check(_syscall(NR_OPEN_TREE, ctypes.c_int(source_fd), b"", ctypes.c_uint(flags))))
 
 

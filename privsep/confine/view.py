@@ -265,10 +265,11 @@ def _beneath(root_fd: int, path: str) -> int:
     )
 
 
-def _mount_onto(source_fd: int, target_fd: int, attrs: int | None, *, recursive: bool = False) -> None:
-    """Clone ``source_fd``'s mount as a detached one, give it ``attrs`` (None: as it is), and
+def _mount_onto(source_fd: int, target_fd: int, attrs: int | None) -> None:
+    """Clone ``source_fd``'s mount tree as a detached one (the mounts below it included: a pin
+    must not show what a host mount below it covers), give it ``attrs`` (None: as it is), and
     attach it onto the very file or directory ``target_fd`` holds: no path is looked up twice."""
-    tree = _linux.open_tree_clone(source_fd, recursive=recursive)
+    tree = _linux.open_tree_clone(source_fd)
     try:
         if attrs is not None:
             _linux.mount_setattr_fd_recursive(tree, attrs)
@@ -321,7 +322,7 @@ def _pin(root_fd: int, path: str) -> None:
     what a host mount there covers, writable (fresh-eyes audit 18; as old as pins)."""
     fd = _beneath(root_fd, path)
     try:
-        _mount_onto(fd, fd, None, recursive=True)
+        _mount_onto(fd, fd, None)
     finally:
         os.close(fd)
 

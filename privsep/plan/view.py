@@ -439,8 +439,8 @@ def _has_file_caps(path: str) -> bool:
     return True
 
 
-#: The longest path of an entry privsep will mount over (a mask, a frozen file): init mounts
-#: it by path beneath its new root, and the kernel takes no path of PATH_MAX (4096) or more.
+#: The longest path of an entry privsep will mount over (a mask, a frozen file): init opens it
+#: by its path beneath its new root (openat2), and the kernel takes no path of PATH_MAX (4096).
 _MAX_MOUNT_PATH = 4000
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -497,10 +497,11 @@ def _walk(root: str, strict: bool) -> Iterator[tuple[str, os.stat_result, str]]:
     One fd is held per level of the current path (a chain deeper than the fd limit fails).
 
     ``strict`` (a writable grant, whose frozen files must all be found): a directory moved,
-    replaced or met twice while the walk looks fails it too. Otherwise (a read grant, whose
-    sockets are masked as a second guard: the broker connects nothing on a read-only mount)
-    such a directory is skipped, as one removed is: a host process that keeps changing a read
-    grant does not stop the sandbox from starting."""
+    replaced or met twice while the walk looks fails it too. Otherwise (a read grant: no frozen
+    files, and the broker connects nothing on a read-only mount) such a directory is skipped, as
+    one removed is, so that a host process that keeps changing a read grant does not stop the
+    sandbox from starting; a datagram socket in it then goes unmasked, as one made after the
+    start does (SECURITY.md, known limits: unix datagrams are not brokered)."""
     frames: list[tuple[int, str, list[os.DirEntry[str]]]] = []
     seen: set[tuple[int, int, int]] = set()  # directories walked: one met twice was moved meanwhile
     try:
@@ -558,20 +559,18 @@ def _contents(path: str, is_dir: bool, privileged: bool, budget: int) -> list[An
     holds only while every grant's answer is still the same. A writable grant whose tree moved
     under the walk is walked again, :data:`_WALKS` times at most, then refused.
     """
-    for _ in range(_WALKS - 1):
+    for attempt in range(1, _WALKS + 1):
         try:
             return _walk_once(path, is_dir, privileged, budget)
-        except _Moved:
-            continue
-    try:
-        return _walk_once(path, is_dir, privileged, budget)
-    except _Moved as moved:
-        raise PolicyError(
-            f"{str(moved.args[0])[:200]} was moved or replaced each of the {_WALKS} times privsep "
-            "checked the writable grant that holds it; something else keeps changing it, perhaps "
-            "another sandbox with the same grant: start again when it is done, or give each "
-            "sandbox a directory of its own"
-        ) from None
+        except _Moved as moved:
+            if attempt == _WALKS:
+                raise PolicyError(
+                    f"{str(moved.args[0])[:200]} was moved or replaced each of the {_WALKS} times "
+                    "privsep checked the writable grant that holds it; something else keeps changing "
+                    "it, perhaps another sandbox with the same grant: start again when it is done, or "
+                    "give each sandbox a directory of its own"
+                ) from None
+    raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
 
 
 def _walk_once(path: str, is_dir: bool, privileged: bool, budget: int) -> list[Any]:
@@ -584,20 +583,17 @@ def _walk_once(path: str, is_dir: bool, privileged: bool, budget: int) -> list[A
         if count > budget:
             break
         mode = st.st_mode
+        fact: Any
         if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
-            found = special
+            found, fact = special, entry
         elif (
             privileged
             and stat.S_ISREG(mode)
             and (st.st_nlink > 1 or mode & _linux.SETID_BITS or _has_file_caps(short))
         ):
-            found = frozen
+            found, fact = frozen, [entry, st.st_dev, st.st_ino]
         else:
             continue
-        if found is frozen:
-            entry_fact: Any = [entry, st.st_dev, st.st_ino]
-        else:
-            entry_fact = entry
         if len(os.fsencode(entry)) > _MAX_MOUNT_PATH:
             raise PolicyError(
                 f"{entry[:200]}... lies too deep in a grant ({len(os.fsencode(entry))} bytes) for "
@@ -605,7 +601,7 @@ def _walk_once(path: str, is_dir: bool, privileged: bool, budget: int) -> list[A
                 "other names, which must be masked or bound read-only; move it, or grant narrower "
                 "directories"
             )
-        found.append(entry_fact)
+        found.append(fact)
     return [count, special, frozen]
 
 
