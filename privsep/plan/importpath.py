@@ -24,6 +24,7 @@ import os
 import posixpath
 import sys
 
+from privsep import _linux
 from privsep._mountinfo import unescape
 from privsep.errors import PolicyError
 
@@ -43,6 +44,7 @@ __all__ = [
     "parse_mountinfo",
     "protect",
     "reach_forms",
+    "refuse_unknown_overlays",
     "under",
     "unknown_overlays",
 ]
@@ -155,9 +157,22 @@ def unknown_overlays(protected: Iterable[str], mounted: list[Mount]) -> list[str
     ]
 
 
+def refuse_unknown_overlays(protected: Iterable[str], mounted: list[Mount], granted: str, what: str) -> None:
+    """Refuse (PolicyError) the write grant ``granted`` while :func:`unknown_overlays` finds an
+    overlay that holds one of ``protected`` (``what`` they are, for the message)."""
+    hidden = unknown_overlays(protected, mounted)
+    if hidden:
+        raise PolicyError(
+            f"a grant to write {granted} is refused: the overlay mounted at {hidden[0]} holds {what}, "
+            "and names a layer by a relative path or through a symlink, so privsep cannot tell "
+            "whether a write grant reaches that layer; mount the overlay with absolute, real paths, "
+            "or grant read-only"
+        )
+
+
 def _mount_id(path: str) -> int | None:
     """The id of the mount that serves ``path`` (or, when it does not exist, its nearest
-    existing ancestor), as the kernel says (``/proc/self/fdinfo``), or None."""
+    existing ancestor), as the kernel says (statx), or None."""
     probe = path
     while True:
         try:
@@ -170,17 +185,11 @@ def _mount_id(path: str) -> int | None:
         except OSError:
             return None
     try:
-        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
-            info = f.read().decode("ascii", "replace")
+        return _linux.mount_id(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
-    for line in info.split("\n"):
-        key, _, value = line.partition(":")
-        if key == "mnt_id" and value.strip().isdigit():
-            return int(value)
-    return None
 
 
 def mount_forms(real: str, mounted: list[Mount]) -> list[str]:
@@ -420,14 +429,8 @@ def check_grants(grants: Iterable[tuple[str, Iterable[str]]], path: Iterable[str
         if _importable(first, dirs)
         for form in [f"{device}:{root}"]
     ]
-    hidden = unknown_overlays([top for _, top, _ in whole] + [entry for _, entry in entries], mounted)
-    if hidden:
-        raise PolicyError(
-            f"a grant to write {writes[0]} is refused: the overlay mounted at {hidden[0]} holds a "
-            "directory this process imports Python from, and names a layer by a relative path, so "
-            "privsep cannot tell whether a write grant reaches that layer; mount the overlay with "
-            "absolute paths, or grant read-only"
-        )
+    protected = [top for _, top, _ in whole] + [entry for _, entry in entries]
+    refuse_unknown_overlays(protected, mounted, writes[0], "a directory this process imports Python from")
     for granted in writes:
         for real in named_and_real(granted):
             own = [real, *mount_forms(real, mounted)]

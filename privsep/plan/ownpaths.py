@@ -26,8 +26,8 @@ from privsep.plan.importpath import (
     mounts,
     named_and_real,
     reach_forms,
+    refuse_unknown_overlays,
     under,
-    unknown_overlays,
 )
 
 TYPE_CHECKING = False
@@ -64,14 +64,10 @@ def check_writes(
         for named in named_and_real(path):
             for form in held_forms(named, mounted):
                 guarded.setdefault(form, (named, what, move))
-    hidden = unknown_overlays([shown for shown, _, _ in guarded.values()], mounted)
-    if hidden:
-        raise PolicyError(
-            f"a grant to write {writes[0]} is refused: the overlay mounted at {hidden[0]} holds a "
-            "file privsep opens by name with its own rights, and names a layer by a relative path, "
-            "so privsep cannot tell whether a write grant reaches that layer; mount the overlay "
-            "with absolute paths, or grant read-only"
-        )
+    shown_paths = [shown for shown, _, _ in guarded.values()]
+    refuse_unknown_overlays(
+        shown_paths, mounted, writes[0], "a file privsep opens by name with its own rights"
+    )
     for granted in writes:
         for real in named_and_real(granted):
             for form in reach_forms(real, mounted):
