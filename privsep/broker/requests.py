@@ -280,11 +280,8 @@ class RequestServer:
             channel.send(sock, reply)
         except (ChannelError, OSError):
             pass
-        _drop_outbox(child)
-        self._events.forget(sock)
-        sock.close()
         detail = f"the child broke the protocol ({reason}); it was disconnected and killed"
-        self._lifecycle.kill(child, Outcome("violation", 128 + _signals.SIGKILL, detail=detail))
+        self._cut_off(child, Outcome("violation", 128 + _signals.SIGKILL, detail=detail))
 
     def _lost(self, child: Child, exc: Exception) -> None:
         """A frame met a bug of ours before it was a request (the first frame also builds the
@@ -292,12 +289,16 @@ class RequestServer:
         off and killed, with no reply (it could need the protocol that failed). Its siblings
         carry on (rule 6)."""
         self._recorder.internal_error(child, "a frame from the sandbox", exc)
+        detail = "the broker failed to read the sandbox's request (logged above); the sandbox was killed"
+        self._cut_off(child, Outcome("lost", EXIT_PRIVSEP, detail=detail))
+
+    def _cut_off(self, child: Child, outcome: Outcome) -> None:
+        """Close the sandbox's channel (its queued replies and their fds dropped) and kill it."""
         sock = child.spawned.channel
         _drop_outbox(child)
         self._events.forget(sock)
         sock.close()
-        detail = "the broker failed to read the sandbox's request (logged above); the sandbox was killed"
-        self._lifecycle.kill(child, Outcome("lost", EXIT_PRIVSEP, detail=detail))
+        self._lifecycle.kill(child, outcome)
 
     # -- relays -------------------------------------------------------------
 
